@@ -1,0 +1,26 @@
+"""The sandbox: tool calls in killable, resource-limited worker processes.
+
+from sandbox import Pool, Limits
+"""
+
+from .errors import ErrorKind as ErrorKind
+from .errors import SandboxedAgentError as SandboxedAgentError
+from .errors import SandboxUnavailable as SandboxUnavailable
+from .errors import ToolCallError as ToolCallError
+from .limits import Limits as Limits
+from .pool import LimitsPolicy as LimitsPolicy
+from .pool import Pool as Pool
+from .pool import ToolResult as ToolResult
+from .protocol import ToolError as ToolError
+
+__all__ = [
+    "ErrorKind",
+    "Limits",
+    "LimitsPolicy",
+    "Pool",
+    "SandboxUnavailable",
+    "SandboxedAgentError",
+    "ToolCallError",
+    "ToolError",
+    "ToolResult",
+]

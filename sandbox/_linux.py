@@ -1,0 +1,84 @@
+"""Linux process-control calls the standard library lacks, each with a way to ask
+whether it works here.
+
+Everything in this module is a thin ctypes wrapper; callers decide what to do when a
+call fails (see `zygote.py`: a PID namespace when the kernel gives one, a child
+subreaper plus a tree kill when it does not).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWPID = 0x20000000
+
+CGROUP_PIDS_ROOT = "/sys/fs/cgroup/pids"
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl({option})")
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send `sig` to us when the thread that forked us exits."""
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants become our children instead of init's, so we can find them."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+class PidNamespaces:
+    """Hands out a fresh PID namespace for each fork of a single-threaded parent.
+
+    `unshare(CLONE_NEWPID)` only affects the next child, and a second unshare fails
+    with EINVAL until the parent joins its own namespace again; so each fork is
+    bracketed by `enter()` and `leave()`. The forked child is pid 1 of its namespace:
+    when it dies, the kernel kills every process left in it, however it was started.
+    """
+
+    def __init__(self) -> None:
+        self._own = os.open("/proc/self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
+        self.available = self._probe()
+
+    def _probe(self) -> bool:
+        try:
+            self.enter()
+            self.leave()
+        except OSError:
+            return False
+        return True
+
+    def enter(self) -> None:
+        unshare(CLONE_NEWPID)
+
+    def leave(self) -> None:
+        setns(self._own, CLONE_NEWPID)
+
+
+def cgroup_pids_available() -> bool:
+    """True when we may create pids cgroups (cgroup v1 pids controller, writable)."""
+    return os.access(CGROUP_PIDS_ROOT, os.W_OK) and os.path.isdir(CGROUP_PIDS_ROOT)

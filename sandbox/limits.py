@@ -1,0 +1,80 @@
+"""What one tool call may use, and how a worker holds itself to it.
+
+`Limits` is plain data; the policy file produces one per tool. The orchestrator
+enforces `timeout_s` (it kills); the kernel enforces the rest through rlimits that
+the worker sets on itself before it runs the tool.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MIB = 1024 * 1024
+
+
+class Limits(BaseModel):
+    """Resource limits for one tool call.
+
+    >>> Limits(timeout_s=2, memory_mb=128)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout_s: float = Field(10.0, gt=0, le=86_400)
+    """Wall-clock seconds before the worker and all it started are killed."""
+    memory_mb: int = Field(512, ge=16, le=1_048_576)
+    """Address space the tool may add on top of the worker's own."""
+    cpu_s: int = Field(10, ge=1, le=86_400)
+    """CPU seconds (RLIMIT_CPU); SIGXCPU at the limit, SIGKILL one second later."""
+    max_output_chars: int = Field(20_000, ge=1, le=50_000_000)
+    """Longest output a call may return; longer is an `output_limit` error."""
+    max_open_files: int = Field(64, ge=8, le=65_536)
+    max_file_size_mb: int = Field(16, ge=0, le=1_048_576)
+    """Largest file the tool may write (RLIMIT_FSIZE); a larger write fails with EFBIG."""
+    max_processes: int = Field(32, ge=1, le=4096)
+    """Processes the call may have at once (a pids cgroup where writable, else RLIMIT_NPROC)."""
+    reuse_worker: bool = False
+    """Trusted tools may run in a warm worker that served earlier calls."""
+
+
+def address_space_now() -> int:
+    """Bytes of virtual memory this process maps right now."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[0])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def apply_rlimits(limits: Limits, *, fresh: bool, nproc: int | None) -> None:
+    """Set this process's rlimits for one call.
+
+    A fresh worker lowers soft and hard limits, so the tool cannot raise them back.
+    A reused (trusted) worker must serve later calls, so it sets soft limits only and
+    counts CPU from what it has already used. `nproc` is the RLIMIT_NPROC to set, or
+    None when a pids cgroup already bounds the call (RLIMIT_NPROC counts every
+    process of the user, so it is only a fallback).
+    """
+    used_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_now = int(used_cpu.ru_utime + used_cpu.ru_stime)
+    wanted = {
+        resource.RLIMIT_AS: address_space_now() + limits.memory_mb * MIB,
+        resource.RLIMIT_CPU: cpu_now + limits.cpu_s,
+        resource.RLIMIT_NOFILE: limits.max_open_files,
+        resource.RLIMIT_FSIZE: limits.max_file_size_mb * MIB,
+        resource.RLIMIT_CORE: 0,
+    }
+    if nproc is not None:
+        wanted[resource.RLIMIT_NPROC] = nproc
+    for which, soft in wanted.items():
+        _, hard = resource.getrlimit(which)
+        if fresh:
+            # One second of grace between SIGXCPU and SIGKILL tells the two apart.
+            new_hard = soft + 1 if which == resource.RLIMIT_CPU else soft
+        else:
+            new_hard = hard
+        if hard != resource.RLIM_INFINITY:
+            soft = min(soft, hard)
+            new_hard = min(new_hard, hard)
+        resource.setrlimit(which, (soft, new_hard))

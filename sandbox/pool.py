@@ -1,0 +1,376 @@
+"""The pool: run one tool call in a worker and always come back with a `ToolResult`.
+
+    with Pool(registry=Registry.default()) as pool:
+        result = pool.call("calculate", {"expression": "2 + 2"})
+
+Untrusted tools get a fresh worker for every call (a pre-forked spare, so it costs
+little); trusted ones (`Limits.reuse_worker`) may run in a warm worker that served
+before. At most `size` calls run at once. Every way a call can fail is translated
+here, once, into a `ToolError` with a stable kind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tools.context import ToolContext
+from tools.registry import ArgumentError, Registry
+
+from . import reaper
+from .channel import Deadline, Oversized, PeerGone, send_frame
+from .errors import (
+    BadArguments,
+    CpuLimit,
+    OutputLimit,
+    SandboxUnavailable,
+    ToolCallError,
+    ToolTimeout,
+    UnknownTool,
+    WorkerCrashed,
+)
+from .limits import Limits
+from .protocol import Call, Result, ToolError
+from .template import Template, WorkerHandle
+
+SPARE_TIMEOUT_S = 60.0
+"""Longest wait for a spare worker; only reached on a machine that cannot fork."""
+KILL_WAIT_S = 10.0
+"""How long a SIGKILLed worker may take to be gone (a huge address space to free)."""
+LOG_CHARS = 4000
+"""How much of a call's stdout/stderr the result keeps (the rest stays in the worker)."""
+
+
+class ToolResult(BaseModel):
+    """What a call produced: an output, or an error with a stable kind.
+
+    Its JSON form (without the excluded fields) is the `sandboxed-agent tool` contract.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    tool: str
+    ok: bool
+    output: str | None
+    error: ToolError | None
+    duration_ms: float
+    logs: str = Field("", exclude=True)
+    """Start of what the tool printed on stdout/stderr."""
+    worker_pid: int | None = Field(None, exclude=True)
+
+    @property
+    def text(self) -> str:
+        """What the model is shown: the output, or the error's kind and message."""
+        if self.ok:
+            return self.output or ""
+        assert self.error is not None
+        return f"error ({self.error.kind}): {self.error.message}"
+
+
+class LimitsPolicy(Protocol):
+    """What the pool needs from a policy (`policies.Policy` is one)."""
+
+    def limits_for(self, tool: str) -> Limits: ...
+    def context_for(self, tool: str) -> ToolContext: ...
+
+
+class DefaultLimits:
+    """Default `Limits` for every tool and no document root."""
+
+    def limits_for(self, tool: str) -> Limits:
+        return Limits()
+
+    def context_for(self, tool: str) -> ToolContext:
+        return ToolContext()
+
+
+ProcessTree = Literal["auto", "pid-namespace", "subreaper"]
+
+
+class Pool:
+    """Workers for tool calls; a context manager. Thread-safe: call from many threads."""
+
+    def __init__(
+        self,
+        policy: LimitsPolicy | None = None,
+        *,
+        registry: Registry | None = None,
+        size: int | None = None,
+        spares: int = 2,
+        process_tree: ProcessTree = "auto",
+        cgroups: bool = True,
+    ) -> None:
+        self.registry = registry if registry is not None else Registry.default()
+        self.policy: LimitsPolicy = policy if policy is not None else DefaultLimits()
+        self.size = size or os.cpu_count() or 2
+        if self.size < 1 or spares < 1:
+            raise ValueError("a pool needs size >= 1 and spares >= 1")
+        self._template = Template(
+            list(self.registry.sources),
+            pid_namespaces=process_tree != "subreaper",
+            cgroups=cgroups,
+        )
+        if process_tree == "pid-namespace" and not self._template.ready.pid_namespaces:
+            self._template.close()
+            raise SandboxUnavailable("PID namespaces are not available on this machine")
+        self._slots = threading.BoundedSemaphore(self.size)
+        self._warm: list[WorkerHandle] = []
+        self._busy: set[WorkerHandle] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        for _ in range(spares):
+            self._template.request_worker()
+        _live_pools.add(self)
+        _install_signal_handlers()
+
+    # -- public ---------------------------------------------------------------
+
+    @property
+    def pid_namespaces(self) -> bool:
+        """Each worker is pid 1 of its own PID namespace (else: subreaper + tree kill)."""
+        return self._template.ready.pid_namespaces
+
+    @property
+    def cgroups(self) -> bool:
+        """Each worker's process count is bounded by its own pids cgroup."""
+        return self._template.ready.cgroups
+
+    @property
+    def template_pid(self) -> int:
+        return self._template.pid
+
+    def call(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | str | None = None,
+        *,
+        limits: Limits | None = None,
+    ) -> ToolResult:
+        """Run `tool` with the model's `arguments` (a dict or a JSON string)."""
+        start = time.perf_counter()
+        try:
+            call = self._prepare(tool, arguments, limits)
+        except ToolCallError as exc:
+            return _failed(tool, exc, start)
+        with self._slots:
+            if self._closed:
+                return _failed(tool, WorkerCrashed(tool, "the pool is shut down"), start)
+            try:
+                worker = self._take(call.limits.reuse_worker)
+            except SandboxUnavailable as exc:
+                return _failed(tool, WorkerCrashed(tool, f"no worker available: {exc}"), start)
+            try:
+                result, keep = self._run(worker, call)
+            finally:
+                with self._lock:
+                    self._busy.discard(worker)
+            logs = _read_log(worker.log_path)
+            if keep and not self._closed:
+                with self._lock:
+                    self._warm.append(worker)
+            else:
+                self._retire(worker)
+        duration = (time.perf_counter() - start) * 1000
+        return ToolResult(
+            tool=tool,
+            ok=result.ok,
+            output=result.output,
+            error=result.error,
+            duration_ms=round(duration, 3),
+            logs=logs,
+            worker_pid=worker.pid,
+        )
+
+    def close(self) -> None:
+        """Kill every worker and the template; safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers = self._warm + list(self._busy)
+            self._warm = []
+        for worker in workers:
+            worker.kill()
+        self._template.close()
+        for worker in workers:
+            worker.close()
+        _live_pools.discard(self)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one call ---------------------------------------------------------------
+
+    def _prepare(
+        self, tool: str, arguments: Mapping[str, Any] | str | None, limits: Limits | None
+    ) -> Call:
+        try:
+            spec = self.registry.get(tool)
+        except LookupError:
+            raise UnknownTool(str(tool), self.registry.names()) from None
+        try:
+            args = spec.validate(arguments)
+        except ArgumentError as exc:
+            raise BadArguments(tool, str(exc)) from None
+        context = self.policy.context_for(tool)
+        return Call(
+            tool=tool,
+            args=args,
+            limits=limits or self.policy.limits_for(tool),
+            root=context.root,
+            settings=context.settings,
+        )
+
+    def _take(self, reuse: bool) -> WorkerHandle:
+        with self._lock:
+            if reuse and self._warm:
+                worker = self._warm.pop()
+                self._busy.add(worker)
+                return worker
+        worker = self._template.take_spare(SPARE_TIMEOUT_S)
+        self._template.request_worker()  # keep a spare ready for the next call
+        with self._lock:
+            self._busy.add(worker)
+        return worker
+
+    def _run(self, worker: WorkerHandle, call: Call) -> tuple[Result, bool]:
+        """Send the call, wait for the answer or the deadline. Returns (result, reusable)."""
+        limits = call.limits
+        # JSON escapes can make one character six bytes; anything longer is refused unread.
+        max_frame = limits.max_output_chars * 6 + 4096
+        deadline = time.monotonic() + limits.timeout_s
+        worker.calls += 1
+        try:
+            send_frame(worker.sock, call.model_dump_json().encode())
+            frame = worker.reader.read(deadline, max_frame)
+        except Deadline:
+            self._kill(worker)
+            return _error(ToolTimeout(call.tool, limits.timeout_s)), False
+        except Oversized as exc:
+            self._kill(worker)
+            message = (
+                f"{call.tool} sent {exc.size} bytes; "
+                f"the limit is {limits.max_output_chars} characters"
+            )
+            return _error(OutputLimit(call.tool, message)), False
+        except (PeerGone, OSError):
+            return _error(self._why_dead(worker, call)), False
+        try:
+            result = Result.model_validate_json(frame)
+        except ValidationError:
+            self._kill(worker)
+            return _error(WorkerCrashed(call.tool, "the worker broke the protocol")), False
+        return result, result.ok and limits.reuse_worker
+
+    def _why_dead(self, worker: WorkerHandle, call: Call) -> ToolCallError:
+        """The worker died without answering: its exit status says why."""
+        self._kill(worker)
+        exited = self._template.exit_status(worker.pid)
+        if exited is None:
+            return WorkerCrashed(call.tool, f"{call.tool}'s worker died before answering")
+        status, cpu = exited.status, exited.cpu_s
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            hit_cpu = sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= call.limits.cpu_s)
+            if hit_cpu:
+                return CpuLimit(
+                    call.tool,
+                    f"{call.tool} used its {call.limits.cpu_s} s of CPU time and was killed",
+                )
+            return WorkerCrashed(
+                call.tool, f"{call.tool}'s worker was killed by {_signal_name(sig)}"
+            )
+        code = os.waitstatus_to_exitcode(status)
+        return WorkerCrashed(
+            call.tool, f"{call.tool}'s worker exited with status {code} before answering"
+        )
+
+    def _kill(self, worker: WorkerHandle) -> None:
+        """SIGKILL the worker and everything it started, and wait until it is gone."""
+        if not self.pid_namespaces:
+            reaper.kill_tree(worker.pid)
+        worker.kill()
+        worker.wait_dead(KILL_WAIT_S)
+
+    def _retire(self, worker: WorkerHandle) -> None:
+        self._kill(worker)
+        self._template.forget_exit(worker.pid)
+        worker.close()
+
+
+def _error(exc: ToolCallError) -> Result:
+    return Result(ok=False, error=ToolError(kind=exc.kind, message=exc.message))
+
+
+def _failed(tool: str, exc: ToolCallError, start: float) -> ToolResult:
+    return ToolResult(
+        tool=str(tool),
+        ok=False,
+        output=None,
+        error=ToolError(kind=exc.kind, message=exc.message),
+        duration_ms=round((time.perf_counter() - start) * 1000, 3),
+    )
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        name = signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+    description = signal.strsignal(sig)
+    return f"{name} ({description})" if description else name
+
+
+def _read_log(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(LOG_CHARS)
+    except OSError:
+        return ""
+    return data.decode("utf-8", "replace")
+
+
+# -- shutdown at exit and on SIGTERM ----------------------------------------------
+
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for pool in list(_live_pools):
+        with contextlib.suppress(Exception):
+            pool.close()
+
+
+_handlers_installed = False
+
+
+def _install_signal_handlers() -> None:
+    """Turn SIGTERM into SystemExit so `with` blocks and atexit close the pools.
+
+    Only when nobody else handles SIGTERM and we are on the main thread; SIGINT
+    already raises KeyboardInterrupt. Even a SIGKILLed orchestrator leaves nothing:
+    the zygote sees its control socket close and kills every worker.
+    """
+    global _handlers_installed
+    if _handlers_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _handlers_installed = True
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

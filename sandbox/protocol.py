@@ -1,0 +1,108 @@
+"""What crosses a pipe: frozen pydantic models, tagged by `type`.
+
+Two conversations use them:
+
+- orchestrator ↔ worker, over a stream socket with a 4-byte length prefix
+  (`channel.py`): `Call` one way, `Result` back;
+- orchestrator ↔ zygote (the pre-imported template process that forks workers),
+  over a SOCK_SEQPACKET socket: `Spawn`/`Shutdown` one way, `Spawned`/`Exited` back.
+
+Errors cross as `{kind, message}`, never pickled: a hostile worker can send bytes,
+but it cannot make the orchestrator unpickle them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .errors import ErrorKind
+from .limits import Limits
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolError(_Message):
+    """Why a call produced no output; `kind` is one of the stable `ErrorKind`s."""
+
+    kind: ErrorKind
+    message: str
+
+
+class Call(_Message):
+    type: Literal["call"] = "call"
+    tool: str
+    args: dict[str, Any]
+    limits: Limits
+    root: str | None = None
+    """Directory `read_file` may read from, from the policy."""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """Per-tool configuration from the policy (for example a pinned `today`)."""
+
+
+class Result(_Message):
+    type: Literal["result"] = "result"
+    ok: bool
+    output: str | None = None
+    error: ToolError | None = None
+
+
+class Spawn(_Message):
+    type: Literal["spawn"] = "spawn"
+
+
+class Shutdown(_Message):
+    type: Literal["shutdown"] = "shutdown"
+
+
+class ZygoteConfig(_Message):
+    """How to start a zygote: passed on its command line, since it starts by exec."""
+
+    sys_path: list[str]
+    sources: list[str]
+    """Tool modules or files to import before forking anything."""
+    root: str
+    """Directory that holds the workers' private directories."""
+    pid_namespaces: bool
+    cgroups: bool
+
+
+class Ready(_Message):
+    """The zygote imported the tools; which isolation layers it could set up."""
+
+    type: Literal["ready"] = "ready"
+    pid_namespaces: bool
+    cgroups: bool
+    tools: list[str]
+
+
+class Spawned(_Message):
+    """A new idle worker; the message carries its socket and pidfd as SCM_RIGHTS."""
+
+    type: Literal["spawned"] = "spawned"
+    pid: int
+    workdir: str
+    log_path: str
+
+
+class Exited(_Message):
+    """The zygote reaped a worker: its wait status and the CPU time it used."""
+
+    type: Literal["exited"] = "exited"
+    pid: int
+    status: int
+    cpu_s: float
+
+
+class Failed(_Message):
+    """The zygote could not fork a worker."""
+
+    type: Literal["failed"] = "failed"
+    message: str
+
+
+ToZygote = TypeAdapter(Annotated[Spawn | Shutdown, Field(discriminator="type")])
+FromZygote = TypeAdapter(Annotated[Ready | Spawned | Exited | Failed, Field(discriminator="type")])

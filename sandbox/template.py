@@ -1,0 +1,208 @@
+"""The orchestrator's side of the zygote: start it, ask for workers, hear of exits.
+
+A reader thread receives the zygote's messages: each `Spawned` becomes an idle
+`WorkerHandle` in the spare queue; each `Exited` is kept for the call that needs to
+know how its worker died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections import OrderedDict
+
+import multiprocess
+
+from .channel import FrameReader
+from .errors import SandboxUnavailable
+from .protocol import Exited, Failed, FromZygote, Ready, Shutdown, Spawn, Spawned, ZygoteConfig
+from .zygote import exec_zygote
+
+STARTUP_TIMEOUT_S = 60.0
+"""Importing pydantic and the tools in a new interpreter; generous for a loaded machine."""
+EXIT_REPORT_TIMEOUT_S = 10.0
+"""How long to wait for the zygote to report a dead worker's status."""
+_KEPT_EXITS = 4096
+
+
+class WorkerHandle:
+    """One idle or busy worker, as the orchestrator holds it."""
+
+    def __init__(self, spawned: Spawned, sock: socket.socket, pidfd: int) -> None:
+        self.pid = spawned.pid
+        self.workdir = spawned.workdir
+        self.log_path = spawned.log_path
+        self.sock = sock
+        self.pidfd = pidfd
+        self.reader = FrameReader(sock, pidfd)
+        self.calls = 0
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def wait_dead(self, timeout: float) -> bool:
+        """Wait for the worker to exit; with a PID namespace its whole tree is gone then."""
+        import select
+
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(OSError):
+            os.close(self.pidfd)
+
+
+class Template:
+    """A running zygote."""
+
+    def __init__(self, sources: list[str], *, pid_namespaces: bool, cgroups: bool) -> None:
+        self.root = tempfile.mkdtemp(prefix="sandboxed-agent-")
+        config = ZygoteConfig(
+            sys_path=[p for p in sys.path if p],
+            sources=sources,
+            root=self.root,
+            pid_namespaces=pid_namespaces,
+            cgroups=cgroups,
+        )
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._ctrl = ours
+        self._send_lock = threading.Lock()
+        context = multiprocess.get_context("fork")
+        self.process = context.Process(
+            target=exec_zygote,
+            args=(theirs.fileno(), config.model_dump_json()),
+            name="sandboxed-agent-zygote",
+            daemon=True,
+        )
+        self.process.start()
+        theirs.close()
+        self.spares: queue.Queue[WorkerHandle | BaseException] = queue.Queue()
+        self._exits: OrderedDict[int, Exited] = OrderedDict()
+        self._exit_cond = threading.Condition()
+        self.broken: str | None = None
+        self.ready = self._wait_ready()
+        self._reader = threading.Thread(
+            target=self._read_loop, name="sandboxed-agent-zygote-reader", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _wait_ready(self) -> Ready:
+        self._ctrl.settimeout(STARTUP_TIMEOUT_S)
+        try:
+            data = self._ctrl.recv(65536)
+        except TimeoutError:
+            self._abort()
+            raise SandboxUnavailable(
+                f"the worker template did not start within {STARTUP_TIMEOUT_S:g} s"
+            ) from None
+        finally:
+            self._ctrl.settimeout(None)
+        if not data:
+            self._abort()
+            raise SandboxUnavailable("the worker template exited while starting (see stderr)")
+        message = FromZygote.validate_json(data)
+        if isinstance(message, Failed):
+            self._abort()
+            raise SandboxUnavailable(message.message)
+        if not isinstance(message, Ready):
+            self._abort()
+            raise SandboxUnavailable(f"the worker template sent {message.type!r} before 'ready'")
+        return message
+
+    def _abort(self) -> None:
+        self._ctrl.close()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self._ctrl, 65536, 2)
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                self._mark_broken("the worker template process exited")
+                return
+            message = FromZygote.validate_json(data)
+            if isinstance(message, Spawned):
+                sock = socket.socket(fileno=fds[0])
+                self.spares.put(WorkerHandle(message, sock, fds[1]))
+            elif isinstance(message, Exited):
+                with self._exit_cond:
+                    self._exits[message.pid] = message
+                    while len(self._exits) > _KEPT_EXITS:
+                        self._exits.popitem(last=False)
+                    self._exit_cond.notify_all()
+            elif isinstance(message, Failed):
+                self.spares.put(SandboxUnavailable(message.message))
+
+    def _mark_broken(self, why: str) -> None:
+        self.broken = why
+        self.spares.put(SandboxUnavailable(why))
+        with self._exit_cond:
+            self._exit_cond.notify_all()
+
+    def request_worker(self) -> None:
+        if self.broken:
+            return
+        with self._send_lock, contextlib.suppress(OSError):
+            self._ctrl.send(Spawn().model_dump_json().encode())
+
+    def take_spare(self, timeout: float) -> WorkerHandle:
+        try:
+            item = self.spares.get(timeout=timeout)
+        except queue.Empty:
+            raise SandboxUnavailable(f"no worker became ready within {timeout:g} s") from None
+        if isinstance(item, BaseException):
+            if self.broken:
+                self.spares.put(item)  # every later caller must learn it too
+            raise item
+        return item
+
+    def exit_status(self, pid: int, timeout: float = EXIT_REPORT_TIMEOUT_S) -> Exited | None:
+        with self._exit_cond:
+            self._exit_cond.wait_for(lambda: pid in self._exits or self.broken, timeout)
+            return self._exits.pop(pid, None)
+
+    def forget_exit(self, pid: int) -> None:
+        with self._exit_cond:
+            self._exits.pop(pid, None)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the zygote to kill its workers and exit; then make sure it did."""
+        with self._send_lock, contextlib.suppress(OSError):
+            self._ctrl.send(Shutdown().model_dump_json().encode())
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        with contextlib.suppress(OSError):
+            self._ctrl.close()
+        while True:
+            try:
+                item = self.spares.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, WorkerHandle):
+                item.close()
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,218 @@
+"""The worker: a child of the zygote that serves tool calls over its socket.
+
+It runs in its own session (and, where the kernel allows, as pid 1 of its own PID
+namespace), with stdin from /dev/null, stdout/stderr in a log file the orchestrator
+reads a capped prefix of, the zygote's allowlisted environment, and rlimits set from
+the first call's `Limits`. Errors are caught and sent as `{kind, message}`; anything
+the worker cannot catch (a segfault, a kill) the orchestrator learns from the exit
+status instead.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+from typing import Any, NoReturn
+
+from pydantic_core import to_json
+
+from tools.context import ToolContext, set_current
+from tools.registry import Registry
+
+from . import _linux
+from .channel import recv_frame_blocking, send_frame
+from .errors import ErrorKind
+from .limits import Limits, apply_rlimits
+from .protocol import Call, Result, ToolError
+
+CHANNEL_FD = 3
+
+
+class WorkerSetup:
+    """What the zygote hands a freshly forked worker."""
+
+    def __init__(
+        self,
+        channel_fd: int,
+        log_fd: int,
+        workdir: str,
+        cgroup: str | None,
+        in_pid_namespace: bool,
+    ) -> None:
+        self.channel_fd = channel_fd
+        self.log_fd = log_fd
+        self.workdir = workdir
+        self.cgroup = cgroup
+        self.in_pid_namespace = in_pid_namespace
+
+
+def detach(setup: WorkerSetup) -> socket.socket:
+    """Cut the worker off from the zygote: session, signals, fds, cwd, environment."""
+    os.setsid()
+    # The zygote is single-threaded, so "the thread that forked us" is the zygote.
+    _linux.set_parent_death_signal(signal.SIGKILL)
+    if not setup.in_pid_namespace:
+        # Without a namespace, orphaned grandchildren must stay findable under us.
+        _linux.set_child_subreaper()
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A write past RLIMIT_FSIZE then fails with EFBIG (an exception the tool sees)
+    # instead of killing the worker.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    os.chdir(setup.workdir)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(setup.log_fd, 1)
+    os.dup2(setup.log_fd, 2)
+    os.dup2(setup.channel_fd, CHANNEL_FD)
+    os.closerange(CHANNEL_FD + 1, _max_fd())
+    os.environ["HOME"] = os.environ["TMPDIR"] = os.environ["PWD"] = setup.workdir
+    return socket.socket(fileno=CHANNEL_FD)
+
+
+def _max_fd() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 65536
+
+
+def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoReturn:
+    """Answer calls until the orchestrator goes away; a fresh worker answers one."""
+    first = True
+    reusable = False
+    while True:
+        frame = recv_frame_blocking(chan)
+        if frame is None:
+            os._exit(0)
+        call = Call.model_validate_json(frame)
+        if first:
+            reusable = call.limits.reuse_worker
+            _limit_processes(setup, call.limits)
+        apply_rlimits(call.limits, fresh=not reusable, nproc=_nproc(setup, call.limits))
+        first = False
+        result = run(registry, call)
+        send_frame(chan, result)
+        if not reusable:
+            os._exit(0)
+        _clean_up(setup)
+
+
+def run(registry: Registry, call: Call) -> bytes:
+    """One call → the encoded `Result` frame. Never raises."""
+    # Built before the tool runs: once memory is exhausted there may be none to build it.
+    out_of_memory = _failure(
+        ErrorKind.MEMORY_LIMIT,
+        f"{call.tool} ran out of memory (limit {call.limits.memory_mb} MiB)",
+    )
+    try:
+        set_current(ToolContext(root=call.root, settings=call.settings))
+        spec = registry.get(call.tool)
+        value = spec.func(**spec.bind(call.args))
+        text = _as_text(value)
+    except MemoryError:
+        return out_of_memory
+    except BaseException as exc:  # the tool's bug is the model's observation
+        return _failure(ErrorKind.TOOL_ERROR, _describe(exc))
+    finally:
+        _flush_std()
+    if len(text) > call.limits.max_output_chars:
+        return _failure(
+            ErrorKind.OUTPUT_LIMIT,
+            f"{call.tool} returned {len(text)} characters; the limit is "
+            f"{call.limits.max_output_chars}",
+        )
+    return Result(ok=True, output=text).model_dump_json().encode()
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return to_json(value).decode()
+    except Exception as exc:
+        raise TypeError(
+            f"the tool returned a {type(value).__name__}, which cannot be turned into "
+            "JSON text; return a str, a number, a list, a dict or a pydantic model"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _failure(kind: ErrorKind, message: str) -> bytes:
+    return Result(ok=False, error=ToolError(kind=kind, message=message)).model_dump_json().encode()
+
+
+def _flush_std() -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def _limit_processes(setup: WorkerSetup, limits: Limits) -> None:
+    if setup.cgroup is None:
+        return
+    with open(os.path.join(setup.cgroup, "pids.max"), "w") as f:
+        f.write(str(limits.max_processes))
+
+
+def _nproc(setup: WorkerSetup, limits: Limits) -> int | None:
+    """RLIMIT_NPROC counts all processes of our uid, so add what already runs."""
+    if setup.cgroup is not None:
+        return None
+    uid = os.getuid()
+    if uid == 0:
+        return None  # root ignores RLIMIT_NPROC; only a cgroup (or issue 5's uid drop) helps
+    running = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                running += entry.stat().st_uid == uid
+            except OSError:
+                pass
+    return running + limits.max_processes
+
+
+def _clean_up(setup: WorkerSetup) -> None:
+    """Between calls of a reused worker: no leftover process, an empty workdir."""
+    while True:
+        _kill_descendants(setup)
+        try:
+            os.waitpid(-1, 0)  # orphans are re-parented to us: reap until none is left
+        except ChildProcessError:
+            break
+    for entry in os.scandir(setup.workdir):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+    os.ftruncate(1, 0)
+
+
+def _kill_descendants(setup: WorkerSetup) -> None:
+    if setup.in_pid_namespace:
+        try:
+            os.kill(-1, signal.SIGKILL)  # as pid 1: everyone else in our namespace
+        except ProcessLookupError:
+            pass
+        return
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass

@@ -1,0 +1,312 @@
+"""The zygote: a pre-imported template process that forks workers on request.
+
+The orchestrator starts it with `multiprocess` and it immediately `exec`s a fresh
+interpreter with an allowlisted environment, so no secret of the orchestrator is in
+its memory, its environment block or `/proc/<pid>/environ`, and so nothing it forks
+can inherit one. It then imports the tools once; forking it costs well under a
+millisecond, against tens for a new interpreter.
+
+It is single-threaded and waits on two things: its control socket (`Spawn`,
+`Shutdown`, or end of file when the orchestrator dies) and a signal wakeup pipe
+(`SIGCHLD`: reap a worker and report `Exited`). When the orchestrator goes away it
+kills every worker and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from typing import NoReturn
+
+from . import _linux
+from .protocol import Exited, Failed, Ready, Shutdown, Spawn, Spawned, ToZygote, ZygoteConfig
+
+ENV_ALLOWLIST = ("PATH", "LANG", "LANGUAGE", "TZ")
+ENV_PREFIX_ALLOWLIST = ("LC_",)
+
+
+def clean_environment(env: dict[str, str]) -> dict[str, str]:
+    """Only locale, time zone and PATH: no key, token or credential crosses."""
+    kept = {
+        k: v for k, v in env.items() if k in ENV_ALLOWLIST or k.startswith(ENV_PREFIX_ALLOWLIST)
+    }
+    kept.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return kept
+
+
+_BOOTSTRAP = (
+    "import sys, json; cfg = sys.argv[2]; "
+    "sys.path[:0] = json.loads(cfg)['sys_path']; "
+    "from sandbox.zygote import main; main(int(sys.argv[1]), cfg)"
+)
+
+
+def exec_zygote(ctrl_fd: int, config_json: str) -> NoReturn:
+    """Runs in the child `multiprocess` forked: replace it with a clean interpreter."""
+    os.set_inheritable(ctrl_fd, True)
+    env = clean_environment(dict(os.environ))
+    argv = [sys.executable, "-I", "-c", _BOOTSTRAP, str(ctrl_fd), config_json]
+    try:
+        os.execve(sys.executable, argv, env)
+    finally:
+        os._exit(127)
+
+
+class _WorkerRecord:
+    def __init__(self, base: str, cgroup: str | None) -> None:
+        self.base = base
+        self.cgroup = cgroup
+
+
+class Zygote:
+    def __init__(self, ctrl: socket.socket, config: ZygoteConfig) -> None:
+        from tools.registry import Registry
+
+        self.ctrl = ctrl
+        self.config = config
+        self.registry = Registry()
+        for source in config.sources:
+            self.registry.load(source)
+        self.workers: dict[int, _WorkerRecord] = {}
+        self.count = 0
+        self.pidns: _linux.PidNamespaces | None = None
+        if config.pid_namespaces:
+            namespaces = _linux.PidNamespaces()
+            self.pidns = namespaces if namespaces.available else None
+        self.cgroup_root: str | None = None
+        if config.cgroups and _linux.cgroup_pids_available():
+            path = os.path.join(_linux.CGROUP_PIDS_ROOT, f"sandboxed-agent-{os.getpid()}")
+            try:
+                os.mkdir(path)
+                self.cgroup_root = path
+            except OSError:
+                pass
+        # Orphans of workers come to us, not to init, so none escapes the sweep.
+        _linux.set_child_subreaper()
+
+    def send(self, message: Ready | Spawned | Exited | Failed, fds: list[int] = ()) -> None:
+        data = message.model_dump_json().encode()
+        if fds:
+            socket.send_fds(self.ctrl, [data], list(fds))
+        else:
+            self.ctrl.send(data)
+
+    def spawn(self) -> None:
+        self.count += 1
+        base = tempfile.mkdtemp(prefix=f"w{self.count}-", dir=self.config.root)
+        workdir = os.path.join(base, "work")
+        os.mkdir(workdir, 0o700)
+        log_path = os.path.join(base, "output.log")
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        cgroup = None
+        if self.cgroup_root:
+            cgroup = os.path.join(self.cgroup_root, f"w{self.count}")
+            os.mkdir(cgroup)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = -1
+        if self.pidns:
+            self.pidns.enter()
+        try:
+            pid = os.fork()
+        finally:
+            if self.pidns and pid != 0:
+                self.pidns.leave()  # also when fork failed: the next spawn must work
+        if pid == 0:
+            self._become_worker(theirs.fileno(), log_fd, workdir, cgroup)
+        theirs.close()
+        os.close(log_fd)
+        pidfd = os.pidfd_open(pid)
+        if cgroup:
+            # Before the worker can get a call, so everything the call forks is counted.
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        self.workers[pid] = _WorkerRecord(base, cgroup)
+        try:
+            self.send(Spawned(pid=pid, workdir=workdir, log_path=log_path), [ours.fileno(), pidfd])
+        finally:
+            ours.close()
+            os.close(pidfd)
+
+    def _become_worker(
+        self, channel_fd: int, log_fd: int, workdir: str, cgroup: str | None
+    ) -> NoReturn:
+        from .worker import WorkerSetup, detach, serve
+
+        try:
+            setup = WorkerSetup(channel_fd, log_fd, workdir, cgroup, self.pidns is not None)
+            chan = detach(setup)
+            serve(chan, self.registry, setup)
+        except BaseException:
+            pass
+        os._exit(70)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            record = self.workers.pop(pid, None)
+            if record is None:
+                continue  # an orphan of some worker, re-parented to us
+            if self.pidns is None:
+                self._sweep(record)
+            cpu = usage.ru_utime + usage.ru_stime
+            self.send(Exited(pid=pid, status=status, cpu_s=cpu))
+            self._remove(record)
+
+    def _sweep(self, record: _WorkerRecord) -> None:
+        """Without PID namespaces: kill what the dead worker left behind."""
+        if record.cgroup:
+            _kill_cgroup(record.cgroup)
+        import psutil
+
+        for child in psutil.Process().children():
+            if child.pid not in self.workers:
+                try:
+                    child.kill()
+                except psutil.Error:
+                    pass
+
+    def _remove(self, record: _WorkerRecord) -> None:
+        shutil.rmtree(record.base, ignore_errors=True)
+        if record.cgroup:
+            _rmdir_cgroup(record.cgroup)
+
+    def run(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        stop = []
+        signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+        # Ctrl-C reaches the whole foreground group; the orchestrator decides what to do.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        poller = select.poll()
+        poller.register(self.ctrl.fileno(), select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
+        self.send(
+            Ready(
+                pid_namespaces=self.pidns is not None,
+                cgroups=self.cgroup_root is not None,
+                tools=self.registry.names(),
+            )
+        )
+        while not stop:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
+                    while _drain(wake_r):
+                        pass
+                    self.reap()
+                    continue
+                data = self.ctrl.recv(65536)
+                if not data:
+                    return
+                message = ToZygote.validate_json(data)
+                if isinstance(message, Shutdown):
+                    return
+                if isinstance(message, Spawn):
+                    try:
+                        self.spawn()
+                    except OSError as exc:
+                        self.send(Failed(message=f"cannot start a worker: {exc}"))
+
+    def shutdown(self) -> None:
+        for pid in list(self.workers):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid, record in list(self.workers.items()):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            if self.pidns is None:
+                self._sweep(record)
+            self._remove(record)
+        self.workers.clear()
+        _reap_all_children()
+        shutil.rmtree(self.config.root, ignore_errors=True)
+        if self.cgroup_root:
+            _rmdir_cgroup(self.cgroup_root)
+
+
+def _drain(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 4096))
+    except BlockingIOError:
+        return False
+
+
+def _kill_cgroup(path: str) -> None:
+    for _ in range(100):
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                pids = [int(line) for line in f if line.strip()]
+        except OSError:
+            return
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        select.select([], [], [], 0.001)
+
+
+def _rmdir_cgroup(path: str) -> None:
+    # A cgroup can be removed only once its last process is gone and reaped.
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            select.select([], [], [], 0.01)
+
+
+def _reap_all_children() -> None:
+    import psutil
+
+    for child in psutil.Process().children():
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def main(ctrl_fd: int, config_json: str) -> None:
+    ctrl = socket.socket(fileno=ctrl_fd)
+    os.set_inheritable(ctrl_fd, False)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    config = ZygoteConfig.model_validate_json(config_json)
+    try:
+        zygote = Zygote(ctrl, config)
+    except BaseException as exc:
+        ctrl.send(
+            Failed(message=f"cannot load the tools: {type(exc).__name__}: {exc}")
+            .model_dump_json()
+            .encode()
+        )
+        shutil.rmtree(config.root, ignore_errors=True)
+        raise SystemExit(1) from None
+    try:
+        zygote.run()
+    finally:
+        zygote.shutdown()

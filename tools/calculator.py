@@ -1,0 +1,153 @@
+"""`calculate`: arithmetic on an AST allowlist, bounded so that every input is cheap.
+
+Python's own integers are unbounded, so `9**9**9` would run for minutes and
+`(2**1000)**1000` would eat memory. Every operation here checks the size its result
+would have before computing it; the expression's length and nesting are capped
+before `ast.parse`, whose recursion a thousand parentheses could otherwise exhaust.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+
+from .registry import tool
+
+MAX_LENGTH = 1000
+MAX_NESTING = 64
+MAX_INT_BITS = 4096
+"""About 1,233 decimal digits: far past any real calculation, far below a slow one."""
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+
+
+class CalculationError(ValueError):
+    """The expression is not allowed or has no finite answer."""
+
+
+def _check_nesting(expression: str) -> None:
+    depth = 0
+    for ch in expression:
+        if ch == "(":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise CalculationError(f"too deeply nested: at most {MAX_NESTING} parentheses")
+        elif ch == ")":
+            depth -= 1
+
+
+def _bits(value: int | float) -> int:
+    return value.bit_length() if isinstance(value, int) else 0
+
+
+def _too_big(what: str) -> CalculationError:
+    return CalculationError(
+        f"{what} would exceed {MAX_INT_BITS} bits; numbers this large are refused"
+    )
+
+
+def _power(base: int | float, exp: int | float) -> int | float:
+    # The result has at least (bit_length - 1) * exp bits: refuse before computing.
+    # Whatever passes is at most twice the cap, cheap to compute and check after.
+    big_int_power = isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1
+    if big_int_power and (exp > MAX_INT_BITS or (base.bit_length() - 1) * exp > MAX_INT_BITS):
+        raise _too_big("the power")
+    if base == 0 and exp < 0:
+        raise CalculationError("division by zero")
+    if isinstance(base, float) or isinstance(exp, float) or exp < 0:
+        try:
+            return math.pow(base, exp)
+        except OverflowError:
+            raise CalculationError("the power is too large to represent") from None
+        except ValueError:
+            raise CalculationError("the power has no real value") from None
+    return base**exp
+
+
+def _apply(op: ast.operator, left: int | float, right: int | float) -> int | float:
+    if isinstance(op, ast.Pow):
+        result = _power(left, right)
+    elif isinstance(op, ast.Mult) and _bits(left) + _bits(right) > MAX_INT_BITS + 1:
+        raise _too_big("the product")
+    else:
+        try:
+            result = _BINARY[type(op)](left, right)
+        except ZeroDivisionError:
+            raise CalculationError("division by zero") from None
+        except OverflowError:
+            raise CalculationError("the result is too large to represent") from None
+    if _bits(result) > MAX_INT_BITS:
+        raise _too_big("the result")
+    return result
+
+
+def _eval(node: ast.AST, depth: int = 0) -> int | float:
+    if depth > MAX_NESTING:
+        raise CalculationError(f"too deeply nested: at most {MAX_NESTING} levels")
+    if isinstance(node, ast.Expression):
+        return _eval(node.body, depth + 1)
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CalculationError(f"only numbers are allowed, not {type(value).__name__}")
+        if _bits(value) > MAX_INT_BITS:
+            raise _too_big("the number")
+        return value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left = _eval(node.left, depth + 1)
+        right = _eval(node.right, depth + 1)
+        return _apply(node.op, left, right)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_eval(node.operand, depth + 1))
+    allowed = "numbers, + - * / // % ** and parentheses"
+    raise CalculationError(f"{type(node).__name__} is not allowed; use only {allowed}")
+
+
+def evaluate(expression: str) -> int | float:
+    """Evaluate safely; raises `CalculationError` with what was wrong."""
+    if not isinstance(expression, str):
+        raise CalculationError("the expression must be a string")
+    if len(expression) > MAX_LENGTH:
+        raise CalculationError(
+            f"expression too long: {len(expression)} characters, at most {MAX_LENGTH}"
+        )
+    if "\x00" in expression:
+        raise CalculationError("the expression contains a NUL character")
+    _check_nesting(expression)
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        msg = getattr(exc, "msg", None) or str(exc)
+        raise CalculationError(f"not a valid expression: {msg}") from None
+    result = _eval(tree)
+    if isinstance(result, float) and not math.isfinite(result):
+        raise CalculationError("the result is not a finite number")
+    return result
+
+
+def format_number(value: int | float) -> str:
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return format(value, ".15g")
+    return str(value)
+
+
+@tool
+def calculate(expression: str) -> str:
+    """Evaluate an arithmetic expression exactly as written.
+
+    Args:
+        expression: Numbers with + - * / // % ** and parentheses, e.g. "(89.99 * 3) / 2".
+    """
+    return format_number(evaluate(expression))

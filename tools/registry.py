@@ -1,0 +1,273 @@
+"""`@tool` and the registry: a name → the function, its argument model and its schema.
+
+    from tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        '''Current weather for a city.
+
+        Args:
+            city: City name, for example "Paris".
+        '''
+
+The registry validates arguments (it raises `ArgumentError` with one line per
+problem) and finds tools (it raises `LookupError`); the sandbox turns both into the
+model-facing error kinds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel, ValidationError
+
+from .schema import ToolDefinitionError, build_model, parse_docstring, strict_schema
+
+F = TypeVar("F", bound=Callable[..., Any])
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+BUILTIN_MODULES = ("tools.calculator", "tools.files", "tools.support")
+
+
+class ArgumentError(ValueError):
+    """The model's arguments do not fit the tool; the message names each field."""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    func: Callable[..., Any]
+    model: type[BaseModel]
+    parameters: dict[str, Any]
+    """Strict JSON schema of the arguments."""
+    defaults: frozenset[str]
+    json_native: bool
+    """Every parameter arrives from JSON as the function wants it; skip re-validation."""
+
+    @property
+    def openai_schema(self) -> dict[str, Any]:
+        """The `tools=[...]` entry for the Chat Completions API."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+                "strict": True,
+            },
+        }
+
+    def validate(self, arguments: Mapping[str, Any] | str | bytes | None) -> dict[str, Any]:
+        """Model's arguments (a JSON string or a mapping) → JSON-ready validated values."""
+        args = _parse_arguments(arguments)
+        # Strict mode makes the model send every key; a null stands for the default.
+        for name in self.defaults:
+            if name in args and args[name] is None:
+                del args[name]
+        try:
+            return self.model.model_validate(args).model_dump(mode="json")
+        except ValidationError as exc:
+            raise ArgumentError(_describe(exc, self)) from None
+
+    def bind(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Validated JSON values → the keyword arguments to call the function with."""
+        if self.json_native:
+            return payload
+        model = self.model.model_validate(payload)
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+def _parse_arguments(arguments: Mapping[str, Any] | str | bytes | None) -> dict[str, Any]:
+    if arguments is None:
+        return {}
+    if isinstance(arguments, str | bytes):
+        if not arguments.strip():
+            return {}
+        try:
+            arguments = json.loads(arguments)
+        except (ValueError, RecursionError) as exc:
+            raise ArgumentError(
+                f"arguments are not valid JSON ({exc}); send one JSON object"
+            ) from None
+    if not isinstance(arguments, Mapping):
+        raise ArgumentError(f"arguments must be a JSON object, got {type(arguments).__name__}")
+    return dict(arguments)
+
+
+def _describe(exc: ValidationError, spec: ToolSpec) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "arguments"
+        if err["type"] == "extra_forbidden":
+            expected = ", ".join(spec.model.model_fields) or "none"
+            problems.append(f"{where}: unexpected argument (accepted: {expected})")
+            continue
+        got = ""
+        if err["type"] != "missing":
+            got = f" (got {_short(err.get('input'))})"
+        problems.append(f"{where}: {err['msg']}{got}")
+    return f"invalid arguments for {spec.name}: " + "; ".join(problems)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Registry:
+    """Tools by name. `Registry.default()` holds the built-ins."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, ToolSpec] = {}
+        self.sources: list[str] = []
+        """What was loaded into this registry, so a worker can load the same."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[ToolSpec]:
+        return iter(sorted(self._specs.values(), key=lambda s: s.name))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def get(self, name: str) -> ToolSpec:
+        try:
+            return self._specs[name]
+        except (KeyError, TypeError):
+            raise LookupError(name) from None
+
+    def add(self, func: Callable[..., Any], name: str | None = None) -> ToolSpec:
+        tool_name = name or func.__name__
+        if not _NAME.match(tool_name):
+            raise ToolDefinitionError(
+                f"tool name {tool_name!r} is not allowed: use 1-64 letters, digits, _ or -"
+            )
+        existing = self._specs.get(tool_name)
+        if existing is not None and existing.func is not func:
+            if _same_definition(existing.func, func):
+                return existing  # the same module imported twice (file path and name)
+            raise ToolDefinitionError(
+                f"tool {tool_name!r} is defined twice: in {_where(existing.func)} "
+                f"and in {_where(func)}"
+            )
+        description, _ = parse_docstring(func.__doc__)
+        model, defaults, native = build_model(func, tool_name)
+        spec = ToolSpec(
+            name=tool_name,
+            description=description or tool_name,
+            func=func,
+            model=model,
+            parameters=strict_schema(model, defaults),
+            defaults=frozenset(defaults),
+            json_native=native,
+        )
+        self._specs[tool_name] = spec
+        return spec
+
+    def merge(self, other: Registry) -> None:
+        for spec in other:
+            self.add(spec.func, spec.name)
+        self.sources.extend(s for s in other.sources if s not in self.sources)
+
+    def load(self, source: str) -> list[str]:
+        """Import a module name or a .py file path; its `@tool`s join this registry.
+
+        Returns the names it added. Raises `ImportError` with a readable message.
+        """
+        before = set(self._specs)
+        for func, name in _by_module.get(_import_source(source), []):
+            self.add(func, name)
+        if source not in self.sources:
+            self.sources.append(source)
+        return sorted(set(self._specs) - before)
+
+    @classmethod
+    def default(cls) -> Registry:
+        registry = cls()
+        for module in BUILTIN_MODULES:
+            registry.load(module)
+        return registry
+
+
+def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (
+        code_a is not None
+        and code_b is not None
+        and code_a.co_filename == code_b.co_filename
+        and code_a.co_firstlineno == code_b.co_firstlineno
+    )
+
+
+def _where(func: Callable[..., Any]) -> str:
+    code = getattr(func, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else repr(func)
+
+
+# Each module's @tools, in definition order; a module imported earlier (by another
+# registry, or by the user) still contributes to a registry that loads it later.
+_by_module: dict[str, list[tuple[Callable[..., Any], str]]] = {}
+
+
+def _import_source(source: str) -> str:
+    """Import a module name or a .py file; return the module's name."""
+    path = Path(source)
+    if source.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise ImportError(f"tools file not found: {source}")
+        module_name = "sandboxed_tools_" + re.sub(r"\W", "_", str(path.resolve()))
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot import tools from {source}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ModuleNotFoundError as exc:
+            if exc.name and source.startswith(exc.name):
+                raise ImportError(
+                    f"no tools module or file named {source!r} "
+                    "(give a module name on the Python path or a path to a .py file)"
+                ) from None
+            raise
+        module_name = module.__name__
+    return module_name
+
+
+@overload
+def tool(func: F, /) -> F: ...
+@overload
+def tool(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def tool(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Register a function as a tool; the function itself is returned unchanged."""
+
+    def register(f: F) -> F:
+        tool_name = name or f.__name__
+        # Check the definition now, so a bad tool fails at import, not at first call.
+        Registry().add(f, tool_name)
+        _by_module.setdefault(f.__module__, []).append((f, tool_name))
+        return f
+
+    return register(func) if func is not None else register

@@ -1,0 +1,90 @@
+"""The worked example's support-desk tools, backed by a small SQLite file.
+
+Exact business facts (an order's delivery date) live in a relational table behind a
+tool; the model gets them from the tool, never from memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from . import context
+from .registry import tool
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+ORDERS_DB = DATA_DIR / "orders.db"
+RETURN_WINDOW_DAYS = 30
+
+SEED_ORDERS = [
+    ("12345", "delivered", 89.99, 3, "2025-04-10"),
+    ("67890", "delivered", 149.50, 1, "2025-05-01"),
+]
+
+
+def seed_orders_db(path: Path) -> None:
+    """(Re)create the example database; `tests/test_support.py` checks the shipped one."""
+    path.unlink(missing_ok=True)
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE orders (order_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+            "total REAL NOT NULL, items INTEGER NOT NULL, delivered_on TEXT)"
+        )
+        db.executemany("INSERT INTO orders VALUES (?, ?, ?, ?, ?)", SEED_ORDERS)
+
+
+def _orders_db() -> Path:
+    return Path(context.setting("orders_db", str(ORDERS_DB)))
+
+
+def _order(order_id: str) -> dict[str, Any]:
+    order_id = order_id.strip()
+    uri = f"file:{_orders_db()}?mode=ro&immutable=1"
+    with closing(sqlite3.connect(uri, uri=True)) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+    if row is None:
+        raise LookupError(f"no order with id {order_id!r}")
+    return dict(row)
+
+
+def today() -> dt.date:
+    """The date the tools believe it is: the `today` setting when pinned."""
+    pinned = context.setting("today")
+    return dt.date.fromisoformat(str(pinned)) if pinned else dt.date.today()
+
+
+@tool
+def get_order_status(order_id: str) -> dict[str, Any]:
+    """Look up an order: its status, total, number of items and delivery date.
+
+    Args:
+        order_id: The order number, e.g. "12345".
+    """
+    return _order(order_id)
+
+
+@tool
+def get_current_date() -> str:
+    """Today's date in ISO format (YYYY-MM-DD)."""
+    return today().isoformat()
+
+
+@tool
+def check_return_eligibility(order_id: str) -> str:
+    """Whether an order can still be returned under the 30-day return policy.
+
+    Args:
+        order_id: The order number, e.g. "12345".
+    """
+    order = _order(order_id)
+    if not order["delivered_on"]:
+        return f"Order {order['order_id']} has not been delivered yet"
+    window = int(context.setting("return_window_days", RETURN_WINDOW_DAYS))
+    last_day = dt.date.fromisoformat(order["delivered_on"]) + dt.timedelta(days=window)
+    if today() > last_day:
+        return f"Return window expired on {last_day.isoformat()}"
+    return f"Eligible for return until {last_day.isoformat()}"
