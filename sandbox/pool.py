@@ -47,7 +47,7 @@ SPARE_TIMEOUT_S = 60.0
 KILL_WAIT_S = 10.0
 """How long a SIGKILLed worker may take to be gone (a huge address space to free)."""
 LOG_CHARS = 4000
-"""How much of a call's stdout/stderr the result keeps (the rest stays in the worker)."""
+"""How many bytes of a call's stdout/stderr the result keeps."""
 
 
 class ToolResult(BaseModel):
@@ -173,7 +173,7 @@ class Pool:
             finally:
                 with self._lock:
                     self._busy.discard(worker)
-            logs = _read_log(worker.log_path)
+            logs = worker.read_log(LOG_CHARS)
             if keep and not self._closed:
                 with self._lock:
                     self._warm.append(worker)
@@ -331,15 +331,6 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"
     description = signal.strsignal(sig)
     return f"{name} ({description})" if description else name
-
-
-def _read_log(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(LOG_CHARS)
-    except OSError:
-        return ""
-    return data.decode("utf-8", "replace")
 
 
 # -- shutdown at exit and on SIGTERM ----------------------------------------------

@@ -34,12 +34,13 @@ _KEPT_EXITS = 4096
 class WorkerHandle:
     """One idle or busy worker, as the orchestrator holds it."""
 
-    def __init__(self, spawned: Spawned, sock: socket.socket, pidfd: int) -> None:
+    def __init__(self, spawned: Spawned, sock: socket.socket, pidfd: int, log_fd: int) -> None:
         self.pid = spawned.pid
         self.workdir = spawned.workdir
         self.log_path = spawned.log_path
         self.sock = sock
         self.pidfd = pidfd
+        self.log_fd = log_fd
         self.reader = FrameReader(sock, pidfd)
         self.calls = 0
 
@@ -55,11 +56,20 @@ class WorkerHandle:
         poller.register(self.pidfd, select.POLLIN)
         return bool(poller.poll(timeout * 1000))
 
+    def read_log(self, limit: int) -> str:
+        """The start of what the current call printed."""
+        try:
+            data = os.pread(self.log_fd, limit, 0)
+        except OSError:
+            return ""
+        return data.decode("utf-8", "replace")
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
-        with contextlib.suppress(OSError):
-            os.close(self.pidfd)
+        for fd in (self.pidfd, self.log_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Template:
@@ -133,7 +143,7 @@ class Template:
     def _read_loop(self) -> None:
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(self._ctrl, 65536, 2)
+                data, fds, _, _ = socket.recv_fds(self._ctrl, 65536, 3)
             except OSError:
                 data, fds = b"", []
             if not data:
@@ -144,7 +154,7 @@ class Template:
             message = FromZygote.validate_json(data)
             if isinstance(message, Spawned):
                 sock = socket.socket(fileno=fds[0])
-                self.spares.put(WorkerHandle(message, sock, fds[1]))
+                self.spares.put(WorkerHandle(message, sock, fds[1], fds[2]))
             elif isinstance(message, Exited):
                 with self._exit_cond:
                     self._exits[message.pid] = message

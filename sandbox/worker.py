@@ -108,6 +108,7 @@ def run(registry: Registry, call: Call) -> bytes:
         ErrorKind.MEMORY_LIMIT,
         f"{call.tool} ran out of memory (limit {call.limits.memory_mb} MiB)",
     )
+    os.ftruncate(1, 0)  # the log holds this call's output only
     try:
         set_current(ToolContext(root=call.root, settings=call.settings))
         spec = registry.get(call.tool)
@@ -199,7 +200,6 @@ def _clean_up(setup: WorkerSetup) -> None:
                 os.unlink(entry.path)
         except OSError:
             pass
-    os.ftruncate(1, 0)
 
 
 def _kill_descendants(setup: WorkerSetup) -> None:

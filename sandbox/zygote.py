@@ -103,6 +103,9 @@ class Zygote:
         os.mkdir(workdir, 0o700)
         log_path = os.path.join(base, "output.log")
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # The orchestrator reads the log through its own descriptor: the file may be
+        # removed (the worker exited, we cleaned up) before it gets to it.
+        log_reader = os.open(log_path, os.O_RDONLY | os.O_CLOEXEC)
         cgroup = None
         if self.cgroup_root:
             cgroup = os.path.join(self.cgroup_root, f"w{self.count}")
@@ -127,10 +130,12 @@ class Zygote:
                 f.write(str(pid))
         self.workers[pid] = _WorkerRecord(base, cgroup)
         try:
-            self.send(Spawned(pid=pid, workdir=workdir, log_path=log_path), [ours.fileno(), pidfd])
+            spawned = Spawned(pid=pid, workdir=workdir, log_path=log_path)
+            self.send(spawned, [ours.fileno(), pidfd, log_reader])
         finally:
             ours.close()
             os.close(pidfd)
+            os.close(log_reader)
 
     def _become_worker(
         self, channel_fd: int, log_fd: int, workdir: str, cgroup: str | None

@@ -1,0 +1,137 @@
+"""What a tool can see and keep: no secrets, a private empty directory, no stdin,
+nothing that lasts past its call or past the orchestrator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import HOSTILE
+
+from sandbox import Limits, Pool
+from sandbox.reaper import survivors
+from tools import Registry
+
+SECRET = "sk-test-do-not-leak-0123456789"
+
+
+def test_no_secret_of_the_orchestrator_reaches_a_tool(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("GITHUB_TOKEN", SECRET)
+    with Pool(registry=registry, size=1) as pool:
+        result = pool.call("dump_environment")
+    assert result.ok, result
+    seen = json.loads(result.output)
+    assert "OPENAI_API_KEY" not in seen["environ"]
+    assert SECRET not in result.output  # not in os.environ, /proc/self/environ, the parent's
+    assert set(seen["environ"]) <= {"PATH", "LANG", "LANGUAGE", "TZ", "HOME", "TMPDIR", "PWD"} | {
+        k for k in seen["environ"] if k.startswith("LC_")
+    }
+
+
+def test_a_tool_runs_in_a_private_empty_directory_removed_after_the_call(pool: Pool) -> None:
+    result = pool.call("where_am_i")
+    info = json.loads(result.output)
+    assert info["entries"] == []
+    assert info["sid_is_pid"]
+    assert info["fds"][:4] == [0, 1, 2, 3]
+    assert result.logs == "hello from the tool\n"
+    deadline = time.monotonic() + 15
+    while os.path.exists(info["cwd"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(info["cwd"])
+
+
+def test_stdin_is_empty(pool: Pool) -> None:
+    assert pool.call("read_stdin").output == "''"
+
+
+def test_each_untrusted_call_gets_a_new_worker(pool: Pool) -> None:
+    first = pool.call("write_in_workdir", {"name": "a.txt"})
+    second = pool.call("write_in_workdir", {"name": "b.txt"})
+    assert first.worker_pid != second.worker_pid
+    assert second.output == ""  # nothing of the first call is visible
+
+
+def test_a_trusted_worker_is_reused_and_cleaned_between_calls(pool: Pool) -> None:
+    trusted = Limits(reuse_worker=True)
+    first = pool.call("write_in_workdir", {"name": "a.txt"}, limits=trusted)
+    second = pool.call("write_in_workdir", {"name": "b.txt"}, limits=trusted)
+    assert first.worker_pid == second.worker_pid
+    assert second.output == ""
+
+
+def test_a_trusted_worker_that_fails_is_not_reused(pool: Pool) -> None:
+    trusted = Limits(reuse_worker=True)
+    first = pool.call("raise_error", {"message": "x"}, limits=trusted)
+    second = pool.call("calculate", {"expression": "1"}, limits=trusted)
+    assert first.worker_pid != second.worker_pid
+
+
+def _script(body: str) -> str:
+    return textwrap.dedent(
+        f"""
+        import json, os, sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from sandbox import Pool, Limits
+        from tools import Registry
+        registry = Registry.default()
+        registry.load({HOSTILE!r})
+        pool = Pool(registry=registry, size=2)
+        """
+    ) + textwrap.dedent(body)
+
+
+def _tree(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
+def test_nothing_outlives_the_orchestrator(sig: int) -> None:
+    script = _script(
+        """
+        import threading
+        threading.Thread(target=pool.call, args=("sleep_forever",),
+                         kwargs={"limits": Limits(timeout_s=600)}, daemon=True).start()
+        time.sleep(0.5)
+        print("ready", flush=True)
+        time.sleep(600)
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        tree = _tree(proc.pid)
+        assert len(tree) >= 3  # zygote, the busy worker, spares
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while survivors(tree) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert survivors(tree) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_pool_refuses_calls_after_close(registry: Registry) -> None:
+    pool = Pool(registry=registry, size=1)
+    pool.close()
+    pool.close()
+    result = pool.call("calculate", {"expression": "1"})
+    assert result.error.kind == "crashed"
+    assert "shut down" in result.error.message
