@@ -113,7 +113,7 @@ def huge_file() -> str:
 @tool
 def many_files() -> str:
     """Open ten thousand files and keep them open."""
-    handles = [open(os.devnull) for _ in range(10_000)]
+    handles = [open(os.devnull) for _ in range(10_000)]  # noqa: SIM115
     return f"opened {len(handles)}"
 
 

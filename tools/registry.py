@@ -189,6 +189,8 @@ class Registry:
         before = set(self._specs)
         for func, name in _by_module.get(_import_source(source), []):
             self.add(func, name)
+        if source.endswith(".py") or Path(source).exists():
+            source = str(Path(source).resolve())  # workers may not share our cwd
         if source not in self.sources:
             self.sources.append(source)
         return sorted(set(self._specs) - before)

@@ -1,0 +1,1 @@
+"""The orchestrator: the command line now; the model loop arrives with issue 4."""

@@ -1,0 +1,169 @@
+"""`sandboxed-agent`: the command line.
+
+    sandboxed-agent tool NAME [--args JSON] [--tools FILE_OR_MODULE]... [--policy FILE]
+                              [--timeout SECONDS] [--memory-mb N]
+    sandboxed-agent tools [--json] [--tools FILE_OR_MODULE]... [--policy FILE]
+    sandboxed-agent demo
+
+Exit status: 0 when the call succeeded, 1 when it failed, 2 for usage errors (one
+line on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from policies import Policy, check_tools, load_policy
+from sandbox import Limits, Pool, SandboxedAgentError
+from sandbox.pool import ToolResult
+from tools import Registry, ToolDefinitionError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit 2 with this one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sandboxed-agent", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def tool_sources(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--tools",
+            action="append",
+            default=[],
+            metavar="FILE_OR_MODULE",
+            help="import @tool functions from a .py file or a module (repeatable)",
+        )
+        p.add_argument("--policy", metavar="FILE", help="policy TOML file (default: built-in)")
+
+    one = sub.add_parser("tool", help="run one tool call in the sandbox and print the result")
+    one.add_argument("name", help="tool name")
+    one.add_argument("--args", default="{}", metavar="JSON", help="arguments as a JSON object")
+    tool_sources(one)
+    one.add_argument("--timeout", type=float, metavar="SECONDS", help="override timeout_s")
+    one.add_argument("--memory-mb", type=int, metavar="N", help="override memory_mb")
+
+    listing = sub.add_parser("tools", help="list the tools and their schemas")
+    listing.add_argument("--json", action="store_true", help="the OpenAI tool schemas as JSON")
+    tool_sources(listing)
+
+    sub.add_parser("demo", help="replay the worked example through the real sandbox")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "tool":
+            return cmd_tool(args)
+        if args.command == "tools":
+            return cmd_tools(args)
+        from .demo import run_demo
+
+        return run_demo()
+    except UsageError as exc:
+        print(f"sandboxed-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SandboxedAgentError as exc:
+        print(f"sandboxed-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("sandboxed-agent: interrupted", file=sys.stderr)
+        return 130
+
+
+def load_setup(sources: list[str], policy_file: str | None) -> tuple[Registry, Policy]:
+    """The registry (built-ins plus --tools) and the checked policy, or a UsageError."""
+    registry = Registry.default()
+    for source in sources:
+        try:
+            registry.load(source)
+        except (ImportError, ToolDefinitionError, SyntaxError) as exc:
+            raise UsageError(f"--tools {source}: {exc}") from None
+        except Exception as exc:
+            raise UsageError(
+                f"--tools {source}: importing it raised {type(exc).__name__}: {exc}"
+            ) from None
+    try:
+        policy = load_policy(policy_file)
+        check_tools(policy, registry.names())
+    except SandboxedAgentError as exc:
+        raise UsageError(str(exc)) from None
+    return registry, policy
+
+
+def cmd_tool(args: argparse.Namespace) -> int:
+    arguments = _parse_json_object(args.args)
+    registry, policy = load_setup(args.tools, args.policy)
+    limits = None
+    if args.name in registry:
+        limits = _with_overrides(policy.limits_for(args.name), args.timeout, args.memory_mb)
+    with Pool(policy, registry=registry, size=1, spares=1) as pool:
+        result = pool.call(args.name, arguments, limits=limits)
+    print(result.model_dump_json())
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    registry, policy = load_setup(args.tools, args.policy)
+    if args.json:
+        print(json.dumps([spec.openai_schema for spec in registry], indent=2))
+        return EXIT_OK
+    for spec in registry:
+        limits = policy.limits_for(spec.name)
+        mode = "reused worker" if limits.reuse_worker else "fresh worker"
+        params = ", ".join(spec.parameters.get("properties", {}))
+        print(f"{spec.name}({params})")
+        print(f"    {spec.description.splitlines()[0] if spec.description else ''}")
+        approval = ", needs approval" if policy.requires_approval(spec.name) else ""
+        print(
+            f"    {limits.timeout_s:g} s, {limits.memory_mb} MiB, {limits.cpu_s} s CPU, "
+            f"{mode}{approval}"
+        )
+    return EXIT_OK
+
+
+def _parse_json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--args is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(
+            f"--args must be a JSON object like '{{\"x\": 1}}', got {type(value).__name__}"
+        )
+    return value
+
+
+def _with_overrides(limits: Limits, timeout: float | None, memory_mb: int | None) -> Limits:
+    changes: dict[str, Any] = {}
+    if timeout is not None:
+        changes["timeout_s"] = timeout
+    if memory_mb is not None:
+        changes["memory_mb"] = memory_mb
+    if not changes:
+        return limits
+    try:
+        return Limits(**{**limits.model_dump(), **changes})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        flag = {"timeout_s": "--timeout", "memory_mb": "--memory-mb"}[str(err["loc"][0])]
+        raise UsageError(f"{flag}: {err['msg'].lower()}") from None
+
+
+def print_result(result: ToolResult) -> None:
+    print(result.model_dump_json())

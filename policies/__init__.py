@@ -1,0 +1,14 @@
+"""Policies: what each tool may do, declared in a TOML file.
+
+from policies import load_policy
+policy = load_policy("policy.toml")
+"""
+
+from .loader import DEFAULT_POLICY as DEFAULT_POLICY
+from .loader import check_tools as check_tools
+from .loader import load_policy as load_policy
+from .loader import parse_policy as parse_policy
+from .schema import Policy as Policy
+from .schema import ToolPolicy as ToolPolicy
+
+__all__ = ["DEFAULT_POLICY", "Policy", "ToolPolicy", "check_tools", "load_policy", "parse_policy"]

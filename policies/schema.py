@@ -1,0 +1,113 @@
+"""The policy file's shape: `[defaults]`, `[tools.NAME]`, and what they resolve to.
+
+Types are strict (a string "10" is not a number) and unknown keys are errors. The
+limits' ranges live in one place, `sandbox.Limits`; the loader checks each table
+against them so that an impossible value names its table and key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from sandbox import Limits
+from tools import ToolContext
+
+LIMIT_KEYS = (
+    "timeout_s",
+    "memory_mb",
+    "cpu_s",
+    "max_output_chars",
+    "max_open_files",
+    "max_file_size_mb",
+    "max_processes",
+)
+
+Setting = str | int | float | bool
+
+
+class ToolPolicy(BaseModel):
+    """One table: `[defaults]` or `[tools.NAME]`. Unset keys inherit from `[defaults]`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    timeout_s: float | None = None
+    memory_mb: int | None = None
+    cpu_s: int | None = None
+    max_output_chars: int | None = None
+    max_open_files: int | None = None
+    max_file_size_mb: int | None = None
+    max_processes: int | None = None
+    requires_approval: bool | None = None
+    """The call waits for a person's yes (the agent asks; `denied` without one)."""
+    trusted: bool | None = None
+    """The tool may run in a reused warm worker instead of a fresh one per call."""
+    root: str | None = None
+    """Directory `read_file` may read, relative to the policy file."""
+    settings: dict[str, Setting] = Field(default_factory=dict)
+    """Free-form configuration for the tool, e.g. `today = "2025-05-11"`."""
+
+    def over(self, base: ToolPolicy) -> ToolPolicy:
+        """This table's values, with `base` filling in what it leaves unset."""
+        merged = base.model_dump(exclude={"settings"})
+        merged.update(self.model_dump(exclude={"settings"}, exclude_none=True))
+        return ToolPolicy(**merged, settings={**base.settings, **self.settings})
+
+
+class Policy(BaseModel):
+    """A whole policy file. Satisfies `sandbox.LimitsPolicy`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    defaults: ToolPolicy = Field(default_factory=ToolPolicy)
+    tools: dict[str, ToolPolicy] = Field(default_factory=dict)
+    _source: str = PrivateAttr("<built-in>")
+    _base_dir: Path = PrivateAttr(Path.cwd())
+    _cache: dict[str, tuple[Limits, ToolContext]] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """Where this policy came from (a path, or `<built-in>`)."""
+        return self._source
+
+    def locate(self, source: str, base_dir: Path) -> Policy:
+        self._source = source
+        self._base_dir = base_dir
+        return self
+
+    def effective(self, tool: str) -> ToolPolicy:
+        own = self.tools.get(tool)
+        return own.over(self.defaults) if own else self.defaults
+
+    def limits_for(self, tool: str) -> Limits:
+        return self._resolved(tool)[0]
+
+    def context_for(self, tool: str) -> ToolContext:
+        return self._resolved(tool)[1]
+
+    def requires_approval(self, tool: str) -> bool:
+        return bool(self.effective(tool).requires_approval)
+
+    def _resolved(self, tool: str) -> tuple[Limits, ToolContext]:
+        cached = self._cache.get(tool)
+        if cached is None:
+            cached = (build_limits(self.effective(tool)), self._context(self.effective(tool)))
+            self._cache[tool] = cached
+        return cached
+
+    def _context(self, table: ToolPolicy) -> ToolContext:
+        root = str((self._base_dir / table.root).resolve()) if table.root else None
+        return ToolContext(root=root, settings=dict(table.settings))
+
+    def root_path(self, table: ToolPolicy) -> Path | None:
+        return (self._base_dir / table.root).resolve() if table.root else None
+
+
+def build_limits(table: ToolPolicy) -> Limits:
+    """Raises pydantic's ValidationError when a value is out of range."""
+    values: dict[str, Any] = {
+        k: getattr(table, k) for k in LIMIT_KEYS if getattr(table, k) is not None
+    }
+    return Limits(**values, reuse_worker=bool(table.trusted))
