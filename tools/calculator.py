@@ -16,6 +16,10 @@ from .registry import tool
 
 MAX_LENGTH = 1000
 MAX_NESTING = 64
+"""Parentheses; checked on the text, before the parser recurses into them."""
+MAX_DEPTH = 600
+"""Depth of the syntax tree: a 1,000-character `1+1+...` chain is ~500 deep, and the
+evaluator recurses once per level (Python's own limit is 1,000)."""
 MAX_INT_BITS = 4096
 """About 1,233 decimal digits: far past any real calculation, far below a slow one."""
 
@@ -92,8 +96,8 @@ def _apply(op: ast.operator, left: int | float, right: int | float) -> int | flo
 
 
 def _eval(node: ast.AST, depth: int = 0) -> int | float:
-    if depth > MAX_NESTING:
-        raise CalculationError(f"too deeply nested: at most {MAX_NESTING} levels")
+    if depth > MAX_DEPTH:
+        raise CalculationError(f"too deeply nested: at most {MAX_DEPTH} levels")
     if isinstance(node, ast.Expression):
         return _eval(node.body, depth + 1)
     if isinstance(node, ast.Constant):

@@ -51,6 +51,8 @@ def _open_in_root(root: str, parts: list[str], shown: str) -> int:
             try:
                 fd = os.open(part, flags, dir_fd=dir_fd)
             except OSError as exc:
+                if exc.errno == errno.ENOTDIR and _is_link(part, dir_fd):
+                    exc.errno = errno.ELOOP  # O_DIRECTORY reports a link as "not a directory"
                 raise _explain(exc, shown) from None
             os.close(dir_fd)
             dir_fd = fd
@@ -58,6 +60,13 @@ def _open_in_root(root: str, parts: list[str], shown: str) -> int:
     except BaseException:
         os.close(dir_fd)
         raise
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _explain(exc: OSError, shown: str) -> FileAccessError:

@@ -1,0 +1,125 @@
+"""The `sandboxed-agent` contract, run as a user runs it: a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import HOSTILE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def one_json(proc: subprocess.CompletedProcess[str]) -> dict:
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    result = json.loads(lines[0])
+    assert set(result) == {"tool", "ok", "output", "error", "duration_ms"}
+    return result
+
+
+def test_a_successful_call() -> None:
+    proc = cli("tool", "calculate", "--args", '{"expression": "(89.99 * 3) / 2"}')
+    assert proc.returncode == 0, proc.stderr
+    result = one_json(proc)
+    assert result["ok"] is True and result["output"] == "134.985" and result["error"] is None
+    assert result["duration_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        (["tool", "nope"], "unknown_tool"),
+        (["tool", "calculate", "--args", '{"expr": "1"}'], "bad_arguments"),
+        (["tool", "read_file", "--args", '{"path": "../../etc/passwd"}'], "tool_error"),
+        (["tool", "sleep_forever", "--tools", HOSTILE, "--timeout", "0.5"], "timeout"),
+        (["tool", "memory_bomb", "--tools", HOSTILE, "--memory-mb", "64"], "memory_limit"),
+    ],
+)
+def test_failed_calls_exit_1_with_the_error_kind(args: list[str], kind: str) -> None:
+    proc = cli(*args)
+    assert proc.returncode == 1, proc.stderr
+    result = one_json(proc)
+    assert result["ok"] is False and result["output"] is None
+    assert result["error"]["kind"] == kind
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tool", "calculate", "--args", "{bad"], "--args is not valid JSON"),
+        (["tool", "calculate", "--args", "[1]"], "--args must be a JSON object"),
+        (["tool", "calculate", "--policy", "/no/such.toml"], "policy file not found"),
+        (["tool", "calculate", "--tools", "/no/such.py"], "tools file not found"),
+        (["tool", "calculate", "--timeout", "0"], "--timeout: input should be greater than 0"),
+        (["tool", "calculate", "--timeout", "soon"], "invalid float value"),
+        (["tool"], "required: name"),
+        (["fly"], "invalid choice"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_and_no_traceback(args: list[str], message: str) -> None:
+    proc = cli(*args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_policy_with_an_unknown_tool_table_is_a_usage_error(tmp_path: Path) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text("[tools.calculater]\ntimeout_s = 1\n")
+    proc = cli("tool", "calculate", "--policy", str(policy))
+    assert proc.returncode == 2
+    assert "no tool named 'calculater'" in proc.stderr
+
+
+def test_user_tools_from_a_file_run_in_the_sandbox(tmp_path: Path) -> None:
+    source = tmp_path / "mine.py"
+    source.write_text(
+        "import os\nfrom tools import tool\n\n@tool\ndef whoami() -> dict:\n"
+        '    """Where it runs."""\n'
+        "    return {'cwd': os.getcwd(), 'key': os.environ.get('OPENAI_API_KEY')}\n"
+    )
+    proc = cli("tool", "whoami", "--tools", str(source), env={"OPENAI_API_KEY": "sk-cli-secret"})
+    result = one_json(proc)
+    out = json.loads(result["output"])
+    assert out["key"] is None
+    assert out["cwd"] != str(ROOT)
+
+
+def test_tools_lists_schemas() -> None:
+    proc = cli("tools", "--json")
+    assert proc.returncode == 0
+    names = [t["function"]["name"] for t in json.loads(proc.stdout)]
+    assert names == sorted(names) and "read_file" in names
+    text = cli("tools")
+    assert "calculate(expression)" in text.stdout
+
+
+def test_the_demo_runs_the_worked_example() -> None:
+    proc = cli("demo", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Return window expired on 2025-05-10" in out
+    assert "timeout: track_shipment did not finish within 2 s" in out
+    assert "processes left: 0" in out
+    assert "leaves the document root" in out

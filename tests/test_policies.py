@@ -1,0 +1,98 @@
+"""The policy file: defaults, per-tool tables, and one clear error per mistake."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from policies import check_tools, load_policy, parse_policy
+from sandbox import Limits
+from sandbox.errors import PolicyError
+
+
+def test_the_built_in_policy() -> None:
+    policy = load_policy()
+    assert policy.limits_for("anything") == Limits()
+    assert policy.limits_for("calculate").reuse_worker
+    assert policy.limits_for("calculate").timeout_s == 2
+    root = policy.context_for("read_file").root
+    assert root is not None and (Path(root) / "policy.txt").is_file()
+    assert policy.context_for("calculate").root is None
+
+
+def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    text = """
+    [defaults]
+    timeout_s = 5
+    memory_mb = 256
+    [defaults.settings]
+    today = "2025-05-11"
+    [tools.read_file]
+    root = "docs"
+    memory_mb = 64
+    requires_approval = true
+    [tools.read_file.settings]
+    max_read_bytes = 100
+    """
+    policy = parse_policy(text, "p.toml", tmp_path)
+    limits = policy.limits_for("read_file")
+    assert (limits.timeout_s, limits.memory_mb) == (5, 64)
+    ctx = policy.context_for("read_file")
+    assert ctx.root == str(tmp_path / "docs")
+    assert ctx.settings == {"today": "2025-05-11", "max_read_bytes": 100}
+    assert policy.requires_approval("read_file")
+    assert not policy.requires_approval("calculate")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[defaults]\ntimeout_s = -1",
+            "p.toml: [defaults] timeout_s: input should be greater than 0",
+        ),
+        (
+            "[defaults]\ntimeout_s = '10'",
+            "p.toml: [defaults] timeout_s: input should be a valid number",
+        ),
+        ("[defaults]\ntrusted = 'yes'", "[defaults] trusted: input should be a valid boolean"),
+        ("[defaults]\ntimeout = 10", "[defaults] timeout: unknown key (accepted: timeout_s,"),
+        (
+            "[tools.calculate]\nmemory_mb = 1",
+            "[tools.calculate] memory_mb: input should be greater than or equal to 16",
+        ),
+        (
+            "[tools.read_file]\nroot = 'nowhere'",
+            "[tools.read_file] root: 'nowhere' is not a directory",
+        ),
+        ("[run]\nmax_steps = 3", "[run]: unknown table (accepted: defaults, tools)"),
+        ("[tools]\ncalculate = 3", "[tools.calculate]: must be a table"),
+        ("[defaults\n", "p.toml: not valid TOML"),
+    ],
+)
+def test_mistakes_give_one_error_naming_file_table_and_key(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "p.toml", tmp_path)
+    assert message in str(info.value)
+
+
+def test_a_table_for_an_unknown_tool_is_an_error_listing_the_known_ones(tmp_path: Path) -> None:
+    policy = parse_policy("[tools.calculat]\ntimeout_s = 1", "p.toml", tmp_path)
+    with pytest.raises(
+        PolicyError,
+        match=re.escape(
+            "[tools.calculat]: there is no tool named 'calculat' "
+            "(known tools: calculate, read_file)"
+        ),
+    ):
+        check_tools(policy, ["calculate", "read_file"])
+
+
+def test_a_missing_file_is_a_policy_error() -> None:
+    with pytest.raises(PolicyError, match=re.escape("policy file not found: /no/such.toml")):
+        load_policy("/no/such.toml")
