@@ -272,6 +272,17 @@ class Pool:
         except ValidationError:
             self._kill(worker)
             return _error(WorkerCrashed(call.tool, "the worker broke the protocol")), False
+        if result.ok != (result.error is None) or (result.ok and result.output is None):
+            self._kill(worker)
+            return _error(WorkerCrashed(call.tool, "the worker broke the protocol")), False
+        if result.output is not None and len(result.output) > limits.max_output_chars:
+            # The worker checks too; this holds even when a tool forges its own frame.
+            self._kill(worker)
+            message = (
+                f"{call.tool} returned {len(result.output)} characters; "
+                f"the limit is {limits.max_output_chars}"
+            )
+            return _error(OutputLimit(call.tool, message)), False
         return result, result.ok and limits.reuse_worker
 
     def _why_dead(self, worker: WorkerHandle, call: Call) -> ToolCallError:

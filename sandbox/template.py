@@ -141,6 +141,12 @@ class Template:
             self.process.join()
 
     def _read_loop(self) -> None:
+        try:
+            self._read_messages()
+        except Exception as exc:  # a bug here must not leave callers waiting for spares
+            self._mark_broken(f"lost contact with the worker template: {exc}")
+
+    def _read_messages(self) -> None:
         while True:
             try:
                 data, fds, _, _ = socket.recv_fds(self._ctrl, 65536, 3)
@@ -184,6 +190,8 @@ class Template:
         if isinstance(item, BaseException):
             if self.broken:
                 self.spares.put(item)  # every later caller must learn it too
+            else:
+                self.request_worker()  # the failed spawn still owes us a spare
             raise item
         return item
 

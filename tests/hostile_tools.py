@@ -213,3 +213,18 @@ def write_in_workdir(name: str) -> str:
     with open(name, "w") as f:
         f.write("data")
     return ",".join(before)
+
+
+@tool
+def forged_result(chars: int) -> str:
+    """Bypass the worker: write a well-formed 'ok' frame of any length, then hang.
+
+    Args:
+        chars: Length of the forged output.
+    """
+    import json
+
+    body = json.dumps({"type": "result", "ok": True, "output": "x" * chars}).encode()
+    os.write(3, len(body).to_bytes(4, "big") + body)
+    time.sleep(3600)
+    return ""

@@ -151,3 +151,8 @@ def test_parallel_calls_run_at_once_without_exceeding_the_pool(registry: Registr
     assert len(pids) == 4  # a fresh worker each
     # Two at a time: at least two rounds of one second; never all four at once.
     assert elapsed >= 2.0
+
+
+def test_a_forged_oversized_result_is_still_an_output_limit(pool: Pool) -> None:
+    result, _ = run(pool, "forged_result", {"chars": 5000}, max_output_chars=1000)
+    assert result.error.kind == "output_limit", result
