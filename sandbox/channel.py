@@ -55,53 +55,52 @@ def _recv_exact_blocking(sock: socket.socket, size: int) -> bytes | None:
 
 
 class FrameReader:
-    """Orchestrator side: one frame from a worker, or an exception saying why not."""
+    """Orchestrator side: one frame from a worker, or an exception saying why not.
+
+    It reads whatever is available into a buffer (one `recv` usually holds the whole
+    answer) and waits only when the buffer is short.
+    """
 
     def __init__(self, sock: socket.socket, pidfd: int) -> None:
         self._sock = sock
         self._fd = sock.fileno()
         self._pidfd = pidfd
+        self._buf = bytearray()
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
         self._poll.register(pidfd, select.POLLIN)
 
     def read(self, deadline: float, max_size: int) -> bytes:
-        header = self._read_exact(_HEADER.size, deadline)
-        (size,) = _HEADER.unpack(header)
+        while len(self._buf) < _HEADER.size:
+            self._fill(deadline)
+        (size,) = _HEADER.unpack_from(self._buf)
         if size > max_size:
             raise Oversized(size)
-        return self._read_exact(size, deadline)
+        end = _HEADER.size + size
+        while len(self._buf) < end:
+            self._fill(deadline)
+        frame = bytes(self._buf[_HEADER.size : end])
+        del self._buf[:end]
+        return frame
 
-    def _read_exact(self, size: int, deadline: float) -> bytes:
-        buf = bytearray()
-        while len(buf) < size:
-            chunk = self._recv_some(size - len(buf), deadline)
-            buf += chunk
-        return bytes(buf)
-
-    def _recv_some(self, want: int, deadline: float) -> bytes:
+    def _fill(self, deadline: float) -> None:
         while True:
-            # Data already queued is read even when the worker has exited since.
-            try:
-                chunk = self._sock.recv(min(want, 1 << 20), socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                chunk = None
-            if chunk is not None:
-                if not chunk:
-                    raise PeerGone
-                return chunk
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Deadline
             events = self._poll.poll(left * 1000 + 0.5)
-            if any(fd == self._pidfd for fd, _ in events) and not any(
-                fd == self._fd for fd, _ in events
-            ):
-                # The worker is gone; whatever it wrote is already in the socket.
-                try:
-                    chunk = self._sock.recv(min(want, 1 << 20), socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    raise PeerGone from None
-                if not chunk:
-                    raise PeerGone
-                return chunk
+            if not events:
+                continue
+            # Data already queued is read even when the worker has exited since.
+            try:
+                chunk = self._sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if any(fd == self._pidfd for fd, _ in events):
+                    raise PeerGone from None  # exited, and nothing left to read
+                continue
+            except OSError:
+                raise PeerGone from None
+            if not chunk:
+                raise PeerGone
+            self._buf += chunk
+            return

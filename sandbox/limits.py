@@ -47,6 +47,20 @@ def address_space_now() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def _cpu_used() -> int:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return int(usage.ru_utime + usage.ru_stime)
+
+
+def renew_cpu_limit(limits: Limits) -> None:
+    """A reused worker's next call: `cpu_s` more seconds from what it has used."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = _cpu_used() + limits.cpu_s
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def apply_rlimits(limits: Limits, *, fresh: bool, nproc: int | None) -> None:
     """Set this process's rlimits for one call.
 
@@ -56,11 +70,9 @@ def apply_rlimits(limits: Limits, *, fresh: bool, nproc: int | None) -> None:
     None when a pids cgroup already bounds the call (RLIMIT_NPROC counts every
     process of the user, so it is only a fallback).
     """
-    used_cpu = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_now = int(used_cpu.ru_utime + used_cpu.ru_stime)
     wanted = {
         resource.RLIMIT_AS: address_space_now() + limits.memory_mb * MIB,
-        resource.RLIMIT_CPU: cpu_now + limits.cpu_s,
+        resource.RLIMIT_CPU: _cpu_used() + limits.cpu_s,
         resource.RLIMIT_NOFILE: limits.max_open_files,
         resource.RLIMIT_FSIZE: limits.max_file_size_mb * MIB,
         resource.RLIMIT_CORE: 0,

@@ -25,7 +25,7 @@ from tools.registry import Registry
 from . import _linux
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
-from .limits import Limits, apply_rlimits
+from .limits import Limits, apply_rlimits, renew_cpu_limit
 from .protocol import Call, Result, ToolError
 
 CHANNEL_FD = 3
@@ -47,6 +47,26 @@ class WorkerSetup:
         self.workdir = workdir
         self.cgroup = cgroup
         self.in_pid_namespace = in_pid_namespace
+
+
+def warm_up() -> None:
+    """Run once in the zygote: everything a worker's first call would otherwise do for
+    the first time (lazy imports, pydantic's first validation) is done before forking,
+    and `gc.freeze` keeps the collector from touching, and so copying, shared pages."""
+    import gc
+
+    import psutil  # noqa: F401  (the fallback clean-up uses it)
+
+    _prime()
+    gc.collect()
+    gc.freeze()
+
+
+def _prime() -> None:
+    call = Call(tool="", args={}, limits=Limits())
+    Call.model_validate_json(call.model_dump_json())
+    _failure(ErrorKind.TOOL_ERROR, "prime")
+    _as_text({"prime": [1, 2.0, None]})
 
 
 def detach(setup: WorkerSetup) -> socket.socket:
@@ -82,8 +102,12 @@ def _max_fd() -> int:
 
 def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoReturn:
     """Answer calls until the orchestrator goes away; a fresh worker answers one."""
+    # While this worker waits as a spare, take the copy-on-write faults that its first
+    # call would otherwise pay for on the clock.
+    _prime()
     first = True
     reusable = False
+    previous: Limits | None = None
     while True:
         frame = recv_frame_blocking(chan)
         if frame is None:
@@ -92,7 +116,11 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         if first:
             reusable = call.limits.reuse_worker
             _limit_processes(setup, call.limits)
-        apply_rlimits(call.limits, fresh=not reusable, nproc=_nproc(setup, call.limits))
+        if call.limits != previous:
+            apply_rlimits(call.limits, fresh=not reusable, nproc=_nproc(setup, call.limits))
+            previous = call.limits
+        else:
+            renew_cpu_limit(call.limits)  # a warm worker's CPU count goes on from call to call
         first = False
         result = run(registry, call)
         send_frame(chan, result)

@@ -25,6 +25,7 @@ from typing import NoReturn
 
 from . import _linux
 from .protocol import Exited, Failed, Ready, Shutdown, Spawn, Spawned, ToZygote, ZygoteConfig
+from .worker import WorkerSetup, detach, serve, warm_up
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LANGUAGE", "TZ")
 ENV_PREFIX_ALLOWLIST = ("LC_",)
@@ -88,6 +89,7 @@ class Zygote:
                 pass
         # Orphans of workers come to us, not to init, so none escapes the sweep.
         _linux.set_child_subreaper()
+        warm_up()
 
     def send(self, message: Ready | Spawned | Exited | Failed, fds: list[int] = ()) -> None:
         data = message.model_dump_json().encode()
@@ -140,8 +142,6 @@ class Zygote:
     def _become_worker(
         self, channel_fd: int, log_fd: int, workdir: str, cgroup: str | None
     ) -> NoReturn:
-        from .worker import WorkerSetup, detach, serve
-
         try:
             setup = WorkerSetup(channel_fd, log_fd, workdir, cgroup, self.pidns is not None)
             chan = detach(setup)
