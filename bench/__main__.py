@@ -1,0 +1,369 @@
+"""`python -m bench [--quick] [--output DIR]`: ours against the peers, side by side.
+
+Every timed call's answer is checked and every kill is followed by a count of the
+processes it left, so a fast wrong answer cannot win. Results go to the terminal and to
+`bench/results/latest.json` and `latest.md` (the README shows the latter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import peers
+from .stats import grandchildren, kill_grandchildren, summarize, uss_mib
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def open_peer(factory: Callable[[], peers.Peer], report: dict[str, Any]) -> peers.Peer | None:
+    try:
+        return factory()
+    except peers.Missing as exc:
+        report.setdefault("missing", {})[str(exc).split()[0]] = str(exc)
+        log(f"  skipped: {exc}")
+        return None
+
+
+def overhead(n: int, report: dict[str, Any]) -> dict[str, Any]:
+    """1. Per-call overhead of a trivial tool in a reused worker."""
+    out: dict[str, Any] = {}
+    factories = [
+        peers.InProcess,
+        peers.Threads,
+        peers.Processes,
+        peers.Pebble,
+        peers.MultiprocessPool,
+        peers.Ours,
+    ]
+    for factory in factories:
+        peer = open_peer(factory, report)
+        if peer is None:
+            continue
+        try:
+            for i in range(min(200, n)):
+                assert peer.call(peers.echo, i) == i
+            samples = []
+            for i in range(n):
+                took, value = peers.timed(lambda i=i, peer=peer: peer.call(peers.echo, i))
+                assert value == i, (peer.name, value, i)
+                samples.append(took)
+            out[peer.name] = summarize(samples).as_dict()
+        finally:
+            peer.close()
+    sub = peers.Subprocess()
+    samples = []
+    for i in range(max(5, n // 500)):
+        took, value = peers.timed(lambda i=i: sub.call(peers.echo, i))
+        assert value == i
+        samples.append(took)
+    out[sub.name] = summarize(samples).as_dict()
+    return out
+
+
+def fresh(n: int) -> dict[str, Any]:
+    """2. A fresh process for every call."""
+    out: dict[str, Any] = {}
+    ours = peers.Ours(reuse=False)
+    try:
+        time.sleep(0.2)
+        out["sandboxed-agent (zygote fork)"] = _time_calls(lambda i: ours.call(peers.echo, i), n)
+    finally:
+        ours.close()
+    out["os.fork from the orchestrator"] = _time_calls(
+        lambda i: peers.fork_per_call(peers.echo, i), n
+    )
+    out["multiprocess forkserver"] = _time_calls(
+        lambda i: peers.process_per_call("forkserver")(peers.echo, i), max(5, n // 10)
+    )
+    out["multiprocess spawn"] = _time_calls(
+        lambda i: peers.process_per_call("spawn")(peers.echo, i), max(5, n // 20)
+    )
+    return out
+
+
+def _time_calls(fn: Callable[[int], int], n: int, scale: float = 1e3) -> dict[str, float]:
+    samples = []
+    for i in range(n):
+        took, value = peers.timed(lambda i=i: fn(i))
+        assert value == i
+        samples.append(took)
+    return summarize(samples, scale).as_dict()
+
+
+def kills(reps: int, timeout: float, report: dict[str, Any]) -> dict[str, Any]:
+    """3 and 4. Overshoot past a 100 ms deadline, survivors, and the next call after."""
+    out: dict[str, Any] = {}
+    for factory in (peers.Ours, peers.Pebble, peers.Processes, peers.Threads):
+        peer = open_peer(factory, report)
+        if peer is None:
+            continue
+        try:
+            out[peer.name] = {
+                "kills": peer.kills,
+                **{
+                    variant: _kill_runs(peer, grandchild, reps, timeout)
+                    for variant, grandchild in (("plain", False), ("grandchild", True))
+                },
+            }
+        finally:
+            threads_before = threading.active_count()
+            peer.close()
+            kill_grandchildren()
+            out[peer.name]["threads_left"] = max(0, threads_before - threading.active_count())
+    return out
+
+
+def _kill_runs(peer: peers.Peer, grandchild: bool, reps: int, timeout: float) -> dict[str, Any]:
+    overshoot, recovery, survivors = [], [], 0
+    for i in range(reps):
+        before = set(peer.pids())
+        took, _ = peers.timed(lambda: peer.call_with_timeout(grandchild, timeout))
+        overshoot.append(max(0.0, took - timeout))
+        if not peer.kills:
+            survivors += 1  # its timeout only stops the waiting: the hung tool runs on
+        else:
+            survivors += len([p for p in before if _running(p) and p not in peer.pids()])
+        survivors += len(grandchildren())
+        kill_grandchildren()
+        if peer.kills:
+            rec, value = peers.timed(lambda i=i: peer.call(peers.echo, i))
+            assert value == i
+            recovery.append(rec)
+    result: dict[str, Any] = {
+        "overshoot_ms": summarize(overshoot, 1e3).as_dict(),
+        "survivors": survivors,
+        "calls": reps,
+    }
+    if recovery:
+        result["recovery_ms"] = summarize(recovery, 1e3).as_dict()
+    return result
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def throughput(n: int, report: dict[str, Any]) -> dict[str, Any]:
+    """5. Calls per second with as many workers as cores, trivial and 1 ms CPU tools."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = os.cpu_count() or 2
+    out: dict[str, Any] = {}
+    for factory in (peers.Ours, peers.Processes, peers.Pebble):
+        peer = open_peer(lambda f=factory: f(workers), report)
+        if peer is None:
+            continue
+        try:
+            row = {}
+            for fn in (peers.echo, peers.spin_1ms):
+                with ThreadPoolExecutor(workers * 2) as clients:
+                    start = time.perf_counter()
+                    values = list(
+                        clients.map(lambda i, fn=fn, peer=peer: peer.call(fn, i), range(n))
+                    )
+                    took = time.perf_counter() - start
+                assert values == list(range(n))
+                row[fn.__name__] = round(n / took)
+            out[peer.name] = row
+        finally:
+            peer.close()
+    return out
+
+
+def memory() -> dict[str, Any]:
+    """6. Unique memory of an idle worker and of a pool of 8."""
+    out: dict[str, Any] = {}
+    one = peers.Ours(workers=1, spares=1)
+    try:
+        time.sleep(0.5)
+        template, *workers = one.pids()
+        out["sandboxed-agent idle worker MiB"] = uss_mib(workers[:1])
+        out["sandboxed-agent template MiB"] = uss_mib([template])
+    finally:
+        one.close()
+    eight = peers.Ours(workers=8, spares=8)
+    try:
+        time.sleep(1.0)
+        out["sandboxed-agent pool of 8 MiB"] = uss_mib(eight.pids())
+    finally:
+        eight.close()
+    ppe = peers.Processes(8)
+    try:
+        for i in range(64):
+            ppe.call(peers.echo, i)
+        out["ProcessPoolExecutor(8) MiB"] = uss_mib(ppe.pids())
+    finally:
+        ppe.close()
+    return out
+
+
+HOSTILE_EXPRESSIONS = [
+    "9**9**9",
+    "10**10**10",
+    "(2**1000)**1000",
+    "2**4096 * 2**4096",
+    "(" * 64 + "1" + ")" * 64,
+    "(" * 1000 + "1" + ")" * 1000,
+    "1" * 100_000,
+    "-" * 999 + "1",
+    "1+" * 499 + "1",
+    "9" * 999,
+    "10**1232 // 7",
+    "2.0**100000",
+    "(10**1000)**0.5",
+]
+
+
+def calculator() -> dict[str, Any]:
+    """7. The slowest answer over hostile expressions (in-process: the tool's own cost)."""
+    from tools.calculator import CalculationError, calculate
+
+    worst, slowest = 0.0, ""
+    for expression in HOSTILE_EXPRESSIONS:
+        start = time.perf_counter()
+        try:
+            calculate(expression)
+        except CalculationError:
+            pass
+        took = time.perf_counter() - start
+        if took > worst:
+            worst, slowest = took, expression[:30]
+    return {
+        "slowest_ms": round(worst * 1e3, 3),
+        "slowest_input": slowest,
+        "inputs": len(HOSTILE_EXPRESSIONS),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "date": dt.date.today().isoformat(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+    }
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b else "n/a"
+
+
+def render(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [
+        f"Measured {m['date']} on {m['cpus']} CPUs, Python {m['python']}, Linux {m['kernel']} "
+        f"({report['mode']} mode).",
+        "",
+        "**1. Per-call overhead, reused worker (µs)**",
+        "",
+        "| runner | median | p90 | p99 | max | ours is faster by (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    ours = report["overhead"]["sandboxed-agent"]["median"]
+    for name, s in report["overhead"].items():
+        compared = (
+            ratio(s["median"], ours) if name not in ("sandboxed-agent", "in-process call") else "-"
+        )
+        lines.append(
+            f"| {name} | {s['median']} | {s['p90']} | {s['p99']} | {s['max']} | {compared} |"
+        )
+    lines += [
+        "",
+        "**2. Fresh process per call (ms)**",
+        "",
+        "| method | median | p90 | p99 |",
+        "|---|---|---|---|",
+    ]
+    for name, s in report["fresh"].items():
+        lines.append(f"| {name} | {s['median']} | {s['p90']} | {s['p99']} |")
+    lines += [
+        "",
+        "**3–4. Timeout of 100 ms on a hung tool: overshoot past the deadline, "
+        "survivors, next call (ms)**",
+        "",
+        "| runner | stops the work | overshoot median / p99 | survivors | "
+        "with grandchild: overshoot median / p99 | survivors | next call median |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, k in report["kills"].items():
+        plain, gc = k["plain"], k["grandchild"]
+        rec = plain.get("recovery_ms", {}).get("median", "-")
+        lines.append(
+            f"| {name} | {'yes' if k['kills'] else 'no'} | {plain['overshoot_ms']['median']} / "
+            f"{plain['overshoot_ms']['p99']} | {plain['survivors']}/{plain['calls']} | "
+            f"{gc['overshoot_ms']['median']} / {gc['overshoot_ms']['p99']} | "
+            f"{gc['survivors']}/{gc['calls']} | {rec} |"
+        )
+    lines += [
+        "",
+        "**5. Throughput with one worker per core (calls/s)**",
+        "",
+        "| runner | trivial | 1 ms CPU |",
+        "|---|---|---|",
+    ]
+    for name, t in report["throughput"].items():
+        lines.append(f"| {name} | {t['echo']} | {t['spin_1ms']} |")
+    lines += ["", "**6. Memory (unique set size)**", ""]
+    lines += [f"- {k}: {v}" for k, v in report["memory"].items()]
+    c = report["calculator"]
+    lines += [
+        "",
+        f"**7. Calculator under attack:** slowest of {c['inputs']} hostile inputs "
+        f"answered in {c['slowest_ms']} ms (`{c['slowest_input']}`).",
+        "",
+        "**8. Agent step overhead:** not measured yet (the agent loop has not landed).",
+    ]
+    if report.get("missing"):
+        lines += ["", "Missing peers: " + "; ".join(report["missing"].values())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small samples, under a minute")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write results")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    report: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": machine()}
+    steps = [
+        ("overhead", lambda: overhead(1000 if quick else 10_000, report)),
+        ("fresh", lambda: fresh(100 if quick else 1000)),
+        ("kills", lambda: kills(3 if quick else 30, 0.1, report)),
+        ("throughput", lambda: throughput(300 if quick else 5000, report)),
+        ("memory", memory),
+        ("calculator", calculator),
+    ]
+    for name, step in steps:
+        log(f"{name} ...")
+        report[name] = step()
+    text = render(report)
+    print(text)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.output / "latest.md").write_text(text)
+    log(f"wrote {args.output / 'latest.json'} and latest.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
