@@ -1,8 +1,13 @@
 """`sandboxed-agent`: the command line.
 
+    sandboxed-agent run "TASK" [--model M] [--base-url URL] [--policy FILE]
+                    [--tools FILE_OR_MODULE]... [--max-iterations N] [--max-cost-usd X]
+                    [--trace FILE] [--approve TOOL]... [--yes]
+    sandboxed-agent chat [--session NAME] [same options]
     sandboxed-agent tool NAME [--args JSON] [--tools FILE_OR_MODULE]... [--policy FILE]
                               [--timeout SECONDS] [--memory-mb N]
     sandboxed-agent tools [--json] [--tools FILE_OR_MODULE]... [--policy FILE]
+    sandboxed-agent trace FILE
     sandboxed-agent demo
 
 Exit status: 0 when the call succeeded, 1 when it failed, 2 for usage errors (one
@@ -21,14 +26,11 @@ from pydantic import ValidationError
 
 from policies import Policy, check_tools, load_policy
 from sandbox import Limits, Pool, SandboxedAgentError
-from sandbox.pool import ToolResult
 from tools import Registry, ToolDefinitionError
 
+from .runner import UsageError, add_run_options, cmd_chat, cmd_run, cmd_trace
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad command-line input: exit 2 with this one line."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,7 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="the OpenAI tool schemas as JSON")
     tool_sources(listing)
 
-    sub.add_parser("demo", help="replay the worked example through the real sandbox")
+    run = sub.add_parser("run", help="run the agent on one task and print its answer")
+    run.add_argument("task", help="what to ask, in words")
+    tool_sources(run)
+    add_run_options(run)
+
+    chat = sub.add_parser("chat", help="talk with the agent; one line per turn")
+    chat.add_argument("--session", metavar="NAME", help="keep the conversation under this name")
+    tool_sources(chat)
+    add_run_options(chat)
+
+    trace = sub.add_parser("trace", help="show a trace file as a timeline")
+    trace.add_argument("file")
+
+    sub.add_parser("demo", help="the worked example, with every tool call in the sandbox")
     return parser
 
 
@@ -72,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_tool(args)
         if args.command == "tools":
             return cmd_tools(args)
+        if args.command == "trace":
+            return cmd_trace(args.file)
+        if args.command in ("run", "chat"):
+            registry, policy = load_setup(args.tools, args.policy)
+            return (cmd_run if args.command == "run" else cmd_chat)(args, policy, registry)
         from .demo import run_demo
 
         return run_demo()
@@ -163,7 +183,3 @@ def _with_overrides(limits: Limits, timeout: float | None, memory_mb: int | None
         err = exc.errors(include_url=False)[0]
         flag = {"timeout_s": "--timeout", "memory_mb": "--memory-mb"}[str(err["loc"][0])]
         raise UsageError(f"{flag}: {err['msg'].lower()}") from None
-
-
-def print_result(result: ToolResult) -> None:
-    print(result.model_dump_json())

@@ -1,98 +1,114 @@
-"""`sandboxed-agent demo`: the worked example, replayed through the real sandbox.
+"""`sandboxed-agent demo`: the worked example, end to end.
 
-No model is called (that comes with the agent loop): the tool calls a model would
-make are scripted, but each one runs for real in a sandboxed worker, and the answer
-is composed from what the tools actually returned. It shows a hung tool killed on
-time with everything it started, and a path escape refused.
+With an endpoint configured (OPENAI_API_KEY or OPENAI_BASE_URL) the real model answers.
+Without one, a recorded model transcript is replayed through a loopback
+OpenAI-compatible server, labelled as a replay; either way the real agent loop and the
+real `openai` client run, and every tool call runs for real in the sandbox, including a
+hung carrier tool killed on time and a path escape refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from policies import load_policy
-from sandbox import Pool, ToolResult
+from sandbox import Pool
 from sandbox.reaper import survivors
 from tools import Registry
 
+from .approval import Approver
+from .loop import Agent, ToolOutcome
+from .model import ModelClient
+from .progress import describe_tool
+from .replay import ScriptedModelServer, Step, call, say
+
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "demo.toml"
-QUESTION = "Can I still return order 12345?"
+TRANSCRIPT = Path(__file__).resolve().parent / "data" / "demo_transcript.json"
 
 
-def _say(who: str, text: str) -> None:
-    print(f"{who:<10}{text}", flush=True)
-
-
-def _show(result: ToolResult, args: dict[str, Any]) -> ToolResult:
-    _say("tool", f"{result.tool} {json.dumps(args)}")
-    where = f"{result.duration_ms:.1f} ms, worker pid {result.worker_pid}"
-    if result.ok:
-        _say("  ok", f"{(result.output or '').strip()}   ({where})")
-    else:
-        assert result.error is not None
-        _say("  error", f"{result.error.kind}: {result.error.message}   ({where})")
-    return result
+def recorded_steps() -> tuple[str, list[Step]]:
+    data = json.loads(TRANSCRIPT.read_text())
+    steps = []
+    for turn in data["turns"]:
+        usage = turn.get("usage", {})
+        if "tool_calls" in turn:
+            steps.append(call(*[(name, args) for name, args in turn["tool_calls"]], usage=usage))
+        else:
+            steps.append(say(turn["content"], usage=usage))
+    return data["question"], steps
 
 
 def run_demo() -> int:
     registry = Registry.default()
     registry.load("tools.demo")
     policy = load_policy(DEMO_POLICY)
-    print(
-        "Replay of the worked example: the model's tool calls are scripted, and each one\n"
-        "runs for real in a sandboxed worker process (policy: policies/demo.toml).\n"
-    )
-    problems: list[str] = []
-    with Pool(policy, registry=registry, size=2) as pool:
+    question, steps = recorded_steps()
+    live = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"))
+    server = None if live else ScriptedModelServer(steps).start()
+    outcomes: list[ToolOutcome] = []
 
-        def call(tool: str, **args: Any) -> ToolResult:
-            return _show(pool.call(tool, args), args)
+    def show(kind: str, details: dict[str, Any]) -> None:
+        if kind == "tool":
+            outcomes.append(details["outcome"])
+            print(f"tool      {describe_tool(details['outcome'])}", flush=True)
 
-        _say("user", QUESTION)
-        order = call("get_order_status", order_id="12345")
-        policy_text = call("read_file", path="policy.txt")
-        today = call("get_current_date")
-        verdict = call("check_return_eligibility", order_id="12345")
-
-        _say("", "-- a carrier tool that hangs, with a helper process of its own --")
-        already = set(_sleepers())
-        started = time.monotonic()
-        hung = call("track_shipment", order_id="12345")
-        waited = time.monotonic() - started
-        left = survivors(sorted(set(_sleepers()) - already))
-        limit = policy.limits_for("track_shipment").timeout_s
-        _say("", f"killed after {waited:.2f} s (deadline {limit:g} s); processes left: {len(left)}")
-        if hung.ok or hung.error is None or hung.error.kind != "timeout" or left:
-            problems.append("the hung tool was not killed cleanly")
-
-        _say("", "-- a path that tries to leave the document root --")
-        escape = call("read_file", path="../../../etc/passwd")
-        if escape.ok:
-            problems.append("read_file read outside its root")
-
-    for name, result in [
-        ("order", order),
-        ("policy", policy_text),
-        ("date", today),
-        ("eligibility", verdict),
-    ]:
-        if not result.ok:
-            problems.append(f"the {name} lookup failed")
-    if not problems:
-        details = json.loads(order.output or "{}")
-        _say(
-            "assistant",
-            f"Order {details['order_id']} was delivered on {details['delivered_on']}. "
-            f'The policy says: "{(policy_text.output or "").strip()}" '
-            f"Today is {today.output}, so: {verdict.output}.",
+    if live:
+        endpoint = os.environ.get("OPENAI_BASE_URL") or "OpenAI"
+        print(f"Live run of the worked example against {endpoint}.\n")
+    else:
+        print(
+            "REPLAY of a recorded model transcript (no endpoint configured: set OPENAI_API_KEY\n"
+            "or OPENAI_BASE_URL for a live model). The model's turns are recorded; every tool\n"
+            "call below runs for real in a sandboxed worker (policy: policies/demo.toml).\n"
         )
+    already = set(_sleepers())
+    try:
+        model = ModelClient(
+            model=policy.run.model,
+            base_url=server.base_url if server else os.environ.get("OPENAI_BASE_URL"),
+            api_key=os.environ.get("OPENAI_API_KEY") if live else "replay",
+            max_retries=policy.run.max_retries,
+        )
+        with Pool(policy, registry=registry, size=2) as pool:
+            agent = Agent(pool, policy, model, approver=Approver(), progress=show)
+            print(f"user      {question}", flush=True)
+            started = time.monotonic()
+            result = agent.run(question)
+    finally:
+        if server:
+            server.stop()
+    left = survivors(sorted(set(_sleepers()) - already))
+    print(f"assistant {result.answer or '(no answer: ' + result.message + ')'}")
+    print(
+        f"\n{result.steps} model calls, {len(outcomes)} tool calls, "
+        f"{time.monotonic() - started:.1f} s; processes left behind by tools: {len(left)}"
+    )
+    problems = [] if result.ok else [f"the run ended without an answer: {result.message}"]
+    if left:
+        problems.append(f"{len(left)} tool processes survived")
+    if not live:
+        problems += _check_replay(outcomes)
     for problem in problems:
         print(f"demo: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _check_replay(outcomes: list[ToolOutcome]) -> list[str]:
+    """The replay exists to show these; fail loudly if the sandbox did not do them."""
+    by_tool = {(o.tool, o.arguments): o.result for o in outcomes}
+    hung = next((r for (t, _), r in by_tool.items() if t == "track_shipment"), None)
+    escape = next((r for (t, a), r in by_tool.items() if t == "read_file" and ".." in a), None)
+    problems = []
+    if hung is None or hung.error is None or hung.error.kind != "timeout":
+        problems.append("the hung tool was not killed at its deadline")
+    if escape is None or escape.ok:
+        problems.append("read_file was not refused outside its root")
+    return problems
 
 
 def _sleepers() -> list[int]:

@@ -9,6 +9,17 @@ from .loader import check_tools as check_tools
 from .loader import load_policy as load_policy
 from .loader import parse_policy as parse_policy
 from .schema import Policy as Policy
+from .schema import Price as Price
+from .schema import RunPolicy as RunPolicy
 from .schema import ToolPolicy as ToolPolicy
 
-__all__ = ["DEFAULT_POLICY", "Policy", "ToolPolicy", "check_tools", "load_policy", "parse_policy"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "Policy",
+    "Price",
+    "RunPolicy",
+    "ToolPolicy",
+    "check_tools",
+    "load_policy",
+    "parse_policy",
+]

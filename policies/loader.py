@@ -10,10 +10,10 @@ from pydantic import ValidationError
 
 from sandbox.errors import PolicyError
 
-from .schema import Policy, ToolPolicy, build_limits
+from .schema import Policy, Price, RunPolicy, ToolPolicy, build_limits
 
 DEFAULT_POLICY = Path(__file__).with_name("default.toml")
-_TOP_LEVEL = ("defaults", "tools")
+_TOP_LEVEL = ("defaults", "tools", "run")
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
@@ -79,6 +79,8 @@ def _describe(source: str, exc: ValidationError) -> str:
         return f"{source}: [{loc[0]}]: unknown table (accepted: {', '.join(_TOP_LEVEL)})"
     if loc[0] == "defaults":
         table, rest = "defaults", loc[1:]
+    elif loc[0] == "run" and len(loc) >= 3 and loc[1] == "prices":
+        table, rest = f"run.prices.{loc[2]}", loc[3:]
     elif loc[0] == "tools" and len(loc) >= 2:
         table, rest = f"tools.{loc[1]}", loc[2:]
     else:
@@ -87,7 +89,8 @@ def _describe(source: str, exc: ValidationError) -> str:
         return f"{source}: [{table}]: must be a table of keys (got {_short(err.get('input'))})"
     key = ".".join(rest)
     if err["type"] == "extra_forbidden":
-        accepted = ", ".join(ToolPolicy.model_fields)
+        model = {"run": RunPolicy}.get(table, Price if table.startswith("run.") else ToolPolicy)
+        accepted = ", ".join(model.model_fields)
         return f"{source}: [{table}] {key}: unknown key (accepted: {accepted})"
     if rest[0] == "settings" and len(rest) > 1:
         key = "settings." + rest[1]  # drop pydantic's union branch names

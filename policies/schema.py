@@ -56,6 +56,47 @@ class ToolPolicy(BaseModel):
         return ToolPolicy(**merged, settings={**base.settings, **self.settings})
 
 
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a careful support agent. Use the tools to look up facts; never guess "
+    "order details, dates or policy terms. When a tool returns an error, read it and "
+    "correct your call or explain the problem. Answer briefly and say how you know."
+)
+
+
+class Price(BaseModel):
+    """US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+
+
+class RunPolicy(BaseModel):
+    """The `[run]` table: the agent loop's guardrails (each also a command-line flag)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    """OpenAI-compatible endpoint; else OPENAI_BASE_URL, else OpenAI's."""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_iterations: int = Field(10, ge=1, le=1000)
+    """Model calls per run; then the run ends with a step-limit answer."""
+    max_cost_usd: float = Field(1.0, gt=0)
+    """The run stops before the next model call once this much is spent."""
+    max_wall_s: float = Field(300.0, gt=0)
+    """Wall-clock budget for the whole run."""
+    max_result_chars: int = Field(4000, ge=100)
+    """Tool results are cut to this before they enter the context (the trace keeps all)."""
+    max_repeats: int = Field(1, ge=1, le=100)
+    """Identical calls answered with a note before the run stops."""
+    request_timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    prices: dict[str, Price] = Field(default_factory=dict)
+    """Per-model prices; a model without one is counted at zero (and the trace says so)."""
+
+
 class Policy(BaseModel):
     """A whole policy file. Satisfies `sandbox.LimitsPolicy`."""
 
@@ -63,6 +104,7 @@ class Policy(BaseModel):
 
     defaults: ToolPolicy = Field(default_factory=ToolPolicy)
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
+    run: RunPolicy = Field(default_factory=RunPolicy)
     _source: str = PrivateAttr("<built-in>")
     _base_dir: Path = PrivateAttr(Path.cwd())
     _cache: dict[str, tuple[Limits, ToolContext]] = PrivateAttr(default_factory=dict)

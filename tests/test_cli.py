@@ -121,5 +121,6 @@ def test_the_demo_runs_the_worked_example() -> None:
     out = proc.stdout
     assert "Return window expired on 2025-05-10" in out
     assert "timeout: track_shipment did not finish within 2 s" in out
-    assert "processes left: 0" in out
+    assert "REPLAY" in out
+    assert "processes left behind by tools: 0" in out
     assert "leaves the document root" in out

@@ -1,0 +1,166 @@
+"""The audit trail: one JSON line per event, written and flushed as it happens.
+
+A crash or a kill loses nothing written before it. Secrets never reach it: events do
+not carry headers or keys, and every line is scrubbed of the API key besides (a model
+could echo it back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event: str
+    ts: float = Field(default_factory=time.time)
+
+
+class RunStarted(Event):
+    event: Literal["run_started"] = "run_started"
+    task: str
+    model: str
+    base_url: str | None
+    policy: str
+    limits: dict[str, Any]
+
+
+class ModelCalled(Event):
+    event: Literal["model_call"] = "model_call"
+    step: int
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    total_cost_usd: float
+    latency_ms: float
+    finish_reason: str
+    tool_calls: int
+    priced: bool
+
+
+class ToolCalled(Event):
+    event: Literal["tool_call"] = "tool_call"
+    step: int
+    call_id: str
+    tool: str
+    arguments: str
+    ok: bool
+    output: str | None
+    error_kind: str | None
+    error_message: str | None
+    duration_ms: float
+    worker_pid: int | None
+    approval: str
+    """not_required, approved_flag, approved_yes, approved_tty, approved_always, denied_tty,
+    denied_no_tty, or repeat_note when the call was answered with a note instead."""
+    sent_chars: int
+    """How much of the result entered the context (after truncation)."""
+
+
+class RunEnded(Event):
+    event: Literal["run_ended"] = "run_ended"
+    reason: str
+    message: str
+    answer: str | None
+    steps: int
+    cost_usd: float
+    wall_s: float
+
+
+TraceEvent = RunStarted | ModelCalled | ToolCalled | RunEnded
+
+
+class Trace:
+    """A JSON Lines sink; `Trace(None)` records nothing."""
+
+    def __init__(self, path: str | Path | None, secrets: list[str] | None = None) -> None:
+        self.path = Path(path) if path else None
+        self._secrets = [s for s in (secrets or []) if s and len(s) >= 8]
+        self._file: IO[str] | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
+
+    def emit(self, event: TraceEvent) -> None:
+        if self._file is None:
+            return
+        line = event.model_dump_json()
+        for secret in self._secrets:
+            line = line.replace(secret, "[redacted]")
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_trace(path: str | Path) -> list[dict[str, Any]]:
+    """The events of a trace file; ValueError names the first bad line."""
+    events = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                raise ValueError(f"{path}: line {number} is not JSON") from None
+            if not isinstance(event, dict) or "event" not in event:
+                raise ValueError(f"{path}: line {number} is not a trace event")
+            events.append(event)
+    return events
+
+
+def render_timeline(events: list[dict[str, Any]]) -> str:
+    """A trace as a readable timeline, one line per event."""
+    if not events:
+        return "(empty trace)"
+    start = events[0].get("ts", 0.0)
+    lines = []
+    for e in events:
+        at = f"{e.get('ts', start) - start:8.3f}s"
+        kind = e["event"]
+        if kind == "run_started":
+            lines.append(f"{at}  run started: {e.get('task')!r} with {e.get('model')}")
+        elif kind == "model_call":
+            lines.append(
+                f"{at}  model #{e.get('step')}: {e.get('input_tokens')}+{e.get('output_tokens')} "
+                f"tokens, ${e.get('cost_usd', 0):.6f} (total ${e.get('total_cost_usd', 0):.6f}), "
+                f"{e.get('latency_ms', 0):.0f} ms, finish={e.get('finish_reason')}"
+            )
+        elif kind == "tool_call":
+            outcome = "ok" if e.get("ok") else f"{e.get('error_kind')}: {e.get('error_message')}"
+            approval = e.get("approval")
+            extra = "" if approval == "not_required" else f" [{approval}]"
+            lines.append(
+                f"{at}    tool {e.get('tool')} {e.get('arguments')} -> {_one_line(outcome)} "
+                f"({e.get('duration_ms', 0):.1f} ms, pid {e.get('worker_pid')}){extra}"
+            )
+        elif kind == "run_ended":
+            lines.append(
+                f"{at}  run ended ({e.get('reason')}): {e.get('steps')} model calls, "
+                f"${e.get('cost_usd', 0):.6f}, {e.get('wall_s', 0):.2f} s"
+            )
+            if e.get("answer"):
+                lines.append(f"           answer: {_one_line(e['answer'], 300)}")
+            elif e.get("message"):
+                lines.append(f"           {e['message']}")
+        else:
+            lines.append(f"{at}  {kind}")
+    return "\n".join(lines)
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,141 @@
+"""The run's guardrails: budgets checked before each model call, repeated-call
+detection, and the cut that keeps a huge tool result out of the context."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from policies import Price, RunPolicy
+
+from .model import Usage
+
+StopReason = Literal[
+    "answer",
+    "max_iterations",
+    "max_cost",
+    "max_wall_time",
+    "repeated_call",
+    "length",
+    "content_filter",
+    "model_error",
+    "interrupted",
+]
+
+
+class RunStopped(Exception):
+    """A guardrail ends the run; `reason` is stable, `message` is for people."""
+
+    def __init__(self, reason: StopReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Budget:
+    """Steps, dollars and seconds of one run."""
+
+    limits: RunPolicy
+    started: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    cost_usd: float = 0.0
+    unpriced: set[str] = field(default_factory=set)
+
+    def before_model_call(self) -> float:
+        """Raise `RunStopped` if a budget is spent; else return the seconds left."""
+        if self.steps >= self.limits.max_iterations:
+            raise RunStopped(
+                "max_iterations",
+                f"stopped after {self.steps} model calls (max_iterations = "
+                f"{self.limits.max_iterations}) without a final answer",
+            )
+        if self.cost_usd >= self.limits.max_cost_usd:
+            raise RunStopped(
+                "max_cost",
+                f"stopped: ${self.cost_usd:.4f} spent, the budget is "
+                f"${self.limits.max_cost_usd:g} (max_cost_usd)",
+            )
+        left = self.time_left()
+        if left <= 0:
+            raise RunStopped(
+                "max_wall_time",
+                f"stopped: the run used its {self.limits.max_wall_s:g} s (max_wall_s)",
+            )
+        return left
+
+    def time_left(self) -> float:
+        return self.limits.max_wall_s - (time.monotonic() - self.started)
+
+    def charge(self, model: str, usage: Usage) -> float:
+        """Count one model call; return its cost in dollars."""
+        self.steps += 1
+        price = _price_for(self.limits.prices, model)
+        if price is None:
+            self.unpriced.add(model)
+            return 0.0
+        cost = (
+            usage.input_tokens * price.input_per_million
+            + usage.output_tokens * price.output_per_million
+        ) / 1_000_000
+        self.cost_usd += cost
+        return cost
+
+
+def _price_for(prices: dict[str, Price], model: str) -> Price | None:
+    if model in prices:
+        return prices[model]
+    # Endpoints often answer with a dated name ("gpt-4o-mini-2024-07-18").
+    matches = [name for name in prices if model.startswith(name + "-")]
+    return prices[max(matches, key=len)] if matches else None
+
+
+class RepeatGuard:
+    """The same tool with the same arguments again: a note first, then stop."""
+
+    def __init__(self, max_repeats: int) -> None:
+        self.max_repeats = max_repeats
+        self.seen: Counter[tuple[str, str]] = Counter()
+        self.last_output: dict[tuple[str, str], str] = {}
+
+    @staticmethod
+    def key(tool: str, arguments: str) -> tuple[str, str]:
+        try:
+            canonical = json.dumps(json.loads(arguments or "{}"), sort_keys=True)
+        except (ValueError, RecursionError):
+            canonical = arguments
+        return tool, canonical
+
+    def check(self, tool: str, arguments: str) -> Literal["run", "note", "stop"]:
+        key = self.key(tool, arguments)
+        self.seen[key] += 1
+        count = self.seen[key]
+        if count == 1:
+            return "run"
+        return "note" if count - 1 <= self.max_repeats else "stop"
+
+    def remember(self, tool: str, arguments: str, text: str) -> None:
+        self.last_output[self.key(tool, arguments)] = text
+
+    def note(self, tool: str, arguments: str) -> str:
+        earlier = self.last_output.get(self.key(tool, arguments), "")
+        return (
+            f"note: you already called {tool} with exactly these arguments; it was not run "
+            f"again. Its result was: {earlier}\nUse it, try something different, or answer. "
+            "Repeating the same call again ends the run."
+        )
+
+
+def truncate(text: str, limit: int) -> str:
+    """Cut `text` to `limit` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    marker = f"\n[truncated: {len(text) - limit} of {len(text)} characters cut]"
+    return text[: max(0, limit - len(marker))] + marker
+
+
+def tool_schemas(specs: list[Any]) -> list[dict[str, Any]]:
+    return [spec.openai_schema for spec in specs]

@@ -1,0 +1,267 @@
+"""The model loop: ask the model → for each tool call: guard → approve → sandbox →
+audit → append; repeat until the model answers or a guardrail ends the run."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies import Policy
+from sandbox import Pool, ToolResult
+from sandbox.errors import Denied, RunError
+from sandbox.protocol import ToolError
+
+from .approval import Approver
+from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace
+from .guardrails import Budget, RepeatGuard, RunStopped, StopReason, truncate
+from .model import ModelClient, ModelTurn
+
+
+@dataclass
+class RunResult:
+    answer: str | None
+    reason: StopReason
+    message: str
+    steps: int
+    cost_usd: float
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    """The whole conversation, for `chat` to continue from."""
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == "answer"
+
+
+@dataclass
+class ToolOutcome:
+    call_id: str
+    tool: str
+    arguments: str
+    result: ToolResult
+    approval: str
+    sent: str = ""
+
+
+Progress = Callable[[str, dict[str, Any]], None]
+"""Called with ("thinking" | "model" | "tool", details) as the run goes."""
+
+
+class Agent:
+    """The worked example's agent: `Agent(pool, policy, model).run("Can I ...?")`."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        policy: Policy,
+        model: ModelClient,
+        *,
+        approver: Approver | None = None,
+        trace: Trace | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.pool = pool
+        self.policy = policy
+        self.limits = policy.run
+        self.model = model
+        self.approver = approver or Approver()
+        self.trace = trace or Trace(None)
+        self.progress = progress or (lambda kind, details: None)
+        self.tools = [spec.openai_schema for spec in pool.registry]
+
+    def run(self, task: str, history: list[dict[str, Any]] | None = None) -> RunResult:
+        messages = list(history or [{"role": "system", "content": self.limits.system_prompt}])
+        messages.append({"role": "user", "content": task})
+        budget = Budget(self.limits)
+        repeats = RepeatGuard(self.limits.max_repeats)
+        self.trace.emit(
+            RunStarted(
+                task=task,
+                model=self.model.model,
+                base_url=self.model.base_url,
+                policy=self.policy.source,
+                limits=self.limits.model_dump(exclude={"prices", "system_prompt"}),
+            )
+        )
+        try:
+            answer = self._loop(messages, budget, repeats)
+            result = RunResult(
+                answer, "answer", "answered", budget.steps, budget.cost_usd, messages
+            )
+        except RunStopped as stop:
+            result = RunResult(
+                None, stop.reason, stop.message, budget.steps, budget.cost_usd, messages
+            )
+        except RunError as exc:
+            result = RunResult(
+                None, "model_error", str(exc), budget.steps, budget.cost_usd, messages
+            )
+        except KeyboardInterrupt:
+            result = RunResult(
+                None, "interrupted", "interrupted", budget.steps, budget.cost_usd, messages
+            )
+        self.trace.emit(
+            RunEnded(
+                reason=result.reason,
+                message=result.message,
+                answer=result.answer,
+                steps=result.steps,
+                cost_usd=round(result.cost_usd, 8),
+                wall_s=round(time.monotonic() - budget.started, 3),
+            )
+        )
+        return result
+
+    def _loop(self, messages: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard) -> str:
+        while True:
+            left = budget.before_model_call()
+            self.progress("thinking", {"step": budget.steps + 1})
+            turn = self.model.complete(
+                messages, self.tools, timeout_s=min(self.limits.request_timeout_s, left)
+            )
+            cost = budget.charge(turn.model, turn.usage)
+            calls = turn.message.get("tool_calls") or []
+            self._record_model_call(turn, budget, cost, len(calls))
+            for i, call in enumerate(calls):
+                call["id"] = _unpack(call, i)[0]  # every tool message must answer an id
+            messages.append(turn.message)
+            if calls:
+                for outcome in self._run_calls(calls, budget.steps, repeats):
+                    messages.append(
+                        {"role": "tool", "tool_call_id": outcome.call_id, "content": outcome.sent}
+                    )
+                continue
+            content = turn.message.get("content") or ""
+            if turn.finish_reason == "length":
+                raise RunStopped(
+                    "length",
+                    "the model's answer was cut off (finish_reason = length): "
+                    "its output limit is too small for this task",
+                )
+            if turn.finish_reason == "content_filter":
+                raise RunStopped(
+                    "content_filter",
+                    "the endpoint's content filter withheld the answer "
+                    "(finish_reason = content_filter)",
+                )
+            return content
+
+    def _record_model_call(self, turn: ModelTurn, budget: Budget, cost: float, calls: int) -> None:
+        self.trace.emit(
+            ModelCalled(
+                step=budget.steps,
+                model=turn.model,
+                input_tokens=turn.usage.input_tokens,
+                output_tokens=turn.usage.output_tokens,
+                cost_usd=round(cost, 8),
+                total_cost_usd=round(budget.cost_usd, 8),
+                latency_ms=round(turn.latency_s * 1000, 1),
+                finish_reason=turn.finish_reason,
+                tool_calls=calls,
+                priced=turn.model not in budget.unpriced,
+            )
+        )
+        self.progress("model", {"cost_usd": budget.cost_usd, "step": budget.steps})
+
+    def _run_calls(
+        self, calls: list[dict[str, Any]], step: int, repeats: RepeatGuard
+    ) -> list[ToolOutcome]:
+        """Guard and approve each call in order, run the approved ones at once, and
+        return the outcomes in the order of the calls."""
+        outcomes: list[ToolOutcome | None] = [None] * len(calls)
+        to_run: list[tuple[int, str, str, str, str]] = []
+        stop: RunStopped | None = None
+        for i, call in enumerate(calls):
+            call_id, tool, arguments = _unpack(call, i)
+            verdict = repeats.check(tool, arguments)
+            if verdict == "stop":
+                stop = RunStopped(
+                    "repeated_call",
+                    f"stopped: the model called {tool} with the same arguments again after "
+                    "being told it already had the result",
+                )
+                outcomes[i] = self._noted(
+                    call_id, tool, arguments, "not run: the run stopped", "repeat_stop"
+                )
+                continue
+            if verdict == "note":
+                outcomes[i] = self._noted(
+                    call_id, tool, arguments, repeats.note(tool, arguments), "repeat_note"
+                )
+                continue
+            approval = "not_required"
+            if tool in self.pool.registry and self.policy.requires_approval(tool):
+                decision = self.approver.decide(tool, arguments)
+                approval = decision.how
+                if not decision.allowed:
+                    denied = Denied(
+                        tool, f"a person must approve {tool} and did not ({decision.how})"
+                    )
+                    outcomes[i] = ToolOutcome(
+                        call_id, tool, arguments, _failure(tool, denied), approval
+                    )
+                    continue
+            to_run.append((i, call_id, tool, arguments, approval))
+        if to_run:
+            with ThreadPoolExecutor(max_workers=len(to_run)) as ex:
+                results = list(ex.map(lambda c: self.pool.call(c[2], c[3]), to_run))
+            for (i, call_id, tool, arguments, approval), result in zip(
+                to_run, results, strict=True
+            ):
+                outcomes[i] = ToolOutcome(call_id, tool, arguments, result, approval)
+                repeats.remember(tool, arguments, result.text)
+        done = [o for o in outcomes if o is not None]
+        for outcome in done:
+            if not outcome.sent:
+                outcome.sent = truncate(outcome.result.text, self.limits.max_result_chars)
+            self._record_tool_call(outcome, step)
+        if stop is not None:
+            raise stop
+        return done
+
+    def _noted(self, call_id: str, tool: str, arguments: str, text: str, how: str) -> ToolOutcome:
+        result = ToolResult(tool=tool, ok=True, output=text, error=None, duration_ms=0.0)
+        return ToolOutcome(call_id, tool, arguments, result, how, sent=text)
+
+    def _record_tool_call(self, outcome: ToolOutcome, step: int) -> None:
+        r = outcome.result
+        self.trace.emit(
+            ToolCalled(
+                step=step,
+                call_id=outcome.call_id,
+                tool=outcome.tool,
+                arguments=outcome.arguments,
+                ok=r.ok,
+                output=r.output,
+                error_kind=r.error.kind if r.error else None,
+                error_message=r.error.message if r.error else None,
+                duration_ms=r.duration_ms,
+                worker_pid=r.worker_pid,
+                approval=outcome.approval,
+                sent_chars=len(outcome.sent),
+            )
+        )
+        self.progress("tool", {"outcome": outcome})
+
+
+def _unpack(call: dict[str, Any], index: int) -> tuple[str, str, str]:
+    function = call.get("function") or {}
+    call_id = str(call.get("id") or f"call_{index}")
+    tool = str(function.get("name") or "")
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments) if arguments is not None else "{}"
+    return call_id, tool, arguments
+
+
+def _failure(tool: str, exc: Denied) -> ToolResult:
+    return ToolResult(
+        tool=tool,
+        ok=False,
+        output=None,
+        error=ToolError(kind=exc.kind, message=exc.message),
+        duration_ms=0.0,
+    )

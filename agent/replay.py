@@ -1,0 +1,186 @@
+"""A small OpenAI-compatible HTTP server on 127.0.0.1 that plays scripted model turns.
+
+The demo replays a recorded transcript through it when no endpoint is configured, and
+the tests script every failure mode with it; either way the real `openai` client talks
+to it over real HTTP, so the agent loop cannot tell it from a real endpoint.
+
+    with ScriptedModelServer([say("Hello")]) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="none")
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Step:
+    """One answer of the scripted model: a completion, or an HTTP error."""
+
+    message: dict[str, Any] | None = None
+    finish_reason: str = "stop"
+    usage: dict[str, int] = field(
+        default_factory=lambda: {"prompt_tokens": 10, "completion_tokens": 5}
+    )
+    status: int = 200
+    error: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+    def body(self, model: str) -> dict[str, Any]:
+        if self.status != 200:
+            return {
+                "error": {
+                    "message": self.error or "scripted error",
+                    "type": "scripted",
+                    "code": self.status,
+                }
+            }
+        usage = dict(self.usage)
+        if "prompt_tokens" in usage:
+            usage.setdefault(
+                "total_tokens", usage["prompt_tokens"] + usage.get("completion_tokens", 0)
+            )
+        return {
+            "id": f"chatcmpl-{next(_ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": self.message, "finish_reason": self.finish_reason}],
+            "usage": usage,
+        }
+
+
+def say(text: str, **kwargs: Any) -> Step:
+    """The model answers in words."""
+    return Step(message={"role": "assistant", "content": text}, **kwargs)
+
+
+def call(*calls: tuple[str, dict[str, Any] | str], **kwargs: Any) -> Step:
+    """The model asks for tool calls: `call(("read_file", {"path": "policy.txt"}))`.
+    A str instead of a dict is sent as the raw arguments text (for malformed JSON)."""
+    tool_calls = [
+        {
+            "id": f"call_{next(_ids)}",
+            "type": "function",
+            "function": {
+                "name": name,
+                "arguments": args if isinstance(args, str) else json.dumps(args),
+            },
+        }
+        for name, args in calls
+    ]
+    return Step(
+        message={"role": "assistant", "content": None, "tool_calls": tool_calls},
+        finish_reason=kwargs.pop("finish_reason", "tool_calls"),
+        **kwargs,
+    )
+
+
+def fail(status: int, error: str = "", **kwargs: Any) -> Step:
+    return Step(status=status, error=error, **kwargs)
+
+
+Script = list[Step] | Callable[[dict[str, Any]], Step]
+
+
+class ScriptedModelServer:
+    """Serves `POST /v1/chat/completions` from a script: a list of steps played in
+    order, or a function of the request. Every request is kept in `requests`."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        self._position = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(
+                        200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]}
+                    )
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    request = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    self._send(400, {"error": {"message": "invalid JSON"}})
+                    return
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    self._send(404, {"error": {"message": f"no route {self.path}"}})
+                    return
+                step = server._next(request, dict(self.headers))
+                if step.delay_s:
+                    time.sleep(step.delay_s)
+                self._send(step.status, step.body(request.get("model", "scripted")), step.headers)
+
+            def _send(
+                self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+            ) -> None:
+                data = json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for key, value in (headers or {}).items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (its timeout): nothing to tell it
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, daemon=True, name="scripted-model-server"
+        )
+
+    def _next(self, request: dict[str, Any], headers: dict[str, str]) -> Step:
+        with self._lock:
+            self.requests.append(request)
+            self.headers.append(headers)
+            if callable(self.script):
+                return self.script(request)
+            if self._position >= len(self.script):
+                return fail(500, "the script has no more steps")
+            step = self.script[self._position]
+            self._position += 1
+            return step
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> ScriptedModelServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> ScriptedModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

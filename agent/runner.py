@@ -1,0 +1,153 @@
+"""`run`, `chat` and `trace`: an `Agent` built from flags, environment and policy.
+
+Precedence for the endpoint: `--base-url` > `OPENAI_BASE_URL` > the policy's
+`[run] base_url` > OpenAI. The key only ever comes from `OPENAI_API_KEY`; it is
+never written to the trace, and the workers never see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+from pydantic import ValidationError
+
+from policies import Policy, RunPolicy
+from sandbox import Pool
+
+from .approval import Approver
+from .audit import Trace, read_trace, render_timeline
+from .loop import Agent, RunResult
+from .model import ModelClient
+from .progress import TerminalProgress
+
+RUN_FLAGS = {
+    "max_iterations": "--max-iterations",
+    "max_cost_usd": "--max-cost-usd",
+    "max_wall_s": "--max-wall-s",
+}
+
+
+class UsageError(Exception):
+    """Bad command-line input: exit 2 with this one line."""
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name (default: the policy's [run] model)")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL)")
+    p.add_argument("--max-iterations", type=int, metavar="N")
+    p.add_argument("--max-cost-usd", type=float, metavar="X")
+    p.add_argument("--max-wall-s", type=float, metavar="SECONDS")
+    p.add_argument("--trace", metavar="FILE", help="append the run's JSON Lines trace here")
+    p.add_argument(
+        "--approve",
+        action="append",
+        default=[],
+        metavar="TOOL",
+        help="allow a tool that needs approval without asking (repeatable)",
+    )
+    p.add_argument("--yes", action="store_true", help="allow every tool that needs approval")
+
+
+def with_run_overrides(policy: Policy, args: argparse.Namespace) -> Policy:
+    changes: dict[str, Any] = {
+        k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None
+    }
+    if args.model:
+        changes["model"] = args.model
+    if not changes:
+        return policy
+    try:
+        run = RunPolicy(**{**policy.run.model_dump(), **changes})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = str(err["loc"][0])
+        raise UsageError(f"{RUN_FLAGS.get(key, '--' + key)}: {err['msg'].lower()}") from None
+    return policy.model_copy(update={"run": run})
+
+
+def model_client(policy: Policy, base_url: str | None) -> ModelClient:
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or policy.run.base_url
+    api_key = os.environ.get("OPENAI_API_KEY")
+    if not base_url and not api_key:
+        raise UsageError(
+            "no model endpoint: set OPENAI_API_KEY for OpenAI, or --base-url / OPENAI_BASE_URL "
+            "for a compatible server (Ollama: http://localhost:11434/v1)"
+        )
+    return ModelClient(
+        model=policy.run.model,
+        base_url=base_url,
+        api_key=api_key,
+        timeout_s=policy.run.request_timeout_s,
+        max_retries=policy.run.max_retries,
+    )
+
+
+def build_agent(stack: ExitStack, policy: Policy, registry: Any, args: argparse.Namespace) -> Agent:
+    policy = with_run_overrides(policy, args)
+    model = model_client(policy, args.base_url)
+    pool = stack.enter_context(Pool(policy, registry=registry))
+    trace = Trace(args.trace, secrets=[os.environ.get("OPENAI_API_KEY", "")])
+    stack.callback(trace.close)
+    progress = None
+    if sys.stderr.isatty():
+        terminal = TerminalProgress()
+        stack.callback(terminal.close)
+        progress = terminal
+    approver = Approver.for_terminal(args.approve, args.yes)
+    return Agent(pool, policy, model, approver=approver, trace=trace, progress=progress)
+
+
+def report(result: RunResult) -> int:
+    if result.ok:
+        print(result.answer)
+        return 0
+    print(f"sandboxed-agent: {result.message}", file=sys.stderr)
+    return 1
+
+
+def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
+    with ExitStack() as stack:
+        agent = build_agent(stack, policy, registry, args)
+        return report(agent.run(args.task))
+
+
+def cmd_chat(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
+    from .sessions import SessionStore
+
+    store = SessionStore.open_default() if args.session else None
+    history = store.load(args.session) if store and args.session else None
+    interactive = sys.stdin.isatty()
+    with ExitStack() as stack:
+        agent = build_agent(stack, policy, registry, args)
+        status = 0
+        while True:
+            if interactive:
+                print("you> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            if not line.strip():
+                continue
+            result = agent.run(line.strip(), history=history)
+            history = result.messages
+            if store and args.session:
+                store.save(args.session, history)
+            status = report(result)
+            if result.reason == "model_error":
+                break
+        return status
+
+
+def cmd_trace(path: str) -> int:
+    try:
+        events = read_trace(path)
+    except FileNotFoundError:
+        raise UsageError(f"trace file not found: {path}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(str(exc)) from None
+    print(render_timeline(events))
+    return 0
