@@ -119,9 +119,18 @@ class Agent:
         while True:
             left = budget.before_model_call()
             self.progress("thinking", {"step": budget.steps + 1})
-            turn = self.model.complete(
-                messages, self.tools, timeout_s=min(self.limits.request_timeout_s, left)
-            )
+            try:
+                turn = self.model.complete(
+                    messages, self.tools, timeout_s=min(self.limits.request_timeout_s, left)
+                )
+            except RunError:
+                if budget.time_left() <= 0:
+                    raise RunStopped(
+                        "max_wall_time",
+                        f"stopped: the model was still thinking when the run's "
+                        f"{self.limits.max_wall_s:g} s ran out (max_wall_s)",
+                    ) from None
+                raise
             cost = budget.charge(turn.model, turn.usage)
             calls = turn.message.get("tool_calls") or []
             self._record_model_call(turn, budget, cost, len(calls))

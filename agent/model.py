@@ -47,6 +47,7 @@ class ModelClient:
     ) -> None:
         self.model = model
         self.base_url = base_url
+        self.timeout_s = timeout_s
         self._client = openai.OpenAI(
             base_url=base_url,
             api_key=api_key or "not-needed",  # local servers take any key
@@ -58,8 +59,12 @@ class ModelClient:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], timeout_s: float
     ) -> ModelTurn:
         start = time.monotonic()
+        client = self._client
+        if timeout_s < self.timeout_s:
+            # The run's wall budget is the binding limit: a retry would only overrun it.
+            client = client.with_options(max_retries=0)
         try:
-            response = self._client.chat.completions.create(
+            response = client.chat.completions.create(
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]

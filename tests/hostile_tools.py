@@ -228,3 +228,15 @@ def forged_result(chars: int) -> str:
     os.write(3, len(body).to_bytes(4, "big") + body)
     time.sleep(3600)
     return ""
+
+
+@tool
+def slow_stamp(seconds: float) -> dict:
+    """Sleep, and say when it started and ended (to show calls overlapping).
+
+    Args:
+        seconds: How long to sleep.
+    """
+    start = time.time()
+    time.sleep(seconds)
+    return {"start": start, "end": time.time(), "pid": os.getpid()}
