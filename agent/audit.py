@@ -140,7 +140,10 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
                 f"{e.get('latency_ms', 0):.0f} ms, finish={e.get('finish_reason')}"
             )
         elif kind == "tool_call":
-            outcome = "ok" if e.get("ok") else f"{e.get('error_kind')}: {e.get('error_message')}"
+            if e.get("ok"):
+                outcome = f"ok: {_one_line(e.get('output') or '', 60)}"
+            else:
+                outcome = f"{e.get('error_kind')}: {e.get('error_message')}"
             approval = e.get("approval")
             extra = "" if approval == "not_required" else f" [{approval}]"
             lines.append(
