@@ -16,6 +16,15 @@ import signal
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+CLONE_NEWNET = 0x40000000
+_CAPABILITY_VERSION_3 = 0x20080522
+# SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS_LOCKED, their locks:
+# uid 0 never regains capabilities, even through execve.
+_SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x04 | 0x08 | 0x20
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWPID = 0x20000000
@@ -49,6 +58,39 @@ def unshare(flags: int) -> None:
 
 def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def drop_capabilities() -> None:
+    """Give up every capability for good: bounding set, ambient, effective, permitted.
+
+    The process keeps its uid; as uid 0 without capabilities it can no longer read
+    other processes' /proc entries (their environment), change namespaces, trace,
+    mount, or raise a hard rlimit. Landlock, not the uid, guards the files.
+    """
+    if os.geteuid() == 0:
+        prctl(PR_SET_SECUREBITS, _SECUREBITS_LOCKED_NOROOT)
+    cap = 0
+    while True:
+        failed = _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0
+        if failed and ctypes.get_errno() == 22:  # EINVAL: past the last capability
+            break
+        # EPERM (no CAP_SETPCAP, not root) is fine: capset below still empties the sets.
+        cap += 1
+        if cap > 128:
+            break
+    _libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} all zero
+    _check(_libc.capset(header, data), "capset")
+
+
+def capabilities_effective() -> int:
+    """This process's effective capability mask, from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
 
 
 class PidNamespaces:

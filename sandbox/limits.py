@@ -38,6 +38,8 @@ class Limits(BaseModel):
     """Processes the call may have at once (a pids cgroup where writable, else RLIMIT_NPROC)."""
     reuse_worker: bool = False
     """Trusted tools may run in a warm worker that served earlier calls."""
+    network: bool = False
+    """Whether the tool may use the network (else: an empty network namespace)."""
 
 
 def address_space_now() -> int:

@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
@@ -39,7 +40,7 @@ from .errors import (
     WorkerCrashed,
 )
 from .limits import Limits
-from .protocol import Call, Result, ToolError
+from .protocol import Call, Layer, Result, ToolError
 from .template import Template, WorkerHandle
 
 SPARE_TIMEOUT_S = 60.0
@@ -94,6 +95,11 @@ class DefaultLimits:
 
 
 ProcessTree = Literal["auto", "pid-namespace", "subreaper"]
+Isolation = Literal["best-effort", "strict"]
+
+
+class IsolationWarning(UserWarning):
+    """A layer of isolation is unavailable here; `sandboxed-agent doctor` says why."""
 
 
 class Pool:
@@ -108,6 +114,8 @@ class Pool:
         spares: int = 2,
         process_tree: ProcessTree = "auto",
         cgroups: bool = True,
+        isolation: Isolation = "best-effort",
+        read_paths: list[str] | None = None,
     ) -> None:
         self.registry = registry if registry is not None else Registry.default()
         self.policy: LimitsPolicy = policy if policy is not None else DefaultLimits()
@@ -118,12 +126,25 @@ class Pool:
             list(self.registry.sources),
             pid_namespaces=process_tree != "subreaper",
             cgroups=cgroups,
+            read_paths=list(read_paths or []),
         )
-        if process_tree == "pid-namespace" and not self._template.ready.pid_namespaces:
+        missing = {name: layer for name, layer in self.layers.items() if not layer.active}
+        if process_tree == "pid-namespace" and "pid_namespace" in missing:
             self._template.close()
             raise SandboxUnavailable("PID namespaces are not available on this machine")
+        if missing and isolation == "strict":
+            self._template.close()
+            names = "; ".join(f"{name} ({layer.detail})" for name, layer in missing.items())
+            raise SandboxUnavailable(f"isolation is strict and these layers are missing: {names}")
+        if missing and process_tree == "auto" and cgroups:
+            names = ", ".join(missing)
+            warnings.warn(
+                f"sandbox layers unavailable here: {names} (see: sandboxed-agent doctor)",
+                IsolationWarning,
+                stacklevel=2,
+            )
         self._slots = threading.BoundedSemaphore(self.size)
-        self._warm: list[WorkerHandle] = []
+        self._warm: dict[str, list[WorkerHandle]] = {}
         self._busy: set[WorkerHandle] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -135,14 +156,14 @@ class Pool:
     # -- public ---------------------------------------------------------------
 
     @property
-    def pid_namespaces(self) -> bool:
-        """Each worker is pid 1 of its own PID namespace (else: subreaper + tree kill)."""
-        return self._template.ready.pid_namespaces
+    def layers(self) -> dict[str, Layer]:
+        """Each isolation layer: active here or not, and why (see `sandbox.layers`)."""
+        return self._template.ready.layers
 
     @property
-    def cgroups(self) -> bool:
-        """Each worker's process count is bounded by its own pids cgroup."""
-        return self._template.ready.cgroups
+    def pid_namespaces(self) -> bool:
+        """Each worker is pid 1 of its own PID namespace (else: subreaper + tree kill)."""
+        return self.layers["pid_namespace"].active
 
     @property
     def template_pid(self) -> int:
@@ -165,7 +186,7 @@ class Pool:
             if self._closed:
                 return _failed(tool, WorkerCrashed(tool, "the pool is shut down"), start)
             try:
-                worker = self._take(call.limits.reuse_worker)
+                worker = self._take(call)
             except SandboxUnavailable as exc:
                 return _failed(tool, WorkerCrashed(tool, f"no worker available: {exc}"), start)
             try:
@@ -176,7 +197,7 @@ class Pool:
             logs = worker.read_log(LOG_CHARS)
             if keep and not self._closed:
                 with self._lock:
-                    self._warm.append(worker)
+                    self._warm.setdefault(tool, []).append(worker)
             else:
                 self._retire(worker)
         duration = (time.perf_counter() - start) * 1000
@@ -196,8 +217,8 @@ class Pool:
             if self._closed:
                 return
             self._closed = True
-            workers = self._warm + list(self._busy)
-            self._warm = []
+            workers = [w for idle in self._warm.values() for w in idle] + list(self._busy)
+            self._warm = {}
         for worker in workers:
             worker.kill()
         self._template.close()
@@ -233,14 +254,18 @@ class Pool:
             settings=context.settings,
         )
 
-    def _take(self, reuse: bool) -> WorkerHandle:
+    def _take(self, call: Call) -> WorkerHandle:
+        # A warm worker is reused for the same tool only: its Landlock rules, network
+        # and first limits were set for that tool and cannot be widened.
         with self._lock:
-            if reuse and self._warm:
-                worker = self._warm.pop()
+            idle = self._warm.get(call.tool)
+            if call.limits.reuse_worker and idle:
+                worker = idle.pop()
                 self._busy.add(worker)
                 return worker
-        worker = self._template.take_spare(SPARE_TIMEOUT_S)
-        self._template.request_worker()  # keep a spare ready for the next call
+        network = call.limits.network
+        worker = self._template.take_spare(network, SPARE_TIMEOUT_S)
+        self._template.request_worker(network)  # keep a spare ready for the next call
         with self._lock:
             self._busy.add(worker)
         return worker

@@ -52,6 +52,7 @@ class Result(_Message):
 
 class Spawn(_Message):
     type: Literal["spawn"] = "spawn"
+    network: bool = False
 
 
 class Shutdown(_Message):
@@ -68,14 +69,23 @@ class ZygoteConfig(_Message):
     """Directory that holds the workers' private directories."""
     pid_namespaces: bool
     cgroups: bool
+    read_paths: list[str]
+    """More paths every worker may read (Landlock), besides the interpreter, the tools'
+    own directories and the system files a Python program needs."""
+
+
+class Layer(_Message):
+    """One isolation layer on this machine: whether workers get it, and why not."""
+
+    active: bool
+    detail: str
 
 
 class Ready(_Message):
     """The zygote imported the tools; which isolation layers it could set up."""
 
     type: Literal["ready"] = "ready"
-    pid_namespaces: bool
-    cgroups: bool
+    layers: dict[str, Layer]
     tools: list[str]
 
 
@@ -84,6 +94,7 @@ class Spawned(_Message):
 
     type: Literal["spawned"] = "spawned"
     pid: int
+    network: bool
     workdir: str
     log_path: str
 
@@ -102,6 +113,7 @@ class Failed(_Message):
 
     type: Literal["failed"] = "failed"
     message: str
+    network: bool = False
 
 
 ToZygote = TypeAdapter(Annotated[Spawn | Shutdown, Field(discriminator="type")])

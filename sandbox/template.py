@@ -75,7 +75,14 @@ class WorkerHandle:
 class Template:
     """A running zygote."""
 
-    def __init__(self, sources: list[str], *, pid_namespaces: bool, cgroups: bool) -> None:
+    def __init__(
+        self,
+        sources: list[str],
+        *,
+        pid_namespaces: bool,
+        cgroups: bool,
+        read_paths: list[str],
+    ) -> None:
         self.root = tempfile.mkdtemp(prefix="sandboxed-agent-")
         config = ZygoteConfig(
             sys_path=[p for p in sys.path if p],
@@ -83,6 +90,7 @@ class Template:
             root=self.root,
             pid_namespaces=pid_namespaces,
             cgroups=cgroups,
+            read_paths=read_paths,
         )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ctrl = ours
@@ -96,7 +104,11 @@ class Template:
         )
         self.process.start()
         theirs.close()
-        self.spares: queue.Queue[WorkerHandle | BaseException] = queue.Queue()
+        # Spares without and with network access (the latter only made on demand).
+        self.spares: dict[bool, queue.Queue[WorkerHandle | BaseException]] = {
+            False: queue.Queue(),
+            True: queue.Queue(),
+        }
         self._exits: OrderedDict[int, Exited] = OrderedDict()
         self._exit_cond = threading.Condition()
         self.broken: str | None = None
@@ -160,7 +172,7 @@ class Template:
             message = FromZygote.validate_json(data)
             if isinstance(message, Spawned):
                 sock = socket.socket(fileno=fds[0])
-                self.spares.put(WorkerHandle(message, sock, fds[1], fds[2]))
+                self.spares[message.network].put(WorkerHandle(message, sock, fds[1], fds[2]))
             elif isinstance(message, Exited):
                 with self._exit_cond:
                     self._exits[message.pid] = message
@@ -168,30 +180,34 @@ class Template:
                         self._exits.popitem(last=False)
                     self._exit_cond.notify_all()
             elif isinstance(message, Failed):
-                self.spares.put(SandboxUnavailable(message.message))
+                self.spares[message.network].put(SandboxUnavailable(message.message))
 
     def _mark_broken(self, why: str) -> None:
         self.broken = why
-        self.spares.put(SandboxUnavailable(why))
+        for spares in self.spares.values():
+            spares.put(SandboxUnavailable(why))
         with self._exit_cond:
             self._exit_cond.notify_all()
 
-    def request_worker(self) -> None:
+    def request_worker(self, network: bool = False) -> None:
         if self.broken:
             return
         with self._send_lock, contextlib.suppress(OSError):
-            self._ctrl.send(Spawn().model_dump_json().encode())
+            self._ctrl.send(Spawn(network=network).model_dump_json().encode())
 
-    def take_spare(self, timeout: float) -> WorkerHandle:
+    def take_spare(self, network: bool, timeout: float) -> WorkerHandle:
+        spares = self.spares[network]
+        if network and spares.empty():
+            self.request_worker(network=True)  # made on demand: most tools need none
         try:
-            item = self.spares.get(timeout=timeout)
+            item = spares.get(timeout=timeout)
         except queue.Empty:
             raise SandboxUnavailable(f"no worker became ready within {timeout:g} s") from None
         if isinstance(item, BaseException):
             if self.broken:
-                self.spares.put(item)  # every later caller must learn it too
+                spares.put(item)  # every later caller must learn it too
             else:
-                self.request_worker()  # the failed spawn still owes us a spare
+                self.request_worker(network)  # the failed spawn still owes us a spare
             raise item
         return item
 
@@ -214,13 +230,14 @@ class Template:
             self.process.join()
         with contextlib.suppress(OSError):
             self._ctrl.close()
-        while True:
-            try:
-                item = self.spares.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, WorkerHandle):
-                item.close()
+        for spares in self.spares.values():
+            while True:
+                try:
+                    item = spares.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, WorkerHandle):
+                    item.close()
         import shutil
 
         shutil.rmtree(self.root, ignore_errors=True)

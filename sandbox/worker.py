@@ -22,7 +22,7 @@ from pydantic_core import to_json
 from tools.context import ToolContext, set_current
 from tools.registry import Registry
 
-from . import _linux
+from . import _landlock, _linux
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
 from .limits import Limits, apply_rlimits, renew_cpu_limit
@@ -40,13 +40,19 @@ class WorkerSetup:
         log_fd: int,
         workdir: str,
         cgroup: str | None,
+        *,
         in_pid_namespace: bool,
+        landlock_read: list[str] | None,
+        drop_capabilities: bool,
     ) -> None:
         self.channel_fd = channel_fd
         self.log_fd = log_fd
         self.workdir = workdir
         self.cgroup = cgroup
         self.in_pid_namespace = in_pid_namespace
+        self.landlock_read = landlock_read
+        """Paths every call may read; None when Landlock is unavailable."""
+        self.drop_capabilities = drop_capabilities
 
 
 def warm_up() -> None:
@@ -116,17 +122,34 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         if first:
             reusable = call.limits.reuse_worker
             _limit_processes(setup, call.limits)
+            nproc = _nproc(setup, call.limits)
         if call.limits != previous:
-            apply_rlimits(call.limits, fresh=not reusable, nproc=_nproc(setup, call.limits))
+            apply_rlimits(call.limits, fresh=not reusable, nproc=nproc)
             previous = call.limits
         else:
             renew_cpu_limit(call.limits)  # a warm worker's CPU count goes on from call to call
+        if first:
+            harden(setup, call)
         first = False
         result = run(registry, call)
         send_frame(chan, result)
         if not reusable:
             os._exit(0)
         _clean_up(setup)
+
+
+def harden(setup: WorkerSetup, call: Call) -> None:
+    """The last step before the first tool runs, in an order that matters: Landlock
+    and no_new_privs, then the capabilities go (after which nothing can be undone)."""
+    if setup.landlock_read is not None:
+        read = list(setup.landlock_read)
+        if call.root:
+            read.append(call.root)
+        _landlock.restrict(read=read, write=[setup.workdir, os.devnull])
+    else:
+        _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    if setup.drop_capabilities:
+        _linux.drop_capabilities()
 
 
 def run(registry: Registry, call: Call) -> bytes:

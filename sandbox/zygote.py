@@ -24,6 +24,7 @@ import tempfile
 from typing import NoReturn
 
 from . import _linux
+from .layers import Layers, base_read_paths
 from .protocol import Exited, Failed, Ready, Shutdown, Spawn, Spawned, ToZygote, ZygoteConfig
 from .worker import WorkerSetup, detach, serve, warm_up
 
@@ -75,18 +76,10 @@ class Zygote:
             self.registry.load(source)
         self.workers: dict[int, _WorkerRecord] = {}
         self.count = 0
-        self.pidns: _linux.PidNamespaces | None = None
-        if config.pid_namespaces:
-            namespaces = _linux.PidNamespaces()
-            self.pidns = namespaces if namespaces.available else None
-        self.cgroup_root: str | None = None
-        if config.cgroups and _linux.cgroup_pids_available():
-            path = os.path.join(_linux.CGROUP_PIDS_ROOT, f"sandboxed-agent-{os.getpid()}")
-            try:
-                os.mkdir(path)
-                self.cgroup_root = path
-            except OSError:
-                pass
+        self.layers = Layers(config)
+        self.pidns = self.layers.pidns
+        self.cgroup_root = self.layers.cgroup_root
+        self.read_paths = base_read_paths(self.registry, config.read_paths)
         # Orphans of workers come to us, not to init, so none escapes the sweep.
         _linux.set_child_subreaper()
         warm_up()
@@ -98,7 +91,7 @@ class Zygote:
         else:
             self.ctrl.send(data)
 
-    def spawn(self) -> None:
+    def spawn(self, network: bool) -> None:
         self.count += 1
         base = tempfile.mkdtemp(prefix=f"w{self.count}-", dir=self.config.root)
         workdir = os.path.join(base, "work")
@@ -122,7 +115,7 @@ class Zygote:
             if self.pidns and pid != 0:
                 self.pidns.leave()  # also when fork failed: the next spawn must work
         if pid == 0:
-            self._become_worker(theirs.fileno(), log_fd, workdir, cgroup)
+            self._become_worker(theirs.fileno(), log_fd, workdir, cgroup, network)
         theirs.close()
         os.close(log_fd)
         pidfd = os.pidfd_open(pid)
@@ -132,7 +125,7 @@ class Zygote:
                 f.write(str(pid))
         self.workers[pid] = _WorkerRecord(base, cgroup)
         try:
-            spawned = Spawned(pid=pid, workdir=workdir, log_path=log_path)
+            spawned = Spawned(pid=pid, network=network, workdir=workdir, log_path=log_path)
             self.send(spawned, [ours.fileno(), pidfd, log_reader])
         finally:
             ours.close()
@@ -140,10 +133,19 @@ class Zygote:
             os.close(log_reader)
 
     def _become_worker(
-        self, channel_fd: int, log_fd: int, workdir: str, cgroup: str | None
+        self, channel_fd: int, log_fd: int, workdir: str, cgroup: str | None, network: bool
     ) -> NoReturn:
         try:
-            setup = WorkerSetup(channel_fd, log_fd, workdir, cgroup, self.pidns is not None)
+            self.layers.enter_network(network)
+            setup = WorkerSetup(
+                channel_fd,
+                log_fd,
+                workdir,
+                cgroup,
+                in_pid_namespace=self.pidns is not None,
+                landlock_read=self.read_paths if self.layers.landlock else None,
+                drop_capabilities=self.layers.drop_capabilities,
+            )
             chan = detach(setup)
             serve(chan, self.registry, setup)
         except BaseException:
@@ -196,13 +198,7 @@ class Zygote:
         poller = select.poll()
         poller.register(self.ctrl.fileno(), select.POLLIN)
         poller.register(wake_r, select.POLLIN)
-        self.send(
-            Ready(
-                pid_namespaces=self.pidns is not None,
-                cgroups=self.cgroup_root is not None,
-                tools=self.registry.names(),
-            )
-        )
+        self.send(Ready(layers=self.layers.status, tools=self.registry.names()))
         while not stop:
             for fd, _ in poller.poll():
                 if fd == wake_r:
@@ -218,9 +214,10 @@ class Zygote:
                     return
                 if isinstance(message, Spawn):
                     try:
-                        self.spawn()
+                        self.spawn(message.network)
                     except OSError as exc:
-                        self.send(Failed(message=f"cannot start a worker: {exc}"))
+                        failure = f"cannot start a worker: {exc}"
+                        self.send(Failed(message=failure, network=message.network))
 
     def shutdown(self) -> None:
         for pid in list(self.workers):

@@ -1,0 +1,131 @@
+"""Landlock: an unprivileged process restricts its own file access, for good.
+
+After `restrict(read=[...], write=[...])` the process (and everything it starts) can
+read and execute only beneath the `read` paths and write only beneath the `write`
+paths, whatever its uid; already-open descriptors keep working. Where the kernel has
+ABI 6, it may also no longer signal processes outside its domain or reach abstract
+UNIX sockets outside it.
+
+The kernel interface is three system calls; see Documentation/userspace-api/landlock.rst.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+from . import _linux
+
+_SYS_CREATE_RULESET = 444
+_SYS_ADD_RULE = 445
+_SYS_RESTRICT_SELF = 446
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+
+EXECUTE = 1 << 0
+WRITE_FILE = 1 << 1
+READ_FILE = 1 << 2
+READ_DIR = 1 << 3
+REMOVE_DIR = 1 << 4
+REMOVE_FILE = 1 << 5
+MAKE_CHAR = 1 << 6
+MAKE_DIR = 1 << 7
+MAKE_REG = 1 << 8
+MAKE_SOCK = 1 << 9
+MAKE_FIFO = 1 << 10
+MAKE_BLOCK = 1 << 11
+MAKE_SYM = 1 << 12
+REFER = 1 << 13  # ABI 2
+TRUNCATE = 1 << 14  # ABI 3
+IOCTL_DEV = 1 << 15  # ABI 5
+
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+_FILE_ONLY = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def abi_version() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is absent or disabled."""
+    result = _libc.syscall(
+        _SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION)
+    )
+    return int(result) if result > 0 else 0
+
+
+def _handled(abi: int) -> int:
+    access = (1 << 13) - 1
+    if abi >= 2:
+        access |= REFER
+    if abi >= 3:
+        access |= TRUNCATE
+    if abi >= 5:
+        access |= IOCTL_DEV
+    return access
+
+
+READ = EXECUTE | READ_FILE | READ_DIR
+
+
+class LandlockError(OSError):
+    pass
+
+
+def restrict(read: list[str], write: list[str]) -> int:
+    """Apply the rules to this process; return the ABI used. Paths that do not exist
+    are skipped. Raises LandlockError when the kernel refuses."""
+    abi = abi_version()
+    if abi < 1:
+        raise LandlockError("Landlock is not available in this kernel")
+    handled = _handled(abi)
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
+    if abi >= 6:
+        attr = struct.pack("=QQQ", handled, 0, scoped)
+    else:
+        attr = struct.pack("=Q", handled)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = _libc.syscall(_SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise LandlockError(err, f"landlock_create_ruleset: {os.strerror(err)}")
+    try:
+        everything = handled & ~REFER
+        for path in read:
+            _allow(fd, path, READ & handled)
+        for path in write:
+            _allow(fd, path, everything)
+        _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+        if _libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0)) != 0:
+            err = ctypes.get_errno()
+            raise LandlockError(err, f"landlock_restrict_self: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    return abi
+
+
+def _allow(ruleset_fd: int, path: str, access: int) -> None:
+    try:
+        target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return  # a path that does not exist grants nothing
+    try:
+        if not os.path.isdir(path):
+            access &= _FILE_ONLY
+        attr = struct.pack("=Qi", access, target)
+        buf = ctypes.create_string_buffer(attr, len(attr))
+        result = _libc.syscall(
+            _SYS_ADD_RULE,
+            ctypes.c_int(ruleset_fd),
+            ctypes.c_int(_RULE_PATH_BENEATH),
+            buf,
+            ctypes.c_uint32(0),
+        )
+        if result != 0:
+            err = ctypes.get_errno()
+            raise LandlockError(err, f"landlock_add_rule({path}): {os.strerror(err)}")
+    finally:
+        os.close(target)
