@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="import @tool functions from a .py file or a module (repeatable)",
         )
         p.add_argument("--policy", metavar="FILE", help="policy TOML file (default: built-in)")
+        p.add_argument(
+            "--isolation",
+            choices=["best-effort", "strict"],
+            help="strict: refuse to run tools when an isolation layer is missing",
+        )
 
     one = sub.add_parser("tool", help="run one tool call in the sandbox and print the result")
     one.add_argument("name", help="tool name")
@@ -77,10 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("file")
 
     sub.add_parser("demo", help="the worked example, with every tool call in the sandbox")
+    sub.add_parser("doctor", help="which isolation layers this machine gives, verified")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     try:
         args = build_parser().parse_args(argv)
         if args.command == "tool":
@@ -89,8 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_tools(args)
         if args.command == "trace":
             return cmd_trace(args.file)
+        if args.command == "doctor":
+            from .doctor import run_doctor
+
+            return run_doctor()
         if args.command in ("run", "chat"):
-            registry, policy = load_setup(args.tools, args.policy)
+            registry, policy = load_setup(args.tools, args.policy, args.isolation)
             return (cmd_run if args.command == "run" else cmd_chat)(args, policy, registry)
         from .demo import run_demo
 
@@ -106,7 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def load_setup(sources: list[str], policy_file: str | None) -> tuple[Registry, Policy]:
+def _show_warning(
+    message: Warning | str, category: type[Warning], *args: object, **kw: object
+) -> None:
+    print(f"sandboxed-agent: warning: {message}", file=sys.stderr)
+
+
+def load_setup(
+    sources: list[str], policy_file: str | None, isolation: str | None = None
+) -> tuple[Registry, Policy]:
     """The registry (built-ins plus --tools) and the checked policy, or a UsageError."""
     registry = Registry.default()
     for source in sources:
@@ -123,16 +143,18 @@ def load_setup(sources: list[str], policy_file: str | None) -> tuple[Registry, P
         check_tools(policy, registry.names())
     except SandboxedAgentError as exc:
         raise UsageError(str(exc)) from None
+    if isolation:
+        policy = policy.model_copy(update={"isolation": isolation})
     return registry, policy
 
 
 def cmd_tool(args: argparse.Namespace) -> int:
     arguments = _parse_json_object(args.args)
-    registry, policy = load_setup(args.tools, args.policy)
+    registry, policy = load_setup(args.tools, args.policy, args.isolation)
     limits = None
     if args.name in registry:
         limits = _with_overrides(policy.limits_for(args.name), args.timeout, args.memory_mb)
-    with Pool(policy, registry=registry, size=1, spares=1) as pool:
+    with Pool(policy, registry=registry, size=1, spares=1, isolation=policy.isolation) as pool:
         result = pool.call(args.name, arguments, limits=limits)
     print(result.model_dump_json())
     return EXIT_OK if result.ok else EXIT_FAILED

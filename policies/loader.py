@@ -13,7 +13,7 @@ from sandbox.errors import PolicyError
 from .schema import Policy, Price, RunPolicy, ToolPolicy, build_limits
 
 DEFAULT_POLICY = Path(__file__).with_name("default.toml")
-_TOP_LEVEL = ("defaults", "tools", "run")
+_TOP_LEVEL = ("isolation", "defaults", "tools", "run")
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
@@ -77,6 +77,9 @@ def _describe(source: str, exc: ValidationError) -> str:
     loc = [str(p) for p in err["loc"]]
     if len(loc) == 1 and err["type"] == "extra_forbidden":
         return f"{source}: [{loc[0]}]: unknown table (accepted: {', '.join(_TOP_LEVEL)})"
+    if loc == ["isolation"]:
+        got = _short(err.get("input"))
+        return f'{source}: isolation: must be "best-effort" or "strict" (got {got})'
     if loc[0] == "defaults":
         table, rest = "defaults", loc[1:]
     elif loc[0] == "run" and len(loc) >= 3 and loc[1] == "prices":

@@ -8,7 +8,7 @@ against them so that an impossible value names its table and key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -44,6 +44,8 @@ class ToolPolicy(BaseModel):
     """The call waits for a person's yes (the agent asks; `denied` without one)."""
     trusted: bool | None = None
     """The tool may run in a reused warm worker instead of a fresh one per call."""
+    network: bool | None = None
+    """The tool may use the network (else its worker has no network interface)."""
     root: str | None = None
     """Directory `read_file` may read, relative to the policy file."""
     settings: dict[str, Setting] = Field(default_factory=dict)
@@ -102,6 +104,8 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    isolation: Literal["best-effort", "strict"] = "best-effort"
+    """strict: refuse to run any tool when an isolation layer is unavailable."""
     defaults: ToolPolicy = Field(default_factory=ToolPolicy)
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
     run: RunPolicy = Field(default_factory=RunPolicy)
@@ -152,4 +156,4 @@ def build_limits(table: ToolPolicy) -> Limits:
     values: dict[str, Any] = {
         k: getattr(table, k) for k in LIMIT_KEYS if getattr(table, k) is not None
     }
-    return Limits(**values, reuse_worker=bool(table.trusted))
+    return Limits(**values, reuse_worker=bool(table.trusted), network=bool(table.network))

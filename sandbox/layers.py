@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from . import _landlock, _linux
 from .protocol import Layer, ZygoteConfig
@@ -69,24 +68,27 @@ SYSTEM_READ_PATHS = (
 """What any Python program reads. Not /etc/shadow, not /root, not /home, not /tmp."""
 
 
-def base_read_paths(registry: Any, extra: list[str]) -> list[str]:
-    """The interpreter, the import path entries that modules came from, the tools' own
-    directories, and system files. An import path entry nothing was imported from
-    (the directory you happened to start in, your home) is not included."""
+def base_read_paths(extra: list[str]) -> list[str]:
+    """The interpreter's prefixes, each imported module's top-level package (or the
+    module file itself), and system files. Not the import path entries themselves: the
+    directory a project runs from may hold a `.env`, the one you started in may be
+    your home."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *extra}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
     entries = [os.path.realpath(p) for p in sys.path if p]
     for module in list(sys.modules.values()):
         filename = getattr(module, "__file__", None)
-        if not filename:
-            continue
-        filename = os.path.realpath(filename)
-        paths.update(e for e in entries if filename.startswith(e + os.sep))
-    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
-    for spec in registry:
-        code = getattr(spec.func, "__code__", None)
-        if code is not None:
-            paths.add(os.path.dirname(os.path.realpath(code.co_filename)))
+        if filename:
+            paths.add(_top_level(os.path.realpath(filename), entries))
     return sorted(p for p in paths if p and os.path.isabs(p)) + list(SYSTEM_READ_PATHS)
+
+
+def _top_level(filename: str, entries: list[str]) -> str:
+    for entry in entries:
+        if filename.startswith(entry + os.sep):
+            top = os.path.relpath(filename, entry).split(os.sep)[0]
+            return os.path.join(entry, top)
+    return filename
 
 
 class Layers:

@@ -79,7 +79,7 @@ class Zygote:
         self.layers = Layers(config)
         self.pidns = self.layers.pidns
         self.cgroup_root = self.layers.cgroup_root
-        self.read_paths = base_read_paths(self.registry, config.read_paths)
+        self.read_paths = base_read_paths(config.read_paths)
         # Orphans of workers come to us, not to init, so none escapes the sweep.
         _linux.set_child_subreaper()
         warm_up()

@@ -124,3 +124,32 @@ def test_the_demo_runs_the_worked_example() -> None:
     assert "REPLAY" in out
     assert "processes left behind by tools: 0" in out
     assert "leaves the document root" in out
+
+
+def test_doctor_reports_every_layer_and_verifies_from_inside_a_worker() -> None:
+    proc = cli("doctor")
+    assert proc.returncode == 0, proc.stderr
+    for layer in (
+        "pid_namespace",
+        "network_namespace",
+        "landlock",
+        "capabilities",
+        "cgroup_pids",
+        "no_new_privs",
+        "rlimits",
+    ):
+        assert layer in proc.stdout
+    assert "read /etc/shadow" in proc.stdout and "connect to 1.1.1.1:53" in proc.stdout
+    if "UNAVAILABLE" not in proc.stdout:
+        assert "7 of 7 layers active" in proc.stdout
+        assert "ALLOWED" not in proc.stdout
+
+
+def test_strict_isolation_from_the_command_line() -> None:
+    doctor = cli("doctor").stdout
+    proc = cli("tool", "calculate", "--args", '{"expression": "2+3"}', "--isolation", "strict")
+    if "UNAVAILABLE" in doctor:
+        assert proc.returncode == 1 and "isolation is strict" in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert one_json(proc)["output"] == "5"

@@ -68,13 +68,17 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
             "[tools.read_file]\nroot = 'nowhere'",
             "[tools.read_file] root: 'nowhere' is not a directory",
         ),
-        ("[runs]\nmax_steps = 3", "[runs]: unknown table (accepted: defaults, tools, run)"),
+        (
+            "[runs]\nmax_steps = 3",
+            "[runs]: unknown table (accepted: isolation, defaults, tools, run)",
+        ),
         (
             "[run]\nmax_iterations = 0",
             "[run] max_iterations: input should be greater than or equal to 1",
         ),
         ("[tools]\ncalculate = 3", "[tools.calculate]: must be a table"),
         ("[defaults\n", "p.toml: not valid TOML"),
+        ('isolation = "paranoid"', 'p.toml: isolation: must be "best-effort" or "strict"'),
     ],
 )
 def test_mistakes_give_one_error_naming_file_table_and_key(

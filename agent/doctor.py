@@ -1,0 +1,42 @@
+"""`sandboxed-agent doctor`: which isolation layers this machine gives, and proof.
+
+It starts a pool, prints each layer as the zygote found it (active, or unavailable and
+why), then runs a probe tool in a real worker and prints what the worker could do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+
+from sandbox import Pool
+from tools import Registry
+
+
+def run_doctor() -> int:
+    registry = Registry()
+    registry.load("sandbox.probe")
+    with Pool(registry=registry, size=1, spares=1) as pool:
+        layers = pool.layers
+        probe = pool.call("sandbox_probe")
+    user = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    print(
+        f"Isolation layers on this machine (Linux {platform.release()}, {user}, "
+        f"Python {platform.python_version()}):\n"
+    )
+    for name, layer in layers.items():
+        state = "active" if layer.active else "UNAVAILABLE"
+        print(f"  {state:<12} {name:<18} {layer.detail}")
+    active = sum(layer.active for layer in layers.values())
+    print(f"\n{active} of {len(layers)} layers active. ", end="")
+    print('With isolation = "strict", tools run only when all are.\n')
+    if not probe.ok:
+        print(f"The probe worker failed: {probe.error.kind}: {probe.error.message}")
+        return 1
+    print("What a worker could do, seen from inside one:\n")
+    for key, value in json.loads(probe.output or "{}").items():
+        print(f"  {key:<24} {value}")
+    sys.stdout.flush()
+    return 0
