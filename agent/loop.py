@@ -134,8 +134,6 @@ class Agent:
             cost = budget.charge(turn.model, turn.usage)
             calls = turn.message.get("tool_calls") or []
             self._record_model_call(turn, budget, cost, len(calls))
-            for i, call in enumerate(calls):
-                call["id"] = _unpack(call, i)[0]  # every tool message must answer an id
             messages.append(turn.message)
             if calls:
                 for outcome in self._run_calls(calls, budget.steps, repeats):

@@ -8,6 +8,7 @@ includes the API key or a request header.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,43 +65,122 @@ class ModelClient:
             # The run's wall budget is the binding limit: a retry would only overrun it.
             client = client.with_options(max_retries=0)
         try:
-            response = client.chat.completions.create(
+            raw = client.chat.completions.with_raw_response.create(
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]
                 timeout=timeout_s,
             )
+            body = raw.content
         except openai.APIError as exc:
             raise RunError(describe_api_error(exc, self.model, self.base_url)) from None
-        latency = time.monotonic() - start
-        if not response.choices:
-            raise RunError(f"the model endpoint returned no choices (model {self.model!r})")
-        choice = response.choices[0]
-        message = choice.message.model_dump(exclude_none=True)
-        message.setdefault("content", None)
-        for key in ("refusal", "audio", "function_call", "annotations"):
-            message.pop(key, None)
+        # Parsed here rather than by the SDK, which accepts any shape without complaint:
+        # a broken or hostile endpoint gets one clear error, never a traceback.
+        message, finish_reason, usage, model = parse_completion(body, self.model, self.base_url)
         return ModelTurn(
             message=message,
-            finish_reason=choice.finish_reason or "stop",
-            usage=read_usage(response.usage),
-            latency_s=latency,
-            model=response.model or self.model,
+            finish_reason=finish_reason,
+            usage=usage,
+            latency_s=time.monotonic() - start,
+            model=model,
         )
+
+
+def parse_completion(
+    body: bytes, model: str, base_url: str | None
+) -> tuple[dict[str, Any], str, Usage, str]:
+    """A Chat Completions response body → (assistant message, finish reason, usage, model).
+
+    The message is normalised so that it can be sent back as is: content a string or
+    None, each tool call `{id, type, function: {name, arguments}}` with strings.
+    """
+    where = base_url or "the OpenAI API"
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        preview = _short(body[:120].decode("utf-8", "replace"), 120)
+        raise RunError(
+            f"the model at {where} answered with something that is not JSON: {preview!r}"
+        ) from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        error = data.get("error") if isinstance(data, dict) else None
+        detail = (
+            f": {_short(str(error.get('message', error) if isinstance(error, dict) else error))}"
+        )
+        raise RunError(
+            f"the model at {where} returned no choices (model {model!r}){detail if error else ''}"
+        )
+    raw = choices[0].get("message")
+    if not isinstance(raw, dict):
+        raise RunError(f"the model at {where} returned a choice without a message")
+    message: dict[str, Any] = {"role": "assistant", "content": _text(raw.get("content"))}
+    calls = raw.get("tool_calls")
+    if calls:
+        message["tool_calls"] = _unique_ids(
+            [_tool_call(c, i) for i, c in enumerate(_as_list(calls))]
+        )
+    finish = choices[0].get("finish_reason")
+    finish_reason = finish if isinstance(finish, str) and finish else "stop"
+    answered_by = data.get("model")
+    return (
+        message,
+        finish_reason,
+        read_usage(data.get("usage")),
+        answered_by if isinstance(answered_by, str) and answered_by else model,
+    )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _text(content: Any) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        return "".join(p for p in parts if isinstance(p, str))
+    return json.dumps(content)
+
+
+def _unique_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each tool message answers one id, so two calls must not share one."""
+    seen: set[str] = set()
+    for i, call in enumerate(calls):
+        if call["id"] in seen:
+            call["id"] = f"{call['id']}_{i}"
+        seen.add(call["id"])
+    return calls
+
+
+def _tool_call(call: Any, index: int) -> dict[str, Any]:
+    """Whatever the model sent → a well-formed call; nonsense becomes a call to a tool
+    named "", which the sandbox answers with unknown_tool and the list of real ones."""
+    call = call if isinstance(call, dict) else {}
+    function = call.get("function") if isinstance(call.get("function"), dict) else {}
+    name = function.get("name")
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {})
+    call_id = call.get("id")
+    return {
+        "id": call_id if isinstance(call_id, str) and call_id else f"call_{index}",
+        "type": "function",
+        "function": {"name": name if isinstance(name, str) else "", "arguments": arguments},
+    }
 
 
 def read_usage(usage: Any) -> Usage:
     """Token counts under either naming (`prompt_tokens` or `input_tokens`)."""
-    if usage is None:
+    if not isinstance(usage, dict):
         return Usage()
-    data = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage)
-    extra = getattr(usage, "model_extra", None) or {}
-    data.update(extra)
 
     def first(*names: str) -> int:
         for name in names:
-            value = data.get(name)
-            if isinstance(value, int | float) and value >= 0:
+            value = usage.get(name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if ok and 0 <= value < 1e12:
                 return int(value)
         return 0
 

@@ -35,6 +35,8 @@ class Step:
     error: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    raw: bytes | None = None
+    """Sent as the body verbatim (a broken or hostile endpoint)."""
 
     def body(self, model: str) -> dict[str, Any]:
         if self.status != 200:
@@ -130,12 +132,17 @@ class ScriptedModelServer:
                 step = server._next(request, dict(self.headers))
                 if step.delay_s:
                     time.sleep(step.delay_s)
-                self._send(step.status, step.body(request.get("model", "scripted")), step.headers)
+                model = request.get("model", "scripted")
+                body = step.raw if step.raw is not None else step.body(model)
+                self._send(step.status, body, step.headers)
 
             def _send(
-                self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+                self,
+                status: int,
+                body: dict[str, Any] | bytes,
+                headers: dict[str, str] | None = None,
             ) -> None:
-                data = json.dumps(body).encode()
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")

@@ -287,3 +287,64 @@ def test_approve_flag_and_an_interactive_yes_let_the_call_run(harness: Harness) 
     harness.run(script, approver=tty)
     assert harness.tool_events()[-1]["approval"] == "approved_always"
     assert '{"order_id": "12345"}' in asked[0]
+
+
+def raw_completion(message: object, finish_reason: str = "stop") -> Step:
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "scripted",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+    }
+    return Step(raw=json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        (Step(raw=b"<html>502 Bad Gateway</html>"), "not JSON: '<html>502 Bad Gateway</html>'"),
+        (Step(raw=b'{"choices": []}'), "returned no choices"),
+        (
+            Step(raw=b'{"error": {"message": "model overloaded"}}'),
+            "no choices (model 'scripted'): model overloaded",
+        ),
+        (raw_completion(None), "a choice without a message"),
+        (Step(raw=b"[" * 100_000), "not JSON"),
+    ],
+)
+def test_a_broken_endpoint_ends_the_run_in_one_line(
+    harness: Harness, step: Step, message: str
+) -> None:
+    result = harness.run([step])
+    assert result.reason == "model_error"
+    assert message in result.message and "\n" not in result.message
+
+
+def test_malformed_tool_calls_are_answered_not_crashed_on(harness: Harness) -> None:
+    nonsense = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": 7, "function": "calc"},
+            "junk",
+            {"id": "same", "function": {"name": "get_current_date", "arguments": {}}},
+            {"id": "same", "function": {"name": "get_current_date", "arguments": None}},
+        ],
+    }
+    result = harness.run([raw_completion(nonsense, "tool_calls"), say("recovered")])
+    assert result.ok and result.answer == "recovered"
+    sent = harness.server.requests[1]["messages"]
+    ids = [c["id"] for c in sent[-5]["tool_calls"]]
+    assert len(set(ids)) == 4
+    assert [m["tool_call_id"] for m in sent[-4:]] == ids
+    assert "unknown_tool" in sent[-4]["content"] and "2025-05-11" in sent[-2]["content"]
+
+
+def test_content_parts_become_the_answer_text(harness: Harness) -> None:
+    parts = {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}],
+    }
+    result = harness.run([raw_completion(parts)])
+    assert result.answer == "Hello there"
