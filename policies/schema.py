@@ -22,6 +22,7 @@ LIMIT_KEYS = (
     "max_output_chars",
     "max_open_files",
     "max_file_size_mb",
+    "max_disk_mb",
     "max_processes",
 )
 
@@ -39,6 +40,7 @@ class ToolPolicy(BaseModel):
     max_output_chars: int | None = None
     max_open_files: int | None = None
     max_file_size_mb: int | None = None
+    max_disk_mb: int | None = None
     max_processes: int | None = None
     requires_approval: bool | None = None
     """The call waits for a person's yes (the agent asks; `denied` without one)."""

@@ -21,6 +21,9 @@ PR_SET_SECUREBITS = 28
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 2, 4, 8, 32
+MS_REC, MS_PRIVATE = 16384, 1 << 18
 _CAPABILITY_VERSION_3 = 0x20080522
 # SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS_LOCKED, their locks:
 # uid 0 never regains capabilities, even through execve.
@@ -91,6 +94,33 @@ def capabilities_effective() -> int:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     return 0
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def private_mounts(workdir: str, size_mb: int, own_proc: bool) -> None:
+    """A mount namespace of our own: the workdir becomes a tmpfs of `size_mb` (a disk
+    quota), and with `own_proc` /proc shows only our PID namespace."""
+    unshare(CLONE_NEWNS)
+    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks to the host
+    mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=0700")
+    if own_proc:
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def resize_tmpfs(path: str, size_mb: int) -> None:
+    mount(None, path, None, MS_REMOUNT | MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=0700")
 
 
 class PidNamespaces:

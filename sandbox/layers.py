@@ -11,6 +11,7 @@ run tools without every layer.
 | landlock | reads outside the interpreter, the tools and their root; writes outside the workdir |
 | capabilities | uid 0 acting as root: reading other processes' environment, mounting, tracing |
 | cgroup_pids | fork bombs (a pids cgroup per worker) |
+| mount_namespace | filling the disk (workdir: a tmpfs of max_disk_mb); seeing host processes |
 | no_new_privs | gaining privileges through setuid binaries |
 | rlimits | memory, CPU, files, file size, core dumps |
 """
@@ -29,6 +30,7 @@ LAYER_NAMES = (
     "landlock",
     "capabilities",
     "cgroup_pids",
+    "mount_namespace",
     "no_new_privs",
     "rlimits",
 )
@@ -101,6 +103,7 @@ class Layers:
         self.cgroup_root = self._cgroups(config)
         self.landlock = self._landlock()
         self.drop_capabilities = self._capabilities()
+        self.private_mounts = self._private_mounts(config.root)
         self.status["no_new_privs"] = Layer(active=True, detail="set in every worker")
         self.status["rlimits"] = Layer(
             active=True, detail="address space, CPU, open files, file size, core dumps"
@@ -188,6 +191,32 @@ class Layers:
         self.status["capabilities"] = Layer(
             active=True, detail="uid 0 without capabilities (bounding set emptied, NOROOT locked)"
         )
+        return True
+
+    def _private_mounts(self, root: str) -> bool:
+        """Try, in a throwaway child, what each worker will do at fork."""
+        probe = os.path.join(root, "mount-probe")
+        os.makedirs(probe, exist_ok=True)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _linux.private_mounts(probe, 1, own_proc=self.pidns is not None)
+            except BaseException:
+                os._exit(1)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        os.rmdir(probe)
+        if os.waitstatus_to_exitcode(status) != 0:
+            self.status["mount_namespace"] = Layer(
+                active=False,
+                detail="cannot make a mount namespace: no disk quota (max_disk_mb), "
+                "the host's process list stays visible in /proc",
+            )
+            return False
+        detail = "workdir is a tmpfs of max_disk_mb"
+        if self.pidns is not None:
+            detail += "; /proc shows only the worker's processes"
+        self.status["mount_namespace"] = Layer(active=True, detail=detail)
         return True
 
     def enter_network(self, network: bool) -> None:

@@ -34,6 +34,8 @@ class Limits(BaseModel):
     max_open_files: int = Field(64, ge=8, le=65_536)
     max_file_size_mb: int = Field(16, ge=0, le=1_048_576)
     """Largest file the tool may write (RLIMIT_FSIZE); a larger write fails with EFBIG."""
+    max_disk_mb: int = Field(64, ge=1, le=1_048_576)
+    """Size of the worker's directory (a tmpfs of its own where the kernel allows)."""
     max_processes: int = Field(32, ge=1, le=4096)
     """Processes the call may have at once (a pids cgroup where writable, else RLIMIT_NPROC)."""
     reuse_worker: bool = False

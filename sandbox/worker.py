@@ -44,6 +44,7 @@ class WorkerSetup:
         in_pid_namespace: bool,
         landlock_read: list[str] | None,
         drop_capabilities: bool,
+        private_mounts: bool,
     ) -> None:
         self.channel_fd = channel_fd
         self.log_fd = log_fd
@@ -53,6 +54,8 @@ class WorkerSetup:
         self.landlock_read = landlock_read
         """Paths every call may read; None when Landlock is unavailable."""
         self.drop_capabilities = drop_capabilities
+        self.private_mounts = private_mounts
+        """The workdir is a tmpfs in a mount namespace of the worker's own."""
 
 
 def warm_up() -> None:
@@ -90,6 +93,8 @@ def detach(setup: WorkerSetup) -> socket.socket:
     # A write past RLIMIT_FSIZE then fails with EFBIG (an exception the tool sees)
     # instead of killing the worker.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if setup.private_mounts:
+        _linux.private_mounts(setup.workdir, Limits().max_disk_mb, setup.in_pid_namespace)
     os.chdir(setup.workdir)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -141,6 +146,8 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
 def harden(setup: WorkerSetup, call: Call) -> None:
     """The last step before the first tool runs, in an order that matters: Landlock
     and no_new_privs, then the capabilities go (after which nothing can be undone)."""
+    if setup.private_mounts and call.limits.max_disk_mb != Limits().max_disk_mb:
+        _linux.resize_tmpfs(setup.workdir, call.limits.max_disk_mb)
     if setup.landlock_read is not None:
         read = list(setup.landlock_read)
         if call.root:

@@ -145,6 +145,7 @@ class Zygote:
                 in_pid_namespace=self.pidns is not None,
                 landlock_read=self.read_paths if self.layers.landlock else None,
                 drop_capabilities=self.layers.drop_capabilities,
+                private_mounts=self.layers.private_mounts,
             )
             chan = detach(setup)
             serve(chan, self.registry, setup)

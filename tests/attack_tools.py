@@ -144,3 +144,24 @@ def attack_raise_pids_limit() -> str:
         return path
 
     return _try(write)
+
+
+@tool
+def attack_fill_disk() -> str:
+    """Write 1 MiB files into the working directory until something stops it."""
+    block = b"x" * (1 << 20)
+    written = 0
+    try:
+        for i in range(100_000):
+            with open(f"fill-{i}.bin", "wb") as f:
+                f.write(block)
+            written += len(block)
+    except OSError as exc:
+        return f"stopped after {written >> 20} MiB: {exc.strerror}"
+    return f"ALLOWED: wrote {written >> 20} MiB"
+
+
+@tool
+def attack_list_processes() -> str:
+    """Count the processes /proc shows."""
+    return str(sum(entry.isdigit() for entry in os.listdir("/proc")))

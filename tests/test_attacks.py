@@ -167,3 +167,26 @@ def test_strict_isolation_runs_when_every_layer_is_there() -> None:
         if not all(layer.active for layer in pool.layers.values()):
             pytest.skip("not every layer is available here")  # pragma: no cover
         assert pool.call("calculate", {"expression": "1+1"}).output == "2"
+
+
+def test_the_disk_cannot_be_filled(attacks: Pool) -> None:
+    needs(attacks, "mount_namespace")
+    result = out(attacks, "attack_fill_disk")
+    assert result.startswith("stopped after") and "No space left on device" in result
+    assert int(result.split()[2]) <= 64
+
+
+def test_the_disk_quota_follows_the_policy(tmp_path: Path) -> None:
+    registry = Registry.default()
+    registry.load(ATTACKS)
+    policy = parse_policy("[tools.attack_fill_disk]\nmax_disk_mb = 8\n", "d.toml", tmp_path)
+    with Pool(policy, registry=registry, size=1) as pool:
+        needs(pool, "mount_namespace")
+        result = out(pool, "attack_fill_disk")
+    assert result.startswith("stopped after") and int(result.split()[2]) <= 8
+
+
+def test_the_hosts_processes_are_not_visible(attacks: Pool) -> None:
+    needs(attacks, "mount_namespace")
+    needs(attacks, "pid_namespace")
+    assert int(out(attacks, "attack_list_processes")) <= 2

@@ -135,13 +135,14 @@ def test_doctor_reports_every_layer_and_verifies_from_inside_a_worker() -> None:
         "landlock",
         "capabilities",
         "cgroup_pids",
+        "mount_namespace",
         "no_new_privs",
         "rlimits",
     ):
         assert layer in proc.stdout
     assert "read /etc/shadow" in proc.stdout and "connect to 1.1.1.1:53" in proc.stdout
     if "UNAVAILABLE" not in proc.stdout:
-        assert "7 of 7 layers active" in proc.stdout
+        assert "8 of 8 layers active" in proc.stdout
         assert "ALLOWED" not in proc.stdout
 
 
