@@ -108,6 +108,7 @@ class Layers:
         self.status["rlimits"] = Layer(
             active=True, detail="address space, CPU, open files, file size, core dumps"
         )
+        self.status = {name: self.status[name] for name in LAYER_NAMES}
 
     def _pid_namespaces(self, config: ZygoteConfig) -> _linux.PidNamespaces | None:
         if not config.pid_namespaces:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import HOSTILE
 
+from sandbox.layers import LAYER_NAMES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -129,20 +131,11 @@ def test_the_demo_runs_the_worked_example() -> None:
 def test_doctor_reports_every_layer_and_verifies_from_inside_a_worker() -> None:
     proc = cli("doctor")
     assert proc.returncode == 0, proc.stderr
-    for layer in (
-        "pid_namespace",
-        "network_namespace",
-        "landlock",
-        "capabilities",
-        "cgroup_pids",
-        "mount_namespace",
-        "no_new_privs",
-        "rlimits",
-    ):
+    for layer in LAYER_NAMES:
         assert layer in proc.stdout
     assert "read /etc/shadow" in proc.stdout and "connect to 1.1.1.1:53" in proc.stdout
     if "UNAVAILABLE" not in proc.stdout:
-        assert "8 of 8 layers active" in proc.stdout
+        assert f"{len(LAYER_NAMES)} of {len(LAYER_NAMES)} layers active" in proc.stdout
         assert "ALLOWED" not in proc.stdout
 
 
