@@ -75,36 +75,53 @@ class LandlockError(OSError):
     pass
 
 
-def restrict(read: list[str], write: list[str]) -> int:
-    """Apply the rules to this process; return the ABI used. Paths that do not exist
-    are skipped. Raises LandlockError when the kernel refuses."""
-    abi = abi_version()
-    if abi < 1:
-        raise LandlockError("Landlock is not available in this kernel")
-    handled = _handled(abi)
-    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
-    if abi >= 6:
-        attr = struct.pack("=QQQ", handled, 0, scoped)
-    else:
-        attr = struct.pack("=Q", handled)
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    fd = _libc.syscall(_SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise LandlockError(err, f"landlock_create_ruleset: {os.strerror(err)}")
-    try:
-        everything = handled & ~REFER
-        for path in read:
-            _allow(fd, path, READ & handled)
-        for path in write:
-            _allow(fd, path, everything)
-        _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
-        if _libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(fd), ctypes.c_uint32(0)) != 0:
+class Ruleset:
+    """Rules built ahead of time (opening paths is the slow part), enforced later.
+
+    rules = Ruleset(read=[...], write=[workdir])   # in a spare worker
+    rules.allow_read(tool_root)                     # at the call
+    rules.enforce()                                 # from here on, for good
+    """
+
+    def __init__(self, read: list[str], write: list[str]) -> None:
+        self.abi = abi_version()
+        if self.abi < 1:
+            raise LandlockError("Landlock is not available in this kernel")
+        self.handled = _handled(self.abi)
+        scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if self.abi >= 6 else 0
+        if self.abi >= 6:
+            attr = struct.pack("=QQQ", self.handled, 0, scoped)
+        else:
+            attr = struct.pack("=Q", self.handled)
+        buf = ctypes.create_string_buffer(attr, len(attr))
+        fd = _libc.syscall(_SYS_CREATE_RULESET, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+        if fd < 0:
             err = ctypes.get_errno()
-            raise LandlockError(err, f"landlock_restrict_self: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-    return abi
+            raise LandlockError(err, f"landlock_create_ruleset: {os.strerror(err)}")
+        self.fd = int(fd)
+        for path in read:
+            self.allow_read(path)
+        for path in write:
+            _allow(self.fd, path, self.handled & ~REFER)
+
+    def allow_read(self, path: str) -> None:
+        _allow(self.fd, path, READ & self.handled)
+
+    def enforce(self) -> None:
+        try:
+            _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+            if _libc.syscall(_SYS_RESTRICT_SELF, ctypes.c_int(self.fd), ctypes.c_uint32(0)) != 0:
+                err = ctypes.get_errno()
+                raise LandlockError(err, f"landlock_restrict_self: {os.strerror(err)}")
+        finally:
+            os.close(self.fd)
+
+
+def restrict(read: list[str], write: list[str]) -> int:
+    """Apply the rules to this process now; return the ABI used."""
+    rules = Ruleset(read, write)
+    rules.enforce()
+    return rules.abi
 
 
 def _allow(ruleset_fd: int, path: str, access: int) -> None:

@@ -56,6 +56,7 @@ class WorkerSetup:
         self.drop_capabilities = drop_capabilities
         self.private_mounts = private_mounts
         """The workdir is a tmpfs in a mount namespace of the worker's own."""
+        self.rules: _landlock.Ruleset | None = None
 
 
 def warm_up() -> None:
@@ -103,6 +104,9 @@ def detach(setup: WorkerSetup) -> socket.socket:
     os.dup2(setup.channel_fd, CHANNEL_FD)
     os.closerange(CHANNEL_FD + 1, _max_fd())
     os.environ["HOME"] = os.environ["TMPDIR"] = os.environ["PWD"] = setup.workdir
+    if setup.landlock_read is not None:
+        # Built while this worker waits as a spare; the call only adds its root.
+        setup.rules = _landlock.Ruleset(read=setup.landlock_read, write=[setup.workdir, os.devnull])
     return socket.socket(fileno=CHANNEL_FD)
 
 
@@ -148,11 +152,10 @@ def harden(setup: WorkerSetup, call: Call) -> None:
     and no_new_privs, then the capabilities go (after which nothing can be undone)."""
     if setup.private_mounts and call.limits.max_disk_mb != Limits().max_disk_mb:
         _linux.resize_tmpfs(setup.workdir, call.limits.max_disk_mb)
-    if setup.landlock_read is not None:
-        read = list(setup.landlock_read)
+    if setup.rules is not None:
         if call.root:
-            read.append(call.root)
-        _landlock.restrict(read=read, write=[setup.workdir, os.devnull])
+            setup.rules.allow_read(call.root)
+        setup.rules.enforce()
     else:
         _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     if setup.drop_capabilities:
