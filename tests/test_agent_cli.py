@@ -146,3 +146,37 @@ def test_a_429_with_retry_after_through_the_cli() -> None:
     with ScriptedModelServer([fail(429, headers={"Retry-After": "0"}), say("ok")]) as server:
         proc = cli("run", "hi", "--base-url", server.base_url)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok"
+
+
+def test_on_a_terminal_run_shows_progress_on_stderr() -> None:
+    import pty
+
+    script = [call(("get_current_date", {})), say("It is 2025-05-11.", delay_s=0.5)]
+    main, replica = pty.openpty()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
+    with ScriptedModelServer(script) as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", "run", "date?", "--base-url", server.base_url],
+            stdout=subprocess.PIPE,
+            stderr=replica,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=base,
+        )
+    os.close(replica)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    assert proc.returncode == 0 and proc.stdout.strip() == "It is 2025-05-11."
+    text = shown.decode(errors="replace")
+    assert "model thinking (step 2" in text
+    assert "get_current_date {} -> ok: " in text

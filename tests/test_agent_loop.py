@@ -348,3 +348,10 @@ def test_content_parts_become_the_answer_text(harness: Harness) -> None:
     }
     result = harness.run([raw_completion(parts)])
     assert result.answer == "Hello there"
+
+
+def test_an_unknown_model_404_names_the_model(harness: Harness) -> None:
+    result = harness.run([fail(404, "model not found"), say("never")])
+    assert result.reason == "model_error"
+    assert "does not know model 'scripted'" in result.message
+    assert len(harness.server.requests) == 1  # not retried
