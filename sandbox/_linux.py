@@ -151,6 +151,19 @@ class PidNamespaces:
         setns(self._own, CLONE_NEWPID)
 
 
+CGROUP_MEMORY_ROOT = "/sys/fs/cgroup/memory"
+
+
+def own_cgroup(controller: str) -> str:
+    """This process's cgroup (v1) for `controller`, as a path under its mount."""
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if controller in controllers.split(","):
+                return path
+    return "/"
+
+
 def cgroup_pids_available() -> bool:
     """True when we may create pids cgroups (cgroup v1 pids controller, writable)."""
     return os.access(CGROUP_PIDS_ROOT, os.W_OK) and os.path.isdir(CGROUP_PIDS_ROOT)

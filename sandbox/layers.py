@@ -11,6 +11,7 @@ run tools without every layer.
 | landlock | reads outside the interpreter, the tools and their root; writes outside the workdir |
 | capabilities | uid 0 acting as root: reading other processes' environment, mounting, tracing |
 | cgroup_pids | fork bombs (a pids cgroup per worker) |
+| cgroup_memory | memory RLIMIT_AS does not see: memfd, tmpfs, page cache |
 | mount_namespace | filling the disk (workdir: a tmpfs of max_disk_mb); seeing host processes |
 | no_new_privs | gaining privileges through setuid binaries |
 | rlimits | memory, CPU, files, file size, core dumps |
@@ -30,6 +31,7 @@ LAYER_NAMES = (
     "landlock",
     "capabilities",
     "cgroup_pids",
+    "cgroup_memory",
     "mount_namespace",
     "no_new_privs",
     "rlimits",
@@ -101,6 +103,7 @@ class Layers:
         self.pidns = self._pid_namespaces(config)
         self.host_net = self._network_namespace()
         self.cgroup_root = self._cgroups(config)
+        self.memory_root = self._memory_cgroup(config)
         self.landlock = self._landlock()
         self.drop_capabilities = self._capabilities()
         self.private_mounts = self._private_mounts(config.root)
@@ -170,6 +173,28 @@ class Layers:
             self.status["cgroup_pids"] = Layer(active=False, detail=f"mkdir {path}: {exc.strerror}")
             return None
         self.status["cgroup_pids"] = Layer(active=True, detail="pids.max per worker")
+        return path
+
+    def _memory_cgroup(self, config: ZygoteConfig) -> str | None:
+        """A memory cgroup per worker, nested in ours (so a container's own limit holds):
+        it counts what RLIMIT_AS does not (memfd, tmpfs, page cache)."""
+        if not config.cgroups:
+            self.status["cgroup_memory"] = Layer(active=False, detail="turned off")
+            return None
+        parent = os.path.join(_linux.CGROUP_MEMORY_ROOT, _linux.own_cgroup("memory").lstrip("/"))
+        path = os.path.join(parent, f"sandboxed-agent-{os.getpid()}")
+        try:
+            os.mkdir(path)
+        except OSError as exc:
+            self.status["cgroup_memory"] = Layer(
+                active=False,
+                detail=f"no writable memory cgroup ({exc.strerror}): memory is bounded by "
+                "RLIMIT_AS and the tmpfs size only",
+            )
+            return None
+        self.status["cgroup_memory"] = Layer(
+            active=True, detail="memory.limit_in_bytes per worker (memfd, tmpfs, cache included)"
+        )
         return path
 
     def _landlock(self) -> bool:

@@ -32,6 +32,7 @@ from .channel import Deadline, Oversized, PeerGone, send_frame
 from .errors import (
     BadArguments,
     CpuLimit,
+    MemoryLimit,
     OutputLimit,
     SandboxUnavailable,
     ToolCallError,
@@ -319,6 +320,12 @@ class Pool:
         status, cpu = exited.status, exited.cpu_s
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
+            if exited.oom_killed:
+                return MemoryLimit(
+                    call.tool,
+                    f"{call.tool} went past its {call.limits.memory_mb} MiB of memory "
+                    "and the kernel killed it",
+                )
             hit_cpu = sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= call.limits.cpu_s)
             if hit_cpu:
                 return CpuLimit(

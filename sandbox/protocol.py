@@ -106,6 +106,8 @@ class Exited(_Message):
     pid: int
     status: int
     cpu_s: float
+    oom_killed: bool = False
+    """The kernel killed a process of the worker's memory cgroup for exceeding it."""
 
 
 class Failed(_Message):

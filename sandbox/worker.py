@@ -25,7 +25,7 @@ from tools.registry import Registry
 from . import _landlock, _linux
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
-from .limits import Limits, apply_rlimits, renew_cpu_limit
+from .limits import MIB, Limits, apply_rlimits, renew_cpu_limit
 from .protocol import Call, Result, ToolError
 
 CHANNEL_FD = 3
@@ -41,6 +41,7 @@ class WorkerSetup:
         workdir: str,
         cgroup: str | None,
         *,
+        memory_cgroup: str | None,
         in_pid_namespace: bool,
         landlock_read: list[str] | None,
         drop_capabilities: bool,
@@ -50,6 +51,7 @@ class WorkerSetup:
         self.log_fd = log_fd
         self.workdir = workdir
         self.cgroup = cgroup
+        self.memory_cgroup = memory_cgroup
         self.in_pid_namespace = in_pid_namespace
         self.landlock_read = landlock_read
         """Paths every call may read; None when Landlock is unavailable."""
@@ -222,10 +224,19 @@ def _flush_std() -> None:
 
 
 def _limit_processes(setup: WorkerSetup, limits: Limits) -> None:
-    if setup.cgroup is None:
-        return
-    with open(os.path.join(setup.cgroup, "pids.max"), "w") as f:
-        f.write(str(limits.max_processes))
+    """The call's cgroup limits, written before Landlock makes the files unwritable."""
+    if setup.cgroup is not None:
+        with open(os.path.join(setup.cgroup, "pids.max"), "w") as f:
+            f.write(str(limits.max_processes))
+    if setup.memory_cgroup is not None:
+        with open(os.path.join(setup.memory_cgroup, "memory.usage_in_bytes")) as f:
+            limit = int(f.read()) + limits.memory_mb * MIB
+        for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+            try:
+                with open(os.path.join(setup.memory_cgroup, name), "w") as f:
+                    f.write(str(limit))
+            except OSError:
+                pass  # no swap accounting: the memory limit alone applies
 
 
 def _nproc(setup: WorkerSetup, limits: Limits) -> int | None:

@@ -60,9 +60,10 @@ def exec_zygote(ctrl_fd: int, config_json: str) -> NoReturn:
 
 
 class _WorkerRecord:
-    def __init__(self, base: str, cgroup: str | None) -> None:
+    def __init__(self, base: str, cgroup: str | None, memory: str | None) -> None:
         self.base = base
         self.cgroup = cgroup
+        self.memory = memory
 
 
 class Zygote:
@@ -79,6 +80,7 @@ class Zygote:
         self.layers = Layers(config)
         self.pidns = self.layers.pidns
         self.cgroup_root = self.layers.cgroup_root
+        self.memory_root = self.layers.memory_root
         self.read_paths = base_read_paths(config.read_paths)
         # Orphans of workers come to us, not to init, so none escapes the sweep.
         _linux.set_child_subreaper()
@@ -101,10 +103,13 @@ class Zygote:
         # The orchestrator reads the log through its own descriptor: the file may be
         # removed (the worker exited, we cleaned up) before it gets to it.
         log_reader = os.open(log_path, os.O_RDONLY | os.O_CLOEXEC)
-        cgroup = None
+        cgroup = memory = None
         if self.cgroup_root:
             cgroup = os.path.join(self.cgroup_root, f"w{self.count}")
             os.mkdir(cgroup)
+        if self.memory_root:
+            memory = os.path.join(self.memory_root, f"w{self.count}")
+            os.mkdir(memory)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = -1
         if self.pidns:
@@ -115,15 +120,16 @@ class Zygote:
             if self.pidns and pid != 0:
                 self.pidns.leave()  # also when fork failed: the next spawn must work
         if pid == 0:
-            self._become_worker(theirs.fileno(), log_fd, workdir, cgroup, network)
+            self._become_worker(theirs.fileno(), log_fd, workdir, (cgroup, memory), network)
         theirs.close()
         os.close(log_fd)
         pidfd = os.pidfd_open(pid)
-        if cgroup:
-            # Before the worker can get a call, so everything the call forks is counted.
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write(str(pid))
-        self.workers[pid] = _WorkerRecord(base, cgroup)
+        for group in (cgroup, memory):
+            if group:
+                # Before the worker can get a call, so everything the call does counts.
+                with open(os.path.join(group, "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+        self.workers[pid] = _WorkerRecord(base, cgroup, memory)
         try:
             spawned = Spawned(pid=pid, network=network, workdir=workdir, log_path=log_path)
             self.send(spawned, [ours.fileno(), pidfd, log_reader])
@@ -133,7 +139,12 @@ class Zygote:
             os.close(log_reader)
 
     def _become_worker(
-        self, channel_fd: int, log_fd: int, workdir: str, cgroup: str | None, network: bool
+        self,
+        channel_fd: int,
+        log_fd: int,
+        workdir: str,
+        cgroups: tuple[str | None, str | None],
+        network: bool,
     ) -> NoReturn:
         try:
             self.layers.enter_network(network)
@@ -141,7 +152,8 @@ class Zygote:
                 channel_fd,
                 log_fd,
                 workdir,
-                cgroup,
+                cgroups[0],
+                memory_cgroup=cgroups[1],
                 in_pid_namespace=self.pidns is not None,
                 landlock_read=self.read_paths if self.layers.landlock else None,
                 drop_capabilities=self.layers.drop_capabilities,
@@ -167,7 +179,8 @@ class Zygote:
             if self.pidns is None:
                 self._sweep(record)
             cpu = usage.ru_utime + usage.ru_stime
-            self.send(Exited(pid=pid, status=status, cpu_s=cpu))
+            oom = _oom_kills(record.memory) > 0 if record.memory else False
+            self.send(Exited(pid=pid, status=status, cpu_s=cpu, oom_killed=oom))
             self._remove(record)
 
     def _sweep(self, record: _WorkerRecord) -> None:
@@ -185,8 +198,9 @@ class Zygote:
 
     def _remove(self, record: _WorkerRecord) -> None:
         shutil.rmtree(record.base, ignore_errors=True)
-        if record.cgroup:
-            _rmdir_cgroup(record.cgroup)
+        for group in (record.cgroup, record.memory):
+            if group:
+                _rmdir_cgroup(group)
 
     def run(self) -> None:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -237,8 +251,20 @@ class Zygote:
         self.workers.clear()
         _reap_all_children()
         shutil.rmtree(self.config.root, ignore_errors=True)
-        if self.cgroup_root:
-            _rmdir_cgroup(self.cgroup_root)
+        for root in (self.cgroup_root, self.memory_root):
+            if root:
+                _rmdir_cgroup(root)
+
+
+def _oom_kills(memory_cgroup: str) -> int:
+    try:
+        with open(os.path.join(memory_cgroup, "memory.oom_control")) as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _drain(fd: int) -> bool:

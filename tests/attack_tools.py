@@ -165,3 +165,20 @@ def attack_fill_disk() -> str:
 def attack_list_processes() -> str:
     """Count the processes /proc shows."""
     return str(sum(entry.isdigit() for entry in os.listdir("/proc")))
+
+
+@tool
+def attack_memfd_bomb() -> str:
+    """Fill anonymous memory files with write(), which RLIMIT_AS does not count."""
+    block = b"x" * (1 << 20)
+    fds, total = [], 0
+    try:
+        while total < (4 << 30):
+            fd = os.memfd_create("bomb")
+            fds.append(fd)
+            for _ in range(8):
+                os.write(fd, block)
+                total += len(block)
+    except OSError as exc:
+        return f"stopped after {total >> 20} MiB: {exc.strerror}"
+    return f"ALLOWED: {total >> 20} MiB"

@@ -190,3 +190,22 @@ def test_the_hosts_processes_are_not_visible(attacks: Pool) -> None:
     needs(attacks, "mount_namespace")
     needs(attacks, "pid_namespace")
     assert int(out(attacks, "attack_list_processes")) <= 2
+
+
+def test_memory_that_rlimit_as_does_not_count_is_still_bounded(tmp_path: Path) -> None:
+    registry = Registry.default()
+    registry.load(ATTACKS)
+    policy = parse_policy(
+        "[tools.attack_memfd_bomb]\nmemory_mb = 64\nmax_open_files = 1024\ntimeout_s = 60\n",
+        "m.toml",
+        tmp_path,
+    )
+    with Pool(policy, registry=registry, size=1) as pool:
+        needs(pool, "cgroup_memory")
+        result = pool.call("attack_memfd_bomb")
+    if result.ok:  # stopped inside the tool (a limit it could see)
+        assert result.output.startswith("stopped after")
+        assert int(result.output.split()[2]) <= 64 + 16
+    else:
+        assert result.error.kind == "memory_limit", result
+        assert "64 MiB" in result.error.message
