@@ -349,7 +349,12 @@ class Pool:
 
     def _retire(self, worker: WorkerHandle) -> None:
         self._kill(worker)
-        self._template.forget_exit(worker.pid)
+        if self.pid_namespaces:
+            self._template.forget_exit(worker.pid)
+        else:
+            # A worker that exited by itself left its orphans to the zygote, which
+            # sweeps them before it reports the exit: wait for that report.
+            self._template.exit_status(worker.pid)
         worker.close()
 
 

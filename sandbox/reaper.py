@@ -32,7 +32,7 @@ def kill_tree(pid: int) -> None:
             descendants = root.children(recursive=True)
         except psutil.NoSuchProcess:
             return
-        alive = [p for p in descendants if _is_running(p)]
+        alive = [p for p in descendants if is_running(p)]
         if not alive:
             return
         for proc in alive:
@@ -43,7 +43,7 @@ def kill_tree(pid: int) -> None:
                 proc.kill()
 
 
-def _is_running(proc: psutil.Process) -> bool:
+def is_running(proc: psutil.Process) -> bool:
     try:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -55,7 +55,7 @@ def survivors(pids: list[int]) -> list[int]:
     alive = []
     for pid in pids:
         try:
-            if _is_running(psutil.Process(pid)):
+            if is_running(psutil.Process(pid)):
                 alive.append(pid)
         except psutil.NoSuchProcess:
             pass

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from typing import NoReturn
 
-from . import _linux
+from . import _linux, reaper
 from .layers import Layers, base_read_paths
 from .protocol import Exited, Failed, Ready, Shutdown, Spawn, Spawned, ToZygote, ZygoteConfig
 from .worker import WorkerSetup, detach, serve, warm_up
@@ -184,15 +184,22 @@ class Zygote:
             self._remove(record)
 
     def _sweep(self, record: _WorkerRecord) -> None:
-        """Without PID namespaces: kill what the dead worker left behind."""
+        """Without PID namespaces: kill what the dead worker left behind. Its orphans
+        were re-parented to us (a subreaper); each is stopped and killed with its tree,
+        until none is left that is not a worker. Runs before `Exited` is sent."""
         if record.cgroup:
             _kill_cgroup(record.cgroup)
         import psutil
 
-        for child in psutil.Process().children():
-            if child.pid not in self.workers:
+        for _ in range(reaper.KILL_ROUNDS):
+            orphans = [c for c in psutil.Process().children() if c.pid not in self.workers]
+            orphans = [c for c in orphans if reaper.is_running(c)]
+            if not orphans:
+                return
+            for orphan in orphans:
+                reaper.kill_tree(orphan.pid)
                 try:
-                    child.kill()
+                    orphan.kill()
                 except psutil.Error:
                     pass
 

@@ -52,11 +52,15 @@ def test_a_double_forked_setsid_grandchild_dies_with_the_call(
         assert sleepers(marker) == []
 
 
-def test_a_helper_in_a_new_session_does_not_outlive_the_call(pool: Pool) -> None:
+def test_a_helper_in_a_new_session_does_not_outlive_the_call(
+    registry: Registry, process_tree: str
+) -> None:
     marker = unique_marker()
-    result, _ = run(pool, "spawn_helper", {"marker": marker})
-    assert result.ok
-    assert sleepers(marker) == []
+    with Pool(registry=registry, size=1, process_tree=process_tree) as pool:
+        for _ in range(3):  # a returning tool races its worker's exit: try it a few times
+            result, _ = run(pool, "spawn_helper", {"marker": marker})
+            assert result.ok
+            assert sleepers(marker) == []
 
 
 def test_a_busy_loop_hits_the_cpu_limit(pool: Pool) -> None:
