@@ -123,12 +123,13 @@ class Pool:
         self.size = size or os.cpu_count() or 2
         if self.size < 1 or spares < 1:
             raise ValueError("a pool needs size >= 1 and spares >= 1")
-        self._template = Template(
-            list(self.registry.sources),
-            pid_namespaces=process_tree != "subreaper",
-            cgroups=cgroups,
-            read_paths=list(read_paths or []),
-        )
+        self._template_options = {
+            "pid_namespaces": process_tree != "subreaper",
+            "cgroups": cgroups,
+            "read_paths": list(read_paths or []),
+        }
+        self._spares = spares
+        self._template = Template(list(self.registry.sources), **self._template_options)
         missing = {name: layer for name, layer in self.layers.items() if not layer.active}
         if process_tree == "pid-namespace" and "pid_namespace" in missing:
             self._template.close()
@@ -265,11 +266,31 @@ class Pool:
                 self._busy.add(worker)
                 return worker
         network = call.limits.network
-        worker = self._template.take_spare(network, SPARE_TIMEOUT_S)
-        self._template.request_worker(network)  # keep a spare ready for the next call
+        template = self._template
+        try:
+            worker = template.take_spare(network, SPARE_TIMEOUT_S)
+        except SandboxUnavailable:
+            if not template.broken or self._closed:
+                raise
+            template = self._restart(template)
+            worker = template.take_spare(network, SPARE_TIMEOUT_S)
+        template.request_worker(network)  # keep a spare ready for the next call
         with self._lock:
             self._busy.add(worker)
         return worker
+
+    def _restart(self, dead: Template) -> Template:
+        """The zygote died (killed from outside: its workers died with it). Start a new
+        one, once, for every caller that noticed."""
+        with self._lock:
+            if self._template is dead:
+                self._template = Template(list(self.registry.sources), **self._template_options)
+                for _ in range(self._spares):
+                    self._template.request_worker()
+                self._warm = {}  # their zygote is gone, and so are they
+            template = self._template
+        dead.close()
+        return template
 
     def _run(self, worker: WorkerHandle, call: Call) -> tuple[Result, bool]:
         """Send the call, wait for the answer or the deadline. Returns (result, reusable)."""
@@ -314,7 +335,7 @@ class Pool:
     def _why_dead(self, worker: WorkerHandle, call: Call) -> ToolCallError:
         """The worker died without answering: its exit status says why."""
         self._kill(worker)
-        exited = self._template.exit_status(worker.pid)
+        exited = worker.template.exit_status(worker.pid)
         if exited is None:
             return WorkerCrashed(call.tool, f"{call.tool}'s worker died before answering")
         status, cpu = exited.status, exited.cpu_s
@@ -350,11 +371,11 @@ class Pool:
     def _retire(self, worker: WorkerHandle) -> None:
         self._kill(worker)
         if self.pid_namespaces:
-            self._template.forget_exit(worker.pid)
+            worker.template.forget_exit(worker.pid)
         else:
             # A worker that exited by itself left its orphans to the zygote, which
             # sweeps them before it reports the exit: wait for that report.
-            self._template.exit_status(worker.pid)
+            worker.template.exit_status(worker.pid)
         worker.close()
 
 

@@ -34,7 +34,11 @@ _KEPT_EXITS = 4096
 class WorkerHandle:
     """One idle or busy worker, as the orchestrator holds it."""
 
-    def __init__(self, spawned: Spawned, sock: socket.socket, pidfd: int, log_fd: int) -> None:
+    def __init__(
+        self, template: Template, spawned: Spawned, sock: socket.socket, pidfd: int, log_fd: int
+    ) -> None:
+        self.template = template
+        """The zygote that forked it (and reports its exit)."""
         self.pid = spawned.pid
         self.workdir = spawned.workdir
         self.log_path = spawned.log_path
@@ -172,7 +176,8 @@ class Template:
             message = FromZygote.validate_json(data)
             if isinstance(message, Spawned):
                 sock = socket.socket(fileno=fds[0])
-                self.spares[message.network].put(WorkerHandle(message, sock, fds[1], fds[2]))
+                handle = WorkerHandle(self, message, sock, fds[1], fds[2])
+                self.spares[message.network].put(handle)
             elif isinstance(message, Exited):
                 with self._exit_cond:
                     self._exits[message.pid] = message
@@ -199,17 +204,23 @@ class Template:
         spares = self.spares[network]
         if network and spares.empty():
             self.request_worker(network=True)  # made on demand: most tools need none
-        try:
-            item = spares.get(timeout=timeout)
-        except queue.Empty:
-            raise SandboxUnavailable(f"no worker became ready within {timeout:g} s") from None
-        if isinstance(item, BaseException):
+        while True:
             if self.broken:
-                spares.put(item)  # every later caller must learn it too
-            else:
-                self.request_worker(network)  # the failed spawn still owes us a spare
-            raise item
-        return item
+                raise SandboxUnavailable(self.broken)
+            try:
+                item = spares.get(timeout=timeout)
+            except queue.Empty:
+                raise SandboxUnavailable(f"no worker became ready within {timeout:g} s") from None
+            if isinstance(item, BaseException):
+                if self.broken:
+                    spares.put(item)  # every later caller must learn it too
+                else:
+                    self.request_worker(network)  # the failed spawn still owes us a spare
+                raise item
+            if not item.wait_dead(0):
+                return item
+            item.close()  # died waiting (its zygote was killed): never hand it out
+            self.request_worker(network)
 
     def exit_status(self, pid: int, timeout: float = EXIT_REPORT_TIMEOUT_S) -> Exited | None:
         with self._exit_cond:

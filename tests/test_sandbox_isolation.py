@@ -135,3 +135,17 @@ def test_the_pool_refuses_calls_after_close(registry: Registry) -> None:
     result = pool.call("calculate", {"expression": "1"})
     assert result.error.kind == "crashed"
     assert "shut down" in result.error.message
+
+
+def test_the_pool_recovers_when_its_template_process_is_killed(registry: Registry) -> None:
+    with Pool(registry=registry, size=1) as pool:
+        assert pool.call("calculate", {"expression": "1+1"}).ok
+        first = pool.template_pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while survivors([first]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        results = [pool.call("calculate", {"expression": "2+2"}) for _ in range(3)]
+        assert pool.template_pid != first
+    assert all(r.ok and r.output == "4" for r in results[1:])
+    assert results[0].ok or results[0].error.kind == "crashed"
