@@ -399,11 +399,6 @@ def _agent_step_line(step: dict[str, Any]) -> str:
     )
 
 
-def render_file(path: Path) -> str:
-    """Re-render a saved report (so the table can change without re-measuring)."""
-    return render(json.loads(path.read_text()))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small samples, under a minute")

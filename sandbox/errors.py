@@ -111,14 +111,25 @@ class RunError(SandboxedAgentError):
     """Ends an agent run: the model API is down, a budget is spent."""
 
 
-ERROR_CLASSES: dict[ErrorKind, type[ToolCallError]] = {
-    ErrorKind.UNKNOWN_TOOL: ToolCallError,  # UnknownTool needs the list; built directly
-    ErrorKind.BAD_ARGUMENTS: BadArguments,
-    ErrorKind.TOOL_ERROR: ToolFailed,
-    ErrorKind.TIMEOUT: ToolCallError,
-    ErrorKind.MEMORY_LIMIT: MemoryLimit,
-    ErrorKind.CPU_LIMIT: CpuLimit,
-    ErrorKind.OUTPUT_LIMIT: OutputLimit,
-    ErrorKind.CRASHED: WorkerCrashed,
-    ErrorKind.DENIED: Denied,
+_BY_KIND: dict[ErrorKind, type[ToolCallError]] = {
+    cls.kind: cls
+    for cls in (
+        UnknownTool,
+        BadArguments,
+        ToolFailed,
+        ToolTimeout,
+        MemoryLimit,
+        CpuLimit,
+        OutputLimit,
+        WorkerCrashed,
+        Denied,
+    )
 }
+
+
+def error_for(kind: ErrorKind, tool: str, message: str) -> ToolCallError:
+    """The exception for an error that crossed a pipe as `{kind, message}`."""
+    cls = _BY_KIND[ErrorKind(kind)]
+    exc = cls.__new__(cls)
+    ToolCallError.__init__(exc, tool, message)  # the message is already built
+    return exc

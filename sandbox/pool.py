@@ -39,6 +39,7 @@ from .errors import (
     ToolTimeout,
     UnknownTool,
     WorkerCrashed,
+    error_for,
 )
 from .limits import Limits
 from .protocol import Call, Layer, Result, ToolError
@@ -68,6 +69,11 @@ class ToolResult(BaseModel):
     logs: str = Field("", exclude=True)
     """Start of what the tool printed on stdout/stderr."""
     worker_pid: int | None = Field(None, exclude=True)
+
+    def raise_for_error(self) -> None:
+        """Raise the typed `ToolCallError` (`ToolTimeout`, `MemoryLimit`, ...) if failed."""
+        if self.error is not None:
+            raise error_for(self.error.kind, self.tool, self.error.message)
 
     @property
     def text(self) -> str:

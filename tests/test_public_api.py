@@ -1,0 +1,56 @@
+"""The names each package exports are a contract: adding one is a decision."""
+
+from __future__ import annotations
+
+import pytest
+
+import policies
+import sandbox
+import tools
+from sandbox import Limits, Pool
+from sandbox.errors import CpuLimit, ToolCallError, ToolTimeout, UnknownTool
+
+
+def test_exported_names() -> None:
+    assert sorted(sandbox.__all__) == [
+        "ErrorKind",
+        "Limits",
+        "LimitsPolicy",
+        "Pool",
+        "SandboxUnavailable",
+        "SandboxedAgentError",
+        "ToolCallError",
+        "ToolError",
+        "ToolResult",
+    ]
+    assert sorted(tools.__all__) == [
+        "ArgumentError",
+        "Registry",
+        "ToolContext",
+        "ToolDefinitionError",
+        "ToolSpec",
+        "tool",
+    ]
+    assert sorted(policies.__all__) == [
+        "DEFAULT_POLICY",
+        "Policy",
+        "Price",
+        "RunPolicy",
+        "ToolPolicy",
+        "check_tools",
+        "load_policy",
+        "parse_policy",
+    ]
+    for module in (sandbox, tools, policies):
+        for name in module.__all__:
+            assert hasattr(module, name), name
+
+
+def test_a_failed_result_raises_its_typed_error() -> None:
+    with Pool(size=1) as pool:
+        unknown = pool.call("nope")
+        slow = pool.call("calculate", {"expression": "1"}, limits=Limits(timeout_s=30))
+    with pytest.raises(UnknownTool, match="available tools: calculate"):
+        unknown.raise_for_error()
+    slow.raise_for_error()  # ok: nothing raised
+    assert issubclass(ToolTimeout, ToolCallError) and not issubclass(CpuLimit, ToolTimeout)
