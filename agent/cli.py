@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("file")
 
     sub.add_parser("demo", help="the worked example, with every tool call in the sandbox")
-    sub.add_parser("doctor", help="which isolation layers this machine gives, verified")
+    doctor = sub.add_parser("doctor", help="which isolation layers this machine gives, verified")
+    doctor.add_argument("--policy", help="report with the layers this policy turns off")
     return parser
 
 
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "doctor":
             from .doctor import run_doctor
 
-            return run_doctor()
+            return run_doctor(load_policy(args.policy).disabled_layers if args.policy else [])
         if args.command in ("run", "chat"):
             registry, policy = load_setup(args.tools, args.policy, args.isolation)
             return (cmd_run if args.command == "run" else cmd_chat)(args, policy, registry)
@@ -158,7 +159,7 @@ def cmd_tool(args: argparse.Namespace) -> int:
     limits = None
     if args.name in registry:
         limits = _with_overrides(policy.limits_for(args.name), args.timeout, args.memory_mb)
-    with Pool(policy, registry=registry, size=1, spares=1, isolation=policy.isolation) as pool:
+    with Pool(policy, registry=registry, size=1, spares=1, **policy.pool_options()) as pool:
         result = pool.call(args.name, arguments, limits=limits)
     print(result.model_dump_json())
     return EXIT_OK if result.ok else EXIT_FAILED

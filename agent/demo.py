@@ -74,7 +74,7 @@ def run_demo() -> int:
             api_key=os.environ.get("OPENAI_API_KEY") if live else "replay",
             max_retries=policy.run.max_retries,
         )
-        with Pool(policy, registry=registry, size=2, isolation=policy.isolation) as pool:
+        with Pool(policy, registry=registry, size=2, **policy.pool_options()) as pool:
             agent = Agent(pool, policy, model, approver=Approver(), progress=show)
             print(f"user      {question}", flush=True)
             started = time.monotonic()

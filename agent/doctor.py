@@ -15,10 +15,10 @@ from sandbox import Pool
 from tools import Registry
 
 
-def run_doctor() -> int:
+def run_doctor(disable: list[str] | None = None) -> int:
     registry = Registry()
     registry.load("sandbox.probe")
-    with Pool(registry=registry, size=1, spares=1) as pool:
+    with Pool(registry=registry, size=1, spares=1, disable=disable or []) as pool:
         layers = pool.layers
         probe = pool.call("sandbox_probe")
     user = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
@@ -27,11 +27,13 @@ def run_doctor() -> int:
         f"Python {platform.python_version()}):\n"
     )
     for name, layer in layers.items():
-        state = "active" if layer.active else "UNAVAILABLE"
+        state = "active" if layer.active else "UNAVAILABLE" if layer.required else "off"
         print(f"  {state:<12} {name:<18} {layer.detail}")
     active = sum(layer.active for layer in layers.values())
-    print(f"\n{active} of {len(layers)} layers active. ", end="")
-    print('With isolation = "strict", tools run only when all are.\n')
+    off = sum(not layer.required for layer in layers.values())
+    print(f"\n{active} of {len(layers)} layers active", end="")
+    print(f" ({off} turned off by the policy). " if off else ". ", end="")
+    print('With isolation = "strict", tools run only when every layer not turned off is.\n')
     if not probe.ok:
         print(f"The probe worker failed: {probe.error.kind}: {probe.error.message}")
         return 1

@@ -89,7 +89,7 @@ def model_client(policy: Policy, base_url: str | None) -> ModelClient:
 def build_agent(stack: ExitStack, policy: Policy, registry: Any, args: argparse.Namespace) -> Agent:
     policy = with_run_overrides(policy, args)
     model = model_client(policy, args.base_url)
-    pool = stack.enter_context(Pool(policy, registry=registry, isolation=policy.isolation))
+    pool = stack.enter_context(Pool(policy, registry=registry, **policy.pool_options()))
     trace = Trace(args.trace, secrets=[os.environ.get("OPENAI_API_KEY", "")])
     stack.callback(trace.close)
     progress = None

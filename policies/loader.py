@@ -9,11 +9,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from sandbox.errors import PolicyError
+from sandbox.layers import ALWAYS_ON, check_layer_names
 
 from .schema import Policy, Price, RunPolicy, ToolPolicy, build_limits
 
 DEFAULT_POLICY = Path(__file__).with_name("default.toml")
-_TOP_LEVEL = ("isolation", "defaults", "tools", "run")
+_TOP_LEVEL = ("isolation", "layers", "defaults", "tools", "run")
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
@@ -39,6 +40,11 @@ def parse_policy(text: str, source: str, base_dir: Path) -> Policy:
     except ValidationError as exc:
         raise PolicyError(_describe(source, exc)) from None
     policy.locate(source, base_dir)
+    for name, on in policy.layers.items():
+        try:
+            check_layer_names([name] if not on or name not in ALWAYS_ON else [])
+        except ValueError as exc:
+            raise PolicyError(f"{source}: [layers] {name}: {exc}") from None
     tables = [("defaults", policy.defaults)]
     tables += [
         (f"tools.{name}", table.over(policy.defaults)) for name, table in policy.tools.items()

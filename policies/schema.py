@@ -108,6 +108,8 @@ class Policy(BaseModel):
 
     isolation: Literal["best-effort", "strict"] = "best-effort"
     """strict: refuse to run any tool when an isolation layer is unavailable."""
+    layers: dict[str, bool] = Field(default_factory=dict)
+    """`[layers]`: `NAME = false` turns an isolation layer off (see `doctor`)."""
     defaults: ToolPolicy = Field(default_factory=ToolPolicy)
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
     run: RunPolicy = Field(default_factory=RunPolicy)
@@ -124,6 +126,14 @@ class Policy(BaseModel):
         self._source = source
         self._base_dir = base_dir
         return self
+
+    @property
+    def disabled_layers(self) -> list[str]:
+        return sorted(name for name, on in self.layers.items() if not on)
+
+    def pool_options(self) -> dict[str, Any]:
+        """What this policy says about isolation, as `sandbox.Pool` keyword arguments."""
+        return {"isolation": self.isolation, "disable": self.disabled_layers}
 
     def effective(self, tool: str) -> ToolPolicy:
         own = self.tools.get(tool)

@@ -8,6 +8,7 @@ from .errors import SandboxedAgentError as SandboxedAgentError
 from .errors import SandboxUnavailable as SandboxUnavailable
 from .errors import ToolCallError as ToolCallError
 from .limits import Limits as Limits
+from .pool import IsolationWarning as IsolationWarning
 from .pool import LimitsPolicy as LimitsPolicy
 from .pool import Pool as Pool
 from .pool import ToolResult as ToolResult
@@ -15,6 +16,7 @@ from .protocol import ToolError as ToolError
 
 __all__ = [
     "ErrorKind",
+    "IsolationWarning",
     "Limits",
     "LimitsPolicy",
     "Pool",

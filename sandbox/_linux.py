@@ -63,12 +63,17 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
-def drop_capabilities() -> None:
-    """Give up every capability for good: bounding set, ambient, effective, permitted.
+CAP_DAC_READ_SEARCH = 2
 
-    The process keeps its uid; as uid 0 without capabilities it can no longer read
-    other processes' /proc entries (their environment), change namespaces, trace,
-    mount, or raise a hard rlimit. Landlock, not the uid, guards the files.
+
+def drop_privileges(uid: int | None, keep: tuple[int, ...] = ()) -> None:
+    """Give up root for good: switch to `uid` (also as gid, no supplementary groups)
+    when one is given, and keep no capability but those in `keep`.
+
+    The securebits are set and locked first: NOROOT (uid 0 never regains capabilities,
+    even through execve) and NO_SETUID_FIXUP (the switch of uid keeps the capability
+    sets as they are, so they can be narrowed to `keep` after it). The bounding set is
+    emptied, so that nothing is regained through execve either.
     """
     if os.geteuid() == 0:
         prctl(PR_SET_SECUREBITS, _SECUREBITS_LOCKED_NOROOT)
@@ -82,8 +87,14 @@ def drop_capabilities() -> None:
         if cap > 128:
             break
     _libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    mask = sum(1 << c for c in keep)
     header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} all zero
+    # {effective, permitted, inheritable} for capabilities 0-31, then for 32-63
+    data = (ctypes.c_uint32 * 6)(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0, mask >> 32, mask >> 32, 0)
     _check(_libc.capset(header, data), "capset")
 
 
@@ -109,12 +120,15 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
     )
 
 
-def private_mounts(workdir: str, size_mb: int, own_proc: bool) -> None:
+def private_mounts(workdir: str, size_mb: int, own_proc: bool, owner: int | None = None) -> None:
     """A mount namespace of our own: the workdir becomes a tmpfs of `size_mb` (a disk
-    quota), and with `own_proc` /proc shows only our PID namespace."""
+    quota) owned by `owner`, and with `own_proc` /proc shows only our PID namespace."""
     unshare(CLONE_NEWNS)
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks to the host
-    mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size_mb}m,mode=0700")
+    options = f"size={size_mb}m,mode=0700"
+    if owner is not None:
+        options += f",uid={owner},gid={owner}"
+    mount("tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, options)
     if own_proc:
         mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 

@@ -8,8 +8,10 @@ run tools without every layer.
 |---|---|
 | pid_namespace | a tool seeing or signalling other processes; any descendant outliving the call |
 | network_namespace | any network use (the workers' namespace has no interface up) |
+| seccomp | network sockets (where no namespace can be made; vsock); open_by_handle_at |
 | landlock | reads outside the interpreter, the tools and their root; writes outside the workdir |
-| capabilities | uid 0 acting as root: reading other processes' environment, mounting, tracing |
+| unprivileged_uid | writing the host's files; RLIMIT_NPROC not binding (root ignores it) |
+| capabilities | acting as root: reading other processes' environment, mounting, tracing |
 | cgroup_pids | fork bombs (a pids cgroup per worker) |
 | cgroup_memory | memory RLIMIT_AS does not see: memfd, tmpfs, page cache |
 | mount_namespace | filling the disk (workdir: a tmpfs of max_disk_mb); seeing host processes |
@@ -21,14 +23,17 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Collection
 
-from . import _landlock, _linux
+from . import _landlock, _linux, _seccomp
 from .protocol import Layer, ZygoteConfig
 
 LAYER_NAMES = (
     "pid_namespace",
     "network_namespace",
+    "seccomp",
     "landlock",
+    "unprivileged_uid",
     "capabilities",
     "cgroup_pids",
     "cgroup_memory",
@@ -36,6 +41,28 @@ LAYER_NAMES = (
     "no_new_privs",
     "rlimits",
 )
+
+ALWAYS_ON = ("no_new_privs", "rlimits")
+"""Layers a policy cannot turn off: Landlock and seccomp need the first, limits the
+second."""
+
+
+def check_layer_names(names: Collection[str]) -> list[str]:
+    """The layers a policy may turn off; a clear error for any other name."""
+    for name in names:
+        if name in ALWAYS_ON:
+            raise ValueError(f"the {name} layer cannot be turned off")
+        if name not in LAYER_NAMES:
+            known = ", ".join(n for n in LAYER_NAMES if n not in ALWAYS_ON)
+            raise ValueError(f"unknown isolation layer {name!r}; known: {known}")
+    return list(names)
+
+
+UID_BASE = 1_000_000_000
+UID_SPAN = 1_000_000
+"""Workers get their own uid (and gid) from this range, one not in any passwd file,
+so that RLIMIT_NPROC counts each worker's processes alone."""
+NOBODY = 65534
 
 
 SYSTEM_READ_PATHS = (
@@ -98,27 +125,38 @@ def _top_level(filename: str, entries: list[str]) -> str:
 class Layers:
     """Set up in the zygote, inherited by every worker it forks."""
 
-    def __init__(self, config: ZygoteConfig) -> None:
+    def __init__(self, config: ZygoteConfig, read_paths: list[str]) -> None:
         self.status: dict[str, Layer] = {}
-        self.pidns = self._pid_namespaces(config)
-        self.host_net = self._network_namespace()
-        self.cgroup_root = self._cgroups(config)
-        self.memory_root = self._memory_cgroup(config)
-        self.landlock = self._landlock()
-        self.drop_capabilities = self._capabilities()
-        self.private_mounts = self._private_mounts(config.root)
+        self.disabled = set(config.disabled)
+        for name in self.disabled:
+            self.status[name] = Layer(active=False, required=False, detail="turned off")
+        self.pidns = self._pid_namespaces() if self._wanted("pid_namespace") else None
+        self.host_net = self._network_namespace() if self._wanted("network_namespace") else None
+        self.seccomp = self._seccomp() if self._wanted("seccomp") else False
+        self.cgroup_root = self._cgroups() if self._wanted("cgroup_pids") else None
+        self.memory_root = self._memory_cgroup() if self._wanted("cgroup_memory") else None
+        self.landlock = self._landlock() if self._wanted("landlock") else False
+        self.drop_capabilities = self._wanted("capabilities")
+        if self.drop_capabilities:
+            self._capabilities()
+        self.uids: UidRange | None = None
+        self.keep: tuple[int, ...] = ()
+        if self._wanted("unprivileged_uid"):
+            self._unprivileged_uid(read_paths)
+        if self._wanted("mount_namespace"):
+            self.private_mounts = self._private_mounts(config.root)
+        else:
+            self.private_mounts = False
         self.status["no_new_privs"] = Layer(active=True, detail="set in every worker")
         self.status["rlimits"] = Layer(
             active=True, detail="address space, CPU, open files, file size, core dumps"
         )
         self.status = {name: self.status[name] for name in LAYER_NAMES}
 
-    def _pid_namespaces(self, config: ZygoteConfig) -> _linux.PidNamespaces | None:
-        if not config.pid_namespaces:
-            self.status["pid_namespace"] = Layer(
-                active=False, detail="turned off (process_tree='subreaper'): subreaper + tree kill"
-            )
-            return None
+    def _wanted(self, name: str) -> bool:
+        return name not in self.disabled
+
+    def _pid_namespaces(self) -> _linux.PidNamespaces | None:
         try:
             namespaces = _linux.PidNamespaces()
         except OSError as exc:
@@ -147,7 +185,8 @@ class Layers:
         except OSError as exc:
             os.close(host)
             self.status["network_namespace"] = Layer(
-                active=False, detail=f"{exc.strerror or exc}: tools can use the network"
+                active=False,
+                detail=f"{exc.strerror or exc}: only seccomp keeps tools off the network",
             )
             return None
         self.status["network_namespace"] = Layer(
@@ -155,15 +194,23 @@ class Layers:
         )
         return host
 
-    def _cgroups(self, config: ZygoteConfig) -> str | None:
-        if not config.cgroups:
-            self.status["cgroup_pids"] = Layer(active=False, detail="turned off")
-            return None
+    def _seccomp(self) -> bool:
+        why = _seccomp.supported() or _in_child(_seccomp_works)
+        if why:
+            self.status["seccomp"] = Layer(active=False, detail=why)
+            return False
+        self.status["seccomp"] = Layer(
+            active=True,
+            detail="no internet/packet/vsock sockets unless network = true; "
+            "no open_by_handle_at, io_uring or foreign ABI",
+        )
+        return True
+
+    def _cgroups(self) -> str | None:
         if not _linux.cgroup_pids_available():
             self.status["cgroup_pids"] = Layer(
                 active=False,
-                detail=f"{_linux.CGROUP_PIDS_ROOT} is not writable: RLIMIT_NPROC only "
-                "(which does not bind uid 0)",
+                detail=f"{_linux.CGROUP_PIDS_ROOT} is not writable: RLIMIT_NPROC only",
             )
             return None
         path = os.path.join(_linux.CGROUP_PIDS_ROOT, f"sandboxed-agent-{os.getpid()}")
@@ -175,12 +222,9 @@ class Layers:
         self.status["cgroup_pids"] = Layer(active=True, detail="pids.max per worker")
         return path
 
-    def _memory_cgroup(self, config: ZygoteConfig) -> str | None:
+    def _memory_cgroup(self) -> str | None:
         """A memory cgroup per worker, nested in ours (so a container's own limit holds):
         it counts what RLIMIT_AS does not (memfd, tmpfs, page cache)."""
-        if not config.cgroups:
-            self.status["cgroup_memory"] = Layer(active=False, detail="turned off")
-            return None
         parent = os.path.join(_linux.CGROUP_MEMORY_ROOT, _linux.own_cgroup("memory").lstrip("/"))
         path = os.path.join(parent, f"sandboxed-agent-{os.getpid()}")
         try:
@@ -210,33 +254,77 @@ class Layers:
         )
         return True
 
-    def _capabilities(self) -> bool:
+    def _capabilities(self) -> None:
         if os.geteuid() != 0 and _linux.capabilities_effective() == 0:
             self.status["capabilities"] = Layer(active=True, detail="not root: none to drop")
-            return False
+            return
         self.status["capabilities"] = Layer(
-            active=True, detail="uid 0 without capabilities (bounding set emptied, NOROOT locked)"
+            active=True, detail="all dropped (bounding set emptied, NOROOT locked)"
         )
-        return True
+
+    def _unprivileged_uid(self, read_paths: list[str]) -> None:
+        """As root: each worker gets a uid of its own. Where the interpreter or the tools
+        are readable only by root (a Python under /root), the worker keeps one
+        capability, CAP_DAC_READ_SEARCH, and only when Landlock confines its reads and
+        seccomp refuses open_by_handle_at (which that capability would otherwise open
+        to every file)."""
+        if os.geteuid() != 0:
+            self.status["unprivileged_uid"] = Layer(
+                active=True, detail=f"not root: workers run as uid {os.getuid()}"
+            )
+            return
+        if not self.drop_capabilities:
+            self.status["unprivileged_uid"] = Layer(
+                active=False, detail="needs the capabilities layer, which is turned off"
+            )
+            return
+        uids = UidRange.find()
+        if uids is None:
+            self.status["unprivileged_uid"] = Layer(
+                active=False,
+                detail=f"neither uids {UID_BASE}+ nor {NOBODY} are mapped in this user "
+                "namespace: workers run as uid 0 without capabilities",
+            )
+            return
+        private = [p for p in read_paths if p not in SYSTEM_READ_PATHS and os.path.exists(p)]
+        unreadable = _in_child(lambda: _readable_as(uids.first, (), private))
+        keep: tuple[int, ...] = ()
+        if unreadable:
+            if not (self.landlock and self.seccomp):
+                self.status["unprivileged_uid"] = Layer(
+                    active=False,
+                    detail=f"{unreadable}, and without Landlock and seccomp a read capability "
+                    "would reach every file: workers run as uid 0 without capabilities",
+                )
+                return
+            keep = (_linux.CAP_DAC_READ_SEARCH,)
+            failed = _in_child(lambda: _readable_as(uids.first, keep, private))
+            if failed:
+                self.status["unprivileged_uid"] = Layer(active=False, detail=failed)
+                return
+        self.uids, self.keep = uids, keep
+        if keep:
+            self.status["capabilities"] = Layer(
+                active=True,
+                detail="all dropped but CAP_DAC_READ_SEARCH (bounding set emptied, NOROOT locked)",
+            )
+        detail = uids.describe()
+        if keep:
+            detail += f"; keeps CAP_DAC_READ_SEARCH ({unreadable}), its reads confined by Landlock"
+        self.status["unprivileged_uid"] = Layer(active=True, detail=detail)
 
     def _private_mounts(self, root: str) -> bool:
         """Try, in a throwaway child, what each worker will do at fork."""
         probe = os.path.join(root, "mount-probe")
         os.makedirs(probe, exist_ok=True)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _linux.private_mounts(probe, 1, own_proc=self.pidns is not None)
-            except BaseException:
-                os._exit(1)
-            os._exit(0)
-        _, status = os.waitpid(pid, 0)
+        own_proc = self.pidns is not None
+        failed = _in_child(lambda: _linux.private_mounts(probe, 1, own_proc=own_proc))
         os.rmdir(probe)
-        if os.waitstatus_to_exitcode(status) != 0:
+        if failed:
             self.status["mount_namespace"] = Layer(
                 active=False,
-                detail="cannot make a mount namespace: no disk quota (max_disk_mb), "
-                "the host's process list stays visible in /proc",
+                detail=f"cannot make a mount namespace ({failed}): no disk quota "
+                "(max_disk_mb), the host's process list stays visible in /proc",
             )
             return False
         detail = "workdir is a tmpfs of max_disk_mb"
@@ -249,3 +337,99 @@ class Layers:
         """In a freshly forked worker: back to the host's network if the tool may use it."""
         if network and self.host_net is not None:
             _linux.setns(self.host_net, _linux.CLONE_NEWNET)
+
+
+class UidRange:
+    """The uids workers run as: one per live worker, or `nobody` for all where the
+    user namespace maps no wider range."""
+
+    def __init__(self, first: int, span: int) -> None:
+        self.first = first
+        self.span = span
+        self._next = 0
+        self._used: set[int] = set()
+
+    @classmethod
+    def find(cls) -> UidRange | None:
+        if _mapped(UID_BASE, UID_SPAN):
+            return cls(UID_BASE, UID_SPAN)
+        if _mapped(NOBODY, 1):
+            return cls(NOBODY, 1)
+        return None
+
+    def describe(self) -> str:
+        if self.span == 1:
+            return f"all workers run as uid/gid {self.first} (nobody)"
+        return f"each worker runs as a uid/gid of its own ({self.first}+)"
+
+    def take(self) -> int:
+        if self.span == 1:
+            return self.first
+        for _ in range(self.span):
+            uid = self.first + self._next
+            self._next = (self._next + 1) % self.span
+            if uid not in self._used:
+                self._used.add(uid)
+                return uid
+        raise OSError("every worker uid is in use")
+
+    def release(self, uid: int) -> None:
+        self._used.discard(uid)
+
+
+def _mapped(first: int, count: int) -> bool:
+    """Both the uid and the gid range exist in this user namespace."""
+    for name in ("uid_map", "gid_map"):
+        try:
+            with open(f"/proc/self/{name}") as f:
+                ranges = [tuple(map(int, line.split())) for line in f if line.strip()]
+        except OSError:
+            return False
+        if not any(inside <= first and first + count <= inside + n for inside, _, n in ranges):
+            return False
+    return True
+
+
+def _in_child(probe: Callable[[], object]) -> str | None:
+    """Run `probe` in a throwaway fork; None when it worked, else why not."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            probe()
+        except BaseException as exc:
+            os.write(write, (str(exc) or type(exc).__name__).encode()[:500])
+            os._exit(1)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        message = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    return message or f"the probe exited with status {status}"
+
+
+def _seccomp_works() -> None:
+    import socket
+
+    _seccomp.install(network=False)
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    except PermissionError:
+        return
+    raise OSError("the filter was installed but an internet socket could still be made")
+
+
+def _readable_as(uid: int, keep: tuple[int, ...], paths: list[str]) -> None:
+    _linux.drop_privileges(uid, keep)
+    for path in paths:
+        try:
+            if os.path.isdir(path):
+                os.listdir(path)
+            else:
+                with open(path, "rb"):
+                    pass
+        except OSError:
+            raise OSError(f"{path} is not readable by another uid") from None

@@ -19,7 +19,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -41,6 +41,7 @@ from .errors import (
     WorkerCrashed,
     error_for,
 )
+from .layers import check_layer_names
 from .limits import Limits
 from .protocol import Call, Layer, Result, ToolError
 from .template import Template, WorkerHandle
@@ -123,20 +124,29 @@ class Pool:
         cgroups: bool = True,
         isolation: Isolation = "best-effort",
         read_paths: list[str] | None = None,
+        disable: Collection[str] = (),
     ) -> None:
         self.registry = registry if registry is not None else Registry.default()
         self.policy: LimitsPolicy = policy if policy is not None else DefaultLimits()
         self.size = size or os.cpu_count() or 2
         if self.size < 1 or spares < 1:
             raise ValueError("a pool needs size >= 1 and spares >= 1")
+        disabled = set(check_layer_names(disable))
+        if process_tree == "subreaper":
+            disabled.add("pid_namespace")
+        if not cgroups:
+            disabled |= {"cgroup_pids", "cgroup_memory"}
         self._template_options = {
-            "pid_namespaces": process_tree != "subreaper",
-            "cgroups": cgroups,
+            "disabled": sorted(disabled),
             "read_paths": list(read_paths or []),
         }
         self._spares = spares
         self._template = Template(list(self.registry.sources), **self._template_options)
-        missing = {name: layer for name, layer in self.layers.items() if not layer.active}
+        missing = {
+            name: layer
+            for name, layer in self.layers.items()
+            if not layer.active and layer.required
+        }
         if process_tree == "pid-namespace" and "pid_namespace" in missing:
             self._template.close()
             raise SandboxUnavailable("PID namespaces are not available on this machine")
@@ -144,7 +154,7 @@ class Pool:
             self._template.close()
             names = "; ".join(f"{name} ({layer.detail})" for name, layer in missing.items())
             raise SandboxUnavailable(f"isolation is strict and these layers are missing: {names}")
-        if missing and process_tree == "auto" and cgroups:
+        if missing:
             names = ", ".join(missing)
             warnings.warn(
                 f"sandbox layers unavailable here: {names} (see: sandboxed-agent doctor)",

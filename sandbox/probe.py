@@ -34,8 +34,10 @@ def probe() -> dict[str, str]:
             pass
 
     def write_outside() -> None:
-        with open(f"/tmp/sandboxed-agent-probe-{os.getpid()}", "w"):
+        path = f"/tmp/sandboxed-agent-probe-{os.getpid()}"
+        with open(path, "x"):
             pass
+        os.unlink(path)
 
     def read_shadow() -> None:
         with open("/etc/shadow", "rb") as f:
@@ -44,6 +46,7 @@ def probe() -> dict[str, str]:
     interfaces = ", ".join(name for _, name in socket.if_nameindex())
     return {
         "pid": str(os.getpid()),
+        "uid/gid": f"{os.getuid()}/{os.getgid()}",
         "capabilities": _status_field("CapEff"),
         "no_new_privs": _status_field("NoNewPrivs"),
         "network interfaces": interfaces or "none",

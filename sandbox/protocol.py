@@ -67,8 +67,8 @@ class ZygoteConfig(_Message):
     """Tool modules or files to import before forking anything."""
     root: str
     """Directory that holds the workers' private directories."""
-    pid_namespaces: bool
-    cgroups: bool
+    disabled: list[str]
+    """Layers the policy turned off (names from `sandbox.layers.LAYER_NAMES`)."""
     read_paths: list[str]
     """More paths every worker may read (Landlock), besides the interpreter, the tools'
     own directories and the system files a Python program needs."""
@@ -79,6 +79,9 @@ class Layer(_Message):
 
     active: bool
     detail: str
+    required: bool = True
+    """Strict isolation refuses to run while a required layer is not active; a layer
+    the policy turned off is not required."""
 
 
 class Ready(_Message):

@@ -83,8 +83,7 @@ class Template:
         self,
         sources: list[str],
         *,
-        pid_namespaces: bool,
-        cgroups: bool,
+        disabled: list[str],
         read_paths: list[str],
     ) -> None:
         self.root = tempfile.mkdtemp(prefix="sandboxed-agent-")
@@ -92,8 +91,7 @@ class Template:
             sys_path=[p for p in sys.path if p],
             sources=sources,
             root=self.root,
-            pid_namespaces=pid_namespaces,
-            cgroups=cgroups,
+            disabled=disabled,
             read_paths=read_paths,
         )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -22,9 +22,10 @@ from pydantic_core import to_json
 from tools.context import ToolContext, set_current
 from tools.registry import Registry
 
-from . import _landlock, _linux
+from . import _landlock, _linux, _seccomp
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
+from .layers import NOBODY
 from .limits import MIB, Limits, apply_rlimits, renew_cpu_limit
 from .protocol import Call, Result, ToolError
 
@@ -46,6 +47,10 @@ class WorkerSetup:
         landlock_read: list[str] | None,
         drop_capabilities: bool,
         private_mounts: bool,
+        uid: int | None,
+        keep_capabilities: tuple[int, ...],
+        seccomp: bool,
+        network: bool,
     ) -> None:
         self.channel_fd = channel_fd
         self.log_fd = log_fd
@@ -58,6 +63,11 @@ class WorkerSetup:
         self.drop_capabilities = drop_capabilities
         self.private_mounts = private_mounts
         """The workdir is a tmpfs in a mount namespace of the worker's own."""
+        self.uid = uid
+        """The unprivileged uid (and gid) the worker switches to; None: keep ours."""
+        self.keep_capabilities = keep_capabilities
+        self.seccomp = seccomp
+        self.network = network
         self.rules: _landlock.Ruleset | None = None
 
 
@@ -97,7 +107,9 @@ def detach(setup: WorkerSetup) -> socket.socket:
     # instead of killing the worker.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     if setup.private_mounts:
-        _linux.private_mounts(setup.workdir, Limits().max_disk_mb, setup.in_pid_namespace)
+        _linux.private_mounts(
+            setup.workdir, Limits().max_disk_mb, setup.in_pid_namespace, owner=setup.uid
+        )
     os.chdir(setup.workdir)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -150,18 +162,23 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
 
 
 def harden(setup: WorkerSetup, call: Call) -> None:
-    """The last step before the first tool runs, in an order that matters: Landlock
-    and no_new_privs, then the capabilities go (after which nothing can be undone)."""
+    """The last step before the first tool runs, in an order that matters: Landlock,
+    no_new_privs and seccomp, then root goes (after which nothing can be undone)."""
     if setup.private_mounts and call.limits.max_disk_mb != Limits().max_disk_mb:
         _linux.resize_tmpfs(setup.workdir, call.limits.max_disk_mb)
     if setup.rules is not None:
         if call.root:
             setup.rules.allow_read(call.root)
         setup.rules.enforce()
-    else:
-        _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
+    if setup.seccomp:
+        _seccomp.install(network=setup.network)
     if setup.drop_capabilities:
-        _linux.drop_capabilities()
+        _linux.drop_privileges(setup.uid, setup.keep_capabilities)
+        if setup.uid is not None:
+            # A change of uid clears the parent-death signal; the zygote is still our
+            # parent (it reaps us), so asking again is enough.
+            _linux.set_parent_death_signal(signal.SIGKILL)
 
 
 def run(registry: Registry, call: Call) -> bytes:
@@ -243,9 +260,11 @@ def _nproc(setup: WorkerSetup, limits: Limits) -> int | None:
     """RLIMIT_NPROC counts all processes of our uid, so add what already runs."""
     if setup.cgroup is not None:
         return None
-    uid = os.getuid()
+    if setup.uid is not None and setup.uid != NOBODY:
+        return limits.max_processes  # a uid of its own: nothing else counts
+    uid = setup.uid if setup.uid is not None else os.getuid()
     if uid == 0:
-        return None  # root ignores RLIMIT_NPROC; only a cgroup (or issue 5's uid drop) helps
+        return None  # root ignores RLIMIT_NPROC; only a cgroup helps
     running = 0
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():

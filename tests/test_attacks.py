@@ -7,21 +7,26 @@ machine truly lacks the layer it attacks.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
+import sys
 import threading
+import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from policies import parse_policy
-from sandbox import Pool, SandboxUnavailable
+from sandbox import IsolationWarning, Pool
 from tools import Registry
 
 pytestmark = pytest.mark.attack
 ATTACKS = str(Path(__file__).with_name("attack_tools.py"))
+ROOT = str(Path(__file__).resolve().parent.parent)
 SECRET = "sk-attack-suite-secret-5551234"
 
 
@@ -74,20 +79,54 @@ def out(pool: Pool, tool: str, **args: object) -> str:
     return result.output or ""
 
 
-def test_no_connection_to_the_hosts_loopback(attacks: Pool, listener: int) -> None:
-    needs(attacks, "network_namespace")
-    assert out(attacks, "attack_connect", host="127.0.0.1", port=listener).startswith("denied")
+NETWORK_LAYERS = {
+    "both layers": (),
+    "namespace alone": ("seccomp",),
+    "seccomp alone": ("network_namespace",),
+}
 
 
-def test_no_connection_to_an_outside_address(attacks: Pool) -> None:
-    needs(attacks, "network_namespace")
-    result = out(attacks, "attack_connect", host="1.1.1.1", port=53)
-    assert result.startswith("denied") and "unreachable" in result.lower()
+@pytest.fixture(params=list(NETWORK_LAYERS), ids=list(NETWORK_LAYERS))
+def offline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pool]:
+    """A pool with each network layer alone, then both: each must hold by itself."""
+    registry = Registry.default()
+    registry.load(ATTACKS)
+    off = NETWORK_LAYERS[request.param]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IsolationWarning)  # what depends on the one off
+        pool = Pool(registry=registry, size=1, disable=off)
+    with pool:
+        for layer in {"network_namespace", "seccomp"} - set(off):
+            needs(pool, layer)
+        yield pool
 
 
-def test_no_name_resolution(attacks: Pool) -> None:
-    needs(attacks, "network_namespace")
-    assert out(attacks, "attack_resolve", name="example.com").startswith("denied")
+def test_no_connection_to_the_hosts_loopback(offline: Pool, listener: int) -> None:
+    assert out(offline, "attack_connect", host="127.0.0.1", port=listener).startswith("denied")
+    assert not getattr(listener, "accepted", [])
+
+
+def test_no_connection_to_an_outside_address(offline: Pool) -> None:
+    assert out(offline, "attack_connect", host="1.1.1.1", port=53).startswith("denied")
+
+
+def test_no_name_resolution(offline: Pool) -> None:
+    assert out(offline, "attack_resolve", name="example.com").startswith("denied")
+
+
+@pytest.mark.parametrize(
+    ("family", "kind"),
+    [
+        (socket.AF_INET, socket.SOCK_DGRAM),
+        (socket.AF_INET6, socket.SOCK_STREAM),
+        (socket.AF_PACKET, socket.SOCK_RAW),
+        (40, socket.SOCK_STREAM),  # AF_VSOCK: a VM's way to its host, in no namespace
+    ],
+)
+def test_no_network_socket_can_even_be_made(attacks: Pool, family: int, kind: int) -> None:
+    needs(attacks, "seccomp")
+    assert out(attacks, "attack_socket", family=family, kind=kind).startswith("denied")
+    assert out(attacks, "attack_socket", family=socket.AF_UNIX, kind=kind % 3 or 1)
 
 
 def test_a_tool_allowed_the_network_reaches_it(tmp_path: Path, listener: int) -> None:
@@ -156,10 +195,36 @@ def test_the_pids_limit_cannot_be_raised_from_inside(attacks: Pool) -> None:
 
 
 def test_strict_isolation_fails_closed_naming_the_missing_layer() -> None:
-    with pytest.raises(SandboxUnavailable, match=r"pid_namespace \(turned off"):
-        Pool(size=1, process_tree="subreaper", isolation="strict")
-    with pytest.raises(SandboxUnavailable, match=r"cgroup_pids \(turned off\)"):
-        Pool(size=1, cgroups=False, isolation="strict")
+    """An orchestrator that is root without capabilities can make no namespace: strict
+    mode must refuse to run anything, and say which layers are missing."""
+    script = (
+        "from sandbox import _linux; _linux.drop_privileges(None)\n"
+        "from sandbox import IsolationWarning, Pool, SandboxUnavailable\n"
+        "try:\n"
+        "    Pool(size=1, isolation='strict')\n"
+        "except SandboxUnavailable as exc:\n"
+        "    print(exc); raise SystemExit(3)\n"
+    )
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give its capabilities up")  # pragma: no cover
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "isolation is strict and these layers are missing: pid_namespace (" in proc.stdout
+
+
+def test_a_layer_the_policy_turns_off_is_not_required_by_strict_isolation() -> None:
+    with Pool(size=1, isolation="strict", disable=["cgroup_memory"]) as pool:
+        assert pool.layers["cgroup_memory"].detail == "turned off"
+        assert pool.call("calculate", {"expression": "1+1"}).output == "2"
+
+
+def test_unknown_or_essential_layers_cannot_be_turned_off() -> None:
+    with pytest.raises(ValueError, match="unknown isolation layer 'landlok'; known: pid_n"):
+        Pool(size=1, disable=["landlok"])
+    with pytest.raises(ValueError, match="the rlimits layer cannot be turned off"):
+        Pool(size=1, disable=["rlimits"])
 
 
 def test_strict_isolation_runs_when_every_layer_is_there() -> None:
@@ -209,3 +274,35 @@ def test_memory_that_rlimit_as_does_not_count_is_still_bounded(tmp_path: Path) -
     else:
         assert result.error.kind == "memory_limit", result
         assert "64 MiB" in result.error.message
+
+
+def test_workers_run_as_unprivileged_uids_of_their_own(attacks: Pool) -> None:
+    needs(attacks, "unprivileged_uid")
+    results = []
+    with ThreadPoolExecutor(2) as executor:
+        for result in executor.map(lambda _: attacks.call("attack_whoami"), range(2)):
+            results.append(json.loads(result.output or "{}"))
+    for who in results:
+        assert who["uid"] != 0 and who["gid"] != 0, who
+        assert who["caps"] & ~(1 << 2) == 0, who  # at most CAP_DAC_READ_SEARCH
+    if attacks.layers["unprivileged_uid"].detail.startswith("each worker"):
+        assert results[0]["uid"] != results[1]["uid"]
+
+
+def test_files_cannot_be_opened_by_handle(attacks: Pool) -> None:
+    for path in ("/etc/shadow", "/etc/hostname"):
+        if os.path.exists(path):
+            assert out(attacks, "attack_open_by_handle", path=path).startswith("denied"), path
+
+
+def test_processes_are_bounded_without_a_pids_cgroup(tmp_path: Path) -> None:
+    """With the pids cgroup off, RLIMIT_NPROC must bind: it does, because the worker's
+    uid is its own (root would ignore it)."""
+    registry = Registry.default()
+    registry.load(ATTACKS)
+    policy = parse_policy("[tools.attack_fork_bomb]\nmax_processes = 16\n", "p.toml", tmp_path)
+    with Pool(policy, registry=registry, size=1, disable=["cgroup_pids"]) as pool:
+        needs(pool, "unprivileged_uid")
+        result = out(pool, "attack_fork_bomb")
+    assert result.startswith("stopped after"), result
+    assert int(result.split()[2]) < 16

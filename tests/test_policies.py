@@ -70,8 +70,14 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
         ),
         (
             "[runs]\nmax_steps = 3",
-            "[runs]: unknown table (accepted: isolation, defaults, tools, run)",
+            "[runs]: unknown table (accepted: isolation, layers, defaults, tools, run)",
         ),
+        (
+            "[layers]\nlandlok = false",
+            "[layers] landlok: unknown isolation layer 'landlok'; known: pid_namespace,",
+        ),
+        ("[layers]\nrlimits = false", "[layers] rlimits: the rlimits layer cannot be turned off"),
+        ("[layers]\nseccomp = 'off'", "[layers] seccomp: input should be a valid boolean"),
         (
             "[run]\nmax_iterations = 0",
             "[run] max_iterations: input should be greater than or equal to 1",
@@ -104,3 +110,11 @@ def test_a_table_for_an_unknown_tool_is_an_error_listing_the_known_ones(tmp_path
 def test_a_missing_file_is_a_policy_error() -> None:
     with pytest.raises(PolicyError, match=re.escape("policy file not found: /no/such.toml")):
         load_policy("/no/such.toml")
+
+
+def test_layers_the_policy_turns_off_reach_the_pool(tmp_path: Path) -> None:
+    policy = parse_policy(
+        "[layers]\nseccomp = false\nrlimits = true\nlandlock = true\n", "p.toml", tmp_path
+    )
+    assert policy.disabled_layers == ["seccomp"]
+    assert policy.pool_options() == {"isolation": "best-effort", "disable": ["seccomp"]}

@@ -14,6 +14,7 @@ from sandbox.errors import CpuLimit, ToolCallError, ToolTimeout, UnknownTool
 def test_exported_names() -> None:
     assert sorted(sandbox.__all__) == [
         "ErrorKind",
+        "IsolationWarning",
         "Limits",
         "LimitsPolicy",
         "Pool",
