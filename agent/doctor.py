@@ -27,13 +27,22 @@ def run_doctor(disable: list[str] | None = None) -> int:
         f"Python {platform.python_version()}):\n"
     )
     for name, layer in layers.items():
-        state = "active" if layer.active else "UNAVAILABLE" if layer.required else "off"
+        state = "UNAVAILABLE" if layer.state == "unavailable" else layer.state
         print(f"  {state:<12} {name:<18} {layer.detail}")
-    active = sum(layer.active for layer in layers.values())
-    off = sum(not layer.required for layer in layers.values())
-    print(f"\n{active} of {len(layers)} layers active", end="")
-    print(f" ({off} turned off by the policy). " if off else ". ", end="")
-    print('With isolation = "strict", tools run only when every layer not turned off is.\n')
+    counts = {state: 0 for state in ("active", "off", "standby")}
+    for layer in layers.values():
+        counts[layer.state] = counts.get(layer.state, 0) + 1
+    print(f"\n{counts['active']} of {len(layers)} layers active", end="")
+    aside = [
+        f"{counts[s]} {label}"
+        for s, label in (("off", "turned off by the policy"), ("standby", "on standby"))
+        if counts[s]
+    ]
+    print(f" ({'; '.join(aside)}). " if aside else ". ", end="")
+    print(
+        'With isolation = "strict", tools run only when every layer neither turned off '
+        "nor on standby is.\n"
+    )
     if not probe.ok:
         print(f"The probe worker failed: {probe.error.kind}: {probe.error.message}")
         return 1

@@ -10,6 +10,7 @@ run tools without every layer.
 | network_namespace | any network use (the workers' namespace has no interface up) |
 | seccomp | network sockets (where no namespace can be made; vsock); open_by_handle_at |
 | landlock | reads outside the interpreter, the tools and their root; writes outside the workdir |
+| bind_mounts | the same where Landlock is missing: a root of read-only binds (standby otherwise) |
 | unprivileged_uid | writing the host's files; RLIMIT_NPROC not binding (root ignores it) |
 | capabilities | acting as root: reading other processes' environment, mounting, tracing |
 | cgroup_pids | fork bombs (a pids cgroup per worker) |
@@ -22,10 +23,12 @@ run tools without every layer.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Collection
 
-from . import _landlock, _linux, _seccomp
+from . import _jail, _landlock, _linux, _seccomp
 from .protocol import Layer, ZygoteConfig
 
 LAYER_NAMES = (
@@ -33,6 +36,7 @@ LAYER_NAMES = (
     "network_namespace",
     "seccomp",
     "landlock",
+    "bind_mounts",
     "unprivileged_uid",
     "capabilities",
     "cgroup_pids",
@@ -129,7 +133,7 @@ class Layers:
         self.status: dict[str, Layer] = {}
         self.disabled = set(config.disabled)
         for name in self.disabled:
-            self.status[name] = Layer(active=False, required=False, detail="turned off")
+            self.status[name] = Layer(state="off", detail="turned off")
         self.pidns = self._pid_namespaces() if self._wanted("pid_namespace") else None
         self.host_net = self._network_namespace() if self._wanted("network_namespace") else None
         self.seccomp = self._seccomp() if self._wanted("seccomp") else False
@@ -139,17 +143,19 @@ class Layers:
         self.drop_capabilities = self._wanted("capabilities")
         if self.drop_capabilities:
             self._capabilities()
+        self.private_mounts = False
+        if self._wanted("mount_namespace"):
+            self.private_mounts = self._private_mounts(config.root)
+        self.jail: _jail.Plan | None = None
+        if self._wanted("bind_mounts"):
+            self.jail = self._bind_mounts(config.root, read_paths)
         self.uids: UidRange | None = None
         self.keep: tuple[int, ...] = ()
         if self._wanted("unprivileged_uid"):
             self._unprivileged_uid(read_paths)
-        if self._wanted("mount_namespace"):
-            self.private_mounts = self._private_mounts(config.root)
-        else:
-            self.private_mounts = False
-        self.status["no_new_privs"] = Layer(active=True, detail="set in every worker")
+        self.status["no_new_privs"] = Layer(state="active", detail="set in every worker")
         self.status["rlimits"] = Layer(
-            active=True, detail="address space, CPU, open files, file size, core dumps"
+            state="active", detail="address space, CPU, open files, file size, core dumps"
         )
         self.status = {name: self.status[name] for name in LAYER_NAMES}
 
@@ -166,10 +172,12 @@ class Layers:
             why = "unshare(CLONE_NEWPID) refused"
         if namespaces is None or not namespaces.available:
             self.status["pid_namespace"] = Layer(
-                active=False, detail=f"{why}: falling back to a subreaper and a tree kill"
+                state="unavailable", detail=f"{why}: falling back to a subreaper and a tree kill"
             )
             return None
-        self.status["pid_namespace"] = Layer(active=True, detail="each worker is pid 1 of its own")
+        self.status["pid_namespace"] = Layer(
+            state="active", detail="each worker is pid 1 of its own"
+        )
         return namespaces
 
     def _network_namespace(self) -> int | None:
@@ -178,29 +186,29 @@ class Layers:
         try:
             host = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            self.status["network_namespace"] = Layer(active=False, detail=f"no /proc: {exc}")
+            self.status["network_namespace"] = Layer(state="unavailable", detail=f"no /proc: {exc}")
             return None
         try:
             _linux.unshare(_linux.CLONE_NEWNET)
         except OSError as exc:
             os.close(host)
             self.status["network_namespace"] = Layer(
-                active=False,
+                state="unavailable",
                 detail=f"{exc.strerror or exc}: only seccomp keeps tools off the network",
             )
             return None
         self.status["network_namespace"] = Layer(
-            active=True, detail="workers share one with no interface up, unless network = true"
+            state="active", detail="workers share one with no interface up, unless network = true"
         )
         return host
 
     def _seccomp(self) -> bool:
         why = _seccomp.supported() or _in_child(_seccomp_works)
         if why:
-            self.status["seccomp"] = Layer(active=False, detail=why)
+            self.status["seccomp"] = Layer(state="unavailable", detail=why)
             return False
         self.status["seccomp"] = Layer(
-            active=True,
+            state="active",
             detail="no internet/packet/vsock sockets unless network = true; "
             "no open_by_handle_at, io_uring or foreign ABI",
         )
@@ -209,7 +217,7 @@ class Layers:
     def _cgroups(self) -> str | None:
         if not _linux.cgroup_pids_available():
             self.status["cgroup_pids"] = Layer(
-                active=False,
+                state="unavailable",
                 detail=f"{_linux.CGROUP_PIDS_ROOT} is not writable: RLIMIT_NPROC only",
             )
             return None
@@ -217,9 +225,11 @@ class Layers:
         try:
             os.mkdir(path)
         except OSError as exc:
-            self.status["cgroup_pids"] = Layer(active=False, detail=f"mkdir {path}: {exc.strerror}")
+            self.status["cgroup_pids"] = Layer(
+                state="unavailable", detail=f"mkdir {path}: {exc.strerror}"
+            )
             return None
-        self.status["cgroup_pids"] = Layer(active=True, detail="pids.max per worker")
+        self.status["cgroup_pids"] = Layer(state="active", detail="pids.max per worker")
         return path
 
     def _memory_cgroup(self) -> str | None:
@@ -231,13 +241,13 @@ class Layers:
             os.mkdir(path)
         except OSError as exc:
             self.status["cgroup_memory"] = Layer(
-                active=False,
+                state="unavailable",
                 detail=f"no writable memory cgroup ({exc.strerror}): memory is bounded by "
                 "RLIMIT_AS and the tmpfs size only",
             )
             return None
         self.status["cgroup_memory"] = Layer(
-            active=True, detail="memory.limit_in_bytes per worker (memfd, tmpfs, cache included)"
+            state="active", detail="memory.limit_in_bytes per worker (memfd, tmpfs, cache included)"
         )
         return path
 
@@ -245,21 +255,22 @@ class Layers:
         abi = _landlock.abi_version()
         if abi < 1:
             self.status["landlock"] = Layer(
-                active=False, detail="the kernel has no Landlock: file access is not restricted"
+                state="unavailable",
+                detail="the kernel has no Landlock: file access is not restricted",
             )
             return False
         scope = ", signals and abstract sockets scoped" if abi >= 6 else ""
         self.status["landlock"] = Layer(
-            active=True, detail=f"ABI {abi}: reads and writes restricted{scope}"
+            state="active", detail=f"ABI {abi}: reads and writes restricted{scope}"
         )
         return True
 
     def _capabilities(self) -> None:
         if os.geteuid() != 0 and _linux.capabilities_effective() == 0:
-            self.status["capabilities"] = Layer(active=True, detail="not root: none to drop")
+            self.status["capabilities"] = Layer(state="active", detail="not root: none to drop")
             return
         self.status["capabilities"] = Layer(
-            active=True, detail="all dropped (bounding set emptied, NOROOT locked)"
+            state="active", detail="all dropped (bounding set emptied, NOROOT locked)"
         )
 
     def _unprivileged_uid(self, read_paths: list[str]) -> None:
@@ -270,18 +281,18 @@ class Layers:
         to every file)."""
         if os.geteuid() != 0:
             self.status["unprivileged_uid"] = Layer(
-                active=True, detail=f"not root: workers run as uid {os.getuid()}"
+                state="active", detail=f"not root: workers run as uid {os.getuid()}"
             )
             return
         if not self.drop_capabilities:
             self.status["unprivileged_uid"] = Layer(
-                active=False, detail="needs the capabilities layer, which is turned off"
+                state="unavailable", detail="needs the capabilities layer, which is turned off"
             )
             return
         uids = UidRange.find()
         if uids is None:
             self.status["unprivileged_uid"] = Layer(
-                active=False,
+                state="unavailable",
                 detail=f"neither uids {UID_BASE}+ nor {NOBODY} are mapped in this user "
                 "namespace: workers run as uid 0 without capabilities",
             )
@@ -290,28 +301,32 @@ class Layers:
         unreadable = _in_child(lambda: _readable_as(uids.first, (), private))
         keep: tuple[int, ...] = ()
         if unreadable:
-            if not (self.landlock and self.seccomp):
+            if not ((self.landlock or self.jail) and self.seccomp):
                 self.status["unprivileged_uid"] = Layer(
-                    active=False,
-                    detail=f"{unreadable}, and without Landlock and seccomp a read capability "
-                    "would reach every file: workers run as uid 0 without capabilities",
+                    state="unavailable",
+                    detail=f"{unreadable}, and without seccomp and Landlock or bind mounts, "
+                    "a read capability would reach every file: workers run as uid 0 "
+                    "without capabilities",
                 )
                 return
             keep = (_linux.CAP_DAC_READ_SEARCH,)
             failed = _in_child(lambda: _readable_as(uids.first, keep, private))
             if failed:
-                self.status["unprivileged_uid"] = Layer(active=False, detail=failed)
+                self.status["unprivileged_uid"] = Layer(state="unavailable", detail=failed)
                 return
         self.uids, self.keep = uids, keep
         if keep:
             self.status["capabilities"] = Layer(
-                active=True,
+                state="active",
                 detail="all dropped but CAP_DAC_READ_SEARCH (bounding set emptied, NOROOT locked)",
             )
         detail = uids.describe()
         if keep:
-            detail += f"; keeps CAP_DAC_READ_SEARCH ({unreadable}), its reads confined by Landlock"
-        self.status["unprivileged_uid"] = Layer(active=True, detail=detail)
+            confined = "Landlock" if self.landlock else "bind mounts"
+            detail += (
+                f"; keeps CAP_DAC_READ_SEARCH ({unreadable}), its reads confined by {confined}"
+            )
+        self.status["unprivileged_uid"] = Layer(state="active", detail=detail)
 
     def _private_mounts(self, root: str) -> bool:
         """Try, in a throwaway child, what each worker will do at fork."""
@@ -322,7 +337,7 @@ class Layers:
         os.rmdir(probe)
         if failed:
             self.status["mount_namespace"] = Layer(
-                active=False,
+                state="unavailable",
                 detail=f"cannot make a mount namespace ({failed}): no disk quota "
                 "(max_disk_mb), the host's process list stays visible in /proc",
             )
@@ -330,8 +345,38 @@ class Layers:
         detail = "workdir is a tmpfs of max_disk_mb"
         if self.pidns is not None:
             detail += "; /proc shows only the worker's processes"
-        self.status["mount_namespace"] = Layer(active=True, detail=detail)
+        self.status["mount_namespace"] = Layer(state="active", detail=detail)
         return True
+
+    def _bind_mounts(self, root: str, read_paths: list[str]) -> _jail.Plan | None:
+        if self.landlock:
+            self.status["bind_mounts"] = Layer(
+                state="standby", detail="not needed: Landlock confines files"
+            )
+            return None
+        if not self.private_mounts:
+            self.status["bind_mounts"] = Layer(
+                state="unavailable",
+                detail="needs a mount namespace: without Landlock, files are not confined",
+            )
+            return None
+        layout = _jail.plan(read_paths)
+        base = tempfile.mkdtemp(prefix="jail-probe-", dir=root)
+        try:
+            failed = _in_child(lambda: _jail_works(base, layout, self.pidns is not None))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        if failed:
+            self.status["bind_mounts"] = Layer(
+                state="unavailable", detail=f"{failed}: without Landlock, files are not confined"
+            )
+            return None
+        self.status["bind_mounts"] = Layer(
+            state="active",
+            detail=f"{len(layout.binds)} paths bound read-only into an empty root; "
+            "writes only in the workdir",
+        )
+        return layout
 
     def enter_network(self, network: bool) -> None:
         """In a freshly forked worker: back to the host's network if the tool may use it."""
@@ -420,6 +465,24 @@ def _seccomp_works() -> None:
     except PermissionError:
         return
     raise OSError("the filter was installed but an internet socket could still be made")
+
+
+def _jail_works(base: str, layout: _jail.Plan, own_proc: bool) -> None:
+    new_root, workdir = os.path.join(base, "root"), os.path.join(base, "work")
+    os.mkdir(new_root)
+    os.mkdir(workdir)
+    _linux.private_mounts(workdir, 1, own_proc=own_proc)
+    _jail.build(new_root, layout, workdir)
+    _jail.enter(new_root)
+    with open(os.path.join(workdir, "written"), "w") as f:
+        f.write("ok")
+    if os.path.exists(os.path.join(base, "root")):
+        raise OSError("the host's tree is still visible")
+    try:
+        os.mkdir("/jail-probe")
+    except OSError:
+        return
+    raise OSError("the new root is writable")
 
 
 def _readable_as(uid: int, keep: tuple[int, ...], paths: list[str]) -> None:

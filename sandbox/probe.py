@@ -43,6 +43,13 @@ def probe() -> dict[str, str]:
         with open("/etc/shadow", "rb") as f:
             f.read(1)
 
+    def list_root() -> str:
+        return ", ".join(sorted(os.listdir("/")))
+
+    try:
+        root = list_root()
+    except OSError as exc:
+        root = f"denied ({exc.strerror or exc})"
     interfaces = ", ".join(name for _, name in socket.if_nameindex())
     return {
         "pid": str(os.getpid()),
@@ -53,4 +60,5 @@ def probe() -> dict[str, str]:
         "connect to 1.1.1.1:53": _attempt("connect", connect),
         "write /tmp": _attempt("write", write_outside),
         "read /etc/shadow": _attempt("read", read_shadow),
+        "list /": root,
     }

@@ -77,11 +77,19 @@ class ZygoteConfig(_Message):
 class Layer(_Message):
     """One isolation layer on this machine: whether workers get it, and why not."""
 
-    active: bool
+    state: Literal["active", "unavailable", "off", "standby"]
+    """`off`: the policy turned it off; `standby`: a fallback another layer makes
+    unnecessary here."""
     detail: str
-    required: bool = True
-    """Strict isolation refuses to run while a required layer is not active; a layer
-    the policy turned off is not required."""
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+    @property
+    def required(self) -> bool:
+        """Strict isolation refuses to run while a required layer is not active."""
+        return self.state in ("active", "unavailable")
 
 
 class Ready(_Message):

@@ -22,7 +22,7 @@ from pydantic_core import to_json
 from tools.context import ToolContext, set_current
 from tools.registry import Registry
 
-from . import _landlock, _linux, _seccomp
+from . import _jail, _landlock, _linux, _seccomp
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
 from .layers import NOBODY
@@ -51,6 +51,7 @@ class WorkerSetup:
         keep_capabilities: tuple[int, ...],
         seccomp: bool,
         network: bool,
+        jail: _jail.Plan | None,
     ) -> None:
         self.channel_fd = channel_fd
         self.log_fd = log_fd
@@ -68,7 +69,13 @@ class WorkerSetup:
         self.keep_capabilities = keep_capabilities
         self.seccomp = seccomp
         self.network = network
+        self.jail = jail
+        """Without Landlock: the read-only binds of a new root beside the workdir."""
         self.rules: _landlock.Ruleset | None = None
+
+    @property
+    def new_root(self) -> str:
+        return os.path.join(os.path.dirname(self.workdir), "root")
 
 
 def warm_up() -> None:
@@ -110,6 +117,9 @@ def detach(setup: WorkerSetup) -> socket.socket:
         _linux.private_mounts(
             setup.workdir, Limits().max_disk_mb, setup.in_pid_namespace, owner=setup.uid
         )
+    if setup.jail is not None:
+        # Built while this worker waits as a spare; the call only adds its root.
+        _jail.build(setup.new_root, setup.jail, setup.workdir)
     os.chdir(setup.workdir)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -162,10 +172,15 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
 
 
 def harden(setup: WorkerSetup, call: Call) -> None:
-    """The last step before the first tool runs, in an order that matters: Landlock,
-    no_new_privs and seccomp, then root goes (after which nothing can be undone)."""
+    """The last step before the first tool runs, in an order that matters: the new
+    root or Landlock, no_new_privs and seccomp, then root goes (after which nothing can
+    be undone)."""
     if setup.private_mounts and call.limits.max_disk_mb != Limits().max_disk_mb:
         _linux.resize_tmpfs(setup.workdir, call.limits.max_disk_mb)
+    if setup.jail is not None:
+        if call.root:
+            _jail.add(setup.new_root, _jail.plan([call.root], inside=setup.jail.binds))
+        _jail.enter(setup.new_root)
     if setup.rules is not None:
         if call.root:
             setup.rules.allow_read(call.root)

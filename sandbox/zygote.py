@@ -101,6 +101,8 @@ class Zygote:
         base = tempfile.mkdtemp(prefix=f"w{self.count}-", dir=self.config.root)
         workdir = os.path.join(base, "work")
         os.mkdir(workdir, 0o700)
+        if self.layers.jail is not None:
+            os.mkdir(os.path.join(base, "root"), 0o700)  # a mount point in the worker only
         uid = self.layers.uids.take() if self.layers.uids else None
         if uid is not None:
             os.chmod(base, 0o711)
@@ -170,6 +172,7 @@ class Zygote:
                 keep_capabilities=self.layers.keep,
                 seccomp=self.layers.seccomp,
                 network=network,
+                jail=self.layers.jail,
             )
             chan = detach(setup)
             serve(chan, self.registry, setup)

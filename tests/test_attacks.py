@@ -141,17 +141,48 @@ def test_a_tool_allowed_the_network_reaches_it(tmp_path: Path, listener: int) ->
     assert "network_namespace" in pool.layers
 
 
-def test_host_files_cannot_be_read(attacks: Pool) -> None:
-    needs(attacks, "landlock")
+FILE_LAYERS = {"landlock": (), "bind mounts": ("landlock",)}
+
+
+@pytest.fixture(params=list(FILE_LAYERS), ids=list(FILE_LAYERS))
+def confined(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pool]:
+    """A pool whose files are confined by Landlock, then by bind mounts alone."""
+    registry = Registry.default()
+    registry.load(ATTACKS)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "policy.txt").write_text("Returns accepted within 30 days of delivery.\n")
+    (tmp_path / "secret.txt").write_text("TOP SECRET")
+    policy = parse_policy(
+        '[tools.read_file]\nroot = "docs"\n[tools.attack_read]\nroot = "docs"\n',
+        "files.toml",
+        tmp_path,
+    )
+    with Pool(policy, registry=registry, size=1, disable=FILE_LAYERS[request.param]) as pool:
+        needs(pool, "landlock" if request.param == "landlock" else "bind_mounts")
+        yield pool
+
+
+def test_host_files_cannot_be_read(confined: Pool, tmp_path: Path) -> None:
     project = Path(__file__).resolve().parent.parent
     for path in (
         "/etc/shadow",
         "/root/.bashrc",
         str(Path(__file__)),
         str(project / "pyproject.toml"),
+        str(tmp_path / "secret.txt"),  # beside the tool's root
+        f"/proc/{os.getpid()}/root{tmp_path}/secret.txt",  # through the host's root
+        f"/proc/{os.getppid()}/root/etc/hostname",
     ):
         if os.path.exists(path):
-            assert out(attacks, "attack_read", path=path).startswith("denied"), path
+            assert out(confined, "attack_read", path=path).startswith("denied"), path
+
+
+def test_the_tools_root_and_the_system_stay_readable(confined: Pool, tmp_path: Path) -> None:
+    text = out(confined, "read_file", path="policy.txt")
+    assert text.startswith("Returns accepted within 30 days")
+    assert out(confined, "attack_read", path="/etc/passwd").startswith("ALLOWED: b'root:")
+    assert out(confined, "calculate", expression="2**10") == "1024"
 
 
 def test_the_orchestrators_environment_cannot_be_read(attacks: Pool) -> None:
@@ -161,13 +192,18 @@ def test_the_orchestrators_environment_cannot_be_read(attacks: Pool) -> None:
     assert out(attacks, "attack_environ_scan", secret=SECRET).startswith("not found")
 
 
-def test_nothing_can_be_written_outside_the_workdir(attacks: Pool, tmp_path: Path) -> None:
-    needs(attacks, "landlock")
-    targets = [tmp_path / "owned.txt", Path("/tmp/sandboxed-agent-owned.txt"), Path("/etc/owned")]
+def test_nothing_can_be_written_outside_the_workdir(confined: Pool, tmp_path: Path) -> None:
+    targets = [
+        tmp_path / "owned.txt",
+        tmp_path / "docs" / "owned.txt",
+        Path("/tmp/sandboxed-agent-owned.txt"),
+        Path("/etc/owned"),
+    ]
     for target in targets:
-        assert out(attacks, "attack_write", path=str(target)).startswith("denied"), target
+        assert out(confined, "attack_write", path=str(target)).startswith("denied"), target
         assert not target.exists()
-    assert out(attacks, "attack_write", path="inside.txt").startswith("ALLOWED")
+    assert out(confined, "attack_write", path="inside.txt").startswith("ALLOWED")
+    assert out(confined, "attack_write", path="/dev/null").startswith("ALLOWED")
 
 
 def test_other_processes_cannot_be_signalled_or_traced(attacks: Pool) -> None:
@@ -188,10 +224,9 @@ def test_the_hosts_network_namespace_cannot_be_joined(attacks: Pool) -> None:
     assert out(attacks, "attack_host_netns").startswith("denied")
 
 
-def test_the_pids_limit_cannot_be_raised_from_inside(attacks: Pool) -> None:
-    needs(attacks, "cgroup_pids")
-    needs(attacks, "landlock")
-    assert out(attacks, "attack_raise_pids_limit").startswith("denied")
+def test_the_pids_limit_cannot_be_raised_from_inside(confined: Pool) -> None:
+    needs(confined, "cgroup_pids")
+    assert out(confined, "attack_raise_pids_limit").startswith("denied")
 
 
 def test_strict_isolation_fails_closed_naming_the_missing_layer() -> None:
@@ -229,7 +264,7 @@ def test_unknown_or_essential_layers_cannot_be_turned_off() -> None:
 
 def test_strict_isolation_runs_when_every_layer_is_there() -> None:
     with Pool(size=1, isolation="strict") as pool:
-        if not all(layer.active for layer in pool.layers.values()):
+        if any(layer.state == "unavailable" for layer in pool.layers.values()):
             pytest.skip("not every layer is available here")  # pragma: no cover
         assert pool.call("calculate", {"expression": "1+1"}).output == "2"
 

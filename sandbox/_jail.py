@@ -1,0 +1,131 @@
+"""The filesystem layer where Landlock is missing: a root made of read-only binds.
+
+In the worker's own mount namespace a small tmpfs becomes the new root. Each path the
+worker may read is bound into it read-only at the same place, the workdir read-write,
+and `pivot_root` leaves the host's tree behind: what is not bound does not exist for
+the tool. Symbolic links on the way to a path (`/lib -> usr/lib`) are copied as links,
+so that paths resolve inside the new root as they did outside.
+
+The skeleton (directories, mount points, links) is made on the tmpfs before anything
+is bound, and never inside a bound directory: a mkdir there would land on the host.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from . import _linux
+
+_MAX_LINKS = 40  # as the kernel's own limit on links followed in one lookup
+
+
+class Plan(NamedTuple):
+    """What to put in a new root: links to copy, directories and files to bind."""
+
+    links: list[tuple[str, str]]
+    """(path, target) of each symbolic link met on the way to a bound path."""
+    binds: list[str]
+    """Symlink-free paths, none inside another."""
+
+
+def plan(paths: Sequence[str], inside: Sequence[str] = ()) -> Plan:
+    """Plan the binds for `paths`, leaving out what `inside` (already bound) holds."""
+    links: dict[str, str] = {}
+    found: set[str] = set()
+    for path in paths:
+        real = _resolve(os.path.join(os.getcwd(), path), links, 0)
+        if real is not None and os.path.lexists(real):
+            found.add(real)
+    binds: list[str] = []
+    for path in sorted(found, key=len):  # shorter first: a parent before its children
+        if not _within(path, [*inside, *binds]):
+            binds.append(path)
+    kept_links = sorted(
+        (link, target) for link, target in links.items() if not _within(link, [*inside, *binds])
+    )
+    return Plan(kept_links, binds)
+
+
+def _within(path: str, parents: list[str]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in parents)
+
+
+def _resolve(path: str, links: dict[str, str], depth: int) -> str | None:
+    """`path` with every symbolic link along it followed; each link recorded."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    current = "/"
+    for i, part in enumerate(parts):
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        step = os.path.join(current, part)
+        if os.path.islink(step):
+            if depth >= _MAX_LINKS:
+                return None
+            target = os.readlink(step)
+            links[step] = target
+            # Not normalised: `..` after a link is taken from where the link leads.
+            rest = os.path.join(current, target, *parts[i + 1 :])
+            return _resolve(rest, links, depth + 1)
+        current = step
+    return current
+
+
+def build(new_root: str, layout: Plan, workdir: str) -> None:
+    """In a fresh mount namespace: a tmpfs at `new_root` holding `layout` read-only and
+    `workdir` read-write. Bound, not yet entered (see `enter`)."""
+    _linux.mount("tmpfs", new_root, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755")
+    _mount_point(new_root + workdir, directory=True)
+    add(new_root, layout)
+    _bind(new_root, workdir, readonly=False)
+
+
+def add(new_root: str, layout: Plan) -> None:
+    for link, target in layout.links:
+        here = new_root + link
+        os.makedirs(os.path.dirname(here), exist_ok=True)
+        if not os.path.lexists(here):
+            os.symlink(target, here)
+    for path in layout.binds:
+        _mount_point(new_root + path, os.path.isdir(path))
+    for path in layout.binds:
+        _bind(new_root, path, readonly=True)
+
+
+def enter(new_root: str) -> None:
+    """Make the skeleton read-only and move into it; the host's root goes away."""
+    _linux.mount(
+        None,
+        new_root,
+        None,
+        _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | _linux.MS_NOSUID | _linux.MS_NODEV,
+    )
+    cwd = os.getcwd()
+    os.chdir(new_root)
+    # pivot_root(".", ".") stacks the old root on the new one; detaching it leaves
+    # the new root alone, without a directory to hold the old one.
+    _linux.pivot_root(".", ".")
+    _linux.umount2(".", _linux.MNT_DETACH)
+    os.chdir(cwd)
+
+
+def _mount_point(path: str, directory: bool) -> None:
+    if directory:
+        os.makedirs(path, exist_ok=True)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.lexists(path):
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def _bind(new_root: str, path: str, readonly: bool) -> None:
+    target = new_root + path
+    _linux.mount(path, target, None, _linux.MS_BIND)
+    if readonly:
+        # A bind keeps the flags of the mount it came from; a container may have
+        # locked them (nodev, noexec), and a remount that drops one is refused.
+        kept = os.statvfs(path).f_flag & (_linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC)
+        flags = _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | kept
+        _linux.mount(None, target, None, flags)
