@@ -8,7 +8,10 @@
                               [--timeout SECONDS] [--memory-mb N]
     sandboxed-agent tools [--json] [--tools FILE_OR_MODULE]... [--policy FILE]
     sandboxed-agent trace FILE
+    sandboxed-agent eval SUITE [--scripted] [--runs N] [--case NAME]... [--out DIR] [--json]
+                         [--judge-model M] [--judge-base-url URL]
     sandboxed-agent demo
+    sandboxed-agent doctor [--policy FILE]
 
 Exit status: 0 when the call succeeded, 1 when it failed, 2 for usage errors (one
 line on stderr, never a traceback).
@@ -30,6 +33,7 @@ from policies import Policy, check_tools, load_policy
 from sandbox import Limits, Pool, SandboxedAgentError
 from tools import Registry, ToolDefinitionError
 
+from .evals.command import add_eval_parser, cmd_eval
 from .runner import UsageError, add_run_options, cmd_chat, cmd_run, cmd_trace
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -83,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace = sub.add_parser("trace", help="show a trace file as a timeline")
     trace.add_argument("file")
 
+    add_eval_parser(sub)
     sub.add_parser("demo", help="the worked example, with every tool call in the sandbox")
     doctor = sub.add_parser("doctor", help="which isolation layers this machine gives, verified")
     doctor.add_argument("--policy", help="report with the layers this policy turns off")
@@ -99,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_tools(args)
         if args.command == "trace":
             return cmd_trace(args.file)
+        if args.command == "eval":
+            return cmd_eval(args)
         if args.command == "doctor":
             from .doctor import run_doctor
 

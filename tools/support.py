@@ -88,3 +88,17 @@ def check_return_eligibility(order_id: str) -> str:
     if today() > last_day:
         return f"Return window expired on {last_day.isoformat()}"
     return f"Eligible for return until {last_day.isoformat()}"
+
+
+@tool
+def issue_refund(order_id: str, amount: float) -> str:
+    """Refund money to the customer for an order. A real payment: it needs a person's yes.
+
+    Args:
+        order_id: The order number, e.g. "12345".
+        amount: The amount in dollars, at most the order's total.
+    """
+    order = _order(order_id)
+    if not 0 < amount <= order["total"]:
+        raise ValueError(f"amount must be above 0 and at most the order's total {order['total']}")
+    return f"Refunded {amount:.2f} USD for order {order['order_id']}"

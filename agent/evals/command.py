@@ -1,0 +1,107 @@
+"""`sandboxed-agent eval SUITE`: the command line of the evaluation harness."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from sandbox.errors import SandboxedAgentError
+
+from ..model import ModelClient
+from ..runner import UsageError, model_client, with_run_overrides
+from .runner import RunReport, live_model, render_report, run_suite, scripted_model, slug
+from .suite import Suite, load_suite
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("eval", help="run an evaluation suite: checks on answers and paths")
+    p.add_argument("suite", help="the suite's TOML file")
+    p.add_argument(
+        "--scripted",
+        action="store_true",
+        help="play each case's scripted model turns on a loopback server (no endpoint needed)",
+    )
+    p.add_argument("--runs", type=int, metavar="N", help="runs per case (default: the suite's)")
+    p.add_argument("--case", action="append", default=[], metavar="NAME", help="only this case")
+    p.add_argument("--out", metavar="DIR", help="where the report and traces go")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--model", help="model name (default: the policy's [run] model)")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL)")
+    p.add_argument("--judge-model", metavar="M", help="score each run against its rubric")
+    p.add_argument("--judge-base-url", metavar="URL", help="the judge's endpoint")
+    p.add_argument("--policy", metavar="FILE", help="overrides the suite's policy")
+    p.add_argument("--tools", action="append", default=[], metavar="FILE_OR_MODULE")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..cli import load_setup
+
+    try:
+        suite = load_suite(args.suite)
+    except SandboxedAgentError as exc:
+        raise UsageError(str(exc)) from None
+    suite = _only(suite, args.case)
+    if args.runs is not None and not 1 <= args.runs <= 100:
+        raise UsageError(f"--runs: must be from 1 to 100 (got {args.runs})")
+    policy_file = args.policy or (str(suite.policy_path) if suite.policy_path else None)
+    registry, policy = load_setup([*suite.tool_sources(), *args.tools], policy_file)
+    args.max_iterations = args.max_cost_usd = args.max_wall_s = None
+    policy = with_run_overrides(policy, args)
+    if args.scripted:
+        missing = [c.name for c in suite.cases if not c.script]
+        if missing:
+            raise UsageError(f"--scripted needs a script in every case; none in: {missing}")
+        model_for = scripted_model(policy)
+    else:
+        model_for = live_model(model_client(policy, args.base_url))
+    judge = _judge_client(args) if args.judge_model else None
+    out = Path(args.out or f"eval-results/{slug(suite.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    def progress(case: str, result: RunReport) -> None:
+        verdict = "pass" if result.ok else "FAIL"
+        print(f"  {verdict}  {case} #{result.run}", file=sys.stderr, flush=True)
+
+    report = run_suite(
+        suite,
+        registry,
+        policy,
+        model_for,
+        out,
+        runs=args.runs,
+        judge_client=judge,
+        secrets=[os.environ.get("OPENAI_API_KEY", "")],
+        scripted=args.scripted,
+        progress=progress,
+    )
+    data = report.as_json()
+    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(render_report(report))
+        print(f"\nReport: {out / 'report.json'}; traces: {out / 'traces'}")
+    return 0 if report.passed else 1
+
+
+def _only(suite: Suite, names: list[str]) -> Suite:
+    if not names:
+        return suite
+    known = [c.name for c in suite.cases]
+    for name in names:
+        if name not in known:
+            raise UsageError(f"--case {name!r}: no such case (cases: {', '.join(known)})")
+    return suite.model_copy(update={"cases": [c for c in suite.cases if c.name in names]})
+
+
+def _judge_client(args: argparse.Namespace) -> ModelClient:
+    base_url = args.judge_base_url or args.base_url or os.environ.get("OPENAI_BASE_URL")
+    api_key = os.environ.get("OPENAI_API_KEY")
+    if not base_url and not api_key:
+        raise UsageError(
+            "--judge-model needs an endpoint: --judge-base-url, OPENAI_BASE_URL or OPENAI_API_KEY"
+        )
+    return ModelClient(model=args.judge_model, base_url=base_url, api_key=api_key)
