@@ -30,6 +30,9 @@ class RunStarted(Event):
     base_url: str | None
     policy: str
     limits: dict[str, Any]
+    run_id: str | None = None
+    resumed: bool = False
+    """The run goes on from a checkpoint (`run --resume`)."""
 
 
 class ModelCalled(Event):
@@ -132,7 +135,9 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
         at = f"{e.get('ts', start) - start:8.3f}s"
         kind = e["event"]
         if kind == "run_started":
-            lines.append(f"{at}  run started: {e.get('task')!r} with {e.get('model')}")
+            verb = "resumed" if e.get("resumed") else "started"
+            run = f" (run {e['run_id']})" if e.get("run_id") else ""
+            lines.append(f"{at}  run {verb}{run}: {e.get('task')!r} with {e.get('model')}")
         elif kind == "model_call":
             lines.append(
                 f"{at}  model #{e.get('step')}: {e.get('input_tokens')}+{e.get('output_tokens')} "

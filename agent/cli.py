@@ -1,9 +1,10 @@
 """`sandboxed-agent`: the command line.
 
-    sandboxed-agent run "TASK" [--model M] [--base-url URL] [--policy FILE]
+    sandboxed-agent run "TASK" | --resume RUN_ID [--model M] [--base-url URL] [--policy FILE]
                     [--tools FILE_OR_MODULE]... [--max-iterations N] [--max-cost-usd X]
                     [--trace FILE] [--approve TOOL]... [--yes]
     sandboxed-agent chat [--session NAME] [same options]
+    sandboxed-agent runs [--limit N]
     sandboxed-agent tool NAME [--args JSON] [--tools FILE_OR_MODULE]... [--policy FILE]
                               [--timeout SECONDS] [--memory-mb N]
     sandboxed-agent tools [--json] [--tools FILE_OR_MODULE]... [--policy FILE]
@@ -34,7 +35,7 @@ from sandbox import Limits, Pool, SandboxedAgentError
 from tools import Registry, ToolDefinitionError
 
 from .evals.command import add_eval_parser, cmd_eval
-from .runner import UsageError, add_run_options, cmd_chat, cmd_run, cmd_trace
+from .runner import UsageError, add_run_options, cmd_chat, cmd_run, cmd_runs, cmd_trace
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -75,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     tool_sources(listing)
 
     run = sub.add_parser("run", help="run the agent on one task and print its answer")
-    run.add_argument("task", help="what to ask, in words")
+    run.add_argument("task", nargs="?", help="what to ask, in words")
+    run.add_argument(
+        "--resume", metavar="RUN_ID", help="go on with an interrupted run from its last step"
+    )
     tool_sources(run)
     add_run_options(run)
 
@@ -83,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--session", metavar="NAME", help="keep the conversation under this name")
     tool_sources(chat)
     add_run_options(chat)
+
+    runs = sub.add_parser("runs", help="list the checkpointed runs, newest first")
+    runs.add_argument("--limit", type=int, default=20, metavar="N")
 
     trace = sub.add_parser("trace", help="show a trace file as a timeline")
     trace.add_argument("file")
@@ -106,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_trace(args.file)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "runs":
+            return cmd_runs(args.limit)
         if args.command == "doctor":
             from .doctor import run_doctor
 

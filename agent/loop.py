@@ -17,6 +17,7 @@ from sandbox.protocol import ToolError
 
 from .approval import Approver
 from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace
+from .checkpoints import CallRecord, CheckpointError, Outcome, RunRecord, RunStore
 from .guardrails import Budget, RepeatGuard, RunStopped, StopReason, truncate
 from .model import ModelClient, ModelTurn
 
@@ -30,6 +31,8 @@ class RunResult:
     cost_usd: float
     messages: list[dict[str, Any]] = field(default_factory=list)
     """The whole conversation, for `chat` to continue from."""
+    run_id: str | None = None
+    """Its checkpoint in the run store (`run --resume RUN_ID`), when there is one."""
 
     @property
     def ok(self) -> bool:
@@ -44,6 +47,10 @@ class ToolOutcome:
     result: ToolResult
     approval: str
     sent: str = ""
+    executed: bool = False
+    """Run in the sandbox now (not a note, a denial, or restored from a checkpoint)."""
+    restored: bool = False
+    """Completed before a resume: taken from the checkpoint, not run again."""
 
 
 Progress = Callable[[str, dict[str, Any]], None]
@@ -62,6 +69,7 @@ class Agent:
         approver: Approver | None = None,
         trace: Trace | None = None,
         progress: Progress | None = None,
+        store: RunStore | None = None,
     ) -> None:
         self.pool = pool
         self.policy = policy
@@ -70,13 +78,43 @@ class Agent:
         self.approver = approver or Approver()
         self.trace = trace or Trace(None)
         self.progress = progress or (lambda kind, details: None)
+        self.store = store
+        self.run_id: str | None = None
         self.tools = [spec.openai_schema for spec in pool.registry]
 
     def run(self, task: str, history: list[dict[str, Any]] | None = None) -> RunResult:
         messages = list(history or [{"role": "system", "content": self.limits.system_prompt}])
         messages.append({"role": "user", "content": task})
-        budget = Budget(self.limits)
+        self.run_id = self.store.start(task, self.model.model, messages) if self.store else None
+        return self._drive(
+            task, messages, Budget(self.limits), RepeatGuard(self.limits.max_repeats)
+        )
+
+    def resume(self, record: RunRecord) -> RunResult:
+        """Go on with a checkpointed run from its last completed step. Calls that had
+        completed are not run again; calls that were in flight are re-run only for
+        idempotent tools, or with a person's approval."""
+        if self.store is None:
+            raise CheckpointError("resuming needs the run store")
+        if not record.resumable:
+            raise CheckpointError(f"run {record.id} already answered; there is nothing to resume")
+        self.store.claim(record)
+        self.run_id = record.id
+        budget = Budget(self.limits, steps=record.steps, cost_usd=record.cost_usd)
         repeats = RepeatGuard(self.limits.max_repeats)
+        for done in record.calls:
+            if done.outcome is not None:
+                repeats.remember(done.tool, done.arguments, done.outcome.sent)
+        return self._drive(record.task, list(record.messages), budget, repeats, record)
+
+    def _drive(
+        self,
+        task: str,
+        messages: list[dict[str, Any]],
+        budget: Budget,
+        repeats: RepeatGuard,
+        resumed: RunRecord | None = None,
+    ) -> RunResult:
         self.trace.emit(
             RunStarted(
                 task=task,
@@ -84,9 +122,13 @@ class Agent:
                 base_url=self.model.base_url,
                 policy=self.policy.source,
                 limits=self.limits.model_dump(exclude={"prices", "system_prompt"}),
+                run_id=self.run_id,
+                resumed=resumed is not None,
             )
         )
         try:
+            if resumed is not None:
+                self._finish_step(messages, budget, repeats, resumed)
             answer = self._loop(messages, budget, repeats)
             result = RunResult(
                 answer, "answer", "answered", budget.steps, budget.cost_usd, messages
@@ -103,6 +145,17 @@ class Agent:
             result = RunResult(
                 None, "interrupted", "interrupted", budget.steps, budget.cost_usd, messages
             )
+        result.run_id = self.run_id
+        if self.store and self.run_id:
+            self.store.finish(
+                self.run_id,
+                result.reason,
+                result.message,
+                result.answer,
+                messages,
+                result.steps,
+                result.cost_usd,
+            )
         self.trace.emit(
             RunEnded(
                 reason=result.reason,
@@ -114,6 +167,33 @@ class Agent:
             )
         )
         return result
+
+    def _finish_step(
+        self,
+        messages: list[dict[str, Any]],
+        budget: Budget,
+        repeats: RepeatGuard,
+        record: RunRecord,
+    ) -> None:
+        """On resume: answer the calls of the model's last turn that have no answer."""
+        last = messages[-1] if messages else {}
+        calls = last.get("tool_calls") if last.get("role") == "assistant" else None
+        if not calls:
+            return
+        known = {c.call_id: c for c in record.calls if c.step == record.steps}
+        answered = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+        outcomes = self._run_calls(calls, budget.steps, repeats, known, answered)
+        self._append(messages, outcomes, budget)
+
+    def _append(
+        self, messages: list[dict[str, Any]], outcomes: list[ToolOutcome], budget: Budget
+    ) -> None:
+        for outcome in outcomes:
+            messages.append(
+                {"role": "tool", "tool_call_id": outcome.call_id, "content": outcome.sent}
+            )
+        if self.store and self.run_id:
+            self.store.progress(self.run_id, messages, budget.steps, budget.cost_usd)
 
     def _loop(self, messages: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard) -> str:
         while True:
@@ -135,11 +215,16 @@ class Agent:
             calls = turn.message.get("tool_calls") or []
             self._record_model_call(turn, budget, cost, len(calls))
             messages.append(turn.message)
+            if self.store and self.run_id:
+                self.store.step(
+                    self.run_id,
+                    messages,
+                    budget.steps,
+                    budget.cost_usd,
+                    [_unpack(c, i) for i, c in enumerate(calls)],
+                )
             if calls:
-                for outcome in self._run_calls(calls, budget.steps, repeats):
-                    messages.append(
-                        {"role": "tool", "tool_call_id": outcome.call_id, "content": outcome.sent}
-                    )
+                self._append(messages, self._run_calls(calls, budget.steps, repeats), budget)
                 continue
             content = turn.message.get("content") or ""
             if turn.finish_reason == "length":
@@ -174,15 +259,35 @@ class Agent:
         self.progress("model", {"cost_usd": budget.cost_usd, "step": budget.steps})
 
     def _run_calls(
-        self, calls: list[dict[str, Any]], step: int, repeats: RepeatGuard
+        self,
+        calls: list[dict[str, Any]],
+        step: int,
+        repeats: RepeatGuard,
+        known: dict[str, CallRecord] | None = None,
+        skip: set[str] | frozenset[str] = frozenset(),
     ) -> list[ToolOutcome]:
         """Guard and approve each call in order, run the approved ones at once, and
-        return the outcomes in the order of the calls."""
+        return the outcomes in the order of the calls. `known` holds, on resume, what
+        the checkpoint says of each call; calls in `skip` were answered already."""
+        known = known or {}
         outcomes: list[ToolOutcome | None] = [None] * len(calls)
         to_run: list[tuple[int, str, str, str, str]] = []
         stop: RunStopped | None = None
         for i, call in enumerate(calls):
             call_id, tool, arguments = _unpack(call, i)
+            if call_id in skip:
+                continue
+            record = known.get(call_id)
+            if record is not None and record.outcome is not None:
+                outcomes[i] = self._restored(call_id, tool, arguments, record.outcome)
+                continue
+            approval = "not_required"
+            if record is not None and record.state == "running":
+                verdict = self._in_flight(call_id, tool, arguments)
+                if isinstance(verdict, ToolOutcome):
+                    outcomes[i] = verdict
+                    continue
+                approval = verdict
             verdict = repeats.check(tool, arguments)
             if verdict == "stop":
                 stop = RunStopped(
@@ -199,8 +304,8 @@ class Agent:
                     call_id, tool, arguments, repeats.note(tool, arguments), "repeat_note"
                 )
                 continue
-            approval = "not_required"
-            if tool in self.pool.registry and self.policy.requires_approval(tool):
+            needs_approval = tool in self.pool.registry and self.policy.requires_approval(tool)
+            if needs_approval and approval == "not_required":
                 decision = self.approver.decide(tool, arguments)
                 approval = decision.how
                 if not decision.allowed:
@@ -214,20 +319,71 @@ class Agent:
             to_run.append((i, call_id, tool, arguments, approval))
         if to_run:
             with ThreadPoolExecutor(max_workers=len(to_run)) as ex:
-                results = list(ex.map(lambda c: self.pool.call(c[2], c[3]), to_run))
-            for (i, call_id, tool, arguments, approval), result in zip(
-                to_run, results, strict=True
+                ran = list(ex.map(self._execute, to_run))
+            for (i, call_id, tool, arguments, approval), (result, sent) in zip(
+                to_run, ran, strict=True
             ):
-                outcomes[i] = ToolOutcome(call_id, tool, arguments, result, approval)
+                outcomes[i] = ToolOutcome(call_id, tool, arguments, result, approval, sent, True)
                 repeats.remember(tool, arguments, result.text)
         done = [o for o in outcomes if o is not None]
         for outcome in done:
-            if not outcome.sent:
-                outcome.sent = truncate(outcome.result.text, self.limits.max_result_chars)
+            if outcome.restored:
+                continue
+            if not outcome.executed:
+                if not outcome.sent:
+                    outcome.sent = truncate(outcome.result.text, self.limits.max_result_chars)
+                self._checkpoint_done(outcome.call_id, outcome.sent, outcome.result)
             self._record_tool_call(outcome, step)
         if stop is not None:
             raise stop
         return done
+
+    def _execute(self, item: tuple[int, str, str, str, str]) -> tuple[ToolResult, str]:
+        """One call in the sandbox, checkpointed before and after: a kill between the
+        two leaves it `running`, so a resume knows it was in flight."""
+        _, call_id, tool, arguments, _ = item
+        if self.store and self.run_id:
+            self.store.call_started(self.run_id, call_id)
+        result = self.pool.call(tool, arguments)
+        sent = truncate(result.text, self.limits.max_result_chars)
+        self._checkpoint_done(call_id, sent, result)
+        return result, sent
+
+    def _checkpoint_done(self, call_id: str, sent: str, result: ToolResult) -> None:
+        if self.store and self.run_id:
+            kind = result.error.kind if result.error else None
+            outcome = Outcome(sent=sent, ok=result.ok, error_kind=kind)
+            self.store.call_done(self.run_id, call_id, outcome)
+
+    def _in_flight(self, call_id: str, tool: str, arguments: str) -> str | ToolOutcome:
+        """A call that was running when the run stopped may have taken effect: run it
+        again only if its tool is idempotent or a person approves. Returns how it was
+        allowed, or the denied outcome."""
+        if self.policy.idempotent(tool):
+            return "not_required"
+        decision = self.approver.decide(tool, arguments)
+        if decision.allowed:
+            return decision.how
+        denied = Denied(
+            tool,
+            f"not run again: {tool} was in flight when the run stopped and may have taken "
+            f"effect; it is not idempotent, so it runs again only with a person's approval "
+            f"({decision.how})",
+        )
+        return ToolOutcome(call_id, tool, arguments, _failure(tool, denied), decision.how)
+
+    def _restored(self, call_id: str, tool: str, arguments: str, done: Outcome) -> ToolOutcome:
+        error = (
+            None if done.ok else ToolError(kind=done.error_kind or "tool_error", message=done.sent)
+        )
+        result = ToolResult(
+            tool=tool,
+            ok=done.ok,
+            output=done.sent if done.ok else None,
+            error=error,
+            duration_ms=0.0,
+        )
+        return ToolOutcome(call_id, tool, arguments, result, "restored", done.sent, restored=True)
 
     def _noted(self, call_id: str, tool: str, arguments: str, text: str, how: str) -> ToolOutcome:
         result = ToolResult(tool=tool, ok=True, output=text, error=None, duration_ms=0.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from contextlib import ExitStack
 from typing import Any
 
@@ -20,6 +21,7 @@ from sandbox import Pool
 
 from .approval import Approver
 from .audit import Trace, read_trace, render_timeline
+from .checkpoints import RunStore
 from .loop import Agent, RunResult
 from .model import ModelClient
 from .progress import TerminalProgress
@@ -86,7 +88,13 @@ def model_client(policy: Policy, base_url: str | None) -> ModelClient:
     )
 
 
-def build_agent(stack: ExitStack, policy: Policy, registry: Any, args: argparse.Namespace) -> Agent:
+def build_agent(
+    stack: ExitStack,
+    policy: Policy,
+    registry: Any,
+    args: argparse.Namespace,
+    store: RunStore | None = None,
+) -> Agent:
     policy = with_run_overrides(policy, args)
     model = model_client(policy, args.base_url)
     pool = stack.enter_context(Pool(policy, registry=registry, **policy.pool_options()))
@@ -98,21 +106,45 @@ def build_agent(stack: ExitStack, policy: Policy, registry: Any, args: argparse.
         stack.callback(terminal.close)
         progress = terminal
     approver = Approver.for_terminal(args.approve, args.yes)
-    return Agent(pool, policy, model, approver=approver, trace=trace, progress=progress)
+    return Agent(
+        pool, policy, model, approver=approver, trace=trace, progress=progress, store=store
+    )
 
 
 def report(result: RunResult) -> int:
     if result.ok:
         print(result.answer)
         return 0
-    print(f"sandboxed-agent: {result.message}", file=sys.stderr)
+    hint = ""
+    if result.run_id:
+        hint = f" (run {result.run_id}; go on with: sandboxed-agent run --resume {result.run_id})"
+    print(f"sandboxed-agent: {result.message}{hint}", file=sys.stderr)
     return 1
 
 
 def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
+    if bool(args.task) == bool(args.resume):
+        raise UsageError('give a task, or --resume RUN_ID, not both: run "TASK" | run --resume ID')
+    store = RunStore.open_default()
+    record = store.load(args.resume) if args.resume else None
     with ExitStack() as stack:
-        agent = build_agent(stack, policy, registry, args)
-        return report(agent.run(args.task))
+        agent = build_agent(stack, policy, registry, args, store)
+        result = agent.resume(record) if record else agent.run(args.task)
+        return report(result)
+
+
+def cmd_runs(limit: int) -> int:
+    store = RunStore.open_default()
+    runs = store.runs(limit)
+    if not runs:
+        print(f"no runs yet in {store.path}")
+        return 0
+    print(f"{'run':<23} {'status':<14} {'steps':>5} {'cost $':>9}  {'updated':<19}  task")
+    for r in runs:
+        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.updated))
+        task = r.task if len(r.task) <= 50 else r.task[:49] + "…"
+        print(f"{r.id:<23} {r.state:<14} {r.steps:>5} {r.cost_usd:>9.6f}  {updated}  {task}")
+    return 0
 
 
 def cmd_chat(args: argparse.Namespace, policy: Policy, registry: Any) -> int:

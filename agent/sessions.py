@@ -16,6 +16,8 @@ from typing import Any
 
 from sandbox.errors import SandboxedAgentError
 
+from .sqlite_file import connect, open_versioned
+
 SCHEMA_VERSION = 1
 
 
@@ -38,36 +40,14 @@ class SessionStore:
         return cls(default_path())
 
     def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=10)
+        return connect(self.path)
 
     def _check_or_create(self) -> None:
-        fresh = not self.path.exists()
-        if fresh:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with closing(self._connect()) as db, db:
-                if fresh:
-                    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-                    db.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
-                    db.execute(
-                        "CREATE TABLE sessions (name TEXT PRIMARY KEY, messages TEXT NOT NULL, "
-                        "updated REAL NOT NULL)"
-                    )
-                    return
-                row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise SessionError(
-                f"{self.path} is not a usable session file ({exc}); it was left untouched: "
-                "move it away or set XDG_DATA_HOME to use another place"
-            ) from None
-        if row is None or row[0] != str(SCHEMA_VERSION):
-            found = row[0] if row else "none"
-            raise SessionError(
-                f"{self.path} has session schema version {found}, this program reads "
-                f"version {SCHEMA_VERSION}; it was left untouched"
-            )
+        table = (
+            "CREATE TABLE sessions (name TEXT PRIMARY KEY, messages TEXT NOT NULL, "
+            "updated REAL NOT NULL)"
+        )
+        open_versioned(self.path, "session", SCHEMA_VERSION, [table], SessionError)
 
     def load(self, name: str) -> list[dict[str, Any]] | None:
         with closing(self._connect()) as db:

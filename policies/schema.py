@@ -44,6 +44,9 @@ class ToolPolicy(BaseModel):
     max_processes: int | None = None
     requires_approval: bool | None = None
     """The call waits for a person's yes (the agent asks; `denied` without one)."""
+    idempotent: bool | None = None
+    """Running it twice does no more than once: a call in flight when a run stopped is
+    re-run on resume without asking (else only with a person's approval)."""
     trusted: bool | None = None
     """The tool may run in a reused warm worker instead of a fresh one per call."""
     network: bool | None = None
@@ -147,6 +150,9 @@ class Policy(BaseModel):
 
     def requires_approval(self, tool: str) -> bool:
         return bool(self.effective(tool).requires_approval)
+
+    def idempotent(self, tool: str) -> bool:
+        return bool(self.effective(tool).idempotent)
 
     def _resolved(self, tool: str) -> tuple[Limits, ToolContext]:
         cached = self._cache.get(tool)

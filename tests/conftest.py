@@ -44,6 +44,14 @@ def _reap_orphans() -> None:
 
 
 @pytest.fixture(autouse=True)
+def private_data_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions and run checkpoints go to a directory of the test's, never the user's."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+
+
+@pytest.fixture(autouse=True)
 def no_survivors() -> Iterator[None]:
     """Fail any test that leaves a process alive."""
     before = set(_running_descendants())
