@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from policies.paths import user_data_dir
 from sandbox.errors import SandboxedAgentError
 
 from .sqlite_file import connect, open_versioned
@@ -47,8 +48,7 @@ class CheckpointError(SandboxedAgentError):
 
 
 def default_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return Path(base) / "sandboxed-agent" / "runs.db"
+    return user_data_dir() / "runs.db"
 
 
 class Outcome(BaseModel):

@@ -14,10 +14,12 @@ from policies import Policy
 from sandbox import Pool, ToolResult
 from sandbox.errors import Denied, RunError
 from sandbox.protocol import ToolError
+from tools.context import EMBEDDING
 
 from .approval import Approver
 from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace
 from .checkpoints import CallRecord, CheckpointError, Outcome, RunRecord, RunStore
+from .embeddings import Embedder
 from .guardrails import Budget, RepeatGuard, RunStopped, StopReason, truncate
 from .model import ModelClient, ModelTurn
 
@@ -70,6 +72,8 @@ class Agent:
         trace: Trace | None = None,
         progress: Progress | None = None,
         store: RunStore | None = None,
+        embedder: Embedder | None = None,
+        call_settings: dict[str, Any] | None = None,
     ) -> None:
         self.pool = pool
         self.policy = policy
@@ -79,6 +83,9 @@ class Agent:
         self.trace = trace or Trace(None)
         self.progress = progress or (lambda kind, details: None)
         self.store = store
+        self.embedder = embedder
+        self.call_settings = dict(call_settings or {})
+        """Added to every call's settings (`--memory-namespace` sets one)."""
         self.run_id: str | None = None
         self.tools = [spec.openai_schema for spec in pool.registry]
 
@@ -344,10 +351,26 @@ class Agent:
         _, call_id, tool, arguments, _ = item
         if self.store and self.run_id:
             self.store.call_started(self.run_id, call_id)
-        result = self.pool.call(tool, arguments)
+        result = self.pool.call(tool, arguments, settings=self._settings_for(tool, arguments))
         sent = truncate(result.text, self.limits.max_result_chars)
         self._checkpoint_done(call_id, sent, result)
         return result, sent
+
+    def _settings_for(self, tool: str, arguments: str) -> dict[str, Any]:
+        """The agent's own settings, and the embedding of the argument a tool asks for."""
+        settings = dict(self.call_settings)
+        spec = self.pool.registry.get(tool) if tool in self.pool.registry else None
+        if spec is None or spec.embed is None or self.embedder is None:
+            return settings
+        try:
+            text = json.loads(arguments).get(spec.embed)
+        except (ValueError, AttributeError):
+            return settings  # the pool reports the bad arguments
+        if isinstance(text, str) and text.strip():
+            vector = self.embedder.embed(text)
+            if vector is not None:
+                settings[EMBEDDING] = vector
+        return settings
 
     def _checkpoint_done(self, call_id: str, sent: str, result: ToolResult) -> None:
         if self.store and self.run_id:

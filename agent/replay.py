@@ -10,8 +10,10 @@ to it over real HTTP, so the agent loop cannot tell it from a real endpoint.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -95,12 +97,27 @@ def fail(status: int, error: str = "", **kwargs: Any) -> Step:
 Script = list[Step] | Callable[[dict[str, Any]], Step]
 
 
+def hashed_embedding(text: str, dimensions: int = 64) -> list[float]:
+    """A toy embedding for the loopback `/embeddings`: each word hashed to a direction.
+    Texts that share words are close; nothing more is claimed."""
+    vector = [0.0] * dimensions
+    for word in re.findall(r"\w+", text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        vector[digest[0] % dimensions] += 1.0 if digest[1] % 2 else -1.0
+    return vector
+
+
 class ScriptedModelServer:
     """Serves `POST /v1/chat/completions` from a script: a list of steps played in
-    order, or a function of the request. Every request is kept in `requests`."""
+    order, or a function of the request. Every request is kept in `requests`.
+    `POST /v1/embeddings` answers with `embed(text)` for each input."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(
+        self, script: Script, embed: Callable[[str], list[float]] = hashed_embedding
+    ) -> None:
         self.script = script
+        self.embed = embed
+        self.embedded: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -125,6 +142,9 @@ class ScriptedModelServer:
                     request = json.loads(self.rfile.read(length) or b"{}")
                 except ValueError:
                     self._send(400, {"error": {"message": "invalid JSON"}})
+                    return
+                if self.path.rstrip("/").endswith("/embeddings"):
+                    self._send(200, server._embeddings(request))
                     return
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
@@ -171,6 +191,18 @@ class ScriptedModelServer:
             step = self.script[self._position]
             self._position += 1
             return step
+
+    def _embeddings(self, request: dict[str, Any]) -> dict[str, Any]:
+        texts = request.get("input")
+        texts = [texts] if isinstance(texts, str) else list(texts or [])
+        with self._lock:
+            self.embedded.extend(texts)
+        data = [
+            {"object": "embedding", "index": i, "embedding": self.embed(str(text))}
+            for i, text in enumerate(texts)
+        ]
+        usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
+        return {"object": "list", "data": data, "model": request.get("model"), "usage": usage}
 
     @property
     def base_url(self) -> str:

@@ -22,6 +22,7 @@ from sandbox import Pool
 from .approval import Approver
 from .audit import Trace, read_trace, render_timeline
 from .checkpoints import RunStore
+from .embeddings import Embedder
 from .loop import Agent, RunResult
 from .model import ModelClient
 from .progress import TerminalProgress
@@ -52,6 +53,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="allow a tool that needs approval without asking (repeatable)",
     )
     p.add_argument("--yes", action="store_true", help="allow every tool that needs approval")
+    p.add_argument(
+        "--memory-namespace",
+        metavar="NAME",
+        help="the memory tools' namespace (one per user or agent; default: the policy's)",
+    )
+    p.add_argument("--embeddings-model", metavar="M", help="embed memories with this model")
 
 
 def with_run_overrides(policy: Policy, args: argparse.Namespace) -> Policy:
@@ -60,6 +67,8 @@ def with_run_overrides(policy: Policy, args: argparse.Namespace) -> Policy:
     }
     if args.model:
         changes["model"] = args.model
+    if getattr(args, "embeddings_model", None):
+        changes["embeddings_model"] = args.embeddings_model
     if not changes:
         return policy
     try:
@@ -106,8 +115,24 @@ def build_agent(
         stack.callback(terminal.close)
         progress = terminal
     approver = Approver.for_terminal(args.approve, args.yes)
+    embedder = None
+    if policy.run.embeddings_model:
+        embedder = Embedder(
+            model=policy.run.embeddings_model,
+            base_url=policy.run.embeddings_base_url or model.base_url,
+            api_key=os.environ.get("OPENAI_API_KEY"),
+        )
+    settings = {"memory_namespace": args.memory_namespace} if args.memory_namespace else {}
     return Agent(
-        pool, policy, model, approver=approver, trace=trace, progress=progress, store=store
+        pool,
+        policy,
+        model,
+        approver=approver,
+        trace=trace,
+        progress=progress,
+        store=store,
+        embedder=embedder,
+        call_settings=settings,
     )
 
 

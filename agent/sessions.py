@@ -7,13 +7,13 @@ another version gives a clear error and is never overwritten.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from policies.paths import user_data_dir
 from sandbox.errors import SandboxedAgentError
 
 from .sqlite_file import connect, open_versioned
@@ -26,8 +26,7 @@ class SessionError(SandboxedAgentError):
 
 
 def default_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return Path(base) / "sandboxed-agent" / "sessions.db"
+    return user_data_dir() / "sessions.db"
 
 
 class SessionStore:

@@ -7,6 +7,7 @@ against them so that an impossible value names its table and key.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from sandbox import Limits
 from tools import ToolContext
+
+from .paths import user_data_dir
 
 LIMIT_KEYS = (
     "timeout_s",
@@ -53,6 +56,9 @@ class ToolPolicy(BaseModel):
     """The tool may use the network (else its worker has no network interface)."""
     root: str | None = None
     """Directory `read_file` may read, relative to the policy file."""
+    data_dir: str | None = None
+    """Directory the tool may read and write, kept between calls (the memory tools'
+    database): relative to the policy file; `{data}` is the user's data directory."""
     settings: dict[str, Setting] = Field(default_factory=dict)
     """Free-form configuration for the tool, e.g. `today = "2025-05-11"`."""
 
@@ -100,6 +106,10 @@ class RunPolicy(BaseModel):
     """Identical calls answered with a note before the run stops."""
     request_timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0, le=10)
+    embeddings_model: str | None = None
+    """Embeds what memory tools store and search (`@tool(embed=...)`); unset: full text."""
+    embeddings_base_url: str | None = None
+    """The embeddings endpoint; default: the chat model's."""
     prices: dict[str, Price] = Field(default_factory=dict)
     """Per-model prices; a model without one is counted at zero (and the trace says so)."""
 
@@ -163,7 +173,11 @@ class Policy(BaseModel):
 
     def _context(self, table: ToolPolicy) -> ToolContext:
         root = str((self._base_dir / table.root).resolve()) if table.root else None
-        return ToolContext(root=root, settings=dict(table.settings))
+        data = None
+        if table.data_dir:
+            expanded = table.data_dir.replace("{data}", str(user_data_dir()))
+            data = str((self._base_dir / os.path.expanduser(expanded)).resolve())
+        return ToolContext(root=root, data_dir=data, settings=dict(table.settings))
 
     def root_path(self, table: ToolPolicy) -> Path | None:
         return (self._base_dir / table.root).resolve() if table.root else None

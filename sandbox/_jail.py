@@ -82,7 +82,7 @@ def build(new_root: str, layout: Plan, workdir: str) -> None:
     _bind(new_root, workdir, readonly=False)
 
 
-def add(new_root: str, layout: Plan) -> None:
+def add(new_root: str, layout: Plan, readonly: bool = True) -> None:
     for link, target in layout.links:
         here = new_root + link
         os.makedirs(os.path.dirname(here), exist_ok=True)
@@ -91,7 +91,16 @@ def add(new_root: str, layout: Plan) -> None:
     for path in layout.binds:
         _mount_point(new_root + path, os.path.isdir(path))
     for path in layout.binds:
-        _bind(new_root, path, readonly=True)
+        _bind(new_root, path, readonly=readonly)
+
+
+def add_writable(new_root: str, path: str, bound: Sequence[str]) -> None:
+    """Bind `path` read-write, also where it lies inside a read-only bind."""
+    real = _resolve(os.path.join(os.getcwd(), path), {}, 0)
+    if real is not None and _within(real, list(bound)):
+        _bind(new_root, real, readonly=False)  # the read-only bind shows its mount point
+        return
+    add(new_root, plan([path], inside=bound), readonly=False)
 
 
 def enter(new_root: str) -> None:

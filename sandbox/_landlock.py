@@ -107,6 +107,9 @@ class Ruleset:
     def allow_read(self, path: str) -> None:
         _allow(self.fd, path, READ & self.handled)
 
+    def allow_write(self, path: str) -> None:
+        _allow(self.fd, path, self.handled & ~REFER)
+
     def enforce(self) -> None:
         try:
             _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)

@@ -69,9 +69,11 @@ def setns(fd: int, nstype: int) -> None:
 CAP_DAC_READ_SEARCH = 2
 
 
-def drop_privileges(uid: int | None, keep: tuple[int, ...] = ()) -> None:
-    """Give up root for good: switch to `uid` (also as gid, no supplementary groups)
-    when one is given, and keep no capability but those in `keep`.
+def drop_privileges(
+    uid: int | None, keep: tuple[int, ...] = (), groups: tuple[int, ...] = ()
+) -> None:
+    """Give up root for good: switch to `uid` (also as gid, with only `groups` as
+    supplementary groups) when one is given, and keep no capability but those in `keep`.
 
     The securebits are set and locked first: NOROOT (uid 0 never regains capabilities,
     even through execve) and NO_SETUID_FIXUP (the switch of uid keeps the capability
@@ -91,7 +93,7 @@ def drop_privileges(uid: int | None, keep: tuple[int, ...] = ()) -> None:
             break
     _libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
     if uid is not None:
-        os.setgroups([])
+        os.setgroups(list(groups))
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     mask = sum(1 << c for c in keep)

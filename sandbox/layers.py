@@ -392,7 +392,10 @@ class UidRange:
         self.first = first
         self.span = span
         self._next = 0
-        self._used: set[int] = set()
+        self.data_gid = first + span - 1 if span > 1 else first
+        """The group every worker joins for a policy's `data_dir`, which it owns: so
+        that workers of different uids share a tool's state, and nothing else."""
+        self._used: set[int] = {self.data_gid} if span > 1 else set()
 
     @classmethod
     def find(cls) -> UidRange | None:

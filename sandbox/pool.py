@@ -193,11 +193,13 @@ class Pool:
         arguments: Mapping[str, Any] | str | None = None,
         *,
         limits: Limits | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> ToolResult:
-        """Run `tool` with the model's `arguments` (a dict or a JSON string)."""
+        """Run `tool` with the model's `arguments` (a dict or a JSON string). `settings`
+        adds to the policy's for this call (the agent passes an argument's embedding)."""
         start = time.perf_counter()
         try:
-            call = self._prepare(tool, arguments, limits)
+            call = self._prepare(tool, arguments, limits, settings)
         except ToolCallError as exc:
             return _failed(tool, exc, start)
         with self._slots:
@@ -253,7 +255,11 @@ class Pool:
     # -- one call ---------------------------------------------------------------
 
     def _prepare(
-        self, tool: str, arguments: Mapping[str, Any] | str | None, limits: Limits | None
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | str | None,
+        limits: Limits | None,
+        settings: Mapping[str, Any] | None = None,
     ) -> Call:
         try:
             spec = self.registry.get(tool)
@@ -269,7 +275,8 @@ class Pool:
             args=args,
             limits=limits or self.policy.limits_for(tool),
             root=context.root,
-            settings=context.settings,
+            data_dir=context.data_dir,
+            settings={**context.settings, **settings} if settings else context.settings,
         )
 
     def _take(self, call: Call) -> WorkerHandle:

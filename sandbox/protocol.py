@@ -39,6 +39,8 @@ class Call(_Message):
     limits: Limits
     root: str | None = None
     """Directory `read_file` may read from, from the policy."""
+    data_dir: str | None = None
+    """Directory the tool may read and write, its state kept between calls (policy)."""
     settings: dict[str, Any] = Field(default_factory=dict)
     """Per-tool configuration from the policy (for example a pinned `today`)."""
 

@@ -15,6 +15,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 from typing import Any, NoReturn
 
 from pydantic_core import to_json
@@ -52,6 +53,7 @@ class WorkerSetup:
         seccomp: bool,
         network: bool,
         jail: _jail.Plan | None,
+        data_gid: int | None,
     ) -> None:
         self.channel_fd = channel_fd
         self.log_fd = log_fd
@@ -71,6 +73,8 @@ class WorkerSetup:
         self.network = network
         self.jail = jail
         """Without Landlock: the read-only binds of a new root beside the workdir."""
+        self.data_gid = data_gid
+        """The group that owns a policy's `data_dir`, shared by workers of any uid."""
         self.rules: _landlock.Ruleset | None = None
 
     @property
@@ -177,23 +181,66 @@ def harden(setup: WorkerSetup, call: Call) -> None:
     be undone)."""
     if setup.private_mounts and call.limits.max_disk_mb != Limits().max_disk_mb:
         _linux.resize_tmpfs(setup.workdir, call.limits.max_disk_mb)
+    groups: tuple[int, ...] = ()
+    if call.data_dir:
+        try:
+            own_data_dir(call.data_dir, setup.data_gid)
+        except OSError:
+            pass  # the tool meets the same error on its first use, and reports it
+        groups = (setup.data_gid,) if setup.data_gid is not None else ()
+        os.umask(0o007)  # what one worker writes there, the next (another uid) can use
     if setup.jail is not None:
+        bound = list(setup.jail.binds)
         if call.root:
-            _jail.add(setup.new_root, _jail.plan([call.root], inside=setup.jail.binds))
+            layout = _jail.plan([call.root], inside=bound)
+            _jail.add(setup.new_root, layout)
+            bound += layout.binds
+        if call.data_dir:
+            _jail.add_writable(setup.new_root, call.data_dir, bound)
         _jail.enter(setup.new_root)
     if setup.rules is not None:
         if call.root:
             setup.rules.allow_read(call.root)
+        if call.data_dir:
+            setup.rules.allow_write(call.data_dir)
         setup.rules.enforce()
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     if setup.seccomp:
         _seccomp.install(network=setup.network)
     if setup.drop_capabilities:
-        _linux.drop_privileges(setup.uid, setup.keep_capabilities)
+        _linux.drop_privileges(setup.uid, setup.keep_capabilities, groups)
         if setup.uid is not None:
             # A change of uid clears the parent-death signal; the zygote is still our
             # parent (it reaps us), so asking again is enough.
             _linux.set_parent_death_signal(signal.SIGKILL)
+
+
+def own_data_dir(path: str, gid: int | None) -> None:
+    """As root, before the lock-down: the data directory exists and, where workers run
+    as uids of their own, belongs to their shared group with its files. Links and
+    multiply-linked files are left alone: a tool may have planted them."""
+    os.makedirs(path, mode=0o770, exist_ok=True)
+    if gid is None or os.geteuid() != 0:
+        return
+    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(directory, -1, gid)
+        os.fchmod(directory, 0o2770)  # setgid: new files join the group
+        for entry in os.scandir(directory):
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            try:
+                fd = os.open(entry.name, flags, dir_fd=directory)
+            except OSError:
+                continue
+            try:
+                info = os.fstat(fd)
+                if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                    os.fchown(fd, -1, gid)
+                    os.fchmod(fd, 0o660)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(directory)
 
 
 def run(registry: Registry, call: Call) -> bytes:
@@ -205,7 +252,7 @@ def run(registry: Registry, call: Call) -> bytes:
     )
     os.ftruncate(1, 0)  # the log holds this call's output only
     try:
-        set_current(ToolContext(root=call.root, settings=call.settings))
+        set_current(ToolContext(root=call.root, data_dir=call.data_dir, settings=call.settings))
         spec = registry.get(call.tool)
         value = spec.func(**spec.bind(call.args))
         text = _as_text(value)

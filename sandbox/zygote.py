@@ -173,6 +173,7 @@ class Zygote:
                 seccomp=self.layers.seccomp,
                 network=network,
                 jail=self.layers.jail,
+                data_gid=self.layers.uids.data_gid if self.layers.uids else None,
             )
             chan = detach(setup)
             serve(chan, self.registry, setup)

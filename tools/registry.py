@@ -33,7 +33,7 @@ from .schema import ToolDefinitionError, build_model, parse_docstring, strict_sc
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-BUILTIN_MODULES = ("tools.calculator", "tools.files", "tools.support")
+BUILTIN_MODULES = ("tools.calculator", "tools.files", "tools.support", "tools.memory")
 
 
 class ArgumentError(ValueError):
@@ -51,6 +51,9 @@ class ToolSpec:
     defaults: frozenset[str]
     json_native: bool
     """Every parameter arrives from JSON as the function wants it; skip re-validation."""
+    embed: str | None = None
+    """A text argument the orchestrator embeds (where an embeddings endpoint is set)
+    and hands to the tool as `context.embedding()`: the key stays with it."""
 
     @property
     def openai_schema(self) -> dict[str, Any]:
@@ -164,6 +167,13 @@ class Registry:
             )
         description, _ = parse_docstring(func.__doc__)
         model, defaults, native = build_model(func, tool_name)
+        embed = getattr(func, "__tool_embed__", None)
+        if embed is not None and model.model_fields.get(embed, None) is None:
+            raise ToolDefinitionError(f"tool {tool_name!r}: embed={embed!r} names no parameter")
+        if embed is not None and model.model_fields[embed].annotation is not str:
+            raise ToolDefinitionError(
+                f"tool {tool_name!r}: embed={embed!r} must be a str parameter"
+            )
         spec = ToolSpec(
             name=tool_name,
             description=description or tool_name,
@@ -172,6 +182,7 @@ class Registry:
             parameters=strict_schema(model, defaults),
             defaults=frozenset(defaults),
             json_native=native,
+            embed=embed,
         )
         self._specs[tool_name] = spec
         return spec
@@ -259,14 +270,22 @@ def _import_source(source: str) -> str:
 @overload
 def tool(func: F, /) -> F: ...
 @overload
-def tool(*, name: str | None = None) -> Callable[[F], F]: ...
+def tool(*, name: str | None = None, embed: str | None = None) -> Callable[[F], F]: ...
 
 
-def tool(func: F | None = None, /, *, name: str | None = None) -> F | Callable[[F], F]:
-    """Register a function as a tool; the function itself is returned unchanged."""
+def tool(
+    func: F | None = None, /, *, name: str | None = None, embed: str | None = None
+) -> F | Callable[[F], F]:
+    """Register a function as a tool; the function itself is returned unchanged.
+
+    `embed="fact"`: when an embeddings endpoint is configured, the agent embeds that
+    argument before the call and the tool reads the vector with `context.embedding()`.
+    """
 
     def register(f: F) -> F:
         tool_name = name or f.__name__
+        if embed is not None:
+            f.__tool_embed__ = embed  # type: ignore[attr-defined]
         # Check the definition now, so a bad tool fails at import, not at first call.
         Registry().add(f, tool_name)
         _by_module.setdefault(f.__module__, []).append((f, tool_name))

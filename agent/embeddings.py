@@ -1,0 +1,50 @@
+"""Embeddings for the tools that ask for them (`@tool(embed="fact")`), computed by the
+orchestrator so that neither the API key nor the network reaches a worker.
+
+Any OpenAI-compatible `/embeddings` endpoint works (OpenAI, Ollama, vLLM). A failure or
+a malformed answer gives no vector, and the tool falls back to full-text search.
+"""
+
+from __future__ import annotations
+
+import math
+
+import openai
+
+MAX_DIMENSIONS = 16_384
+
+
+class Embedder:
+    def __init__(
+        self,
+        *,
+        model: str,
+        base_url: str | None,
+        api_key: str | None,
+        timeout_s: float = 30.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.model = model
+        self.base_url = base_url
+        self._client = openai.OpenAI(
+            base_url=base_url,
+            api_key=api_key or "not-needed",
+            timeout=timeout_s,
+            max_retries=max_retries,
+        )
+        self.last_error: str | None = None
+
+    def embed(self, text: str) -> list[float] | None:
+        """The text's vector, or None (the reason kept in `last_error`)."""
+        try:
+            response = self._client.embeddings.create(
+                model=self.model, input=text, encoding_format="float"
+            )
+            vector = [float(x) for x in response.data[0].embedding]
+        except (openai.APIError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            return None
+        if not vector or len(vector) > MAX_DIMENSIONS or not all(map(math.isfinite, vector)):
+            self.last_error = f"the endpoint returned an unusable vector ({len(vector)} values)"
+            return None
+        return vector
