@@ -1,1 +1,22 @@
-"""The orchestrator: the command line now; the model loop arrives with issue 4."""
+"""The orchestrator: the model loop with its guardrails, approval, the audit trail,
+checkpointed runs, and the `sandboxed-agent` command line.
+
+    from agent import Agent, ModelClient
+    from policies import load_policy
+    from sandbox import Pool
+
+    policy = load_policy()
+    with Pool(policy, **policy.pool_options()) as pool:
+        model = ModelClient(model="gpt-4o-mini", base_url=None, api_key=KEY)
+        print(Agent(pool, policy, model).run("Can I still return order 12345?").answer)
+"""
+
+from .approval import Approver as Approver
+from .audit import Trace as Trace
+from .checkpoints import RunStore as RunStore
+from .embeddings import Embedder as Embedder
+from .loop import Agent as Agent
+from .loop import RunResult as RunResult
+from .model import ModelClient as ModelClient
+
+__all__ = ["Agent", "Approver", "Embedder", "ModelClient", "RunResult", "RunStore", "Trace"]

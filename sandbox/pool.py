@@ -270,7 +270,8 @@ class Pool:
         except ArgumentError as exc:
             raise BadArguments(tool, str(exc)) from None
         context = self.policy.context_for(tool)
-        return Call(
+        # Built from parts validated above: validating them again is the hot path's cost.
+        return Call.model_construct(
             tool=tool,
             args=args,
             limits=limits or self.policy.limits_for(tool),

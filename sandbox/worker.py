@@ -10,6 +10,7 @@ status instead.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -155,7 +156,7 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         frame = recv_frame_blocking(chan)
         if frame is None:
             os._exit(0)
-        call = Call.model_validate_json(frame)
+        call = parse_call(frame)
         if first:
             reusable = call.limits.reuse_worker
             _limit_processes(setup, call.limits)
@@ -173,6 +174,14 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         if not reusable:
             os._exit(0)
         _clean_up(setup)
+
+
+def parse_call(frame: bytes) -> Call:
+    """The orchestrator's frame, built from a validated `Call`: trusted, so rebuilt
+    without validating it again (the hot path of a warm worker)."""
+    data = json.loads(frame)
+    data["limits"] = Limits.model_construct(**data["limits"])
+    return Call.model_construct(**data)
 
 
 def harden(setup: WorkerSetup, call: Call) -> None:
@@ -243,14 +252,21 @@ def own_data_dir(path: str, gid: int | None) -> None:
         os.close(directory)
 
 
+_out_of_memory: dict[tuple[str, int], bytes] = {}
+
+
 def run(registry: Registry, call: Call) -> bytes:
     """One call → the encoded `Result` frame. Never raises."""
     # Built before the tool runs: once memory is exhausted there may be none to build it.
-    out_of_memory = _failure(
-        ErrorKind.MEMORY_LIMIT,
-        f"{call.tool} ran out of memory (limit {call.limits.memory_mb} MiB)",
-    )
-    os.ftruncate(1, 0)  # the log holds this call's output only
+    key = (call.tool, call.limits.memory_mb)
+    out_of_memory = _out_of_memory.get(key)
+    if out_of_memory is None:
+        out_of_memory = _out_of_memory[key] = _failure(
+            ErrorKind.MEMORY_LIMIT,
+            f"{call.tool} ran out of memory (limit {call.limits.memory_mb} MiB)",
+        )
+    if os.lseek(1, 0, os.SEEK_END):
+        os.ftruncate(1, 0)  # the log holds this call's output only
     try:
         set_current(ToolContext(root=call.root, data_dir=call.data_dir, settings=call.settings))
         spec = registry.get(call.tool)
@@ -268,7 +284,15 @@ def run(registry: Registry, call: Call) -> bytes:
             f"{call.tool} returned {len(text)} characters; the limit is "
             f"{call.limits.max_output_chars}",
         )
-    return Result(ok=True, output=text).model_dump_json().encode()
+    try:
+        output = json.dumps(text, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return _failure(
+            ErrorKind.TOOL_ERROR,
+            f"{call.tool} returned text that is not valid Unicode (a lone surrogate)",
+        )
+    # What `Result(ok=True, output=text).model_dump_json()` says, without building it.
+    return b'{"type":"result","ok":true,"output":%s,"error":null}' % output
 
 
 def _as_text(value: Any) -> str:
@@ -362,10 +386,30 @@ def _kill_descendants(setup: WorkerSetup) -> None:
         except ProcessLookupError:
             pass
         return
-    import psutil
+    # As a subreaper: our own children only, whose pids no one can take before we
+    # reap them; their orphans come to us and die in the next round (see _clean_up).
+    children = _own_children()
+    if children is None:  # a kernel without /proc/PID/task/TID/children
+        import psutil
 
-    for child in psutil.Process().children(recursive=True):
+        children = [child.pid for child in psutil.Process().children()]
+    for pid in children:
         try:
-            child.kill()
-        except psutil.Error:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
+
+
+def _own_children() -> list[int] | None:
+    """From the kernel's lists (one small read), not a scan of every process."""
+    children: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                children += [int(pid) for pid in f.read().split()]
+        except FileNotFoundError:
+            if os.path.isdir(f"/proc/self/task/{tid}"):
+                return None
+        except OSError:
+            pass
+    return children

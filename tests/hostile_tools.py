@@ -240,3 +240,22 @@ def slow_stamp(seconds: float) -> dict:
     start = time.time()
     time.sleep(seconds)
     return {"start": start, "end": time.time(), "pid": os.getpid()}
+
+
+@tool
+def echo_text(text: str, chatter: str = "") -> str:
+    """Return the text as given; print `chatter` to stdout first when there is some.
+
+    Args:
+        text: Any text.
+        chatter: Printed to the log.
+    """
+    if chatter:
+        print(chatter)
+    return text
+
+
+@tool
+def lone_surrogate() -> str:
+    """Return a str that is not valid Unicode."""
+    return "bad \udc80 text"

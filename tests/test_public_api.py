@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import agent
 import policies
 import sandbox
 import tools
@@ -42,7 +43,16 @@ def test_exported_names() -> None:
         "load_policy",
         "parse_policy",
     ]
-    for module in (sandbox, tools, policies):
+    assert sorted(agent.__all__) == [
+        "Agent",
+        "Approver",
+        "Embedder",
+        "ModelClient",
+        "RunResult",
+        "RunStore",
+        "Trace",
+    ]
+    for module in (sandbox, tools, policies, agent):
         for name in module.__all__:
             assert hasattr(module, name), name
 

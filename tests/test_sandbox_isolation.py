@@ -149,3 +149,20 @@ def test_the_pool_recovers_when_its_template_process_is_killed(registry: Registr
         assert pool.template_pid != first
     assert all(r.ok and r.output == "4" for r in results[1:])
     assert results[0].ok or results[0].error.kind == "crashed"
+
+
+def test_text_comes_back_exactly_and_bad_unicode_is_a_tool_error(pool: Pool) -> None:
+    text = 'quotes " and \\ backslash, café ✓, 🎉, \x00\x1f control, \u2028 line sep'
+    assert pool.call("echo_text", {"text": text}).output == text
+    bad = pool.call("lone_surrogate")
+    assert bad.error.kind == "tool_error"
+    assert "lone_surrogate returned text that is not valid Unicode" in bad.error.message
+
+
+def test_a_reused_workers_log_holds_each_calls_output_only(pool: Pool) -> None:
+    trusted = Limits(reuse_worker=True)
+    first = pool.call("echo_text", {"text": "a", "chatter": "first"}, limits=trusted)
+    second = pool.call("echo_text", {"text": "b"}, limits=trusted)
+    third = pool.call("echo_text", {"text": "c", "chatter": "third"}, limits=trusted)
+    assert first.worker_pid == second.worker_pid == third.worker_pid
+    assert (first.logs, second.logs, third.logs) == ("first\n", "", "third\n")

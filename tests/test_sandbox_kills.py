@@ -160,3 +160,17 @@ def test_parallel_calls_run_at_once_without_exceeding_the_pool(registry: Registr
 def test_a_forged_oversized_result_is_still_an_output_limit(pool: Pool) -> None:
     result, _ = run(pool, "forged_result", {"chars": 5000}, max_output_chars=1000)
     assert result.error.kind == "output_limit", result
+
+
+def test_a_reused_worker_kills_what_a_call_left_before_the_next(
+    registry: Registry, process_tree: str
+) -> None:
+    markers = [unique_marker(), unique_marker()]
+    trusted = Limits(reuse_worker=True)
+    with Pool(registry=registry, size=1, process_tree=process_tree) as pool:
+        first, second = (
+            pool.call("double_fork", {"marker": m, "hang": False}, limits=trusted) for m in markers
+        )
+        assert first.ok and second.ok and first.worker_pid == second.worker_pid
+        assert sleepers(markers[0]) == []  # cleaned up before the second call ran
+    assert sleepers(markers[1]) == []
