@@ -182,15 +182,14 @@ class Agent:
         repeats: RepeatGuard,
         record: RunRecord,
     ) -> None:
-        """On resume: answer the calls of the model's last turn that have no answer."""
+        """On resume: answer the calls of the model's last turn. A turn's answers are
+        checkpointed together, so a conversation that ends with calls has none yet."""
         last = messages[-1] if messages else {}
         calls = last.get("tool_calls") if last.get("role") == "assistant" else None
         if not calls:
             return
         known = {c.call_id: c for c in record.calls if c.step == record.steps}
-        answered = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
-        outcomes = self._run_calls(calls, budget.steps, repeats, known, answered)
-        self._append(messages, outcomes, budget)
+        self._append(messages, self._run_calls(calls, budget.steps, repeats, known), budget)
 
     def _append(
         self, messages: list[dict[str, Any]], outcomes: list[ToolOutcome], budget: Budget
@@ -271,19 +270,16 @@ class Agent:
         step: int,
         repeats: RepeatGuard,
         known: dict[str, CallRecord] | None = None,
-        skip: set[str] | frozenset[str] = frozenset(),
     ) -> list[ToolOutcome]:
         """Guard and approve each call in order, run the approved ones at once, and
         return the outcomes in the order of the calls. `known` holds, on resume, what
-        the checkpoint says of each call; calls in `skip` were answered already."""
+        the checkpoint says of each call."""
         known = known or {}
         outcomes: list[ToolOutcome | None] = [None] * len(calls)
         to_run: list[tuple[int, str, str, str, str]] = []
         stop: RunStopped | None = None
         for i, call in enumerate(calls):
             call_id, tool, arguments = _unpack(call, i)
-            if call_id in skip:
-                continue
             record = known.get(call_id)
             if record is not None and record.outcome is not None:
                 outcomes[i] = self._restored(call_id, tool, arguments, record.outcome)

@@ -63,7 +63,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def with_run_overrides(policy: Policy, args: argparse.Namespace) -> Policy:
     changes: dict[str, Any] = {
-        k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k) is not None
+        k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k, None) is not None
     }
     if args.model:
         changes["model"] = args.model

@@ -49,7 +49,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--runs: must be from 1 to 100 (got {args.runs})")
     policy_file = args.policy or (str(suite.policy_path) if suite.policy_path else None)
     registry, policy = load_setup([*suite.tool_sources(), *args.tools], policy_file)
-    args.max_iterations = args.max_cost_usd = args.max_wall_s = None
     policy = with_run_overrides(policy, args)
     if args.scripted:
         missing = [c.name for c in suite.cases if not c.script]

@@ -57,10 +57,8 @@ class CaseReport:
     name: str
     runs: list[RunReport] = field(default_factory=list)
 
-    def rate(self, what: str) -> float:
-        return sum(getattr(r, what) for r in self.runs) / len(self.runs) if self.runs else 0.0
-
     def mean(self, what: str) -> float:
+        """The mean of a field over the runs (of a check: its pass rate)."""
         return sum(getattr(r, what) for r in self.runs) / len(self.runs) if self.runs else 0.0
 
     def judged(self) -> float | None:
@@ -71,8 +69,8 @@ class CaseReport:
         return {
             "name": self.name,
             "runs": len(self.runs),
-            "outcome_pass_rate": self.rate("outcome_ok"),
-            "path_pass_rate": self.rate("path_ok"),
+            "outcome_pass_rate": self.mean("outcome_ok"),
+            "path_pass_rate": self.mean("path_ok"),
             "mean_steps": self.mean("steps"),
             "mean_tokens": self.mean("tokens"),
             "mean_cost_usd": self.mean("cost_usd"),
