@@ -20,6 +20,7 @@ from agent.replay import ScriptedModelServer, Step, call, say
 from policies import parse_policy
 from sandbox import Pool
 from tools import Registry
+from tools.memory_store import MemoryStore, sqlite_vec_engine
 
 ATTACKS = str(Path(__file__).with_name("attack_tools.py"))
 POLICY = """
@@ -136,7 +137,8 @@ def test_vector_recall_through_the_loopback_embeddings_endpoint(pool: Pool) -> N
         "The customer prefers email",
         "Never telephone before noon",
     ]
-    assert hits[0]["via"] == "vector" and hits[0]["score"] > hits[1]["score"]
+    engine = "sqlite-vec" if sqlite_vec_engine() else "python"
+    assert hits[0]["via"] == f"vector/{engine}" and hits[0]["score"] > hits[1]["score"]
     # The orchestrator embedded what the tools asked for; the workers got only vectors.
     assert server.embedded == [
         "The customer prefers email",
@@ -157,3 +159,24 @@ def test_a_memory_tool_without_a_data_dir_says_so(tmp_path: Path) -> None:
     with Pool(size=1) as pool:
         result = pool.call("remember", {"fact": "x"})
     assert "needs a data_dir in its policy table" in result.error.message
+
+
+def test_sqlite_vec_and_the_python_scan_rank_alike(tmp_path: Path) -> None:
+    if sqlite_vec_engine() is None:
+        pytest.skip("the vector extra (sqlite-vec) is not installed")  # pragma: no cover
+    facts = ["prefers email", "never telephone", "email and phone both fine", "lives in Lyon"]
+    stores = [
+        MemoryStore(tmp_path / "m.db", "ns", 100, 10, use_sqlite_vec=flag) for flag in (True, False)
+    ]
+    assert [s.vector_engine for s in stores] == ["sqlite-vec", "python"]
+    for fact in facts:
+        stores[0].remember(fact, concept_embedding(fact))
+    stores[0].remember("no vector at all", [0.0, 0.0, 0.0])  # a zero vector is kept as none
+    query = concept_embedding("which inbox?")
+    vec, scan = (s.recall("which inbox?", 3, query) for s in stores)
+    assert [h.fact for h in vec] == [h.fact for h in scan]
+    assert [h.score for h in vec] == pytest.approx([h.score for h in scan], abs=1e-3)
+    assert [h.fact for h in vec][:2] == ["prefers email", "email and phone both fine"]
+    assert {h.via for h in vec} == {"vector/sqlite-vec"} and {h.via for h in scan} == {
+        "vector/python"
+    }

@@ -229,3 +229,32 @@ def test_resume_needs_a_known_run_and_not_a_task_too(tmp_path: Path) -> None:
     assert status == 2 and "not both" in err
     policy = parse_policy("[defaults]\nidempotent = true\n", "p.toml", tmp_path)
     assert policy.idempotent("anything")
+
+
+def test_ctrl_c_leaves_a_run_that_resumes(tmp_path: Path) -> None:
+    tools = tmp_path / "slow.py"
+    tools.write_text(SLOW_TOOLS)
+
+    def model(request: dict[str, Any]) -> Step:
+        if turn_of(request) == 0:
+            return call(("slow_refund", {"order_id": "12345"}))
+        return echo_last_tool(request)
+
+    store = store_at()
+    with ScriptedModelServer(model) as server:
+        base = ["--tools", str(tools), "--base-url", server.base_url]
+        proc = cli("run", "Refund 12345", *base)
+        run = wait_for(
+            lambda: (r := latest_run(store)) and r.calls and r.calls[0].state == "running" and r,
+            "the call to start",
+        )
+        proc.send_signal(signal.SIGINT)
+        status, _, err = finish(proc)
+        assert status == 1, err
+        assert (
+            f"interrupted (run {run.id}; go on with: sandboxed-agent run --resume {run.id})" in err
+        )
+        assert store.load(run.id).state == "interrupted"
+        status, out, err = finish(cli("run", "--resume", run.id, *base, "--yes"))
+    assert status == 0, err
+    assert out.strip() == "Result: refunded 12345"

@@ -34,6 +34,7 @@ def _store() -> MemoryStore:
         namespace=str(context.setting("memory_namespace", DEFAULT_NAMESPACE)),
         max_fact_chars=int(context.setting("memory_max_fact_chars", DEFAULT_MAX_FACT_CHARS)),
         max_facts=int(context.setting("memory_max_facts", DEFAULT_MAX_FACTS)),
+        use_sqlite_vec=context.setting("memory_vector_search", "auto") != "python",
     )
 
 

@@ -1,11 +1,12 @@
 """Retrieval memory: facts in one SQLite file, a namespace per user or agent.
 
 Full-text search (FTS5, BM25) needs no model at all. When the agent has an embeddings
-endpoint, each fact is stored with its vector and `recall` ranks by cosine similarity
-instead; facts without a vector are still found by full text. The similarity is a scan
-of the namespace's vectors, which the per-namespace cap keeps small (sqlite-vec would
-index them, but needs a Python whose sqlite3 can load extensions). Namespaces never
-see each other: every statement is scoped to one.
+endpoint, each fact is stored with its vector (float32, the layout sqlite-vec reads) and
+`recall` ranks by cosine similarity instead; facts without a vector are still found by
+full text. With the `vector` extra installed, sqlite-vec computes the similarity in SQL
+(through pysqlite3 where this Python's sqlite3 cannot load extensions); without it, the
+same ranking is computed here. Namespaces never see each other: every statement is
+scoped to one.
 
 Exact business facts do not belong here: they live in relational tables behind tools
 (the orders database), where a lookup returns them exactly or not at all.
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA_VERSION = 1
 _SCHEMA = [
@@ -50,24 +52,54 @@ class Hit:
     score: float
     created: str
     via: str
-    """"vector" or "full-text": how this hit was found."""
+    """How this hit was found: "full-text", "vector/sqlite-vec" or "vector/python"."""
+
+
+def sqlite_vec_engine() -> tuple[Any, Any] | None:
+    """(a sqlite3 module that can load extensions, sqlite_vec), when both are here."""
+    try:
+        import sqlite_vec
+    except ImportError:
+        return None
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3, sqlite_vec
+    try:
+        from pysqlite3 import dbapi2
+    except ImportError:
+        return None
+    return dbapi2, sqlite_vec
 
 
 class MemoryStore:
-    def __init__(self, path: Path, namespace: str, max_fact_chars: int, max_facts: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        namespace: str,
+        max_fact_chars: int,
+        max_facts: int,
+        use_sqlite_vec: bool = True,
+    ) -> None:
         if not namespace or len(namespace) > 200:
             raise MemoryRequestError("the memory namespace must be 1 to 200 characters")
         self.path = path
         self.namespace = namespace
         self.max_fact_chars = max_fact_chars
         self.max_facts = max_facts
+        engine = sqlite_vec_engine() if use_sqlite_vec else None
+        self._sqlite, self._vec = engine if engine else (sqlite3, None)
+        self.vector_engine = "sqlite-vec" if self._vec else "python"
         self._open()
 
     def _connect(self) -> sqlite3.Connection:
         try:
-            return sqlite3.connect(self.path, timeout=10)
-        except sqlite3.OperationalError as exc:
+            db = self._sqlite.connect(self.path, timeout=10)
+        except self._sqlite.OperationalError as exc:
             raise MemoryRequestError(f"cannot open the memory file {self.path}: {exc}") from None
+        if self._vec is not None:
+            db.enable_load_extension(True)
+            self._vec.load(db)
+            db.enable_load_extension(False)
+        return db  # type: ignore[no-any-return]
 
     def _open(self) -> None:
         try:
@@ -80,7 +112,7 @@ class MemoryStore:
                     db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (version,))
                     return
                 row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.DatabaseError as exc:
+        except self._sqlite.DatabaseError as exc:
             raise MemoryRequestError(
                 f"{self.path} is not a usable memory file ({exc}); it was left untouched"
             ) from None
@@ -124,6 +156,7 @@ class MemoryStore:
             return int(cursor.lastrowid or 0), True
 
     def recall(self, query: str, k: int, vector: Sequence[float] | None) -> list[Hit]:
+        vector = vector if _usable(vector) else None
         with closing(self._connect()) as db:
             hits = self._by_vector(db, vector, k) if vector else []
             seen = {h.id for h in hits}
@@ -133,6 +166,14 @@ class MemoryStore:
         return hits
 
     def _by_vector(self, db: sqlite3.Connection, vector: Sequence[float], k: int) -> list[Hit]:
+        if self._vec is not None:
+            rows = db.execute(
+                "SELECT id, fact, created, 1 - vec_distance_cosine(embedding, ?) AS score "
+                "FROM facts WHERE namespace = ? AND embedding IS NOT NULL "
+                "AND length(embedding) = ? ORDER BY score DESC, id LIMIT ?",
+                (_pack(vector), self.namespace, 4 * len(vector), k),
+            ).fetchall()
+            return [Hit(i, f, round(s, 4), _iso(c), "vector/sqlite-vec") for i, f, c, s in rows]
         rows = db.execute(
             "SELECT id, fact, created, embedding FROM facts "
             "WHERE namespace = ? AND embedding IS NOT NULL",
@@ -144,7 +185,7 @@ class MemoryStore:
             if len(other) == len(vector):
                 scored.append((_cosine(vector, other), fact_id, fact, created))
         scored.sort(key=lambda s: (-s[0], s[1]))
-        return [Hit(i, f, round(s, 4), _iso(c), "vector") for s, i, f, c in scored[:k]]
+        return [Hit(i, f, round(s, 4), _iso(c), "vector/python") for s, i, f, c in scored[:k]]
 
     def _by_text(
         self, db: sqlite3.Connection, query: str, k: int, vector_only_missing: bool
@@ -171,10 +212,15 @@ class MemoryStore:
             return cursor.rowcount > 0
 
 
+def _usable(vector: Sequence[float] | None) -> bool:
+    """A vector with a direction: a zero vector has no cosine with anything."""
+    return bool(vector) and any(x != 0 for x in vector)  # type: ignore[union-attr]
+
+
 def _pack(vector: Sequence[float] | None) -> bytes | None:
-    if not vector:
+    if not _usable(vector):
         return None
-    return struct.pack(f"<{len(vector)}f", *vector)
+    return struct.pack(f"<{len(vector)}f", *vector)  # type: ignore[arg-type]
 
 
 def _unpack(blob: bytes) -> tuple[float, ...]:
