@@ -11,6 +11,8 @@ import math
 
 import openai
 
+from .model import openai_client
+
 MAX_DIMENSIONS = 16_384
 
 
@@ -26,12 +28,7 @@ class Embedder:
     ) -> None:
         self.model = model
         self.base_url = base_url
-        self._client = openai.OpenAI(
-            base_url=base_url,
-            api_key=api_key or "not-needed",
-            timeout=timeout_s,
-            max_retries=max_retries,
-        )
+        self._client = openai_client(base_url, api_key, timeout_s, max_retries)
         self.last_error: str | None = None
 
     def embed(self, text: str) -> list[float] | None:

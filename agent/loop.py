@@ -87,6 +87,7 @@ class Agent:
         self.call_settings = dict(call_settings or {})
         """Added to every call's settings (`--memory-namespace` sets one)."""
         self.run_id: str | None = None
+        self._interrupted = False
         self.tools = [spec.openai_schema for spec in pool.registry]
 
     def run(self, task: str, history: list[dict[str, Any]] | None = None) -> RunResult:
@@ -122,6 +123,7 @@ class Agent:
         repeats: RepeatGuard,
         resumed: RunRecord | None = None,
     ) -> RunResult:
+        self._interrupted = False
         self.trace.emit(
             RunStarted(
                 task=task,
@@ -321,8 +323,16 @@ class Agent:
                     continue
             to_run.append((i, call_id, tool, arguments, approval))
         if to_run:
-            with ThreadPoolExecutor(max_workers=len(to_run)) as ex:
+            ex = ThreadPoolExecutor(max_workers=len(to_run))
+            try:
                 ran = list(ex.map(self._execute, to_run))
+            except KeyboardInterrupt:
+                # Stop now, not when the calls end: they stay `running` in the
+                # checkpoint (a resume decides), and die when the pool closes.
+                self._interrupted = True
+                ex.shutdown(wait=False, cancel_futures=True)
+                raise
+            ex.shutdown()
             for (i, call_id, tool, arguments, approval), (result, sent) in zip(
                 to_run, ran, strict=True
             ):
@@ -369,7 +379,7 @@ class Agent:
         return settings
 
     def _checkpoint_done(self, call_id: str, sent: str, result: ToolResult) -> None:
-        if self.store and self.run_id:
+        if self.store and self.run_id and not self._interrupted:
             kind = result.error.kind if result.error else None
             outcome = Outcome(sent=sent, ok=result.ok, error_kind=kind)
             self.store.call_done(self.run_id, call_id, outcome)

@@ -34,6 +34,17 @@ class ModelTurn:
     model: str
 
 
+def openai_client(
+    base_url: str | None, api_key: str | None, timeout_s: float, max_retries: int
+) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key or "not-needed",  # local servers take any key
+        timeout=timeout_s,
+        max_retries=max_retries,
+    )
+
+
 class ModelClient:
     """Chat Completions with tools against any OpenAI-compatible endpoint."""
 
@@ -49,12 +60,7 @@ class ModelClient:
         self.model = model
         self.base_url = base_url
         self.timeout_s = timeout_s
-        self._client = openai.OpenAI(
-            base_url=base_url,
-            api_key=api_key or "not-needed",  # local servers take any key
-            timeout=timeout_s,
-            max_retries=max_retries,
-        )
+        self._client = openai_client(base_url, api_key, timeout_s, max_retries)
 
     def complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], timeout_s: float

@@ -254,7 +254,9 @@ def test_ctrl_c_leaves_a_run_that_resumes(tmp_path: Path) -> None:
         assert (
             f"interrupted (run {run.id}; go on with: sandboxed-agent run --resume {run.id})" in err
         )
-        assert store.load(run.id).state == "interrupted"
+        record = store.load(run.id)
+        assert record.state == "interrupted"
+        assert record.calls[0].state == "running"  # stopped at once, not when the call ended
         status, out, err = finish(cli("run", "--resume", run.id, *base, "--yes"))
     assert status == 0, err
     assert out.strip() == "Result: refunded 12345"
