@@ -122,9 +122,12 @@ class RunStore:
         return cls(default_path())
 
     def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
-        with closing(connect(self.path)) as db, db:
-            for sql, params in statements:
-                db.execute(sql, params)
+        try:
+            with closing(connect(self.path)) as db, db:
+                for sql, params in statements:
+                    db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"cannot checkpoint the run in {self.path}: {exc}") from None
 
     def start(self, task: str, model: str, messages: list[dict[str, Any]]) -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)

@@ -21,7 +21,7 @@ from sandbox import Pool
 
 from .approval import Approver
 from .audit import Trace, read_trace, render_timeline
-from .checkpoints import RunStore
+from .checkpoints import CheckpointError, RunStore
 from .embeddings import Embedder
 from .loop import Agent, RunResult
 from .model import ModelClient
@@ -150,8 +150,14 @@ def report(result: RunResult) -> int:
 def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
     if bool(args.task) == bool(args.resume):
         raise UsageError('give a task, or --resume RUN_ID, not both: run "TASK" | run --resume ID')
-    store = RunStore.open_default()
-    record = store.load(args.resume) if args.resume else None
+    store: RunStore | None = None
+    try:
+        store = RunStore.open_default()
+    except CheckpointError as exc:
+        if args.resume:
+            raise
+        print(f"sandboxed-agent: warning: this run is not checkpointed: {exc}", file=sys.stderr)
+    record = store.load(args.resume) if store and args.resume else None
     with ExitStack() as stack:
         agent = build_agent(stack, policy, registry, args, store)
         result = agent.resume(record) if record else agent.run(args.task)

@@ -260,3 +260,15 @@ def test_ctrl_c_leaves_a_run_that_resumes(tmp_path: Path) -> None:
         status, out, err = finish(cli("run", "--resume", run.id, *base, "--yes"))
     assert status == 0, err
     assert out.strip() == "Result: refunded 12345"
+
+
+def test_a_run_goes_on_without_checkpoints_when_the_store_is_unusable() -> None:
+    path = store_at().path
+    path.write_bytes(b"not a database at all" * 100)
+    with ScriptedModelServer([say("Hello")]) as server:
+        status, out, err = finish(cli("run", "Hi", "--base-url", server.base_url))
+        assert status == 0 and out.strip() == "Hello"
+        assert "warning: this run is not checkpointed:" in err and "not a usable run file" in err
+        status, _, err = finish(cli("run", "--resume", "x", "--base-url", server.base_url))
+    assert status == 1 and "not a usable run file" in err
+    assert path.read_bytes() == b"not a database at all" * 100
