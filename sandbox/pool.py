@@ -270,8 +270,7 @@ class Pool:
         except ArgumentError as exc:
             raise BadArguments(tool, str(exc)) from None
         context = self.policy.context_for(tool)
-        # Built from parts validated above: validating them again is the hot path's cost.
-        return Call.model_construct(
+        return Call(
             tool=tool,
             args=args,
             limits=limits or self.policy.limits_for(tool),

@@ -156,7 +156,7 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         frame = recv_frame_blocking(chan)
         if frame is None:
             os._exit(0)
-        call = parse_call(frame)
+        call = Call.model_validate_json(frame)
         if first:
             reusable = call.limits.reuse_worker
             _limit_processes(setup, call.limits)
@@ -174,14 +174,6 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         if not reusable:
             os._exit(0)
         _clean_up(setup)
-
-
-def parse_call(frame: bytes) -> Call:
-    """The orchestrator's frame, built from a validated `Call`: trusted, so rebuilt
-    without validating it again (the hot path of a warm worker)."""
-    data = json.loads(frame)
-    data["limits"] = Limits.model_construct(**data["limits"])
-    return Call.model_construct(**data)
 
 
 def harden(setup: WorkerSetup, call: Call) -> None:
