@@ -14,6 +14,9 @@ import openai
 from .model import openai_client
 
 MAX_DIMENSIONS = 16_384
+MAX_CHARS = 32_000
+"""Longer texts are not sent: no memory tool keeps a fact that long, and a model's
+arguments should not decide how much is uploaded."""
 
 
 class Embedder:
@@ -33,6 +36,9 @@ class Embedder:
 
     def embed(self, text: str) -> list[float] | None:
         """The text's vector, or None (the reason kept in `last_error`)."""
+        if len(text) > MAX_CHARS:
+            self.last_error = f"not embedded: {len(text)} characters (at most {MAX_CHARS})"
+            return None
         try:
             response = self._client.embeddings.create(
                 model=self.model, input=text, encoding_format="float"

@@ -191,3 +191,9 @@ def test_the_judge_is_reported_beside_the_checks(tmp_path: Path, capsys: Any) ->
 def test_a_judge_that_does_not_answer_as_asked_gives_no_score(reply: str, reason: str) -> None:
     verdict = parse_verdict(reply)
     assert verdict.score is None and reason in verdict.reason
+
+
+def test_a_hostile_judge_reply_is_read_in_linear_time() -> None:
+    verdict = parse_verdict("{" * 2_000_000)  # a regex scan would be quadratic here
+    assert verdict.score is None and "did not answer as asked" in verdict.reason
+    assert parse_verdict('noise { "score": 0.5, "reason": "ok" } noise').score == 0.5

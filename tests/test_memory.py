@@ -180,3 +180,12 @@ def test_sqlite_vec_and_the_python_scan_rank_alike(tmp_path: Path) -> None:
     assert {h.via for h in vec} == {"vector/sqlite-vec"} and {h.via for h in scan} == {
         "vector/python"
     }
+
+
+def test_the_model_cannot_make_the_orchestrator_upload_a_huge_text() -> None:
+    with ScriptedModelServer([], embed=concept_embedding) as server:
+        embedder = Embedder(model="e", base_url=server.base_url, api_key=None)
+        assert embedder.embed("x" * 40_000) is None
+        assert "not embedded: 40000 characters" in (embedder.last_error or "")
+        assert embedder.embed("email") == [1.0, 0.0, 0.01]
+    assert server.embedded == ["email"]

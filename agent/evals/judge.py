@@ -9,7 +9,6 @@ shape is reported as such, not guessed at.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 from sandbox.errors import RunError
@@ -23,6 +22,7 @@ _INSTRUCTIONS = (
     'object and nothing else: {"score": <number from 0 to 1>, "reason": "<one sentence>"}.'
 )
 _MAX_OUTPUT = 500  # of each tool result shown to the judge
+_MAX_REPLY = 20_000  # of the judge's reply that is read
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,12 @@ def judge(client: ModelClient, task: str, rubric: str, facts: RunFacts) -> Verdi
 
 
 def parse_verdict(text: str) -> Verdict:
-    found = re.search(r"\{.*\}", text, re.DOTALL)
+    # From the first brace to the last: linear, where a regex could take quadratic time
+    # over a hostile reply full of braces.
+    text = text[:_MAX_REPLY]
+    start, end = text.find("{"), text.rfind("}")
     try:
-        data = json.loads(found.group(0)) if found else None
+        data = json.loads(text[start : end + 1]) if 0 <= start < end else None
         score = float(data["score"])  # type: ignore[index]
     except (ValueError, TypeError, KeyError):
         return Verdict(None, f"the judge did not answer as asked: {text[:120]!r}")
