@@ -35,7 +35,8 @@ class Approver:
         interactive = sys.stdin.isatty() and sys.stderr.isatty()
         return cls(set(approve), yes, interactive, _ask_on_terminal if interactive else None)
 
-    def decide(self, tool: str, arguments: str) -> Decision:
+    def decide(self, tool: str, arguments: str, why: str = "") -> Decision:
+        """`why` is shown above the prompt (a re-run after a resume says so)."""
         if self.yes:
             return Decision(True, "approved_yes")
         if tool in self.approve:
@@ -44,8 +45,9 @@ class Approver:
             return Decision(True, "approved_always")
         if not self.interactive or self.ask is None:
             return Decision(False, "denied_no_tty")
+        header = f"\n{why}\n" if why else "\n"
         prompt = (
-            f"\nThe model wants to run {tool} with arguments:\n  {arguments}\n"
+            f"{header}The model wants to run {tool} with arguments:\n  {arguments}\n"
             f"Allow? [y]es / [n]o / [a]lways for {tool}: "
         )
         while True:

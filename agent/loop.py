@@ -390,7 +390,11 @@ class Agent:
         allowed, or the denied outcome."""
         if self.policy.idempotent(tool):
             return "not_required"
-        decision = self.approver.decide(tool, arguments)
+        why = (
+            f"This call of {tool} was in flight when the run stopped: it may already have "
+            "taken effect, and running it again may repeat that."
+        )
+        decision = self.approver.decide(tool, arguments, why)
         if decision.allowed:
             return decision.how
         denied = Denied(

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
+from agent.approval import Approver
 from agent.audit import Trace, read_trace
 from agent.checkpoints import CheckpointError, RunStore
 from agent.loop import Agent
 from agent.model import ModelClient
 from agent.replay import ScriptedModelServer, Step, call, fail, say
-from policies import load_policy, parse_policy
+from policies import ToolPolicy, load_policy, parse_policy
 from sandbox import Pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,3 +273,24 @@ def test_a_run_goes_on_without_checkpoints_when_the_store_is_unusable() -> None:
         status, _, err = finish(cli("run", "--resume", "x", "--base-url", server.base_url))
     assert status == 1 and "not a usable run file" in err
     assert path.read_bytes() == b"not a database at all" * 100
+
+
+def test_the_person_asked_about_a_call_in_flight_is_told_so(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    policy = load_policy()
+    turn = call(("calculate", {"expression": "6*7"})).message
+    messages = [{"role": "user", "content": "6*7?"}, turn]
+    run_id = store.start("6*7?", "m", messages[:1])
+    call_id = turn["tool_calls"][0]["id"]
+    store.step(run_id, messages, 1, 0.0, [(call_id, "calculate", '{"expression": "6*7"}')])
+    store.call_started(run_id, call_id)
+    asked: list[str] = []
+    approver = Approver(interactive=True, ask=lambda prompt: asked.append(prompt) or "y")
+    strict = policy.model_copy(update={"tools": {**policy.tools, "calculate": ToolPolicy()}})
+    with Pool(strict, size=1) as pool, ScriptedModelServer(echo_last_tool) as server:
+        client = ModelClient(model="m", base_url=server.base_url, api_key=None, max_retries=0)
+        agent = Agent(pool, strict, client, store=store, approver=approver)
+        result = agent.resume(store.load(run_id))
+    assert result.answer == "Result: 42"
+    assert len(asked) == 1 and "was in flight when the run stopped" in asked[0]
+    assert "The model wants to run calculate" in asked[0]
