@@ -130,6 +130,12 @@ class Policy(BaseModel):
     _base_dir: Path = PrivateAttr(Path.cwd())
     _cache: dict[str, tuple[Limits, ToolContext]] = PrivateAttr(default_factory=dict)
 
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Policy:
+        """A copy resolves its tools afresh: a shallow copy would share the cache."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied._cache = {}
+        return copied
+
     @property
     def source(self) -> str:
         """Where this policy came from (a path, or `<built-in>`)."""

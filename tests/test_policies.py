@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from policies import check_tools, load_policy, parse_policy
+from policies import ToolPolicy, check_tools, load_policy, parse_policy
 from sandbox import Limits
 from sandbox.errors import PolicyError
 
@@ -118,3 +118,11 @@ def test_layers_the_policy_turns_off_reach_the_pool(tmp_path: Path) -> None:
     )
     assert policy.disabled_layers == ["seccomp"]
     assert policy.pool_options() == {"isolation": "best-effort", "disable": ["seccomp"]}
+
+
+def test_a_copy_with_other_tool_tables_resolves_afresh() -> None:
+    policy = load_policy()
+    assert policy.limits_for("calculate").timeout_s == 2
+    changed = policy.model_copy(update={"tools": {"calculate": ToolPolicy(timeout_s=7)}})
+    assert changed.limits_for("calculate").timeout_s == 7
+    assert policy.limits_for("calculate").timeout_s == 2
