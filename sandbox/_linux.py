@@ -82,15 +82,8 @@ def drop_privileges(
     """
     if os.geteuid() == 0:
         prctl(PR_SET_SECUREBITS, _SECUREBITS_LOCKED_NOROOT)
-    cap = 0
-    while True:
-        failed = _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0
-        if failed and ctypes.get_errno() == 22:  # EINVAL: past the last capability
-            break
-        # EPERM (no CAP_SETPCAP, not root) is fine: capset below still empties the sets.
-        cap += 1
-        if cap > 128:
-            break
+    if not _bounding_set_empty:
+        drop_bounding_set()
     _libc.prctl(PR_CAP_AMBIENT, ctypes.c_ulong(PR_CAP_AMBIENT_CLEAR_ALL), 0, 0, 0)
     if uid is not None:
         os.setgroups(list(groups))
@@ -101,6 +94,27 @@ def drop_privileges(
     # {effective, permitted, inheritable} for capabilities 0-31, then for 32-63
     data = (ctypes.c_uint32 * 6)(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, 0, mask >> 32, mask >> 32, 0)
     _check(_libc.capset(header, data), "capset")
+
+
+_bounding_set_empty = False
+
+
+def drop_bounding_set() -> None:
+    """Empty the capability bounding set: nothing can be gained through execve. The
+    zygote does it once (it never execs), so that its workers need not make the forty
+    calls each; the set is inherited."""
+    global _bounding_set_empty
+    cap = 0
+    while True:
+        failed = _libc.prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0) != 0
+        if failed and ctypes.get_errno() == 22:  # EINVAL: past the last capability
+            break
+        if failed:
+            return  # EPERM (no CAP_SETPCAP): capset in drop_privileges empties the rest
+        cap += 1
+        if cap > 128:
+            break
+    _bounding_set_empty = True
 
 
 def capabilities_effective() -> int:

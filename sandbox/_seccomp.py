@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import platform
 import socket
 
@@ -98,14 +99,22 @@ def _program(network: bool) -> list[tuple[int, int, int, int]]:
     return [*program, deny]
 
 
+@functools.cache
+def compiled(network: bool) -> tuple[_Program, ctypes.Array[_Filter]]:
+    """The filter as the kernel takes it (and the array it points into, kept alive).
+    The zygote builds both before it forks: it took a third of a millisecond of each
+    fresh worker's first call."""
+    program = _program(network)
+    filters = (_Filter * len(program))(*[_Filter(*insn) for insn in program])
+    return _Program(len(program), filters), filters
+
+
 def install(network: bool) -> None:
     """Install the filter on this thread, for good; sets no_new_privs first."""
     reason = supported()
     if reason:
         raise OSError(errno.ENOSYS, reason)
-    program = _program(network)
-    filters = (_Filter * len(program))(*[_Filter(*insn) for insn in program])
-    prog = _Program(len(program), filters)
+    prog, _ = compiled(network)
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     result = _libc.prctl(
         _PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(prog), 0, 0

@@ -55,6 +55,7 @@ def probe() -> dict[str, str]:
         "pid": str(os.getpid()),
         "uid/gid": f"{os.getuid()}/{os.getgid()}",
         "capabilities": _status_field("CapEff"),
+        "capability bounding set": _status_field("CapBnd"),
         "no_new_privs": _status_field("NoNewPrivs"),
         "network interfaces": interfaces or "none",
         "connect to 1.1.1.1:53": _attempt("connect", connect),

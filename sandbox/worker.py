@@ -91,6 +91,9 @@ def warm_up() -> None:
 
     import psutil  # noqa: F401  (the fallback clean-up uses it)
 
+    if _seccomp.supported() is None:
+        for network in (False, True):
+            _seccomp.compiled(network)
     _prime()
     gc.collect()
     gc.freeze()

@@ -87,6 +87,8 @@ class Zygote:
             os.chmod(config.root, 0o711)  # workers of other uids pass through, not list
         # Orphans of workers come to us, not to init, so none escapes the sweep.
         _linux.set_child_subreaper()
+        if self.layers.drop_capabilities:
+            _linux.drop_bounding_set()  # inherited by every worker; the zygote never execs
         warm_up()
 
     def send(self, message: Ready | Spawned | Exited | Failed, fds: list[int] = ()) -> None:

@@ -223,10 +223,15 @@ def attack_open_by_handle(path: str) -> str:
 
 @tool
 def attack_whoami() -> dict[str, int]:
-    """The worker's uid, gid and effective capabilities."""
+    """The worker's uid, gid, effective and bounding capabilities."""
     with open("/proc/self/status") as f:
-        caps = next(line for line in f if line.startswith("CapEff:"))
-    return {"uid": os.getuid(), "gid": os.getgid(), "caps": int(caps.split()[1], 16)}
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    return {
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "caps": int(status["CapEff"], 16),
+        "bounding": int(status["CapBnd"], 16),
+    }
 
 
 @tool

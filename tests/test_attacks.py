@@ -320,6 +320,7 @@ def test_workers_run_as_unprivileged_uids_of_their_own(attacks: Pool) -> None:
     for who in results:
         assert who["uid"] != 0 and who["gid"] != 0, who
         assert who["caps"] & ~(1 << 2) == 0, who  # at most CAP_DAC_READ_SEARCH
+        assert who["bounding"] == 0, who  # nothing to regain through execve
     if attacks.layers["unprivileged_uid"].detail.startswith("each worker"):
         assert results[0]["uid"] != results[1]["uid"]
 
