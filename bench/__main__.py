@@ -107,7 +107,14 @@ def _time_calls(fn: Callable[[int], int], n: int, scale: float = 1e3) -> dict[st
 def kills(reps: int, timeout: float, report: dict[str, Any]) -> dict[str, Any]:
     """3 and 4. Overshoot past a 100 ms deadline, survivors, and the next call after."""
     out: dict[str, Any] = {}
-    for factory in (peers.Ours, peers.Pebble, peers.Processes, peers.Threads):
+    for factory in (
+        peers.Ours,
+        peers.Pebble,
+        peers.Processes,
+        peers.MultiprocessPool,
+        peers.Threads,
+        peers.Subprocess,
+    ):
         peer = open_peer(factory, report)
         if peer is None:
             continue
@@ -168,7 +175,13 @@ def throughput(n: int, report: dict[str, Any]) -> dict[str, Any]:
 
     workers = os.cpu_count() or 2
     out: dict[str, Any] = {}
-    for factory in (peers.Ours, peers.Processes, peers.Pebble):
+    for factory in (
+        peers.Ours,
+        peers.Processes,
+        peers.Pebble,
+        peers.MultiprocessPool,
+        peers.Threads,
+    ):
         peer = open_peer(lambda f=factory: f(workers), report)
         if peer is None:
             continue
@@ -189,7 +202,7 @@ def throughput(n: int, report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def memory() -> dict[str, Any]:
+def memory(report: dict[str, Any]) -> dict[str, Any]:
     """6. Unique memory of an idle worker and of a pool of 8."""
     out: dict[str, Any] = {}
     one = peers.Ours(workers=1, spares=1)
@@ -206,13 +219,16 @@ def memory() -> dict[str, Any]:
         out["sandboxed-agent pool of 8 MiB"] = uss_mib(eight.pids())
     finally:
         eight.close()
-    ppe = peers.Processes(8)
-    try:
-        for i in range(64):
-            ppe.call(peers.echo, i)
-        out["ProcessPoolExecutor(8) MiB"] = uss_mib(ppe.pids())
-    finally:
-        ppe.close()
+    for factory in (peers.Processes, peers.Pebble, peers.MultiprocessPool):
+        peer = open_peer(lambda f=factory: f(8), report)
+        if peer is None:
+            continue
+        try:
+            for i in range(64):
+                peer.call(peers.echo, i)  # started and warm, as ours are
+            out[f"{peer.name}(8) MiB"] = uss_mib(peer.pids())
+        finally:
+            peer.close()
     return out
 
 
@@ -411,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         ("fresh", lambda: fresh(100 if quick else 1000)),
         ("kills", lambda: kills(3 if quick else 30, 0.1, report)),
         ("throughput", lambda: throughput(300 if quick else 5000, report)),
-        ("memory", memory),
+        ("memory", lambda: memory(report)),
         ("calculator", calculator),
         ("agent_step", lambda: agent_step(20 if quick else 200)),
     ]

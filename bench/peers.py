@@ -10,12 +10,14 @@ import concurrent.futures as cf
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from . import bench_tools
 from .bench_tools import echo, hang, spin_1ms
+from .stats import MARKER
 
 BENCH_TOOLS = os.path.join(os.path.dirname(__file__), "bench_tools.py")
 
@@ -182,19 +184,66 @@ class MultiprocessPool(Peer):
     def call(self, fn: Callable[[int], int], i: int) -> Any:
         return self.pool.apply(fn, (i,))
 
+    def call_with_timeout(self, grandchild: bool, timeout: float) -> None:
+        import multiprocess
+
+        try:
+            self.pool.apply_async(hang, (grandchild,)).get(timeout)
+        except multiprocess.TimeoutError:
+            return
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.pool._pool]
+
     def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        # terminate() sends SIGTERM and joins, which hung workers ignore; killing them
+        # first can kill one holding the task queue's lock and hang terminate() itself.
+        # So it gets its chance, and what is left is killed after.
+        pids = self.pids()
+        closer = threading.Thread(target=self.pool.terminate, daemon=True)
+        closer.start()
+        closer.join(1.0)
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        closer.join(10)
 
 
 class Subprocess(Peer):
     name = "subprocess python -c"
+    kills = True
+    """`run(timeout=)` SIGKILLs the child; what it started is another matter."""
 
     def call(self, fn: Callable[[int], int], i: int) -> Any:
         out = subprocess.run(
             [sys.executable, "-c", f"print({i})"], capture_output=True, text=True, check=True
         )
         return int(out.stdout)
+
+    def call_with_timeout(self, grandchild: bool, timeout: float) -> None:
+        # `hang` inline: importing it would take most of the 100 ms before it runs.
+        code = _HANG_SOURCE.format(grandchild=grandchild, marker=MARKER)
+        try:
+            subprocess.run([sys.executable, "-S", "-c", code], timeout=timeout)
+        except subprocess.TimeoutExpired:  # run() has SIGKILLed the child: not its tree
+            return
+
+
+_HANG_SOURCE = """
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if {grandchild}:
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execvp("sleep", ["sleep", "{marker}"])
+        os._exit(0)
+    os.waitpid(pid, 0)
+time.sleep(3600)
+"""
 
 
 def fork_per_call(fn: Callable[[int], int], i: int) -> int:
