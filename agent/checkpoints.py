@@ -20,6 +20,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from policies.paths import user_data_dir
@@ -97,19 +98,9 @@ class RunRecord(BaseModel):
     @property
     def state(self) -> str:
         """The status, where `running` is told from `killed` (its orchestrator is gone)."""
-        if self.status == RUNNING and not _alive(self.pid):
+        if self.status == RUNNING and not psutil.pid_exists(self.pid):
             return "killed"
         return self.status
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class RunStore:

@@ -22,11 +22,14 @@ run tools without every layer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Collection
+
+import psutil
 
 from . import _jail, _landlock, _linux, _seccomp
 from .protocol import Layer, ZygoteConfig
@@ -221,7 +224,8 @@ class Layers:
                 detail=f"{_linux.CGROUP_PIDS_ROOT} is not writable: RLIMIT_NPROC only",
             )
             return None
-        path = os.path.join(_linux.CGROUP_PIDS_ROOT, f"sandboxed-agent-{os.getpid()}")
+        sweep_stale_cgroups(_linux.CGROUP_PIDS_ROOT)
+        path = os.path.join(_linux.CGROUP_PIDS_ROOT, f"{CGROUP_PREFIX}{os.getpid()}")
         try:
             os.mkdir(path)
         except OSError as exc:
@@ -236,7 +240,8 @@ class Layers:
         """A memory cgroup per worker, nested in ours (so a container's own limit holds):
         it counts what RLIMIT_AS does not (memfd, tmpfs, page cache)."""
         parent = os.path.join(_linux.CGROUP_MEMORY_ROOT, _linux.own_cgroup("memory").lstrip("/"))
-        path = os.path.join(parent, f"sandboxed-agent-{os.getpid()}")
+        sweep_stale_cgroups(parent)
+        path = os.path.join(parent, f"{CGROUP_PREFIX}{os.getpid()}")
         try:
             os.mkdir(path)
         except OSError as exc:
@@ -382,6 +387,34 @@ class Layers:
         """In a freshly forked worker: back to the host's network if the tool may use it."""
         if network and self.host_net is not None:
             _linux.setns(self.host_net, _linux.CLONE_NEWNET)
+
+
+CGROUP_PREFIX = "sandboxed-agent-"
+
+
+def sweep_stale_cgroups(parent: str) -> None:
+    """Remove the cgroups of zygotes that died without cleaning up (SIGKILL gives no
+    chance): else they pile up, and a later zygote given the same pid finds its
+    name taken and runs without cgroups. A cgroup with a process left is kept (the
+    kernel refuses), as is any whose zygote is alive."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(CGROUP_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        try:
+            pid = int(name[len(CGROUP_PREFIX) :])
+        except ValueError:
+            continue
+        if pid != os.getpid() and psutil.pid_exists(pid):
+            continue
+        path = os.path.join(parent, name)
+        with contextlib.suppress(OSError):
+            for child in os.scandir(path):
+                if child.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(child.path)
+            os.rmdir(path)
 
 
 class UidRange:

@@ -166,3 +166,18 @@ def test_a_reused_workers_log_holds_each_calls_output_only(pool: Pool) -> None:
     third = pool.call("echo_text", {"text": "c", "chatter": "third"}, limits=trusted)
     assert first.worker_pid == second.worker_pid == third.worker_pid
     assert (first.logs, second.logs, third.logs) == ("first\n", "", "third\n")
+
+
+def test_cgroups_left_by_a_killed_zygote_are_swept(registry: Registry) -> None:
+    from sandbox import _linux
+    from sandbox.layers import CGROUP_PREFIX
+
+    if not _linux.cgroup_pids_available():
+        pytest.skip("no writable pids cgroup here")  # pragma: no cover
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has now: a zygote that was SIGKILLed
+    stale = os.path.join(_linux.CGROUP_PIDS_ROOT, f"{CGROUP_PREFIX}{gone.pid}")
+    os.makedirs(os.path.join(stale, "w1"))
+    with Pool(registry=registry, size=1) as pool:
+        assert pool.layers["cgroup_pids"].active
+        assert not os.path.exists(stale)
