@@ -43,12 +43,19 @@ def memory_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
-@pytest.fixture
-def pool(memory_dir: Path, tmp_path: Path) -> Iterator[Pool]:
+FILE_LAYERS = {"landlock": (), "bind mounts": ("landlock",)}
+
+
+@pytest.fixture(params=list(FILE_LAYERS), ids=list(FILE_LAYERS))
+def pool(request: pytest.FixtureRequest, memory_dir: Path, tmp_path: Path) -> Iterator[Pool]:
+    """The data_dir is granted by Landlock, then by a read-write bind in the new root."""
     registry = Registry.default()
     registry.load(ATTACKS)
     policy = parse_policy(POLICY.format(dir=memory_dir), "memory.toml", tmp_path)
-    with Pool(policy, registry=registry, size=2) as pool:
+    with Pool(policy, registry=registry, size=2, disable=FILE_LAYERS[request.param]) as pool:
+        layer = "landlock" if request.param == "landlock" else "bind_mounts"
+        if not pool.layers[layer].active:
+            pytest.skip(f"{layer} is unavailable here: {pool.layers[layer].detail}")
         yield pool
 
 
