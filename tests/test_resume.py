@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,51 +158,157 @@ def test_a_call_in_flight_at_a_kill_reruns_only_with_approval(
     assert store.load(run.id).state == "answer"
 
 
+GATE_TOOLS = """
+import time
+from pathlib import Path
+from tools import context, tool
+
+@tool
+def gate(name: str) -> str:
+    \"\"\"Wait while the test holds this gate (a file in the data_dir), then pass.\"\"\"
+    hold = Path(context.data_dir()) / "hold"
+    deadline = time.monotonic() + 120
+    while hold.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return f"passed {name}"
+"""
+
+KILL_PLAN = [
+    [("calculate", {"expression": "1+1"})],
+    [("get_current_date", {}), ("gate", {"name": "a"})],
+    [("calculate", {"expression": "10/4"})],
+]
+
+
+@dataclass(frozen=True)
+class KillPoint:
+    """Where a run is killed, named by its own progress: `model_turn` holds the model's
+    answer to that turn until the kill, `gate` holds the gate tool's call. A point
+    that holds nothing is killed as soon as `reached` is seen, wherever the run has
+    got to by then, so its `reached` must stay true once it is."""
+
+    name: str
+    reached: Callable[[Any], bool]
+    model_turn: int | None = None
+    gate: bool = False
+
+    @property
+    def held(self) -> bool:
+        return self.model_turn is not None or self.gate
+
+
+def _calls(record: Any) -> dict[str, str]:
+    return {c.tool + str(c.step): c.state for c in record.calls}
+
+
+KILL_POINTS = [
+    KillPoint("waiting for the first turn", lambda r: r.steps == 0, model_turn=0),
+    KillPoint("as soon as turn 1 is checkpointed", lambda r: r.steps >= 1),
+    KillPoint(
+        "waiting for turn 2, turn 1 answered",
+        lambda r: r.steps == 1 and _calls(r) == {"calculate1": "done"},
+        model_turn=1,
+    ),
+    KillPoint(
+        "one call of turn 2 done, the other in flight",
+        lambda r: (
+            _calls(r).get("get_current_date2") == "done" and _calls(r).get("gate2") == "running"
+        ),
+        gate=True,
+    ),
+    KillPoint("as soon as the gate has passed", lambda r: _calls(r).get("gate2") == "done"),
+    KillPoint("waiting for turn 3", lambda r: r.steps == 2, model_turn=2),
+    KillPoint("as soon as turn 3's call is done", lambda r: _calls(r).get("calculate3") == "done"),
+    KillPoint("waiting for the answer", lambda r: r.steps == 3, model_turn=3),
+    KillPoint("after the answer", lambda r: r.status == "answer"),
+]
+
+
 def test_sigkill_at_many_points_always_resumes_to_one_answer(tmp_path: Path) -> None:
-    """Each run is killed at a different moment after it starts, then resumed until it
-    answers. The database always opens, every call of the conversation has exactly one
-    answer, and no call that completed is run again."""
-    plan = [
-        [("calculate", {"expression": "1+1"})],
-        [("get_current_date", {}), ("calculate", {"expression": "2*3"})],
-        [("calculate", {"expression": "10/4"})],
-    ]
+    """Each run is killed at a different point of its progress, read from its
+    checkpoint and held there by the test's model server or a gate tool, then resumed
+    until it answers. The database always opens, every call of the conversation has
+    exactly one answer, and no call that completed is run again."""
+    held_turn: list[int | None] = [None]
+    asked, answer = threading.Event(), threading.Event()
 
     def model(request: dict[str, Any]) -> Step:
         turn = turn_of(request)
-        if turn < len(plan):
-            return call(*plan[turn], delay_s=0.05)
-        return say("done", delay_s=0.05)
+        if turn == held_turn[0]:
+            asked.set()
+            answer.wait(120)  # the orchestrator is killed meanwhile
+        if turn < len(KILL_PLAN):
+            return call(*KILL_PLAN[turn])
+        return say("done")
 
+    gate_dir = Path(tempfile.mkdtemp(prefix="sandboxed-agent-gate-"))
+    gate_dir.chmod(0o711)  # workers of any uid pass (pytest's tmp is private to root)
+    hold = gate_dir / "data" / "hold"
+    tools = tmp_path / "gate.py"
+    tools.write_text(GATE_TOOLS)
     policy = tmp_path / "policy.toml"
-    policy.write_text("[defaults]\nidempotent = false\n[tools.calculate]\nidempotent = false\n")
-    resumed_mid_run = 0
+    policy.write_text(
+        "[defaults]\nidempotent = false\n[tools.calculate]\nidempotent = false\n"
+        f'[tools.gate]\ntimeout_s = 150\ndata_dir = "{gate_dir / "data"}"\n'
+    )
     store = store_at()
-    with ScriptedModelServer(model) as server:
-        for offset in [0.0, 0.03, 0.06, 0.1, 0.15, 0.2, 0.3, 0.4]:
-            trace = tmp_path / f"trace-{offset}.jsonl"
-            args = ["--base-url", server.base_url, "--trace", str(trace), "--policy", str(policy)]
-            known = {r.id for r in store.runs()}
-            proc = cli("run", "Compute things", *args)
-            run = wait_for(
-                lambda: (r := latest_run(store)) and r.id not in known and r,  # noqa: B023
-                "the run to start",
-            )
-            time.sleep(offset)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            record = store.load(run.id)  # opens, whatever the moment
-            if record.state == "answer":
-                continue
-            resumed_mid_run += record.steps > 0
-            status, out, err = finish(cli("run", "--resume", run.id, *args, "--yes"))
-            assert status == 0, err
-            assert out.strip() == "done"
-            _check_conversation(store.load(run.id).messages)
-            events = [e for e in read_trace(trace) if e["event"] == "tool_call"]
-            twice = [k for k, n in Counter(e["call_id"] for e in events).items() if n > 1]
-            assert not twice, f"calls run twice: {twice}"
-    assert resumed_mid_run >= 3, "too few kills landed mid-run to prove anything"
+    resumed_mid_run = []
+    try:
+        with ScriptedModelServer(model) as server:
+            for n, point in enumerate(KILL_POINTS):
+                trace = tmp_path / f"trace-{n}.jsonl"
+                args = ["--base-url", server.base_url, "--trace", str(trace)]
+                args += ["--policy", str(policy), "--tools", str(tools)]
+                held_turn[0] = point.model_turn
+                asked.clear()
+                answer.clear()
+                if point.gate:
+                    hold.parent.mkdir(exist_ok=True)
+                    hold.touch()
+                known = {r.id for r in store.runs()}
+                proc = cli("run", "Compute things", *args)
+                run = wait_for(
+                    lambda: (r := latest_run(store)) and r.id not in known and r,  # noqa: B023
+                    "the run to start",
+                )
+                wait_for(
+                    lambda: point.reached(store.load(run.id)),  # noqa: B023
+                    f"the run to reach: {point.name}",
+                )
+                if point.model_turn is not None:
+                    assert asked.wait(60), f"the model was not asked: {point.name}"
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                held_turn[0] = None
+                answer.set()
+                hold.unlink(missing_ok=True)
+                record = store.load(run.id)  # opens, whatever the moment
+                if point.held:
+                    assert point.reached(record), f"the kill missed its point: {point.name}"
+                if record.state == "answer":
+                    assert not point.held, point.name
+                    continue
+                resumed_mid_run.append(point.name)
+                done_before = {c.call_id for c in record.calls if c.state == "done"}
+                events_before = len(read_trace(trace)) if trace.exists() else 0
+                status, out, err = finish(cli("run", "--resume", run.id, *args, "--yes"))
+                assert status == 0, err
+                assert out.strip() == "done"
+                _check_conversation(store.load(run.id).messages)
+                events = [e for e in read_trace(trace) if e["event"] == "tool_call"]
+                twice = [k for k, n in Counter(e["call_id"] for e in events).items() if n > 1]
+                assert not twice, f"calls run twice ({point.name}): {twice}"
+                again = [
+                    e["call_id"]
+                    for e in read_trace(trace)[events_before:]
+                    if e["event"] == "tool_call" and e["call_id"] in done_before
+                ]
+                assert not again, f"completed calls run again ({point.name}): {again}"
+    finally:
+        answer.set()
+        shutil.rmtree(gate_dir)
+    held = [p.name for p in KILL_POINTS if p.held]
+    assert set(held) <= set(resumed_mid_run), (held, resumed_mid_run)
 
 
 def _check_conversation(messages: list[dict[str, Any]]) -> None:
