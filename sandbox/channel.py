@@ -86,6 +86,19 @@ class FrameReader:
         del self._buf[:end]
         return frame
 
+    def idle(self) -> bool:
+        """Nothing has come past the last frame: no byte, no end of file. A worker
+        whose socket holds more than its answer is never given another call."""
+        if self._buf:
+            return False
+        try:
+            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # a byte, or the end of file
+
     def _fill(self, deadline: float) -> None:
         while True:
             left = deadline - time.monotonic()

@@ -51,45 +51,65 @@ def address_space_now() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _cpu_used() -> int:
+WARM_CPU_CALLS = 4
+"""A reusable worker's hard RLIMIT_CPU holds this many calls' `cpu_s` (the limit counts
+the process's whole life, and a hard limit can never be raised again); a worker that
+has used so much that one more call might not get its full `cpu_s` is retired."""
+
+
+def cpu_used() -> int:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return int(usage.ru_utime + usage.ru_stime)
 
 
-def renew_cpu_limit(limits: Limits) -> None:
-    """A reused worker's next call: `cpu_s` more seconds from what it has used."""
+def renew_rlimits(limits: Limits) -> None:
+    """A reused worker's next call: `cpu_s` more seconds from what it has used, and every
+    other soft limit back at its hard one (the previous call may have lowered it)."""
+    for which in (resource.RLIMIT_AS, resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE):
+        _, hard = resource.getrlimit(which)
+        resource.setrlimit(which, (hard, hard))
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    soft = _cpu_used() + limits.cpu_s
+    soft = cpu_used() + limits.cpu_s
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def apply_rlimits(limits: Limits, *, fresh: bool, nproc: int | None) -> None:
-    """Set this process's rlimits for one call.
+def cpu_left_for_another_call(limits: Limits) -> bool:
+    """Whether the hard CPU limit leaves a next call its full `cpu_s` and the second of
+    grace that tells SIGXCPU from SIGKILL."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    return hard == resource.RLIM_INFINITY or cpu_used() + limits.cpu_s + 1 <= hard
 
-    A fresh worker lowers soft and hard limits, so the tool cannot raise them back.
-    A reused (trusted) worker must serve later calls, so it sets soft limits only and
-    counts CPU from what it has already used. `nproc` is the RLIMIT_NPROC to set, or
-    None when a pids cgroup already bounds the call (RLIMIT_NPROC counts every
-    process of the user, so it is only a fallback).
+
+def apply_rlimits(limits: Limits, *, reusable: bool, nproc: int | None) -> None:
+    """Set this process's rlimits, soft and hard, for its first call, so the tool cannot
+    raise them back, trusted or not.
+
+    A reusable worker serves only calls with these same limits (`Call.reuse_key`), so
+    hard = the call's limit holds for all of them; CPU time is the exception, since it
+    adds up over calls: its hard limit holds `WARM_CPU_CALLS` calls, each call gets its
+    soft `cpu_s` (`renew_rlimits`). `nproc` is the RLIMIT_NPROC to set, or None when a
+    pids cgroup already bounds the call (RLIMIT_NPROC counts every process of the user,
+    so it is only a fallback).
     """
+    used = cpu_used()
     wanted = {
         resource.RLIMIT_AS: address_space_now() + limits.memory_mb * MIB,
-        resource.RLIMIT_CPU: _cpu_used() + limits.cpu_s,
+        resource.RLIMIT_CPU: used + limits.cpu_s,
         resource.RLIMIT_NOFILE: limits.max_open_files,
         resource.RLIMIT_FSIZE: limits.max_file_size_mb * MIB,
         resource.RLIMIT_CORE: 0,
     }
     if nproc is not None:
         wanted[resource.RLIMIT_NPROC] = nproc
+    calls = WARM_CPU_CALLS if reusable else 1
     for which, soft in wanted.items():
         _, hard = resource.getrlimit(which)
-        if fresh:
+        new_hard = soft
+        if which == resource.RLIMIT_CPU:
             # One second of grace between SIGXCPU and SIGKILL tells the two apart.
-            new_hard = soft + 1 if which == resource.RLIMIT_CPU else soft
-        else:
-            new_hard = hard
+            new_hard = used + calls * limits.cpu_s + 1
         if hard != resource.RLIM_INFINITY:
             soft = min(soft, hard)
             new_hard = min(new_hard, hard)

@@ -5,7 +5,9 @@
 
 Untrusted tools get a fresh worker for every call (a pre-forked spare, so it costs
 little); trusted ones (`Limits.reuse_worker`) may run in a warm worker that served
-before. At most `size` calls run at once. Every way a call can fail is translated
+before, only for a call with the same `Call.reuse_key` (tool, limits, root, data_dir,
+settings), only after it cleaned up, and only if its socket held nothing but its
+answer. At most `size` calls run at once. Every way a call can fail is translated
 here, once, into a `ToolError` with a stable kind.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -52,6 +55,8 @@ KILL_WAIT_S = 10.0
 """How long a SIGKILLed worker may take to be gone (a huge address space to free)."""
 LOG_CHARS = 4000
 """How many bytes of a call's stdout/stderr the result keeps."""
+
+_log = logging.getLogger(__name__)
 
 
 class ToolResult(BaseModel):
@@ -163,6 +168,7 @@ class Pool:
             )
         self._slots = threading.BoundedSemaphore(self.size)
         self._warm: dict[str, list[WorkerHandle]] = {}
+        """Idle reusable workers by the `Call.reuse_key` of the calls they served."""
         self._busy: set[WorkerHandle] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -217,7 +223,7 @@ class Pool:
             logs = worker.read_log(LOG_CHARS)
             if keep and not self._closed:
                 with self._lock:
-                    self._warm.setdefault(tool, []).append(worker)
+                    self._warm.setdefault(call.reuse_key, []).append(worker)
             else:
                 self._retire(worker)
         duration = (time.perf_counter() - start) * 1000
@@ -280,14 +286,21 @@ class Pool:
         )
 
     def _take(self, call: Call) -> WorkerHandle:
-        # A warm worker is reused for the same tool only: its Landlock rules, network
-        # and first limits were set for that tool and cannot be widened.
-        with self._lock:
-            idle = self._warm.get(call.tool)
-            if call.limits.reuse_worker and idle:
+        # A warm worker is reused for an identical call only: its Landlock rules,
+        # network, root and limits were set for its first call and cannot be changed.
+        while call.limits.reuse_worker:
+            with self._lock:
+                idle = self._warm.get(call.reuse_key)
+                if not idle:
+                    break
                 worker = idle.pop()
                 self._busy.add(worker)
+            if worker.reader.idle() and not worker.wait_dead(0):
                 return worker
+            # Something arrived after its answer (a frame a leftover wrote), or it died.
+            with self._lock:
+                self._busy.discard(worker)
+            self._retire(worker)
         network = call.limits.network
         template = self._template
         try:
@@ -340,11 +353,11 @@ class Pool:
         try:
             result = Result.model_validate_json(frame)
         except ValidationError:
-            self._kill(worker)
-            return _error(WorkerCrashed(call.tool, "the worker broke the protocol")), False
+            return self._violation(worker, call, "its answer is not a result frame")
+        if result.id != call.id:
+            return self._violation(worker, call, "its answer names another call")
         if result.ok != (result.error is None) or (result.ok and result.output is None):
-            self._kill(worker)
-            return _error(WorkerCrashed(call.tool, "the worker broke the protocol")), False
+            return self._violation(worker, call, "its answer is neither an output nor an error")
         if result.output is not None and len(result.output) > limits.max_output_chars:
             # The worker checks too; this holds even when a tool forges its own frame.
             self._kill(worker)
@@ -353,7 +366,15 @@ class Pool:
                 f"the limit is {limits.max_output_chars}"
             )
             return _error(OutputLimit(call.tool, message)), False
-        return result, result.ok and limits.reuse_worker
+        # The peek comes right after the answer: a worker that sent more is retired.
+        reusable = result.ok and limits.reuse_worker and result.reusable
+        return result, reusable and worker.reader.idle()
+
+    def _violation(self, worker: WorkerHandle, call: Call, what: str) -> tuple[Result, bool]:
+        self._kill(worker)
+        message = f"{call.tool}'s worker broke the protocol: {what}"
+        _log.warning("protocol violation: %s", message)
+        return _error(WorkerCrashed(call.tool, message)), False
 
     def _why_dead(self, worker: WorkerHandle, call: Call) -> ToolCallError:
         """The worker died without answering: its exit status says why."""
@@ -403,7 +424,7 @@ class Pool:
 
 
 def _error(exc: ToolCallError) -> Result:
-    return Result(ok=False, error=ToolError(kind=exc.kind, message=exc.message))
+    return Result(id="", ok=False, error=ToolError(kind=exc.kind, message=exc.message))
 
 
 def _failed(tool: str, exc: ToolCallError, start: float) -> ToolResult:

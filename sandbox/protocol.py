@@ -13,6 +13,7 @@ but it cannot make the orchestrator unpickle them.
 
 from __future__ import annotations
 
+import secrets
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -32,8 +33,15 @@ class ToolError(_Message):
     message: str
 
 
+def new_call_id() -> str:
+    """Random, so a tool cannot write the answer to a call it has not seen."""
+    return secrets.token_hex(16)
+
+
 class Call(_Message):
     type: Literal["call"] = "call"
+    id: str = Field(default_factory=new_call_id, pattern=r"^[0-9a-f]{32}$")
+    """Named again in the `Result`: an answer to any other call is a protocol violation."""
     tool: str
     args: dict[str, Any]
     limits: Limits
@@ -44,9 +52,21 @@ class Call(_Message):
     settings: dict[str, Any] = Field(default_factory=dict)
     """Per-tool configuration from the policy (for example a pinned `today`)."""
 
+    @property
+    def reuse_key(self) -> str:
+        """Calls with equal keys may share a warm worker: the same tool, limits (network
+        included), root, data_dir and settings. A worker's first call fixed all of these
+        (rlimits, cgroup limits, Landlock rules, the network namespace) for good."""
+        return self.model_dump_json(include={"tool", "limits", "root", "data_dir", "settings"})
+
 
 class Result(_Message):
     type: Literal["result"] = "result"
+    id: str
+    """The `Call.id` this answers."""
+    reusable: bool = False
+    """The worker cleaned up after the call (no process, no thread, no file left) and
+    may serve the next call with the same `Call.reuse_key`."""
     ok: bool
     output: str | None = None
     error: ToolError | None = None

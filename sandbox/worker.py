@@ -2,10 +2,11 @@
 
 It runs in its own session (and, where the kernel allows, as pid 1 of its own PID
 namespace), with stdin from /dev/null, stdout/stderr in a log file the orchestrator
-reads a capped prefix of, the zygote's allowlisted environment, and rlimits set from
-the first call's `Limits`. Errors are caught and sent as `{kind, message}`; anything
-the worker cannot catch (a segfault, a kill) the orchestrator learns from the exit
-status instead.
+reads a capped prefix of, the zygote's allowlisted environment, and rlimits, soft and
+hard, set from the first call's `Limits`. A reusable worker serves only later calls
+with that call's `reuse_key`, each answered only after its clean-up. Errors are
+caught and sent as `{kind, message}`; anything the worker cannot catch (a segfault, a
+kill) the orchestrator learns from the exit status instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import signal
 import socket
 import stat
@@ -28,8 +28,8 @@ from . import _jail, _landlock, _linux, _seccomp
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
 from .layers import NOBODY
-from .limits import MIB, Limits, apply_rlimits, renew_cpu_limit
-from .protocol import Call, Result, ToolError
+from .limits import MIB, Limits, apply_rlimits, cpu_left_for_another_call, renew_rlimits
+from .protocol import Call, ToolError
 
 CHANNEL_FD = 3
 
@@ -152,31 +152,31 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
     # While this worker waits as a spare, take the copy-on-write faults that its first
     # call would otherwise pay for on the clock.
     _prime()
-    first = True
-    reusable = False
-    previous: Limits | None = None
+    first: Call | None = None
     while True:
         frame = recv_frame_blocking(chan)
         if frame is None:
             os._exit(0)
         call = Call.model_validate_json(frame)
-        if first:
-            reusable = call.limits.reuse_worker
+        if first is None:
+            first = call
             _limit_processes(setup, call.limits)
             nproc = _nproc(setup, call.limits)
-        if call.limits != previous:
-            apply_rlimits(call.limits, fresh=not reusable, nproc=nproc)
-            previous = call.limits
-        else:
-            renew_cpu_limit(call.limits)  # a warm worker's CPU count goes on from call to call
-        if first:
+            apply_rlimits(call.limits, reusable=call.limits.reuse_worker, nproc=nproc)
             harden(setup, call)
-        first = False
-        result = run(registry, call)
-        send_frame(chan, result)
+        elif call.reuse_key != first.reuse_key:
+            os._exit(70)  # the orchestrator never does this: its limits would not hold
+        else:
+            renew_rlimits(call.limits)  # a warm worker's CPU count goes on from call to call
+        body = run(registry, call)
+        # Cleaned up before answering, so the answer says whether this worker can serve
+        # again, and nothing of this call runs while the orchestrator reads it.
+        reusable = (
+            call.limits.reuse_worker and body.startswith(_OK) and _clean_up(setup, call.limits)
+        )
+        send_frame(chan, _frame(call.id, reusable, body))
         if not reusable:
             os._exit(0)
-        _clean_up(setup)
 
 
 def harden(setup: WorkerSetup, call: Call) -> None:
@@ -250,8 +250,18 @@ def own_data_dir(path: str, gid: int | None) -> None:
 _out_of_memory: dict[tuple[str, int], bytes] = {}
 
 
+_OK = b'"ok":true,'
+
+
+def _frame(call_id: str, reusable: bool, body: bytes) -> bytes:
+    """What `Result(id=..., reusable=..., **body).model_dump_json()` says, without building it."""
+    flag = b"true" if reusable else b"false"
+    return b'{"type":"result","id":"%s","reusable":%s,%s}' % (call_id.encode(), flag, body)
+
+
 def run(registry: Registry, call: Call) -> bytes:
-    """One call → the encoded `Result` frame. Never raises."""
+    """One call → the body of its `Result` frame (all but type, id and reusable).
+    Never raises."""
     # Built before the tool runs: once memory is exhausted there may be none to build it.
     key = (call.tool, call.limits.memory_mb)
     out_of_memory = _out_of_memory.get(key)
@@ -286,8 +296,7 @@ def run(registry: Registry, call: Call) -> bytes:
             ErrorKind.TOOL_ERROR,
             f"{call.tool} returned text that is not valid Unicode (a lone surrogate)",
         )
-    # What `Result(ok=True, output=text).model_dump_json()` says, without building it.
-    return b'{"type":"result","ok":true,"output":%s,"error":null}' % output
+    return _OK + b'"output":%s,"error":null' % output
 
 
 def _as_text(value: Any) -> str:
@@ -308,7 +317,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _failure(kind: ErrorKind, message: str) -> bytes:
-    return Result(ok=False, error=ToolError(kind=kind, message=message)).model_dump_json().encode()
+    error = ToolError(kind=kind, message=message).model_dump_json().encode()
+    return b'"ok":false,"output":null,"error":%s' % error
 
 
 def _flush_std() -> None:
@@ -356,22 +366,69 @@ def _nproc(setup: WorkerSetup, limits: Limits) -> int | None:
     return running + limits.max_processes
 
 
-def _clean_up(setup: WorkerSetup) -> None:
-    """Between calls of a reused worker: no leftover process, an empty workdir."""
+def _clean_up(setup: WorkerSetup, limits: Limits) -> bool:
+    """After a reusable worker's call: no process or thread of the call left, an empty
+    workdir to start the next one in. False: something stayed, retire this worker."""
     while True:
         _kill_descendants(setup)
         try:
             os.waitpid(-1, 0)  # orphans are re-parented to us: reap until none is left
         except ChildProcessError:
             break
-    for entry in os.scandir(setup.workdir):
+    if not _single_threaded():
+        return False  # a thread the tool started could answer, or read, the next call
+    try:
+        empty_directory(setup.workdir)
+        os.chdir(setup.workdir)
+    except (OSError, RecursionError):
+        return False
+    return cpu_left_for_another_call(limits)
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1  # native threads too
+    except OSError:
+        import threading
+
+        return threading.active_count() == 1
+
+
+def empty_directory(path: str) -> None:
+    """Remove everything below `path` whatever modes the tool left (a 0500 or 0000
+    directory is made 0700 first); links are removed, never followed. Raises OSError
+    if anything stays. Runs when no process or thread of the tool is left, so nothing
+    swaps an entry between its check and its use."""
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise OSError(f"{path} is no longer the worker's own directory")
+    os.chmod(path, 0o700)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_ino != info.st_ino:
+            raise OSError(f"{path} was replaced")
+        _empty(fd)
+        if os.listdir(fd):
+            raise OSError(f"{path} is not empty after the clean-up")
+    finally:
+        os.close(fd)
+
+
+def _empty(directory: int) -> None:
+    for name in os.listdir(directory):
+        info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        if not stat.S_ISDIR(info.st_mode):
+            os.unlink(name, dir_fd=directory)
+            continue
+        os.chmod(name, 0o700, dir_fd=directory)
+        child = os.open(
+            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory
+        )
         try:
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.unlink(entry.path)
-        except OSError:
-            pass
+            _empty(child)
+        finally:
+            os.close(child)
+        os.rmdir(name, dir_fd=directory)
 
 
 def _kill_descendants(setup: WorkerSetup) -> None:

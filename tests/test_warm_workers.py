@@ -1,0 +1,115 @@
+"""Warm workers of trusted tools: reused only for an identical call, never mixing two
+calls' results or limits, and always starting from an empty directory. Each test runs
+with PID namespaces and with the subreaper fallback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox import Limits, Pool
+from tools import Registry
+
+TRUSTED = Limits(reuse_worker=True)
+
+
+@pytest.fixture
+def warm_pool(registry: Registry, process_tree: str) -> Iterator[Pool]:
+    with Pool(registry=registry, size=1, process_tree=process_tree) as pool:
+        yield pool
+
+
+def test_a_warm_worker_serves_only_calls_with_the_same_network_and_limits(
+    warm_pool: Pool,
+) -> None:
+    online = warm_pool.call("net_interfaces", limits=Limits(reuse_worker=True, network=True))
+    offline = warm_pool.call("net_interfaces", limits=TRUSTED)
+    small = warm_pool.call("net_interfaces", limits=Limits(reuse_worker=True, memory_mb=64))
+    again = warm_pool.call("net_interfaces", limits=TRUSTED)
+    assert online.ok and offline.ok and small.ok, (online, offline, small)
+    assert len({online.worker_pid, offline.worker_pid, small.worker_pid}) == 3
+    assert again.worker_pid == offline.worker_pid  # identical calls do share one
+    if warm_pool.layers["network_namespace"].active:
+        assert json.loads(offline.output)[:-1] == ["lo"]
+        assert json.loads(online.output)[:-1] != ["lo"]
+    assert int(json.loads(small.output)[-1]) < int(json.loads(offline.output)[-1])
+
+
+def test_a_warm_worker_serves_only_its_own_root_and_settings(warm_pool: Pool) -> None:
+    first = warm_pool.call("echo_text", {"text": "a"}, limits=TRUSTED, settings={"k": 1})
+    other = warm_pool.call("echo_text", {"text": "b"}, limits=TRUSTED, settings={"k": 2})
+    same = warm_pool.call("echo_text", {"text": "c"}, limits=TRUSTED, settings={"k": 1})
+    assert (first.output, other.output, same.output) == ("a", "b", "c")
+    assert other.worker_pid != first.worker_pid == same.worker_pid
+
+
+def test_a_trusted_tool_cannot_raise_its_limits_for_good(warm_pool: Pool) -> None:
+    limits = Limits(reuse_worker=True, max_open_files=40, max_file_size_mb=3, cpu_s=5)
+    first = warm_pool.call("raise_limits", limits=limits)
+    second = warm_pool.call("raise_limits", limits=limits)
+    assert first.ok and second.ok, (first, second)
+    assert first.worker_pid == second.worker_pid
+    for result in (first, second):
+        seen = json.loads(result.output)
+        assert seen["RLIMIT_NOFILE"][1:] == [40, 40, 40], seen
+        assert seen["RLIMIT_FSIZE"][1:] == [3 << 20, 3 << 20, 3 << 20], seen
+        for name, (_, hard, soft_after, hard_after) in seen.items():
+            assert hard_after == hard != -1, name  # never raised, never unlimited
+            assert soft_after <= hard_after
+
+
+def test_an_extra_frame_with_a_made_up_id_is_a_protocol_violation(warm_pool: Pool) -> None:
+    forged = warm_pool.call("extra_frame", {"text": "FORGED", "own_id": False}, limits=TRUSTED)
+    assert forged.error.kind == "crashed", forged
+    assert "broke the protocol: its answer names another call" in forged.error.message
+    after = warm_pool.call("extra_frame", {"text": "FORGED", "own_id": False}, limits=TRUSTED)
+    assert after.worker_pid != forged.worker_pid
+    assert after.error.kind == "crashed"
+
+
+def test_an_extra_frame_never_answers_a_later_call(warm_pool: Pool) -> None:
+    # The tool answers its own call twice, the second time with the right id: the
+    # first answer is its own to give, but the second must reach no other call.
+    args = {"text": "FORGED", "own_id": True}
+    results = [warm_pool.call("extra_frame", args, limits=TRUSTED) for _ in range(4)]
+    outputs = [r.output for r in results]
+    assert all(r.ok or r.error.kind == "crashed" for r in results), results
+    assert "the real answer" not in outputs  # a previous call's answer, delivered late
+    # A worker's stale answer is either seen at once (it is retired) or named by the
+    # next call given to it, which then fails: no worker gives two ok answers.
+    answered = [r.worker_pid for r in results if r.ok]
+    assert len(answered) == len(set(answered))
+    for result in (warm_pool.call("echo_text", {"text": str(i)}, limits=TRUSTED) for i in range(3)):
+        assert result.ok and result.output in {"0", "1", "2"}, result
+
+
+def test_a_worker_with_a_thread_left_is_retired(warm_pool: Pool) -> None:
+    first = warm_pool.call("leave_thread", limits=TRUSTED)
+    second = warm_pool.call("leave_thread", limits=TRUSTED)
+    assert first.ok and second.ok
+    assert first.worker_pid != second.worker_pid
+
+
+def test_leftovers_that_write_frames_later_reach_no_call(warm_pool: Pool) -> None:
+    outputs = [warm_pool.call("late_frame", {"text": "FORGED"}, limits=TRUSTED) for _ in range(3)]
+    assert [r.output for r in outputs] == ["returned"] * 3, outputs
+    assert len({r.worker_pid for r in outputs}) == 3  # its thread retired each
+
+
+def test_the_clean_up_empties_any_workdir_and_follows_no_link(
+    warm_pool: Pool, tmp_path: Path
+) -> None:
+    outside = tmp_path / "keep.txt"
+    outside.write_text("host data")
+    args = {"outside": str(outside)}
+    first = warm_pool.call("lock_workdir", args, limits=TRUSTED)
+    assert first.ok, first
+    assert first.output == "closed,link-to-dir,link-to-file,locked"
+    second = warm_pool.call("lock_workdir", args, limits=TRUSTED)
+    assert second.ok, second  # it could build the same again: the first was all removed
+    assert second.worker_pid == first.worker_pid
+    assert outside.read_text() == "host data"
+    assert tmp_path.exists()
