@@ -1,8 +1,10 @@
 """Human approval for tools whose policy says `requires_approval`.
 
-On a terminal the person sees the tool and its exact arguments and answers yes, no,
-or always (for this tool, for the rest of the run). Without a terminal the call is
-denied, unless `--approve TOOL` or `--yes` allowed it beforehand.
+On a terminal the person sees the tool and its validated arguments, one key per line
+and every control character escaped (`binding.argument_lines`), with the hash of the
+exact object that will run, and answers yes, no, or always (for this tool, for the
+rest of the run). Without a terminal the call is denied, unless `--approve TOOL` or
+`--yes` allowed it beforehand. Each decision names the hash it was made for.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .binding import BoundCall, argument_lines
+from .terminal import safe
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -18,6 +23,8 @@ class Decision:
     how: str
     """Goes into the trace: approved_flag, approved_yes, approved_tty, approved_always,
     denied_tty, denied_no_tty."""
+    sha256: str
+    """The arguments' hash the decision was made for (`BoundCall.sha256`)."""
 
 
 @dataclass
@@ -35,30 +42,38 @@ class Approver:
         interactive = sys.stdin.isatty() and sys.stderr.isatty()
         return cls(set(approve), yes, interactive, _ask_on_terminal if interactive else None)
 
-    def decide(self, tool: str, arguments: str, why: str = "") -> Decision:
+    def decide(self, call: BoundCall, why: str = "") -> Decision:
         """`why` is shown above the prompt (a re-run after a resume says so)."""
+        tool = call.tool
         if self.yes:
-            return Decision(True, "approved_yes")
+            return Decision(True, "approved_yes", call.sha256)
         if tool in self.approve:
-            return Decision(True, "approved_flag")
+            return Decision(True, "approved_flag", call.sha256)
         if tool in self.always:
-            return Decision(True, "approved_always")
+            return Decision(True, "approved_always", call.sha256)
         if not self.interactive or self.ask is None:
-            return Decision(False, "denied_no_tty")
-        header = f"\n{why}\n" if why else "\n"
-        prompt = (
-            f"{header}The model wants to run {tool} with arguments:\n  {arguments}\n"
-            f"Allow? [y]es / [n]o / [a]lways for {tool}: "
-        )
+            return Decision(False, "denied_no_tty", call.sha256)
+        prompt = approval_prompt(call, why)
         while True:
             answer = self.ask(prompt).strip().lower()
             if answer in ("y", "yes"):
-                return Decision(True, "approved_tty")
+                return Decision(True, "approved_tty", call.sha256)
             if answer in ("a", "always"):
                 self.always.add(tool)
-                return Decision(True, "approved_always")
+                return Decision(True, "approved_always", call.sha256)
             if answer in ("n", "no", ""):
-                return Decision(False, "denied_tty")
+                return Decision(False, "denied_tty", call.sha256)
+
+
+def approval_prompt(call: BoundCall, why: str = "") -> str:
+    """What the person reads: every line escaped, every value whole."""
+    header = f"\n{safe(why)}\n" if why else "\n"
+    shown = "\n".join(f"    {line}" for line in argument_lines(call.args))
+    return (
+        f"{header}The model wants to run {safe(call.tool)} with these arguments "
+        f"(sha256 {call.sha256[:16]}):\n{shown}\n"
+        f"Allow? [y]es / [n]o / [a]lways for {safe(call.tool)}: "
+    )
 
 
 def _ask_on_terminal(prompt: str) -> str:

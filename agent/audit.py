@@ -55,6 +55,13 @@ class ToolCalled(Event):
     call_id: str
     tool: str
     arguments: str
+    """The validated arguments as canonical JSON: what ran (the model's own text when
+    they did not validate, or the tool does not exist)."""
+    arguments_sha256: str | None = None
+    """sha256 of `arguments`, when they validated."""
+    approved_sha256: str | None = None
+    """The hash the approval decision named: equal to `arguments_sha256` when a person
+    or a flag approved (or denied) this very call; None when no approval was asked."""
     ok: bool
     output: str | None
     error_kind: str | None
@@ -63,7 +70,9 @@ class ToolCalled(Event):
     worker_pid: int | None
     approval: str
     """not_required, approved_flag, approved_yes, approved_tty, approved_always, denied_tty,
-    denied_no_tty, or repeat_note when the call was answered with a note instead."""
+    denied_no_tty, denied_changed (on resume, a call in flight whose arguments no longer
+    read as those that started), restored, or repeat_note / repeat_stop when the call
+    was answered with a note instead."""
     sent_chars: int
     """How much of the result entered the context (after truncation)."""
 

@@ -69,6 +69,8 @@ class CallRecord(BaseModel):
     step: int
     tool: str
     arguments: str
+    """The model's text while `pending`; from `running` on, the validated arguments
+    as canonical JSON (what ran)."""
     state: Literal["pending", "running", "done"]
     outcome: Outcome | None = None
 
@@ -152,11 +154,14 @@ class RunStore:
             ],
         )
 
-    def call_started(self, run_id: str, call_id: str) -> None:
+    def call_started(self, run_id: str, call_id: str, arguments: str) -> None:
+        """`arguments`: the validated arguments as canonical JSON, what runs. A call
+        found `running` on resume re-runs only with these."""
         self._write(
             (
-                "UPDATE calls SET state = 'running' WHERE run_id = ? AND call_id = ?",
-                (run_id, call_id),
+                "UPDATE calls SET state = 'running', arguments = ? "
+                "WHERE run_id = ? AND call_id = ?",
+                (arguments, run_id, call_id),
             )
         )
 

@@ -12,12 +12,14 @@ from typing import Any
 
 from policies import Policy
 from sandbox import Pool, ToolResult
-from sandbox.errors import Denied, RunError
+from sandbox.errors import BadArguments, Denied, RunError, ToolCallError
 from sandbox.protocol import ToolError
+from tools import ArgumentError
 from tools.context import EMBEDDING
 
 from .approval import Approver
 from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace
+from .binding import BoundCall, bind
 from .checkpoints import CallRecord, CheckpointError, Outcome, RunRecord, RunStore
 from .embeddings import Embedder
 from .guardrails import Budget, RepeatGuard, RunStopped, StopReason, truncate
@@ -46,6 +48,8 @@ class ToolOutcome:
     call_id: str
     tool: str
     arguments: str
+    """The validated arguments as canonical JSON (what ran); the model's own text when
+    they did not validate or the tool is unknown."""
     result: ToolResult
     approval: str
     sent: str = ""
@@ -53,6 +57,10 @@ class ToolOutcome:
     """Run in the sandbox now (not a note, a denial, or restored from a checkpoint)."""
     restored: bool = False
     """Completed before a resume: taken from the checkpoint, not run again."""
+    sha256: str | None = None
+    """Of `arguments`, when they validated (`BoundCall.sha256`)."""
+    approved_sha256: str | None = None
+    """The hash the approval decision was made for, when one was asked."""
 
 
 Progress = Callable[[str, dict[str, Any]], None]
@@ -278,21 +286,29 @@ class Agent:
         the checkpoint says of each call."""
         known = known or {}
         outcomes: list[ToolOutcome | None] = [None] * len(calls)
-        to_run: list[tuple[int, str, str, str, str]] = []
+        # The 4th item is what goes to the pool: the bound call, or the model's text
+        # for a tool that does not exist (the pool says so with the list of tools).
+        to_run: list[tuple[int, str, str, BoundCall | str, str, str | None]] = []
         stop: RunStopped | None = None
         for i, call in enumerate(calls):
-            call_id, tool, arguments = _unpack(call, i)
+            call_id, tool, raw = _unpack(call, i)
             record = known.get(call_id)
             if record is not None and record.outcome is not None:
-                outcomes[i] = self._restored(call_id, tool, arguments, record.outcome)
+                outcomes[i] = self._restored(call_id, tool, record.arguments, record.outcome)
                 continue
-            approval = "not_required"
-            if record is not None and record.state == "running":
-                verdict = self._in_flight(call_id, tool, arguments)
+            bound = self._bind(tool, raw)
+            if isinstance(bound, ToolCallError):
+                outcomes[i] = ToolOutcome(call_id, tool, raw, _failure(tool, bound), "not_required")
+                continue
+            arguments = bound.canonical if bound else raw
+            sha256 = bound.sha256 if bound else None
+            approval, approved = "not_required", None
+            if bound is not None and record is not None and record.state == "running":
+                verdict = self._in_flight(call_id, bound, record.arguments)
                 if isinstance(verdict, ToolOutcome):
                     outcomes[i] = verdict
                     continue
-                approval = verdict
+                approval, approved = verdict
             verdict = repeats.check(tool, arguments)
             if verdict == "stop":
                 stop = RunStopped(
@@ -309,19 +325,25 @@ class Agent:
                     call_id, tool, arguments, repeats.note(tool, arguments), "repeat_note"
                 )
                 continue
-            needs_approval = tool in self.pool.registry and self.policy.requires_approval(tool)
-            if needs_approval and approval == "not_required":
-                decision = self.approver.decide(tool, arguments)
-                approval = decision.how
+            needs_approval = bound is not None and self.policy.requires_approval(tool)
+            if bound is not None and needs_approval and approval == "not_required":
+                decision = self.approver.decide(bound)
+                approval, approved = decision.how, decision.sha256
                 if not decision.allowed:
                     denied = Denied(
                         tool, f"a person must approve {tool} and did not ({decision.how})"
                     )
                     outcomes[i] = ToolOutcome(
-                        call_id, tool, arguments, _failure(tool, denied), approval
+                        call_id,
+                        tool,
+                        arguments,
+                        _failure(tool, denied),
+                        approval,
+                        sha256=sha256,
+                        approved_sha256=approved,
                     )
                     continue
-            to_run.append((i, call_id, tool, arguments, approval))
+            to_run.append((i, call_id, tool, bound or raw, approval, approved))
         if to_run:
             ex = ThreadPoolExecutor(max_workers=len(to_run))
             try:
@@ -333,10 +355,22 @@ class Agent:
                 ex.shutdown(wait=False, cancel_futures=True)
                 raise
             ex.shutdown()
-            for (i, call_id, tool, arguments, approval), (result, sent) in zip(
+            for (i, call_id, tool, what, approval, approved), (result, sent) in zip(
                 to_run, ran, strict=True
             ):
-                outcomes[i] = ToolOutcome(call_id, tool, arguments, result, approval, sent, True)
+                bound = what if isinstance(what, BoundCall) else None
+                arguments = bound.canonical if bound else str(what)
+                outcomes[i] = ToolOutcome(
+                    call_id,
+                    tool,
+                    arguments,
+                    result,
+                    approval,
+                    sent,
+                    True,
+                    sha256=bound.sha256 if bound else None,
+                    approved_sha256=approved,
+                )
                 repeats.remember(tool, arguments, result.text)
         done = [o for o in outcomes if o is not None]
         for outcome in done:
@@ -351,27 +385,43 @@ class Agent:
             raise stop
         return done
 
-    def _execute(self, item: tuple[int, str, str, str, str]) -> tuple[ToolResult, str]:
+    def _execute(
+        self, item: tuple[int, str, str, BoundCall | str, str, str | None]
+    ) -> tuple[ToolResult, str]:
         """One call in the sandbox, checkpointed before and after: a kill between the
-        two leaves it `running`, so a resume knows it was in flight."""
-        _, call_id, tool, arguments, _ = item
-        if self.store and self.run_id:
-            self.store.call_started(self.run_id, call_id)
-        result = self.pool.call(tool, arguments, settings=self._settings_for(tool, arguments))
+        two leaves it `running`, with the canonical arguments that started, so a
+        resume knows it was in flight and with what."""
+        _, call_id, tool, what, _, _ = item
+        if isinstance(what, BoundCall):
+            if self.store and self.run_id:
+                self.store.call_started(self.run_id, call_id, what.canonical)
+            # The pool gets the very dict that was shown and hashed, not the text again.
+            result = self.pool.call(tool, what.args, settings=self._settings_for(what))
+        else:
+            if self.store and self.run_id:
+                self.store.call_started(self.run_id, call_id, what)
+            result = self.pool.call(tool, what, settings=dict(self.call_settings))
         sent = truncate(result.text, self.limits.max_result_chars)
         self._checkpoint_done(call_id, sent, result)
         return result, sent
 
-    def _settings_for(self, tool: str, arguments: str) -> dict[str, Any]:
+    def _bind(self, tool: str, raw: str) -> BoundCall | ToolCallError | None:
+        """The model's text read once into the object that will run; None for a tool
+        that does not exist."""
+        if tool not in self.pool.registry:
+            return None
+        try:
+            return bind(self.pool.registry.get(tool), raw)
+        except ArgumentError as exc:
+            return BadArguments(tool, str(exc))
+
+    def _settings_for(self, call: BoundCall) -> dict[str, Any]:
         """The agent's own settings, and the embedding of the argument a tool asks for."""
         settings = dict(self.call_settings)
-        spec = self.pool.registry.get(tool) if tool in self.pool.registry else None
-        if spec is None or spec.embed is None or self.embedder is None:
+        spec = self.pool.registry.get(call.tool)
+        if spec.embed is None or self.embedder is None:
             return settings
-        try:
-            text = json.loads(arguments).get(spec.embed)
-        except (ValueError, AttributeError):
-            return settings  # the pool reports the bad arguments
+        text = call.args.get(spec.embed)
         if isinstance(text, str) and text.strip():
             vector = self.embedder.embed(text)
             if vector is not None:
@@ -384,26 +434,52 @@ class Agent:
             outcome = Outcome(sent=sent, ok=result.ok, error_kind=kind)
             self.store.call_done(self.run_id, call_id, outcome)
 
-    def _in_flight(self, call_id: str, tool: str, arguments: str) -> str | ToolOutcome:
+    def _in_flight(
+        self, call_id: str, call: BoundCall, started: str
+    ) -> tuple[str, str | None] | ToolOutcome:
         """A call that was running when the run stopped may have taken effect: run it
-        again only if its tool is idempotent or a person approves. Returns how it was
-        allowed, or the denied outcome."""
+        again only with the arguments that started (`started`, canonical JSON), and
+        only if its tool is idempotent or a person approves. Returns how it was allowed
+        and the hash approved, or the denied outcome."""
+        tool = call.tool
+        if started != call.canonical:
+            denied = Denied(
+                tool,
+                f"not run again: {tool} was in flight when the run stopped with the arguments "
+                f"{started}, and the checkpointed call now reads as {call.canonical}",
+            )
+            return ToolOutcome(
+                call_id,
+                tool,
+                call.canonical,
+                _failure(tool, denied),
+                "denied_changed",
+                sha256=call.sha256,
+            )
         if self.policy.idempotent(tool):
-            return "not_required"
+            return "not_required", None
         why = (
             f"This call of {tool} was in flight when the run stopped: it may already have "
             "taken effect, and running it again may repeat that."
         )
-        decision = self.approver.decide(tool, arguments, why)
+        decision = self.approver.decide(call, why)
         if decision.allowed:
-            return decision.how
+            return decision.how, decision.sha256
         denied = Denied(
             tool,
             f"not run again: {tool} was in flight when the run stopped and may have taken "
             f"effect; it is not idempotent, so it runs again only with a person's approval "
             f"({decision.how})",
         )
-        return ToolOutcome(call_id, tool, arguments, _failure(tool, denied), decision.how)
+        return ToolOutcome(
+            call_id,
+            tool,
+            call.canonical,
+            _failure(tool, denied),
+            decision.how,
+            sha256=call.sha256,
+            approved_sha256=decision.sha256,
+        )
 
     def _restored(self, call_id: str, tool: str, arguments: str, done: Outcome) -> ToolOutcome:
         error = (
@@ -430,6 +506,8 @@ class Agent:
                 call_id=outcome.call_id,
                 tool=outcome.tool,
                 arguments=outcome.arguments,
+                arguments_sha256=outcome.sha256,
+                approved_sha256=outcome.approved_sha256,
                 ok=r.ok,
                 output=r.output,
                 error_kind=r.error.kind if r.error else None,
@@ -453,7 +531,7 @@ def _unpack(call: dict[str, Any], index: int) -> tuple[str, str, str]:
     return call_id, tool, arguments
 
 
-def _failure(tool: str, exc: Denied) -> ToolResult:
+def _failure(tool: str, exc: ToolCallError) -> ToolResult:
     return ToolResult(
         tool=tool,
         ok=False,

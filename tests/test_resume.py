@@ -394,7 +394,7 @@ def test_the_person_asked_about_a_call_in_flight_is_told_so(tmp_path: Path) -> N
     run_id = store.start("6*7?", "m", messages[:1])
     call_id = turn["tool_calls"][0]["id"]
     store.step(run_id, messages, 1, 0.0, [(call_id, "calculate", '{"expression": "6*7"}')])
-    store.call_started(run_id, call_id)
+    store.call_started(run_id, call_id, '{"expression":"6*7"}')
     asked: list[str] = []
     approver = Approver(interactive=True, ask=lambda prompt: asked.append(prompt) or "y")
     strict = policy.model_copy(update={"tools": {**policy.tools, "calculate": ToolPolicy()}})

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -29,15 +28,12 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
+from .arguments import ArgumentError, parse_object
 from .schema import ToolDefinitionError, build_model, parse_docstring, strict_schema
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 BUILTIN_MODULES = ("tools.calculator", "tools.files", "tools.support", "tools.memory")
-
-
-class ArgumentError(ValueError):
-    """The model's arguments do not fit the tool; the message names each field."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +65,9 @@ class ToolSpec:
         }
 
     def validate(self, arguments: Mapping[str, Any] | str | bytes | None) -> dict[str, Any]:
-        """Model's arguments (a JSON string or a mapping) → JSON-ready validated values."""
-        args = _parse_arguments(arguments)
+        """Model's arguments (a JSON string or a mapping) → JSON-ready validated values.
+        The text is read strictly (`tools.arguments`): a repeated key is an error."""
+        args = parse_object(arguments)
         # Strict mode makes the model send every key; a null stands for the default.
         for name in self.defaults:
             if name in args and args[name] is None:
@@ -86,23 +83,6 @@ class ToolSpec:
             return payload
         model = self.model.model_validate(payload)
         return {name: getattr(model, name) for name in type(model).model_fields}
-
-
-def _parse_arguments(arguments: Mapping[str, Any] | str | bytes | None) -> dict[str, Any]:
-    if arguments is None:
-        return {}
-    if isinstance(arguments, str | bytes):
-        if not arguments.strip():
-            return {}
-        try:
-            arguments = json.loads(arguments)
-        except (ValueError, RecursionError) as exc:
-            raise ArgumentError(
-                f"arguments are not valid JSON ({exc}); send one JSON object"
-            ) from None
-    if not isinstance(arguments, Mapping):
-        raise ArgumentError(f"arguments must be a JSON object, got {type(arguments).__name__}")
-    return dict(arguments)
 
 
 def _describe(exc: ValidationError, spec: ToolSpec) -> str:
