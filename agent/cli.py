@@ -13,6 +13,7 @@
                          [--judge-model M] [--judge-base-url URL]
     sandboxed-agent demo
     sandboxed-agent doctor [--policy FILE]
+    sandboxed-agent policy show [--policy FILE] [--tools FILE_OR_MODULE]... [--json]
 
 Exit status: 0 when the call succeeded, 1 when it failed, 2 for usage errors (one
 line on stderr, never a traceback).
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="the worked example, with every tool call in the sandbox")
     doctor = sub.add_parser("doctor", help="which isolation layers this machine gives, verified")
     doctor.add_argument("--policy", help="report with the layers this policy turns off")
+    policy = sub.add_parser("policy", help="the policy in force").add_subparsers(
+        dest="policy_command", required=True, parser_class=_Parser
+    )
+    show = policy.add_parser("show", help="the built-in policy with --policy laid over it")
+    show.add_argument("--policy", metavar="FILE", help="policy TOML file (default: built-in)")
+    show.add_argument("--tools", action="append", default=[], metavar="FILE_OR_MODULE")
+    show.add_argument("--json", action="store_true", help="as JSON, with each value's file")
     return parser
 
 
@@ -119,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .doctor import run_doctor
 
             return run_doctor(load_policy(args.policy).disabled_layers if args.policy else [])
+        if args.command == "policy":
+            return cmd_policy_show(args)
         if args.command in ("run", "chat"):
             registry, policy = load_setup(args.tools, args.policy, args.isolation)
             return (cmd_run if args.command == "run" else cmd_chat)(args, policy, registry)
@@ -179,6 +189,14 @@ def cmd_tool(args: argparse.Namespace) -> int:
         result = pool.call(args.name, arguments, limits=limits)
     print(result.model_dump_json())
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_policy_show(args: argparse.Namespace) -> int:
+    from policies.show import policy_json, policy_toml
+
+    _, policy = load_setup(args.tools, args.policy)
+    sys.stdout.write(policy_json(policy) + "\n" if args.json else policy_toml(policy))
+    return EXIT_OK
 
 
 def cmd_tools(args: argparse.Namespace) -> int:

@@ -1,8 +1,17 @@
-"""TOML file → `Policy`, with one clear error naming the file, the table and the key."""
+"""TOML files → `Policy`, with one clear error naming the file, the table and the key.
+
+A policy file is a layer over the built-in policy (`default.toml`): it changes only
+what it names. `extends = "none"` at the top starts from nothing instead, and
+`extends = "PATH"` from another file (itself a layer over what it extends).
+"""
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -11,78 +20,219 @@ from pydantic import ValidationError
 from sandbox.errors import PolicyError
 from sandbox.layers import ALWAYS_ON, check_layer_names
 
+from .merge import absolute_paths, merge
 from .schema import Policy, Price, RunPolicy, ToolPolicy, build_limits
 
 DEFAULT_POLICY = Path(__file__).with_name("default.toml")
-_TOP_LEVEL = ("isolation", "layers", "defaults", "tools", "run")
+BUILT_IN = "<built-in policy>"
+_TOP_LEVEL = ("extends", "isolation", "layers", "defaults", "tools", "run")
+
+
+@dataclass(frozen=True)
+class _File:
+    """One layer: a policy file's data, as read, and where it came from."""
+
+    shown: str
+    base_dir: Path
+    data: dict[str, Any]
+    path: Path | None
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
-    """Load and check a policy file; None loads the built-in default."""
-    file = Path(path) if path is not None else DEFAULT_POLICY
-    shown = str(path) if path is not None else "<built-in policy>"
+    """Load and check a policy file, layered over the built-in one; None: the built-in.
+
+    >>> load_policy("mine.toml").requires_approval("issue_refund")  # still True
+    """
+    if path is None:
+        return _build([_built_in()])
+    return _build(_chain(_read(Path(path), str(path)), []))
+
+
+def parse_policy(text: str, source: str, base_dir: Path) -> Policy:
+    """A policy file's text (named `source`, its paths relative to `base_dir`), layered
+    as `load_policy` layers a file."""
+    return _build(_chain(_File(source, base_dir, _parse(text, source), None), []))
+
+
+def check_tools(policy: Policy, known: list[str]) -> None:
+    """Every `[tools.NAME]` a file set must name a tool that exists: a typo would
+    silently not apply. The built-in policy's own tables are for tools that may not be
+    loaded (the memory tools), so they are not checked."""
+    for name in policy.tools:
+        source = policy.source_of(f"tools.{name}") or policy.source
+        if source != BUILT_IN and name not in known:
+            raise PolicyError(f"{source}: [tools.{name}]: {unknown_tool(name, known)}")
+
+
+def unknown_tool(name: str, known: list[str]) -> str:
+    """`there is no tool named 'x'; did you mean 'y'? (known tools: ...)`."""
+    hint = _did_you_mean(name, known)
+    return f"there is no tool named {name!r}{hint} (known tools: {', '.join(known)})"
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _built_in() -> _File:
+    return _read(DEFAULT_POLICY, BUILT_IN)
+
+
+def _read(file: Path, shown: str) -> _File:
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PolicyError(f"policy file not found: {shown}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(f"{shown}: cannot read the policy file: {exc}") from None
-    return parse_policy(text, shown, file.resolve().parent)
+    return _File(shown, file.resolve().parent, _parse(text, shown), file.resolve())
 
 
-def parse_policy(text: str, source: str, base_dir: Path) -> Policy:
+def _parse(text: str, source: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{source}: not valid TOML: {exc}") from None
+
+
+def _chain(top: _File, trail: list[_File]) -> list[_File]:
+    """The files under `top`, bottom first, following `extends`."""
+    extends = top.data.get("extends")
+    if top.path == DEFAULT_POLICY.resolve() and top.shown != BUILT_IN:
+        return [_built_in()]  # `extends` naming the built-in file: the same thing
+    if extends is None:
+        return [_built_in(), top]
+    if not isinstance(extends, str) or not extends:
+        raise PolicyError(
+            f'{top.shown}: extends: must be "none" or the path of another policy file '
+            f"(got {_short(extends)})"
+        )
+    if extends == "none":
+        return [top]
+    file = (top.base_dir / extends).resolve()
+    seen = [f.path for f in [*trail, top]]
+    if file in seen:
+        names = [f.shown for f in [*trail, top]][seen.index(file) :]
+        loop = " -> ".join([*names, names[0]])
+        raise PolicyError(f"{top.shown}: extends: {extends!r} leads back to itself ({loop})")
+    shown = str(file)
+    if top.path is not None and not Path(extends).is_absolute():
+        shown = os.path.normpath(os.path.join(os.path.dirname(top.shown), extends))
     try:
-        policy = Policy.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError(_describe(source, exc)) from None
-    policy.locate(source, base_dir)
+        below = _read(file, shown)
+    except PolicyError as exc:
+        raise PolicyError(f"{top.shown}: extends: {exc}") from None
+    return [*_chain(below, [*trail, top]), top]
+
+
+def _build(files: list[_File]) -> Policy:
+    """Check each file alone (so an error names its file), then lay them in order."""
+    for file in files:
+        _check_file(file)
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for file in files:
+        data = {k: v for k, v in file.data.items() if k != "extends"}
+        merged = merge(merged, absolute_paths(data, file.base_dir), file.shown, sources)
+    top = files[-1]
+
+    def blame(loc: list[str]) -> str:
+        for end in range(len(loc), 0, -1):
+            if ".".join(loc[:end]) in sources:
+                return sources[".".join(loc[:end])]
+        return top.shown
+
+    policy = _validate(merged, blame)
+    policy.locate(top.shown, top.base_dir, sources=sources, files=[f.shown for f in files])
+    _check_values(policy, blame)
+    return policy
+
+
+def _check_file(file: _File) -> None:
+    data = {k: v for k, v in file.data.items() if k != "extends"}
+    # A key this file leaves out may come from a file below it (a price's other half).
+    policy = _validate(data, lambda loc: file.shown, allow_missing=True)
+    policy.locate(file.shown, file.base_dir)
+    _check_values(policy, lambda loc: file.shown)
+
+
+def _validate(
+    data: dict[str, Any], blame: Callable[[list[str]], str], allow_missing: bool = False
+) -> Policy:
+    while True:
+        try:
+            return Policy.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            real = [e for e in errors if not (allow_missing and _completable(e))]
+            if real:
+                loc = [str(p) for p in real[0]["loc"]]
+                raise PolicyError(_describe(blame(loc), real[0], loc)) from None
+            # Check the rest without the incomplete tables: a file below may complete
+            # them, and the merged result is checked whole.
+            for err in errors:
+                data = _without(data, [str(p) for p in err["loc"][:-1]])
+
+
+def _completable(err: Any) -> bool:
+    return bool(err["type"] == "missing" and len(err["loc"]) > 1)
+
+
+def _without(data: dict[str, Any], loc: list[str]) -> dict[str, Any]:
+    out = dict(data)
+    if len(loc) == 1:
+        out.pop(loc[0], None)
+    elif isinstance(out.get(loc[0]), dict):
+        out[loc[0]] = _without(out[loc[0]], loc[1:])
+    return out
+
+
+def _check_values(policy: Policy, blame: Callable[[list[str]], str]) -> None:
     for name, on in policy.layers.items():
         try:
             check_layer_names([name] if not on or name not in ALWAYS_ON else [])
         except ValueError as exc:
-            raise PolicyError(f"{source}: [layers] {name}: {exc}") from None
-    tables = [("defaults", policy.defaults)]
+            raise PolicyError(f"{blame(['layers', name])}: [layers] {name}: {exc}") from None
+    tables = [(["defaults"], policy.defaults)]
     tables += [
-        (f"tools.{name}", table.over(policy.defaults)) for name, table in policy.tools.items()
+        (["tools", name], table.over(policy.defaults)) for name, table in policy.tools.items()
     ]
-    for name, table in tables:
-        _check_table(source, name, table, policy)
-    return policy
+    for loc, table in tables:
+        _check_table(".".join(loc), table, policy, blame, loc)
 
 
-def _check_table(source: str, name: str, table: ToolPolicy, policy: Policy) -> None:
+def _check_table(
+    name: str,
+    table: ToolPolicy,
+    policy: Policy,
+    blame: Callable[[list[str]], str],
+    loc: list[str],
+) -> None:
     try:
         build_limits(table)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = str(err["loc"][0])
         raise PolicyError(
-            f"{source}: [{name}] {key}: {err['msg'].lower()} (got {err['input']!r})"
+            f"{blame([*loc, key])}: [{name}] {key}: {err['msg'].lower()} (got {err['input']!r})"
         ) from None
     root = policy.root_path(table)
     if root is not None and not root.is_dir():
-        raise PolicyError(f"{source}: [{name}] root: {table.root!r} is not a directory")
+        raise PolicyError(
+            f"{blame([*loc, 'root'])}: [{name}] root: {table.root!r} is not a directory"
+        )
 
 
-def check_tools(policy: Policy, known: list[str]) -> None:
-    """Every `[tools.NAME]` must name a tool that exists: a typo would silently not apply."""
-    for name in policy.tools:
-        if name not in known:
-            raise PolicyError(
-                f"{policy.source}: [tools.{name}]: there is no tool named {name!r} "
-                f"(known tools: {', '.join(known)})"
-            )
-
-
-def _describe(source: str, exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in err["loc"]]
+def _describe(source: str, err: Any, loc: list[str]) -> str:
     if len(loc) == 1 and err["type"] == "extra_forbidden":
-        return f"{source}: [{loc[0]}]: unknown table (accepted: {', '.join(_TOP_LEVEL)})"
+        what = (
+            f"[{loc[0]}]: unknown table"
+            if isinstance(err["input"], dict)
+            else (f"{loc[0]}: unknown top-level key")
+        )
+        hint = _did_you_mean(loc[0], _TOP_LEVEL)
+        return f"{source}: {what}{hint} (accepted: {', '.join(_TOP_LEVEL)})"
     if loc == ["isolation"]:
         got = _short(err.get("input"))
         return f'{source}: isolation: must be "best-effort" or "strict" (got {got})'
@@ -97,10 +247,13 @@ def _describe(source: str, exc: ValidationError) -> str:
     if not rest:
         return f"{source}: [{table}]: must be a table of keys (got {_short(err.get('input'))})"
     key = ".".join(rest)
+    model = {"run": RunPolicy}.get(table, Price if table.startswith("run.") else ToolPolicy)
     if err["type"] == "extra_forbidden":
-        model = {"run": RunPolicy}.get(table, Price if table.startswith("run.") else ToolPolicy)
         accepted = ", ".join(model.model_fields)
-        return f"{source}: [{table}] {key}: unknown key (accepted: {accepted})"
+        hint = _did_you_mean(key, list(model.model_fields))
+        return f"{source}: [{table}] {key}: unknown key{hint} (accepted: {accepted})"
+    if err["type"] == "missing":
+        return f"{source}: [{table}] {key}: missing (a [{table}] table needs it)"
     if rest[0] == "settings" and len(rest) > 1:
         key = "settings." + rest[1]  # drop pydantic's union branch names
     return f"{source}: [{table}] {key}: {err['msg'].lower()} (got {_short(err.get('input'))})"

@@ -128,6 +128,8 @@ class Policy(BaseModel):
     run: RunPolicy = Field(default_factory=RunPolicy)
     _source: str = PrivateAttr("<built-in>")
     _base_dir: Path = PrivateAttr(Path.cwd())
+    _files: list[str] = PrivateAttr(default_factory=list)
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _cache: dict[str, tuple[Limits, ToolContext]] = PrivateAttr(default_factory=dict)
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Policy:
@@ -138,12 +140,30 @@ class Policy(BaseModel):
 
     @property
     def source(self) -> str:
-        """Where this policy came from (a path, or `<built-in>`)."""
+        """Where this policy came from: the file on top, or `<built-in policy>`."""
         return self._source
 
-    def locate(self, source: str, base_dir: Path) -> Policy:
+    @property
+    def files(self) -> list[str]:
+        """The files laid one over the other to make this policy, bottom first."""
+        return list(self._files) or [self._source]
+
+    def source_of(self, key: str) -> str | None:
+        """The file that set a dotted key (`tools.read_file.root`); None: nobody did."""
+        return self._sources.get(key)
+
+    def locate(
+        self,
+        source: str,
+        base_dir: Path,
+        *,
+        sources: dict[str, str] | None = None,
+        files: list[str] | None = None,
+    ) -> Policy:
         self._source = source
         self._base_dir = base_dir
+        self._sources = dict(sources or {})
+        self._files = list(files or [source])
         return self
 
     @property

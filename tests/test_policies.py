@@ -59,7 +59,10 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
             "p.toml: [defaults] timeout_s: input should be a valid number",
         ),
         ("[defaults]\ntrusted = 'yes'", "[defaults] trusted: input should be a valid boolean"),
-        ("[defaults]\ntimeout = 10", "[defaults] timeout: unknown key (accepted: timeout_s,"),
+        (
+            "[defaults]\ntimeout = 10",
+            "[defaults] timeout: unknown key; did you mean 'timeout_s'? (accepted: timeout_s,",
+        ),
         (
             "[tools.calculate]\nmemory_mb = 1",
             "[tools.calculate] memory_mb: input should be greater than or equal to 16",
@@ -70,7 +73,7 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
         ),
         (
             "[runs]\nmax_steps = 3",
-            "[runs]: unknown table (accepted: isolation, layers, defaults, tools, run)",
+            "[runs]: unknown table; did you mean 'run'? (accepted: extends, isolation, layers,",
         ),
         (
             "[layers]\nlandlok = false",
@@ -100,8 +103,8 @@ def test_a_table_for_an_unknown_tool_is_an_error_listing_the_known_ones(tmp_path
     with pytest.raises(
         PolicyError,
         match=re.escape(
-            "[tools.calculat]: there is no tool named 'calculat' "
-            "(known tools: calculate, read_file)"
+            "p.toml: [tools.calculat]: there is no tool named 'calculat'; "
+            "did you mean 'calculate'? (known tools: calculate, read_file)"
         ),
     ):
         check_tools(policy, ["calculate", "read_file"])
