@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from policies import Policy, RunPolicy
+from policies.loader import unknown_tool
 from sandbox import Pool
 
 from .approval import Approver
@@ -59,6 +60,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="the memory tools' namespace (one per user or agent; default: the policy's)",
     )
     p.add_argument("--embeddings-model", metavar="M", help="embed memories with this model")
+
+
+def check_approve(names: list[str], known: list[str], flag: str = "--approve") -> None:
+    """Approval in advance must name a loaded tool: a typo would silently approve nothing,
+    and the tool the person meant would then be denied, or asked for, unexpectedly."""
+    for name in names:
+        if name not in known:
+            raise UsageError(f"{flag} {name}: {unknown_tool(name, known)}")
 
 
 def with_run_overrides(policy: Policy, args: argparse.Namespace) -> Policy:
@@ -150,6 +159,7 @@ def report(result: RunResult) -> int:
 def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
     if bool(args.task) == bool(args.resume):
         raise UsageError('give a task, or --resume RUN_ID, not both: run "TASK" | run --resume ID')
+    check_approve(args.approve, registry.names())
     store: RunStore | None = None
     try:
         store = RunStore.open_default()
@@ -181,6 +191,7 @@ def cmd_runs(limit: int) -> int:
 def cmd_chat(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
     from .sessions import SessionStore
 
+    check_approve(args.approve, registry.names())
     store = SessionStore.open_default() if args.session else None
     history = store.load(args.session) if store and args.session else None
     interactive = sys.stdin.isatty()

@@ -12,7 +12,7 @@ from pathlib import Path
 from sandbox.errors import SandboxedAgentError
 
 from ..model import ModelClient
-from ..runner import UsageError, model_client, with_run_overrides
+from ..runner import UsageError, check_approve, model_client, with_run_overrides
 from .runner import RunReport, live_model, render_report, run_suite, scripted_model, slug
 from .suite import Suite, load_suite
 
@@ -49,6 +49,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--runs: must be from 1 to 100 (got {args.runs})")
     policy_file = args.policy or (str(suite.policy_path) if suite.policy_path else None)
     registry, policy = load_setup([*suite.tool_sources(), *args.tools], policy_file)
+    for case in suite.cases:
+        check_approve(case.approve, registry.names(), f"{args.suite}: case {case.name!r}: approve")
     policy = with_run_overrides(policy, args)
     if args.scripted:
         missing = [c.name for c in suite.cases if not c.script]
