@@ -32,13 +32,16 @@ from tools.registry import ArgumentError, Registry
 
 from . import reaper
 from .channel import Deadline, Oversized, PeerGone, send_frame
+from .claims import WORKER_KINDS, memory_evidence
 from .errors import (
     BadArguments,
     CpuLimit,
+    ErrorKind,
     MemoryLimit,
     OutputLimit,
     SandboxUnavailable,
     ToolCallError,
+    ToolFailed,
     ToolTimeout,
     UnknownTool,
     WorkerCrashed,
@@ -358,6 +361,11 @@ class Pool:
             return self._violation(worker, call, "its answer names another call")
         if result.ok != (result.error is None) or (result.ok and result.output is None):
             return self._violation(worker, call, "its answer is neither an output nor an error")
+        if result.error is not None:
+            if result.error.kind not in WORKER_KINDS:
+                return self._violation(worker, call, f"claimed kind {result.error.kind}")
+            if result.error.kind == ErrorKind.MEMORY_LIMIT:
+                return self._check_memory(worker, call, result.error.message), False
         if result.output is not None and len(result.output) > limits.max_output_chars:
             # The worker checks too; this holds even when a tool forges its own frame.
             self._kill(worker)
@@ -369,6 +377,17 @@ class Pool:
         # The peek comes right after the answer: a worker that sent more is retired.
         reusable = result.ok and limits.reuse_worker and result.reusable
         return result, reusable and worker.reader.idle()
+
+    def _check_memory(self, worker: WorkerHandle, call: Call, message: str) -> Result:
+        """A MemoryError the kernel's numbers back is `memory_limit`; any other is the
+        tool's own error (it raised MemoryError, or asked for more than was left)."""
+        why_not = memory_evidence(worker.pid, call.limits)
+        if worker.wait_dead(0):  # gone: the numbers may be another process's
+            why_not = "the worker exited before its memory could be checked"
+        self._kill(worker)
+        if why_not is None:
+            return _error(MemoryLimit(call.tool, message))
+        return _error(ToolFailed(call.tool, f"{call.tool} raised MemoryError, but {why_not}"))
 
     def _violation(self, worker: WorkerHandle, call: Call, what: str) -> tuple[Result, bool]:
         self._kill(worker)

@@ -175,6 +175,10 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
             call.limits.reuse_worker and body.startswith(_OK) and _clean_up(setup, call.limits)
         )
         send_frame(chan, _frame(call.id, reusable, body))
+        if body is _out_of_memory.get((call.tool, call.limits.memory_mb)):
+            # The orchestrator checks our memory use in /proc before it believes this
+            # answer, then kills us: stay until it does.
+            recv_frame_blocking(chan)
         if not reusable:
             os._exit(0)
 
@@ -280,7 +284,10 @@ def run(registry: Registry, call: Call) -> bytes:
     except MemoryError:
         return out_of_memory
     except BaseException as exc:  # the tool's bug is the model's observation
-        return _failure(ErrorKind.TOOL_ERROR, _describe(exc))
+        try:
+            return _failure(ErrorKind.TOOL_ERROR, _describe(exc))
+        except BaseException:
+            return _failure(ErrorKind.TOOL_ERROR, f"{call.tool} raised an exception")
     finally:
         _flush_std()
     if len(text) > call.limits.max_output_chars:
@@ -311,9 +318,34 @@ def _as_text(value: Any) -> str:
         ) from exc
 
 
+MESSAGE_CHARS = 2000
+"""Longest error message a tool's exception gives (the model reads it)."""
+
+
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """`Name: text` of a tool's exception, whatever its `__str__`, `__repr__` or class
+    does (raise, return a str subclass, a lone surrogate, megabytes)."""
+    name = _plain(lambda: type(exc).__name__) or "an exception"
+    text = _plain(lambda: str(exc))
+    if text is None:
+        text = _plain(lambda: repr(exc))
+        text = f"(its message could not be read; repr: {text})" if text else ""
+    message = f"{name}: {text}" if text else name
+    if len(message) > MESSAGE_CHARS:
+        message = message[:MESSAGE_CHARS] + f"... ({len(message)} characters)"
+    return message
+
+
+def _plain(get: Any) -> str | None:
+    """An exact, valid-Unicode `str` from `get()`, or None if it raises or is no str."""
+    try:
+        value = get()
+        if not isinstance(value, str):
+            return None
+        value = str.__str__(value)  # an exact str: no subclass method runs after this
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    except BaseException:
+        return None
 
 
 def _failure(kind: ErrorKind, message: str) -> bytes:

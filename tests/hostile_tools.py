@@ -94,10 +94,10 @@ def fork_bomb() -> str:
 
 @tool
 def memory_bomb() -> str:
-    """Allocate memory until something stops it."""
+    """Allocate memory until something stops it, 8 MiB at a time."""
     hoard = []
     while True:
-        hoard.append(bytearray(64 * 1024 * 1024))
+        hoard.append(bytearray(8 * 1024 * 1024))
 
 
 @tool
@@ -370,3 +370,85 @@ def echo_text(text: str, chatter: str = "") -> str:
 def lone_surrogate() -> str:
     """Return a str that is not valid Unicode."""
     return "bad \udc80 text"
+
+
+@tool
+def claim_kind(kind: str, then: str) -> str:
+    """Answer this call with a failure of any kind, written straight to the socket
+    with the call's own id.
+
+    Args:
+        kind: The kind to claim (timeout, denied, unknown_tool, memory_limit, ...).
+        then: "return" (the real answer follows) or "hang".
+    """
+    _write_frame({"ok": False, "error": {"kind": kind, "message": f"claimed {kind}"}})
+    if then == "hang":
+        time.sleep(3600)
+    return "the real answer"
+
+
+@tool
+def raise_memory_error() -> str:
+    """Raise MemoryError without using any memory."""
+    raise MemoryError("pretend")
+
+
+class _Meta(type):
+    @property
+    def __name__(cls) -> str:  # type: ignore[override]
+        raise RuntimeError("no name either")
+
+
+class _Nasty(Exception, metaclass=_Meta):
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr either")
+
+
+class _Evil(str):
+    def __format__(self, spec: str) -> str:
+        raise RuntimeError("format")
+
+    def __len__(self) -> int:
+        raise RuntimeError("len")
+
+
+@tool
+def odd_exception(how: str) -> str:
+    """Raise an exception that is hard to describe.
+
+    Args:
+        how: str_raises, all_raise, str_subclass, surrogate, huge, exit, not_str.
+    """
+    if how == "str_raises":
+
+        class StrRaises(Exception):
+            def __str__(self) -> str:
+                raise ValueError("nope")
+
+        raise StrRaises()
+    if how == "all_raise":
+        raise _Nasty()
+    if how == "str_subclass":
+
+        class Sub(Exception):
+            def __str__(self) -> str:
+                return _Evil("evil text")
+
+        raise Sub()
+    if how == "not_str":
+
+        class NotStr(Exception):
+            def __str__(self) -> str:
+                return 42  # type: ignore[return-value]
+
+        raise NotStr()
+    if how == "surrogate":
+        raise ValueError("bad \udc80 text")
+    if how == "huge":
+        raise ValueError("y" * 10_000_000)
+    if how == "exit":
+        raise SystemExit(3)
+    raise ValueError(how)
