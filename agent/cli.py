@@ -33,6 +33,9 @@ from pydantic import ValidationError
 
 from policies import Policy, check_tools, load_policy
 from sandbox import Limits, Pool, SandboxedAgentError
+from sandbox.errors import ErrorKind
+from sandbox.pool import ToolResult
+from sandbox.protocol import ToolError
 from tools import Registry, ToolDefinitionError
 
 from .evals.command import add_eval_parser, cmd_eval
@@ -111,6 +114,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tool"]:
+        return _tool_main(argv)
+    return _main(argv)
+
+
+def _tool_main(argv: list[str]) -> int:
+    """`tool` prints one JSON object whatever happens, a failure included: its kind is
+    `bad_arguments` for a usage error (exit 2), else `crashed` (exit 1)."""
+    name = next((a for a in argv[1:] if not a.startswith("-")), "")
+    _said.clear()
+    try:
+        status = _main(argv)
+    except Exception as exc:  # a bug of ours: still one JSON object, no traceback
+        _complain(f"{type(exc).__name__}: {exc}")
+        status = EXIT_FAILED
+    if status != EXIT_OK and "result" not in _said:
+        kind = ErrorKind.BAD_ARGUMENTS if status == EXIT_USAGE else ErrorKind.CRASHED
+        _print_failure(name, kind, _said.get("error", "the call did not run"))
+    return status
+
+
+_said: dict[str, str] = {}
+"""What this command printed: its error line, and whether `tool` printed its result."""
+
+
+def _print_failure(name: str, kind: ErrorKind, message: str) -> None:
+    error = ToolError(kind=kind, message=message)
+    result = ToolResult(tool=name, ok=False, output=None, error=error, duration_ms=0.0)
+    print(result.model_dump_json())
+
+
+def _complain(message: str) -> None:
+    _said["error"] = message
+    print(f"sandboxed-agent: {message}", file=sys.stderr)
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "tool":
@@ -136,13 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo()
     except UsageError as exc:
-        print(f"sandboxed-agent: {exc}", file=sys.stderr)
+        _complain(str(exc))
         return EXIT_USAGE
     except SandboxedAgentError as exc:
-        print(f"sandboxed-agent: {exc}", file=sys.stderr)
+        _complain(str(exc))
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("sandboxed-agent: interrupted", file=sys.stderr)
+        _complain("interrupted")
         return 130
     except BrokenPipeError:  # stdout closed early (| head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -188,6 +229,7 @@ def cmd_tool(args: argparse.Namespace) -> int:
     with Pool(policy, registry=registry, size=1, spares=1, **policy.pool_options()) as pool:
         result = pool.call(args.name, arguments, limits=limits)
     print(result.model_dump_json())
+    _said["result"] = "printed"
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,7 +81,13 @@ def test_failed_calls_exit_1_with_the_error_kind(args: list[str], kind: str) -> 
 def test_usage_errors_exit_2_with_one_line_and_no_traceback(args: list[str], message: str) -> None:
     proc = cli(*args)
     assert proc.returncode == 2
-    assert proc.stdout == ""
+    if args[0] == "tool":  # `tool` prints its one JSON object even then
+        result = one_json(proc)
+        assert result["ok"] is False and result["output"] is None
+        assert result["error"]["kind"] == "bad_arguments"
+        assert message in result["error"]["message"]
+    else:
+        assert proc.stdout == ""
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
@@ -149,3 +156,51 @@ def test_strict_isolation_from_the_command_line() -> None:
     else:
         assert proc.returncode == 0, proc.stderr
         assert one_json(proc)["output"] == "5"
+
+
+def test_strict_isolation_with_a_layer_missing_still_prints_one_json_object() -> None:
+    # A mount namespace of the test's own, where /sys/fs/cgroup is an empty tmpfs: the
+    # cgroup layers are then really missing for this process.
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to hide the cgroups")  # pragma: no cover
+    args = [sys.executable, "-m", "agent", "tool", "calculate", "--args", '{"expression": "1"}']
+    script = 'mount -t tmpfs none /sys/fs/cgroup && exec "$@"'
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    proc = subprocess.run(
+        [*command, *args, "--isolation", "strict"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert proc.returncode == 1, proc.stderr
+    result = one_json(proc)
+    assert result["ok"] is False and result["tool"] == "calculate"
+    assert result["error"]["kind"] == "crashed"
+    assert (
+        "isolation is strict and these layers are missing: cgroup_pids"
+        in (result["error"]["message"])
+    )
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", ["a\udc80b", "caf\udce9.txt", "\ud800", "x/\udfff/y"])
+@pytest.mark.parametrize("how", ["escaped", "raw"])
+def test_read_file_refuses_a_path_that_is_not_unicode(tmp_path: Path, path: str, how: str) -> None:
+    policy = tmp_path / "p.toml"
+    policy.write_text(f"[tools.read_file]\nroot = {str(tmp_path)!r}\n")
+    if how == "escaped":  # a JSON escape: valid JSON text, not valid Unicode
+        args = json.dumps({"path": path})
+    else:  # the bytes themselves on the command line (undecodable ones only)
+        if not all(0xDC80 <= ord(c) <= 0xDCFF or ord(c) < 0x80 for c in path):
+            pytest.skip("only bytes 0x80-0xff arrive as surrogates")
+        args = '{"path": "' + path + '"}'
+    proc = cli("tool", "read_file", "--args", args, "--policy", str(policy))
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    result = one_json(proc)
+    assert result["ok"] is False
+    assert result["error"]["kind"] == "bad_arguments"
+    assert "lone surrogate" in result["error"]["message"]

@@ -93,3 +93,17 @@ def test_it_runs_in_the_sandbox_with_the_policy_root(pool: Pool, jail: Path) -> 
     assert ok.ok and "30 days" in ok.output
     assert refused.error.kind == "tool_error"
     assert "TOP SECRET" not in refused.error.message
+
+
+@pytest.mark.parametrize("path", ["a\udc80b", "caf\udce9.txt", "\ud800", "sub/\udfff"])
+def test_a_path_that_is_not_unicode_is_refused(jail: Path, path: str) -> None:
+    with pytest.raises(FileAccessError, match="is not valid Unicode text"):
+        read_text(str(jail), path)
+
+
+@pytest.mark.parametrize("path", ["a\udc80b", "\ud800"])
+def test_pool_call_refuses_a_path_that_is_not_unicode(pool: Pool, path: str) -> None:
+    for arguments in ({"path": path}, '{"path": "' + path.encode("unicode_escape").decode() + '"}'):
+        result = pool.call("read_file", arguments)
+        assert result.error.kind == "bad_arguments", result
+        assert "lone surrogate" in result.error.message

@@ -31,6 +31,13 @@ def _components(path: str) -> list[str]:
         raise FileAccessError("give a relative path inside the document root, e.g. 'policy.txt'")
     if "\x00" in path:
         raise FileAccessError("the path contains a NUL byte")
+    try:
+        path.encode("utf-8")  # a lone surrogate, or a byte smuggled in as one
+    except UnicodeEncodeError:
+        shown = path.encode("utf-8", "backslashreplace").decode()
+        raise FileAccessError(
+            f"{shown!r} is not valid Unicode text (a lone surrogate); give a UTF-8 path"
+        ) from None
     if path.startswith(("/", "\\")) or path.startswith("~"):
         raise FileAccessError(f"{path!r} is absolute; give a path relative to the document root")
     parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
