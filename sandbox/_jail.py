@@ -73,6 +73,11 @@ def _resolve(path: str, links: dict[str, str], depth: int) -> str | None:
     return current
 
 
+MASKED = ("/proc/keys", "/proc/key-users", "/proc/kcore", "/proc/timer_list", "/proc/sched_debug")
+"""Files under /proc that speak of the whole machine, not the worker's namespaces
+(keyrings are not namespaced): /dev/null is bound over each, as container runtimes do."""
+
+
 def build(new_root: str, layout: Plan, workdir: str) -> None:
     """In a fresh mount namespace: a tmpfs at `new_root` holding `layout` read-only and
     `workdir` read-write. Bound, not yet entered (see `enter`)."""
@@ -80,12 +85,16 @@ def build(new_root: str, layout: Plan, workdir: str) -> None:
     _mount_point(new_root + workdir, directory=True)
     add(new_root, layout)
     _bind(new_root, workdir, readonly=False)
+    if "/proc" in layout.binds:
+        for path in MASKED:
+            if os.path.exists(path):
+                _linux.mount(os.devnull, new_root + path, None, _linux.MS_BIND)
 
 
 def add(new_root: str, layout: Plan, readonly: bool = True) -> None:
     for link, target in layout.links:
         here = new_root + link
-        os.makedirs(os.path.dirname(here), exist_ok=True)
+        _skeleton_dirs(os.path.dirname(here))
         if not os.path.lexists(here):
             os.symlink(target, here)
     for path in layout.binds:
@@ -122,11 +131,23 @@ def enter(new_root: str) -> None:
 
 def _mount_point(path: str, directory: bool) -> None:
     if directory:
-        os.makedirs(path, exist_ok=True)
+        _skeleton_dirs(path)
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _skeleton_dirs(os.path.dirname(path))
     if not os.path.lexists(path):
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def _skeleton_dirs(path: str) -> None:
+    """Like `os.makedirs`, but each new directory is 0755 whatever the umask (a worker
+    with a data_dir has 007): the worker's uid must pass through them."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.mkdir(directory)
+        os.chmod(directory, 0o755)
 
 
 def _bind(new_root: str, path: str, readonly: bool) -> None:

@@ -17,6 +17,7 @@ import signal
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
 PR_CAP_AMBIENT = 47
@@ -34,6 +35,8 @@ _SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x04 | 0x08 | 0x20
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 CLONE_NEWPID = 0x20000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
 
 CGROUP_PIDS_ROOT = "/sys/fs/cgroup/pids"
 
@@ -68,6 +71,34 @@ def setns(fd: int, nstype: int) -> None:
 
 CAP_DAC_READ_SEARCH = 2
 
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
+_KEYCTL_GET_KEYRING_ID = 0
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+KEY_SPEC_SESSION_KEYRING = -3
+
+
+def _keyctl(operation: int, arg: int | None) -> int:
+    number = _SYS_KEYCTL.get(platform.machine())
+    if number is None:
+        raise OSError(f"keyctl: no system call number for {platform.machine()}")
+    result = _libc.syscall(
+        ctypes.c_long(number), ctypes.c_int(operation), ctypes.c_long(arg or 0), 0, 0, 0
+    )
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"keyctl({operation}): {os.strerror(err)}")
+    return int(result)
+
+
+def join_new_session_keyring() -> None:
+    """Replace the session keyring we inherited with a new, empty, anonymous one:
+    keyrings are not namespaced, and the orchestrator's may hold secrets."""
+    _keyctl(_KEYCTL_JOIN_SESSION_KEYRING, None)
+
+
+def keyctl_get_keyring_id(special: int) -> int:
+    return _keyctl(_KEYCTL_GET_KEYRING_ID, special)
+
 
 def drop_privileges(
     uid: int | None, keep: tuple[int, ...] = (), groups: tuple[int, ...] = ()
@@ -89,6 +120,10 @@ def drop_privileges(
         os.setgroups(list(groups))
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+        # The switch made us non-dumpable, which hands /proc/self to root: without
+        # capabilities the tool could not read its own fds or environment there. No
+        # other process shares the uid (or, with `nobody`, the PID namespace).
+        prctl(PR_SET_DUMPABLE, 1)
     mask = sum(1 << c for c in keep)
     header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
     # {effective, permitted, inheritable} for capabilities 0-31, then for 32-63

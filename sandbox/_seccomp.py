@@ -1,14 +1,25 @@
-"""A seccomp filter: no network socket for a tool without the network, and for every
-tool no `open_by_handle_at`, no io_uring, no foreign system call ABI.
+"""A seccomp filter: the system calls a tool never needs, refused in the kernel.
 
-Without the network it allows `socket()` only for AF_UNIX (local, guarded by the file
-rules) and AF_NETLINK (the kernel's own; changing anything through it takes
-capabilities the worker no longer has); every other family (internet, packet, vsock, bluetooth, ...)
-fails with EACCES. `io_uring_setup` is refused, since an io_uring can open a socket
-or a file without the matching system call; `open_by_handle_at`, since it opens a file
-by inode rather than by path (the classic container escape when a read capability is
-kept); and every system call made through a foreign ABI (x32, 32-bit compat), whose
-numbers this filter does not check.
+For every tool:
+- no `open_by_handle_at` (it opens a file by inode rather than by path: the classic
+  container escape), no io_uring (it can open a socket or a file without the matching
+  system call), and no system call made through a foreign ABI (x32, 32-bit compat),
+  whose numbers this filter does not check;
+- no new user namespace (`unshare` or `clone` with CLONE_NEWUSER; `clone3`, whose
+  flags sit behind a pointer the filter cannot read, answers ENOSYS, so that libc falls
+  back to `clone`): inside one, a tool holds every capability, the usual way into the
+  kernel's less-trodden code;
+- no keyring calls (`add_key`, `keyctl`, `request_key`): keyrings are not namespaced,
+  so they would reach the orchestrator's secrets (moby's default profile refuses them
+  for the same reason);
+- no `userfaultfd`, `bpf` or `perf_event_open`: kernel attack surface no tool uses.
+
+`socket()` is allowed for AF_NETLINK (the kernel's own; changing anything through it
+takes capabilities the worker no longer has) and, for a tool whose policy gives it the
+network, AF_INET and AF_INET6. Every other family fails with EACCES: packet, vsock,
+bluetooth, ... and AF_UNIX, so that no tool can reach a host service's socket (a
+database, D-Bus, an ssh-agent, docker.sock) whatever the file layers let it see.
+`socketpair()` still works: its two ends reach nobody else.
 
 A network namespace already leaves a worker without interfaces; this filter is the
 layer below it, and the one that holds where no namespace can be made. It is also what
@@ -22,6 +33,7 @@ import errno
 import functools
 import platform
 import socket
+from typing import NamedTuple
 
 from . import _linux
 
@@ -31,22 +43,81 @@ _SECCOMP_MODE_FILTER = 2
 _BPF_LD_W_ABS = 0x20
 _BPF_JEQ_K = 0x15
 _BPF_JGE_K = 0x35
+_BPF_JSET_K = 0x45
 _BPF_RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
 
 _X32_SYSCALL_BIT = 0x40000000
-_IO_URING_SETUP = 425
+_CLONE_NEWUSER = 0x10000000
+_AF_NETLINK = 16
 
-# audit arch, system call numbers, whether the x32 ABI shares the arch value
+# offsets in struct seccomp_data
+_NR, _ARCH, _ARG0 = 0, 4, 16  # the low 32 bits of args[0] (little-endian)
+
+
+class _Arch(NamedTuple):
+    audit: int
+    has_x32: bool
+    numbers: dict[str, int]
+
+
+# Numbers from the kernel's syscall tables (arch/x86/entry/syscalls/syscall_64.tbl,
+# include/uapi/asm-generic/unistd.h for aarch64).
 _ARCHES = {
-    "x86_64": (0xC000003E, {"socket": 41, "open_by_handle_at": 304}, True),
-    "aarch64": (0xC00000B7, {"socket": 198, "open_by_handle_at": 265}, False),
+    "x86_64": _Arch(
+        0xC000003E,
+        True,
+        {
+            "socket": 41,
+            "clone": 56,
+            "unshare": 272,
+            "open_by_handle_at": 304,
+            "add_key": 248,
+            "request_key": 249,
+            "keyctl": 250,
+            "perf_event_open": 298,
+            "bpf": 321,
+            "userfaultfd": 323,
+            "io_uring_setup": 425,
+            "clone3": 435,
+        },
+    ),
+    "aarch64": _Arch(
+        0xC00000B7,
+        False,
+        {
+            "socket": 198,
+            "clone": 220,
+            "unshare": 97,
+            "open_by_handle_at": 265,
+            "add_key": 217,
+            "request_key": 218,
+            "keyctl": 219,
+            "perf_event_open": 241,
+            "bpf": 280,
+            "userfaultfd": 282,
+            "io_uring_setup": 425,
+            "clone3": 435,
+        },
+    ),
 }
 
-ALLOWED_FAMILIES = (socket.AF_UNIX, 16)  # 16: AF_NETLINK
+ALWAYS_REFUSED = ("open_by_handle_at", "io_uring_setup", "perf_event_open", "bpf", "userfaultfd")
+KEYRING_CALLS = ("add_key", "request_key", "keyctl")
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Rules(NamedTuple):
+    """What one worker's filter refuses beyond `ALWAYS_REFUSED`."""
+
+    network: bool
+    """True: any socket family (the tool's policy gives it the network)."""
+    keyring: bool = True
+    """Refuse the keyring calls."""
+    user_namespaces: bool = True
+    """Refuse new user namespaces."""
 
 
 class _Filter(ctypes.Structure):
@@ -70,51 +141,74 @@ def supported() -> str | None:
     return None
 
 
-def _load(offset: int) -> tuple[int, int, int, int]:
+Insn = tuple[int, int, int, int]
+
+
+def _load(offset: int) -> Insn:
     return (_BPF_LD_W_ABS, 0, 0, offset)
 
 
-def _ret(value: int) -> tuple[int, int, int, int]:
+def _ret(value: int) -> Insn:
     return (_BPF_RET_K, 0, 0, value)
 
 
-def _if_not(op: int, k: int) -> tuple[int, int, int, int]:
-    """Run the next instruction only when the test holds (jumps are relative)."""
-    return (op, 0, 1, k)
+def _refuse(err: int) -> Insn:
+    return _ret(_RET_ERRNO | err)
 
 
-def _program(network: bool) -> list[tuple[int, int, int, int]]:
-    arch, numbers, has_x32 = _ARCHES[platform.machine()]
-    allow, deny = _ret(_RET_ALLOW), _ret(_RET_ERRNO | errno.EACCES)
-    program = [_load(4), (_BPF_JEQ_K, 1, 0, arch), deny, _load(0)]  # arch, then nr
-    if has_x32:
-        program += [_if_not(_BPF_JGE_K, _X32_SYSCALL_BIT), deny]
-    for number in (_IO_URING_SETUP, numbers["open_by_handle_at"]):
-        program += [_if_not(_BPF_JEQ_K, number), deny]
-    if network:
-        return [*program, allow]
-    program += [(_BPF_JEQ_K, 1, 0, numbers["socket"]), allow, _load(16)]  # args[0]: family
-    for family in ALLOWED_FAMILIES:
-        program += [_if_not(_BPF_JEQ_K, family), allow]
-    return [*program, deny]
+def _when(number: int, then: list[Insn]) -> list[Insn]:
+    """`then` runs for system call `number` (the accumulator holds the number), which
+    must end in a return; other calls skip past it."""
+    return [(_BPF_JEQ_K, 0, len(then), number), *then]
+
+
+def _program(rules: Rules) -> list[Insn]:
+    arch = _ARCHES[platform.machine()]
+    nr = arch.numbers
+    program: list[Insn] = [_load(_ARCH), (_BPF_JEQ_K, 1, 0, arch.audit), _refuse(errno.EACCES)]
+    program.append(_load(_NR))
+    if arch.has_x32:
+        program += [(_BPF_JGE_K, 0, 1, _X32_SYSCALL_BIT), _refuse(errno.EACCES)]
+    refused = list(ALWAYS_REFUSED) + (list(KEYRING_CALLS) if rules.keyring else [])
+    for name in refused:
+        err = errno.EPERM if name in KEYRING_CALLS else errno.EACCES
+        program += _when(nr[name], [_refuse(err)])
+    if rules.user_namespaces:
+        program += _when(nr["clone3"], [_refuse(errno.ENOSYS)])
+        for name in ("unshare", "clone"):  # both take the flags in args[0]
+            program += _when(
+                nr[name],
+                [
+                    _load(_ARG0),
+                    (_BPF_JSET_K, 0, 1, _CLONE_NEWUSER),
+                    _refuse(errno.EPERM),
+                    _ret(_RET_ALLOW),
+                ],
+            )
+    families = (_AF_NETLINK, socket.AF_INET, socket.AF_INET6) if rules.network else (_AF_NETLINK,)
+    check: list[Insn] = [_load(_ARG0)]
+    for family in families:
+        check += [(_BPF_JEQ_K, 0, 1, family), _ret(_RET_ALLOW)]
+    program += _when(nr["socket"], [*check, _refuse(errno.EACCES)])
+    return [*program, _ret(_RET_ALLOW)]
 
 
 @functools.cache
-def compiled(network: bool) -> tuple[_Program, ctypes.Array[_Filter]]:
+def compiled(rules: Rules) -> tuple[_Program, ctypes.Array[_Filter]]:
     """The filter as the kernel takes it (and the array it points into, kept alive).
-    The zygote builds both before it forks: it took a third of a millisecond of each
+    The zygote builds each before it forks: it took a third of a millisecond of each
     fresh worker's first call."""
-    program = _program(network)
+    program = _program(rules)
     filters = (_Filter * len(program))(*[_Filter(*insn) for insn in program])
     return _Program(len(program), filters), filters
 
 
-def install(network: bool) -> None:
+def install(rules: Rules) -> None:
     """Install the filter on this thread, for good; sets no_new_privs first."""
     reason = supported()
     if reason:
         raise OSError(errno.ENOSYS, reason)
-    prog, _ = compiled(network)
+    prog, _ = compiled(rules)
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     result = _libc.prctl(
         _PR_SET_SECCOMP, ctypes.c_ulong(_SECCOMP_MODE_FILTER), ctypes.byref(prog), 0, 0

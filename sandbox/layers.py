@@ -8,9 +8,12 @@ run tools without every layer.
 |---|---|
 | pid_namespace | a tool seeing or signalling other processes; any descendant outliving the call |
 | network_namespace | any network use (the workers' namespace has no interface up) |
-| seccomp | network sockets (where no namespace can be made; vsock); open_by_handle_at |
-| landlock | reads outside the interpreter, the tools and their root; writes outside the workdir |
-| bind_mounts | the same where Landlock is missing: a root of read-only binds (standby otherwise) |
+| ipc_namespace | SysV shared memory, semaphores and message queues shared with the host |
+| seccomp | network and UNIX sockets of its own; open_by_handle_at, io_uring, bpf, ... |
+| keyring | the orchestrator's keys: a fresh session keyring, keyring calls refused |
+| userns_denied | new user namespaces (a full capability set inside one) |
+| bind_mounts | a root of its own: only what the policy allows exists, read-only |
+| landlock | the second wall inside that root: reads and writes beyond the policy |
 | unprivileged_uid | writing the host's files; RLIMIT_NPROC not binding (root ignores it) |
 | capabilities | acting as root: reading other processes' environment, mounting, tracing |
 | cgroup_pids | fork bombs (a pids cgroup per worker) |
@@ -37,9 +40,12 @@ from .protocol import Layer, ZygoteConfig
 LAYER_NAMES = (
     "pid_namespace",
     "network_namespace",
+    "ipc_namespace",
     "seccomp",
-    "landlock",
+    "keyring",
+    "userns_denied",
     "bind_mounts",
+    "landlock",
     "unprivileged_uid",
     "capabilities",
     "cgroup_pids",
@@ -107,26 +113,32 @@ SYSTEM_READ_PATHS = (
 
 
 def base_read_paths(extra: list[str]) -> list[str]:
-    """The interpreter's prefixes, each imported module's top-level package (or the
-    module file itself), and system files. Not the import path entries themselves: the
-    directory a project runs from may hold a `.env`, the one you started in may be
-    your home."""
+    """What every worker may read: the interpreter's prefixes, the directory of each
+    imported top-level package (with its package data) or the file of each top-level
+    module, and the system files a Python program needs.
+
+    Taken from the modules themselves, never from the import path: an entry there may
+    be the directory a program started in (your home, a project with its `.env`), and
+    an editable install puts none there for its packages.
+    """
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *extra}
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
-    entries = [os.path.realpath(p) for p in sys.path if p]
-    for module in list(sys.modules.values()):
-        filename = getattr(module, "__file__", None)
-        if filename:
-            paths.add(_top_level(os.path.realpath(filename), entries))
+    for name, module in list(sys.modules.items()):
+        if "." not in name and module is not None:
+            paths.update(_module_paths(module))
     return sorted(p for p in paths if p and os.path.isabs(p)) + list(SYSTEM_READ_PATHS)
 
 
-def _top_level(filename: str, entries: list[str]) -> str:
-    for entry in entries:
-        if filename.startswith(entry + os.sep):
-            top = os.path.relpath(filename, entry).split(os.sep)[0]
-            return os.path.join(entry, top)
-    return filename
+def _module_paths(module: object) -> list[str]:
+    """A package's directories (a namespace package may have several); a module's file."""
+    locations = getattr(module, "__path__", None)
+    if locations is not None:
+        try:
+            return [os.path.realpath(p) for p in locations if isinstance(p, str)]
+        except TypeError:
+            return []
+    filename = getattr(module, "__file__", None)
+    return [os.path.realpath(filename)] if isinstance(filename, str) else []
 
 
 class Layers:
@@ -139,7 +151,10 @@ class Layers:
             self.status[name] = Layer(state="off", detail="turned off")
         self.pidns = self._pid_namespaces() if self._wanted("pid_namespace") else None
         self.host_net = self._network_namespace() if self._wanted("network_namespace") else None
+        self.ipc = self._ipc_namespace() if self._wanted("ipc_namespace") else False
         self.seccomp = self._seccomp() if self._wanted("seccomp") else False
+        self.keyring = self._keyring() if self._wanted("keyring") else False
+        self.userns_denied = self._userns_denied() if self._wanted("userns_denied") else False
         self.cgroup_root = self._cgroups() if self._wanted("cgroup_pids") else None
         self.memory_root = self._memory_cgroup() if self._wanted("cgroup_memory") else None
         self.landlock = self._landlock() if self._wanted("landlock") else False
@@ -153,14 +168,18 @@ class Layers:
         if self._wanted("bind_mounts"):
             self.jail = self._bind_mounts(config.root, read_paths)
         self.uids: UidRange | None = None
-        self.keep: tuple[int, ...] = ()
         if self._wanted("unprivileged_uid"):
-            self._unprivileged_uid(read_paths)
+            self._unprivileged_uid(config.root, read_paths)
         self.status["no_new_privs"] = Layer(state="active", detail="set in every worker")
         self.status["rlimits"] = Layer(
             state="active", detail="address space, CPU, open files, file size, core dumps"
         )
         self.status = {name: self.status[name] for name in LAYER_NAMES}
+
+    def seccomp_rules(self, network: bool) -> _seccomp.Rules:
+        return _seccomp.Rules(
+            network=network, keyring=self.keyring, user_namespaces=self.userns_denied
+        )
 
     def _wanted(self, name: str) -> bool:
         return name not in self.disabled
@@ -205,6 +224,20 @@ class Layers:
         )
         return host
 
+    def _ipc_namespace(self) -> bool:
+        failed = _in_child(lambda: _linux.unshare(_linux.CLONE_NEWIPC))
+        if failed:
+            self.status["ipc_namespace"] = Layer(
+                state="unavailable",
+                detail=f"{failed}: SysV shared memory, semaphores and message queues are "
+                "the host's",
+            )
+            return False
+        self.status["ipc_namespace"] = Layer(
+            state="active", detail="each worker has its own SysV IPC and POSIX message queues"
+        )
+        return True
+
     def _seccomp(self) -> bool:
         why = _seccomp.supported() or _in_child(_seccomp_works)
         if why:
@@ -212,8 +245,42 @@ class Layers:
             return False
         self.status["seccomp"] = Layer(
             state="active",
-            detail="no internet/packet/vsock sockets unless network = true; "
-            "no open_by_handle_at, io_uring or foreign ABI",
+            detail="no UNIX, packet or vsock sockets (socketpair only), internet ones only "
+            "with network = true; no open_by_handle_at, io_uring, bpf, userfaultfd, "
+            "perf_event_open or foreign ABI",
+        )
+        return True
+
+    def _keyring(self) -> bool:
+        """A fresh session keyring in every worker, and the keyring calls refused:
+        keyrings are not namespaced, so the orchestrator's would otherwise be in reach."""
+        if not self.seccomp:
+            self.status["keyring"] = Layer(
+                state="unavailable", detail="needs seccomp to refuse the keyring calls"
+            )
+            return False
+        failed = _in_child(_keyring_closed)
+        if failed:
+            self.status["keyring"] = Layer(state="unavailable", detail=failed)
+            return False
+        self.status["keyring"] = Layer(
+            state="active",
+            detail="a fresh session keyring; add_key, keyctl and request_key refused",
+        )
+        return True
+
+    def _userns_denied(self) -> bool:
+        if not self.seccomp:
+            self.status["userns_denied"] = Layer(
+                state="unavailable", detail="needs seccomp to refuse CLONE_NEWUSER"
+            )
+            return False
+        failed = _in_child(_userns_closed)
+        if failed:
+            self.status["userns_denied"] = Layer(state="unavailable", detail=failed)
+            return False
+        self.status["userns_denied"] = Layer(
+            state="active", detail="unshare and clone with CLONE_NEWUSER refused (clone3: ENOSYS)"
         )
         return True
 
@@ -266,7 +333,8 @@ class Layers:
             return False
         scope = ", signals and abstract sockets scoped" if abi >= 6 else ""
         self.status["landlock"] = Layer(
-            state="active", detail=f"ABI {abi}: reads and writes restricted{scope}"
+            state="active",
+            detail=f"ABI {abi}: opening files for reading or writing restricted{scope}",
         )
         return True
 
@@ -278,12 +346,11 @@ class Layers:
             state="active", detail="all dropped (bounding set emptied, NOROOT locked)"
         )
 
-    def _unprivileged_uid(self, read_paths: list[str]) -> None:
-        """As root: each worker gets a uid of its own. Where the interpreter or the tools
-        are readable only by root (a Python under /root), the worker keeps one
-        capability, CAP_DAC_READ_SEARCH, and only when Landlock confines its reads and
-        seccomp refuses open_by_handle_at (which that capability would otherwise open
-        to every file)."""
+    def _unprivileged_uid(self, root: str, read_paths: list[str]) -> None:
+        """As root: each worker gets a uid of its own, with no capability at all. It
+        must be able to read what it imports: inside its own root the interpreter is
+        bound beneath directories anyone may pass, so a Python under a 0700 home is
+        fine there; without that root it must be readable where it lies."""
         if os.geteuid() != 0:
             self.status["unprivileged_uid"] = Layer(
                 state="active", detail=f"not root: workers run as uid {os.getuid()}"
@@ -303,35 +370,26 @@ class Layers:
             )
             return
         private = [p for p in read_paths if p not in SYSTEM_READ_PATHS and os.path.exists(p)]
-        unreadable = _in_child(lambda: _readable_as(uids.first, (), private))
-        keep: tuple[int, ...] = ()
-        if unreadable:
-            if not ((self.landlock or self.jail) and self.seccomp):
-                self.status["unprivileged_uid"] = Layer(
-                    state="unavailable",
-                    detail=f"{unreadable}, and without seccomp and Landlock or bind mounts, "
-                    "a read capability would reach every file: workers run as uid 0 "
-                    "without capabilities",
+        if self.jail is not None:
+            base = tempfile.mkdtemp(prefix="uid-probe-", dir=root)
+            try:
+                jail = self.jail
+                own_proc = self.pidns is not None
+                unreadable = _in_child(
+                    lambda: _readable_as(uids.first, private, (base, jail, own_proc))
                 )
-                return
-            keep = (_linux.CAP_DAC_READ_SEARCH,)
-            failed = _in_child(lambda: _readable_as(uids.first, keep, private))
-            if failed:
-                self.status["unprivileged_uid"] = Layer(state="unavailable", detail=failed)
-                return
-        self.uids, self.keep = uids, keep
-        if keep:
-            self.status["capabilities"] = Layer(
-                state="active",
-                detail="all dropped but CAP_DAC_READ_SEARCH (bounding set emptied, NOROOT locked)",
+            finally:
+                shutil.rmtree(base, ignore_errors=True)
+        else:
+            unreadable = _in_child(lambda: _readable_as(uids.first, private, None))
+        if unreadable:
+            self.status["unprivileged_uid"] = Layer(
+                state="unavailable",
+                detail=f"{unreadable}: workers run as uid 0 without capabilities",
             )
-        detail = uids.describe()
-        if keep:
-            confined = "Landlock" if self.landlock else "bind mounts"
-            detail += (
-                f"; keeps CAP_DAC_READ_SEARCH ({unreadable}), its reads confined by {confined}"
-            )
-        self.status["unprivileged_uid"] = Layer(state="active", detail=detail)
+            return
+        self.uids = uids
+        self.status["unprivileged_uid"] = Layer(state="active", detail=uids.describe())
 
     def _private_mounts(self, root: str) -> bool:
         """Try, in a throwaway child, what each worker will do at fork."""
@@ -354,15 +412,14 @@ class Layers:
         return True
 
     def _bind_mounts(self, root: str, read_paths: list[str]) -> _jail.Plan | None:
-        if self.landlock:
-            self.status["bind_mounts"] = Layer(
-                state="standby", detail="not needed: Landlock confines files"
-            )
-            return None
+        """The first wall: a root of the worker's own, holding only what it may read
+        (read-only) and its workdir. Landlock, where the kernel has it, is the second
+        wall inside it, never instead of it."""
         if not self.private_mounts:
             self.status["bind_mounts"] = Layer(
                 state="unavailable",
-                detail="needs a mount namespace: without Landlock, files are not confined",
+                detail="needs a mount namespace: the host's file system stays visible "
+                "(Landlock alone restricts what may be opened)",
             )
             return None
         layout = _jail.plan(read_paths)
@@ -373,13 +430,14 @@ class Layers:
             shutil.rmtree(base, ignore_errors=True)
         if failed:
             self.status["bind_mounts"] = Layer(
-                state="unavailable", detail=f"{failed}: without Landlock, files are not confined"
+                state="unavailable",
+                detail=f"{failed}: the host's file system stays visible",
             )
             return None
         self.status["bind_mounts"] = Layer(
             state="active",
-            detail=f"{len(layout.binds)} paths bound read-only into an empty root; "
-            "writes only in the workdir",
+            detail=f"a root of its own: {len(layout.binds)} paths bound read-only, "
+            "the workdir writable; nothing else exists",
         )
         return layout
 
@@ -495,21 +553,49 @@ def _in_child(probe: Callable[[], object]) -> str | None:
 def _seccomp_works() -> None:
     import socket
 
-    _seccomp.install(network=False)
+    _seccomp.install(_seccomp.Rules(network=False))
+    for family in (socket.AF_INET, socket.AF_UNIX):
+        try:
+            socket.socket(family, socket.SOCK_STREAM).close()
+        except PermissionError:
+            continue
+        raise OSError(f"the filter was installed but a {family.name} socket could still be made")
+    for end in socket.socketpair():  # still allowed: its two ends reach nobody else
+        end.close()
+
+
+def _keyring_closed() -> None:
+    _linux.join_new_session_keyring()
+    _seccomp.install(_seccomp.Rules(network=False))
     try:
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+        _linux.keyctl_get_keyring_id(_linux.KEY_SPEC_SESSION_KEYRING)
     except PermissionError:
         return
-    raise OSError("the filter was installed but an internet socket could still be made")
+    raise OSError("the filter was installed but keyctl still answered")
+
+
+def _userns_closed() -> None:
+    import threading
+
+    _seccomp.install(_seccomp.Rules(network=False))
+    try:
+        _linux.unshare(_linux.CLONE_NEWUSER)
+    except PermissionError:
+        pass
+    else:
+        raise OSError("the filter was installed but a user namespace could still be made")
+    # clone3 answers ENOSYS: threads and processes must still start (libc falls back).
+    thread = threading.Thread(target=lambda: None)
+    thread.start()
+    thread.join()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def _jail_works(base: str, layout: _jail.Plan, own_proc: bool) -> None:
-    new_root, workdir = os.path.join(base, "root"), os.path.join(base, "work")
-    os.mkdir(new_root)
-    os.mkdir(workdir)
-    _linux.private_mounts(workdir, 1, own_proc=own_proc)
-    _jail.build(new_root, layout, workdir)
-    _jail.enter(new_root)
+    workdir = _enter_jail(base, layout, own_proc)
     with open(os.path.join(workdir, "written"), "w") as f:
         f.write("ok")
     if os.path.exists(os.path.join(base, "root")):
@@ -521,8 +607,25 @@ def _jail_works(base: str, layout: _jail.Plan, own_proc: bool) -> None:
     raise OSError("the new root is writable")
 
 
-def _readable_as(uid: int, keep: tuple[int, ...], paths: list[str]) -> None:
-    _linux.drop_privileges(uid, keep)
+def _enter_jail(base: str, layout: _jail.Plan, own_proc: bool) -> str:
+    """As a worker does: a mount namespace, the new root, and into it from the
+    workdir (the zygote's own working directory may be anywhere)."""
+    new_root, workdir = os.path.join(base, "root"), os.path.join(base, "work")
+    os.mkdir(new_root)
+    os.mkdir(workdir, 0o777)
+    _linux.private_mounts(workdir, 1, own_proc=own_proc)
+    os.chmod(workdir, 0o777)
+    _jail.build(new_root, layout, workdir)
+    os.chdir(workdir)
+    _jail.enter(new_root)
+    return workdir
+
+
+def _readable_as(uid: int, paths: list[str], jail: tuple[str, _jail.Plan, bool] | None) -> None:
+    """Every path readable by `uid` without any capability, inside the jail if given."""
+    if jail is not None:
+        _enter_jail(*jail)
+    _linux.drop_privileges(uid)
     for path in paths:
         try:
             if os.path.isdir(path):

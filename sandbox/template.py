@@ -88,7 +88,7 @@ class Template:
     ) -> None:
         self.root = tempfile.mkdtemp(prefix="sandboxed-agent-")
         config = ZygoteConfig(
-            sys_path=[p for p in sys.path if p],
+            sys_path=[os.path.abspath(p) for p in sys.path if p],
             sources=sources,
             root=self.root,
             disabled=disabled,

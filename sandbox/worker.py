@@ -32,6 +32,9 @@ from .limits import MIB, Limits, apply_rlimits, cpu_left_for_another_call, renew
 from .protocol import Call, ToolError
 
 CHANNEL_FD = 3
+EXIT_SETUP_FAILED = 70
+"""A worker whose sandbox could not be set up exits with this before any tool runs;
+the reason is the first line of its log."""
 
 
 class WorkerSetup:
@@ -50,8 +53,9 @@ class WorkerSetup:
         drop_capabilities: bool,
         private_mounts: bool,
         uid: int | None,
-        keep_capabilities: tuple[int, ...],
-        seccomp: bool,
+        ipc_namespace: bool,
+        keyring: bool,
+        seccomp: _seccomp.Rules | None,
         network: bool,
         jail: _jail.Plan | None,
         data_gid: int | None,
@@ -69,8 +73,11 @@ class WorkerSetup:
         """The workdir is a tmpfs in a mount namespace of the worker's own."""
         self.uid = uid
         """The unprivileged uid (and gid) the worker switches to; None: keep ours."""
-        self.keep_capabilities = keep_capabilities
+        self.ipc_namespace = ipc_namespace
+        self.keyring = keyring
+        """Leave the inherited session keyring for a fresh one."""
         self.seccomp = seccomp
+        """The filter to install; None: no seccomp layer."""
         self.network = network
         self.jail = jail
         """Without Landlock: the read-only binds of a new root beside the workdir."""
@@ -91,9 +98,6 @@ def warm_up() -> None:
 
     import psutil  # noqa: F401  (the fallback clean-up uses it)
 
-    if _seccomp.supported() is None:
-        for network in (False, True):
-            _seccomp.compiled(network)
     _prime()
     gc.collect()
     gc.freeze()
@@ -107,8 +111,14 @@ def _prime() -> None:
 
 
 def detach(setup: WorkerSetup) -> socket.socket:
-    """Cut the worker off from the zygote: session, signals, fds, cwd, environment."""
+    """Cut the worker off from the zygote: session, signals, fds, cwd, environment,
+    SysV IPC, keyring; build its root. Each step is checked: one that fails raises,
+    and the worker exits before any tool runs (`EXIT_SETUP_FAILED`)."""
     os.setsid()
+    if setup.ipc_namespace:
+        _linux.unshare(_linux.CLONE_NEWIPC)
+    if setup.keyring:
+        _linux.join_new_session_keyring()
     # The zygote is single-threaded, so "the thread that forked us" is the zygote.
     _linux.set_parent_death_signal(signal.SIGKILL)
     if not setup.in_pid_namespace:
@@ -185,8 +195,8 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
 
 def harden(setup: WorkerSetup, call: Call) -> None:
     """The last step before the first tool runs, in an order that matters: the new
-    root or Landlock, no_new_privs and seccomp, then root goes (after which nothing can
-    be undone)."""
+    root, Landlock inside it, no_new_privs and seccomp, then root goes (after which
+    nothing can be undone)."""
     if setup.private_mounts and call.limits.max_disk_mb != Limits().max_disk_mb:
         _linux.resize_tmpfs(setup.workdir, call.limits.max_disk_mb)
     groups: tuple[int, ...] = ()
@@ -213,10 +223,10 @@ def harden(setup: WorkerSetup, call: Call) -> None:
             setup.rules.allow_write(call.data_dir)
         setup.rules.enforce()
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
-    if setup.seccomp:
-        _seccomp.install(network=setup.network)
+    if setup.seccomp is not None:
+        _seccomp.install(setup.seccomp)
     if setup.drop_capabilities:
-        _linux.drop_privileges(setup.uid, setup.keep_capabilities, groups)
+        _linux.drop_privileges(setup.uid, (), groups)
         if setup.uid is not None:
             # A change of uid clears the parent-death signal; the zygote is still our
             # parent (it reaps us), so asking again is enough.

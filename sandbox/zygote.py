@@ -23,10 +23,10 @@ import sys
 import tempfile
 from typing import NoReturn
 
-from . import _linux, reaper
+from . import _linux, _seccomp, reaper
 from .layers import Layers, base_read_paths
 from .protocol import Exited, Failed, Ready, Shutdown, Spawn, Spawned, ToZygote, ZygoteConfig
-from .worker import WorkerSetup, detach, serve, warm_up
+from .worker import EXIT_SETUP_FAILED, WorkerSetup, detach, serve, warm_up
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LANGUAGE", "TZ")
 ENV_PREFIX_ALLOWLIST = ("LC_",)
@@ -89,6 +89,9 @@ class Zygote:
         _linux.set_child_subreaper()
         if self.layers.drop_capabilities:
             _linux.drop_bounding_set()  # inherited by every worker; the zygote never execs
+        if self.layers.seccomp:
+            for network in (False, True):
+                _seccomp.compiled(self.layers.seccomp_rules(network))  # once, not per fork
         warm_up()
 
     def send(self, message: Ready | Spawned | Exited | Failed, fds: list[int] = ()) -> None:
@@ -160,6 +163,7 @@ class Zygote:
     ) -> NoReturn:
         try:
             self.layers.enter_network(network)
+            layers = self.layers
             setup = WorkerSetup(
                 channel_fd,
                 log_fd,
@@ -167,21 +171,28 @@ class Zygote:
                 cgroups[0],
                 memory_cgroup=cgroups[1],
                 in_pid_namespace=self.pidns is not None,
-                landlock_read=self.read_paths if self.layers.landlock else None,
-                drop_capabilities=self.layers.drop_capabilities,
-                private_mounts=self.layers.private_mounts,
+                landlock_read=self.read_paths if layers.landlock else None,
+                drop_capabilities=layers.drop_capabilities,
+                private_mounts=layers.private_mounts,
                 uid=uid,
-                keep_capabilities=self.layers.keep,
-                seccomp=self.layers.seccomp,
+                ipc_namespace=layers.ipc,
+                keyring=layers.keyring,
+                seccomp=layers.seccomp_rules(network) if layers.seccomp else None,
                 network=network,
-                jail=self.layers.jail,
-                data_gid=self.layers.uids.data_gid if self.layers.uids else None,
+                jail=layers.jail,
+                data_gid=layers.uids.data_gid if layers.uids else None,
             )
             chan = detach(setup)
+            log_fd = 1  # detach moved the log there
             serve(chan, self.registry, setup)
-        except BaseException:
-            pass
-        os._exit(70)
+        except BaseException as exc:
+            # Fail closed, and say why where the orchestrator looks: the call's log.
+            reason = f"sandbox set-up failed: {type(exc).__name__}: {exc}\n"
+            try:
+                os.write(log_fd, reason.encode(errors="replace")[:1000])
+            except OSError:
+                pass
+        os._exit(EXIT_SETUP_FAILED)
 
     def reap(self) -> None:
         while True:
@@ -348,6 +359,9 @@ def _reap_all_children() -> None:
 def main(ctrl_fd: int, config_json: str) -> None:
     ctrl = socket.socket(fileno=ctrl_fd)
     os.set_inheritable(ctrl_fd, False)
+    # Nothing may depend on where the orchestrator was started (the import path the
+    # orchestrator passed is absolute).
+    os.chdir("/")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from agent.loop import Agent
 from agent.model import ModelClient
 from agent.replay import ScriptedModelServer, Step, call, say
 from policies import parse_policy
-from sandbox import Pool
+from sandbox import IsolationWarning, Pool
 from tools import Registry
 from tools.memory_store import MemoryStore, sqlite_vec_engine
 
@@ -43,19 +44,29 @@ def memory_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
-FILE_LAYERS = {"landlock": (), "bind mounts": ("landlock",)}
+FILE_LAYERS = {
+    # name: (layers off, layers that must be on)
+    "jail and Landlock": ((), ("bind_mounts", "landlock")),
+    "jail alone": (("landlock",), ("bind_mounts",)),
+    "Landlock alone": (("bind_mounts",), ("landlock",)),
+}
 
 
 @pytest.fixture(params=list(FILE_LAYERS), ids=list(FILE_LAYERS))
 def pool(request: pytest.FixtureRequest, memory_dir: Path, tmp_path: Path) -> Iterator[Pool]:
-    """The data_dir is granted by Landlock, then by a read-write bind in the new root."""
+    """The data_dir is granted by a read-write bind in the worker's root and by
+    Landlock inside it, then by each alone."""
     registry = Registry.default()
     registry.load(ATTACKS)
     policy = parse_policy(POLICY.format(dir=memory_dir), "memory.toml", tmp_path)
-    with Pool(policy, registry=registry, size=2, disable=FILE_LAYERS[request.param]) as pool:
-        layer = "landlock" if request.param == "landlock" else "bind_mounts"
-        if not pool.layers[layer].active:
-            pytest.skip(f"{layer} is unavailable here: {pool.layers[layer].detail}")
+    off, wanted = FILE_LAYERS[request.param]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IsolationWarning)  # what depends on the one off
+        pool = Pool(policy, registry=registry, size=2, disable=off)
+    with pool:
+        for layer in wanted:
+            if not pool.layers[layer].active:
+                pytest.skip(f"{layer} is unavailable here: {pool.layers[layer].detail}")
         yield pool
 
 
