@@ -46,6 +46,22 @@ def probe() -> dict[str, str]:
     def list_root() -> str:
         return ", ".join(sorted(os.listdir("/")))
 
+    def unix_socket() -> None:
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()
+
+    def user_namespace() -> None:
+        from ._linux import CLONE_NEWUSER, unshare
+
+        unshare(CLONE_NEWUSER)
+
+    def keyring() -> None:
+        from ._linux import KEY_SPEC_SESSION_KEYRING, keyctl_get_keyring_id
+
+        keyctl_get_keyring_id(KEY_SPEC_SESSION_KEYRING)
+
+    def stat_shadow() -> None:
+        os.stat("/etc/shadow")
+
     try:
         root = list_root()
     except OSError as exc:
@@ -61,5 +77,22 @@ def probe() -> dict[str, str]:
         "connect to 1.1.1.1:53": _attempt("connect", connect),
         "write /tmp": _attempt("write", write_outside),
         "read /etc/shadow": _attempt("read", read_shadow),
+        "stat /etc/shadow": _attempt("stat", stat_shadow),
+        "make a UNIX socket": _attempt("socket", unix_socket),
+        "make a user namespace": _attempt("unshare", user_namespace),
+        "use the keyring": _attempt("keyctl", keyring),
+        "SysV IPC objects seen": str(_sysv_objects()),
         "list /": root,
     }
+
+
+def _sysv_objects() -> int:
+    """Shared memory segments, queues and semaphores this worker can see."""
+    count = 0
+    for name in ("shm", "msg", "sem"):
+        try:
+            with open(f"/proc/sysvipc/{name}") as f:
+                count += sum(1 for line in f) - 1
+        except OSError:
+            pass
+    return count

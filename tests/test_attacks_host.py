@@ -333,3 +333,42 @@ def test_the_jail_is_built_from_any_working_directory(tmp_path: Path) -> None:
     assert seen["shadow"].startswith("denied"), seen
     assert seen["beside"].startswith("denied"), seen
     assert seen["order"], seen
+
+
+SABOTAGE = '''
+import os
+from sandbox import _linux
+from tools import tool
+
+_join = _linux.join_new_session_keyring
+
+
+def _broken() -> None:
+    if os.getpid() == 1:  # in a worker (pid 1 of its namespace), not in a probe
+        raise OSError("injected: the keyring could not be replaced")
+    _join()
+
+
+_linux.join_new_session_keyring = _broken
+
+
+@tool
+def would_run() -> str:
+    """Say that it ran."""
+    return "RAN"
+'''
+
+
+def test_a_layer_that_fails_in_a_worker_fails_the_call_closed(tmp_path: Path) -> None:
+    source = tmp_path / "sabotage.py"
+    source.write_text(SABOTAGE)
+    registry = Registry.default()
+    registry.load(str(source))
+    with Pool(registry=registry, size=1) as pool:
+        if not (pool.layers["keyring"].active and pool.pid_namespaces):
+            pytest.skip("needs the keyring layer and PID namespaces")
+        result = pool.call("would_run")
+        assert not result.ok and result.error.kind == "crashed", result
+        assert "did not run" in result.error.message
+        assert "injected: the keyring could not be replaced" in result.error.message
+        assert "failed closed" in result.error.message

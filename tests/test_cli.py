@@ -146,6 +146,9 @@ def test_doctor_reports_every_layer_and_verifies_from_inside_a_worker() -> None:
         active = len(LAYER_NAMES) - states.count("standby")
         assert f"{active} of {len(LAYER_NAMES)} layers active" in proc.stdout
         assert "ALLOWED" not in proc.stdout
+    if "capabilities" in proc.stdout and "UNAVAILABLE" not in proc.stdout:
+        caps = next(line for line in proc.stdout.splitlines() if line.startswith("  capabilities "))
+        assert caps.split()[-1] == "0000000000000000", caps  # none kept, ever
 
 
 def test_strict_isolation_from_the_command_line() -> None:
