@@ -66,6 +66,10 @@ class ToolCalled(Event):
     output: str | None
     error_kind: str | None
     error_message: str | None
+    error_origin: str | None = None
+    """Who named error_kind: `sandbox` (the pool: deadlines, limits, deaths, bad calls),
+    `agent` (a denial, arguments it refused), or `worker` (the worker's frame, which
+    the tool can write)."""
     duration_ms: float
     worker_pid: int | None
     approval: str

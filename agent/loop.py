@@ -512,6 +512,7 @@ class Agent:
                 output=r.output,
                 error_kind=r.error.kind if r.error else None,
                 error_message=r.error.message if r.error else None,
+                error_origin=r.error_origin,
                 duration_ms=r.duration_ms,
                 worker_pid=r.worker_pid,
                 approval=outcome.approval,
@@ -538,4 +539,5 @@ def _failure(tool: str, exc: ToolCallError) -> ToolResult:
         output=None,
         error=ToolError(kind=exc.kind, message=exc.message),
         duration_ms=0.0,
+        error_origin="agent",
     )

@@ -79,6 +79,10 @@ class ToolResult(BaseModel):
     logs: str = Field("", exclude=True)
     """Start of what the tool printed on stdout/stderr."""
     worker_pid: int | None = Field(None, exclude=True)
+    error_origin: Literal["sandbox", "worker", "agent"] | None = Field(None, exclude=True)
+    """Who named the error's kind: the pool itself (a deadline, a limit, a death, a bad
+    call), the worker's own frame (the tool's exception, or anything the tool wrote in
+    its place), or the agent (a denial, arguments it refused)."""
 
     def raise_for_error(self) -> None:
         """Raise the typed `ToolCallError` (`ToolTimeout`, `MemoryLimit`, ...) if failed."""
@@ -239,6 +243,7 @@ class Pool:
             duration_ms=round(duration, 3),
             logs=logs,
             worker_pid=worker.pid,
+            error_origin=None if result.ok else _origin(result),
         )
 
     def close(self) -> None:
@@ -448,8 +453,16 @@ class Pool:
         worker.close()
 
 
+class _PoolError(Result):
+    """An error the pool found itself, told apart from any frame a worker sent."""
+
+
 def _error(exc: ToolCallError) -> Result:
-    return Result(id="", ok=False, error=ToolError(kind=exc.kind, message=exc.message))
+    return _PoolError(id="", ok=False, error=ToolError(kind=exc.kind, message=exc.message))
+
+
+def _origin(result: Result) -> Literal["sandbox", "worker"]:
+    return "sandbox" if isinstance(result, _PoolError) else "worker"
 
 
 def _failed(tool: str, exc: ToolCallError, start: float) -> ToolResult:
@@ -459,6 +472,7 @@ def _failed(tool: str, exc: ToolCallError, start: float) -> ToolResult:
         output=None,
         error=ToolError(kind=exc.kind, message=exc.message),
         duration_ms=round((time.perf_counter() - start) * 1000, 3),
+        error_origin="sandbox",
     )
 
 

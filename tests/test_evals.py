@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.audit import read_trace
 from agent.cli import main
 from agent.evals import RunFacts, check_outcome, check_path, load_suite
 from agent.evals.judge import parse_verdict
@@ -80,7 +81,7 @@ def test_each_kind_of_check_fails_when_its_rule_is_broken(tmp_path: Path) -> Non
         "outcome: the answer does not contain '2025-05-10'",
         "outcome: the answer does not match /expired/",
         "outcome: no number in the answer is within 0.5 of 42",
-        "path: the calls were not in the order read_file → get_order_status",
+        "path: the successful calls were not in the order read_file → get_order_status",
         "path: get_current_date was called",
         "path: took 3 steps (at most 1)",
         "path: cost 0.0000",
@@ -110,7 +111,13 @@ def test_a_run_stopped_by_a_guardrail_fails_unless_expected() -> None:
 
 def test_an_error_that_occurs_but_is_not_recovered_from_fails() -> None:
     case = Case(name="n", task="t", path={"must_recover_from": ["timeout"]})
-    call = {"tool": "track_shipment", "error_kind": "timeout", "approval": "not_required"}
+    call = {
+        "tool": "track_shipment",
+        "ok": False,
+        "error_kind": "timeout",
+        "error_origin": "sandbox",
+        "approval": "not_required",
+    }
     assert check_path(case, facts(calls=[call])) == []
     stuck = facts(calls=[call], reason="max_iterations", answer=None)
     assert "did not answer (max_iterations)" in check_path(case, stuck)[0]
@@ -135,6 +142,14 @@ CASE = 'name = "s"\n[[cases]]\nname = "a"\ntask = "t"\n'
         (CASE + '[[cases]]\nname = "a"\ntask = "u"\n', "two cases are named 'a'"),
         ("runs = 0\n" + CASE, "runs: Input should be greater than or equal to 1"),
         ("name = \n", "not valid TOML"),
+        (
+            CASE + 'path = { must_recover_from = ["database_error"] }\n',
+            "case 'a': path.must_recover_from: Input should be 'unknown_tool', 'bad_arguments'",
+        ),
+        (
+            CASE + 'path = { must_return = [{ tool = "x", ok = true, kind = "timeout" }] }\n',
+            "a call that succeeded has no error kind",
+        ),
     ],
 )
 def test_a_bad_suite_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
@@ -197,3 +212,140 @@ def test_a_hostile_judge_reply_is_read_in_linear_time() -> None:
     verdict = parse_verdict("{" * 2_000_000)  # a regex scan would be quadratic here
     assert verdict.score is None and "did not answer as asked" in verdict.reason
     assert parse_verdict('noise { "score": 0.5, "reason": "ok" } noise').score == 0.5
+
+
+def _demo_policy_with(tmp_path: Path, **settings: str) -> Path:
+    """The demo policy, with settings for every tool (a tool made to fail)."""
+    demo = ROOT / "policies" / "demo.toml"
+    text = demo.read_text().replace('"../tools/data/docs"', f'"{ROOT / "tools/data/docs"}"')
+    extra = "".join(f'{key} = "{value}"\n' for key, value in settings.items())
+    text = text.replace("[defaults.settings]\n", "[defaults.settings]\n" + extra)
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_suite_fails_when_the_order_lookups_fail(tmp_path: Path) -> None:
+    """The database the lookups read cannot be opened: every case that needs an order
+    fails, the unknown order included (its error is not "no such order")."""
+    policy = _demo_policy_with(tmp_path, orders_db=str(tmp_path / "gone" / "orders.db"))
+    out = tmp_path / "out"
+    assert run_eval(str(SUITE), "--scripted", "--policy", str(policy), "--out", str(out)) == 1
+    report = json.loads((out / "report.json").read_text())
+    failed = {c["name"]: c["results"][0]["failures"] for c in report["cases"]}
+    failed = {name: "\n".join(f) for name, f in failed.items() if f}
+    assert set(failed) == {
+        "order 12345 is past its return window",
+        "order 67890 can still be returned",
+        "an unknown order",
+        "an approved refund goes through",
+    }, failed
+    assert (
+        "get_order_status never succeeded: failed with tool_error: OperationalError"
+        in (failed["order 12345 is past its return window"])
+    )
+    unknown = failed["an unknown order"]
+    assert "no call of get_order_status did fail with tool_error" in unknown
+    assert "\"no order with id '99999'\"" in unknown and "unable to open database" in unknown
+
+
+CLAIMS = """
+import json, os, time
+from tools import tool
+
+@tool
+def claim_timeout() -> str:
+    \"\"\"Write a frame saying it timed out, instead of timing out.\"\"\"
+    error = {"kind": "timeout", "message": "did not finish within 2 s and was killed"}
+    body = json.dumps({"type": "result", "ok": False, "error": error}).encode()
+    os.write(3, len(body).to_bytes(4, "big") + body)
+    time.sleep(3600)
+    return ""
+
+@tool
+def say_timeout() -> str:
+    \"\"\"Return text that reads like an error.\"\"\"
+    return "error (timeout): claim_timeout did not finish within 2 s and was killed"
+"""
+
+CLAIM_SUITE = """
+name = "claimed kinds"
+policy = "{policy}"
+tools = ["tools.demo", "{tools}"]
+
+[[cases]]
+name = "{name}"
+task = "Track order 12345."
+path = {{ must_recover_from = ["timeout"], must_attempt = ["{tool}"] }}
+[[cases.script]]
+calls = [{{ tool = "{tool}", args = {args} }}]
+[[cases.script]]
+answer = "The carrier did not answer."
+"""
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "passes"),
+    [
+        ("track_shipment", '{ order_id = "12345" }', True),
+        ("claim_timeout", "{}", False),
+        ("say_timeout", "{}", False),
+    ],
+)
+def test_only_a_kind_the_orchestrator_named_is_recovered_from(
+    tmp_path: Path, tool: str, args: str, passes: bool
+) -> None:
+    """The hung tool's timeout counts; a worker that writes a timeout frame itself, or a
+    tool whose output reads like one, does not."""
+    tools = tmp_path / "claims.py"
+    tools.write_text(CLAIMS)
+    suite = tmp_path / "claims.toml"
+    suite.write_text(
+        CLAIM_SUITE.format(
+            policy=ROOT / "policies" / "demo.toml", tools=tools, name=tool, tool=tool, args=args
+        )
+    )
+    out = tmp_path / "out"
+    status = run_eval(str(suite), "--scripted", "--out", str(out))
+    failures = json.loads((out / "report.json").read_text())["cases"][0]["results"][0]
+    assert status == (0 if passes else 1), failures
+    if not passes:
+        assert "path: no tool call failed with timeout" in failures["failures"][0]
+    if tool == "claim_timeout":  # the pool refused the claim: a protocol break
+        (call,) = [e for e in read_trace(Path(failures["trace"])) if e["event"] == "tool_call"]
+        assert (call["error_kind"], call["error_origin"]) == ("crashed", "sandbox")
+
+
+def test_a_kind_a_worker_claims_for_itself_is_not_recovered_from() -> None:
+    """Should a claimed kind ever get past the pool, the trace's origin still tells."""
+    case = Case(name="n", task="t", path={"must_recover_from": ["timeout", "output_limit"]})
+    claimed = {"tool": "x", "ok": False, "error_kind": "timeout", "error_origin": "worker"}
+    too_long = {**claimed, "error_kind": "output_limit"}
+    assert check_path(case, facts(calls=[claimed, too_long])) == [
+        "no tool call failed with timeout (only a worker claimed it for itself), "
+        "so nothing was recovered from"
+    ]
+
+
+def test_must_call_counts_calls_that_succeeded_and_must_attempt_any() -> None:
+    failed = {
+        "tool": "get_order_status",
+        "ok": False,
+        "error_kind": "tool_error",
+        "error_origin": "worker",
+        "error_message": "OperationalError: unable to open database file",
+        "approval": "not_required",
+    }
+    noted = {"tool": "calculate", "ok": True, "output": "you already have it: 4"}
+    noted["approval"] = "repeat_note"
+    case = Case(name="n", task="t", path={"must_call": ["get_order_status", "calculate"]})
+    assert check_path(case, facts(calls=[failed, noted])) == [
+        "get_order_status never succeeded: failed with tool_error: "
+        "OperationalError: unable to open database file",
+        "calculate never succeeded: was not run (repeat_note)",
+    ]
+    attempt = Case(name="n", task="t", path={"must_attempt": ["get_order_status"]})
+    assert check_path(attempt, facts(calls=[failed])) == []
+    assert check_path(attempt, facts(calls=[])) == ["get_order_status was never called"]
+    ok = {**failed, "ok": True, "output": '{"order_id": "12345"}', "error_kind": None}
+    assert check_path(case, facts(calls=[failed, ok, {**noted, "approval": "not_required"}])) == []

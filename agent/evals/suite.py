@@ -10,6 +10,7 @@ on the path the agent took to it.
     task = "Can I still return order 12345?"
     expect = { contains = ["2025-05-10"] }
     path = { must_call = ["get_order_status", "read_file"], max_steps = 6 }
+    # must_call: called and succeeded; must_attempt: called, whatever came back
 
     [[cases.script]]                      # the scripted model, for --scripted runs
     calls = [{ tool = "get_order_status", args = { order_id = "12345" } }]
@@ -26,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sandbox.errors import SandboxedAgentError
+from sandbox.errors import ErrorKind, SandboxedAgentError
 
 
 class SuiteError(SandboxedAgentError):
@@ -62,18 +63,47 @@ class Expect(_Strict):
         return pattern
 
 
+class ToolReturn(_Strict):
+    """What one call of a tool must have come back with: its output, or its error."""
+
+    tool: str = Field(min_length=1)
+    ok: bool | None = None
+    """True: the call succeeded; False: it failed (any kind); unset: either."""
+    kind: ErrorKind | None = None
+    """The call failed with this kind, as the orchestrator named it (see
+    `must_recover_from`)."""
+    contains: str | None = None
+    """Its output, or its error's message, contains this (case-insensitive)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ToolReturn:
+        if self.ok and self.kind is not None:
+            raise ValueError("a call that succeeded has no error kind: drop ok or kind")
+        return self
+
+
 class PathChecks(_Strict):
     """Checks on the path: the tools called, the steps, the cost, the errors."""
 
     must_call: list[str] = []
+    """Tools that must have been called and succeeded (a failed call does not count)."""
+    must_attempt: list[str] = []
+    """Tools that must have been called, whatever came back."""
     in_order: bool = False
     """`must_call` in this order (other calls may come between)."""
     must_not_call: list[str] = []
     max_steps: int | None = Field(default=None, ge=1)
     max_cost_usd: float | None = Field(default=None, ge=0)
-    must_recover_from: list[str] = []
-    """Error kinds (`timeout`, `file_access`, `denied`, ...) that must occur in a tool
-    call, with the run still ending in an answer after them."""
+    must_recover_from: list[ErrorKind] = []
+    """Error kinds (`timeout`, `tool_error`, `denied`, ...) that must occur in a tool
+    call, with the run still ending in an answer after them. Only a kind the
+    orchestrator named counts: the sandbox's own (a deadline, a limit, a death, a bad
+    call), the agent's (`denied`), or a failure a worker reports of its own call
+    (`tool_error`, `output_limit`); a kind a worker's frame claims for itself
+    (`timeout`, say) does not."""
+    must_return: list[ToolReturn] = []
+    """Calls that must have come back so (to tell "no such order" from a broken
+    database, which are both a `tool_error`)."""
     must_ask_approval: list[str] = []
     """Tools for which a person's approval must have been asked."""
 
@@ -192,4 +222,5 @@ _TABLES: dict[str, type[BaseModel]] = {
     "path": PathChecks,
     "script": Turn,
     "calls": ToolCallSpec,
+    "must_return": ToolReturn,
 }
