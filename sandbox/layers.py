@@ -18,6 +18,7 @@ run tools without every layer.
 | capabilities | acting as root: reading other processes' environment, mounting, tracing |
 | cgroup_pids | fork bombs (a pids cgroup per worker) |
 | cgroup_memory | memory RLIMIT_AS does not see: memfd, tmpfs, page cache |
+| cgroup_cpu | a call's tree using more than `cpu_s` in all (RLIMIT_CPU counts one process) |
 | mount_namespace | filling the disk (workdir: a tmpfs of max_disk_mb); seeing host processes |
 | no_new_privs | gaining privileges through setuid binaries |
 | rlimits | memory, CPU, files, file size, core dumps |
@@ -34,7 +35,7 @@ from collections.abc import Callable, Collection
 
 import psutil
 
-from . import _jail, _landlock, _linux, _seccomp
+from . import _cpuacct, _jail, _landlock, _linux, _seccomp
 from .protocol import Layer, ZygoteConfig
 
 LAYER_NAMES = (
@@ -50,6 +51,7 @@ LAYER_NAMES = (
     "capabilities",
     "cgroup_pids",
     "cgroup_memory",
+    "cgroup_cpu",
     "mount_namespace",
     "no_new_privs",
     "rlimits",
@@ -157,6 +159,9 @@ class Layers:
         self.userns_denied = self._userns_denied() if self._wanted("userns_denied") else False
         self.cgroup_root = self._cgroups() if self._wanted("cgroup_pids") else None
         self.memory_root = self._memory_cgroup() if self._wanted("cgroup_memory") else None
+        self.cpu_root, self.cpu_usage = None, ""
+        if self._wanted("cgroup_cpu"):
+            self._cpu_cgroup()
         self.landlock = self._landlock() if self._wanted("landlock") else False
         self.drop_capabilities = self._wanted("capabilities")
         if self.drop_capabilities:
@@ -322,6 +327,22 @@ class Layers:
             state="active", detail="memory.limit_in_bytes per worker (memfd, tmpfs, cache included)"
         )
         return path
+
+    def _cpu_cgroup(self) -> None:
+        """A CPU accounting cgroup per worker (`sandbox._cpuacct`): the orchestrator
+        reads its usage while the call runs and kills the tree at `cpu_s`."""
+        name = f"{CGROUP_PREFIX}{os.getpid()}"
+        path, usage, why = _cpuacct.make_root(name, sweep_stale_cgroups)
+        if path is None:
+            self.status["cgroup_cpu"] = Layer(
+                state="unavailable",
+                detail=f"no writable CPU cgroup ({why}): cpu_s bounds each process alone",
+            )
+            return
+        self.cpu_root, self.cpu_usage = path, usage
+        self.status["cgroup_cpu"] = Layer(
+            state="active", detail=f"{usage} per worker: cpu_s bounds the call's whole tree"
+        )
 
     def _landlock(self) -> bool:
         abi = _landlock.abi_version()

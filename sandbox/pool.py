@@ -33,6 +33,7 @@ from tools.registry import ArgumentError, Registry
 from . import reaper
 from .channel import Deadline, Oversized, PeerGone, send_frame
 from .claims import WORKER_KINDS, memory_evidence
+from .cpu_budget import CpuBudget, CpuSpent, read_answer
 from .errors import (
     BadArguments,
     CpuLimit,
@@ -148,7 +149,7 @@ class Pool:
         if process_tree == "subreaper":
             disabled.add("pid_namespace")
         if not cgroups:
-            disabled |= {"cgroup_pids", "cgroup_memory"}
+            disabled |= {"cgroup_pids", "cgroup_memory", "cgroup_cpu"}
         self._template_options = {
             "disabled": sorted(disabled),
             "read_paths": list(read_paths or []),
@@ -345,8 +346,16 @@ class Pool:
         deadline = time.monotonic() + limits.timeout_s
         worker.calls += 1
         try:
+            budget = CpuBudget(worker.cpu_usage, limits.cpu_s)
             send_frame(worker.sock, call.model_dump_json().encode())
-            frame = worker.reader.read(deadline, max_frame)
+            frame = read_answer(worker.reader, deadline, max_frame, budget)
+        except CpuSpent as exc:
+            self._kill(worker)
+            message = (
+                f"{call.tool} and the processes it started used {exc.used:.1f} s of CPU "
+                f"time, past its {limits.cpu_s} s, and were killed"
+            )
+            return _error(CpuLimit(call.tool, message)), False
         except Deadline:
             self._kill(worker)
             return _error(ToolTimeout(call.tool, limits.timeout_s)), False

@@ -130,6 +130,8 @@ class Spawned(_Message):
     network: bool
     workdir: str
     log_path: str
+    cpu_usage: str | None = None
+    """The usage file of the worker's CPU accounting cgroup, which its whole tree is in."""
 
 
 class Exited(_Message):

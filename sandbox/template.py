@@ -42,6 +42,8 @@ class WorkerHandle:
         self.pid = spawned.pid
         self.workdir = spawned.workdir
         self.log_path = spawned.log_path
+        self.cpu_usage = spawned.cpu_usage
+        """Usage file of its CPU accounting cgroup (`sandbox.cpu_budget`), if any."""
         self.sock = sock
         self.pidfd = pidfd
         self.log_fd = log_fd

@@ -60,10 +60,11 @@ def exec_zygote(ctrl_fd: int, config_json: str) -> NoReturn:
 
 
 class _WorkerRecord:
-    def __init__(self, base: str, cgroup: str | None, memory: str | None, uid: int | None) -> None:
+    def __init__(
+        self, base: str, cgroups: tuple[str | None, str | None, str | None], uid: int | None
+    ) -> None:
         self.base = base
-        self.cgroup = cgroup
-        self.memory = memory
+        self.cgroup, self.memory, self.cpu = cgroups
         self.uid = uid
 
 
@@ -117,7 +118,10 @@ class Zygote:
         # The orchestrator reads the log through its own descriptor: the file may be
         # removed (the worker exited, we cleaned up) before it gets to it.
         log_reader = os.open(log_path, os.O_RDONLY | os.O_CLOEXEC)
-        cgroup = memory = None
+        cgroup = memory = cpu = None
+        if self.layers.cpu_root:
+            cpu = os.path.join(self.layers.cpu_root, f"w{self.count}")
+            os.mkdir(cpu)
         if self.cgroup_root:
             cgroup = os.path.join(self.cgroup_root, f"w{self.count}")
             os.mkdir(cgroup)
@@ -138,14 +142,17 @@ class Zygote:
         theirs.close()
         os.close(log_fd)
         pidfd = os.pidfd_open(pid)
-        for group in (cgroup, memory):
+        for group in (cgroup, memory, cpu):
             if group:
                 # Before the worker can get a call, so everything the call does counts.
                 with open(os.path.join(group, "cgroup.procs"), "w") as f:
                     f.write(str(pid))
-        self.workers[pid] = _WorkerRecord(base, cgroup, memory, uid)
+        self.workers[pid] = _WorkerRecord(base, (cgroup, memory, cpu), uid)
         try:
-            spawned = Spawned(pid=pid, network=network, workdir=workdir, log_path=log_path)
+            usage = os.path.join(cpu, self.layers.cpu_usage) if cpu else None
+            spawned = Spawned(
+                pid=pid, network=network, workdir=workdir, log_path=log_path, cpu_usage=usage
+            )
             self.send(spawned, [ours.fileno(), pidfd, log_reader])
         finally:
             ours.close()
@@ -236,7 +243,7 @@ class Zygote:
         shutil.rmtree(record.base, ignore_errors=True)
         if record.uid is not None and self.layers.uids is not None:
             self.layers.uids.release(record.uid)
-        for group in (record.cgroup, record.memory):
+        for group in (record.cgroup, record.memory, record.cpu):
             if group:
                 _rmdir_cgroup(group)
 
@@ -289,7 +296,7 @@ class Zygote:
         self.workers.clear()
         _reap_all_children()
         shutil.rmtree(self.config.root, ignore_errors=True)
-        for root in (self.cgroup_root, self.memory_root):
+        for root in (self.cgroup_root, self.memory_root, self.layers.cpu_root):
             if root:
                 _rmdir_cgroup(root)
 

@@ -452,3 +452,22 @@ def odd_exception(how: str) -> str:
     if how == "exit":
         raise SystemExit(3)
     raise ValueError(how)
+
+
+@tool
+def busy_children(count: int, marker: str) -> str:
+    """Fork `count` children that each spin on the CPU (ignoring SIGXCPU), and wait.
+
+    Args:
+        count: How many children.
+        marker: A unique sleep length: each child first starts `sleep marker`, so the
+            test can find what is left.
+    """
+    signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    for _ in range(count):
+        if os.fork() == 0:
+            subprocess.Popen(["sleep", marker], start_new_session=True)
+            while True:
+                pass
+    while True:
+        time.sleep(3600)
