@@ -76,9 +76,15 @@ class ToolCalled(Event):
     """not_required, approved_flag, approved_yes, approved_tty, approved_always, denied_tty,
     denied_no_tty, denied_changed (on resume, a call in flight whose arguments no longer
     read as those that started), restored, or repeat_note / repeat_stop when the call
-    was answered with a note instead."""
+    was answered with a note instead, or call_limit when it was past the turn's
+    max_calls_per_turn."""
     sent_chars: int
     """How much of the result entered the context (after truncation)."""
+    timeout_s: float | None = None
+    """The timeout the call ran under: its policy's, or what was left of the run's wall
+    budget when that was less (None: it did not run)."""
+    wall_left_s: float | None = None
+    """Seconds of the run's wall budget left when the call started."""
 
 
 class RunEnded(Event):

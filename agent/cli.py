@@ -39,6 +39,7 @@ from sandbox.protocol import ToolError
 from tools import Registry, ToolDefinitionError
 
 from .evals.command import add_eval_parser, cmd_eval
+from .parallel import out_of_resources
 from .runner import UsageError, add_run_options, cmd_chat, cmd_run, cmd_runs, cmd_trace
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -188,6 +189,11 @@ def _main(argv: list[str]) -> int:
     except BrokenPipeError:  # stdout closed early (| head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (RuntimeError, OSError) as exc:  # out of threads or processes: one line
+        if (exhausted := out_of_resources(exc)) is None:
+            raise
+        print(f"sandboxed-agent: {exhausted}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _show_warning(

@@ -23,6 +23,7 @@ StopReason = Literal[
     "content_filter",
     "model_error",
     "interrupted",
+    "out_of_resources",
 ]
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ from .checkpoints import CallRecord, CheckpointError, Outcome, RunRecord, RunSto
 from .embeddings import Embedder
 from .guardrails import Budget, RepeatGuard, RunStopped, StopReason, truncate
 from .model import ModelClient, ModelTurn
+from .parallel import OutOfResources, out_of_resources, run_bounded
 
 
 @dataclass
@@ -61,6 +61,10 @@ class ToolOutcome:
     """Of `arguments`, when they validated (`BoundCall.sha256`)."""
     approved_sha256: str | None = None
     """The hash the approval decision was made for, when one was asked."""
+    timeout_s: float | None = None
+    """The timeout it ran under: its policy's, or less when the wall budget had less left."""
+    wall_left_s: float | None = None
+    """Seconds of the run's wall budget left when it started."""
 
 
 Progress = Callable[[str, dict[str, Any]], None]
@@ -154,6 +158,10 @@ class Agent:
             result = RunResult(
                 None, stop.reason, stop.message, budget.steps, budget.cost_usd, messages
             )
+        except OutOfResources as exc:
+            result = RunResult(
+                None, "out_of_resources", str(exc), budget.steps, budget.cost_usd, messages
+            )
         except RunError as exc:
             result = RunResult(
                 None, "model_error", str(exc), budget.steps, budget.cost_usd, messages
@@ -199,7 +207,7 @@ class Agent:
         if not calls:
             return
         known = {c.call_id: c for c in record.calls if c.step == record.steps}
-        self._append(messages, self._run_calls(calls, budget.steps, repeats, known), budget)
+        self._append(messages, self._run_calls(calls, budget, repeats, known), budget)
 
     def _append(
         self, messages: list[dict[str, Any]], outcomes: list[ToolOutcome], budget: Budget
@@ -240,7 +248,7 @@ class Agent:
                     [_unpack(c, i) for i, c in enumerate(calls)],
                 )
             if calls:
-                self._append(messages, self._run_calls(calls, budget.steps, repeats), budget)
+                self._append(messages, self._run_calls(calls, budget, repeats), budget)
                 continue
             content = turn.message.get("content") or ""
             if turn.finish_reason == "length":
@@ -277,14 +285,17 @@ class Agent:
     def _run_calls(
         self,
         calls: list[dict[str, Any]],
-        step: int,
+        budget: Budget,
         repeats: RepeatGuard,
         known: dict[str, CallRecord] | None = None,
     ) -> list[ToolOutcome]:
-        """Guard and approve each call in order, run the approved ones at once, and
-        return the outcomes in the order of the calls. `known` holds, on resume, what
-        the checkpoint says of each call."""
+        """Guard and approve each call in order, run the approved ones at once (at most
+        the pool's size at a time, within the wall budget), and return the outcomes in
+        the order of the calls. `known` holds, on resume, what the checkpoint says of
+        each call."""
         known = known or {}
+        step = budget.steps
+        cap = self.limits.max_calls_per_turn
         outcomes: list[ToolOutcome | None] = [None] * len(calls)
         # The 4th item is what goes to the pool: the bound call, or the model's text
         # for a tool that does not exist (the pool says so with the list of tools).
@@ -295,6 +306,16 @@ class Agent:
             record = known.get(call_id)
             if record is not None and record.outcome is not None:
                 outcomes[i] = self._restored(call_id, tool, record.arguments, record.outcome)
+                continue
+            if i >= cap:
+                # Before the repeat guard counts it: asked again later, it is a new call.
+                why = (
+                    f"not run: the model asked for {len(calls)} tool calls in one turn and "
+                    f"at most {cap} run per turn (max_calls_per_turn); this was call "
+                    f"{i + 1}. Ask for it again in a later turn if it is still needed."
+                )
+                refused = _failure(tool, Denied(tool, why))
+                outcomes[i] = ToolOutcome(call_id, tool, raw, refused, "call_limit")
                 continue
             bound = self._bind(tool, raw)
             if isinstance(bound, ToolCallError):
@@ -345,33 +366,19 @@ class Agent:
                     continue
             to_run.append((i, call_id, tool, bound or raw, approval, approved))
         if to_run:
-            ex = ThreadPoolExecutor(max_workers=len(to_run))
             try:
-                ran = list(ex.map(self._execute, to_run))
+                ran = run_bounded(to_run, lambda item: self._execute(item, budget), self.pool.size)
             except KeyboardInterrupt:
                 # Stop now, not when the calls end: they stay `running` in the
                 # checkpoint (a resume decides), and die when the pool closes.
                 self._interrupted = True
-                ex.shutdown(wait=False, cancel_futures=True)
                 raise
-            ex.shutdown()
-            for (i, call_id, tool, what, approval, approved), (result, sent) in zip(
-                to_run, ran, strict=True
-            ):
-                bound = what if isinstance(what, BoundCall) else None
-                arguments = bound.canonical if bound else str(what)
-                outcomes[i] = ToolOutcome(
-                    call_id,
-                    tool,
-                    arguments,
-                    result,
-                    approval,
-                    sent,
-                    True,
-                    sha256=bound.sha256 if bound else None,
-                    approved_sha256=approved,
-                )
-                repeats.remember(tool, arguments, result.text)
+            except (RuntimeError, OSError) as exc:
+                raise out_of_resources(exc) or exc from None
+            for (i, *_), outcome in zip(to_run, ran, strict=True):
+                outcomes[i] = outcome
+                if outcome.executed:
+                    repeats.remember(outcome.tool, outcome.arguments, outcome.result.text)
         done = [o for o in outcomes if o is not None]
         for outcome in done:
             if outcome.restored:
@@ -386,24 +393,67 @@ class Agent:
         return done
 
     def _execute(
-        self, item: tuple[int, str, str, BoundCall | str, str, str | None]
-    ) -> tuple[ToolResult, str]:
+        self, item: tuple[int, str, str, BoundCall | str, str, str | None], budget: Budget
+    ) -> ToolOutcome:
         """One call in the sandbox, checkpointed before and after: a kill between the
         two leaves it `running`, with the canonical arguments that started, so a
-        resume knows it was in flight and with what."""
-        _, call_id, tool, what, _, _ = item
-        if isinstance(what, BoundCall):
-            if self.store and self.run_id:
-                self.store.call_started(self.run_id, call_id, what.canonical)
-            # The pool gets the very dict that was shown and hashed, not the text again.
-            result = self.pool.call(tool, what.args, settings=self._settings_for(what))
-        else:
-            if self.store and self.run_id:
-                self.store.call_started(self.run_id, call_id, what)
-            result = self.pool.call(tool, what, settings=dict(self.call_settings))
+        resume knows it was in flight and with what. It gets at most the wall budget
+        that is left, and does not start once none is."""
+        _, call_id, tool, what, approval, approved = item
+        bound = what if isinstance(what, BoundCall) else None
+        arguments = bound.canonical if bound else str(what)
+        sha256 = bound.sha256 if bound else None
+        settings = dict(self.call_settings)
+        if bound is not None and budget.time_left() > 0:
+            settings = self._settings_for(bound)
+        left = budget.time_left()  # after the embedding, which took some of it
+        if left <= 0:
+            why = (
+                f"not run: the run's wall-clock budget (max_wall_s = "
+                f"{self.limits.max_wall_s:g} s) was spent before this call could start"
+            )
+            refused = _failure(tool, Denied(tool, why))
+            return ToolOutcome(
+                call_id, tool, arguments, refused, approval, sha256=sha256, approved_sha256=approved
+            )
+        limits = self.policy.limits_for(tool) if bound is not None else None
+        own_timeout = limits.timeout_s if limits else None
+        if limits is not None and left < limits.timeout_s:
+            limits = limits.model_copy(update={"timeout_s": left})
+        if self.store and self.run_id:
+            self.store.call_started(self.run_id, call_id, arguments)
+        # The pool gets the very dict that was shown and hashed, not the text again.
+        result = self.pool.call(
+            tool, bound.args if bound else arguments, limits=limits, settings=settings
+        )
+        cut = limits is not None and limits.timeout_s < (own_timeout or 0)
+        if cut and result.error is not None and result.error.kind == "timeout":
+            result = result.model_copy(update={"error": self._cut_short(tool, left)})
         sent = truncate(result.text, self.limits.max_result_chars)
         self._checkpoint_done(call_id, sent, result)
-        return result, sent
+        return ToolOutcome(
+            call_id,
+            tool,
+            arguments,
+            result,
+            approval,
+            sent,
+            executed=True,
+            sha256=sha256,
+            approved_sha256=approved,
+            timeout_s=limits.timeout_s if limits else None,
+            wall_left_s=left,
+        )
+
+    def _cut_short(self, tool: str, left: float) -> ToolError:
+        return ToolError(
+            kind="timeout",
+            message=(
+                f"{tool} was stopped after {left:.3g} s and killed with its "
+                f"processes: the run's wall-clock budget (max_wall_s = "
+                f"{self.limits.max_wall_s:g} s) ran out while it ran"
+            ),
+        )
 
     def _bind(self, tool: str, raw: str) -> BoundCall | ToolCallError | None:
         """The model's text read once into the object that will run; None for a tool
@@ -517,6 +567,8 @@ class Agent:
                 worker_pid=r.worker_pid,
                 approval=outcome.approval,
                 sent_chars=len(outcome.sent),
+                timeout_s=outcome.timeout_s,
+                wall_left_s=outcome.wall_left_s,
             )
         )
         self.progress("tool", {"outcome": outcome})

@@ -99,7 +99,10 @@ class RunPolicy(BaseModel):
     max_cost_usd: float = Field(1.0, gt=0)
     """The run stops before the next model call once this much is spent."""
     max_wall_s: float = Field(300.0, gt=0)
-    """Wall-clock budget for the whole run."""
+    """Wall-clock budget for the whole run: no tool call starts once it is spent, and a
+    call in flight gets at most what is left."""
+    max_calls_per_turn: int = Field(16, ge=1, le=1000)
+    """Tool calls run from one model turn; the rest are refused with a note."""
     max_result_chars: int = Field(4000, ge=100)
     """Tool results are cut to this before they enter the context (the trace keeps all)."""
     max_repeats: int = Field(1, ge=1, le=100)

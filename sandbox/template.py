@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import socket
 import sys
@@ -106,7 +107,13 @@ class Template:
             name="sandboxed-agent-zygote",
             daemon=True,
         )
-        self.process.start()
+        try:
+            self.process.start()
+        except BaseException:  # no process (fork refused: EAGAIN): leave nothing behind
+            ours.close()
+            theirs.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
         theirs.close()
         # Spares without and with network access (the latter only made on demand).
         self.spares: dict[bool, queue.Queue[WorkerHandle | BaseException]] = {
@@ -120,7 +127,11 @@ class Template:
         self._reader = threading.Thread(
             target=self._read_loop, name="sandboxed-agent-zygote-reader", daemon=True
         )
-        self._reader.start()
+        try:
+            self._reader.start()
+        except BaseException:  # no thread to spare: stop the zygote before giving up
+            self.close()
+            raise
 
     @property
     def pid(self) -> int:
@@ -249,6 +260,4 @@ class Template:
                     break
                 if isinstance(item, WorkerHandle):
                     item.close()
-        import shutil
-
         shutil.rmtree(self.root, ignore_errors=True)
