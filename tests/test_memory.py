@@ -21,6 +21,7 @@ from agent.replay import ScriptedModelServer, Step, call, say
 from policies import parse_policy
 from sandbox import IsolationWarning, Pool
 from tools import Registry
+from tools.memory_files import namespace_file
 from tools.memory_store import MemoryStore, sqlite_vec_engine
 
 ATTACKS = str(Path(__file__).with_name("attack_tools.py"))
@@ -112,7 +113,7 @@ def test_limits_and_duplicates(pool: Pool) -> None:
 
 def test_other_tools_cannot_read_or_write_the_memory(pool: Pool, memory_dir: Path) -> None:
     use(pool, "remember", fact="Alice's secret: the door code is 4711")
-    database = memory_dir / "memory.db"
+    database = namespace_file(memory_dir, "alice")
     assert database.exists()
     assert pool.call("attack_read", {"path": str(database)}).output.startswith("denied")
     write = pool.call("attack_write", {"path": str(memory_dir / "planted.db")})
@@ -183,9 +184,7 @@ def test_sqlite_vec_and_the_python_scan_rank_alike(tmp_path: Path) -> None:
     if sqlite_vec_engine() is None:
         pytest.skip("the vector extra (sqlite-vec) is not installed")  # pragma: no cover
     facts = ["prefers email", "never telephone", "email and phone both fine", "lives in Lyon"]
-    stores = [
-        MemoryStore(tmp_path / "m.db", "ns", 100, 10, use_sqlite_vec=flag) for flag in (True, False)
-    ]
+    stores = [MemoryStore(tmp_path, "ns", 100, 10, use_sqlite_vec=flag) for flag in (True, False)]
     assert [s.vector_engine for s in stores] == ["sqlite-vec", "python"]
     for fact in facts:
         stores[0].remember(fact, concept_embedding(fact))

@@ -23,14 +23,15 @@ DEFAULT_MAX_FACTS = 10_000
 
 
 def _store() -> MemoryStore:
-    path = Path(context.data_dir()) / "memory.db"
-    if not os.access(path.parent, os.W_OK | os.X_OK):
+    directory = Path(context.data_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    if not os.access(directory, os.W_OK | os.X_OK):
         raise MemoryRequestError(
-            f"cannot write to the memory directory {path.parent} as uid {os.getuid()}: give "
+            f"cannot write to the memory directory {directory} as uid {os.getuid()}: give "
             "the memory tools a data_dir every worker can reach (see the README, Memory)"
         )
     return MemoryStore(
-        path,
+        directory,
         namespace=str(context.setting("memory_namespace", DEFAULT_NAMESPACE)),
         max_fact_chars=int(context.setting("memory_max_fact_chars", DEFAULT_MAX_FACT_CHARS)),
         max_facts=int(context.setting("memory_max_facts", DEFAULT_MAX_FACTS)),

@@ -1,12 +1,12 @@
-"""Retrieval memory: facts in one SQLite file, a namespace per user or agent.
+"""Retrieval memory: facts in SQLite, one file per namespace (user or agent).
 
 Full-text search (FTS5, BM25) needs no model at all. When the agent has an embeddings
 endpoint, each fact is stored with its vector (float32, the layout sqlite-vec reads) and
 `recall` ranks by cosine similarity instead; facts without a vector are still found by
 full text. With the `vector` extra installed, sqlite-vec computes the similarity in SQL
 (through pysqlite3 where this Python's sqlite3 cannot load extensions); without it, the
-same ranking is computed here. Namespaces never see each other: every statement is
-scoped to one.
+same ranking is computed here. Namespaces never see each other: each has its own file
+(`tools.memory_files`), so its scores, ids and counts are its own.
 
 Exact business facts do not belong here: they live in relational tables behind tools
 (the orders database), where a lookup returns them exactly or not at all.
@@ -26,12 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from .memory_files import (
+    MemoryRequestError,
+    check_namespace,
+    legacy_rows,
+    namespace_file,
+    retire_legacy,
+)
+
+__all__ = ["Hit", "MemoryRequestError", "MemoryStore", "sqlite_vec_engine"]
+
+SCHEMA_VERSION = 2
+"""Version 1 was one file shared by every namespace (`memory_files` splits it)."""
 _SCHEMA = [
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE facts (id INTEGER PRIMARY KEY, namespace TEXT NOT NULL, fact TEXT NOT NULL, "
-    "digest TEXT NOT NULL, created REAL NOT NULL, embedding BLOB, UNIQUE (namespace, digest))",
-    "CREATE INDEX facts_namespace ON facts (namespace)",
+    "CREATE TABLE facts (id INTEGER PRIMARY KEY, fact TEXT NOT NULL, "
+    "digest TEXT NOT NULL UNIQUE, created REAL NOT NULL, embedding BLOB)",
     "CREATE VIRTUAL TABLE facts_fts USING fts5(fact, content='facts', content_rowid='id')",
     "CREATE TRIGGER facts_added AFTER INSERT ON facts BEGIN "
     "INSERT INTO facts_fts (rowid, fact) VALUES (new.id, new.fact); END",
@@ -39,10 +49,6 @@ _SCHEMA = [
     "INSERT INTO facts_fts (facts_fts, rowid, fact) VALUES ('delete', old.id, old.fact); END",
 ]
 _WORD = re.compile(r"\w+", re.UNICODE)
-
-
-class MemoryRequestError(ValueError):
-    """A memory request that cannot be met; the message says why and what is accepted."""
 
 
 @dataclass(frozen=True)
@@ -71,24 +77,67 @@ def sqlite_vec_engine() -> tuple[Any, Any] | None:
 
 
 class MemoryStore:
+    """One namespace's facts, in its own file under `directory`.
+
+    >>> MemoryStore(Path("memory"), "alice", max_fact_chars=2000, max_facts=10_000)
+    """
+
     def __init__(
         self,
-        path: Path,
+        directory: Path,
         namespace: str,
         max_fact_chars: int,
         max_facts: int,
         use_sqlite_vec: bool = True,
+        *,
+        split_legacy: bool = True,
     ) -> None:
-        if not namespace or len(namespace) > 200:
-            raise MemoryRequestError("the memory namespace must be 1 to 200 characters")
-        self.path = path
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)
+        self.directory = directory
+        self.path = namespace_file(directory, namespace)
         self.max_fact_chars = max_fact_chars
         self.max_facts = max_facts
         engine = sqlite_vec_engine() if use_sqlite_vec else None
         self._sqlite, self._vec = engine if engine else (sqlite3, None)
         self.vector_engine = "sqlite-vec" if self._vec else "python"
+        directory.mkdir(parents=True, exist_ok=True)
+        if split_legacy:
+            self._split_legacy()
         self._open()
+
+    def _split_legacy(self) -> None:
+        """Move the facts of a shared (version 1) file into a file per namespace."""
+        found = legacy_rows(self.directory)
+        if found is None:
+            return
+        legacy, rows = found
+        try:
+            by_namespace: dict[str, list[tuple[Any, ...]]] = {}
+            for namespace, *fact in rows:
+                by_namespace.setdefault(namespace, []).append(tuple(fact))
+            for namespace, facts in by_namespace.items():
+                try:
+                    check_namespace(namespace)
+                except MemoryRequestError:
+                    continue  # no tool could name it now; it stays in the kept old file
+                store = MemoryStore(
+                    self.directory,
+                    namespace,
+                    self.max_fact_chars,
+                    self.max_facts,
+                    use_sqlite_vec=self._vec is not None,
+                    split_legacy=False,
+                )
+                with closing(store._connect()) as db, db:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO facts (id, fact, digest, created, embedding) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        facts,
+                    )
+        except BaseException:
+            legacy.close()  # untouched: the split is tried again next time
+            raise
+        retire_legacy(self.directory, legacy)
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -108,18 +157,25 @@ class MemoryStore:
                 if not tables:
                     for statement in _SCHEMA:
                         db.execute(statement)
-                    version = str(SCHEMA_VERSION)
-                    db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (version,))
+                    db.executemany(
+                        "INSERT INTO meta VALUES (?, ?)",
+                        [("schema_version", str(SCHEMA_VERSION)), ("namespace", self.namespace)],
+                    )
                     return
-                row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         except self._sqlite.DatabaseError as exc:
             raise MemoryRequestError(
                 f"{self.path} is not a usable memory file ({exc}); it was left untouched"
             ) from None
-        if row is None or row[0] != str(SCHEMA_VERSION):
+        version = meta.get("schema_version", "none")
+        if version != str(SCHEMA_VERSION):
             raise MemoryRequestError(
-                f"{self.path} has memory schema version {row[0] if row else 'none'}, this "
+                f"{self.path} has memory schema version {version}, this "
                 f"program reads version {SCHEMA_VERSION}; it was left untouched"
+            )
+        if meta.get("namespace") != self.namespace:
+            raise MemoryRequestError(
+                f"{self.path} holds the memories of another namespace; it was left untouched"
             )
 
     def remember(self, fact: str, vector: Sequence[float] | None) -> tuple[int, bool]:
@@ -135,23 +191,18 @@ class MemoryStore:
         digest = hashlib.sha256(" ".join(fact.casefold().split()).encode()).hexdigest()
         with closing(self._connect()) as db, db:
             db.execute("BEGIN IMMEDIATE")  # the count and the insert see the same state
-            row = db.execute(
-                "SELECT id FROM facts WHERE namespace = ? AND digest = ?", (self.namespace, digest)
-            ).fetchone()
+            row = db.execute("SELECT id FROM facts WHERE digest = ?", (digest,)).fetchone()
             if row is not None:
                 return int(row[0]), False
-            (count,) = db.execute(
-                "SELECT COUNT(*) FROM facts WHERE namespace = ?", (self.namespace,)
-            ).fetchone()
+            (count,) = db.execute("SELECT COUNT(*) FROM facts").fetchone()
             if count >= self.max_facts:
                 raise MemoryRequestError(
                     f"the memory is full: {count} facts (memory_max_facts = {self.max_facts}); "
                     "forget some first"
                 )
             cursor = db.execute(
-                "INSERT INTO facts (namespace, fact, digest, created, embedding) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (self.namespace, fact, digest, time.time(), _pack(vector)),
+                "INSERT INTO facts (fact, digest, created, embedding) VALUES (?, ?, ?, ?)",
+                (fact, digest, time.time(), _pack(vector)),
             )
             return int(cursor.lastrowid or 0), True
 
@@ -169,15 +220,13 @@ class MemoryStore:
         if self._vec is not None:
             rows = db.execute(
                 "SELECT id, fact, created, 1 - vec_distance_cosine(embedding, ?) AS score "
-                "FROM facts WHERE namespace = ? AND embedding IS NOT NULL "
+                "FROM facts WHERE embedding IS NOT NULL "
                 "AND length(embedding) = ? ORDER BY score DESC, id LIMIT ?",
-                (_pack(vector), self.namespace, 4 * len(vector), k),
+                (_pack(vector), 4 * len(vector), k),
             ).fetchall()
             return [Hit(i, f, round(s, 4), _iso(c), "vector/sqlite-vec") for i, f, c, s in rows]
         rows = db.execute(
-            "SELECT id, fact, created, embedding FROM facts "
-            "WHERE namespace = ? AND embedding IS NOT NULL",
-            (self.namespace,),
+            "SELECT id, fact, created, embedding FROM facts WHERE embedding IS NOT NULL"
         ).fetchall()
         scored = []
         for fact_id, fact, created, blob in rows:
@@ -199,16 +248,14 @@ class MemoryStore:
         rows = db.execute(
             "SELECT f.id, f.fact, f.created, bm25(facts_fts) AS rank FROM facts_fts "
             "JOIN facts f ON f.id = facts_fts.rowid "
-            f"WHERE facts_fts MATCH ? AND f.namespace = ?{extra} ORDER BY rank LIMIT ?",
-            (match, self.namespace, k),
+            f"WHERE facts_fts MATCH ?{extra} ORDER BY rank LIMIT ?",
+            (match, k),
         ).fetchall()
         return [Hit(i, f, round(-rank, 6), _iso(c), "full-text") for i, f, c, rank in rows]
 
     def forget(self, memory_id: int) -> bool:
         with closing(self._connect()) as db, db:
-            cursor = db.execute(
-                "DELETE FROM facts WHERE id = ? AND namespace = ?", (memory_id, self.namespace)
-            )
+            cursor = db.execute("DELETE FROM facts WHERE id = ?", (memory_id,))
             return cursor.rowcount > 0
 
 
