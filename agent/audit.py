@@ -15,6 +15,8 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .terminal import ascii_json, safe
+
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -115,7 +117,9 @@ class Trace:
     def emit(self, event: TraceEvent) -> None:
         if self._file is None:
             return
-        line = event.model_dump_json()
+        # ASCII JSON: `tail -f` on a terminal shows escapes, not what a tool returned,
+        # and no reader that splits lines on U+2028 or U+0085 cuts an event in two.
+        line = ascii_json(event.model_dump(mode="json"))
         for secret in self._secrets:
             line = line.replace(secret, "[redacted]")
         self._file.write(line + "\n")
@@ -145,49 +149,63 @@ def read_trace(path: str | Path) -> list[dict[str, Any]]:
 
 
 def render_timeline(events: list[dict[str, Any]]) -> str:
-    """A trace as a readable timeline, one line per event."""
+    """A trace as a readable timeline, one line per event whatever its fields hold:
+    every text is escaped (`terminal.safe`), so a tool name with a newline cannot add
+    a line and a document's escape codes cannot act on the terminal."""
     if not events:
         return "(empty trace)"
-    start = events[0].get("ts", 0.0)
+    start = _number(events[0].get("ts"))
     lines = []
     for e in events:
-        at = f"{e.get('ts', start) - start:8.3f}s"
+        at = f"{_number(e.get('ts', start)) - start:8.3f}s"
         kind = e["event"]
         if kind == "run_started":
             verb = "resumed" if e.get("resumed") else "started"
-            run = f" (run {e['run_id']})" if e.get("run_id") else ""
-            lines.append(f"{at}  run {verb}{run}: {e.get('task')!r} with {e.get('model')}")
+            run = f" (run {safe(e['run_id'])})" if e.get("run_id") else ""
+            lines.append(
+                f"{at}  run {verb}{run}: {safe(repr(e.get('task')))} with {safe(e.get('model'))}"
+            )
         elif kind == "model_call":
             lines.append(
-                f"{at}  model #{e.get('step')}: {e.get('input_tokens')}+{e.get('output_tokens')} "
-                f"tokens, ${e.get('cost_usd', 0):.6f} (total ${e.get('total_cost_usd', 0):.6f}), "
-                f"{e.get('latency_ms', 0):.0f} ms, finish={e.get('finish_reason')}"
+                f"{at}  model #{safe(e.get('step'))}: {safe(e.get('input_tokens'))}+"
+                f"{safe(e.get('output_tokens'))} tokens, ${_number(e.get('cost_usd')):.6f} "
+                f"(total ${_number(e.get('total_cost_usd')):.6f}), "
+                f"{_number(e.get('latency_ms')):.0f} ms, finish={safe(e.get('finish_reason'))}"
             )
         elif kind == "tool_call":
             if e.get("ok"):
                 outcome = f"ok: {_one_line(e.get('output') or '', 60)}"
             else:
-                outcome = f"{e.get('error_kind')}: {e.get('error_message')}"
+                outcome = _one_line(f"{e.get('error_kind')}: {e.get('error_message')}")
             approval = e.get("approval")
-            extra = "" if approval == "not_required" else f" [{approval}]"
+            extra = "" if approval == "not_required" else f" [{safe(approval)}]"
             lines.append(
-                f"{at}    tool {e.get('tool')} {e.get('arguments')} -> {_one_line(outcome)} "
-                f"({e.get('duration_ms', 0):.1f} ms, pid {e.get('worker_pid')}){extra}"
+                f"{at}    tool {safe(e.get('tool'))} {safe(e.get('arguments'))} -> {outcome} "
+                f"({_number(e.get('duration_ms')):.1f} ms, pid {safe(e.get('worker_pid'))})"
+                f"{extra}"
             )
         elif kind == "run_ended":
             lines.append(
-                f"{at}  run ended ({e.get('reason')}): {e.get('steps')} model calls, "
-                f"${e.get('cost_usd', 0):.6f}, {e.get('wall_s', 0):.2f} s"
+                f"{at}  run ended ({safe(e.get('reason'))}): {safe(e.get('steps'))} model calls, "
+                f"${_number(e.get('cost_usd')):.6f}, {_number(e.get('wall_s')):.2f} s"
             )
             if e.get("answer"):
                 lines.append(f"           answer: {_one_line(e['answer'], 300)}")
             elif e.get("message"):
-                lines.append(f"           {e['message']}")
+                lines.append(f"           {_one_line(e['message'], 300)}")
         else:
-            lines.append(f"{at}  {kind}")
+            lines.append(f"{at}  {safe(kind)}")
     return "\n".join(lines)
 
 
-def _one_line(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _one_line(text: object, limit: int = 160) -> str:
+    """Whitespace runs (newlines too) as one space, cut with a marker, then escaped."""
+    flat = " ".join(str(text).split())
+    return safe(flat if len(flat) <= limit else flat[: limit - 3] + "...")
+
+
+def _number(value: object) -> float:
+    """A trace field meant to be a number; anything else (an edited file) reads as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value)

@@ -41,6 +41,7 @@ from tools import Registry, ToolDefinitionError
 from .evals.command import add_eval_parser, cmd_eval
 from .parallel import out_of_resources
 from .runner import UsageError, add_run_options, cmd_chat, cmd_run, cmd_runs, cmd_trace
+from .terminal import ascii_json, safe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -144,12 +145,12 @@ _said: dict[str, str] = {}
 def _print_failure(name: str, kind: ErrorKind, message: str) -> None:
     error = ToolError(kind=kind, message=message)
     result = ToolResult(tool=name, ok=False, output=None, error=error, duration_ms=0.0)
-    print(result.model_dump_json())
+    print(ascii_json(result.model_dump(mode="json")))
 
 
 def _complain(message: str) -> None:
     _said["error"] = message
-    print(f"sandboxed-agent: {message}", file=sys.stderr)
+    print(f"sandboxed-agent: {safe(message)}", file=sys.stderr)
 
 
 def _main(argv: list[str]) -> int:
@@ -199,7 +200,7 @@ def _main(argv: list[str]) -> int:
 def _show_warning(
     message: Warning | str, category: type[Warning], *args: object, **kw: object
 ) -> None:
-    print(f"sandboxed-agent: warning: {message}", file=sys.stderr)
+    print(f"sandboxed-agent: warning: {safe(message)}", file=sys.stderr)
 
 
 def load_setup(
@@ -234,7 +235,7 @@ def cmd_tool(args: argparse.Namespace) -> int:
         limits = _with_overrides(policy.limits_for(args.name), args.timeout, args.memory_mb)
     with Pool(policy, registry=registry, size=1, spares=1, **policy.pool_options()) as pool:
         result = pool.call(args.name, arguments, limits=limits)
-    print(result.model_dump_json())
+    print(ascii_json(result.model_dump(mode="json")))
     _said["result"] = "printed"
     return EXIT_OK if result.ok else EXIT_FAILED
 
@@ -257,7 +258,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
         mode = "reused worker" if limits.reuse_worker else "fresh worker"
         params = ", ".join(spec.parameters.get("properties", {}))
         print(f"{spec.name}({params})")
-        print(f"    {spec.description.splitlines()[0] if spec.description else ''}")
+        print(f"    {safe(spec.description.splitlines()[0] if spec.description else '')}")
         approval = ", needs approval" if policy.requires_approval(spec.name) else ""
         print(
             f"    {limits.timeout_s:g} s, {limits.memory_mb} MiB, {limits.cpu_s} s CPU, "

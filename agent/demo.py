@@ -26,6 +26,7 @@ from .loop import Agent, ToolOutcome
 from .model import ModelClient
 from .progress import describe_tool
 from .replay import ScriptedModelServer, Step, call, say
+from .terminal import safe, safe_text
 
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "demo.toml"
 TRANSCRIPT = Path(__file__).resolve().parent / "data" / "demo_transcript.json"
@@ -83,7 +84,7 @@ def run_demo() -> int:
         if server:
             server.stop()
     left = survivors(sorted(set(_sleepers()) - already))
-    print(f"assistant {result.answer or '(no answer: ' + result.message + ')'}")
+    print(f"assistant {safe_text(result.answer or '(no answer: ' + result.message + ')')}")
     print(
         f"\n{result.steps} model calls, {len(outcomes)} tool calls, "
         f"{time.monotonic() - started:.1f} s; processes left behind by tools: {len(left)}"
@@ -94,7 +95,7 @@ def run_demo() -> int:
     if not live:
         problems += _check_replay(outcomes)
     for problem in problems:
-        print(f"demo: {problem}", file=sys.stderr)
+        print(f"demo: {safe(problem)}", file=sys.stderr)
     return 1 if problems else 0
 
 

@@ -14,6 +14,8 @@ import sys
 from sandbox import Pool
 from tools import Registry
 
+from .terminal import safe
+
 
 def run_doctor(disable: list[str] | None = None) -> int:
     registry = Registry()
@@ -28,7 +30,7 @@ def run_doctor(disable: list[str] | None = None) -> int:
     )
     for name, layer in layers.items():
         state = "UNAVAILABLE" if layer.state == "unavailable" else layer.state
-        print(f"  {state:<12} {name:<18} {layer.detail}")
+        print(f"  {state:<12} {name:<18} {safe(layer.detail)}")
     counts = {state: 0 for state in ("active", "off", "standby")}
     for layer in layers.values():
         counts[layer.state] = counts.get(layer.state, 0) + 1
@@ -44,10 +46,10 @@ def run_doctor(disable: list[str] | None = None) -> int:
         "nor on standby is.\n"
     )
     if not probe.ok:
-        print(f"The probe worker failed: {probe.error.kind}: {probe.error.message}")
+        print(f"The probe worker failed: {probe.error.kind}: {safe(probe.error.message)}")
         return 1
     print("What a worker could do, seen from inside one:\n")
     for key, value in json.loads(probe.output or "{}").items():
-        print(f"  {key:<24} {value}")
+        print(f"  {safe(key):<24} {safe(value)}")
     sys.stdout.flush()
     return 0

@@ -9,6 +9,7 @@ includes the API key or a request header.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,7 @@ def parse_completion(
         raise RunError(
             f"the model at {where} answered with something that is not JSON: {preview!r}"
         ) from None
+    data = _valid_unicode(data)
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         error = data.get("error") if isinstance(data, dict) else None
@@ -135,6 +137,25 @@ def parse_completion(
         read_usage(data.get("usage")),
         answered_by if isinstance(answered_by, str) and answered_by else model,
     )
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_unicode(value: Any) -> Any:
+    """JSON's `\\ud800` decodes to a lone surrogate, which no file, pipe or terminal
+    can take: each becomes U+FFFD here, before the text goes anywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _SURROGATE.sub("\ufffd", value)
+        return value
+    if isinstance(value, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_unicode(v) for v in value]
+    return value
 
 
 def _as_list(value: Any) -> list[Any]:

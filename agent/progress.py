@@ -8,8 +8,11 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from .terminal import safe
+
 
 def describe_tool(outcome: Any) -> str:
+    """One line, whatever the tool's name, arguments or output hold (`terminal.safe`)."""
     r = outcome.result
     if r.ok:
         text = " ".join((r.output or "").split())
@@ -18,7 +21,9 @@ def describe_tool(outcome: Any) -> str:
     else:
         status = f"{r.error.kind}: {r.error.message}"
     approval = "" if outcome.approval == "not_required" else f" [{outcome.approval}]"
-    return f"{outcome.tool} {outcome.arguments} -> {status} ({r.duration_ms:.0f} ms){approval}"
+    return safe(
+        f"{outcome.tool} {outcome.arguments} -> {status} ({r.duration_ms:.0f} ms){approval}"
+    )
 
 
 class LinePrinter:
@@ -56,14 +61,16 @@ class TerminalProgress:
         self._stop.clear()
 
         def spin() -> None:
+            shown = ""
             for frame in itertools.cycle("|/-\\"):
-                self.stream.write(
-                    f"\r{frame} model thinking (step {step}, ${self.cost:.4f} so far)"
-                )
+                shown = f"{frame} model thinking (step {step}, ${self.cost:.4f} so far)"
+                self.stream.write(f"\r{shown}")
                 self.stream.flush()
                 if self._stop.wait(0.1):
                     break
-            self.stream.write("\r\033[K")
+            # Blanked with spaces, not an erase sequence: nothing written to the
+            # terminal holds an ESC, so a test can check that none ever reaches it.
+            self.stream.write("\r" + " " * len(shown) + "\r")
             self.stream.flush()
 
         self._thread = threading.Thread(target=spin, daemon=True)

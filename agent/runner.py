@@ -27,6 +27,7 @@ from .embeddings import Embedder
 from .loop import Agent, RunResult
 from .model import ModelClient
 from .progress import TerminalProgress
+from .terminal import safe, safe_text
 
 RUN_FLAGS = {
     "max_iterations": "--max-iterations",
@@ -146,13 +147,16 @@ def build_agent(
 
 
 def report(result: RunResult) -> int:
+    """The answer on stdout: escaped on a terminal (`terminal.safe_text`), as the model
+    wrote it on a pipe or into a file, where it is data. A failure: one escaped line."""
     if result.ok:
-        print(result.answer)
+        answer = result.answer or ""
+        print(safe_text(answer) if sys.stdout.isatty() else answer)
         return 0
     hint = ""
     if result.run_id:
         hint = f" (run {result.run_id}; go on with: sandboxed-agent run --resume {result.run_id})"
-    print(f"sandboxed-agent: {result.message}{hint}", file=sys.stderr)
+    print(f"sandboxed-agent: {safe(result.message)}{hint}", file=sys.stderr)
     return 1
 
 
@@ -183,7 +187,7 @@ def cmd_runs(limit: int) -> int:
     print(f"{'run':<23} {'status':<14} {'steps':>5} {'cost $':>9}  {'updated':<19}  task")
     for r in runs:
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.updated))
-        task = r.task if len(r.task) <= 50 else r.task[:49] + "…"
+        task = safe(r.task if len(r.task) <= 50 else r.task[:49] + "…")
         print(f"{r.id:<23} {r.state:<14} {r.steps:>5} {r.cost_usd:>9.6f}  {updated}  {task}")
     return 0
 

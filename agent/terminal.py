@@ -17,6 +17,9 @@ shown here and the same characters typed by a model look alike, and neither acts
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -51,3 +54,9 @@ def safe_text(text: object) -> str:
 
 def _keep_tab(ch: str) -> str:
     return ch if ch == "\t" or ch.isprintable() else _escape(ch)
+
+
+def ascii_json(value: Any) -> str:
+    """One line of JSON in ASCII: every other character as a `\\u` escape, so the same
+    value reads back from a pipe, and a terminal shown it has nothing to act on."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))

@@ -13,6 +13,7 @@ from sandbox.errors import SandboxedAgentError
 
 from ..model import ModelClient
 from ..runner import UsageError, check_approve, model_client, with_run_overrides
+from ..terminal import safe
 from .runner import RunReport, live_model, render_report, run_suite, scripted_model, slug
 from .suite import Suite, load_suite
 
@@ -64,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     def progress(case: str, result: RunReport) -> None:
         verdict = "pass" if result.ok else "FAIL"
-        print(f"  {verdict}  {case} #{result.run}", file=sys.stderr, flush=True)
+        print(f"  {verdict}  {safe(case)} #{result.run}", file=sys.stderr, flush=True)
 
     report = run_suite(
         suite,
@@ -84,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(render_report(report))
-        print(f"\nReport: {out / 'report.json'}; traces: {out / 'traces'}")
+        print(f"\nReport: {safe(out / 'report.json')}; traces: {safe(out / 'traces')}")
     return 0 if report.passed else 1
 
 

@@ -23,6 +23,7 @@ from ..audit import Trace, read_trace
 from ..loop import Agent
 from ..model import ModelClient
 from ..replay import ScriptedModelServer, Step, call, say
+from ..terminal import safe
 from .checks import RunFacts, check_outcome, check_path
 from .judge import judge
 from .suite import Case, Suite, SuiteError
@@ -218,7 +219,12 @@ def render_report(report: SuiteReport) -> str:
         f"{'case':<44} {'runs':>4} {'outcome':>8} {'path':>6} {'steps':>6} "
         f"{'tokens':>7} {'cost $':>9} {'time s':>7} {'judge':>6}"
     )
-    lines = [f"Suite: {report.suite} (model {report.model})", "", header, "-" * len(header)]
+    lines = [
+        f"Suite: {safe(report.suite)} (model {safe(report.model)})",
+        "",
+        header,
+        "-" * len(header),
+    ]
 
     def row(name: str, runs: list[RunReport], judged: float | None) -> str:
         n = len(runs) or 1
@@ -226,7 +232,7 @@ def render_report(report: SuiteReport) -> str:
         path = f"{sum(r.path_ok for r in runs)}/{len(runs)}"
         score = f"{judged:.2f}" if judged is not None else "-"
         return (
-            f"{_fit(name, 44):<44} {len(runs):>4} {outcome:>8} {path:>6} "
+            f"{_fit(safe(name), 44):<44} {len(runs):>4} {outcome:>8} {path:>6} "
             f"{sum(r.steps for r in runs) / n:>6.1f} {sum(r.tokens for r in runs) / n:>7.0f} "
             f"{sum(r.cost_usd for r in runs) / n:>9.6f} {sum(r.wall_s for r in runs) / n:>7.2f} "
             f"{score:>6}"
@@ -243,15 +249,15 @@ def render_report(report: SuiteReport) -> str:
         lines.append("")
         lines.append("Failed runs:")
         for name, r in failed:
-            lines.append(f"  {name} #{r.run} (trace: {r.trace})")
-            lines.extend(f"    {failure}" for failure in r.failures)
+            lines.append(f"  {safe(name)} #{r.run} (trace: {safe(r.trace)})")
+            lines.extend(f"    {safe(failure)}" for failure in r.failures)
     judged_runs = [(c.name, r) for c in report.cases for r in c.runs if r.judge_reason]
     if judged_runs:
         lines.append("")
         lines.append("Judge (reported beside the checks, never instead of them):")
         for name, r in judged_runs:
             score = f"{r.judge_score:.2f}" if r.judge_score is not None else "none"
-            lines.append(f"  {name} #{r.run}: {score}: {r.judge_reason}")
+            lines.append(f"  {safe(name)} #{r.run}: {score}: {safe(r.judge_reason)}")
     return "\n".join(lines)
 
 
