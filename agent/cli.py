@@ -206,19 +206,24 @@ def _show_warning(
 def load_setup(
     sources: list[str], policy_file: str | None, isolation: str | None = None
 ) -> tuple[Registry, Policy]:
-    """The registry (built-ins plus --tools) and the checked policy, or a UsageError."""
+    """The registry (built-ins, the policy's `load_tools`, --tools) and the checked
+    policy, or a UsageError."""
+    try:
+        policy = load_policy(policy_file)
+    except SandboxedAgentError as exc:
+        raise UsageError(str(exc)) from None
     registry = Registry.default()
-    for source in sources:
+    asked = [(f"{policy.source_of('load_tools')}: load_tools:", s) for s in policy.load_tools]
+    for flag, source in [*asked, *[("--tools", s) for s in sources]]:
         try:
             registry.load(source)
         except (ImportError, ToolDefinitionError, SyntaxError) as exc:
-            raise UsageError(f"--tools {source}: {exc}") from None
+            raise UsageError(f"{flag} {source}: {exc}") from None
         except Exception as exc:
             raise UsageError(
-                f"--tools {source}: importing it raised {type(exc).__name__}: {exc}"
+                f"{flag} {source}: importing it raised {type(exc).__name__}: {exc}"
             ) from None
     try:
-        policy = load_policy(policy_file)
         check_tools(policy, registry.names())
     except SandboxedAgentError as exc:
         raise UsageError(str(exc)) from None

@@ -25,7 +25,7 @@ from .schema import Policy, Price, RunPolicy, ToolPolicy, build_limits
 
 DEFAULT_POLICY = Path(__file__).with_name("default.toml")
 BUILT_IN = "<built-in policy>"
-_TOP_LEVEL = ("extends", "isolation", "layers", "defaults", "tools", "run")
+_TOP_LEVEL = ("extends", "isolation", "load_tools", "layers", "defaults", "tools", "run")
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,18 @@ def check_tools(policy: Policy, known: list[str]) -> None:
 
 def unknown_tool(name: str, known: list[str]) -> str:
     """`there is no tool named 'x'; did you mean 'y'? (known tools: ...)`."""
-    hint = _did_you_mean(name, known)
+    hint = _did_you_mean(name, known) or _on_request(name)
     return f"there is no tool named {name!r}{hint} (known tools: {', '.join(known)})"
+
+
+def _on_request(name: str) -> str:
+    from tools.registry import ON_REQUEST_MODULES, Registry
+
+    for module in ON_REQUEST_MODULES:
+        if name in Registry().load(module):
+            how = f'--tools {module}, or load_tools = ["{module}"]'
+            return f"; it is offered only when asked for: {how}"
+    return ""
 
 
 def _did_you_mean(name: str, known: Sequence[str]) -> str:
@@ -233,6 +243,9 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
         )
         hint = _did_you_mean(loc[0], _TOP_LEVEL)
         return f"{source}: {what}{hint} (accepted: {', '.join(_TOP_LEVEL)})"
+    if loc[0] == "load_tools":
+        got = _short(err.get("input"))
+        return f"{source}: load_tools: must be a list of module names or .py files (got {got})"
     if loc == ["isolation"]:
         got = _short(err.get("input"))
         return f'{source}: isolation: must be "best-effort" or "strict" (got {got})'

@@ -1,9 +1,10 @@
 """Layering policy files: each file changes only the keys it names.
 
 Tables merge key by key at every depth (`[defaults]`, `[tools.NAME]` and its
-`settings`, `[run]`, `[run.prices.MODEL]`, `[layers]`); any other value replaces the
-one below it. Relative paths are made absolute first, against the file that set them,
-so a key keeps its meaning whichever file ends up on top.
+`settings`, `[run]`, `[run.prices.MODEL]`, `[layers]`); a list (`load_tools`) adds
+to the one below it; any other value replaces the one below it. Relative paths
+are made absolute first, against the file that set them, so a key keeps its meaning
+whichever file ends up on top.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ PATH_KEYS = ("root", "data_dir")
 def absolute_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     """A copy of one file's data with its relative `root` and `data_dir` made absolute."""
     out = dict(data)
+    if isinstance(out.get("load_tools"), list):
+        out["load_tools"] = [_tool_source(s, base_dir) for s in out["load_tools"]]
     tables: list[tuple[str, ...]] = [("defaults",)]
     tables += [("tools", name) for name in data.get("tools", {})]
     for path in tables:
@@ -47,6 +50,8 @@ def merge(
         dotted = f"{prefix}{key}"
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value, source, sources, dotted + ".")
+        elif isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = [*out[key], *[v for v in value if v not in out[key]]]
         else:
             out[key] = value
             for old in [k for k in sources if k.startswith(dotted + ".")]:
@@ -62,6 +67,13 @@ def _record_all(table: dict[str, Any], source: str, sources: dict[str, str], pre
         sources[prefix + key] = source
         if isinstance(value, dict):
             _record_all(value, source, sources, f"{prefix}{key}.")
+
+
+def _tool_source(source: str, base_dir: Path) -> str:
+    """A `.py` file or a path is relative to the policy file; a module name stays."""
+    if source.endswith(".py") or "/" in source:
+        return str((base_dir / os.path.expanduser(source)).resolve())
+    return source
 
 
 def _is_anchored(value: str) -> bool:

@@ -124,6 +124,9 @@ class Policy(BaseModel):
 
     isolation: Literal["best-effort", "strict"] = "best-effort"
     """strict: refuse to run any tool when an isolation layer is unavailable."""
+    load_tools: list[str] = Field(default_factory=list)
+    """More tools to offer, as `--tools` takes them: module names, or `.py` files
+    relative to this file; `["tools.memory"]` for the memory tools."""
     layers: dict[str, bool] = Field(default_factory=dict)
     """`[layers]`: `NAME = false` turns an isolation layer off (see `doctor`)."""
     defaults: ToolPolicy = Field(default_factory=ToolPolicy)

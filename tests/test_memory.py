@@ -58,6 +58,7 @@ def pool(request: pytest.FixtureRequest, memory_dir: Path, tmp_path: Path) -> It
     """The data_dir is granted by a read-write bind in the worker's root and by
     Landlock inside it, then by each alone."""
     registry = Registry.default()
+    registry.load("tools.memory")  # offered only on request
     registry.load(ATTACKS)
     policy = parse_policy(POLICY.format(dir=memory_dir), "memory.toml", tmp_path)
     off, wanted = FILE_LAYERS[request.param]
@@ -175,7 +176,9 @@ def test_a_corrupt_memory_file_is_a_clear_error(pool: Pool, memory_dir: Path) ->
 
 
 def test_a_memory_tool_without_a_data_dir_says_so(tmp_path: Path) -> None:
-    with Pool(size=1) as pool:
+    registry = Registry.default()
+    registry.load("tools.memory")
+    with Pool(registry=registry, size=1) as pool:
         result = pool.call("remember", {"fact": "x"})
     assert "needs a data_dir in its policy table" in result.error.message
 

@@ -44,7 +44,9 @@ def memory_dir() -> Iterator[Path]:
 @pytest.fixture
 def pool(memory_dir: Path, tmp_path: Path) -> Iterator[Pool]:
     policy = parse_policy(POLICY.format(dir=memory_dir), "memory.toml", tmp_path)
-    with Pool(policy, registry=Registry.default(), size=2) as pool:
+    registry = Registry.default()
+    registry.load("tools.memory")  # offered only on request
+    with Pool(policy, registry=registry, size=2) as pool:
         yield pool
 
 

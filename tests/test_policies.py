@@ -73,7 +73,7 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
         ),
         (
             "[runs]\nmax_steps = 3",
-            "[runs]: unknown table; did you mean 'run'? (accepted: extends, isolation, layers,",
+            "[runs]: unknown table; did you mean 'run'? (accepted: extends, isolation, load_tools,",
         ),
         (
             "[layers]\nlandlok = false",

@@ -9,11 +9,27 @@ from pathlib import Path
 
 import pytest
 
+from agent.audit import read_trace
+from agent.replay import ScriptedModelServer, call, say
+from policies import load_policy, parse_policy
+from sandbox.errors import PolicyError
+
 ROOT = Path(__file__).resolve().parent.parent
+SUPPORT_TOOLS = {
+    "calculate",
+    "read_file",
+    "get_order_status",
+    "get_current_date",
+    "check_return_eligibility",
+    "issue_refund",
+}
+MEMORY_TOOLS = {"remember", "recall", "forget"}
 
 
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
+def cli(
+    *args: str, home: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
         stdin=subprocess.DEVNULL,  # no terminal: nobody to ask
@@ -21,8 +37,110 @@ def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         cwd=ROOT,
-        env=env | {"XDG_DATA_HOME": str(home), "OPENAI_API_KEY": "sk-test"},
+        env=base | {"XDG_DATA_HOME": str(home), "OPENAI_API_KEY": "sk-test"} | (env or {}),
     )
+
+
+def offered(server: ScriptedModelServer) -> set[str]:
+    return {t["function"]["name"] for t in server.requests[0]["tools"]}
+
+
+def tool_calls(trace: Path) -> list[tuple[str, str | None]]:
+    return [(e["tool"], e["error_kind"]) for e in read_trace(trace) if e["event"] == "tool_call"]
+
+
+FORGET = [call(("forget", {"memory_id": 1})), say("Done.")]
+
+
+@pytest.mark.parametrize(
+    "policy", [[], ["--policy", "policies/demo.toml"]], ids=["built-in", "demo policy"]
+)
+def test_the_worked_example_offers_no_memory_tool(tmp_path: Path, policy: list[str]) -> None:
+    trace = tmp_path / "trace.jsonl"
+    with ScriptedModelServer(FORGET) as server:
+        proc = cli(
+            "run",
+            "Can I still return order 12345?",
+            *policy,
+            "--base-url",
+            server.base_url,
+            "--trace",
+            str(trace),
+            home=tmp_path,
+        )
+    assert proc.returncode == 0, proc.stderr
+    expected = SUPPORT_TOOLS | ({"track_shipment"} if policy else set())
+    assert offered(server) == expected
+    assert tool_calls(trace) == [("forget", "unknown_tool")]
+
+
+def test_the_demo_offers_no_memory_tool(tmp_path: Path) -> None:
+    with ScriptedModelServer(FORGET) as server:
+        proc = cli("demo", home=tmp_path, env={"OPENAI_BASE_URL": server.base_url})
+    assert offered(server) == SUPPORT_TOOLS | {"track_shipment"}
+    assert "forget" in proc.stdout and "unknown_tool" in proc.stdout, proc.stdout
+
+
+def test_the_worked_example_suite_offers_no_memory_tool(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        f'name = "s"\npolicy = "{ROOT / "policies" / "demo.toml"}"\n'
+        '[[cases]]\nname = "c"\ntask = "t"\n'
+        '[[cases.script]]\ncalls = [{ tool = "forget", args = { memory_id = 1 } }]\n'
+        '[[cases.script]]\nanswer = "Done."\n'
+    )
+    out = tmp_path / "out"
+    proc = cli("eval", str(suite), "--scripted", "--out", str(out), home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (trace,) = out.rglob("*.jsonl")
+    assert tool_calls(trace) == [("forget", "unknown_tool")]
+
+
+@pytest.mark.parametrize("how", ["--tools", "load_tools"])
+def test_forget_asked_for_is_denied_without_a_terminal(tmp_path: Path, how: str) -> None:
+    if how == "--tools":
+        asked = ["--tools", "tools.memory"]
+    else:
+        (tmp_path / "p.toml").write_text('load_tools = ["tools.memory"]\n')
+        asked = ["--policy", str(tmp_path / "p.toml")]
+    trace = tmp_path / "trace.jsonl"
+    with ScriptedModelServer(FORGET) as server:
+        proc = cli(
+            "run",
+            "Forget it.",
+            *asked,
+            "--base-url",
+            server.base_url,
+            "--trace",
+            str(trace),
+            home=tmp_path,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert offered(server) == SUPPORT_TOOLS | MEMORY_TOOLS
+    assert tool_calls(trace) == [("forget", "denied")]
+
+
+def test_naming_a_memory_tool_not_offered_says_how_to_ask_for_it(tmp_path: Path) -> None:
+    proc = cli(
+        "run", "x", "--approve", "forget", "--base-url", "http://127.0.0.1:9/v1", home=tmp_path
+    )
+    assert proc.returncode == 2
+    assert "there is no tool named 'forget'; it is offered only when asked for: " in proc.stderr
+    assert "--tools tools.memory" in proc.stderr
+    (tmp_path / "p.toml").write_text('[tools.recall.settings]\nmemory_namespace = "bob"\n')
+    proc = cli("policy", "show", "--policy", str(tmp_path / "p.toml"), home=tmp_path)
+    assert proc.returncode == 2
+    assert "p.toml: [tools.recall]: there is no tool named 'recall'; it is offered" in proc.stderr
+    shown = cli(
+        "policy",
+        "show",
+        "--policy",
+        str(tmp_path / "p.toml"),
+        "--tools",
+        "tools.memory",
+        home=tmp_path,
+    )
+    assert shown.returncode == 0, shown.stderr
 
 
 @pytest.mark.parametrize("command", [["run", "Refund order 12345"], ["chat"]])
@@ -59,3 +177,33 @@ def test_an_unknown_tool_in_a_suite_case_approve_is_a_usage_error(tmp_path: Path
     assert proc.returncode == 2
     assert "case 'c': approve issue_refnd: there is no tool named 'issue_refnd'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_load_tools_add_up_across_files_each_relative_to_its_own(tmp_path: Path) -> None:
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "base.toml").write_text('load_tools = ["mine.py"]\n')
+    (tmp_path / "team" / "mine.py").write_text(
+        "from tools import tool\n\n@tool\ndef shout(text: str) -> str:\n"
+        '    """Say it loud.\n\n    Args:\n        text: What to say.\n    """\n'
+        "    return text.upper()\n"
+    )
+    mine = tmp_path / "p.toml"
+    mine.write_text('extends = "team/base.toml"\nload_tools = ["tools.memory", "mine.py"]\n')
+    assert load_policy(mine).load_tools == [
+        str(tmp_path / "team" / "mine.py"),
+        "tools.memory",
+        str(tmp_path / "mine.py"),
+    ]
+    (tmp_path / "mine.py").write_text(
+        (tmp_path / "team" / "mine.py").read_text().replace("shout", "whisper")
+    )
+    listing = cli("tools", "--policy", str(mine), home=tmp_path)  # run from another cwd
+    assert listing.returncode == 0, listing.stderr
+    for name in ("shout(text)", "whisper(text)", "forget(memory_id)"):
+        assert name in listing.stdout
+    with pytest.raises(PolicyError, match="load_tools: must be a list of module names"):
+        parse_policy('load_tools = "tools.memory"\n', "p.toml", tmp_path)
+    (tmp_path / "bad.toml").write_text('load_tools = ["no_such_module_here"]\n')
+    bad = cli("tools", "--policy", str(tmp_path / "bad.toml"), home=tmp_path)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert f"{tmp_path / 'bad.toml'}: load_tools: no_such_module_here" in bad.stderr

@@ -33,7 +33,10 @@ from .schema import ToolDefinitionError, build_model, parse_docstring, strict_sc
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-BUILTIN_MODULES = ("tools.calculator", "tools.files", "tools.support", "tools.memory")
+BUILTIN_MODULES = ("tools.calculator", "tools.files", "tools.support")
+ON_REQUEST_MODULES = ("tools.memory",)
+"""Built-in tools a run offers only when asked for (`--tools tools.memory`, or a
+policy's `load_tools`): a model offered `forget` on a task about orders may use it."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ def _short(value: Any) -> str:
 
 
 class Registry:
-    """Tools by name. `Registry.default()` holds the built-ins."""
+    """Tools by name. `Registry.default()` holds the built-ins a run offers unasked (not
+    the memory tools: `registry.load("tools.memory")`)."""
 
     def __init__(self) -> None:
         self._specs: dict[str, ToolSpec] = {}
