@@ -25,6 +25,9 @@ from .schema import Policy, Price, RunPolicy, ToolPolicy, build_limits
 
 DEFAULT_POLICY = Path(__file__).with_name("default.toml")
 BUILT_IN = "<built-in policy>"
+MAX_EXTENDS = 32
+"""Files in one chain of `extends`: deep enough for any real layering, and a clear
+error long before Python's recursion limit."""
 _TOP_LEVEL = ("extends", "isolation", "load_tools", "layers", "defaults", "tools", "run")
 
 
@@ -120,6 +123,8 @@ def _chain(top: _File, trail: list[_File]) -> list[_File]:
         )
     if extends == "none":
         return [top]
+    if len(trail) + 1 >= MAX_EXTENDS:
+        raise PolicyError(f"{top.shown}: extends: more than {MAX_EXTENDS} files in one chain")
     file = (top.base_dir / extends).resolve()
     seen = [f.path for f in [*trail, top]]
     if file in seen:

@@ -245,3 +245,12 @@ def test_a_refund_under_a_two_line_policy_without_a_terminal_is_denied(tmp_path:
         ("issue_refund", False, "denied")
     ]
     assert "Refunded" not in trace.read_text()
+
+
+def test_a_chain_of_extends_deeper_than_any_real_one_is_refused(tmp_path: Path) -> None:
+    for i in range(40):
+        write(tmp_path / f"{i}.toml", f'extends = "{i + 1}.toml"\n')
+    write(tmp_path / "40.toml", "")
+    with pytest.raises(PolicyError, match="extends: more than 32 files in one chain"):
+        load_policy(tmp_path / "0.toml")
+    assert load_policy(tmp_path / "20.toml").files[0] == BUILT_IN
