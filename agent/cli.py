@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="which isolation layers this machine gives, verified")
     doctor.add_argument("--policy", help="report with the layers this policy turns off")
     policy = sub.add_parser("policy", help="the policy in force").add_subparsers(
-        dest="policy_command", required=True, parser_class=_Parser
+        dest="policy_command", metavar="show", required=True, parser_class=_Parser
     )
     show = policy.add_parser("show", help="the built-in policy with --policy laid over it")
     show.add_argument("--policy", metavar="FILE", help="policy TOML file (default: built-in)")

@@ -207,6 +207,8 @@ def test_policy_show_on_the_command_line(tmp_path: Path) -> None:
     table = proc.stdout.split("[tools.issue_refund]\n", 1)[1].split("\n\n")[0]
     assert table == f"requires_approval = true  # {BUILT_IN}"
     assert f"timeout_s = 3.0  # {mine}" in proc.stdout
+    bare = cli("policy", home=tmp_path)
+    assert bare.returncode == 2 and "required: show" in bare.stderr
     as_json = cli("policy", "show", "--json", home=tmp_path)
     assert json.loads(as_json.stdout)["files"] == [BUILT_IN]
     write(mine, "[tools.calculate]\ntimeout = 3\n")
