@@ -5,16 +5,20 @@ Without one, a recorded model transcript is replayed through a loopback
 OpenAI-compatible server, labelled as a replay; either way the real agent loop and the
 real `openai` client run, and every tool call runs for real in the sandbox, including a
 hung carrier tool killed on time and a path escape refused.
+
+The replay is honest about what it replays: each live tool result is checked against
+the one recorded with the transcript (`agent.recording`). At the first that differs,
+the demo says which, what was recorded and what happened, stops the recorded model
+(its later turns were written for the recorded results), shows no answer, and exits 1.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from policies import load_policy
 from sandbox import Pool
@@ -22,52 +26,93 @@ from sandbox.reaper import survivors
 from tools import Registry
 
 from .approval import Approver
+from .demo_view import DemoView
 from .loop import Agent, ToolOutcome
 from .model import ModelClient
 from .progress import describe_tool
-from .replay import ScriptedModelServer, Step, call, say
-from .terminal import safe, safe_text
+from .recording import RecordedCall, Transcript, describe_recorded, differs
+from .replay import ScriptedModelServer, Step, fail
+from .terminal import safe
 
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "demo.toml"
 TRANSCRIPT = Path(__file__).resolve().parent / "data" / "demo_transcript.json"
+STOPPED = (
+    "the replay stopped: a live tool result differs from the recording, so the recorded "
+    "model turns that follow would not follow from this run"
+)
 
 
-def recorded_steps() -> tuple[str, list[Step]]:
-    data = json.loads(TRANSCRIPT.read_text())
-    steps = []
-    for turn in data["turns"]:
-        usage = turn.get("usage", {})
-        if "tool_calls" in turn:
-            steps.append(call(*[(name, args) for name, args in turn["tool_calls"]], usage=usage))
-        else:
-            steps.append(say(turn["content"], usage=usage))
-    return data["question"], steps
+class Replay:
+    """The recorded model, played only while the live results agree with the recording."""
+
+    def __init__(self, transcript: Transcript) -> None:
+        self.steps, self.calls = transcript.steps()
+        self.seen: set[str] = set()
+        self.differences: list[str] = []
+
+    def __call__(self, request: dict[str, Any]) -> Step:
+        """The scripted server's next step: the recorded turn, or a refusal to go on."""
+        if self.differences:
+            return fail(400, STOPPED)
+        turn = sum(1 for m in request.get("messages", []) if m.get("role") == "assistant")
+        return self.steps[turn] if turn < len(self.steps) else fail(400, "no recorded turn")
+
+    def turn(self, step: int) -> Step | None:
+        return self.steps[step - 1] if 0 < step <= len(self.steps) else None
+
+    def check(self, outcome: ToolOutcome) -> str | None:
+        """What differs from the recording in this live outcome, in plain words."""
+        recorded: RecordedCall | None = self.calls.get(outcome.call_id)
+        if recorded is None:
+            return None
+        self.seen.add(outcome.call_id)
+        how = differs(recorded.recorded, outcome)
+        if how is None:
+            return None
+        said = f"{outcome.tool} {outcome.arguments}: {describe_recorded(recorded.recorded)}; {how}"
+        self.differences.append(said)
+        return said
+
+    def not_run(self) -> list[str]:
+        return [f"{c.tool} {c.args}" for i, c in self.calls.items() if i not in self.seen]
 
 
-def run_demo() -> int:
+def run_demo(policy_path: Path = DEMO_POLICY, out: TextIO | None = None) -> int:
+    view = DemoView(out or sys.stdout)
     registry = Registry.default()
     registry.load("tools.demo")
-    policy = load_policy(DEMO_POLICY)
-    question, steps = recorded_steps()
+    policy = load_policy(policy_path)
+    transcript = Transcript.load(TRANSCRIPT)
     live = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"))
-    server = None if live else ScriptedModelServer(steps).start()
+    replay = None if live else Replay(transcript)
+    server = ScriptedModelServer(replay).start() if replay else None
     outcomes: list[ToolOutcome] = []
 
     def show(kind: str, details: dict[str, Any]) -> None:
-        if kind == "tool":
-            outcomes.append(details["outcome"])
-            print(f"tool      {describe_tool(details['outcome'])}", flush=True)
+        if kind == "thinking" and replay is None:
+            view.spin(f"model thinking (step {details['step']})")
+        elif kind == "model":
+            _show_turn(view, replay.turn(details["step"]) if replay else None)
+        elif kind == "tool":
+            outcome = details["outcome"]
+            outcomes.append(outcome)
+            view.say("tool", describe_tool(outcome))
+            differs_here = replay.check(outcome) if replay else None
+            if differs_here:
+                view.say("DIFFERS", differs_here)
 
     if live:
-        endpoint = os.environ.get("OPENAI_BASE_URL") or "OpenAI"
-        print(f"Live run of the worked example against {endpoint}.\n")
+        view.plain(f"Live run of the worked example against {_endpoint()}.\n")
     else:
-        print(
-            "REPLAY of a recorded model transcript (no endpoint configured: set OPENAI_API_KEY\n"
-            "or OPENAI_BASE_URL for a live model). The model's turns are recorded; every tool\n"
-            "call below runs for real in a sandboxed worker (policy: policies/demo.toml).\n"
+        view.plain(
+            "REPLAY of a recorded model transcript (no endpoint configured: set "
+            "OPENAI_API_KEY or OPENAI_BASE_URL for a live model). The model's turns are "
+            "recorded, and marked so; every tool call below runs for real in a sandboxed "
+            "worker (policy: policies/demo.toml), and its result is checked against the "
+            "one recorded with the transcript.\n"
         )
     already = set(_sleepers())
+    started = time.monotonic()
     try:
         model = ModelClient(
             model=policy.run.model,
@@ -77,39 +122,60 @@ def run_demo() -> int:
         )
         with Pool(policy, registry=registry, size=2, **policy.pool_options()) as pool:
             agent = Agent(pool, policy, model, approver=Approver(), progress=show)
-            print(f"user      {question}", flush=True)
-            started = time.monotonic()
-            result = agent.run(question)
+            view.say("user", transcript.question)
+            result = agent.run(transcript.question)
     finally:
+        view.halt()
         if server:
             server.stop()
     left = survivors(sorted(set(_sleepers()) - already))
-    print(f"assistant {safe_text(result.answer or '(no answer: ' + result.message + ')')}")
-    print(
+    problems = []
+    if replay and replay.differences:
+        view.plain(
+            "\nNo answer is shown. The recorded model wrote its later turns and its answer "
+            "after seeing the recorded tool results; this run's results differ, so the "
+            "recorded answer would not follow from them. What differed:"
+        )
+        for said in replay.differences:
+            view.say("", f"- {said}")
+        problems.append(
+            f"{len(replay.differences)} tool result(s) differ from the recording; "
+            "the replay stopped there"
+        )
+    elif not result.ok:
+        view.say("", f"(no answer: {result.message})")
+        problems.append(f"the run ended without an answer: {result.message}")
+    else:
+        view.say("assistant", f"[recorded] {result.answer}" if replay else result.answer or "")
+        if replay:
+            missing = replay.not_run()
+            problems += [f"the recorded call {call} was never made" for call in missing]
+            if not missing:
+                view.plain("\nEvery tool result matched the recording.")
+    view.plain(
         f"\n{result.steps} model calls, {len(outcomes)} tool calls, "
         f"{time.monotonic() - started:.1f} s; processes left behind by tools: {len(left)}"
     )
-    problems = [] if result.ok else [f"the run ended without an answer: {result.message}"]
     if left:
         problems.append(f"{len(left)} tool processes survived")
-    if not live:
-        problems += _check_replay(outcomes)
     for problem in problems:
         print(f"demo: {safe(problem)}", file=sys.stderr)
     return 1 if problems else 0
 
 
-def _check_replay(outcomes: list[ToolOutcome]) -> list[str]:
-    """The replay exists to show these; fail loudly if the sandbox did not do them."""
-    by_tool = {(o.tool, o.arguments): o.result for o in outcomes}
-    hung = next((r for (t, _), r in by_tool.items() if t == "track_shipment"), None)
-    escape = next((r for (t, a), r in by_tool.items() if t == "read_file" and ".." in a), None)
-    problems = []
-    if hung is None or hung.error is None or hung.error.kind != "timeout":
-        problems.append("the hung tool was not killed at its deadline")
-    if escape is None or escape.ok:
-        problems.append("read_file was not refused outside its root")
-    return problems
+def _show_turn(view: DemoView, step: Step | None) -> None:
+    """A recorded model turn as it replays, then a spinner while its tools run."""
+    calls = (step.message or {}).get("tool_calls") if step else None
+    names = ", ".join(c["function"]["name"] for c in calls or [])
+    if calls:
+        asked = "; ".join(f"{c['function']['name']} {c['function']['arguments']}" for c in calls)
+        view.say("model", f"[recorded] asks for {asked}")
+    if step is None or calls:
+        view.spin(f"running {names}" if names else "running the model's tool calls")
+
+
+def _endpoint() -> str:
+    return os.environ.get("OPENAI_BASE_URL") or "OpenAI"
 
 
 def _sleepers() -> list[int]:

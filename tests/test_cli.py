@@ -133,6 +133,8 @@ def test_the_demo_runs_the_worked_example() -> None:
     assert "REPLAY" in out
     assert "processes left behind by tools: 0" in out
     assert "leaves the document root" in out
+    assert "Every tool result matched the recording." in out and "DIFFERS" not in out
+    assert "assistant [recorded] No, I'm sorry" in out  # marked as what it is
 
 
 def test_doctor_reports_every_layer_and_verifies_from_inside_a_worker() -> None:

@@ -216,12 +216,9 @@ def test_a_hostile_judge_reply_is_read_in_linear_time() -> None:
 
 def _demo_policy_with(tmp_path: Path, **settings: str) -> Path:
     """The demo policy, with settings for every tool (a tool made to fail)."""
-    demo = ROOT / "policies" / "demo.toml"
-    text = demo.read_text().replace('"../tools/data/docs"', f'"{ROOT / "tools/data/docs"}"')
     extra = "".join(f'{key} = "{value}"\n' for key, value in settings.items())
-    text = text.replace("[defaults.settings]\n", "[defaults.settings]\n" + extra)
     path = tmp_path / "policy.toml"
-    path.write_text(text)
+    path.write_text(f'extends = "{ROOT / "policies" / "demo.toml"}"\n[defaults.settings]\n{extra}')
     return path
 
 
