@@ -6,7 +6,7 @@
     sandboxed-agent chat [--session NAME] [same options]
     sandboxed-agent runs [--limit N]
     sandboxed-agent tool NAME [--args JSON] [--tools FILE_OR_MODULE]... [--policy FILE]
-                              [--timeout SECONDS] [--memory-mb N]
+                              [--timeout SECONDS] [--memory-mb N] [--approve TOOL]... [--yes]
     sandboxed-agent tools [--json] [--tools FILE_OR_MODULE]... [--policy FILE]
     sandboxed-agent trace FILE
     sandboxed-agent eval SUITE [--scripted] [--runs N] [--case NAME]... [--out DIR] [--json]
@@ -36,11 +36,21 @@ from sandbox import Limits, Pool, SandboxedAgentError
 from sandbox.errors import ErrorKind
 from sandbox.pool import ToolResult
 from sandbox.protocol import ToolError
-from tools import Registry, ToolDefinitionError
+from tools import ArgumentError, Registry, ToolDefinitionError, ToolSpec
 
+from .approval import Approver
+from .binding import bind
 from .evals.command import add_eval_parser, cmd_eval
 from .parallel import out_of_resources
-from .runner import UsageError, add_run_options, cmd_chat, cmd_run, cmd_runs, cmd_trace
+from .runner import (
+    UsageError,
+    add_run_options,
+    check_approve,
+    cmd_chat,
+    cmd_run,
+    cmd_runs,
+    cmd_trace,
+)
 from .terminal import ascii_json, safe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -76,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     tool_sources(one)
     one.add_argument("--timeout", type=float, metavar="SECONDS", help="override timeout_s")
     one.add_argument("--memory-mb", type=int, metavar="N", help="override memory_mb")
+    one.add_argument(
+        "--approve",
+        action="append",
+        default=[],
+        metavar="TOOL",
+        help="allow this tool if it needs approval, without asking (repeatable)",
+    )
+    one.add_argument("--yes", action="store_true", help="allow any tool that needs approval")
 
     listing = sub.add_parser("tools", help="list the tools and their schemas")
     listing.add_argument("--json", action="store_true", help="the OpenAI tool schemas as JSON")
@@ -233,11 +251,20 @@ def load_setup(
 
 
 def cmd_tool(args: argparse.Namespace) -> int:
-    arguments = _parse_json_object(args.args)
+    _check_json_object(args.args)
+    arguments: dict[str, Any] | str = args.args
     registry, policy = load_setup(args.tools, args.policy, args.isolation)
+    check_approve(args.approve, registry.names())
     limits = None
     if args.name in registry:
         limits = _with_overrides(policy.limits_for(args.name), args.timeout, args.memory_mb)
+        if policy.requires_approval(args.name):
+            verdict = _approval(registry.get(args.name), args.args, args)
+            if isinstance(verdict, ToolResult):
+                print(ascii_json(verdict.model_dump(mode="json")))
+                _said["result"] = "printed"
+                return EXIT_FAILED
+            arguments = verdict
     with Pool(policy, registry=registry, size=1, spares=1, **policy.pool_options()) as pool:
         result = pool.call(args.name, arguments, limits=limits)
     print(ascii_json(result.model_dump(mode="json")))
@@ -272,7 +299,30 @@ def cmd_tools(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parse_json_object(text: str) -> dict[str, Any]:
+def _approval(
+    spec: ToolSpec, arguments: str, args: argparse.Namespace
+) -> dict[str, Any] | str | ToolResult:
+    """The same yes as in `run`, for one call: on a terminal the person is asked with the
+    canonical prompt; without one it is denied unless --approve or --yes. Returns the
+    validated arguments to run (that very dict) or the denied result. Arguments that do
+    not validate (a repeated key too) are left to the pool to report as bad_arguments:
+    they cannot run, so nobody is asked."""
+    try:
+        bound = bind(spec, arguments)
+    except ArgumentError:
+        return arguments
+    decision = Approver.for_terminal(args.approve, args.yes).decide(bound)
+    if decision.allowed:
+        return bound.args
+    hint = "" if decision.how == "denied_tty" else f"; allow it with --approve {spec.name}"
+    message = f"a person must approve {spec.name} and did not ({decision.how}){hint}"
+    error = ToolError(kind=ErrorKind.DENIED, message=message)
+    return ToolResult(tool=spec.name, ok=False, output=None, error=error, duration_ms=0.0)
+
+
+def _check_json_object(text: str) -> None:
+    """Not JSON, or not an object, is a usage error. The text itself goes on to be read
+    once, strictly, like a model's arguments (a repeated key is bad_arguments)."""
     try:
         value = json.loads(text)
     except ValueError as exc:
@@ -281,7 +331,6 @@ def _parse_json_object(text: str) -> dict[str, Any]:
         raise UsageError(
             f"--args must be a JSON object like '{{\"x\": 1}}', got {type(value).__name__}"
         )
-    return value
 
 
 def _with_overrides(limits: Limits, timeout: float | None, memory_mb: int | None) -> Limits:
