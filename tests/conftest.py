@@ -1,8 +1,14 @@
-"""Shared fixtures: a no-survivor guard around every test, and pools of real workers."""
+"""Shared fixtures: a guard around every test against what it leaves behind
+(processes, SysV IPC objects, files in the temporary directory), and pools of real
+workers."""
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +26,14 @@ SURVIVOR_GRACE_S = 15.0
 
 # Orphans of anything a test starts come back to us, so the guard below sees them.
 _linux.set_child_subreaper()
+
+# Whatever the tests, their pools and the commands they start put in a temporary
+# directory goes to one of this run's own, so the guard below sees what a test leaves.
+# 0711: workers of other uids may pass through it to the directories they are given.
+TEST_TMP = tempfile.mkdtemp(prefix="sandboxed-agent-tests-")
+os.chmod(TEST_TMP, 0o711)
+os.environ["TMPDIR"] = tempfile.tempdir = TEST_TMP
+atexit.register(shutil.rmtree, TEST_TMP, ignore_errors=True)
 
 
 def _running_descendants() -> dict[int, str]:
@@ -51,18 +65,58 @@ def private_data_home(
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
 
 
+def _sysv_objects() -> dict[str, str]:
+    """Every SysV shared memory segment, message queue and semaphore set of the host."""
+    found = {}
+    for kind in ("shm", "msg", "sem"):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields:
+                    found[f"{kind} {fields[1]}"] = f"key {int(fields[0]):#x}"
+    return found
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _remove_sysv(name: str) -> None:
+    kind, ident = name.split()
+    ipc_rmid = 0
+    if kind == "sem":
+        _libc.semctl(int(ident), 0, ipc_rmid)
+    else:
+        getattr(_libc, f"{kind}ctl")(int(ident), ipc_rmid, None)
+
+
+def _temp_files() -> set[str]:
+    """What is in the run's temporary directory, but pytest's own tmp_path tree."""
+    return {name for name in os.listdir(TEST_TMP) if not name.startswith("pytest-of-")}
+
+
 @pytest.fixture(autouse=True)
-def no_survivors() -> Iterator[None]:
-    """Fail any test that leaves a process alive."""
+def no_leftovers() -> Iterator[None]:
+    """Fail any test that leaves a process alive, a SysV IPC object on the host, or a
+    file in the temporary directory outside pytest's own per-test directories."""
     before = set(_running_descendants())
+    ipc_before = _sysv_objects()
+    files_before = _temp_files()
     yield
     deadline = time.monotonic() + SURVIVOR_GRACE_S
     while True:
         _reap_orphans()
         left = {pid: cmd for pid, cmd in _running_descendants().items() if pid not in before}
-        if not left or time.monotonic() > deadline:
+        # A zygote removes its directory as it exits: give it the same grace.
+        files = _temp_files() - files_before
+        if (not left and not files) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
+    ipc = {name: key for name, key in _sysv_objects().items() if name not in ipc_before}
+    for name in ipc:
+        _remove_sysv(name)
+    for name in files:
+        shutil.rmtree(os.path.join(TEST_TMP, name), ignore_errors=True)
     if left:
         for pid in left:
             try:
@@ -71,6 +125,10 @@ def no_survivors() -> Iterator[None]:
                 pass
         _reap_orphans()
         pytest.fail(f"the test left processes alive: {left}")
+    if ipc:
+        pytest.fail(f"the test left SysV IPC objects on the host: {ipc}")
+    if files:
+        pytest.fail(f"the test left files in the temporary directory: {sorted(files)}")
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ import ctypes
 import json
 import os
 import platform
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Iterator
@@ -95,14 +97,22 @@ class Listener:
 
 
 @pytest.fixture
-def listeners(tmp_path: Path) -> Iterator[dict[str, Listener]]:
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: a UNIX socket's path has at most 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="s"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def listeners(short_dir: Path) -> Iterator[dict[str, Listener]]:
     """A host socket outside every allowed path, one inside the tool's own root (which
     it may read), and an abstract one."""
-    (tmp_path / "docs").mkdir()
+    (short_dir / "docs").mkdir()
     made = {
-        "outside": Listener(str(tmp_path / "service.sock")),
-        "inside the root": Listener(str(tmp_path / "docs" / "service.sock")),
-        "abstract": Listener(f"\0sandboxed-agent-test-{os.getpid()}-{id(tmp_path)}"),
+        "outside": Listener(str(short_dir / "service.sock")),
+        "inside the root": Listener(str(short_dir / "docs" / "service.sock")),
+        "abstract": Listener(f"\0sandboxed-agent-test-{os.getpid()}-{id(short_dir)}"),
     }
     yield made
     for listener in made.values():
@@ -132,10 +142,10 @@ SOCKET_LAYERS = {
 
 @pytest.mark.parametrize("layers", list(SOCKET_LAYERS))
 def test_host_unix_sockets_are_out_of_reach(
-    layers: str, tmp_path: Path, listeners: dict[str, Listener]
+    layers: str, short_dir: Path, listeners: dict[str, Listener]
 ) -> None:
     off, wanted, kept_out = SOCKET_LAYERS[layers]
-    with pool_with(tmp_path, off, wanted) as pool:
+    with pool_with(short_dir, off, wanted) as pool:
         for name in kept_out:
             listener = listeners[name]
             answer = out(pool, "attack_unix_connect", path=_path(listener))
@@ -144,11 +154,11 @@ def test_host_unix_sockets_are_out_of_reach(
 
 
 def test_a_tool_with_the_network_gets_no_unix_socket(
-    tmp_path: Path, listeners: dict[str, Listener]
+    short_dir: Path, listeners: dict[str, Listener]
 ) -> None:
     registry = Registry.default()
     registry.load(TOOLS)
-    policy = parse_policy("[tools.attack_unix_connect]\nnetwork = true\n", "n.toml", tmp_path)
+    policy = parse_policy("[tools.attack_unix_connect]\nnetwork = true\n", "n.toml", short_dir)
     with Pool(policy, registry=registry, size=1) as pool:
         if not pool.layers["seccomp"].active:
             pytest.skip(f"seccomp is unavailable here: {pool.layers['seccomp'].detail}")
