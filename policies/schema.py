@@ -26,6 +26,7 @@ LIMIT_KEYS = (
     "max_open_files",
     "max_file_size_mb",
     "max_disk_mb",
+    "max_data_mb",
     "max_processes",
 )
 
@@ -44,6 +45,8 @@ class ToolPolicy(BaseModel):
     max_open_files: int | None = None
     max_file_size_mb: int | None = None
     max_disk_mb: int | None = None
+    max_data_mb: int | None = None
+    """Disk the tool's `data_dir` may hold (`data_limit`)."""
     max_processes: int | None = None
     requires_approval: bool | None = None
     """The call waits for a person's yes (the agent asks; `denied` without one)."""

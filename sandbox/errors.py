@@ -4,7 +4,7 @@
 SandboxedAgentError
 ├─ ToolCallError: kind, tool, message; told to the model
 │  ├─ UnknownTool, BadArguments, ToolFailed, WorkerCrashed, Denied
-│  └─ LimitExceeded: ToolTimeout, MemoryLimit, CpuLimit, OutputLimit
+│  └─ LimitExceeded: ToolTimeout, MemoryLimit, CpuLimit, OutputLimit, DataLimit
 ├─ PolicyError: names file, table, key
 └─ RunError: model API down, budget spent; ends the run
 ```
@@ -29,6 +29,7 @@ class ErrorKind(StrEnum):
     MEMORY_LIMIT = "memory_limit"
     CPU_LIMIT = "cpu_limit"
     OUTPUT_LIMIT = "output_limit"
+    DATA_LIMIT = "data_limit"
     CRASHED = "crashed"
     DENIED = "denied"
 
@@ -99,6 +100,12 @@ class OutputLimit(LimitExceeded):
     kind = ErrorKind.OUTPUT_LIMIT
 
 
+class DataLimit(LimitExceeded):
+    """The tool's `data_dir` holds `max_data_mb` or more (before or after the call)."""
+
+    kind = ErrorKind.DATA_LIMIT
+
+
 class PolicyError(SandboxedAgentError):
     """A policy file that cannot be used; the message names file, table and key."""
 
@@ -121,6 +128,7 @@ _BY_KIND: dict[ErrorKind, type[ToolCallError]] = {
         MemoryLimit,
         CpuLimit,
         OutputLimit,
+        DataLimit,
         WorkerCrashed,
         Denied,
     )

@@ -36,6 +36,9 @@ class Limits(BaseModel):
     """Largest file the tool may write (RLIMIT_FSIZE); a larger write fails with EFBIG."""
     max_disk_mb: int = Field(64, ge=1, le=1_048_576)
     """Size of the worker's directory (a tmpfs of its own where the kernel allows)."""
+    max_data_mb: int = Field(256, ge=1, le=1_048_576)
+    """Disk the tool's `data_dir` may hold (`data_limit`), measured before and after each
+    call; while a call runs, each file it writes is capped at what is left."""
     max_processes: int = Field(32, ge=1, le=4096)
     """Processes the call may have at once (a pids cgroup where writable, else RLIMIT_NPROC)."""
     reuse_worker: bool = False
@@ -80,6 +83,19 @@ def cpu_left_for_another_call(limits: Limits) -> bool:
     grace that tells SIGXCPU from SIGKILL."""
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     return hard == resource.RLIM_INFINITY or cpu_used() + limits.cpu_s + 1 <= hard
+
+
+def cap_file_size(data_left: int | None, *, for_good: bool) -> None:
+    """No file this call writes may be larger than what its `data_dir` has left. A
+    fresh worker lowers the hard limit too; a reusable one, whose next call may have
+    more left, only the soft one (a trusted tool could raise it back to
+    `max_file_size_mb`; the orchestrator's measure after the call still holds)."""
+    if data_left is None:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if hard != resource.RLIM_INFINITY:
+        data_left = min(data_left, hard)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (data_left, data_left if for_good else hard))
 
 
 def apply_rlimits(limits: Limits, *, reusable: bool, nproc: int | None) -> None:

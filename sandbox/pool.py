@@ -30,13 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tools.context import ToolContext
 from tools.registry import ArgumentError, Registry
 
-from . import reaper
+from . import data_quota, reaper
 from .channel import Deadline, Oversized, PeerGone, send_frame
 from .claims import WORKER_KINDS, memory_evidence
 from .cpu_budget import CpuBudget, CpuSpent, read_answer
 from .errors import (
     BadArguments,
     CpuLimit,
+    DataLimit,
     ErrorKind,
     MemoryLimit,
     OutputLimit,
@@ -220,6 +221,12 @@ class Pool:
         with self._slots:
             if self._closed:
                 return _failed(tool, WorkerCrashed(tool, "the pool is shut down"), start)
+            if call.data_dir:
+                try:
+                    left = data_quota.check_before(tool, call.data_dir, call.limits)
+                except data_quota.QuotaReached as exc:
+                    return _failed(tool, DataLimit(tool, str(exc)), start)
+                call = call.model_copy(update={"data_left": left})
             try:
                 worker = self._take(call)
             except SandboxUnavailable as exc:
@@ -234,7 +241,12 @@ class Pool:
                 with self._lock:
                     self._warm.setdefault(call.reuse_key, []).append(worker)
             else:
-                self._retire(worker)
+                self._retire(worker)  # and what it started: nothing writes any more
+            if call.data_dir:
+                try:
+                    data_quota.check_after(tool, call.data_dir, call.limits)
+                except data_quota.QuotaReached as exc:
+                    result = _error(DataLimit(tool, str(exc)))
         duration = (time.perf_counter() - start) * 1000
         return ToolResult(
             tool=tool,

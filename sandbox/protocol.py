@@ -51,6 +51,9 @@ class Call(_Message):
     """Directory the tool may read and write, its state kept between calls (policy)."""
     settings: dict[str, Any] = Field(default_factory=dict)
     """Per-tool configuration from the policy (for example a pinned `today`)."""
+    data_left: int | None = None
+    """Bytes `data_dir` may still grow by (`max_data_mb` less what it holds): no file
+    this call writes may be larger (RLIMIT_FSIZE)."""
 
     @property
     def reuse_key(self) -> str:

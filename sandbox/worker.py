@@ -28,7 +28,14 @@ from . import _jail, _landlock, _linux, _seccomp
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
 from .layers import NOBODY
-from .limits import MIB, Limits, apply_rlimits, cpu_left_for_another_call, renew_rlimits
+from .limits import (
+    MIB,
+    Limits,
+    apply_rlimits,
+    cap_file_size,
+    cpu_left_for_another_call,
+    renew_rlimits,
+)
 from .protocol import Call, ToolError
 
 CHANNEL_FD = 3
@@ -173,11 +180,13 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
             _limit_processes(setup, call.limits)
             nproc = _nproc(setup, call.limits)
             apply_rlimits(call.limits, reusable=call.limits.reuse_worker, nproc=nproc)
+            cap_file_size(call.data_left, for_good=not call.limits.reuse_worker)
             harden(setup, call)
         elif call.reuse_key != first.reuse_key:
             os._exit(70)  # the orchestrator never does this: its limits would not hold
         else:
             renew_rlimits(call.limits)  # a warm worker's CPU count goes on from call to call
+            cap_file_size(call.data_left, for_good=False)
         body = run(registry, call)
         # Cleaned up before answering, so the answer says whether this worker can serve
         # again, and nothing of this call runs while the orchestrator reads it.

@@ -471,3 +471,31 @@ def busy_children(count: int, marker: str) -> str:
                 pass
     while True:
         time.sleep(3600)
+
+
+@tool
+def fill_data(files: int, mb: int, sparse: bool = False) -> str:
+    """Write `files` files of `mb` MiB each into the data_dir; say where writing stopped.
+
+    Args:
+        files: How many files.
+        mb: Size of each, in MiB.
+        sparse: Make each file sparse with truncate instead of writing it.
+    """
+    from tools import context
+
+    block = b"d" * (1024 * 1024)
+    written = 0
+    for i in range(files):
+        path = os.path.join(context.data_dir(), f"fill-{i}-{time.monotonic_ns()}.bin")
+        try:
+            with open(path, "wb") as f:
+                if sparse:
+                    f.truncate(mb * 1024 * 1024)
+                for _ in range(0 if sparse else mb):
+                    f.write(block)
+                    f.flush()
+                    written += 1
+        except OSError as exc:
+            return f"stopped after {written} MiB: {exc.strerror}"
+    return f"wrote {written} MiB"

@@ -1,0 +1,99 @@
+"""`max_data_mb`: what a tool's `data_dir` may hold on the host's disk.
+
+The orchestrator measures the directory before each call (at or over the quota: the
+call fails at once, `data_limit`) and after it (over: `data_limit`, though what was
+written stays). While the call runs, RLIMIT_FSIZE is what is left, so no one file
+can take the directory past its quota.
+
+What it does not bound: a call that writes many files, each under what is left
+(or two calls that run at once), can end past the quota by more than one file; the
+next call then fails until data is removed. A hard bound needs a file system of the
+quota's size (a loop device, project quotas), which is not there for every user.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .limits import MIB, Limits
+
+SLACK = 64 * 1024
+"""Kept back from what a call may write per file: room for the blocks a file system
+adds on its own (a new directory, extent blocks), so that one file filling what is
+left does not end past the quota."""
+MAX_ENTRIES = 100_000
+"""A directory with more entries than this is over its quota: the walk is bounded."""
+
+
+class Unmeasurable(Exception):
+    """The directory could not be measured; the call fails closed."""
+
+
+def usage_bytes(path: str) -> int:
+    """Disk used below `path`, as du counts it (allocated blocks, each inode once),
+    never following a link. 0 when it does not exist yet."""
+    try:
+        top = os.stat(path)  # the policy's path itself may be a link; nothing below it
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise Unmeasurable(f"{path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(top.st_mode):
+        raise Unmeasurable(f"{path} is not a directory")
+    seen: set[tuple[int, int]] = set()
+    total = top.st_blocks * 512
+    pending = [path]
+    entries = 0
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    entries += 1
+                    if entries > MAX_ENTRIES:
+                        raise Unmeasurable(f"{path} holds more than {MAX_ENTRIES} entries")
+                    info = entry.stat(follow_symlinks=False)
+                    if (info.st_dev, info.st_ino) in seen:
+                        continue
+                    if info.st_nlink > 1:
+                        seen.add((info.st_dev, info.st_ino))
+                    total += info.st_blocks * 512
+                    if stat.S_ISDIR(info.st_mode):
+                        pending.append(entry.path)
+        except OSError as exc:
+            raise Unmeasurable(f"{directory}: {exc.strerror}") from None
+    return total
+
+
+def check_before(tool: str, path: str, limits: Limits) -> int:
+    """Bytes the call may still add; QuotaReached when there are none."""
+    quota = limits.max_data_mb * MIB
+    try:
+        used = usage_bytes(path)
+    except Unmeasurable as exc:
+        raise QuotaReached(f"{tool}'s data_dir cannot be measured ({exc})") from None
+    if used >= quota:
+        raise QuotaReached(
+            f"{tool}'s data_dir holds {used / MIB:.1f} MiB, its max_data_mb is "
+            f"{limits.max_data_mb}: remove data from {path} before calling it again"
+        )
+    return max(quota - used - SLACK, 0)
+
+
+def check_after(tool: str, path: str, limits: Limits) -> None:
+    """Raise QuotaReached if the call left the directory past its quota."""
+    quota = limits.max_data_mb * MIB
+    try:
+        used = usage_bytes(path)
+    except Unmeasurable as exc:
+        raise QuotaReached(f"{tool}'s data_dir cannot be measured after the call ({exc})") from None
+    if used > quota:
+        raise QuotaReached(
+            f"{tool} left its data_dir at {used / MIB:.1f} MiB, past its max_data_mb of "
+            f"{limits.max_data_mb} (what it wrote stays; later calls fail until data is removed)"
+        )
+
+
+class QuotaReached(Exception):
+    """The message of a `data_limit` error."""
