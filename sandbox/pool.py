@@ -43,7 +43,6 @@ from .errors import (
     OutputLimit,
     SandboxUnavailable,
     ToolCallError,
-    ToolFailed,
     ToolTimeout,
     UnknownTool,
     WorkerCrashed,
@@ -414,7 +413,11 @@ class Pool:
         self._kill(worker)
         if why_not is None:
             return _error(MemoryLimit(call.tool, message))
-        return _error(ToolFailed(call.tool, f"{call.tool} raised MemoryError, but {why_not}"))
+        # The worker's own report, its kind corrected: the tool's error, not the pool's.
+        error = ToolError(
+            kind=ErrorKind.TOOL_ERROR, message=f"{call.tool} raised MemoryError, but {why_not}"
+        )
+        return Result(id=call.id, ok=False, error=error)
 
     def _violation(self, worker: WorkerHandle, call: Call, what: str) -> tuple[Result, bool]:
         self._kill(worker)

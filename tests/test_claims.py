@@ -11,6 +11,8 @@ import pytest
 from sandbox import Limits, Pool
 from tools import Registry
 
+pytestmark = pytest.mark.attack
+
 
 @pytest.fixture
 def claims_pool(registry: Registry, process_tree: str) -> Iterator[Pool]:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from conftest import sleepers, unique_marker
 
 from sandbox import Limits, Pool
 from tools import Registry
+
+pytestmark = pytest.mark.attack
 
 
 @pytest.mark.parametrize("reuse", [False, True])
@@ -30,3 +36,37 @@ def test_busy_children_share_one_cpu_budget(
 def test_a_call_that_stays_under_its_budget_is_not_killed(pool: Pool) -> None:
     result = pool.call("slow_stamp", {"seconds": 0.5}, limits=Limits(cpu_s=1))
     assert result.ok, result
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_each_cgroup_version_found_here_is_made_and_read(
+    version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox import _cpuacct
+    from sandbox.layers import CGROUP_PREFIX, sweep_stale_cgroups
+
+    if version == "v2":
+        monkeypatch.setattr(_cpuacct, "V1_MOUNTS", ())  # as on a machine with v2 only
+    found = [usage for _, usage in _cpuacct.candidates()]
+    wanted = _cpuacct.V1_USAGE if version == "v1" else _cpuacct.V2_USAGE
+    if wanted not in found:
+        pytest.skip(f"no {version} CPU accounting hierarchy here")
+    path, usage, why = _cpuacct.make_root(f"{CGROUP_PREFIX}{os.getpid()}", sweep_stale_cgroups)
+    if path is None:
+        pytest.skip(f"not writable here: {why}")  # pragma: no cover
+    try:
+        assert usage == wanted
+        child = os.path.join(path, "w1")
+        os.mkdir(child)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; sys.stdin.read(); [0 for _ in range(10**7)]"],
+            stdin=subprocess.PIPE,
+        )
+        with open(os.path.join(child, "cgroup.procs"), "w") as f:
+            f.write(str(proc.pid))
+        before = _cpuacct.usage_s(os.path.join(child, usage))
+        proc.communicate(b"")  # now it burns some CPU, inside the cgroup, and exits
+        assert _cpuacct.usage_s(os.path.join(child, usage)) > before
+        os.rmdir(child)
+    finally:
+        os.rmdir(path)

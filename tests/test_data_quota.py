@@ -14,6 +14,8 @@ from sandbox import Pool
 from sandbox.data_quota import usage_bytes
 from tools import Registry
 
+pytestmark = pytest.mark.attack
+
 MIB = 1024 * 1024
 
 

@@ -13,6 +13,8 @@ import pytest
 from sandbox import Limits, Pool
 from tools import Registry
 
+pytestmark = pytest.mark.attack
+
 TRUSTED = Limits(reuse_worker=True)
 
 
