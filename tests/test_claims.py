@@ -20,7 +20,15 @@ def claims_pool(registry: Registry, process_tree: str) -> Iterator[Pool]:
         yield pool
 
 
-ORCHESTRATOR_KINDS = ["timeout", "cpu_limit", "denied", "unknown_tool", "bad_arguments", "crashed"]
+ORCHESTRATOR_KINDS = [
+    "timeout",
+    "cpu_limit",
+    "denied",
+    "unknown_tool",
+    "bad_arguments",
+    "crashed",
+    "data_limit",
+]
 
 
 @pytest.mark.parametrize("then", ["return", "hang"])

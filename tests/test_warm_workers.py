@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import Limits, Pool
+from sandbox.limits import WARM_CPU_CALLS
 from tools import Registry
 
 pytestmark = pytest.mark.attack
@@ -58,6 +59,8 @@ def test_a_trusted_tool_cannot_raise_its_limits_for_good(warm_pool: Pool) -> Non
         seen = json.loads(result.output)
         assert seen["RLIMIT_NOFILE"][1:] == [40, 40, 40], seen
         assert seen["RLIMIT_FSIZE"][1:] == [3 << 20, 3 << 20, 3 << 20], seen
+        # CPU adds up over calls: the hard limit holds a few calls' cpu_s, no more.
+        assert seen["RLIMIT_CPU"][1] <= WARM_CPU_CALLS * 5 + 2, seen
         for name, (_, hard, soft_after, hard_after) in seen.items():
             assert hard_after == hard != -1, name  # never raised, never unlimited
             assert soft_after <= hard_after
