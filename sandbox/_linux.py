@@ -9,6 +9,7 @@ subreaper plus a tree kill when it does not).
 from __future__ import annotations
 
 import ctypes
+import errno
 import ctypes.util
 import os
 import platform
@@ -74,7 +75,10 @@ CAP_DAC_READ_SEARCH = 2
 _SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}
 _KEYCTL_GET_KEYRING_ID = 0
 _KEYCTL_JOIN_SESSION_KEYRING = 1
+_KEYCTL_CLEAR = 7
 KEY_SPEC_SESSION_KEYRING = -3
+KEY_SPEC_USER_KEYRING = -4
+KEY_SPEC_USER_SESSION_KEYRING = -5
 
 
 def _keyctl(operation: int, arg: int | None) -> int:
@@ -98,6 +102,17 @@ def join_new_session_keyring() -> None:
 
 def keyctl_get_keyring_id(special: int) -> int:
     return _keyctl(_KEYCTL_GET_KEYRING_ID, special)
+
+
+def clear_user_keyrings() -> None:
+    """Empty our uid's user keyrings, which outlive every process of the uid: what an
+    earlier call of the same uid left there must not reach this one."""
+    for keyring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
+        try:
+            _keyctl(_KEYCTL_CLEAR, keyring)
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:  # a kernel without keyrings has none to leak
+                raise
 
 
 def drop_privileges(

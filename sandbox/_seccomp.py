@@ -14,12 +14,14 @@ For every tool:
   for the same reason);
 - no `userfaultfd`, `bpf` or `perf_event_open`: kernel attack surface no tool uses.
 
-`socket()` is allowed for AF_NETLINK (the kernel's own; changing anything through it
-takes capabilities the worker no longer has) and, for a tool whose policy gives it the
-network, AF_INET and AF_INET6. Every other family fails with EACCES: packet, vsock,
-bluetooth, ... and AF_UNIX, so that no tool can reach a host service's socket (a
-database, D-Bus, an ssh-agent, docker.sock) whatever the file layers let it see.
-`socketpair()` still works: its two ends reach nobody else.
+`socket()` is allowed for AF_NETLINK with NETLINK_ROUTE alone (addresses and routes,
+for getaddrinfo; changing anything through it takes capabilities the worker no longer
+has) and, for a tool whose policy gives it the network, AF_INET and AF_INET6. Every
+other family fails with EACCES: packet, vsock, bluetooth, ... and AF_UNIX, so that no
+tool can reach a host service's socket (a database, D-Bus, an ssh-agent, docker.sock)
+whatever the file layers let it see. `socketpair()` works for stream and seqpacket
+pairs, whose two connected ends reach nobody else; not for datagram ones, whose ends
+could `sendto` any socket path.
 
 A network namespace already leaves a worker without interfaces; this filter is the
 layer below it, and the one that holds where no namespace can be made. It is also what
@@ -44,6 +46,7 @@ _BPF_LD_W_ABS = 0x20
 _BPF_JEQ_K = 0x15
 _BPF_JGE_K = 0x35
 _BPF_JSET_K = 0x45
+_BPF_AND_K = 0x54
 _BPF_RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
@@ -51,9 +54,13 @@ _RET_ERRNO = 0x00050000
 _X32_SYSCALL_BIT = 0x40000000
 _CLONE_NEWUSER = 0x10000000
 _AF_NETLINK = 16
+_NETLINK_ROUTE = 0
+_SOCK_TYPE_MASK = 0xF  # the rest of the type argument is SOCK_NONBLOCK, SOCK_CLOEXEC
+_CONNECTED_TYPES = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)
 
 # offsets in struct seccomp_data
-_NR, _ARCH, _ARG0 = 0, 4, 16  # the low 32 bits of args[0] (little-endian)
+_NR, _ARCH = 0, 4
+_ARG0, _ARG1, _ARG2 = 16, 24, 32  # the low 32 bits of args[0..2] (little-endian)
 
 
 class _Arch(NamedTuple):
@@ -70,6 +77,7 @@ _ARCHES = {
         True,
         {
             "socket": 41,
+            "socketpair": 53,
             "clone": 56,
             "unshare": 272,
             "open_by_handle_at": 304,
@@ -88,6 +96,7 @@ _ARCHES = {
         False,
         {
             "socket": 198,
+            "socketpair": 199,
             "clone": 220,
             "unshare": 97,
             "open_by_handle_at": 265,
@@ -185,11 +194,23 @@ def _program(rules: Rules) -> list[Insn]:
                     _ret(_RET_ALLOW),
                 ],
             )
-    families = (_AF_NETLINK, socket.AF_INET, socket.AF_INET6) if rules.network else (_AF_NETLINK,)
     check: list[Insn] = [_load(_ARG0)]
-    for family in families:
+    for family in (socket.AF_INET, socket.AF_INET6) if rules.network else ():
         check += [(_BPF_JEQ_K, 0, 1, family), _ret(_RET_ALLOW)]
+    # Netlink for routes and addresses alone (getaddrinfo, if_nameindex): not
+    # NETLINK_SOCK_DIAG, which would list the host's sockets to a tool with the network.
+    check += [
+        (_BPF_JEQ_K, 0, 3, _AF_NETLINK),
+        _load(_ARG2),
+        (_BPF_JEQ_K, 0, 1, _NETLINK_ROUTE),
+        _ret(_RET_ALLOW),
+    ]
     program += _when(nr["socket"], [*check, _refuse(errno.EACCES)])
+    # A connected pair reaches nobody else; a datagram end could `sendto` any path.
+    pair: list[Insn] = [_load(_ARG1), (_BPF_AND_K, 0, 0, _SOCK_TYPE_MASK)]
+    for kind in _CONNECTED_TYPES:
+        pair += [(_BPF_JEQ_K, 0, 1, kind), _ret(_RET_ALLOW)]
+    program += _when(nr["socketpair"], [*pair, _refuse(errno.EACCES)])
     return [*program, _ret(_RET_ALLOW)]
 
 

@@ -27,6 +27,7 @@ run tools without every layer.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import sys
@@ -511,8 +512,13 @@ class UidRange:
 
     @classmethod
     def find(cls) -> UidRange | None:
+        """A block of uids no other live zygote on this machine holds (an flock on a
+        file per block, held for the zygote's life): two pools' workers never share a
+        uid, so that RLIMIT_NPROC and what a uid owns stay each call's own."""
         if _mapped(UID_BASE, UID_SPAN):
-            return cls(UID_BASE, UID_SPAN)
+            block = _lock_uid_block()
+            if block is not None:
+                return cls(UID_BASE + block * UID_BLOCK, UID_BLOCK)
         if _mapped(NOBODY, 1):
             return cls(NOBODY, 1)
         return None
@@ -520,7 +526,7 @@ class UidRange:
     def describe(self) -> str:
         if self.span == 1:
             return f"all workers run as uid/gid {self.first} (nobody)"
-        return f"each worker runs as a uid/gid of its own ({self.first}+)"
+        return f"each worker runs as a uid/gid of its own ({self.first}+, this pool's block)"
 
     def take(self) -> int:
         if self.span == 1:
@@ -535,6 +541,36 @@ class UidRange:
 
     def release(self, uid: int) -> None:
         self._used.discard(uid)
+
+
+UID_BLOCK = 1000
+"""Uids per zygote: up to 999 workers at once, and the data group."""
+UID_LOCKS = "/run/sandboxed-agent/uid-blocks"
+
+_held_block: int | None = None
+"""The descriptor whose flock holds this zygote's block (never closed: the kernel lets
+the block go when the zygote dies, however)."""
+
+
+def _lock_uid_block() -> int | None:
+    global _held_block
+    try:
+        os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    blocks = UID_SPAN // UID_BLOCK
+    start = int.from_bytes(os.urandom(4), "little") % blocks
+    for i in range(blocks):
+        block = (start + i) % blocks
+        fd = os.open(f"{UID_LOCKS}/{block}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held_block = fd
+        return block
+    return None
 
 
 def _mapped(first: int, count: int) -> bool:

@@ -161,6 +161,10 @@ class Pool:
             for name, layer in self.layers.items()
             if not layer.active and layer.required
         }
+        refused = _root_without_walls(self.layers)
+        if refused:
+            self._template.close()
+            raise SandboxUnavailable(refused)
         if process_tree == "pid-namespace" and "pid_namespace" in missing:
             self._template.close()
             raise SandboxUnavailable("PID namespaces are not available on this machine")
@@ -479,6 +483,20 @@ class Pool:
 
 class _PoolError(Result):
     """An error the pool found itself, told apart from any frame a worker sent."""
+
+
+def _root_without_walls(layers: Mapping[str, Layer]) -> str | None:
+    """Why no worker may run here, in any mode: as uid 0 with neither file layer, a
+    tool could write every root-owned file on the host (a /proc/sys setting, say)."""
+    uid = layers.get("unprivileged_uid")
+    if os.geteuid() != 0 or uid is None or uid.state != "unavailable":
+        return None
+    if any(layers[name].active for name in ("bind_mounts", "landlock") if name in layers):
+        return None
+    return (
+        f"workers would run as uid 0 with no file layer around them ({uid.detail}); "
+        "turn bind_mounts or landlock back on, or turn unprivileged_uid off to accept it"
+    )
 
 
 def _error(exc: ToolCallError) -> Result:

@@ -236,6 +236,9 @@ def harden(setup: WorkerSetup, call: Call) -> None:
         _seccomp.install(setup.seccomp)
     if setup.drop_capabilities:
         _linux.drop_privileges(setup.uid, (), groups)
+    if setup.seccomp is None or not setup.seccomp.keyring:
+        # The keyring calls are allowed: leave nothing an earlier call of this uid kept.
+        _linux.clear_user_keyrings()
         if setup.uid is not None:
             # A change of uid clears the parent-death signal; the zygote is still our
             # parent (it reaps us), so asking again is enough.

@@ -1,0 +1,169 @@
+"""The red-team round's findings on the composed layers, each now an attack that must
+fail: datagram socket pairs, a root worker with no file layer, uids and keyrings that
+pools shared."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from policies import parse_policy
+from sandbox import IsolationWarning, Pool, SandboxUnavailable
+from tools import Registry
+
+pytestmark = [
+    pytest.mark.attack,
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="the attack tools are x86_64"),
+]
+TOOLS = str(Path(__file__).with_name("redteam_tools.py"))
+
+
+def make_pool(
+    base: Path, policy: str, off: tuple[str, ...] = (), wanted: tuple[str, ...] = ()
+) -> Pool:
+    registry = Registry.default()
+    registry.load(TOOLS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IsolationWarning)  # what depends on the one off
+        pool = Pool(parse_policy(policy, "rt.toml", base), registry=registry, size=1, disable=off)
+    for layer in wanted:
+        if not pool.layers[layer].active:
+            pool.close()
+            pytest.skip(f"{layer} is unavailable here: {pool.layers[layer].detail}")
+    return pool
+
+
+class DgramListener:
+    """A host UNIX datagram service (as journald's /dev/log or systemd's notify socket)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        if not address.startswith("\0"):
+            os.chmod(address, 0o777)
+        self.sock.setblocking(False)
+
+    def received(self) -> bytes | None:
+        try:
+            return self.sock.recv(100)
+        except BlockingIOError:
+            return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short path: a UNIX socket's path has at most 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="r"))
+    (path / "docs").mkdir()
+    yield path
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+DGRAM_CASES = {
+    # name: (where the host socket is, policy, layers off, layers that must be on)
+    "inside the root, every layer": ("docs/svc.sock", 'root = "docs"', (), ("seccomp",)),
+    "anywhere, Landlock alone": ("svc.sock", "", ("bind_mounts",), ("seccomp", "landlock")),
+    "abstract, with the network": ("@", "network = true", ("landlock",), ("seccomp",)),
+}
+
+
+@pytest.mark.parametrize("case", list(DGRAM_CASES))
+def test_a_datagram_socket_pair_reaches_no_host_socket(case: str, short_dir: Path) -> None:
+    where, settings, off, wanted = DGRAM_CASES[case]
+    if where == "@":
+        address = f"\0sandboxed-agent-rt-{os.getpid()}-{id(short_dir)}"
+        shown = "@" + address[1:]
+    else:
+        address = shown = str(short_dir / where)
+    listener = DgramListener(address)
+    try:
+        policy = f"[tools.rt_dgram_send]\n{settings}\n"
+        with make_pool(short_dir, policy, off, wanted) as pool:
+            result = pool.call("rt_dgram_send", {"path": shown})
+        # The pair itself is refused (the tool's socketpair raises), or its send is.
+        refused = not result.ok and "Permission denied" in result.error.message
+        assert refused or result.output.startswith("denied"), result
+        assert listener.received() is None
+    finally:
+        listener.close()
+
+
+def test_no_worker_runs_as_root_without_a_file_layer(tmp_path: Path) -> None:
+    """With both file layers off, a worker that could not get a uid of its own (the
+    interpreter under a 0700 home) would be uid 0 over the whole host: the pool refuses
+    to start. Where it gets a uid of its own, root's files stay out of its reach."""
+    if os.geteuid() != 0:
+        pytest.skip("as a normal user, workers never run as root")
+    secret = tmp_path / "root-only.txt"
+    secret.write_text("host secret\n")
+    secret.chmod(0o600)
+    try:
+        pool = make_pool(tmp_path, "", ("bind_mounts", "landlock"))
+    except SandboxUnavailable as exc:
+        assert "workers would run as uid 0 with no file layer" in str(exc)
+        return
+    with pool:
+        assert pool.layers["unprivileged_uid"].active
+        result = pool.call("rt_root_on_host", {"path": str(secret)})
+    assert result.ok, result
+    assert "READ" not in result.output and "CORE_PATTERN WRITABLE" not in result.output
+    assert secret.read_text() == "host secret\n"
+
+
+def test_a_key_left_in_a_worker_uids_keyring_reaches_no_later_call(tmp_path: Path) -> None:
+    """With seccomp off, keyring calls work; a key a call leaves in its uid's user
+    keyring (which outlives the worker) must not be found by a later call, in this
+    pool or the next."""
+    description = f"rt-{os.getpid()}-{id(tmp_path)}"
+    with make_pool(tmp_path, "", ("seccomp",), ("unprivileged_uid",)) as pool:
+        planted = pool.call("rt_key_plant", {"description": description, "secret": "s3"})
+        assert planted.ok, planted
+    with make_pool(tmp_path, "", ("seccomp",), ("unprivileged_uid",)) as pool:
+        found = pool.call("rt_key_find", {"description": description})
+    assert found.ok and found.output == "not found", found
+
+
+def test_pools_never_share_a_worker_uid(tmp_path: Path) -> None:
+    """With the pids cgroup off, RLIMIT_NPROC counts a uid's processes: a tool in pool
+    A holding processes must not take pool B's tool's share."""
+    if os.geteuid() != 0:
+        pytest.skip("as a normal user, every worker runs as that user")
+    data = tmp_path / "data"
+    data.mkdir()
+    policy = (
+        '[tools.rt_hold_processes]\ndata_dir = "data"\nmax_processes = 17\ntimeout_s = 60\n'
+        "[tools.rt_fork_some]\nmax_processes = 16\n"
+    )
+    off = ("cgroup_pids",)
+    with (
+        make_pool(tmp_path, policy, off, ("unprivileged_uid",)) as a,
+        make_pool(tmp_path, policy, off, ("unprivileged_uid",)) as b,
+    ):
+        assert a.layers["unprivileged_uid"].detail != b.layers["unprivileged_uid"].detail
+        held: list[object] = []
+        holder = threading.Thread(
+            target=lambda: held.append(a.call("rt_hold_processes", {"count": 16}))
+        )
+        holder.start()
+        try:
+            while not (data / "ready").exists() and holder.is_alive():
+                holder.join(0.05)  # the holder says when its processes run
+            forked = b.call("rt_fork_some", {"count": 4})
+        finally:
+            (data / "release").write_text("")
+            holder.join()
+    assert forked.ok and forked.output == "4", forked
