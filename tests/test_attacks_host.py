@@ -127,13 +127,14 @@ SOCKET_LAYERS = {
     # name: (layers off, layers that must be on, which sockets they must keep out)
     "every layer": ((), ("seccomp", "bind_mounts"), ("outside", "inside the root", "abstract")),
     "seccomp alone": (
-        ("bind_mounts", "landlock", "network_namespace"),
+        # With no file layer, a root worker must be allowed uid 0 explicitly.
+        ("bind_mounts", "landlock", "network_namespace", "unprivileged_uid"),
         ("seccomp",),
         ("outside", "inside the root", "abstract"),
     ),
     "bind mounts alone": (("seccomp", "landlock"), ("bind_mounts",), ("outside",)),
     "network namespace alone": (
-        ("seccomp", "landlock", "bind_mounts"),
+        ("seccomp", "landlock", "bind_mounts", "unprivileged_uid"),
         ("network_namespace",),
         ("abstract",),
     ),
