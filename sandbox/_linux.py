@@ -9,8 +9,8 @@ subreaper plus a tree kill when it does not).
 from __future__ import annotations
 
 import ctypes
-import errno
 import ctypes.util
+import errno
 import os
 import platform
 import signal
