@@ -170,7 +170,9 @@ def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
     except CheckpointError as exc:
         if args.resume:
             raise
-        print(f"sandboxed-agent: warning: this run is not checkpointed: {exc}", file=sys.stderr)
+        print(
+            f"sandboxed-agent: warning: this run is not checkpointed: {safe(exc)}", file=sys.stderr
+        )
     record = store.load(args.resume) if store and args.resume else None
     with ExitStack() as stack:
         agent = build_agent(stack, policy, registry, args, store)
