@@ -58,17 +58,23 @@ def bind(spec: ToolSpec, arguments: Mapping[str, Any] | str | None) -> BoundCall
 
 def argument_lines(args: Mapping[str, Any]) -> list[str]:
     """One key per line, each value whole as JSON (nested objects one key per line
-    too), every character a terminal could act on escaped."""
+    too), every character a terminal could act on escaped. A value with characters
+    beyond ASCII is shown a second time in ASCII, so look-alike letters and combining
+    marks (a `1` with U+0336 drawn through it) cannot pass for what they are not."""
     if not args:
         return ["(no arguments)"]
     width = max(len(safe(key)) for key in args)
     lines = []
     for key in sorted(args):
-        shown = json.dumps(args[key], ensure_ascii=False, indent=2, sort_keys=True)
+        value = args[key]
+        shown = json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True)
         first, *rest = shown.split("\n")
         size = ""
-        if isinstance(args[key], str) and len(args[key]) > 80:
-            size = f"  ({len(args[key]):,} characters, all shown)"
+        if isinstance(value, str) and len(value) > 80:
+            size = f"  ({len(value):,} characters, all shown)"
         lines.append(f"{safe(key):<{width}} = {safe(first)}{size if not rest else ''}")
         lines += [f"{'':<{width}}   {safe(line)}" for line in rest]
+        if not shown.isascii():
+            plain = json.dumps(value, sort_keys=True, separators=(",", ":"))
+            lines.append(f"{'':<{width}}   (in ASCII: {plain})")
     return lines

@@ -164,7 +164,8 @@ def test_hostile_values_are_shown_escaped_and_whole(tmp_path: Path) -> None:
     assert "\\u202e99.98" in prompt and "\\x9b31m" in prompt and "\\u001b[2J" in prompt
     assert long_note in prompt and "(5,007 characters, all shown)" in prompt
     lines = prompt.strip("\n").split("\n")
-    assert len(lines) == 5  # header, one line per key, the question
+    assert len(lines) == 6  # header, one line per key, order_id in ASCII, the question
+    assert '(in ASCII: "12345\\u001b]52;c;' in prompt
     (event,) = calls
     assert event["error_kind"] == "denied" and event["approval"] == "denied_tty"
     assert event["approved_sha256"] == event["arguments_sha256"]
@@ -261,3 +262,14 @@ def test_on_resume_a_call_in_flight_runs_only_with_the_arguments_that_started(
     assert second["error_kind"] == "denied" and second["approval"] == "denied_changed"
     assert "89.99" in second["error_message"] and second["worker_pid"] is None
     assert "not run again" in tools_seen[1]
+
+
+def test_look_alike_letters_and_combining_marks_are_shown_in_ascii_too(tmp_path: Path) -> None:
+    # A Cyrillic "о" and a combining stroke through the 1: on screen "1.00" and
+    # "order", which they are not.
+    args = {"order_id": "12345", "amount": 1.0, "note": "1\u0336.00 \u043erder"}
+    asker = Asker("n")
+    run_agent(tmp_path, [call(("pay", args)), say("ok")], Approver(interactive=True, ask=asker))
+    (prompt,) = asker.prompts
+    assert '(in ASCII: "1\\u0336.00 \\u043erder")' in prompt
+    assert prompt.count("(in ASCII:") == 1  # only the value that needs it
