@@ -15,6 +15,7 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .scrubbing import remember_secret, scrub
 from .terminal import ascii_json, safe
 
 
@@ -107,7 +108,8 @@ class Trace:
 
     def __init__(self, path: str | Path | None, secrets: list[str] | None = None) -> None:
         self.path = Path(path) if path else None
-        self._secrets = [s for s in (secrets or []) if s and len(s) >= 8]
+        for secret in secrets or []:
+            remember_secret(secret)
         self._file: IO[str] | None = None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,9 +122,7 @@ class Trace:
         # ASCII JSON: `tail -f` on a terminal shows escapes, not what a tool returned,
         # and no reader that splits lines on U+2028 or U+0085 cuts an event in two.
         line = ascii_json(event.model_dump(mode="json"))
-        for secret in self._secrets:
-            line = line.replace(secret, "[redacted]")
-        self._file.write(line + "\n")
+        self._file.write(scrub(line) + "\n")
         self._file.flush()
 
     def close(self) -> None:

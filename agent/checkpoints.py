@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from policies.paths import user_data_dir
 from sandbox.errors import SandboxedAgentError
 
+from .scrubbing import scrub
 from .sqlite_file import connect, open_versioned
 
 SCHEMA_VERSION = 1
@@ -118,7 +119,8 @@ class RunStore:
         try:
             with closing(connect(self.path)) as db, db:
                 for sql, params in statements:
-                    db.execute(sql, params)
+                    # Every text scrubbed of the key: a model may have echoed it.
+                    db.execute(sql, tuple(scrub(p) if isinstance(p, str) else p for p in params))
         except sqlite3.Error as exc:
             raise CheckpointError(f"cannot checkpoint the run in {self.path}: {exc}") from None
 

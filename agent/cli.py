@@ -51,6 +51,7 @@ from .runner import (
     cmd_runs,
     cmd_trace,
 )
+from .scrubbing import scrub
 from .terminal import ascii_json, safe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -168,7 +169,7 @@ def _print_failure(name: str, kind: ErrorKind, message: str) -> None:
 
 def _complain(message: str) -> None:
     _said["error"] = message
-    print(f"sandboxed-agent: {safe(message)}", file=sys.stderr)
+    print(f"sandboxed-agent: {safe(scrub(message))}", file=sys.stderr)
 
 
 def _main(argv: list[str]) -> int:
@@ -211,14 +212,14 @@ def _main(argv: list[str]) -> int:
     except (RuntimeError, OSError) as exc:  # out of threads or processes: one line
         if (exhausted := out_of_resources(exc)) is None:
             raise
-        print(f"sandboxed-agent: {exhausted}", file=sys.stderr)
+        _complain(str(exhausted))
         return EXIT_FAILED
 
 
 def _show_warning(
     message: Warning | str, category: type[Warning], *args: object, **kw: object
 ) -> None:
-    print(f"sandboxed-agent: warning: {safe(message)}", file=sys.stderr)
+    print(f"sandboxed-agent: warning: {safe(scrub(str(message)))}", file=sys.stderr)
 
 
 def load_setup(

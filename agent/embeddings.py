@@ -12,6 +12,7 @@ import math
 import openai
 
 from .model import openai_client
+from .scrubbing import remember_secret, scrub
 
 MAX_DIMENSIONS = 16_384
 MAX_CHARS = 32_000
@@ -31,6 +32,7 @@ class Embedder:
     ) -> None:
         self.model = model
         self.base_url = base_url
+        remember_secret(api_key)
         self._client = openai_client(base_url, api_key, timeout_s, max_retries)
         self.last_error: str | None = None
 
@@ -45,7 +47,7 @@ class Embedder:
             )
             vector = [float(x) for x in response.data[0].embedding]
         except (openai.APIError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            self.last_error = scrub(f"{type(exc).__name__}: {str(exc)[:200]}")
             return None
         if not vector or len(vector) > MAX_DIMENSIONS or not all(map(math.isfinite, vector)):
             self.last_error = f"the endpoint returned an unusable vector ({len(vector)} values)"

@@ -3,7 +3,9 @@
 The client retries what retrying can fix (connection errors, 408, 409, 429 honouring
 `Retry-After`, 5xx) with exponential backoff; what is left is translated here, once,
 into a `RunError` whose message says what happened and what to check. No message
-includes the API key or a request header.
+includes the API key or a request header, and what the endpoint sends back is scrubbed
+of the key before anything else sees it (an endpoint may echo the Authorization
+header in an error body or in its answer).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 import openai
 
 from sandbox.errors import RunError
+
+from .scrubbing import remember_secret, scrub, scrub_data
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,18 @@ class ModelClient:
         self.model = model
         self.base_url = base_url
         self.timeout_s = timeout_s
+        remember_secret(api_key)
         self._client = openai_client(base_url, api_key, timeout_s, max_retries)
 
     def complete(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], timeout_s: float
+    ) -> ModelTurn:
+        try:
+            return self._complete(messages, tools, timeout_s)
+        except RunError as exc:
+            raise RunError(scrub(str(exc))) from None
+
+    def _complete(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], timeout_s: float
     ) -> ModelTurn:
         start = time.monotonic()
@@ -85,11 +98,11 @@ class ModelClient:
         # a broken or hostile endpoint gets one clear error, never a traceback.
         message, finish_reason, usage, model = parse_completion(body, self.model, self.base_url)
         return ModelTurn(
-            message=message,
-            finish_reason=finish_reason,
+            message=scrub_data(message),
+            finish_reason=scrub(finish_reason),
             usage=usage,
             latency_s=time.monotonic() - start,
-            model=model,
+            model=scrub(model),
         )
 
 

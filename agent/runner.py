@@ -27,6 +27,7 @@ from .embeddings import Embedder
 from .loop import Agent, RunResult
 from .model import ModelClient
 from .progress import TerminalProgress
+from .scrubbing import scrub
 from .terminal import safe, safe_text
 
 RUN_FLAGS = {
@@ -150,13 +151,13 @@ def report(result: RunResult) -> int:
     """The answer on stdout: escaped on a terminal (`terminal.safe_text`), as the model
     wrote it on a pipe or into a file, where it is data. A failure: one escaped line."""
     if result.ok:
-        answer = result.answer or ""
+        answer = scrub(result.answer or "")
         print(safe_text(answer) if sys.stdout.isatty() else answer)
         return 0
     hint = ""
     if result.run_id:
         hint = f" (run {result.run_id}; go on with: sandboxed-agent run --resume {result.run_id})"
-    print(f"sandboxed-agent: {safe(result.message)}{hint}", file=sys.stderr)
+    print(f"sandboxed-agent: {safe(scrub(result.message))}{hint}", file=sys.stderr)
     return 1
 
 
@@ -171,7 +172,8 @@ def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
         if args.resume:
             raise
         print(
-            f"sandboxed-agent: warning: this run is not checkpointed: {safe(exc)}", file=sys.stderr
+            f"sandboxed-agent: warning: this run is not checkpointed: {safe(scrub(str(exc)))}",
+            file=sys.stderr,
         )
     record = store.load(args.resume) if store and args.resume else None
     with ExitStack() as stack:

@@ -16,6 +16,7 @@ from typing import Any
 from policies.paths import user_data_dir
 from sandbox.errors import SandboxedAgentError
 
+from .scrubbing import scrub
 from .sqlite_file import connect, open_versioned
 
 SCHEMA_VERSION = 1
@@ -69,5 +70,5 @@ class SessionStore:
                 "INSERT INTO sessions (name, messages, updated) VALUES (?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET messages = excluded.messages, "
                 "updated = excluded.updated",
-                (name, json.dumps(messages), time.time()),
+                (name, scrub(json.dumps(messages)), time.time()),
             )

@@ -13,6 +13,7 @@ from sandbox.errors import SandboxedAgentError
 
 from ..model import ModelClient
 from ..runner import UsageError, check_approve, model_client, with_run_overrides
+from ..scrubbing import scrub
 from ..terminal import safe
 from .runner import RunReport, live_model, render_report, run_suite, scripted_model, slug
 from .suite import Suite, load_suite
@@ -80,11 +81,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=progress,
     )
     data = report.as_json()
-    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    text = scrub(json.dumps(data, indent=2))  # the judge's reasons, the answers: any text
+    (out / "report.json").write_text(text + "\n")
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(text)
     else:
-        print(render_report(report))
+        print(scrub(render_report(report)))
         print(f"\nReport: {safe(out / 'report.json')}; traces: {safe(out / 'traces')}")
     return 0 if report.passed else 1
 
