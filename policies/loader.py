@@ -161,6 +161,7 @@ def _build(files: list[_File]) -> Policy:
     policy = _validate(merged, blame)
     policy.locate(top.shown, top.base_dir, sources=sources, files=[f.shown for f in files])
     _check_values(policy, blame)
+    policy.places()  # resolved once, here; a refused layout is a load error
     return policy
 
 

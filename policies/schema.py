@@ -7,7 +7,6 @@ against them so that an impossible value names its table and key.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from sandbox import Limits
 from tools import ToolContext
 
-from .paths import user_data_dir
+from . import places
+from .places import Place
 
 LIMIT_KEYS = (
     "timeout_s",
@@ -58,10 +58,12 @@ class ToolPolicy(BaseModel):
     network: bool | None = None
     """The tool may use the network (else its worker has no network interface)."""
     root: str | None = None
-    """Directory `read_file` may read, relative to the policy file."""
+    """Directory `read_file` may read, relative to the policy file (or `~`, `{data}`);
+    resolved once, at load, and never inside a `data_dir` (see policies/places.py)."""
     data_dir: str | None = None
     """Directory the tool may read and write, kept between calls (the memory tools'
-    database): relative to the policy file; `{data}` is the user's data directory."""
+    database): relative to the policy file; `{data}` is the user's data directory.
+    Resolved once, at load; never inside another tool's (see policies/places.py)."""
     settings: dict[str, Setting] = Field(default_factory=dict)
     """Free-form configuration for the tool, e.g. `today = "2025-05-11"`."""
 
@@ -140,6 +142,7 @@ class Policy(BaseModel):
     _files: list[str] = PrivateAttr(default_factory=list)
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _cache: dict[str, tuple[Limits, ToolContext]] = PrivateAttr(default_factory=dict)
+    _places: dict[str, Place] | None = PrivateAttr(None)
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Policy:
         """A copy resolves its tools afresh: a shallow copy would share the cache."""
@@ -202,20 +205,40 @@ class Policy(BaseModel):
     def _resolved(self, tool: str) -> tuple[Limits, ToolContext]:
         cached = self._cache.get(tool)
         if cached is None:
-            cached = (build_limits(self.effective(tool)), self._context(self.effective(tool)))
+            cached = (build_limits(self.effective(tool)), self._context(tool))
             self._cache[tool] = cached
         return cached
 
-    def _context(self, table: ToolPolicy) -> ToolContext:
-        root = str((self._base_dir / table.root).resolve()) if table.root else None
-        data = None
-        if table.data_dir:
-            expanded = table.data_dir.replace("{data}", str(user_data_dir()))
-            data = str((self._base_dir / os.path.expanduser(expanded)).resolve())
-        return ToolContext(root=root, data_dir=data, settings=dict(table.settings))
+    def _context(self, tool: str) -> ToolContext:
+        table = self.effective(tool)
+        place = self.places().get(f"tools.{tool}") or self.places()["defaults"]
+        return ToolContext(root=place.root, data_dir=place.data_dir, settings=dict(table.settings))
+
+    def places(self) -> dict[str, Place]:
+        """`defaults` and each `tools.NAME`: its effective root and data_dir, resolved
+        once (at load: the loader asks first) and checked as policies/places.py says.
+        Raises PolicyError for a layout it refuses."""
+        if self._places is None:
+            own = {"defaults": self._place(self.defaults)}
+            own.update({f"tools.{name}": self._place(t) for name, t in self.tools.items()})
+            # Each key is checked where it is set: a table inheriting one from
+            # [defaults] is the same entry as [defaults].
+            places.check(own, lambda key: self.source_of(key) or self.source)
+            base = own["defaults"]
+            self._places = {
+                table: Place(place.root or base.root, place.data_dir or base.data_dir)
+                for table, place in own.items()
+            }
+        return self._places
+
+    def _place(self, table: ToolPolicy) -> Place:
+        return Place(
+            places.resolve(table.root, self._base_dir) if table.root else None,
+            places.resolve(table.data_dir, self._base_dir) if table.data_dir else None,
+        )
 
     def root_path(self, table: ToolPolicy) -> Path | None:
-        return (self._base_dir / table.root).resolve() if table.root else None
+        return Path(places.resolve(table.root, self._base_dir)) if table.root else None
 
 
 def build_limits(table: ToolPolicy) -> Limits:

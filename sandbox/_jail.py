@@ -48,6 +48,21 @@ def plan(paths: Sequence[str], inside: Sequence[str] = ()) -> Plan:
     return Plan(kept_links, binds)
 
 
+def plan_exact(path: str, inside: Sequence[str] = ()) -> Plan:
+    """`plan([path])` for a path that must be symlink-free (a call's root or data_dir,
+    resolved when its policy was loaded): a link on the way raises OSError, and no
+    link is copied or followed."""
+    links: dict[str, str] = {}
+    real = _resolve(path, links, 0)
+    if links or real != path:
+        on_the_way = ", ".join(sorted(links)) or path
+        raise OSError(
+            f"{path}: a symbolic link is on the way ({on_the_way}) since the policy was "
+            "loaded: refusing to bind through it"
+        )
+    return plan([path], inside=inside)
+
+
 def _within(path: str, parents: list[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in parents)
 
@@ -104,12 +119,13 @@ def add(new_root: str, layout: Plan, readonly: bool = True) -> None:
 
 
 def add_writable(new_root: str, path: str, bound: Sequence[str]) -> None:
-    """Bind `path` read-write, also where it lies inside a read-only bind."""
-    real = _resolve(os.path.join(os.getcwd(), path), {}, 0)
-    if real is not None and _within(real, list(bound)):
-        _bind(new_root, real, readonly=False)  # the read-only bind shows its mount point
+    """Bind `path` (symlink-free, see `plan_exact`) read-write, also where it lies
+    inside a read-only bind."""
+    layout = plan_exact(path, inside=bound)
+    if _within(path, list(bound)):
+        _bind(new_root, path, readonly=False)  # the read-only bind shows its mount point
         return
-    add(new_root, plan([path], inside=bound), readonly=False)
+    add(new_root, layout, readonly=False)
 
 
 def enter(new_root: str) -> None:

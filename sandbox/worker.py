@@ -24,7 +24,7 @@ from pydantic_core import to_json
 from tools.context import ToolContext, set_current
 from tools.registry import Registry
 
-from . import _jail, _landlock, _linux, _seccomp
+from . import _jail, _landlock, _linux, _nofollow, _seccomp
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
 from .layers import NOBODY
@@ -205,21 +205,28 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
 def harden(setup: WorkerSetup, call: Call) -> None:
     """The last step before the first tool runs, in an order that matters: the new
     root, Landlock inside it, no_new_privs and seccomp, then root goes (after which
-    nothing can be undone)."""
+    nothing can be undone). A `root` or `data_dir` reached through a link raises
+    `PathChanged`: the worker exits before the tool runs."""
     if setup.private_mounts and call.limits.max_disk_mb != Limits().max_disk_mb:
         _linux.resize_tmpfs(setup.workdir, call.limits.max_disk_mb)
     groups: tuple[int, ...] = ()
     if call.data_dir:
         try:
             own_data_dir(call.data_dir, setup.data_gid)
+        except _nofollow.PathChanged:
+            raise
         except OSError:
             pass  # the tool meets the same error on its first use, and reports it
         groups = (setup.data_gid,) if setup.data_gid is not None else ()
         os.umask(0o007)  # what one worker writes there, the next (another uid) can use
+    for path in (call.root, call.data_dir):
+        if path:
+            # Bound and allowed by name below: refuse a link planted on the way.
+            _nofollow.check(path)
     if setup.jail is not None:
         bound = list(setup.jail.binds)
         if call.root:
-            layout = _jail.plan([call.root], inside=bound)
+            layout = _jail.plan_exact(call.root, inside=bound)
             _jail.add(setup.new_root, layout)
             bound += layout.binds
         if call.data_dir:
@@ -247,12 +254,17 @@ def harden(setup: WorkerSetup, call: Call) -> None:
 
 def own_data_dir(path: str, gid: int | None) -> None:
     """As root, before the lock-down: the data directory exists and, where workers run
-    as uids of their own, belongs to their shared group with its files. Links and
-    multiply-linked files are left alone: a tool may have planted them."""
-    os.makedirs(path, mode=0o770, exist_ok=True)
-    if gid is None or os.geteuid() != 0:
-        return
-    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    as uids of their own, belongs to their shared group with its files. Reached without
+    following a link (`PathChanged` if one is on the way); links and multiply-linked
+    files inside are left alone: a tool may have planted them."""
+    found = _nofollow.open_dir(path, create=True)
+    assert found is not None  # created if missing
+    try:
+        if gid is None or os.geteuid() != 0:
+            return
+        directory = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=found)
+    finally:
+        os.close(found)
     try:
         os.fchown(directory, -1, gid)
         os.fchmod(directory, 0o2770)  # setgid: new files join the group
