@@ -48,21 +48,6 @@ def plan(paths: Sequence[str], inside: Sequence[str] = ()) -> Plan:
     return Plan(kept_links, binds)
 
 
-def plan_exact(path: str, inside: Sequence[str] = ()) -> Plan:
-    """`plan([path])` for a path that must be symlink-free (a call's root or data_dir,
-    resolved when its policy was loaded): a link on the way raises OSError, and no
-    link is copied or followed."""
-    links: dict[str, str] = {}
-    real = _resolve(path, links, 0)
-    if links or real != path:
-        on_the_way = ", ".join(sorted(links)) or path
-        raise OSError(
-            f"{path}: a symbolic link is on the way ({on_the_way}) since the policy was "
-            "loaded: refusing to bind through it"
-        )
-    return plan([path], inside=inside)
-
-
 def _within(path: str, parents: list[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in parents)
 
@@ -118,14 +103,17 @@ def add(new_root: str, layout: Plan, readonly: bool = True) -> None:
         _bind(new_root, path, readonly=readonly)
 
 
-def add_writable(new_root: str, path: str, bound: Sequence[str]) -> None:
-    """Bind `path` (symlink-free, see `plan_exact`) read-write, also where it lies
-    inside a read-only bind."""
-    layout = plan_exact(path, inside=bound)
-    if _within(path, list(bound)):
-        _bind(new_root, path, readonly=False)  # the read-only bind shows its mount point
-        return
-    add(new_root, layout, readonly=False)
+def add_open(new_root: str, path: str, fd: int, bound: Sequence[str], readonly: bool) -> None:
+    """Bind the directory open as `fd` (a call's root or data_dir, reached without
+    following a link: see `_nofollow`) at `path`, also where it lies inside a read-only
+    bind. The source is the descriptor, so no path to it is looked up again."""
+    inside = _within(path, list(bound))
+    if inside and readonly:
+        return  # readable already, through the bind that holds it
+    if not inside:
+        _mount_point(new_root + path, directory=True)
+    # The read-only bind shows its mount point when `path` lies inside one.
+    _bind(new_root, path, readonly=readonly, source=f"/proc/self/fd/{fd}")
 
 
 def enter(new_root: str) -> None:
@@ -166,12 +154,12 @@ def _skeleton_dirs(path: str) -> None:
         os.chmod(directory, 0o755)
 
 
-def _bind(new_root: str, path: str, readonly: bool) -> None:
+def _bind(new_root: str, path: str, readonly: bool, source: str | None = None) -> None:
     target = new_root + path
-    _linux.mount(path, target, None, _linux.MS_BIND)
+    _linux.mount(source or path, target, None, _linux.MS_BIND)
     if readonly:
         # A bind keeps the flags of the mount it came from; a container may have
         # locked them (nodev, noexec), and a remount that drops one is refused.
-        kept = os.statvfs(path).f_flag & (_linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC)
+        kept = os.statvfs(target).f_flag & (_linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC)
         flags = _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | kept
         _linux.mount(None, target, None, flags)

@@ -110,6 +110,10 @@ class Ruleset:
     def allow_write(self, path: str) -> None:
         _allow(self.fd, path, self.handled & ~REFER)
 
+    def allow_open_dir(self, fd: int, write: bool) -> None:
+        """Allow the directory open as `fd` (reached without links, see `_nofollow`)."""
+        _add_rule(self.fd, fd, self.handled & ~REFER if write else READ & self.handled, "")
+
     def enforce(self) -> None:
         try:
             _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
@@ -135,17 +139,21 @@ def _allow(ruleset_fd: int, path: str, access: int) -> None:
     try:
         if not os.path.isdir(path):
             access &= _FILE_ONLY
-        attr = struct.pack("=Qi", access, target)
-        buf = ctypes.create_string_buffer(attr, len(attr))
-        result = _libc.syscall(
-            _SYS_ADD_RULE,
-            ctypes.c_int(ruleset_fd),
-            ctypes.c_int(_RULE_PATH_BENEATH),
-            buf,
-            ctypes.c_uint32(0),
-        )
-        if result != 0:
-            err = ctypes.get_errno()
-            raise LandlockError(err, f"landlock_add_rule({path}): {os.strerror(err)}")
+        _add_rule(ruleset_fd, target, access, path)
     finally:
         os.close(target)
+
+
+def _add_rule(ruleset_fd: int, target: int, access: int, path: str) -> None:
+    attr = struct.pack("=Qi", access, target)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    result = _libc.syscall(
+        _SYS_ADD_RULE,
+        ctypes.c_int(ruleset_fd),
+        ctypes.c_int(_RULE_PATH_BENEATH),
+        buf,
+        ctypes.c_uint32(0),
+    )
+    if result != 0:
+        err = ctypes.get_errno()
+        raise LandlockError(err, f"landlock_add_rule({path or target}): {os.strerror(err)}")

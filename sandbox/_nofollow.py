@@ -22,7 +22,8 @@ class PathChanged(OSError):
 
 def open_dir(path: str, create: bool = False) -> int | None:
     """An O_PATH descriptor of directory `path`, each component opened without
-    following a link; `create`: missing directories are made (0770, less the umask).
+    following a link; `create`: missing directories are made as `os.makedirs` makes
+    them (the last 0770, those on the way 0777, less the umask).
     None: a component is missing (and not created). Raises PathChanged for a link or a
     non-directory on the way, or for a path that is not absolute and normal."""
     if not os.path.isabs(path) or os.path.normpath(path) != path or path.startswith("//"):
@@ -30,7 +31,8 @@ def open_dir(path: str, create: bool = False) -> int | None:
     fd = os.open("/", _DIR)
     reached = "/"
     try:
-        for part in [p for p in path.split("/") if p]:
+        parts = [p for p in path.split("/") if p]
+        for i, part in enumerate(parts):
             reached = os.path.join(reached, part)
             try:
                 child = os.open(part, _DIR, dir_fd=fd)
@@ -38,7 +40,7 @@ def open_dir(path: str, create: bool = False) -> int | None:
                 if not create:
                     return None
                 try:
-                    os.mkdir(part, 0o770, dir_fd=fd)
+                    os.mkdir(part, 0o770 if i == len(parts) - 1 else 0o777, dir_fd=fd)
                 except FileExistsError:
                     pass  # made meanwhile: opened (and checked) below
                 child = _open_existing(part, fd, reached, path)
@@ -53,15 +55,6 @@ def open_dir(path: str, create: bool = False) -> int | None:
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def check(path: str) -> None:
-    """Raise PathChanged unless `path` is reached without a link (or does not exist)."""
-    fd = open_dir(path)
-    if fd is not None:
-        os.close(fd)
-    if fd is not None and os.path.realpath(path) != path:
-        raise PathChanged(f"{path} no longer resolves to itself")
 
 
 def _open_existing(part: str, parent: int, reached: str, path: str) -> int:

@@ -210,34 +210,40 @@ def harden(setup: WorkerSetup, call: Call) -> None:
     if setup.private_mounts and call.limits.max_disk_mb != Limits().max_disk_mb:
         _linux.resize_tmpfs(setup.workdir, call.limits.max_disk_mb)
     groups: tuple[int, ...] = ()
-    if call.data_dir:
-        try:
-            own_data_dir(call.data_dir, setup.data_gid)
-        except _nofollow.PathChanged:
-            raise
-        except OSError:
-            pass  # the tool meets the same error on its first use, and reports it
-        groups = (setup.data_gid,) if setup.data_gid is not None else ()
-        os.umask(0o007)  # what one worker writes there, the next (another uid) can use
-    for path in (call.root, call.data_dir):
-        if path:
-            # Bound and allowed by name below: refuse a link planted on the way.
-            _nofollow.check(path)
-    if setup.jail is not None:
-        bound = list(setup.jail.binds)
-        if call.root:
-            layout = _jail.plan_exact(call.root, inside=bound)
-            _jail.add(setup.new_root, layout)
-            bound += layout.binds
+    # Each directory is held open from here on: the binds and the Landlock rules
+    # take the descriptor, so no path is looked up again after the walk that refused
+    # links.
+    data = root = None
+    try:
         if call.data_dir:
-            _jail.add_writable(setup.new_root, call.data_dir, bound)
-        _jail.enter(setup.new_root)
-    if setup.rules is not None:
+            try:
+                data = own_data_dir(call.data_dir, setup.data_gid)
+            except _nofollow.PathChanged:
+                raise
+            except OSError:
+                pass  # the tool meets the same error on its first use, and reports it
+            groups = (setup.data_gid,) if setup.data_gid is not None else ()
+            os.umask(0o007)  # what one worker writes there, the next (another uid) can use
         if call.root:
-            setup.rules.allow_read(call.root)
-        if call.data_dir:
-            setup.rules.allow_write(call.data_dir)
-        setup.rules.enforce()
+            root = _nofollow.open_dir(call.root)  # None: missing, nothing to allow
+        if setup.jail is not None:
+            bound = list(setup.jail.binds)
+            if root is not None and call.root:
+                _jail.add_open(setup.new_root, call.root, root, bound, readonly=True)
+                bound.append(call.root)
+            if data is not None and call.data_dir:
+                _jail.add_open(setup.new_root, call.data_dir, data, bound, readonly=False)
+            _jail.enter(setup.new_root)
+        if setup.rules is not None:
+            if root is not None:
+                setup.rules.allow_open_dir(root, write=False)
+            if data is not None:
+                setup.rules.allow_open_dir(data, write=True)
+            setup.rules.enforce()
+    finally:
+        for fd in (root, data):
+            if fd is not None:
+                os.close(fd)
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     if setup.seccomp is not None:
         _seccomp.install(setup.seccomp)
@@ -252,19 +258,21 @@ def harden(setup: WorkerSetup, call: Call) -> None:
             _linux.set_parent_death_signal(signal.SIGKILL)
 
 
-def own_data_dir(path: str, gid: int | None) -> None:
+def own_data_dir(path: str, gid: int | None) -> int:
     """As root, before the lock-down: the data directory exists and, where workers run
-    as uids of their own, belongs to their shared group with its files. Reached without
-    following a link (`PathChanged` if one is on the way); links and multiply-linked
-    files inside are left alone: a tool may have planted them."""
+    as uids of their own, belongs to their shared group with its files. Returns an
+    O_PATH descriptor of it, reached without following a link (`PathChanged` if one is
+    on the way); links and multiply-linked files inside are left alone: a tool may
+    have planted them."""
     found = _nofollow.open_dir(path, create=True)
     assert found is not None  # created if missing
+    if gid is None or os.geteuid() != 0:
+        return found
     try:
-        if gid is None or os.geteuid() != 0:
-            return
         directory = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=found)
-    finally:
+    except OSError:
         os.close(found)
+        raise
     try:
         os.fchown(directory, -1, gid)
         os.fchmod(directory, 0o2770)  # setgid: new files join the group
@@ -281,8 +289,12 @@ def own_data_dir(path: str, gid: int | None) -> None:
                     os.fchmod(fd, 0o660)
             finally:
                 os.close(fd)
+    except OSError:
+        os.close(found)
+        raise
     finally:
         os.close(directory)
+    return found
 
 
 _out_of_memory: dict[tuple[str, int], bytes] = {}

@@ -28,12 +28,16 @@ TOOLS = str(Path(__file__).with_name("path_attack_tools.py"))
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 
 
-def make_pool(policy: object) -> Pool:
+LAYERS = [(), ("landlock",), ("bind_mounts",)]
+"""Every file layer on, then each of the two alone (the other turned off)."""
+
+
+def make_pool(policy: object, off: tuple[str, ...] = ()) -> Pool:
     registry = Registry.default()
     registry.load(TOOLS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IsolationWarning)
-        return Pool(policy, registry=registry, size=1)  # type: ignore[arg-type]
+        return Pool(policy, registry=registry, size=1, disable=off)  # type: ignore[arg-type]
 
 
 def refusal(text: str, base: Path) -> str:
@@ -179,7 +183,8 @@ def test_paths_are_resolved_once_at_load(tmp_path: Path) -> None:
 # Planted after load: the call fails closed, nothing is followed.
 
 
-def test_nested_data_dir_symlink_is_not_followed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("off", LAYERS)
+def test_nested_data_dir_symlink_is_not_followed(tmp_path: Path, off: tuple[str, ...]) -> None:
     """The red team's first hole, handed to the worker without the load-time check:
     outer/inner planted as a link to a 0700 directory of the host. The inner tool's
     call fails closed; the host directory is not re-owned, re-moded, bound or written."""
@@ -193,7 +198,7 @@ def test_nested_data_dir_symlink_is_not_followed(tmp_path: Path) -> None:
             "pa_write_data": ToolContext(data_dir=str(outer / "inner")),
         }
     )
-    with make_pool(policy) as pool:
+    with make_pool(policy, off) as pool:
         planted = pool.call("pa_plant_link", {"name": "inner", "target": str(victim)})
         assert planted.ok, planted
         message = failed_closed(pool.call("pa_write_data", {"name": "written-by-tool"}))
@@ -222,8 +227,11 @@ def test_a_planted_link_does_not_move_read_files_root(tmp_path: Path) -> None:
     assert "symbolic link" in failed_closed(result)
 
 
+@pytest.mark.parametrize("off", LAYERS)
 @pytest.mark.parametrize("where", ["docs", "."])
-def test_a_root_replaced_by_a_link_after_load_fails_closed(tmp_path: Path, where: str) -> None:
+def test_a_root_replaced_by_a_link_after_load_fails_closed(
+    tmp_path: Path, where: str, off: tuple[str, ...]
+) -> None:
     """The root itself, or a directory on the way to it, becomes a link after load."""
     base = tmp_path / "base"
     (base / "docs").mkdir(parents=True)
@@ -233,7 +241,7 @@ def test_a_root_replaced_by_a_link_after_load_fails_closed(tmp_path: Path, where
     (private / "secret.txt").write_text("host secret")
     (private / "docs" / "faq.md").write_text("host secret")
     policy = parse_policy('[tools.read_file]\nroot = "docs"\n', "p.toml", base)
-    with make_pool(policy) as pool:
+    with make_pool(policy, off) as pool:
         assert pool.call("read_file", {"path": "faq.md"}).output == "public"
         moved = base / where
         moved.rename(tmp_path / "moved-away")
@@ -243,12 +251,15 @@ def test_a_root_replaced_by_a_link_after_load_fails_closed(tmp_path: Path, where
     assert "symbolic link" in failed_closed(result)
 
 
-def test_a_data_dir_replaced_by_a_link_after_load_fails_closed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("off", LAYERS)
+def test_a_data_dir_replaced_by_a_link_after_load_fails_closed(
+    tmp_path: Path, off: tuple[str, ...]
+) -> None:
     victim = tmp_path / "victim"
     victim.mkdir(mode=0o700)
     (tmp_path / "state").mkdir()
     policy = parse_policy('[tools.pa_write_data]\ndata_dir = "state"\n', "p.toml", tmp_path)
-    with make_pool(policy) as pool:
+    with make_pool(policy, off) as pool:
         assert pool.call("pa_write_data", {"name": "first"}).ok
         (tmp_path / "state").rename(tmp_path / "moved-away")
         (tmp_path / "state").symlink_to(victim)
@@ -257,9 +268,20 @@ def test_a_data_dir_replaced_by_a_link_after_load_fails_closed(tmp_path: Path) -
     untouched(victim)
 
 
-def test_a_missing_data_dir_is_still_made(tmp_path: Path) -> None:
-    """The walk that refuses links still creates what does not exist yet."""
-    policy = parse_policy('[tools.pa_write_data]\ndata_dir = "new/state"\n', "p.toml", tmp_path)
-    with make_pool(policy) as pool:
+@pytest.mark.parametrize("off", LAYERS)
+def test_a_missing_data_dir_is_still_made_and_bound(tmp_path: Path, off: tuple[str, ...]) -> None:
+    """The walk that refuses links still creates what does not exist yet, and the
+    directory bound and allowed from its descriptor is the one written: also where it
+    lies inside the same tool's root (bound read-only) and another's."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "faq.md").write_text("public")
+    policy = parse_policy(
+        '[tools.pa_write_data]\nroot = "docs"\ndata_dir = "docs/new/notes"\n'
+        '[tools.read_file]\nroot = "docs"\n',
+        "p.toml",
+        tmp_path,
+    )
+    with make_pool(policy, off) as pool:
         assert pool.call("pa_write_data", {"name": "f"}).ok
-    assert (tmp_path / "new" / "state" / "f").read_text() == "x"
+        assert pool.call("read_file", {"path": "faq.md"}).output == "public"
+    assert (tmp_path / "docs" / "new" / "notes" / "f").read_text() == "x"
