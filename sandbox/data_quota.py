@@ -14,8 +14,8 @@ quota's size (a loop device, project quotas), which is not there for every user.
 from __future__ import annotations
 
 import os
-import stat
 
+from . import _nofollow
 from .limits import MIB, Limits
 
 SLACK = 64 * 1024
@@ -32,37 +32,46 @@ class Unmeasurable(Exception):
 
 def usage_bytes(path: str) -> int:
     """Disk used below `path`, as du counts it (allocated blocks, each inode once),
-    never following a link. 0 when it does not exist yet."""
+    never following a link, on the way to `path` either (it was resolved, symlink-free,
+    when the policy was loaded: a link there now is Unmeasurable). 0 when it does not
+    exist yet."""
     try:
-        top = os.stat(path)  # the policy's path itself may be a link; nothing below it
-    except FileNotFoundError:
-        return 0
+        top = _nofollow.open_dir(path)
     except OSError as exc:
-        raise Unmeasurable(f"{path}: {exc.strerror}") from None
-    if not stat.S_ISDIR(top.st_mode):
-        raise Unmeasurable(f"{path} is not a directory")
+        raise Unmeasurable(f"{path}: {exc.strerror or exc}") from None
+    if top is None:
+        return 0
+    try:
+        return _measure(top, path)
+    finally:
+        os.close(top)
+
+
+def _measure(top: int, path: str) -> int:
     seen: set[tuple[int, int]] = set()
-    total = top.st_blocks * 512
-    pending = [path]
+    total = os.fstat(top).st_blocks * 512
     entries = 0
-    while pending:
-        directory = pending.pop()
-        try:
-            with os.scandir(directory) as listing:
-                for entry in listing:
-                    entries += 1
-                    if entries > MAX_ENTRIES:
-                        raise Unmeasurable(f"{path} holds more than {MAX_ENTRIES} entries")
-                    info = entry.stat(follow_symlinks=False)
-                    if (info.st_dev, info.st_ino) in seen:
-                        continue
-                    if info.st_nlink > 1:
-                        seen.add((info.st_dev, info.st_ino))
-                    total += info.st_blocks * 512
-                    if stat.S_ISDIR(info.st_mode):
-                        pending.append(entry.path)
-        except OSError as exc:
-            raise Unmeasurable(f"{directory}: {exc.strerror}") from None
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    try:
+        # fwalk holds each directory open and descends into none reached by a link.
+        for _, dirs, files, directory in os.fwalk(
+            ".", dir_fd=top, follow_symlinks=False, onerror=fail
+        ):
+            for name in [*dirs, *files]:
+                entries += 1
+                if entries > MAX_ENTRIES:
+                    raise Unmeasurable(f"{path} holds more than {MAX_ENTRIES} entries")
+                info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+                if (info.st_dev, info.st_ino) in seen:
+                    continue
+                if info.st_nlink > 1:
+                    seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
+    except OSError as exc:
+        raise Unmeasurable(f"{path}: {exc.strerror or exc}") from None
     return total
 
 

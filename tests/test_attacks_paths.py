@@ -19,7 +19,9 @@ import pytest
 from policies import load_policy, parse_policy
 from policies.paths import user_data_dir
 from sandbox import IsolationWarning, Limits, Pool
+from sandbox._nofollow import PathChanged
 from sandbox.errors import PolicyError
+from sandbox.worker import own_data_dir
 from tools import Registry
 from tools.context import ToolContext
 
@@ -67,11 +69,13 @@ def untouched(victim: Path) -> None:
     assert info.st_gid == os.getegid(), info.st_gid
 
 
-def failed_closed(result: object) -> str:
+def failed_closed(result: object, kind: str = "crashed") -> str:
+    """The call did not run: its worker refused (`crashed`), or the pool refused to
+    measure a data_dir reached through a link (`data_limit`), before any worker."""
     assert not result.ok, result  # type: ignore[attr-defined]
     error = result.error  # type: ignore[attr-defined]
-    assert error.kind == "crashed", error
-    assert "failed closed" in error.message, error.message
+    assert error.kind == kind, error
+    assert ("failed closed" if kind == "crashed" else "refusing to follow") in error.message
     return str(error.message)
 
 
@@ -187,7 +191,8 @@ def test_paths_are_resolved_once_at_load(tmp_path: Path) -> None:
 def test_nested_data_dir_symlink_is_not_followed(tmp_path: Path, off: tuple[str, ...]) -> None:
     """The red team's first hole, handed to the worker without the load-time check:
     outer/inner planted as a link to a 0700 directory of the host. The inner tool's
-    call fails closed; the host directory is not re-owned, re-moded, bound or written."""
+    call fails closed; the host directory is not re-owned, re-moded, bound or written,
+    nor even measured for its quota (which would tell its size)."""
     victim = tmp_path / "victim"
     victim.mkdir(mode=0o700)
     outer = tmp_path / "outer"
@@ -201,7 +206,8 @@ def test_nested_data_dir_symlink_is_not_followed(tmp_path: Path, off: tuple[str,
     with make_pool(policy, off) as pool:
         planted = pool.call("pa_plant_link", {"name": "inner", "target": str(victim)})
         assert planted.ok, planted
-        message = failed_closed(pool.call("pa_write_data", {"name": "written-by-tool"}))
+        written = pool.call("pa_write_data", {"name": "written-by-tool"})
+        message = failed_closed(written, "data_limit")
     assert "symbolic link" in message and str(outer / "inner") in message, message
     untouched(victim)
 
@@ -225,6 +231,22 @@ def test_a_planted_link_does_not_move_read_files_root(tmp_path: Path) -> None:
         result = pool.call("read_file", {"path": "secret.txt"})
     assert "host secret" not in (result.output or ""), result
     assert "symbolic link" in failed_closed(result)
+
+
+@pytest.mark.parametrize("where", ["outer/inner", "alias/inner"])
+def test_the_worker_never_owns_a_data_dir_through_a_link(tmp_path: Path, where: str) -> None:
+    """What the worker does as root before its lock-down, on its own (the pool's quota
+    check stops a call earlier): a link as the data_dir, or on the way to it, raises
+    before anything is made, re-owned or re-moded."""
+    victim = tmp_path / "victim"
+    victim.mkdir(mode=0o700)
+    outer = tmp_path / "outer"
+    outer.mkdir()
+    (outer / "inner").symlink_to(victim)
+    (tmp_path / "alias").symlink_to(victim)
+    with pytest.raises(PathChanged, match="symbolic link"):
+        own_data_dir(str(tmp_path / where), 4242)
+    untouched(victim)
 
 
 @pytest.mark.parametrize("off", LAYERS)
@@ -263,7 +285,7 @@ def test_a_data_dir_replaced_by_a_link_after_load_fails_closed(
         assert pool.call("pa_write_data", {"name": "first"}).ok
         (tmp_path / "state").rename(tmp_path / "moved-away")
         (tmp_path / "state").symlink_to(victim)
-        message = failed_closed(pool.call("pa_write_data", {"name": "second"}))
+        message = failed_closed(pool.call("pa_write_data", {"name": "second"}), "data_limit")
     assert "symbolic link" in message, message
     untouched(victim)
 
