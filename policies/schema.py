@@ -145,9 +145,13 @@ class Policy(BaseModel):
     _places: dict[str, Place] | None = PrivateAttr(None)
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Policy:
-        """A copy resolves its tools afresh: a shallow copy would share the cache."""
+        """A copy resolves its tools afresh: a shallow copy would share the cache. New
+        tool tables are resolved and checked now, as at load (PolicyError)."""
         copied = super().model_copy(update=update, deep=deep)
         copied._cache = {}
+        if update and {"defaults", "tools"} & set(update):
+            copied._places = None
+            copied.places()
         return copied
 
     @property

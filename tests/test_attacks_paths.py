@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from policies import load_policy, parse_policy
+from policies import ToolPolicy, load_policy, parse_policy
 from policies.paths import user_data_dir
 from sandbox import IsolationWarning, Limits, Pool
 from sandbox._nofollow import PathChanged
@@ -307,3 +307,16 @@ def test_a_missing_data_dir_is_still_made_and_bound(tmp_path: Path, off: tuple[s
         assert pool.call("pa_write_data", {"name": "f"}).ok
         assert pool.call("read_file", {"path": "faq.md"}).output == "public"
     assert (tmp_path / "docs" / "new" / "notes" / "f").read_text() == "x"
+
+
+def test_a_copy_with_new_tool_tables_is_checked_again(tmp_path: Path) -> None:
+    policy = parse_policy('[tools.pa_plant_link]\ndata_dir = "outer"\n', "p.toml", tmp_path)
+    nested = {
+        **policy.tools,
+        "pa_write_data": ToolPolicy(data_dir=str(tmp_path / "outer" / "inner")),
+    }
+    with pytest.raises(PolicyError, match="lies inside"):
+        policy.model_copy(update={"tools": nested})
+    moved = {**policy.tools, "pa_write_data": ToolPolicy(data_dir=str(tmp_path / "apart"))}
+    copied = policy.model_copy(update={"tools": moved})
+    assert copied.context_for("pa_write_data").data_dir == str(tmp_path / "apart")
