@@ -52,7 +52,6 @@ from .layers import check_layer_names
 from .limits import Limits
 from .protocol import Call, Layer, Result, ToolError
 from .template import Template, WorkerHandle
-from .worker import EXIT_SETUP_FAILED
 
 SPARE_TIMEOUT_S = 60.0
 """Longest wait for a spare worker; only reached on a machine that cannot fork."""
@@ -435,6 +434,11 @@ class Pool:
         exited = worker.template.exit_status(worker.pid)
         if exited is None:
             return WorkerCrashed(call.tool, f"{call.tool}'s worker died before answering")
+        reason = worker.setup_failure()  # only set-up code can write there, never a tool
+        if reason is not None:
+            return WorkerCrashed(
+                call.tool, f"{call.tool} did not run: its worker's {reason} (failed closed)"
+            )
         status, cpu = exited.status, exited.cpu_s
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
@@ -454,11 +458,6 @@ class Pool:
                 call.tool, f"{call.tool}'s worker was killed by {_signal_name(sig)}"
             )
         code = os.waitstatus_to_exitcode(status)
-        if code == EXIT_SETUP_FAILED:
-            reason = worker.read_log(LOG_CHARS).partition("\n")[0] or "no reason given"
-            return WorkerCrashed(
-                call.tool, f"{call.tool} did not run: its worker's {reason} (failed closed)"
-            )
         return WorkerCrashed(
             call.tool, f"{call.tool}'s worker exited with status {code} before answering"
         )

@@ -126,13 +126,13 @@ class Ready(_Message):
 
 
 class Spawned(_Message):
-    """A new idle worker; the message carries its socket and pidfd as SCM_RIGHTS."""
+    """A new idle worker; the message carries as SCM_RIGHTS its socket, its pidfd, a
+    read-only descriptor of its log and the read end of its set-up pipe."""
 
     type: Literal["spawned"] = "spawned"
     pid: int
     network: bool
     workdir: str
-    log_path: str
     cpu_usage: str | None = None
     """The usage file of the worker's CPU accounting cgroup, which its whole tree is in."""
 

@@ -36,19 +36,23 @@ class WorkerHandle:
     """One idle or busy worker, as the orchestrator holds it."""
 
     def __init__(
-        self, template: Template, spawned: Spawned, sock: socket.socket, pidfd: int, log_fd: int
+        self,
+        template: Template,
+        spawned: Spawned,
+        sock: socket.socket,
+        fds: tuple[int, int, int],
     ) -> None:
+        """`fds`: its pidfd, its log (read-only) and the read end of its set-up pipe."""
         self.template = template
         """The zygote that forked it (and reports its exit)."""
         self.pid = spawned.pid
         self.workdir = spawned.workdir
-        self.log_path = spawned.log_path
         self.cpu_usage = spawned.cpu_usage
         """Usage file of its CPU accounting cgroup (`sandbox.cpu_budget`), if any."""
         self.sock = sock
-        self.pidfd = pidfd
-        self.log_fd = log_fd
-        self.reader = FrameReader(sock, pidfd)
+        self.pidfd, self.log_fd, self.setup_fd = fds
+        os.set_blocking(self.setup_fd, False)
+        self.reader = FrameReader(sock, self.pidfd)
         self.calls = 0
 
     def kill(self) -> None:
@@ -71,10 +75,20 @@ class WorkerHandle:
             return ""
         return data.decode("utf-8", "replace")
 
+    def setup_failure(self) -> str | None:
+        """Why the worker's sandbox could not be set up, if it said so. Only its set-up
+        code holds this pipe, and closes it before a tool runs: nothing a tool writes
+        or does (exit 70 included) can make this say anything."""
+        try:
+            data = os.read(self.setup_fd, 1000)
+        except OSError:  # empty and still open: set-up is not over (or never failed)
+            return None
+        return data.decode("utf-8", "replace").partition("\n")[0] or None
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
-        for fd in (self.pidfd, self.log_fd):
+        for fd in (self.pidfd, self.log_fd, self.setup_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -176,7 +190,7 @@ class Template:
     def _read_messages(self) -> None:
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(self._ctrl, 65536, 3)
+                data, fds, _, _ = socket.recv_fds(self._ctrl, 65536, 4)
             except OSError:
                 data, fds = b"", []
             if not data:
@@ -187,7 +201,7 @@ class Template:
             message = FromZygote.validate_json(data)
             if isinstance(message, Spawned):
                 sock = socket.socket(fileno=fds[0])
-                handle = WorkerHandle(self, message, sock, fds[1], fds[2])
+                handle = WorkerHandle(self, message, sock, (fds[1], fds[2], fds[3]))
                 self.spares[message.network].put(handle)
             elif isinstance(message, Exited):
                 with self._exit_cond:

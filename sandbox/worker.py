@@ -1,16 +1,18 @@
 """The worker: a child of the zygote that serves tool calls over its socket.
 
 It runs in its own session (and, where the kernel allows, as pid 1 of its own PID
-namespace), with stdin from /dev/null, stdout/stderr in a log file the orchestrator
-reads a capped prefix of, the zygote's allowlisted environment, and rlimits, soft and
-hard, set from the first call's `Limits`. A reusable worker serves only later calls
-with that call's `reuse_key`, each answered only after its clean-up. Errors are
-caught and sent as `{kind, message}`; anything the worker cannot catch (a segfault, a
-kill) the orchestrator learns from the exit status instead.
+namespace), with stdin from /dev/null, stdout/stderr in a log (a memfd, never on the
+host's disk) the orchestrator reads a capped prefix of, the zygote's allowlisted
+environment, and rlimits, soft and hard, set from the first call's `Limits`. A
+reusable worker serves only later calls with that call's `reuse_key`, each answered
+only after its clean-up. Errors are caught and sent as `{kind, message}`; anything
+the worker cannot catch (a segfault, a kill) the orchestrator learns from the exit
+status instead.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import resource
@@ -39,9 +41,12 @@ from .limits import (
 from .protocol import Call, ToolError
 
 CHANNEL_FD = 3
+SETUP_FD = 4
+"""The write end of the worker's set-up pipe, closed before the first tool runs."""
 EXIT_SETUP_FAILED = 70
-"""A worker whose sandbox could not be set up exits with this before any tool runs;
-the reason is the first line of its log."""
+"""A worker whose sandbox could not be set up exits with this before any tool runs,
+its reason written to the set-up pipe: the only words the orchestrator takes as a
+set-up failure, since no tool ever holds that pipe (a tool can exit 70 too)."""
 
 
 class WorkerSetup:
@@ -51,6 +56,7 @@ class WorkerSetup:
         self,
         channel_fd: int,
         log_fd: int,
+        setup_fd: int,
         workdir: str,
         cgroup: str | None,
         *,
@@ -69,6 +75,8 @@ class WorkerSetup:
     ) -> None:
         self.channel_fd = channel_fd
         self.log_fd = log_fd
+        self.setup_fd: int | None = setup_fd
+        """Where a set-up failure is reported; None once set-up is done."""
         self.workdir = workdir
         self.cgroup = cgroup
         self.memory_cgroup = memory_cgroup
@@ -146,12 +154,15 @@ def detach(setup: WorkerSetup) -> socket.socket:
         # Built while this worker waits as a spare; the call only adds its root.
         _jail.build(setup.new_root, setup.jail, setup.workdir)
     os.chdir(setup.workdir)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(setup.log_fd, 1)
-    os.dup2(setup.log_fd, 2)
-    os.dup2(setup.channel_fd, CHANNEL_FD)
-    os.closerange(CHANNEL_FD + 1, _max_fd())
+    # Copied above the fds they go to first, so no move overwrites one not yet made.
+    null, log, channel, setup_fd = (
+        fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, SETUP_FD + 1)
+        for fd in (os.open(os.devnull, os.O_RDONLY), setup.log_fd, setup.channel_fd, setup.setup_fd)
+    )
+    for fd, target in ((null, 0), (log, 1), (log, 2), (channel, CHANNEL_FD), (setup_fd, SETUP_FD)):
+        os.dup2(fd, target)
+    setup.setup_fd = SETUP_FD
+    os.closerange(SETUP_FD + 1, _max_fd())
     os.environ["HOME"] = os.environ["TMPDIR"] = os.environ["PWD"] = setup.workdir
     if setup.landlock_read is not None:
         # Built while this worker waits as a spare; the call only adds its root.
@@ -182,6 +193,7 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
             apply_rlimits(call.limits, reusable=call.limits.reuse_worker, nproc=nproc)
             cap_file_size(call.data_left, for_good=not call.limits.reuse_worker)
             harden(setup, call)
+            end_setup(setup)
         elif call.reuse_key != first.reuse_key:
             os._exit(70)  # the orchestrator never does this: its limits would not hold
         else:
@@ -258,6 +270,26 @@ def harden(setup: WorkerSetup, call: Call) -> None:
             _linux.set_parent_death_signal(signal.SIGKILL)
 
 
+def end_setup(setup: WorkerSetup) -> None:
+    """Set-up succeeded: close the set-up pipe, so nothing the tool does can be told
+    apart as a set-up failure (its end of file tells the orchestrator so)."""
+    if setup.setup_fd is not None:
+        os.close(setup.setup_fd)
+        setup.setup_fd = None
+
+
+def report_failure(setup_fd: int | None, exc: BaseException) -> None:
+    """Why the worker is dying: on the set-up pipe while it is open (a set-up
+    failure), else as a plain line in the log, which the orchestrator never takes for
+    one (by then the tool has run, and could have written the same)."""
+    fd, what = (1, "worker failed") if setup_fd is None else (setup_fd, "sandbox set-up failed")
+    reason = f"{what}: {_describe(exc)}\n"
+    try:
+        os.write(fd, reason.encode(errors="replace")[:1000])
+    except BaseException:
+        pass
+
+
 def own_data_dir(path: str, gid: int | None) -> int:
     """As root, before the lock-down: the data directory exists and, where workers run
     as uids of their own, belongs to their shared group with its files. Returns an
@@ -326,7 +358,9 @@ def run(registry: Registry, call: Call) -> bytes:
         set_current(ToolContext(root=call.root, data_dir=call.data_dir, settings=call.settings))
         spec = registry.get(call.tool)
         value = spec.func(**spec.bind(call.args))
-        text = _as_text(value)
+        # Inside the try: whatever the returned object's class does (its __len__,
+        # __str__, encoding or serializer raise) is the tool's error, not the worker's.
+        return _body(call, _as_text(value))
     except MemoryError:
         return out_of_memory
     except BaseException as exc:  # the tool's bug is the model's observation
@@ -336,6 +370,10 @@ def run(registry: Registry, call: Call) -> bytes:
             return _failure(ErrorKind.TOOL_ERROR, f"{call.tool} raised an exception")
     finally:
         _flush_std()
+
+
+def _body(call: Call, text: str) -> bytes:
+    """The answer for the exact str `text`."""
     if len(text) > call.limits.max_output_chars:
         return _failure(
             ErrorKind.OUTPUT_LIMIT,
@@ -353,8 +391,9 @@ def run(registry: Registry, call: Call) -> bytes:
 
 
 def _as_text(value: Any) -> str:
+    """An exact `str`: no method of a subclass the tool returned runs after this."""
     if isinstance(value, str):
-        return value
+        return str.__str__(value)
     try:
         return to_json(value).decode()
     except Exception as exc:
@@ -405,7 +444,7 @@ def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:
+        except BaseException:  # the tool may have put any object there
             pass
 
 

@@ -14,6 +14,7 @@ kills every worker and exits.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import shutil
@@ -26,7 +27,7 @@ from typing import NoReturn
 from . import _linux, _seccomp, reaper
 from .layers import Layers, base_read_paths
 from .protocol import Exited, Failed, Ready, Shutdown, Spawn, Spawned, ToZygote, ZygoteConfig
-from .worker import EXIT_SETUP_FAILED, WorkerSetup, detach, serve, warm_up
+from .worker import EXIT_SETUP_FAILED, WorkerSetup, detach, report_failure, serve, warm_up
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LANGUAGE", "TZ")
 ENV_PREFIX_ALLOWLIST = ("LC_",)
@@ -113,11 +114,14 @@ class Zygote:
         if uid is not None:
             os.chmod(base, 0o711)
             os.chown(workdir, uid, uid)
-        log_path = os.path.join(base, "output.log")
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        # The orchestrator reads the log through its own descriptor: the file may be
-        # removed (the worker exited, we cleaned up) before it gets to it.
-        log_reader = os.open(log_path, os.O_RDONLY | os.O_CLOEXEC)
+        # The log lives in memory, never on the host's disk: its pages are charged to
+        # the worker's memory cgroup, and RLIMIT_FSIZE bounds each call's part. The
+        # orchestrator reads it through a read-only descriptor of its own.
+        log_fd = os.memfd_create(f"w{self.count}-output.log", os.MFD_CLOEXEC)
+        fcntl.fcntl(log_fd, fcntl.F_SETFL, os.O_APPEND)  # after ftruncate, writes start at 0
+        log_reader = os.open(f"/proc/self/fd/{log_fd}", os.O_RDONLY | os.O_CLOEXEC)
+        # Only the worker's set-up code holds the write end, closed before any tool runs.
+        setup_reader, setup_fd = os.pipe2(os.O_CLOEXEC)
         cgroup = memory = cpu = None
         if self.layers.cpu_root:
             cpu = os.path.join(self.layers.cpu_root, f"w{self.count}")
@@ -138,9 +142,11 @@ class Zygote:
             if self.pidns and pid != 0:
                 self.pidns.leave()  # also when fork failed: the next spawn must work
         if pid == 0:
-            self._become_worker(theirs.fileno(), log_fd, workdir, (cgroup, memory), network, uid)
+            fds = (theirs.fileno(), log_fd, setup_fd)
+            self._become_worker(fds, workdir, (cgroup, memory), network, uid)
         theirs.close()
         os.close(log_fd)
+        os.close(setup_fd)
         pidfd = os.pidfd_open(pid)
         for group in (cgroup, memory, cpu):
             if group:
@@ -150,30 +156,28 @@ class Zygote:
         self.workers[pid] = _WorkerRecord(base, (cgroup, memory, cpu), uid)
         try:
             usage = os.path.join(cpu, self.layers.cpu_usage) if cpu else None
-            spawned = Spawned(
-                pid=pid, network=network, workdir=workdir, log_path=log_path, cpu_usage=usage
-            )
-            self.send(spawned, [ours.fileno(), pidfd, log_reader])
+            spawned = Spawned(pid=pid, network=network, workdir=workdir, cpu_usage=usage)
+            self.send(spawned, [ours.fileno(), pidfd, log_reader, setup_reader])
         finally:
             ours.close()
-            os.close(pidfd)
-            os.close(log_reader)
+            for fd in (pidfd, log_reader, setup_reader):
+                os.close(fd)
 
     def _become_worker(
         self,
-        channel_fd: int,
-        log_fd: int,
+        fds: tuple[int, int, int],
         workdir: str,
         cgroups: tuple[str | None, str | None],
         network: bool,
         uid: int | None,
     ) -> NoReturn:
+        """`fds`: the worker's socket, its log and the write end of its set-up pipe."""
+        setup: WorkerSetup | None = None
         try:
             self.layers.enter_network(network)
             layers = self.layers
             setup = WorkerSetup(
-                channel_fd,
-                log_fd,
+                *fds,
                 workdir,
                 cgroups[0],
                 memory_cgroup=cgroups[1],
@@ -190,15 +194,10 @@ class Zygote:
                 data_gid=layers.uids.data_gid if layers.uids else None,
             )
             chan = detach(setup)
-            log_fd = 1  # detach moved the log there
             serve(chan, self.registry, setup)
         except BaseException as exc:
-            # Fail closed, and say why where the orchestrator looks: the call's log.
-            reason = f"sandbox set-up failed: {type(exc).__name__}: {exc}\n"
-            try:
-                os.write(log_fd, reason.encode(errors="replace")[:1000])
-            except OSError:
-                pass
+            # Fail closed, and say why on the set-up pipe while set-up is not done.
+            report_failure(fds[2] if setup is None else setup.setup_fd, exc)
         os._exit(EXIT_SETUP_FAILED)
 
     def reap(self) -> None:
