@@ -159,9 +159,9 @@ def detach(setup: WorkerSetup) -> socket.socket:
         fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, SETUP_FD + 1)
         for fd in (os.open(os.devnull, os.O_RDONLY), setup.log_fd, setup.channel_fd, setup.setup_fd)
     )
-    for fd, target in ((null, 0), (log, 1), (log, 2), (channel, CHANNEL_FD), (setup_fd, SETUP_FD)):
+    for fd, target in ((null, 0), (log, 1), (log, 2), (channel, CHANNEL_FD)):
         os.dup2(fd, target)
-    setup.setup_fd = SETUP_FD
+    setup.setup_fd = os.dup2(setup_fd, SETUP_FD, inheritable=False)
     os.closerange(SETUP_FD + 1, _max_fd())
     os.environ["HOME"] = os.environ["TMPDIR"] = os.environ["PWD"] = setup.workdir
     if setup.landlock_read is not None:
