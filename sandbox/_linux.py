@@ -167,6 +167,19 @@ def drop_bounding_set() -> None:
     _bounding_set_empty = True
 
 
+def host_pid() -> int:
+    """Our pid as the machine's /proc knows it: the zygote may be pid 1 of a PID
+    namespace of its own, and names that must be unique (cgroups) need this one."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.getpid()
+
+
 def capabilities_effective() -> int:
     """This process's effective capability mask, from /proc/self/status."""
     with open("/proc/self/status") as f:

@@ -6,6 +6,7 @@ run tools without every layer.
 
 | layer | what it stops |
 |---|---|
+| user_namespace | (not root) the zygote's own: what root gets below, without root |
 | pid_namespace | a tool seeing or signalling other processes; any descendant outliving the call |
 | network_namespace | any network use (the workers' namespace has no interface up) |
 | ipc_namespace | SysV shared memory, semaphores and message queues shared with the host |
@@ -30,16 +31,18 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Collection
 
 import psutil
 
-from . import _cpuacct, _jail, _landlock, _linux, _seccomp
+from . import _cpuacct, _jail, _landlock, _linux, _seccomp, _userns
 from .protocol import Layer, ZygoteConfig
 
 LAYER_NAMES = (
+    "user_namespace",
     "pid_namespace",
     "network_namespace",
     "ipc_namespace",
@@ -147,13 +150,13 @@ def _module_paths(module: object) -> list[str]:
 class Layers:
     """Set up in the zygote, inherited by every worker it forks."""
 
-    def __init__(self, config: ZygoteConfig, read_paths: list[str]) -> None:
-        self.status: dict[str, Layer] = {}
+    def __init__(self, config: ZygoteConfig, read_paths: list[str], user_namespace: Layer) -> None:
+        self.status: dict[str, Layer] = {"user_namespace": user_namespace}
         self.disabled = set(config.disabled)
         for name in self.disabled:
             self.status[name] = Layer(state="off", detail="turned off")
         self.pidns = self._pid_namespaces() if self._wanted("pid_namespace") else None
-        self.host_net = self._network_namespace() if self._wanted("network_namespace") else None
+        self.empty_net = self._network_namespace() if self._wanted("network_namespace") else None
         self.ipc = self._ipc_namespace() if self._wanted("ipc_namespace") else False
         self.seccomp = self._seccomp() if self._wanted("seccomp") else False
         self.keyring = self._keyring() if self._wanted("keyring") else False
@@ -209,17 +212,12 @@ class Layers:
         return namespaces
 
     def _network_namespace(self) -> int | None:
-        """Move the zygote (so every worker) into an empty network namespace; keep a
-        descriptor of the host's for tools whose policy allows the network."""
+        """An empty network namespace that workers without the network enter; the
+        zygote stays in the host's, so that a worker whose tool may use the network
+        simply stays there (a user namespace of our own could not `setns` back)."""
         try:
-            host = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            empty = _empty_network_namespace()
         except OSError as exc:
-            self.status["network_namespace"] = Layer(state="unavailable", detail=f"no /proc: {exc}")
-            return None
-        try:
-            _linux.unshare(_linux.CLONE_NEWNET)
-        except OSError as exc:
-            os.close(host)
             self.status["network_namespace"] = Layer(
                 state="unavailable",
                 detail=f"{exc.strerror or exc}: only seccomp keeps tools off the network",
@@ -228,7 +226,7 @@ class Layers:
         self.status["network_namespace"] = Layer(
             state="active", detail="workers share one with no interface up, unless network = true"
         )
-        return host
+        return empty
 
     def _ipc_namespace(self) -> bool:
         failed = _in_child(lambda: _linux.unshare(_linux.CLONE_NEWIPC))
@@ -298,7 +296,7 @@ class Layers:
             )
             return None
         sweep_stale_cgroups(_linux.CGROUP_PIDS_ROOT)
-        path = os.path.join(_linux.CGROUP_PIDS_ROOT, f"{CGROUP_PREFIX}{os.getpid()}")
+        path = os.path.join(_linux.CGROUP_PIDS_ROOT, f"{CGROUP_PREFIX}{_linux.host_pid()}")
         try:
             os.mkdir(path)
         except OSError as exc:
@@ -314,7 +312,7 @@ class Layers:
         it counts what RLIMIT_AS does not (memfd, tmpfs, page cache)."""
         parent = os.path.join(_linux.CGROUP_MEMORY_ROOT, _linux.own_cgroup("memory").lstrip("/"))
         sweep_stale_cgroups(parent)
-        path = os.path.join(parent, f"{CGROUP_PREFIX}{os.getpid()}")
+        path = os.path.join(parent, f"{CGROUP_PREFIX}{_linux.host_pid()}")
         try:
             os.mkdir(path)
         except OSError as exc:
@@ -332,7 +330,7 @@ class Layers:
     def _cpu_cgroup(self) -> None:
         """A CPU accounting cgroup per worker (`sandbox._cpuacct`): the orchestrator
         reads its usage while the call runs and kills the tree at `cpu_s`."""
-        name = f"{CGROUP_PREFIX}{os.getpid()}"
+        name = f"{CGROUP_PREFIX}{_linux.host_pid()}"
         path, usage, why = _cpuacct.make_root(name, sweep_stale_cgroups)
         if path is None:
             self.status["cgroup_cpu"] = Layer(
@@ -464,9 +462,32 @@ class Layers:
         return layout
 
     def enter_network(self, network: bool) -> None:
-        """In a freshly forked worker: back to the host's network if the tool may use it."""
-        if network and self.host_net is not None:
-            _linux.setns(self.host_net, _linux.CLONE_NEWNET)
+        """In a freshly forked worker: into the empty namespace unless the tool may use
+        the network."""
+        if not network and self.empty_net is not None:
+            _linux.setns(self.empty_net, _linux.CLONE_NEWNET)
+
+
+def user_namespace(disabled: Collection[str]) -> Layer:
+    """Run first in the zygote, while it is single-threaded: where we are not root,
+    become the owner of a user namespace (and pid 1 of a PID namespace in it), so that
+    the layers below can be made without root. Root needs none."""
+    if os.geteuid() == 0:
+        return Layer(state="standby", detail="not needed: the orchestrator is root")
+    if "user_namespace" in disabled:
+        return Layer(state="off", detail="turned off")
+    with_pid = "pid_namespace" not in disabled
+    failed = _in_child(lambda: _userns.probe(with_pid))
+    if failed and with_pid and _in_child(lambda: _userns.probe(False)) is None:
+        with_pid, failed = False, None  # the user namespace, but no PID one in it
+    if failed:
+        return Layer(state="unavailable", detail=_userns.why_refused(failed))
+    _userns.enter(with_pid)
+    return Layer(
+        state="active",
+        detail=f"the zygote's own, uid {os.getuid()} mapped to itself; workers drop "
+        "every capability it holds there",
+    )
 
 
 CGROUP_PREFIX = "sandboxed-agent-"
@@ -486,7 +507,7 @@ def sweep_stale_cgroups(parent: str) -> None:
             pid = int(name[len(CGROUP_PREFIX) :])
         except ValueError:
             continue
-        if pid != os.getpid() and psutil.pid_exists(pid):
+        if pid != _linux.host_pid() and psutil.pid_exists(pid):
             continue
         path = os.path.join(parent, name)
         with contextlib.suppress(OSError):
@@ -605,6 +626,34 @@ def _in_child(probe: Callable[[], object]) -> str | None:
     if os.waitstatus_to_exitcode(status) == 0:
         return None
     return message or f"the probe exited with status {status}"
+
+
+def _empty_network_namespace() -> int:
+    """A descriptor of a new network namespace, made by a throwaway child and passed
+    back over a socket (the zygote may be pid 1 of a namespace of its own, where its
+    /proc, the host's, would not name the child)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            _linux.unshare(_linux.CLONE_NEWNET)
+            fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+            socket.send_fds(theirs, [b"ok"], [fd])
+        except BaseException as exc:
+            theirs.send(f"{exc}".encode()[:500] or b"failed")
+            os._exit(1)
+        os._exit(0)
+    theirs.close()
+    try:
+        message, fds, _, _ = socket.recv_fds(ours, 600, 1)
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    if message != b"ok" or not fds:
+        raise OSError(message.decode(errors="replace") or "the child died")
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def _seccomp_works() -> None:

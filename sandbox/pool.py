@@ -257,7 +257,7 @@ class Pool:
             error=result.error,
             duration_ms=round(duration, 3),
             logs=logs,
-            worker_pid=worker.pid,
+            worker_pid=worker.host_pid,
             error_origin=None if result.ok else _origin(result),
         )
 
@@ -410,7 +410,7 @@ class Pool:
     def _check_memory(self, worker: WorkerHandle, call: Call, message: str) -> Result:
         """A MemoryError the kernel's numbers back is `memory_limit`; any other is the
         tool's own error (it raised MemoryError, or asked for more than was left)."""
-        why_not = memory_evidence(worker.pid, call.limits)
+        why_not = memory_evidence(worker.host_pid, call.limits)
         if worker.wait_dead(0):  # gone: the numbers may be another process's
             why_not = "the worker exited before its memory could be checked"
         self._kill(worker)
@@ -465,7 +465,7 @@ class Pool:
     def _kill(self, worker: WorkerHandle) -> None:
         """SIGKILL the worker and everything it started, and wait until it is gone."""
         if not self.pid_namespaces:
-            reaper.kill_tree(worker.pid)
+            reaper.kill_tree(worker.host_pid)
         worker.kill()
         worker.wait_dead(KILL_WAIT_S)
 

@@ -46,6 +46,9 @@ class WorkerHandle:
         self.template = template
         """The zygote that forked it (and reports its exit)."""
         self.pid = spawned.pid
+        """As the zygote knows it (its exit reports name this one)."""
+        self.host_pid = _host_pid(fds[0]) or spawned.pid
+        """As our /proc knows it: the zygote may be pid 1 of a namespace of its own."""
         self.workdir = spawned.workdir
         self.cpu_usage = spawned.cpu_usage
         """Usage file of its CPU accounting cgroup (`sandbox.cpu_budget`), if any."""
@@ -91,6 +94,19 @@ class WorkerHandle:
         for fd in (self.pidfd, self.log_fd, self.setup_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _host_pid(pidfd: int) -> int | None:
+    """The pid a pidfd refers to, in our own PID namespace (its fdinfo says)."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    pid = int(line.split()[1])
+                    return pid if pid > 0 else None
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class Template:

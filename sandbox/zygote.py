@@ -25,8 +25,18 @@ import tempfile
 from typing import NoReturn
 
 from . import _linux, _seccomp, reaper
-from .layers import Layers, base_read_paths
-from .protocol import Exited, Failed, Ready, Shutdown, Spawn, Spawned, ToZygote, ZygoteConfig
+from .layers import Layers, base_read_paths, user_namespace
+from .protocol import (
+    Exited,
+    Failed,
+    Layer,
+    Ready,
+    Shutdown,
+    Spawn,
+    Spawned,
+    ToZygote,
+    ZygoteConfig,
+)
 from .worker import EXIT_SETUP_FAILED, WorkerSetup, detach, report_failure, serve, warm_up
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LANGUAGE", "TZ")
@@ -70,7 +80,7 @@ class _WorkerRecord:
 
 
 class Zygote:
-    def __init__(self, ctrl: socket.socket, config: ZygoteConfig) -> None:
+    def __init__(self, ctrl: socket.socket, config: ZygoteConfig, user_ns: Layer) -> None:
         from tools.registry import Registry
 
         self.ctrl = ctrl
@@ -81,7 +91,7 @@ class Zygote:
         self.workers: dict[int, _WorkerRecord] = {}
         self.count = 0
         self.read_paths = base_read_paths(config.read_paths)
-        self.layers = Layers(config, self.read_paths)
+        self.layers = Layers(config, self.read_paths, user_ns)
         self.pidns = self.layers.pidns
         self.cgroup_root = self.layers.cgroup_root
         self.memory_root = self.layers.memory_root
@@ -224,6 +234,8 @@ class Zygote:
         until none is left that is not a worker. Runs before `Exited` is sent."""
         if record.cgroup:
             _kill_cgroup(record.cgroup)
+        if os.getpid() == 1:
+            return  # our own namespace's init: the host's /proc would misname our pids
         import psutil
 
         for _ in range(reaper.KILL_ROUNDS):
@@ -348,13 +360,21 @@ def _rmdir_cgroup(path: str) -> None:
 
 
 def _reap_all_children() -> None:
-    import psutil
-
-    for child in psutil.Process().children():
+    if os.getpid() == 1:
+        # pid 1 of our own namespace (see _userns): everyone else in it is ours, and
+        # psutil, reading the host's /proc, would take a host pid for one of ours.
         try:
-            child.kill()
-        except psutil.Error:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
             pass
+    else:
+        import psutil
+
+        for child in psutil.Process().children():
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
     while True:
         try:
             os.waitpid(-1, 0)
@@ -373,7 +393,8 @@ def main(ctrl_fd: int, config_json: str) -> None:
     os.close(null)
     config = ZygoteConfig.model_validate_json(config_json)
     try:
-        zygote = Zygote(ctrl, config)
+        user_ns = user_namespace(config.disabled)  # first: while single-threaded
+        zygote = Zygote(ctrl, config, user_ns)
     except BaseException as exc:
         ctrl.send(
             Failed(message=f"cannot load the tools: {type(exc).__name__}: {exc}")

@@ -37,7 +37,7 @@ def test_import_path_entries_do_not_widen_the_read_set(tmp_path: Path) -> None:
         text=True,
         timeout=120,
         cwd=start,
-        env={**os.environ, "PYTHONPATH": ROOT},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])},
     )
     assert proc.returncode == 0, proc.stderr
     paths = json.loads(proc.stdout)
@@ -102,7 +102,7 @@ def test_python_dash_m_from_a_clone_elsewhere_reads_nothing_beside_it(tmp_path: 
         text=True,
         timeout=120,
         cwd=start,
-        env={**os.environ, "PYTHONPATH": ROOT},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])},
     )
     answer = json.loads(proc.stdout)
     assert answer["ok"], (answer, proc.stderr)
