@@ -249,9 +249,9 @@ class Layers:
             return False
         self.status["seccomp"] = Layer(
             state="active",
-            detail="no UNIX, packet or vsock sockets (socketpair only), internet ones only "
-            "with network = true; no open_by_handle_at, io_uring, bpf, userfaultfd, "
-            "perf_event_open or foreign ABI",
+            detail="no UNIX, packet or vsock sockets (stream socket pairs only), internet "
+            "ones only with network = true; no open_by_handle_at, io_uring, bpf, "
+            "userfaultfd, perf_event_open or foreign ABI",
         )
         return True
 
@@ -362,9 +362,11 @@ class Layers:
         if os.geteuid() != 0 and _linux.capabilities_effective() == 0:
             self.status["capabilities"] = Layer(state="active", detail="not root: none to drop")
             return
-        self.status["capabilities"] = Layer(
-            state="active", detail="all dropped (bounding set emptied, NOROOT locked)"
-        )
+        if os.geteuid() != 0:
+            detail = "all those of the zygote's user namespace dropped (bounding set emptied)"
+        else:
+            detail = "all dropped (bounding set emptied, NOROOT locked)"
+        self.status["capabilities"] = Layer(state="active", detail=detail)
 
     def _unprivileged_uid(self, root: str, read_paths: list[str]) -> None:
         """As root: each worker gets a uid of its own, with no capability at all. It

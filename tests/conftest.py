@@ -10,14 +10,15 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from sandbox import _linux
-from sandbox.pool import Pool
+from sandbox import IsolationWarning, _linux
+from sandbox.pool import LimitsPolicy, Pool
 from tools import Registry
 
 HOSTILE = str(Path(__file__).with_name("hostile_tools.py"))
@@ -129,6 +130,35 @@ def no_leftovers() -> Iterator[None]:
         pytest.fail(f"the test left SysV IPC objects on the host: {ipc}")
     if files:
         pytest.fail(f"the test left files in the temporary directory: {sorted(files)}")
+
+
+FILE_LAYERS = {
+    # name: (layers off, layers that must be on)
+    "jail and Landlock": ((), ("bind_mounts", "landlock")),
+    "jail alone": (("landlock",), ("bind_mounts",)),
+    "Landlock alone": (("bind_mounts",), ("landlock",)),
+}
+"""The file layers together, then each alone: an attack must fail under every one."""
+
+
+def pool_without(
+    off: Collection[str],
+    wanted: Collection[str] = (),
+    policy: LimitsPolicy | None = None,
+    *,
+    registry: Registry | None = None,
+    size: int = 1,
+) -> Pool:
+    """A pool with the layers `off` turned off, whose `wanted` layers must be active
+    here (else the test is skipped, saying why)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IsolationWarning)  # what depends on the one off
+        pool = Pool(policy, registry=registry, size=size, disable=off)
+    for layer in wanted:
+        if not pool.layers[layer].active:
+            pool.close()
+            pytest.skip(f"{layer} is unavailable here: {pool.layers[layer].detail}")
+    return pool
 
 
 @pytest.fixture

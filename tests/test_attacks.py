@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import FILE_LAYERS, pool_without
 
 from policies import parse_policy
 from sandbox import IsolationWarning, Pool, SandboxUnavailable
@@ -92,12 +93,8 @@ def offline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pool]:
     registry = Registry.default()
     registry.load(ATTACKS)
     off = NETWORK_LAYERS[request.param]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IsolationWarning)  # what depends on the one off
-        pool = Pool(registry=registry, size=1, disable=off)
-    with pool:
-        for layer in {"network_namespace", "seccomp"} - set(off):
-            needs(pool, layer)
+    wanted = {"network_namespace", "seccomp"} - set(off)
+    with pool_without(off, wanted, registry=registry) as pool:
         yield pool
 
 
@@ -143,14 +140,6 @@ def test_a_tool_allowed_the_network_reaches_it(tmp_path: Path, listener: int) ->
     assert "network_namespace" in pool.layers
 
 
-FILE_LAYERS = {
-    # name: (layers off, layers that must be on)
-    "jail and Landlock": ((), ("bind_mounts", "landlock")),
-    "jail alone": (("landlock",), ("bind_mounts",)),
-    "Landlock alone": (("bind_mounts",), ("landlock",)),
-}
-
-
 @pytest.fixture(params=list(FILE_LAYERS), ids=list(FILE_LAYERS))
 def confined(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pool]:
     """A pool whose files are confined by both walls, then by each alone."""
@@ -165,13 +154,7 @@ def confined(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pool]:
         "files.toml",
         tmp_path,
     )
-    off, wanted = FILE_LAYERS[request.param]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IsolationWarning)  # what depends on the one off
-        pool = Pool(policy, registry=registry, size=1, disable=off)
-    with pool:
-        for layer in wanted:
-            needs(pool, layer)
+    with pool_without(*FILE_LAYERS[request.param], policy, registry=registry) as pool:
         yield pool
 
 

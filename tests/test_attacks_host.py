@@ -19,14 +19,14 @@ import subprocess
 import sys
 import tempfile
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import FILE_LAYERS, pool_without
 
 from policies import parse_policy
-from sandbox import IsolationWarning, Pool
+from sandbox import Pool
 from tools import Registry
 
 pytestmark = [
@@ -45,15 +45,7 @@ def pool_with(tmp_path: Path, off: tuple[str, ...], wanted: tuple[str, ...]) -> 
     docs.mkdir(exist_ok=True)
     tools = ["attack_unix_connect", "attack_stat", "attack_list_dir", "read_file"]
     text = "".join(f'[tools.{name}]\nroot = "docs"\n' for name in tools)
-    policy = parse_policy(text, "host.toml", tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IsolationWarning)  # what depends on the one off
-        pool = Pool(policy, registry=registry, size=1, disable=off)
-    for layer in wanted:
-        if not pool.layers[layer].active:
-            pool.close()
-            pytest.skip(f"{layer} is unavailable here: {pool.layers[layer].detail}")
-    return pool
+    return pool_without(off, wanted, parse_policy(text, "host.toml", tmp_path), registry=registry)
 
 
 def out(pool: Pool, tool: str, **args: object) -> str:
@@ -168,7 +160,7 @@ def test_a_tool_with_the_network_gets_no_unix_socket(
             assert not listener.connected, name
 
 
-JAILED = {"jail and Landlock": (), "jail alone": ("landlock",)}
+JAILED = {name: off for name, (off, _) in FILE_LAYERS.items() if "jail" in name}
 
 
 @pytest.fixture(params=list(JAILED))

@@ -9,14 +9,14 @@ import platform
 import socket
 import tempfile
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import pool_without
 
 from policies import parse_policy
-from sandbox import IsolationWarning, Pool, SandboxUnavailable
+from sandbox import Pool, SandboxUnavailable
 from tools import Registry
 
 pytestmark = [
@@ -31,14 +31,7 @@ def make_pool(
 ) -> Pool:
     registry = Registry.default()
     registry.load(TOOLS)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IsolationWarning)  # what depends on the one off
-        pool = Pool(parse_policy(policy, "rt.toml", base), registry=registry, size=1, disable=off)
-    for layer in wanted:
-        if not pool.layers[layer].active:
-            pool.close()
-            pytest.skip(f"{layer} is unavailable here: {pool.layers[layer].detail}")
-    return pool
+    return pool_without(off, wanted, parse_policy(policy, "rt.toml", base), registry=registry)
 
 
 class DgramListener:

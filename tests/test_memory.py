@@ -7,19 +7,19 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FILE_LAYERS, pool_without
 
 from agent.embeddings import Embedder
 from agent.loop import Agent
 from agent.model import ModelClient
 from agent.replay import ScriptedModelServer, Step, call, say
 from policies import parse_policy
-from sandbox import IsolationWarning, Pool
+from sandbox import Pool
 from tools import Registry
 from tools.memory_files import namespace_file
 from tools.memory_store import MemoryStore, sqlite_vec_engine
@@ -45,14 +45,6 @@ def memory_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
-FILE_LAYERS = {
-    # name: (layers off, layers that must be on)
-    "jail and Landlock": ((), ("bind_mounts", "landlock")),
-    "jail alone": (("landlock",), ("bind_mounts",)),
-    "Landlock alone": (("bind_mounts",), ("landlock",)),
-}
-
-
 @pytest.fixture(params=list(FILE_LAYERS), ids=list(FILE_LAYERS))
 def pool(request: pytest.FixtureRequest, memory_dir: Path, tmp_path: Path) -> Iterator[Pool]:
     """The data_dir is granted by a read-write bind in the worker's root and by
@@ -61,14 +53,7 @@ def pool(request: pytest.FixtureRequest, memory_dir: Path, tmp_path: Path) -> It
     registry.load("tools.memory")  # offered only on request
     registry.load(ATTACKS)
     policy = parse_policy(POLICY.format(dir=memory_dir), "memory.toml", tmp_path)
-    off, wanted = FILE_LAYERS[request.param]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", IsolationWarning)  # what depends on the one off
-        pool = Pool(policy, registry=registry, size=2, disable=off)
-    with pool:
-        for layer in wanted:
-            if not pool.layers[layer].active:
-                pytest.skip(f"{layer} is unavailable here: {pool.layers[layer].detail}")
+    with pool_without(*FILE_LAYERS[request.param], policy, registry=registry, size=2) as pool:
         yield pool
 
 

@@ -77,7 +77,8 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
         ),
         (
             "[layers]\nlandlok = false",
-            "[layers] landlok: unknown isolation layer 'landlok'; known: pid_namespace,",
+            "[layers] landlok: unknown isolation layer 'landlok'; known: user_namespace, "
+            "pid_namespace,",
         ),
         ("[layers]\nrlimits = false", "[layers] rlimits: the rlimits layer cannot be turned off"),
         ("[layers]\nseccomp = 'off'", "[layers] seccomp: input should be a valid boolean"),
