@@ -112,7 +112,7 @@ class Trace:
             remember_secret(secret)
         self._file: IO[str] | None = None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # No parent made on the way: a mistyped directory is an error, not a new tree.
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._file = os.fdopen(fd, "a", encoding="utf-8")
 

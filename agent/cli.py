@@ -58,8 +58,23 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: `--arg` meaning `--args` today would mean another flag tomorrow.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(chat)
 
     runs = sub.add_parser("runs", help="list the checkpointed runs, newest first")
-    runs.add_argument("--limit", type=int, default=20, metavar="N")
+    runs.add_argument("--limit", type=_positive, default=20, metavar="N")
 
     trace = sub.add_parser("trace", help="show a trace file as a timeline")
     trace.add_argument("file")
@@ -188,7 +203,13 @@ def _main(argv: list[str]) -> int:
         if args.command == "doctor":
             from .doctor import run_doctor
 
-            return run_doctor(load_policy(args.policy).disabled_layers if args.policy else [])
+            if not args.policy:
+                return run_doctor([])
+            try:
+                policy = load_policy(args.policy)
+            except SandboxedAgentError as exc:
+                raise UsageError(str(exc)) from None  # a bad file is a usage error, as for run
+            return run_doctor(policy.disabled_layers)
         if args.command == "policy":
             return cmd_policy_show(args)
         if args.command in ("run", "chat"):

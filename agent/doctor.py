@@ -10,8 +10,9 @@ import json
 import os
 import platform
 import sys
+import warnings
 
-from sandbox import Pool
+from sandbox import IsolationWarning, Pool
 from tools import Registry
 
 from .terminal import safe
@@ -20,7 +21,11 @@ from .terminal import safe
 def run_doctor(disable: list[str] | None = None) -> int:
     registry = Registry()
     registry.load("sandbox.probe")
-    with Pool(registry=registry, size=1, spares=1, disable=disable or []) as pool:
+    with warnings.catch_warnings():
+        # This command's own report names every missing layer: no warning above it.
+        warnings.simplefilter("ignore", IsolationWarning)
+        pool = Pool(registry=registry, size=1, spares=1, disable=disable or [])
+    with pool:
         layers = pool.layers
         probe = pool.call("sandbox_probe")
     user = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
@@ -42,8 +47,8 @@ def run_doctor(disable: list[str] | None = None) -> int:
     ]
     print(f" ({'; '.join(aside)}). " if aside else ". ", end="")
     print(
-        'With isolation = "strict", tools run only when every layer neither turned off '
-        "nor on standby is.\n"
+        'With isolation = "strict", tools run only when every layer is active, but those '
+        "turned off by the policy or on standby.\n"
     )
     if not probe.ok:
         print(f"The probe worker failed: {probe.error.kind}: {safe(probe.error.message)}")

@@ -118,7 +118,13 @@ def build_agent(
     policy = with_run_overrides(policy, args)
     model = model_client(policy, args.base_url)
     pool = stack.enter_context(Pool(policy, registry=registry, **policy.pool_options()))
-    trace = Trace(args.trace, secrets=[os.environ.get("OPENAI_API_KEY", "")])
+    try:
+        trace = Trace(args.trace, secrets=[os.environ.get("OPENAI_API_KEY", "")])
+    except OSError as exc:
+        raise UsageError(
+            f"--trace {args.trace}: cannot write there ({exc.strerror or exc}); give a file "
+            "in an existing, writable directory"
+        ) from None
     stack.callback(trace.close)
     progress = None
     if sys.stderr.isatty():
@@ -229,7 +235,13 @@ def cmd_trace(path: str) -> int:
         events = read_trace(path)
     except FileNotFoundError:
         raise UsageError(f"trace file not found: {path}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a directory; give a trace file (--trace FILE)") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read the trace file {path}: {exc.strerror or exc}") from None
     print(render_timeline(events))
     return 0

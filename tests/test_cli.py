@@ -209,3 +209,36 @@ def test_read_file_refuses_a_path_that_is_not_unicode(tmp_path: Path, path: str,
     assert result["ok"] is False
     assert result["error"]["kind"] == "bad_arguments"
     assert "lone surrogate" in result["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["trace", "/tmp"], "/tmp is a directory; give a trace file"),
+        (
+            ["run", "hello", "--trace", "/tmp", "--base-url", "http://127.0.0.1:9/v1"],
+            "--trace /tmp: cannot write there",
+        ),
+        (
+            [
+                "run",
+                "hello",
+                "--trace",
+                "/nonexistent-dir/t.jsonl",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+            ],
+            "--trace /nonexistent-dir/t.jsonl: cannot write there",
+        ),
+        (["runs", "--limit", "-3"], "-3 is not a positive whole number"),
+        (["tool", "calculate", "--arg", '{"expression": "1"}'], "unrecognized arguments: --arg"),
+        (["doctor", "--policy", "/nonexistent-policy.toml"], "policy file not found"),
+    ],
+)
+def test_mistakes_a_new_user_made_are_one_line_and_exit_2(args: list[str], said: str) -> None:
+    proc = cli(*args)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not Path("/nonexistent-dir").exists()
