@@ -228,16 +228,11 @@ def harden(setup: WorkerSetup, call: Call) -> None:
     data = root = None
     try:
         if call.data_dir:
-            try:
-                data = own_data_dir(call.data_dir, setup.data_gid)
-            except _nofollow.PathChanged:
-                raise
-            except OSError:
-                pass  # the tool meets the same error on its first use, and reports it
+            data = _open_data_dir(call.data_dir, setup.data_gid)
             groups = (setup.data_gid,) if setup.data_gid is not None else ()
             os.umask(0o007)  # what one worker writes there, the next (another uid) can use
         if call.root:
-            root = _nofollow.open_dir(call.root)  # None: missing, nothing to allow
+            root = _open_as_is(call.root)  # None: nothing to bind or allow
         if setup.jail is not None:
             bound = list(setup.jail.binds)
             if root is not None and call.root:
@@ -288,6 +283,28 @@ def report_failure(setup_fd: int | None, exc: BaseException) -> None:
         os.write(fd, reason.encode(errors="replace")[:1000])
     except BaseException:
         pass
+
+
+def _open_data_dir(path: str, gid: int | None) -> int | None:
+    """`own_data_dir`, or where that fails for another reason than a link, the
+    directory as it is: the tool meets the same error on its first use, and reports it."""
+    try:
+        return own_data_dir(path, gid)
+    except _nofollow.PathChanged:
+        raise
+    except OSError:
+        return _open_as_is(path)
+
+
+def _open_as_is(path: str) -> int | None:
+    """`_nofollow.open_dir(path)`; None where it is missing or cannot be reached (a
+    tool then finds nothing there). A link on the way still raises `PathChanged`."""
+    try:
+        return _nofollow.open_dir(path)
+    except _nofollow.PathChanged:
+        raise
+    except OSError:
+        return None
 
 
 def own_data_dir(path: str, gid: int | None) -> int:
