@@ -28,18 +28,17 @@ run tools without every layer.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
-import socket
-import sys
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 import psutil
 
-from . import _cpuacct, _jail, _landlock, _linux, _seccomp, _userns
+from . import _cpuacct, _jail, _landlock, _linux, _probes, _seccomp, _userns
 from .protocol import Layer, ZygoteConfig
+from .read_set import SYSTEM_READ_PATHS
+from .uids import NOBODY, UID_BASE, UidRange
 
 LAYER_NAMES = (
     "user_namespace",
@@ -75,76 +74,6 @@ def check_layer_names(names: Collection[str]) -> list[str]:
             known = ", ".join(n for n in LAYER_NAMES if n not in ALWAYS_ON)
             raise ValueError(f"unknown isolation layer {name!r}; known: {known}")
     return list(names)
-
-
-UID_BASE = 1_000_000_000
-UID_SPAN = 1_000_000
-"""Workers get their own uid (and gid) from this range, one not in any passwd file,
-so that RLIMIT_NPROC counts each worker's processes alone."""
-NOBODY = 65534
-
-
-SYSTEM_READ_PATHS = (
-    "/usr",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/bin",
-    "/sbin",
-    "/etc/ssl",
-    "/etc/ca-certificates",
-    "/etc/pki",
-    "/etc/localtime",
-    "/etc/timezone",
-    "/etc/hosts",
-    "/etc/resolv.conf",
-    "/etc/nsswitch.conf",
-    "/etc/gai.conf",
-    "/etc/protocols",
-    "/etc/services",
-    "/etc/mime.types",
-    "/etc/os-release",
-    "/etc/ld.so.cache",
-    "/etc/passwd",
-    "/etc/group",
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-    "/proc",  # other processes' secrets there are closed by the capability drop
-    "/sys/devices/system/cpu",
-)
-"""What any Python program reads. Not /etc/shadow, not /root, not /home, not /tmp."""
-
-
-def base_read_paths(extra: list[str]) -> list[str]:
-    """What every worker may read: the interpreter's prefixes, the directory of each
-    imported top-level package (with its package data) or the file of each top-level
-    module, and the system files a Python program needs.
-
-    Taken from the modules themselves, never from the import path: an entry there may
-    be the directory a program started in (your home, a project with its `.env`), and
-    an editable install puts none there for its packages.
-    """
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *extra}
-    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
-    for name, module in list(sys.modules.items()):
-        if "." not in name and module is not None:
-            paths.update(_module_paths(module))
-    return sorted(p for p in paths if p and os.path.isabs(p)) + list(SYSTEM_READ_PATHS)
-
-
-def _module_paths(module: object) -> list[str]:
-    """A package's directories (a namespace package may have several); a module's file."""
-    locations = getattr(module, "__path__", None)
-    if locations is not None:
-        try:
-            return [os.path.realpath(p) for p in locations if isinstance(p, str)]
-        except TypeError:
-            return []
-    filename = getattr(module, "__file__", None)
-    return [os.path.realpath(filename)] if isinstance(filename, str) else []
 
 
 class Layers:
@@ -216,7 +145,7 @@ class Layers:
         zygote stays in the host's, so that a worker whose tool may use the network
         simply stays there (a user namespace of our own could not `setns` back)."""
         try:
-            empty = _empty_network_namespace()
+            empty = _probes.empty_network_namespace()
         except OSError as exc:
             self.status["network_namespace"] = Layer(
                 state="unavailable",
@@ -229,7 +158,7 @@ class Layers:
         return empty
 
     def _ipc_namespace(self) -> bool:
-        failed = _in_child(lambda: _linux.unshare(_linux.CLONE_NEWIPC))
+        failed = _probes.in_child(lambda: _linux.unshare(_linux.CLONE_NEWIPC))
         if failed:
             self.status["ipc_namespace"] = Layer(
                 state="unavailable",
@@ -243,7 +172,7 @@ class Layers:
         return True
 
     def _seccomp(self) -> bool:
-        why = _seccomp.supported() or _in_child(_seccomp_works)
+        why = _seccomp.supported() or _probes.in_child(_probes.seccomp_works)
         if why:
             self.status["seccomp"] = Layer(state="unavailable", detail=why)
             return False
@@ -263,7 +192,7 @@ class Layers:
                 state="unavailable", detail="needs seccomp to refuse the keyring calls"
             )
             return False
-        failed = _in_child(_keyring_closed)
+        failed = _probes.in_child(_probes.keyring_closed)
         if failed:
             self.status["keyring"] = Layer(state="unavailable", detail=failed)
             return False
@@ -279,7 +208,7 @@ class Layers:
                 state="unavailable", detail="needs seccomp to refuse CLONE_NEWUSER"
             )
             return False
-        failed = _in_child(_userns_closed)
+        failed = _probes.in_child(_probes.userns_closed)
         if failed:
             self.status["userns_denied"] = Layer(state="unavailable", detail=failed)
             return False
@@ -397,13 +326,13 @@ class Layers:
             try:
                 jail = self.jail
                 own_proc = self.pidns is not None
-                unreadable = _in_child(
-                    lambda: _readable_as(uids.first, private, (base, jail, own_proc))
+                unreadable = _probes.in_child(
+                    lambda: _probes.readable_as(uids.first, private, (base, jail, own_proc))
                 )
             finally:
                 shutil.rmtree(base, ignore_errors=True)
         else:
-            unreadable = _in_child(lambda: _readable_as(uids.first, private, None))
+            unreadable = _probes.in_child(lambda: _probes.readable_as(uids.first, private, None))
         if unreadable:
             self.status["unprivileged_uid"] = Layer(
                 state="unavailable",
@@ -418,7 +347,7 @@ class Layers:
         probe = os.path.join(root, "mount-probe")
         os.makedirs(probe, exist_ok=True)
         own_proc = self.pidns is not None
-        failed = _in_child(lambda: _linux.private_mounts(probe, 1, own_proc=own_proc))
+        failed = _probes.in_child(lambda: _linux.private_mounts(probe, 1, own_proc=own_proc))
         os.rmdir(probe)
         if failed:
             self.status["mount_namespace"] = Layer(
@@ -447,7 +376,9 @@ class Layers:
         layout = _jail.plan(read_paths)
         base = tempfile.mkdtemp(prefix="jail-probe-", dir=root)
         try:
-            failed = _in_child(lambda: _jail_works(base, layout, self.pidns is not None))
+            failed = _probes.in_child(
+                lambda: _probes.jail_works(base, layout, self.pidns is not None)
+            )
         finally:
             shutil.rmtree(base, ignore_errors=True)
         if failed:
@@ -479,8 +410,8 @@ def user_namespace(disabled: Collection[str]) -> Layer:
     if "user_namespace" in disabled:
         return Layer(state="off", detail="turned off")
     with_pid = "pid_namespace" not in disabled
-    failed = _in_child(lambda: _userns.probe(with_pid))
-    if failed and with_pid and _in_child(lambda: _userns.probe(False)) is None:
+    failed = _probes.in_child(lambda: _userns.probe(with_pid))
+    if failed and with_pid and _probes.in_child(lambda: _userns.probe(False)) is None:
         with_pid, failed = False, None  # the user namespace, but no PID one in it
     if failed:
         return Layer(state="unavailable", detail=_userns.why_refused(failed))
@@ -518,228 +449,3 @@ def sweep_stale_cgroups(parent: str) -> None:
                     with contextlib.suppress(OSError):
                         os.rmdir(child.path)
             os.rmdir(path)
-
-
-class UidRange:
-    """The uids workers run as: one per live worker, or `nobody` for all where the
-    user namespace maps no wider range."""
-
-    def __init__(self, first: int, span: int) -> None:
-        self.first = first
-        self.span = span
-        self._next = 0
-        self.data_gid = first + span - 1 if span > 1 else first
-        """The group every worker joins for a policy's `data_dir`, which it owns: so
-        that workers of different uids share a tool's state, and nothing else."""
-        self._used: set[int] = {self.data_gid} if span > 1 else set()
-
-    @classmethod
-    def find(cls) -> UidRange | None:
-        """A block of uids no other live zygote on this machine holds (an flock on a
-        file per block, held for the zygote's life): two pools' workers never share a
-        uid, so that RLIMIT_NPROC and what a uid owns stay each call's own."""
-        if _mapped(UID_BASE, UID_SPAN):
-            block = _lock_uid_block()
-            if block is not None:
-                return cls(UID_BASE + block * UID_BLOCK, UID_BLOCK)
-        if _mapped(NOBODY, 1):
-            return cls(NOBODY, 1)
-        return None
-
-    def describe(self) -> str:
-        if self.span == 1:
-            return f"all workers run as uid/gid {self.first} (nobody)"
-        return f"each worker runs as a uid/gid of its own ({self.first}+, this pool's block)"
-
-    def take(self) -> int:
-        if self.span == 1:
-            return self.first
-        for _ in range(self.span):
-            uid = self.first + self._next
-            self._next = (self._next + 1) % self.span
-            if uid not in self._used:
-                self._used.add(uid)
-                return uid
-        raise OSError("every worker uid is in use")
-
-    def release(self, uid: int) -> None:
-        self._used.discard(uid)
-
-
-UID_BLOCK = 1000
-"""Uids per zygote: up to 999 workers at once, and the data group."""
-UID_LOCKS = "/run/sandboxed-agent/uid-blocks"
-
-_held_block: int | None = None
-"""The descriptor whose flock holds this zygote's block (never closed: the kernel lets
-the block go when the zygote dies, however)."""
-
-
-def _lock_uid_block() -> int | None:
-    global _held_block
-    try:
-        os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
-    except OSError:
-        return None
-    blocks = UID_SPAN // UID_BLOCK
-    start = int.from_bytes(os.urandom(4), "little") % blocks
-    for i in range(blocks):
-        block = (start + i) % blocks
-        fd = os.open(f"{UID_LOCKS}/{block}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        _held_block = fd
-        return block
-    return None
-
-
-def _mapped(first: int, count: int) -> bool:
-    """Both the uid and the gid range exist in this user namespace."""
-    for name in ("uid_map", "gid_map"):
-        try:
-            with open(f"/proc/self/{name}") as f:
-                ranges = [tuple(map(int, line.split())) for line in f if line.strip()]
-        except OSError:
-            return False
-        if not any(inside <= first and first + count <= inside + n for inside, _, n in ranges):
-            return False
-    return True
-
-
-def _in_child(probe: Callable[[], object]) -> str | None:
-    """Run `probe` in a throwaway fork; None when it worked, else why not."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            probe()
-        except BaseException as exc:
-            os.write(write, (str(exc) or type(exc).__name__).encode()[:500])
-            os._exit(1)
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as f:
-        message = f.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) == 0:
-        return None
-    return message or f"the probe exited with status {status}"
-
-
-def _empty_network_namespace() -> int:
-    """A descriptor of a new network namespace, made by a throwaway child and passed
-    back over a socket (the zygote may be pid 1 of a namespace of its own, where its
-    /proc, the host's, would not name the child)."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ours.close()
-            _linux.unshare(_linux.CLONE_NEWNET)
-            fd = os.open("/proc/self/ns/net", os.O_RDONLY)
-            socket.send_fds(theirs, [b"ok"], [fd])
-        except BaseException as exc:
-            theirs.send(f"{exc}".encode()[:500] or b"failed")
-            os._exit(1)
-        os._exit(0)
-    theirs.close()
-    try:
-        message, fds, _, _ = socket.recv_fds(ours, 600, 1)
-    finally:
-        ours.close()
-        os.waitpid(pid, 0)
-    if message != b"ok" or not fds:
-        raise OSError(message.decode(errors="replace") or "the child died")
-    os.set_inheritable(fds[0], False)
-    return fds[0]
-
-
-def _seccomp_works() -> None:
-    import socket
-
-    _seccomp.install(_seccomp.Rules(network=False))
-    for family in (socket.AF_INET, socket.AF_UNIX):
-        try:
-            socket.socket(family, socket.SOCK_STREAM).close()
-        except PermissionError:
-            continue
-        raise OSError(f"the filter was installed but a {family.name} socket could still be made")
-    for end in socket.socketpair():  # still allowed: its two ends reach nobody else
-        end.close()
-
-
-def _keyring_closed() -> None:
-    _linux.join_new_session_keyring()
-    _seccomp.install(_seccomp.Rules(network=False))
-    try:
-        _linux.keyctl_get_keyring_id(_linux.KEY_SPEC_SESSION_KEYRING)
-    except PermissionError:
-        return
-    raise OSError("the filter was installed but keyctl still answered")
-
-
-def _userns_closed() -> None:
-    import threading
-
-    _seccomp.install(_seccomp.Rules(network=False))
-    try:
-        _linux.unshare(_linux.CLONE_NEWUSER)
-    except PermissionError:
-        pass
-    else:
-        raise OSError("the filter was installed but a user namespace could still be made")
-    # clone3 answers ENOSYS: threads and processes must still start (libc falls back).
-    thread = threading.Thread(target=lambda: None)
-    thread.start()
-    thread.join()
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-
-
-def _jail_works(base: str, layout: _jail.Plan, own_proc: bool) -> None:
-    workdir = _enter_jail(base, layout, own_proc)
-    with open(os.path.join(workdir, "written"), "w") as f:
-        f.write("ok")
-    if os.path.exists(os.path.join(base, "root")):
-        raise OSError("the host's tree is still visible")
-    try:
-        os.mkdir("/jail-probe")
-    except OSError:
-        return
-    raise OSError("the new root is writable")
-
-
-def _enter_jail(base: str, layout: _jail.Plan, own_proc: bool) -> str:
-    """As a worker does: a mount namespace, the new root, and into it from the
-    workdir (the zygote's own working directory may be anywhere)."""
-    new_root, workdir = os.path.join(base, "root"), os.path.join(base, "work")
-    os.mkdir(new_root)
-    os.mkdir(workdir, 0o777)
-    _linux.private_mounts(workdir, 1, own_proc=own_proc)
-    os.chmod(workdir, 0o777)
-    _jail.build(new_root, layout, workdir)
-    os.chdir(workdir)
-    _jail.enter(new_root)
-    return workdir
-
-
-def _readable_as(uid: int, paths: list[str], jail: tuple[str, _jail.Plan, bool] | None) -> None:
-    """Every path readable by `uid` without any capability, inside the jail if given."""
-    if jail is not None:
-        _enter_jail(*jail)
-    _linux.drop_privileges(uid)
-    for path in paths:
-        try:
-            if os.path.isdir(path):
-                os.listdir(path)
-            else:
-                with open(path, "rb"):
-                    pass
-        except OSError:
-            raise OSError(f"{path} is not readable by another uid") from None

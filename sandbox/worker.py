@@ -29,7 +29,6 @@ from tools.registry import Registry
 from . import _jail, _landlock, _linux, _nofollow, _seccomp
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
-from .layers import NOBODY
 from .limits import (
     MIB,
     Limits,
@@ -39,6 +38,7 @@ from .limits import (
     renew_rlimits,
 )
 from .protocol import Call, ToolError
+from .uids import NOBODY
 
 CHANNEL_FD = 3
 SETUP_FD = 4

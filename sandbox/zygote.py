@@ -25,7 +25,7 @@ import tempfile
 from typing import NoReturn
 
 from . import _linux, _seccomp, reaper
-from .layers import Layers, base_read_paths, user_namespace
+from .layers import Layers, user_namespace
 from .protocol import (
     Exited,
     Failed,
@@ -37,6 +37,7 @@ from .protocol import (
     ToZygote,
     ZygoteConfig,
 )
+from .read_set import base_read_paths
 from .worker import EXIT_SETUP_FAILED, WorkerSetup, detach, report_failure, serve, warm_up
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LANGUAGE", "TZ")

@@ -28,7 +28,7 @@ def test_import_path_entries_do_not_widen_the_read_set(tmp_path: Path) -> None:
         "import json, sys\n"
         f"sys.path[:0] = [{str(start)!r}, {str(start / 'sub')!r}]\n"
         "import helper_module, pkg\n"
-        "from sandbox.layers import base_read_paths\n"
+        "from sandbox.read_set import base_read_paths\n"
         "print(json.dumps(base_read_paths([])))\n"
     )
     proc = subprocess.run(
