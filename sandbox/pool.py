@@ -431,7 +431,7 @@ class Pool:
     def _why_dead(self, worker: WorkerHandle, call: Call) -> ToolCallError:
         """The worker died without answering: its exit status says why."""
         self._kill(worker)
-        exited = worker.template.exit_status(worker.pid)
+        exited = worker.exit_report()
         if exited is None:
             return WorkerCrashed(call.tool, f"{call.tool}'s worker died before answering")
         reason = worker.setup_failure()  # only set-up code can write there, never a tool
@@ -475,8 +475,9 @@ class Pool:
             worker.template.forget_exit(worker.pid)
         else:
             # A worker that exited by itself left its orphans to the zygote, which
-            # sweeps them before it reports the exit: wait for that report.
-            worker.template.exit_status(worker.pid)
+            # sweeps them before it reports the exit: wait for that report (once: a
+            # death the call explained has already had it).
+            worker.exit_report()
         worker.close()
 
 

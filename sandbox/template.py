@@ -57,6 +57,14 @@ class WorkerHandle:
         os.set_blocking(self.setup_fd, False)
         self.reader = FrameReader(sock, self.pidfd)
         self.calls = 0
+        self._exited: Exited | None = None
+
+    def exit_report(self) -> Exited | None:
+        """The zygote's report of this worker's exit, waited for once and kept: the
+        call that explains a death and the retirement that follows both need it."""
+        if self._exited is None:
+            self._exited = self.template.exit_status(self.pid)
+        return self._exited
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, OSError):
