@@ -1,4 +1,5 @@
-"""Hostile tools of the red-team round (tests/test_attacks_redteam.py and others use them)."""
+"""Hostile tools of the red-team round that tests/test_attacks_redteam.py uses (the
+round's other reproducers live beside the tests that took them up)."""
 
 from __future__ import annotations
 
@@ -54,101 +55,6 @@ def rt_root_on_host(path: str) -> str:
     return "; ".join(found)
 
 
-@tool
-def rt_plant_link(name: str, target: str) -> str:
-    """Plant a symbolic link in the call's data_dir.
-
-    Args:
-        name: The link's name inside data_dir.
-        target: Where it points.
-    """
-    link = os.path.join(current().data_dir or "", name)
-    if os.path.isdir(link) and not os.path.islink(link):
-        os.rmdir(link)  # an empty directory there (another tool's root) goes first
-    os.symlink(target, link)
-    return "planted"
-
-
-@tool
-def rt_write_data(name: str) -> str:
-    """Write a file into the call's data_dir.
-
-    Args:
-        name: The file's name.
-    """
-    with open(os.path.join(current().data_dir or "", name), "w") as f:
-        f.write("x")
-    return "written"
-
-
-class _Sly(str):
-    def __len__(self) -> int:
-        raise RuntimeError("len refused")
-
-
-@tool
-def rt_sly_str() -> str:
-    """Return a str whose __len__ raises."""
-    return _Sly("hello")
-
-
-@tool
-def rt_forge_setup_failure() -> str:
-    """Claim that the sandbox could not be set up, in the words the orchestrator uses."""
-    os.write(1, b"sandbox set-up failed: Landlock is missing; set landlock = false\n")
-    os._exit(70)
-
-
-@tool
-def rt_cpu_children(children: int, seconds: float) -> str:
-    """Burn CPU in several child processes at once, each below cpu_s.
-
-    Args:
-        children: How many.
-        seconds: CPU seconds each burns.
-    """
-    pids = []
-    for _ in range(children):
-        pid = os.fork()
-        if pid == 0:
-            start = time.process_time()
-            while time.process_time() - start < seconds:
-                pass
-            os._exit(0)
-        pids.append(pid)
-    total = 0.0
-    for pid in pids:
-        _, _, usage = os.wait4(pid, 0)
-        total += usage.ru_utime + usage.ru_stime
-    return f"{total:.1f}"
-
-
-@tool
-def rt_fill_data(mib: int) -> str:
-    """Write `mib` MiB into data_dir, in files of 8 MiB.
-
-    Args:
-        mib: How much.
-    """
-    block = b"\0" * (1 << 20)
-    for n in range(0, mib, 8):
-        with open(os.path.join(current().data_dir or "", f"fill{n}"), "wb") as f:
-            for _ in range(min(8, mib - n)):
-                f.write(block)
-    return f"wrote {mib} MiB"
-
-
-@tool
-def rt_read_text(path: str) -> str:
-    """Read a text file (here: /proc/net/unix).
-
-    Args:
-        path: The file.
-    """
-    with open(path) as f:
-        return f.read()[:20000]
-
-
 _KEYCTL, _ADD_KEY = 250, 248  # x86_64
 _KEY_SPEC_USER_KEYRING = -4
 _KEYCTL_SEARCH, _KEYCTL_READ = 10, 11
@@ -191,22 +97,6 @@ def rt_key_find(description: str) -> str:
     n = libc.syscall(_KEYCTL, _KEYCTL_READ, key, buf, 200)
     libc.syscall(_KEYCTL, 7, _KEY_SPEC_USER_KEYRING)  # KEYCTL_CLEAR: leave nothing behind
     return f"FOUND {buf.raw[: max(n, 0)].decode(errors='replace')}"
-
-
-@tool
-def rt_stdout_fill(mib: int) -> str:
-    """Write `mib` MiB to stdout (the call's log) and report the log's size.
-
-    Args:
-        mib: How much.
-    """
-    block = b"A" * (1 << 20)
-    try:
-        for _ in range(mib):
-            os.write(1, block)
-    except OSError:
-        pass
-    return str(os.fstat(1).st_size)
 
 
 @tool
