@@ -8,6 +8,8 @@ import atexit
 import ctypes
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -22,6 +24,7 @@ from sandbox.pool import LimitsPolicy, Pool
 from tools import Registry
 
 HOSTILE = str(Path(__file__).with_name("hostile_tools.py"))
+ROOT = Path(__file__).resolve().parent.parent
 SURVIVOR_GRACE_S = 15.0
 """How long a test's processes may take to be gone after it ends (a loaded machine)."""
 
@@ -198,3 +201,20 @@ def sleepers(marker: str) -> list[int]:
 def unique_marker() -> str:
     """A sleep length no other process uses: how a test finds its grandchildren."""
     return f"{3000 + os.getpid() % 1000}.{time.monotonic_ns() % 10**9}"
+
+
+def agent_cli(
+    *args: str, home: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`sandboxed-agent ARGS` as a script runs it: no terminal (nobody to ask), a data
+    home of the test's, a dummy key, none of the caller's endpoint settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=base | {"XDG_DATA_HOME": str(home), "OPENAI_API_KEY": "sk-test"} | (env or {}),
+    )

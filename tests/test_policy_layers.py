@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import agent_cli as cli
 
 from agent.audit import read_trace
 from agent.replay import ScriptedModelServer, call, say
@@ -21,19 +20,6 @@ from sandbox.errors import PolicyError
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "tools" / "data" / "docs"
 BUILT_IN = "<built-in policy>"
-
-
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        stdin=subprocess.DEVNULL,  # no terminal: nobody to ask
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env | {"XDG_DATA_HOME": str(home), "OPENAI_API_KEY": "sk-test"},
-    )
 
 
 def write(path: Path, text: str) -> Path:

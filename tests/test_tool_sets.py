@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import agent_cli as cli
 
 from agent.audit import read_trace
 from agent.replay import ScriptedModelServer, call, say
@@ -24,21 +22,6 @@ SUPPORT_TOOLS = {
     "issue_refund",
 }
 MEMORY_TOOLS = {"remember", "recall", "forget"}
-
-
-def cli(
-    *args: str, home: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        stdin=subprocess.DEVNULL,  # no terminal: nobody to ask
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=base | {"XDG_DATA_HOME": str(home), "OPENAI_API_KEY": "sk-test"} | (env or {}),
-    )
 
 
 def offered(server: ScriptedModelServer) -> set[str]:
