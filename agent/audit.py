@@ -50,6 +50,9 @@ class ModelCalled(Event):
     finish_reason: str
     tool_calls: int
     priced: bool
+    text_calls: str | None = None
+    """The tool calls were read from the answer's text, in this format (`fenced_json`,
+    `tool_call_tags`, `mistral`, `llama`, `bare_json`); None: the API's own."""
 
 
 class ToolCalled(Event):
@@ -171,6 +174,11 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
                 f"{safe(e.get('output_tokens'))} tokens, ${_number(e.get('cost_usd')):.6f} "
                 f"(total ${_number(e.get('total_cost_usd')):.6f}), "
                 f"{_number(e.get('latency_ms')):.0f} ms, finish={safe(e.get('finish_reason'))}"
+                + (
+                    f", calls read from text ({safe(e['text_calls'])})"
+                    if e.get("text_calls")
+                    else ""
+                )
             )
         elif kind == "tool_call":
             if e.get("ok"):

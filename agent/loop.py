@@ -278,6 +278,7 @@ class Agent:
                 finish_reason=turn.finish_reason,
                 tool_calls=calls,
                 priced=turn.model not in budget.unpriced,
+                text_calls=turn.text_calls,
             )
         )
         self.progress("model", {"cost_usd": budget.cost_usd, "step": budget.steps})

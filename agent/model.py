@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import openai
@@ -21,6 +21,7 @@ import openai
 from sandbox.errors import RunError
 
 from .scrubbing import remember_secret, scrub, scrub_data
+from .text_calls import read_text_calls
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class ModelTurn:
     usage: Usage
     latency_s: float
     model: str
+    text_calls: str | None = None
+    """The tool calls came as text in the content, in this format (`agent.text_calls`),
+    and were read into `message["tool_calls"]`; None: none were."""
 
 
 def openai_client(
@@ -69,15 +73,27 @@ class ModelClient:
         self._client = openai_client(base_url, api_key, timeout_s, max_retries)
 
     def complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], timeout_s: float
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        timeout_s: float,
+        tool_choice: str | None = None,
     ) -> ModelTurn:
+        """One completion. Tool calls the model wrote as text in its content, for the
+        tools in `tools` only, come back as `tool_calls` (`ModelTurn.text_calls` says so).
+        `tool_choice` ("none": answer in words) is sent only when given."""
         try:
-            return self._complete(messages, tools, timeout_s)
+            turn = self._complete(messages, tools, timeout_s, tool_choice)
         except RunError as exc:
             raise RunError(scrub(str(exc))) from None
+        return with_text_calls(turn, tools)
 
     def _complete(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], timeout_s: float
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        timeout_s: float,
+        tool_choice: str | None = None,
     ) -> ModelTurn:
         start = time.monotonic()
         client = self._client
@@ -89,6 +105,7 @@ class ModelClient:
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]
+                tool_choice=tool_choice if tools and tool_choice else openai.NOT_GIVEN,  # type: ignore[arg-type]
                 timeout=timeout_s,
             )
             body = raw.content
@@ -104,6 +121,19 @@ class ModelClient:
             latency_s=time.monotonic() - start,
             model=scrub(model),
         )
+
+
+def with_text_calls(turn: ModelTurn, tools: list[dict[str, Any]]) -> ModelTurn:
+    """The turn, with calls to offered tools that its content holds as text read into
+    `tool_calls` (the content keeps only the prose around them)."""
+    if turn.message.get("tool_calls") or not tools:
+        return turn
+    offered = {t["function"]["name"] for t in tools}
+    found = read_text_calls(turn.message.get("content"), offered)
+    if found is None:
+        return turn
+    message = {"role": "assistant", "content": found.text or None, "tool_calls": found.calls}
+    return replace(turn, message=message, text_calls=found.format)
 
 
 def parse_completion(

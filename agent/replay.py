@@ -192,6 +192,15 @@ class ScriptedModelServer:
             self._position += 1
             return step
 
+    def play(self, script: Script) -> None:
+        """Play `script` from its first step on, with `requests` emptied: one server
+        for many runs (each start and stop costs the serving thread's poll interval)."""
+        with self._lock:
+            self.script = script
+            self._position = 0
+            self.requests.clear()
+            self.headers.clear()
+
     def _embeddings(self, request: dict[str, Any]) -> dict[str, Any]:
         texts = request.get("input")
         texts = [texts] if isinstance(texts, str) else list(texts or [])

@@ -1,0 +1,203 @@
+"""What small local models get wrong, and what the agent does about it, against a
+scripted OpenAI-compatible server on 127.0.0.1 through the real `openai` client: tool
+calls written as text, arguments a little off, runs that would not stop by themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.approval import Approver
+from agent.audit import Trace, read_trace, render_timeline
+from agent.loop import Agent, RunResult
+from agent.model import ModelClient
+from agent.replay import ScriptedModelServer, Step, say
+from policies import Policy, RunPolicy, parse_policy
+from sandbox import Pool
+from tools import Registry
+
+DOCS = Path(__file__).resolve().parent.parent / "tools" / "data" / "docs"
+
+POLICY = f"""
+[defaults.settings]
+today = "2025-05-11"
+
+[tools.read_file]
+root = "{DOCS}"
+
+[run]
+model = "scripted"
+max_retries = 0
+request_timeout_s = 30
+"""
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[Pool]:
+    # One per test: a pool keeps spare workers, which the no-leftovers check would count.
+    policy = parse_policy(POLICY, "test.toml", tmp_path)
+    with Pool(policy, registry=Registry.default()) as pool:
+        yield pool
+
+
+class Run:
+    """Agent runs against scripts, through one loopback server; what the server was sent
+    in the last run, and its trace."""
+
+    def __init__(self, pool: Pool, server: ScriptedModelServer, tmp_path: Path) -> None:
+        self.pool = pool
+        self.server = server
+        self.trace_path = tmp_path / "trace.jsonl"
+        self.requests: list[dict[str, Any]] = []
+
+    def __call__(
+        self,
+        script: list[Step] | Any,
+        task: str = "Can I still return order 12345?",
+        approver: Approver | None = None,
+        **run: Any,
+    ) -> RunResult:
+        policy: Policy = self.pool.policy  # type: ignore[assignment]
+        if run:
+            policy = policy.model_copy(
+                update={"run": RunPolicy(**{**policy.run.model_dump(), **run})}
+            )
+        self.server.play(script)
+        model = ModelClient(model="scripted", base_url=self.server.base_url, api_key=None)
+        self.trace_path.unlink(missing_ok=True)  # each run's own trace
+        trace = Trace(self.trace_path)
+        try:
+            agent = Agent(self.pool, policy, model, approver=approver or Approver(), trace=trace)
+            return agent.run(task)
+        finally:
+            trace.close()
+            self.requests = list(self.server.requests)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return read_trace(self.trace_path)
+
+    def tool_events(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "tool_call"]
+
+    def model_events(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "model_call"]
+
+
+@pytest.fixture
+def run(pool: Pool, tmp_path: Path) -> Iterator[Run]:
+    with ScriptedModelServer([]) as server:
+        yield Run(pool, server, tmp_path)
+
+
+def text(content: str) -> Step:
+    """The model writes its turn as content, as a server without a tool parser sends it."""
+    return say(content)
+
+
+LOOKUP = '{"name": "get_order_status", "arguments": {"order_id": "12345"}}'
+SHAPES = {
+    "fenced_json": f"I will look the order up.\n```json\n{LOOKUP}\n```",
+    "tool_call_tags": f"<tool_call>\n{LOOKUP}\n</tool_call>",
+    "mistral": f"[TOOL_CALLS] [{LOOKUP}]",
+    "llama": '<|python_tag|>{"name": "get_order_status", "parameters": {"order_id": "12345"}}',
+    "bare_json": LOOKUP,
+}
+
+
+def test_a_call_written_as_text_runs_and_the_trace_says_so(run: Run) -> None:
+    for shape in SHAPES:
+        check_one_shape(run, shape)
+
+
+def check_one_shape(run: Run, shape: str) -> None:
+    result = run([text(SHAPES[shape]), say("Delivered on 2025-04-10.")])
+    assert result.ok and result.answer == "Delivered on 2025-04-10."
+    (tool,) = run.tool_events()
+    assert tool["tool"] == "get_order_status" and tool["ok"]
+    assert "2025-04-10" in tool["output"]
+    first = run.model_events()[0]
+    assert first["text_calls"] == shape and first["tool_calls"] == 1
+    assert f"calls read from text ({shape})" in render_timeline(run.events)
+    # Sent back as a real call with its answer: the blob is not in the conversation twice.
+    sent = run.requests[1]["messages"]
+    assistant, answer = sent[-2], sent[-1]
+    assert assistant["tool_calls"][0]["function"]["name"] == "get_order_status"
+    assert answer["role"] == "tool" and answer["tool_call_id"] == assistant["tool_calls"][0]["id"]
+    assert "get_order_status" not in (assistant.get("content") or "")
+    if shape == "fenced_json":
+        assert assistant["content"] == "I will look the order up."
+
+
+def test_several_calls_in_one_answer_run_as_one_turn(run: Run) -> None:
+    blocks = [
+        '```json\n{"name": "get_order_status", "arguments": {"order_id": "12345"}}\n```',
+        '```json\n{"name": "read_file", "arguments": {"path": "policy.txt"}}\n```',
+        '```json\n{"name": "get_current_date", "arguments": {}}\n```',
+    ]
+    result = run([text("\n".join(blocks)), say("No: the window closed on 2025-05-10.")])
+    assert result.ok
+    assert [e["tool"] for e in run.tool_events()] == [
+        "get_order_status",
+        "read_file",
+        "get_current_date",
+    ]
+    ids = [c["id"] for c in run.requests[1]["messages"][-4]["tool_calls"]]
+    assert len(set(ids)) == 3
+    assert [m["tool_call_id"] for m in run.requests[1]["messages"][-3:]] == ids
+
+
+NOT_CALLS = {
+    # An answer that quotes JSON data, not a call.
+    "quoted-data": 'The order:\n```json\n{"order_id": "12345", "status": "delivered"}\n```',
+    # The call shape, but a tool nobody offered: the answer, not a call.
+    "unknown-tool": '```json\n{"name": "delete_all_orders", "arguments": {}}\n```',
+    "extra-key": '{"name": "get_order_status", "arguments": {"order_id": "1"}, "note": "x"}',
+    # Two names in one object: which one was meant cannot be told.
+    "two-names": '{"name": "get_current_date", "name": "issue_refund", "arguments": {}}',
+    # Code in another language that happens to hold a call's shape.
+    "python-fence": '```python\n{"name": "get_current_date", "arguments": {}}\n```',
+    "deep-list": "[" * 50_000,
+    "deep-tag": "<tool_call>" + "{" * 30_000,
+    "huge": "x" * 200_000 + LOOKUP,
+}
+
+
+def test_text_that_is_not_a_call_of_an_offered_tool_is_the_answer(run: Run) -> None:
+    for name, content in NOT_CALLS.items():
+        result = run([text(content)])
+        assert result.ok and result.answer == content, name
+        assert run.tool_events() == [], name
+        assert run.model_events()[0]["text_calls"] is None, name
+
+
+def test_text_calls_are_validated_and_approved_like_any_other(run: Run) -> None:
+    # A repeated key is refused, never read as its last value; a refund still asks.
+    refund = '{"name": "issue_refund", "arguments": {"order_id": "12345", %s}}'
+    twice = refund % '"amount": 1.0, "amount": 89.99'
+    not_finite = refund % '"amount": 1e400'
+    once = "<tool_call>" + refund % '"amount": 89.99' + "</tool_call>"
+    result = run([text(twice), text(not_finite), text(once), say("It needs approval.")])
+    assert result.ok
+    first, second, third = run.tool_events()
+    assert first["error_kind"] == "bad_arguments" and "more than once" in first["error_message"]
+    assert second["error_kind"] == "bad_arguments" and "too large" in second["error_message"]
+    assert third["error_kind"] == "denied" and third["approval"] == "denied_no_tty"
+    assert all(e["worker_pid"] is None for e in (first, second, third))
+
+
+def test_a_flood_of_text_calls_is_capped_per_turn(run: Run) -> None:
+    flood = "\n".join(
+        f'<tool_call>{{"name": "calculate", "arguments": {{"expression": "{i} + 1"}}}}</tool_call>'
+        for i in range(200)
+    )
+    result = run([text(flood), say("done")], max_calls_per_turn=2)
+    assert result.ok
+    events = run.tool_events()
+    assert len(events) <= 64
+    ran = [e for e in events if e["worker_pid"] is not None]
+    assert len(ran) == 2
+    assert all(e["approval"] == "call_limit" for e in events[2:])
