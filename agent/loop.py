@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies import Policy
-from sandbox import Pool, ToolResult
-from sandbox.errors import BadArguments, Denied, RunError, ToolCallError
+from sandbox import CancelToken, Pool, ToolResult
+from sandbox.errors import BadArguments, CallCancelled, Denied, RunError, ToolCallError
 from sandbox.protocol import ToolError
 from tools import ArgumentError
 from tools.context import EMBEDDING
@@ -100,15 +100,40 @@ class Agent:
         """Added to every call's settings (`--memory-namespace` sets one)."""
         self.run_id: str | None = None
         self._interrupted = False
+        self._cancel = CancelToken()
         self.tools = [spec.openai_schema for spec in pool.registry]
 
-    def run(self, task: str, history: list[dict[str, Any]] | None = None) -> RunResult:
+    def run(
+        self,
+        task: str,
+        history: list[dict[str, Any]] | None = None,
+        *,
+        cancel: CancelToken | None = None,
+    ) -> RunResult:
+        """Run `task` to an answer or a guardrail. `cancel.cancel()`, from any thread,
+        kills the run's tool calls in flight and ends the run (reason `interrupted`)
+        before its next model call or tool call."""
+        self._cancel = cancel or CancelToken()
         messages = list(history or [{"role": "system", "content": self.limits.system_prompt}])
         messages.append({"role": "user", "content": task})
         self.run_id = self.store.start(task, self.model.model, messages) if self.store else None
         return self._drive(
             task, messages, Budget(self.limits), RepeatGuard(self.limits.max_repeats)
         )
+
+    async def arun(self, task: str, history: list[dict[str, Any]] | None = None) -> RunResult:
+        """`run` on a thread, for asyncio or trio code (the same loop, not a copy):
+
+            result = await agent.arun("Can I still return order 12345?")
+
+        Cancelling the awaiting task kills the run's tool calls in flight and waits until
+        they are reaped; the run then ends as `interrupted` (trace and checkpoint say
+        so; those calls stay `running` for a resume to decide). A model request in
+        flight is not waited for: its answer is dropped and nothing more starts."""
+        from sandbox.aio import run_cancellable
+
+        token = CancelToken()
+        return await run_cancellable(lambda: self.run(task, history, cancel=token), token)
 
     def resume(self, record: RunRecord) -> RunResult:
         """Go on with a checkpointed run from its last completed step. Calls that had
@@ -120,6 +145,7 @@ class Agent:
             raise CheckpointError(f"run {record.id} already answered; there is nothing to resume")
         self.store.claim(record)
         self.run_id = record.id
+        self._cancel = CancelToken()
         budget = Budget(self.limits, steps=record.steps, cost_usd=record.cost_usd)
         repeats = RepeatGuard(self.limits.max_repeats)
         for done in record.calls:
@@ -169,6 +195,11 @@ class Agent:
         except KeyboardInterrupt:
             result = RunResult(
                 None, "interrupted", "interrupted", budget.steps, budget.cost_usd, messages
+            )
+        except CallCancelled:
+            self._interrupted = True  # the calls it killed stay `running` in the checkpoint
+            result = RunResult(
+                None, "interrupted", "cancelled", budget.steps, budget.cost_usd, messages
             )
         result.run_id = self.run_id
         if self.store and self.run_id:
@@ -221,6 +252,8 @@ class Agent:
 
     def _loop(self, messages: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard) -> str:
         while True:
+            if self._cancel.cancelled:
+                raise CallCancelled("the model")
             left = budget.before_model_call()
             self.progress("thinking", {"step": budget.steps + 1})
             try:
@@ -425,7 +458,11 @@ class Agent:
             self.store.call_started(self.run_id, call_id, arguments)
         # The pool gets the very dict that was shown and hashed, not the text again.
         result = self.pool.call(
-            tool, bound.args if bound else arguments, limits=limits, settings=settings
+            tool,
+            bound.args if bound else arguments,
+            limits=limits,
+            settings=settings,
+            cancel=self._cancel,
         )
         cut = limits is not None and limits.timeout_s < (own_timeout or 0)
         if cut and result.error is not None and result.error.kind == "timeout":

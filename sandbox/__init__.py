@@ -3,6 +3,8 @@
 from sandbox import Pool, Limits
 """
 
+from .cancel import CancelToken as CancelToken
+from .errors import CallCancelled as CallCancelled
 from .errors import ErrorKind as ErrorKind
 from .errors import SandboxedAgentError as SandboxedAgentError
 from .errors import SandboxUnavailable as SandboxUnavailable
@@ -15,6 +17,8 @@ from .pool import ToolResult as ToolResult
 from .protocol import ToolError as ToolError
 
 __all__ = [
+    "CallCancelled",
+    "CancelToken",
     "ErrorKind",
     "IsolationWarning",
     "Limits",

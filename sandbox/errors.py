@@ -6,6 +6,7 @@ SandboxedAgentError
 │  ├─ UnknownTool, BadArguments, ToolFailed, WorkerCrashed, Denied
 │  └─ LimitExceeded: ToolTimeout, MemoryLimit, CpuLimit, OutputLimit, DataLimit
 ├─ PolicyError: names file, table, key
+├─ CallCancelled: the caller cancelled the call (`CancelToken`); no result comes
 └─ RunError: model API down, budget spent; ends the run
 ```
 
@@ -108,6 +109,17 @@ class DataLimit(LimitExceeded):
 
 class PolicyError(SandboxedAgentError):
     """A policy file that cannot be used; the message names file, table and key."""
+
+
+class CallCancelled(SandboxedAgentError):
+    """Raised by `Pool.call` whose `CancelToken` was cancelled before it returned: its
+    worker and tree were killed (or it never started), and any result is dropped. Not a
+    `ToolCallError`, and no `ErrorKind`: it is never told to a model, since whoever
+    cancelled has stopped waiting."""
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(f"the call of {tool} was cancelled")
+        self.tool = tool
 
 
 class SandboxUnavailable(SandboxedAgentError):

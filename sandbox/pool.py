@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +31,7 @@ from tools.context import ToolContext
 from tools.registry import ArgumentError, Registry
 
 from . import data_quota, reaper
+from .cancel import CancelToken
 from .channel import Deadline, Oversized, PeerGone, send_frame
 from .claims import WORKER_KINDS, memory_evidence
 from .cpu_budget import CpuBudget, CpuSpent, read_answer
@@ -212,15 +213,18 @@ class Pool:
         *,
         limits: Limits | None = None,
         settings: Mapping[str, Any] | None = None,
+        cancel: CancelToken | None = None,
     ) -> ToolResult:
         """Run `tool` with the model's `arguments` (a dict or a JSON string). `settings`
-        adds to the policy's for this call (the agent passes an argument's embedding)."""
+        adds to the policy's for this call (the agent passes an argument's embedding).
+        `cancel.cancel()`, from any thread, kills the call's worker and tree at once;
+        the call then raises `CallCancelled` instead of returning (`sandbox.cancel`)."""
         start = time.perf_counter()
         try:
             call = self._prepare(tool, arguments, limits, settings)
         except ToolCallError as exc:
             return _failed(tool, exc, start)
-        with self._slots:
+        with self._slots, _entered(cancel, tool) as armed:
             if self._closed:
                 return _failed(tool, WorkerCrashed(tool, "the pool is shut down"), start)
             if call.data_dir:
@@ -234,10 +238,13 @@ class Pool:
             except SandboxUnavailable as exc:
                 return _failed(tool, WorkerCrashed(tool, f"no worker available: {exc}"), start)
             try:
+                armed(lambda: self._signal(worker))
                 result, keep = self._run(worker, call)
             finally:
+                armed(None)  # before the worker is kept or closed: no signal may follow
                 with self._lock:
                     self._busy.discard(worker)
+            keep = keep and not (cancel is not None and cancel.cancelled)
             logs = worker.read_log(LOG_CHARS)
             if keep and not self._closed:
                 with self._lock:
@@ -260,6 +267,20 @@ class Pool:
             worker_pid=worker.host_pid,
             error_origin=None if result.ok else _origin(result),
         )
+
+    async def acall(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any] | str | None = None,
+        *,
+        limits: Limits | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> ToolResult:
+        """`call` on a thread, for asyncio or trio (through anyio); see `sandbox.aio`.
+        Cancelling the awaiting task kills the worker and its tree, and re-raises."""
+        from .aio import acall
+
+        return await acall(self, tool, arguments, limits=limits, settings=settings)
 
     def close(self) -> None:
         """Kill every worker and the template; safe to call twice."""
@@ -462,6 +483,12 @@ class Pool:
             call.tool, f"{call.tool}'s worker exited with status {code} before answering"
         )
 
+    def _signal(self, worker: WorkerHandle) -> None:
+        """SIGKILL the worker and everything it started, without waiting (a cancel)."""
+        if not self.pid_namespaces:
+            reaper.kill_tree(worker.host_pid)
+        worker.kill()
+
     def _kill(self, worker: WorkerHandle) -> None:
         """SIGKILL the worker and everything it started, and wait until it is gone."""
         if not self.pid_namespaces:
@@ -479,6 +506,20 @@ class Pool:
             # death the call explained has already had it).
             worker.exit_report()
         worker.close()
+
+
+@contextlib.contextmanager
+def _entered(cancel: CancelToken | None, tool: str) -> Iterator[Callable[[Any], None]]:
+    """A call's hold on its token while it has a slot: yields `armed(kill | None)`, and
+    raises `CallCancelled` on the way in or out if the token was cancelled."""
+    if cancel is None:
+        yield lambda kill: None
+        return
+    key = cancel._enter(tool)
+    try:
+        yield lambda kill: cancel._arm(key, kill) if kill else cancel._disarm(key)
+    finally:
+        cancel._leave(key, tool)
 
 
 class _PoolError(Result):

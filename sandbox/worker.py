@@ -13,6 +13,7 @@ status instead.
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import os
 import resource
@@ -375,6 +376,12 @@ def run(registry: Registry, call: Call) -> bytes:
         set_current(ToolContext(root=call.root, data_dir=call.data_dir, settings=call.settings))
         spec = registry.get(call.tool)
         value = spec.func(**spec.bind(call.args))
+        if inspect.iscoroutine(value):
+            # An `async def` tool: run to completion here, under the same deadline
+            # (the pool kills the worker at it, whatever the loop is doing).
+            import asyncio
+
+            value = asyncio.run(value)
         # Inside the try: whatever the returned object's class does (its __len__,
         # __str__, encoding or serializer raise) is the tool's error, not the worker's.
         return _body(call, _as_text(value))

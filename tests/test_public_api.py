@@ -14,6 +14,8 @@ from sandbox.errors import CpuLimit, ToolCallError, ToolTimeout, UnknownTool
 
 def test_exported_names() -> None:
     assert sorted(sandbox.__all__) == [
+        "CallCancelled",
+        "CancelToken",
         "ErrorKind",
         "IsolationWarning",
         "Limits",
