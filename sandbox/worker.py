@@ -130,6 +130,27 @@ def detach(setup: WorkerSetup) -> socket.socket:
     """Cut the worker off from the zygote: session, signals, fds, cwd, environment,
     SysV IPC, keyring; build its root. Each step is checked: one that fails raises,
     and the worker exits before any tool runs (`EXIT_SETUP_FAILED`)."""
+    isolate(setup)
+    # Copied above the fds they go to first, so no move overwrites one not yet made.
+    null, log, channel, setup_fd = (
+        fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, SETUP_FD + 1)
+        for fd in (os.open(os.devnull, os.O_RDONLY), setup.log_fd, setup.channel_fd, setup.setup_fd)
+    )
+    for fd, target in ((null, 0), (log, 1), (log, 2), (channel, CHANNEL_FD)):
+        os.dup2(fd, target)
+    setup.setup_fd = os.dup2(setup_fd, SETUP_FD, inheritable=False)
+    os.closerange(SETUP_FD + 1, _max_fd())
+    os.environ["HOME"] = os.environ["TMPDIR"] = os.environ["PWD"] = setup.workdir
+    if setup.landlock_read is not None:
+        # Built while this worker waits as a spare; the call only adds its root.
+        setup.rules = _landlock.Ruleset(read=setup.landlock_read, write=[setup.workdir, os.devnull])
+    return socket.socket(fileno=CHANNEL_FD)
+
+
+def isolate(setup: WorkerSetup) -> None:
+    """The steps of `detach` that do not touch fds: session, SysV IPC, keyring,
+    parent-death signal, signal dispositions, mount namespace and root (built, not
+    yet entered), cwd. `sandbox.launch` takes them too, keeping stdin and stdout."""
     os.setsid()
     if setup.ipc_namespace:
         _linux.unshare(_linux.CLONE_NEWIPC)
@@ -155,20 +176,6 @@ def detach(setup: WorkerSetup) -> socket.socket:
         # Built while this worker waits as a spare; the call only adds its root.
         _jail.build(setup.new_root, setup.jail, setup.workdir)
     os.chdir(setup.workdir)
-    # Copied above the fds they go to first, so no move overwrites one not yet made.
-    null, log, channel, setup_fd = (
-        fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, SETUP_FD + 1)
-        for fd in (os.open(os.devnull, os.O_RDONLY), setup.log_fd, setup.channel_fd, setup.setup_fd)
-    )
-    for fd, target in ((null, 0), (log, 1), (log, 2), (channel, CHANNEL_FD)):
-        os.dup2(fd, target)
-    setup.setup_fd = os.dup2(setup_fd, SETUP_FD, inheritable=False)
-    os.closerange(SETUP_FD + 1, _max_fd())
-    os.environ["HOME"] = os.environ["TMPDIR"] = os.environ["PWD"] = setup.workdir
-    if setup.landlock_read is not None:
-        # Built while this worker waits as a spare; the call only adds its root.
-        setup.rules = _landlock.Ruleset(read=setup.landlock_read, write=[setup.workdir, os.devnull])
-    return socket.socket(fileno=CHANNEL_FD)
 
 
 def _max_fd() -> int:
