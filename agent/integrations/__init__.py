@@ -1,0 +1,9 @@
+"""Our sandbox under other agent frameworks: their tools, run in our pool.
+
+Each adapter is one small module, imported only when used, over `_bridge`:
+
+- `oai_agents.function_tools(pool)`: OpenAI Agents SDK `FunctionTool`s (`.[openai-agents]`)
+- `pydantic_toolset.SandboxToolset(pool)`: a pydantic-ai toolset (`.[pydantic-ai]`)
+
+This package imports nothing at import time, so no framework is needed to import it.
+"""
