@@ -91,6 +91,11 @@ class ToolCalled(Event):
     budget when that was less (None: it did not run)."""
     wall_left_s: float | None = None
     """Seconds of the run's wall budget left when the call started."""
+    repairs: list[str] = Field(default_factory=list)
+    """Slips fixed in the model's arguments before they validated (`agent.repair`):
+    trailing_commas, stringified_arguments, arguments_wrapper, number_as_string."""
+    model_arguments: str | None = None
+    """The model's own arguments text, when a repair changed it."""
 
 
 class RunEnded(Event):
@@ -187,6 +192,8 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
                 outcome = _one_line(f"{e.get('error_kind')}: {e.get('error_message')}")
             approval = e.get("approval")
             extra = "" if approval == "not_required" else f" [{safe(approval)}]"
+            if e.get("repairs"):
+                extra += f" [repaired: {safe(', '.join(map(str, e['repairs'])))}]"
             lines.append(
                 f"{at}    tool {safe(e.get('tool'))} {safe(e.get('arguments'))} -> {outcome} "
                 f"({_number(e.get('duration_ms')):.1f} ms, pid {safe(e.get('worker_pid'))})"

@@ -33,6 +33,10 @@ class BoundCall:
     """`args` as canonical JSON: what the trace records."""
     sha256: str
     """Of `canonical`'s bytes."""
+    repairs: tuple[str, ...] = ()
+    """Slips in the model's arguments that were fixed or coerced (`agent.repair`)."""
+    model_arguments: str | None = None
+    """The model's own text, when `repairs` changed anything."""
 
 
 def canonical_json(args: Mapping[str, Any]) -> str:

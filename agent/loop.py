@@ -18,12 +18,13 @@ from tools.context import EMBEDDING
 
 from .approval import Approver
 from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace
-from .binding import BoundCall, bind
+from .binding import BoundCall
 from .checkpoints import CallRecord, CheckpointError, Outcome, RunRecord, RunStore
 from .embeddings import Embedder
 from .guardrails import Budget, RepeatGuard, RunStopped, StopReason, truncate
 from .model import ModelClient, ModelTurn
 from .parallel import OutOfResources, out_of_resources, run_bounded
+from .repair import bind_leniently
 
 
 @dataclass
@@ -335,6 +336,7 @@ class Agent:
         # for a tool that does not exist (the pool says so with the list of tools).
         to_run: list[tuple[int, str, str, BoundCall | str, str, str | None]] = []
         stop: RunStopped | None = None
+        repaired: dict[str, BoundCall] = {}
         for i, call in enumerate(calls):
             call_id, tool, raw = _unpack(call, i)
             record = known.get(call_id)
@@ -352,6 +354,8 @@ class Agent:
                 outcomes[i] = ToolOutcome(call_id, tool, raw, refused, "call_limit")
                 continue
             bound = self._bind(tool, raw)
+            if isinstance(bound, BoundCall) and bound.repairs:
+                repaired[call_id] = bound
             if isinstance(bound, ToolCallError):
                 outcomes[i] = ToolOutcome(call_id, tool, raw, _failure(tool, bound), "not_required")
                 continue
@@ -421,7 +425,7 @@ class Agent:
                 if not outcome.sent:
                     outcome.sent = truncate(outcome.result.text, self.limits.max_result_chars)
                 self._checkpoint_done(outcome.call_id, outcome.sent, outcome.result)
-            self._record_tool_call(outcome, step)
+            self._record_tool_call(outcome, step, repaired.get(outcome.call_id))
         if stop is not None:
             raise stop
         return done
@@ -499,7 +503,7 @@ class Agent:
         if tool not in self.pool.registry:
             return None
         try:
-            return bind(self.pool.registry.get(tool), raw)
+            return bind_leniently(self.pool.registry.get(tool), raw)
         except ArgumentError as exc:
             return BadArguments(tool, str(exc))
 
@@ -586,7 +590,9 @@ class Agent:
         result = ToolResult(tool=tool, ok=True, output=text, error=None, duration_ms=0.0)
         return ToolOutcome(call_id, tool, arguments, result, how, sent=text)
 
-    def _record_tool_call(self, outcome: ToolOutcome, step: int) -> None:
+    def _record_tool_call(
+        self, outcome: ToolOutcome, step: int, repaired: BoundCall | None = None
+    ) -> None:
         r = outcome.result
         self.trace.emit(
             ToolCalled(
@@ -607,6 +613,8 @@ class Agent:
                 sent_chars=len(outcome.sent),
                 timeout_s=outcome.timeout_s,
                 wall_left_s=outcome.wall_left_s,
+                repairs=list(repaired.repairs) if repaired else [],
+                model_arguments=repaired.model_arguments if repaired else None,
             )
         )
         self.progress("tool", {"outcome": outcome})

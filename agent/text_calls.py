@@ -26,12 +26,13 @@ and validates it like any other call's.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
+
+from .json_text import Obj, decode_at, dump
 
 MAX_TEXT_CHARS = 100_000
 """Longer content is not read for calls: no turn of calls is that long, and a hostile
@@ -57,27 +58,6 @@ class TextCalls:
     """The content without the calls (prose the model wrote around them)."""
     format: str
     """Which shape they came in: fenced_json, tool_call_tags, mistral, llama, bare_json."""
-
-
-@dataclass(frozen=True)
-class _Obj:
-    """A JSON object as its pairs, in order, repeats kept."""
-
-    pairs: list[tuple[str, Any]]
-
-
-@dataclass(frozen=True)
-class _Num:
-    text: str
-    """The number exactly as written."""
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_Obj,
-    parse_float=_Num,
-    parse_int=_Num,
-    parse_constant=_Num,
-)
 
 
 def read_text_calls(content: str | None, offered: Collection[str]) -> TextCalls | None:
@@ -167,7 +147,7 @@ def _mistral(content: str, offered: Collection[str]) -> Found:
         match = _MISTRAL_ARGS.match(body, at)
         if not match:
             break
-        decoded = _decode_at(body, match.end())
+        decoded = decode_at(body, match.end())
         if decoded is None:
             return None
         value, at = decoded
@@ -207,7 +187,7 @@ def _calls_in(
             at += 1
         if at >= end:
             break
-        decoded = _decode_at(text, at)
+        decoded = decode_at(text, at)
         if decoded is None:
             return None
         value, at = decoded
@@ -221,21 +201,14 @@ def _calls_in(
     return calls or None
 
 
-def _decode_at(text: str, at: int) -> tuple[Any, int] | None:
-    try:
-        return _DECODER.raw_decode(text, at)
-    except ValueError:
-        return None
-
-
 def _call(value: Any, offered: Collection[str]) -> dict[str, Any] | None:
-    if not isinstance(value, _Obj):
+    if not isinstance(value, Obj):
         return None
     keys = [k for k, _ in value.pairs]
     if len(keys) != len(set(keys)):
         return None  # two names, or two argument sets: no way to tell which was meant
     fields = dict(value.pairs)
-    if fields.get("type") == "function" and isinstance(fields.get("function"), _Obj):
+    if fields.get("type") == "function" and isinstance(fields.get("function"), Obj):
         if set(fields) - {"type", "function", "id"}:
             return None
         return _call(fields["function"], offered)
@@ -243,7 +216,7 @@ def _call(value: Any, offered: Collection[str]) -> dict[str, Any] | None:
         return None
     if "type" in fields and fields["type"] != "function":
         return None
-    arguments = fields.get("arguments", fields.get("parameters", _Obj([])))
+    arguments = fields.get("arguments", fields.get("parameters", Obj([])))
     found = _named(fields.get("name"), arguments, offered)
     return found[0] if found else None
 
@@ -252,21 +225,9 @@ def _named(name: Any, arguments: Any, offered: Collection[str]) -> list[dict[str
     if not isinstance(name, str) or name not in offered:
         return None
     # A string is the arguments' JSON text, as in the API; the agent reads it strictly.
-    text = arguments if isinstance(arguments, str) else _dump(arguments)
+    text = arguments if isinstance(arguments, str) else dump(arguments)
     return [_as_call(name, text)]
 
 
 def _as_call(name: str, arguments: str) -> dict[str, Any]:
     return {"id": "", "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
-def _dump(value: Any) -> str:
-    """JSON text again, token for token: repeated keys and every number's digits kept,
-    so that the strict reader judges what the model wrote, not a cleaned-up copy."""
-    if isinstance(value, _Obj):
-        return "{" + ",".join(f"{json.dumps(k)}:{_dump(v)}" for k, v in value.pairs) + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(_dump(v) for v in value) + "]"
-    if isinstance(value, _Num):
-        return value.text
-    return json.dumps(value)

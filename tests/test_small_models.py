@@ -14,10 +14,11 @@ from agent.approval import Approver
 from agent.audit import Trace, read_trace, render_timeline
 from agent.loop import Agent, RunResult
 from agent.model import ModelClient
+from agent.repair import bind_leniently
 from agent.replay import ScriptedModelServer, Step, say
 from policies import Policy, RunPolicy, parse_policy
 from sandbox import Pool
-from tools import Registry
+from tools import ArgumentError, Registry
 
 DOCS = Path(__file__).resolve().parent.parent / "tools" / "data" / "docs"
 
@@ -201,3 +202,110 @@ def test_a_flood_of_text_calls_is_capped_per_turn(run: Run) -> None:
     ran = [e for e in events if e["worker_pid"] is not None]
     assert len(ran) == 2
     assert all(e["approval"] == "call_limit" for e in events[2:])
+
+
+SLIPS = {
+    # the model's arguments text: (what validates, the repairs named)
+    '{"order_id": "12345",}': ('{"order_id":"12345"}', ["trailing_commas"]),
+    '"{\\"order_id\\": \\"12345\\"}"': ('{"order_id":"12345"}', ["stringified_arguments"]),
+    '{"arguments": {"order_id": 12345}}': (
+        '{"order_id":"12345"}',
+        ["arguments_wrapper", "number_as_string"],
+    ),
+    '{"name": "get_order_status", "parameters": {"order_id": "12345"}}': (
+        '{"order_id":"12345"}',
+        ["arguments_wrapper"],
+    ),
+    '"{\\"arguments\\": {\\"order_id\\": \\"12345\\",}}"': (
+        '{"order_id":"12345"}',
+        ["stringified_arguments", "trailing_commas", "arguments_wrapper"],
+    ),
+    # A comma inside a string is the value's own, not a slip.
+    '{"order_id": "12,}"}': ('{"order_id":"12,}"}', []),
+}
+
+
+def test_small_slips_in_arguments_are_repaired_and_named() -> None:
+    spec = Registry.default().get("get_order_status")
+    for raw, (canonical, repairs) in SLIPS.items():
+        bound = bind_leniently(spec, raw)
+        assert (bound.canonical, list(bound.repairs)) == (canonical, repairs), raw
+        assert bound.model_arguments == (raw if repairs else None)
+
+
+REFUSED = {
+    # A repeated key stays repeated through the unwrapping, and is refused.
+    '{"arguments": {"order_id": "12345", "amount": 1.0, "amount": 89.99}}': "more than once",
+    # Fixing the comma leaves a value the schema refuses: that is what the model hears.
+    '{"order_id": "12345", "amount": "all of it",}': "amount: Input should be a valid number",
+    # Another tool's call shape is not this tool's arguments.
+    '{"name": "get_current_date", "arguments": {"order_id": "12345", "amount": 1}}': "order_id",
+    '{"arguments": {"order_id": "12345", "amount": NaN}}': "not a JSON number",
+    '"' + "[" * 5_000 + '"': "must be a JSON object",
+    '{"arguments": ' * 3_000 + "{}" + "}" * 3_000: "not valid JSON",
+}
+
+
+def test_a_repair_never_makes_the_schema_accept_what_it_refuses() -> None:
+    registry = Registry.default()
+    for raw, message in REFUSED.items():
+        with pytest.raises(ArgumentError, match=message):
+            bind_leniently(registry.get("issue_refund"), raw)
+
+
+def arguments_tool(arguments: str) -> str:
+    """A tool whose own parameter is called arguments.
+
+    Args:
+        arguments: Any text.
+    """
+    return arguments
+
+
+def test_a_parameter_named_arguments_is_never_unwrapped() -> None:
+    registry = Registry()
+    spec = registry.add(arguments_tool)
+    with pytest.raises(ArgumentError, match="valid string"):
+        bind_leniently(spec, '{"arguments": {"x": 1}}')
+
+
+def test_repaired_calls_run_as_validated_are_approved_as_shown_and_counted(run: Run) -> None:
+    prompts: list[str] = []
+    approver = Approver(interactive=True, ask=lambda prompt: prompts.append(prompt) or "y")
+    script = [
+        Step(
+            message={
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "a",
+                        "type": "function",
+                        "function": {"name": "read_file", "arguments": '{"path": "policy.txt",}'},
+                    },
+                    {
+                        "id": "b",
+                        "type": "function",
+                        "function": {
+                            "name": "issue_refund",
+                            "arguments": '{"arguments": {"order_id": 12345, "amount": 89.99}}',
+                        },
+                    },
+                ],
+            },
+            finish_reason="tool_calls",
+        ),
+        say("Refunded."),
+    ]
+    result = run(script, task="Refund order 12345.", approver=approver)
+    assert result.ok
+    read, refund = run.tool_events()
+    assert read["ok"] and "30 days" in read["output"] and read["repairs"] == ["trailing_commas"]
+    assert refund["repairs"] == ["arguments_wrapper", "number_as_string"]
+    assert refund["arguments"] == '{"amount":89.99,"order_id":"12345"}'
+    assert refund["model_arguments"] == '{"arguments": {"order_id": 12345, "amount": 89.99}}'
+    assert refund["output"] == "Refunded 89.99 USD for order 12345"
+    # The person saw what ran, and the hash they approved is the one that ran.
+    assert 'order_id = "12345"' in prompts[0] and refund["arguments_sha256"][:16] in prompts[0]
+    assert refund["approved_sha256"] == refund["arguments_sha256"]
+    assert "[repaired: arguments_wrapper, number_as_string]" in render_timeline(run.events)
