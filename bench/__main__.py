@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import peers
+from . import isolation, peers
+from .isolation import GONE_WAIT_S
 from .stats import grandchildren, kill_grandchildren, summarize, uss_mib
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,6 +44,7 @@ def overhead(n: int, report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     factories = [
         peers.InProcess,
+        peers.RawPipe,
         peers.Threads,
         peers.Processes,
         peers.Pebble,
@@ -64,33 +66,38 @@ def overhead(n: int, report: dict[str, Any]) -> dict[str, Any]:
             out[peer.name] = summarize(samples).as_dict()
         finally:
             peer.close()
-    sub = peers.Subprocess()
-    samples = []
-    for i in range(max(5, n // 500)):
-        took, value = peers.timed(lambda i=i: sub.call(peers.echo, i))
-        assert value == i
-        samples.append(took)
-    out[sub.name] = summarize(samples).as_dict()
+    sub = isolation.Command()
+    out[sub.name] = _time_calls(lambda i: sub.call(peers.echo, i), max(2, n // 500), 1e6)
     return out
 
 
-def fresh(n: int) -> dict[str, Any]:
-    """2. A fresh process for every call."""
+def fresh(n: int, report: dict[str, Any]) -> dict[str, Any]:
+    """2. A fresh process for every call: ours isolated, the isolation peers, and
+    processes without isolation."""
     out: dict[str, Any] = {}
     ours = peers.Ours(reuse=False)
     try:
-        time.sleep(0.2)
+        ours.wait_spares(2)
         out["sandboxed-agent (zygote fork)"] = _time_calls(lambda i: ours.call(peers.echo, i), n)
     finally:
         ours.close()
+    for factory in isolation.PEERS:
+        peer = open_peer(factory, report)
+        if peer is None:
+            continue
+        try:
+            calls = max(2, n // (5 * factory.slow))
+            out[peer.name] = _time_calls(lambda i, peer=peer: peer.call(peers.echo, i), calls)
+        finally:
+            peer.close()
     out["os.fork from the orchestrator"] = _time_calls(
         lambda i: peers.fork_per_call(peers.echo, i), n
     )
     out["multiprocess forkserver"] = _time_calls(
-        lambda i: peers.process_per_call("forkserver")(peers.echo, i), max(5, n // 10)
+        lambda i: peers.process_per_call("forkserver")(peers.echo, i), max(2, n // 10)
     )
     out["multiprocess spawn"] = _time_calls(
-        lambda i: peers.process_per_call("spawn")(peers.echo, i), max(5, n // 20)
+        lambda i: peers.process_per_call("spawn")(peers.echo, i), max(2, n // 20)
     )
     return out
 
@@ -113,16 +120,18 @@ def kills(reps: int, timeout: float, report: dict[str, Any]) -> dict[str, Any]:
         peers.Processes,
         peers.MultiprocessPool,
         peers.Threads,
-        peers.Subprocess,
+        *isolation.PEERS,
     ):
         peer = open_peer(factory, report)
         if peer is None:
             continue
+        began = time.perf_counter()
         try:
+            runs = max(1, reps // _slowness(peer))
             out[peer.name] = {
                 "kills": peer.kills,
                 **{
-                    variant: _kill_runs(peer, grandchild, reps, timeout)
+                    variant: _kill_runs(peer, grandchild, runs, timeout)
                     for variant, grandchild in (("plain", False), ("grandchild", True))
                 },
             }
@@ -131,6 +140,7 @@ def kills(reps: int, timeout: float, report: dict[str, Any]) -> dict[str, Any]:
             peer.close()
             kill_grandchildren()
             out[peer.name]["threads_left"] = max(0, threads_before - threading.active_count())
+            log(f"  {peer.name}: {time.perf_counter() - began:.1f} s")
     return out
 
 
@@ -138,15 +148,18 @@ def _kill_runs(peer: peers.Peer, grandchild: bool, reps: int, timeout: float) ->
     overshoot, recovery, survivors = [], [], 0
     for i in range(reps):
         before = set(peer.pids())
-        took, _ = peers.timed(lambda: peer.call_with_timeout(grandchild, timeout))
-        overshoot.append(max(0.0, took - timeout))
+        start = time.perf_counter()
+        deadline = peer.call_with_timeout(grandchild, timeout)  # a command peer's own
+        end = time.perf_counter()
+        overshoot.append(max(0.0, end - (start + timeout if deadline is None else deadline)))
         if not peer.kills:
             survivors += 1  # its timeout only stops the waiting: the hung tool runs on
         else:
             survivors += len([p for p in before if _running(p) and p not in peer.pids()])
-        survivors += len(grandchildren())
+            survivors += len(peer.survivors())
+        survivors += len(grandchildren(GONE_WAIT_S))
         kill_grandchildren()
-        if peer.kills:
+        if peer.kills and peer.reused:
             rec, value = peers.timed(lambda i=i: peer.call(peers.echo, i))
             assert value == i
             recovery.append(rec)
@@ -202,12 +215,46 @@ def throughput(n: int, report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def throughput_fresh(n: int, report: dict[str, Any]) -> dict[str, int]:
+    """5b. Fresh isolated calls per second of a trivial tool, as many at once as cores
+    (twice as many callers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = os.cpu_count() or 2
+    out: dict[str, int] = {}
+    factories: list[Callable[[], peers.Peer]] = [
+        lambda: peers.Ours(workers, reuse=False),
+        *isolation.PEERS,
+    ]
+    for factory in factories:
+        peer = open_peer(factory, report)
+        if peer is None:
+            continue
+        try:
+            calls = max(2, n // _slowness(peer))
+            with ThreadPoolExecutor(workers * 2) as clients:
+                start = time.perf_counter()
+                values = list(
+                    clients.map(lambda i, peer=peer: peer.call(peers.echo, i), range(calls))
+                )
+                took = time.perf_counter() - start
+            assert values == list(range(calls))
+            out[peer.name] = round(calls / took)
+        finally:
+            peer.close()
+    return out
+
+
+def _slowness(peer: peers.Peer) -> int:
+    return peer.slow if isinstance(peer, isolation.Command) else 1
+
+
 def memory(report: dict[str, Any]) -> dict[str, Any]:
     """6. Unique memory of an idle worker and of a pool of 8."""
     out: dict[str, Any] = {}
     one = peers.Ours(workers=1, spares=1)
     try:
-        time.sleep(0.5)
+        one.wait_spares(1)
         template, *workers = one.pids()
         out["sandboxed-agent idle worker MiB"] = uss_mib(workers[:1])
         out["sandboxed-agent template MiB"] = uss_mib([template])
@@ -215,7 +262,7 @@ def memory(report: dict[str, Any]) -> dict[str, Any]:
         one.close()
     eight = peers.Ours(workers=8, spares=8)
     try:
-        time.sleep(1.0)
+        eight.wait_spares(8)
         out["sandboxed-agent pool of 8 MiB"] = uss_mib(eight.pids())
     finally:
         eight.close()
@@ -348,21 +395,22 @@ def render(report: dict[str, Any]) -> str:
     ]
     ours = report["overhead"]["sandboxed-agent"]["median"]
     for name, s in report["overhead"].items():
-        compared = (
-            ratio(s["median"], ours) if name not in ("sandboxed-agent", "in-process call") else "-"
-        )
+        floors = ("sandboxed-agent", "in-process call", "raw pipe round trip")
+        compared = ratio(s["median"], ours) if name not in floors else "-"
         lines.append(
             f"| {name} | {s['median']} | {s['p90']} | {s['p99']} | {s['max']} | {compared} |"
         )
     lines += [
         "",
-        "**2. Fresh process per call (ms)**",
+        "**2. Fresh process per call (ms); the isolation peers run `python -S -c 'print(i)'`**",
         "",
-        "| method | median | p90 | p99 |",
-        "|---|---|---|---|",
+        "| method | median | p90 | p99 | ours is faster by (median) |",
+        "|---|---|---|---|---|",
     ]
+    fresh_ours = report["fresh"]["sandboxed-agent (zygote fork)"]["median"]
     for name, s in report["fresh"].items():
-        lines.append(f"| {name} | {s['median']} | {s['p90']} | {s['p99']} |")
+        compared = "-" if name.startswith("sandboxed-agent") else ratio(s["median"], fresh_ours)
+        lines.append(f"| {name} | {s['median']} | {s['p90']} | {s['p99']} | {compared} |")
     lines += [
         "",
         "**3–4. Timeout of 100 ms on a hung tool: overshoot past the deadline, "
@@ -390,6 +438,17 @@ def render(report: dict[str, Any]) -> str:
     ]
     for name, t in report["throughput"].items():
         lines.append(f"| {name} | {t['echo']} | {t['spin_1ms']} |")
+    lines += [
+        "",
+        "**5b. Fresh isolated calls per second, trivial tool, one per core**",
+        "",
+        "| runner | calls/s | ours is faster by |",
+        "|---|---|---|",
+    ]
+    fresh_rate = report["throughput_fresh"].get("sandboxed-agent", 0)
+    for name, rate in report["throughput_fresh"].items():
+        compared = "-" if name == "sandboxed-agent" else ratio(fresh_rate, rate)
+        lines.append(f"| {name} | {rate} | {compared} |")
     lines += ["", "**6. Memory (unique set size)**", ""]
     lines += [f"- {k}: {v}" for k, v in report["memory"].items()]
     c = report["calculator"]
@@ -400,9 +459,56 @@ def render(report: dict[str, Any]) -> str:
         "",
         _agent_step_line(report["agent_step"]),
     ]
+    lines += ["", *targets(report)]
     if report.get("missing"):
         lines += ["", "Missing peers: " + "; ".join(report["missing"].values())]
     return "\n".join(lines) + "\n"
+
+
+def targets(report: dict[str, Any]) -> list[str]:
+    """Issue 18's targets against this run's own figures (ratios in the same run)."""
+    fresh_ours = report["fresh"]["sandboxed-agent (zygote fork)"]
+    bwrap = report["fresh"].get("bubblewrap")
+    warm = report["overhead"]["sandboxed-agent"]["median"]
+    floor = report["overhead"]["raw pipe round trip"]["median"]
+    kill = report["kills"]["sandboxed-agent"]["grandchild"]
+    rate = report["throughput_fresh"].get("sandboxed-agent", 0)
+    rows = [
+        (
+            "fresh isolated call, median",
+            f"{fresh_ours['median']} ms",
+            "≤ 1 ms",
+            fresh_ours["median"] <= 1,
+        ),
+        (
+            "fresh call against bubblewrap (median)",
+            ratio(bwrap["median"], fresh_ours["median"]) if bwrap else "not measured",
+            "≥ 10x",
+            bool(bwrap) and bwrap["median"] >= 10 * fresh_ours["median"],
+        ),
+        ("fresh isolated call, p99", f"{fresh_ours['p99']} ms", "≤ 3 ms", fresh_ours["p99"] <= 3),
+        (
+            "trusted warm call against a raw pipe round trip (median)",
+            f"{ratio(warm, floor)} ({warm} / {floor} µs)",
+            "≤ 3x",
+            warm <= 3 * floor,
+        ),
+        (
+            "kill past a 100 ms deadline with a setsid grandchild, p99",
+            f"{kill['overshoot_ms']['p99']} ms, {kill['survivors']} survivors",
+            "≤ 5 ms, 0 survivors",
+            kill["overshoot_ms"]["p99"] <= 5 and kill["survivors"] == 0,
+        ),
+        ("fresh isolated calls per second, trivial tool", str(rate), "≥ 1,000", rate >= 1000),
+    ]
+    lines = [
+        "**Targets (issue 18)**",
+        "",
+        "| figure | this run | target | met |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {'yes' if ok else 'no'} |" for a, b, c, ok in rows]
+    return lines
 
 
 def _agent_step_line(step: dict[str, Any]) -> str:
@@ -415,25 +521,52 @@ def _agent_step_line(step: dict[str, Any]) -> str:
     )
 
 
+SIZES = {
+    "full": dict(
+        overhead=10_000,
+        fresh=1000,
+        kills=30,
+        throughput=5000,
+        throughput_fresh=2000,
+        agent_step=200,
+    ),
+    "quick": dict(
+        overhead=1000, fresh=100, kills=3, throughput=300, throughput_fresh=200, agent_step=20
+    ),
+    "smoke": dict(overhead=40, fresh=10, kills=1, throughput=40, throughput_fresh=20, agent_step=2),
+}
+"""Samples per step; an isolation peer as slow as sandbox-runtime gets fewer."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small samples, under a minute")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="small samples, about a minute")
+    sizes.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few calls of each, to check that it runs (the tests do); figures mean nothing",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write results")
     args = parser.parse_args(argv)
-    quick = args.quick
-    report: dict[str, Any] = {"mode": "quick" if quick else "full", "machine": machine()}
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    n = SIZES[mode]
+    report: dict[str, Any] = {"mode": mode, "machine": machine(), "seconds": {}}
     steps = [
-        ("overhead", lambda: overhead(1000 if quick else 10_000, report)),
-        ("fresh", lambda: fresh(100 if quick else 1000)),
-        ("kills", lambda: kills(3 if quick else 30, 0.1, report)),
-        ("throughput", lambda: throughput(300 if quick else 5000, report)),
+        ("overhead", lambda: overhead(n["overhead"], report)),
+        ("fresh", lambda: fresh(n["fresh"], report)),
+        ("kills", lambda: kills(n["kills"], 0.1, report)),
+        ("throughput", lambda: throughput(n["throughput"], report)),
+        ("throughput_fresh", lambda: throughput_fresh(n["throughput_fresh"], report)),
         ("memory", lambda: memory(report)),
         ("calculator", calculator),
-        ("agent_step", lambda: agent_step(20 if quick else 200)),
+        ("agent_step", lambda: agent_step(n["agent_step"])),
     ]
     for name, step in steps:
         log(f"{name} ...")
+        start = time.perf_counter()
         report[name] = step()
+        report["seconds"][name] = round(time.perf_counter() - start, 1)
     text = render(report)
     print(text)
     args.output.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import subprocess
-import sys
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from typing import Any
 
 from . import bench_tools
 from .bench_tools import echo, hang, spin_1ms
-from .stats import MARKER
 
 BENCH_TOOLS = os.path.join(os.path.dirname(__file__), "bench_tools.py")
 
@@ -30,6 +28,9 @@ class Peer:
     name = "?"
     kills = True
     """Whether its timeout stops the work (False: it only stops waiting)."""
+    reused = True
+    """Whether the next call after a kill runs in something that was there before (a
+    pool's replacement worker); else every call starts anew, as in table 2."""
 
     def call(self, fn: Callable[[int], int], i: int) -> Any:
         raise NotImplementedError
@@ -39,6 +40,11 @@ class Peer:
         raise NotImplementedError
 
     def pids(self) -> list[int]:
+        return []
+
+    def survivors(self) -> list[Any]:
+        """What the last timed-out call left running (beside the marked grandchild),
+        for a peer that knows; killed once counted."""
         return []
 
     def close(self) -> None:
@@ -57,6 +63,14 @@ class Ours(Peer):
         self.pool = Pool(registry=registry, size=workers, spares=spares)
         self.limits = Limits(reuse_worker=reuse)
         self.Limits = Limits
+
+    def wait_spares(self, count: int, timeout: float = 60.0) -> None:
+        """Until `count` spare workers are forked and handed over (not a fixed sleep)."""
+        end = time.monotonic() + timeout
+        while self.pool._template.spares[False].qsize() < count:
+            if time.monotonic() > end:
+                raise RuntimeError(f"{count} spares were not ready within {timeout} s")
+            time.sleep(0.005)
 
     def call(self, fn: Callable[[int], int], i: int) -> Any:
         result = self.pool.call(fn.__name__, {"x": i}, limits=self.limits)
@@ -211,39 +225,30 @@ class MultiprocessPool(Peer):
         closer.join(10)
 
 
-class Subprocess(Peer):
-    name = "subprocess python -c"
-    kills = True
-    """`run(timeout=)` SIGKILLs the child; what it started is another matter."""
+class RawPipe(Peer):
+    """The floor of a round trip: a forked child echoes bytes on a socket pair, with no
+    framing, no validation and no isolation."""
+
+    name = "raw pipe round trip"
+    kills = False
+
+    def __init__(self, workers: int = 1) -> None:
+        self.sock, theirs = socket.socketpair()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.sock.close()
+            while data := theirs.recv(64):
+                theirs.sendall(data)
+            os._exit(0)
+        theirs.close()
 
     def call(self, fn: Callable[[int], int], i: int) -> Any:
-        out = subprocess.run(
-            [sys.executable, "-c", f"print({i})"], capture_output=True, text=True, check=True
-        )
-        return int(out.stdout)
+        self.sock.sendall(b"%d" % i)
+        return int(self.sock.recv(64))
 
-    def call_with_timeout(self, grandchild: bool, timeout: float) -> None:
-        # `hang` inline: importing it would take most of the 100 ms before it runs.
-        code = _HANG_SOURCE.format(grandchild=grandchild, marker=MARKER)
-        try:
-            subprocess.run([sys.executable, "-S", "-c", code], timeout=timeout)
-        except subprocess.TimeoutExpired:  # run() has SIGKILLed the child: not its tree
-            return
-
-
-_HANG_SOURCE = """
-import os, signal, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-if {grandchild}:
-    pid = os.fork()
-    if pid == 0:
-        os.setsid()
-        if os.fork() == 0:
-            os.execvp("sleep", ["sleep", "{marker}"])
-        os._exit(0)
-    os.waitpid(pid, 0)
-time.sleep(3600)
-"""
+    def close(self) -> None:
+        self.sock.close()
+        os.waitpid(self.pid, 0)
 
 
 def fork_per_call(fn: Callable[[int], int], i: int) -> int:
@@ -295,7 +300,7 @@ __all__ = [
     "Pebble",
     "Peer",
     "Processes",
-    "Subprocess",
+    "RawPipe",
     "Threads",
     "echo",
     "fork_per_call",

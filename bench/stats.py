@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import asdict, dataclass
 
 import psutil
@@ -39,16 +40,25 @@ def summarize(samples: list[float], scale: float = 1e6) -> Summary:
     )
 
 
-def grandchildren() -> list[psutil.Process]:
+def grandchildren(grace: float = 0.0) -> list[psutil.Process]:
+    """The benchmark's marked grandchildren still running after `grace` seconds (what
+    a peer killed may take a moment to die: only what outlives that is a survivor)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        if (proc.info["cmdline"] or [])[1:] == [MARKER]:
-            try:
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-            except psutil.Error:
-                pass
+        if (proc.info["cmdline"] or [])[1:] == [MARKER] and is_running(proc):
+            found.append(proc)
+    end = time.monotonic() + grace
+    while found and time.monotonic() < end:
+        time.sleep(0.005)
+        found = [p for p in found if is_running(p)]
     return found
+
+
+def is_running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def kill_grandchildren() -> int:
