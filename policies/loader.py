@@ -21,14 +21,23 @@ from sandbox.errors import PolicyError
 from sandbox.layers import ALWAYS_ON, check_layer_names
 
 from .merge import absolute_paths, merge
-from .schema import Policy, Price, RunPolicy, ToolPolicy, build_limits
+from .schema import EgressPolicy, Policy, Price, RunPolicy, ToolPolicy, build_limits
 
 DEFAULT_POLICY = Path(__file__).with_name("default.toml")
 BUILT_IN = "<built-in policy>"
 MAX_EXTENDS = 32
 """Files in one chain of `extends`: deep enough for any real layering, and a clear
 error long before Python's recursion limit."""
-_TOP_LEVEL = ("extends", "isolation", "load_tools", "layers", "defaults", "tools", "run")
+_TOP_LEVEL = (
+    "extends",
+    "isolation",
+    "load_tools",
+    "layers",
+    "defaults",
+    "tools",
+    "run",
+    "egress",
+)
 
 
 @dataclass(frozen=True)
@@ -210,6 +219,11 @@ def _check_values(policy: Policy, blame: Callable[[list[str]], str]) -> None:
             check_layer_names([name] if not on or name not in ALWAYS_ON else [])
         except ValueError as exc:
             raise PolicyError(f"{blame(['layers', name])}: [layers] {name}: {exc}") from None
+    try:
+        policy.egress.config()
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"].removeprefix("Value error, ")
+        raise PolicyError(f"{blame(['egress', 'resolve'])}: [egress] {message}") from None
     tables = [(["defaults"], policy.defaults)]
     tables += [
         (["tools", name], table.over(policy.defaults)) for name, table in policy.tools.items()
@@ -266,7 +280,9 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
     if not rest:
         return f"{source}: [{table}]: must be a table of keys (got {_short(err.get('input'))})"
     key = ".".join(rest)
-    model = {"run": RunPolicy}.get(table, Price if table.startswith("run.") else ToolPolicy)
+    model = {"run": RunPolicy, "egress": EgressPolicy}.get(
+        table, Price if table.startswith("run.") else ToolPolicy
+    )
     if err["type"] == "extra_forbidden":
         accepted = ", ".join(model.model_fields)
         hint = _did_you_mean(key, list(model.model_fields))
@@ -275,6 +291,12 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
         return f"{source}: [{table}] {key}: missing (a [{table}] table needs it)"
     if rest[0] == "settings" and len(rest) > 1:
         key = "settings." + rest[1]  # drop pydantic's union branch names
+    if rest[0] == "network" and model is ToolPolicy:
+        got = _short(err.get("input"))
+        return (
+            f'{source}: [{table}] network: must be true, false or a list of "host:port" '
+            f"strings (got {got})"
+        )
     return f"{source}: [{table}] {key}: {err['msg'].lower()} (got {_short(err.get('input'))})"
 
 

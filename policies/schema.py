@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from sandbox import Limits
+from sandbox.egress import EgressConfig
 from tools import ToolContext
 
 from . import places
@@ -28,6 +29,8 @@ LIMIT_KEYS = (
     "max_disk_mb",
     "max_data_mb",
     "max_processes",
+    "max_connections",
+    "max_egress_mb",
 )
 
 Setting = str | int | float | bool
@@ -48,6 +51,10 @@ class ToolPolicy(BaseModel):
     max_data_mb: int | None = None
     """Disk the tool's `data_dir` may hold (`data_limit`)."""
     max_processes: int | None = None
+    max_connections: int | None = None
+    """Connections a call may open through the egress proxy (a network allowlist)."""
+    max_egress_mb: int | None = None
+    """MiB a call may move through the egress proxy, both ways together."""
     requires_approval: bool | None = None
     """The call waits for a person's yes (the agent asks; `denied` without one)."""
     idempotent: bool | None = None
@@ -55,8 +62,10 @@ class ToolPolicy(BaseModel):
     re-run on resume without asking (else only with a person's approval)."""
     trusted: bool | None = None
     """The tool may run in a reused warm worker instead of a fresh one per call."""
-    network: bool | None = None
-    """The tool may use the network (else its worker has no network interface)."""
+    network: bool | list[str] | None = None
+    """true: the host's network; false: none (no interface at all); a list of
+    `host:port` patterns (`*.domain:443`, `203.0.113.7:*`): only those, through the
+    orchestrator's egress proxy (see sandbox/egress)."""
     root: str | None = None
     """Directory `read_file` may read, relative to the policy file (or `~`, `{data}`);
     resolved once, at load, and never inside a `data_dir` (see policies/places.py)."""
@@ -122,6 +131,21 @@ class RunPolicy(BaseModel):
     """Per-model prices; a model without one is counted at zero (and the trace says so)."""
 
 
+class EgressPolicy(BaseModel):
+    """The `[egress]` table: how the proxy for network allowlists resolves names."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    resolve: dict[str, str] = Field(default_factory=dict)
+    """Static answers, `name = "address"`, trusted as written (tests, split horizon)."""
+    allow_private: bool = False
+    """Accept DNS answers in private, loopback and link-local ranges (never metadata)."""
+
+    def config(self) -> EgressConfig:
+        """Raises pydantic's ValidationError for a name or address that is not one."""
+        return EgressConfig(resolve=self.resolve, allow_private=self.allow_private)
+
+
 class Policy(BaseModel):
     """A whole policy file. Satisfies `sandbox.LimitsPolicy`."""
 
@@ -137,6 +161,7 @@ class Policy(BaseModel):
     defaults: ToolPolicy = Field(default_factory=ToolPolicy)
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
     run: RunPolicy = Field(default_factory=RunPolicy)
+    egress: EgressPolicy = Field(default_factory=EgressPolicy)
     _source: str = PrivateAttr("<built-in>")
     _base_dir: Path = PrivateAttr(Path.cwd())
     _files: list[str] = PrivateAttr(default_factory=list)
@@ -188,7 +213,11 @@ class Policy(BaseModel):
 
     def pool_options(self) -> dict[str, Any]:
         """What this policy says about isolation, as `sandbox.Pool` keyword arguments."""
-        return {"isolation": self.isolation, "disable": self.disabled_layers}
+        return {
+            "isolation": self.isolation,
+            "disable": self.disabled_layers,
+            "egress": self.egress.config(),
+        }
 
     def effective(self, tool: str) -> ToolPolicy:
         own = self.tools.get(tool)
@@ -250,4 +279,5 @@ def build_limits(table: ToolPolicy) -> Limits:
     values: dict[str, Any] = {
         k: getattr(table, k) for k in LIMIT_KEYS if getattr(table, k) is not None
     }
-    return Limits(**values, reuse_worker=bool(table.trusted), network=bool(table.network))
+    network = tuple(table.network) if isinstance(table.network, list) else bool(table.network)
+    return Limits(**values, reuse_worker=bool(table.trusted), network=network)

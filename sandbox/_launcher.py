@@ -253,7 +253,7 @@ class Launcher:
             os.read(go_r, 1)  # in its cgroups now: everything from here counts
             os.close(go_r)
             layers, limits = self.layers, self.limits
-            layers.enter_network(limits.network)
+            layers.enter_network(limits.network_mode, -1)
             setup_w = os.dup2(setup_w, _SETUP_FD, inheritable=False)
             os.closerange(_SETUP_FD + 1, _max_fd())
             setup = WorkerSetup(
@@ -270,8 +270,8 @@ class Launcher:
                 uid=self.uid,
                 ipc_namespace=layers.ipc,
                 keyring=layers.keyring,
-                seccomp=layers.seccomp_rules(limits.network) if layers.seccomp else None,
-                network=limits.network,
+                seccomp=layers.seccomp_rules(limits.network_mode) if layers.seccomp else None,
+                proxy_port=None,
                 jail=layers.jail,
                 data_gid=None,
             )

@@ -16,10 +16,13 @@ For every tool:
 
 `socket()` is allowed for AF_NETLINK with NETLINK_ROUTE alone (addresses and routes,
 for getaddrinfo; changing anything through it takes capabilities the worker no longer
-has) and, for a tool whose policy gives it the network, AF_INET and AF_INET6. Every
-other family fails with EACCES: packet, vsock, bluetooth, ... and AF_UNIX, so that no
-tool can reach a host service's socket (a database, D-Bus, an ssh-agent, docker.sock)
-whatever the file layers let it see. `socketpair()` works for stream and seqpacket
+has) and, for a tool whose policy gives it the network, AF_INET and AF_INET6. A tool
+with a network allowlist gets AF_INET TCP sockets alone (SOCK_STREAM, protocol 0 or
+IPPROTO_TCP): enough to reach the proxy's listener on its own namespace's loopback,
+and no UDP, no raw or ICMP socket, no IPv6. Every other family fails with EACCES:
+packet, vsock, bluetooth, ... and AF_UNIX, so that no tool can reach a host
+service's socket (a database, D-Bus, an ssh-agent, docker.sock) whatever the file
+layers let it see. `socketpair()` works for stream and seqpacket
 pairs, whose two connected ends reach nobody else; not for datagram ones, whose ends
 could `sendto` any socket path.
 
@@ -56,6 +59,7 @@ _CLONE_NEWUSER = 0x10000000
 _AF_NETLINK = 16
 _NETLINK_ROUTE = 0
 _SOCK_TYPE_MASK = 0xF  # the rest of the type argument is SOCK_NONBLOCK, SOCK_CLOEXEC
+_IPPROTO_TCP = 6
 _CONNECTED_TYPES = (socket.SOCK_STREAM, socket.SOCK_SEQPACKET)
 
 # offsets in struct seccomp_data
@@ -123,6 +127,8 @@ class Rules(NamedTuple):
 
     network: bool
     """True: any socket family (the tool's policy gives it the network)."""
+    loopback_tcp: bool = False
+    """AF_INET TCP sockets only (a network allowlist: the proxy is on loopback)."""
     keyring: bool = True
     """Refuse the keyring calls."""
     user_namespaces: bool = True
@@ -197,6 +203,20 @@ def _program(rules: Rules) -> list[Insn]:
     check: list[Insn] = [_load(_ARG0)]
     for family in (socket.AF_INET, socket.AF_INET6) if rules.network else ():
         check += [(_BPF_JEQ_K, 0, 1, family), _ret(_RET_ALLOW)]
+    if rules.loopback_tcp and not rules.network:
+        # AF_INET, SOCK_STREAM (whatever flags), protocol 0 or TCP; else on to the
+        # netlink check, which reloads args[0] and refuses what it is not.
+        check += [
+            (_BPF_JEQ_K, 0, 8, socket.AF_INET),
+            _load(_ARG1),
+            (_BPF_AND_K, 0, 0, _SOCK_TYPE_MASK),
+            (_BPF_JEQ_K, 0, 4, socket.SOCK_STREAM),
+            _load(_ARG2),
+            (_BPF_JEQ_K, 1, 0, 0),
+            (_BPF_JEQ_K, 0, 1, _IPPROTO_TCP),
+            _ret(_RET_ALLOW),
+            _load(_ARG0),
+        ]
     # Netlink for routes and addresses alone (getaddrinfo, if_nameindex): not
     # NETLINK_SOCK_DIAG, which would list the host's sockets to a tool with the network.
     check += [

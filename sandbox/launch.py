@@ -122,6 +122,12 @@ def parse(argv: list[str]) -> LaunchConfig:
             f'for example \'{{"memory_mb": 256, "network": false}}\')',
             EXIT_USAGE,
         )
+    if limits.network_mode == "proxy":
+        _die(
+            "LIMITS_JSON: network: a list of host:port (an egress allowlist) needs the "
+            "pool's proxy; sandbox.launch takes true or false",
+            EXIT_USAGE,
+        )
     from .layers import check_layer_names
 
     try:

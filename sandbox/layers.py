@@ -35,7 +35,8 @@ from collections.abc import Collection
 
 import psutil
 
-from . import _cpuacct, _jail, _landlock, _linux, _probes, _seccomp, _userns
+from . import _cpuacct, _jail, _landlock, _linux, _netns, _probes, _seccomp, _userns
+from .limits import NetworkMode
 from .protocol import Layer, ZygoteConfig
 from .read_set import SYSTEM_READ_PATHS
 from .uids import NOBODY, UID_BASE, UidRange
@@ -114,9 +115,12 @@ class Layers:
         )
         self.status = {name: self.status[name] for name in LAYER_NAMES}
 
-    def seccomp_rules(self, network: bool) -> _seccomp.Rules:
+    def seccomp_rules(self, network: NetworkMode) -> _seccomp.Rules:
         return _seccomp.Rules(
-            network=network, keyring=self.keyring, user_namespaces=self.userns_denied
+            network=network == "all",
+            loopback_tcp=network == "proxy",
+            keyring=self.keyring,
+            user_namespaces=self.userns_denied,
         )
 
     def _wanted(self, name: str) -> bool:
@@ -394,11 +398,22 @@ class Layers:
         )
         return layout
 
-    def enter_network(self, network: bool) -> None:
+    def enter_network(self, network: NetworkMode, channel_fd: int) -> int | None:
         """In a freshly forked worker: into the empty namespace unless the tool may use
-        the network."""
-        if not network and self.empty_net is not None:
+        the network; for an allowlist, into a namespace of its own with loopback up,
+        its listener handed to the orchestrator (returns the port). An allowlist is
+        never served without a network namespace: the worker fails closed."""
+        if network == "none" and self.empty_net is not None:
             _linux.setns(self.empty_net, _linux.CLONE_NEWNET)
+        if network != "proxy":
+            return None
+        if self.empty_net is None:
+            layer = self.status["network_namespace"]
+            raise OSError(
+                f"a network allowlist needs the network_namespace layer, which is "
+                f"{layer.state} ({layer.detail})"
+            )
+        return _netns.enter_and_hand_over(channel_fd)
 
 
 def user_namespace(disabled: Collection[str]) -> Layer:

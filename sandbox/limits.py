@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import os
 import resource
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MIB = 1024 * 1024
+
+NetworkMode = Literal["none", "proxy", "all"]
+"""How a worker meets the network: not at all, through the egress proxy, or wholly."""
 
 
 class Limits(BaseModel):
@@ -43,8 +47,36 @@ class Limits(BaseModel):
     """Processes the call may have at once (a pids cgroup where writable, else RLIMIT_NPROC)."""
     reuse_worker: bool = False
     """Trusted tools may run in a warm worker that served earlier calls."""
-    network: bool = False
-    """Whether the tool may use the network (else: an empty network namespace)."""
+    network: bool | tuple[str, ...] = False
+    """False: no network (an empty network namespace); True: the host's network; a
+    list of `host:port` patterns: only those, through the orchestrator's proxy
+    (`sandbox.egress`)."""
+    max_connections: int = Field(64, ge=1, le=10_000)
+    """Connections a call with a network allowlist may open through the proxy, in all."""
+    max_egress_mb: int = Field(64, ge=1, le=1_048_576)
+    """Bytes, both ways together, a call with an allowlist may move through the proxy."""
+
+    @field_validator("network")
+    @classmethod
+    def _check_network(cls, value: bool | tuple[str, ...]) -> bool | tuple[str, ...]:
+        if isinstance(value, bool):
+            return value
+        from .egress.allowlist import NotAllowed, parse_pattern
+
+        if not value:
+            raise ValueError("an empty list allows nothing: write network = false")
+        for entry in value:
+            try:
+                parse_pattern(entry)
+            except NotAllowed as exc:
+                raise ValueError(f"{exc}") from None
+        return value
+
+    @property
+    def network_mode(self) -> NetworkMode:
+        if isinstance(self.network, tuple):
+            return "proxy"
+        return "all" if self.network else "none"
 
 
 def address_space_now() -> int:

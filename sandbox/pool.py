@@ -35,6 +35,7 @@ from .cancel import CancelToken
 from .channel import Deadline, Oversized, PeerGone, send_frame
 from .claims import WORKER_KINDS, memory_evidence
 from .cpu_budget import CpuBudget, CpuSpent, read_answer
+from .egress import Connection, Egress, EgressConfig
 from .errors import (
     BadArguments,
     CpuLimit,
@@ -80,6 +81,8 @@ class ToolResult(BaseModel):
     logs: str = Field("", exclude=True)
     """Start of what the tool printed on stdout/stderr."""
     worker_pid: int | None = Field(None, exclude=True)
+    connections: tuple[Connection, ...] = Field((), exclude=True)
+    """Each connection a tool with a network allowlist attempted, as the proxy saw it."""
     error_origin: Literal["sandbox", "worker", "agent"] | None = Field(None, exclude=True)
     """Who named the error's kind: the pool itself (a deadline, a limit, a death, a bad
     call), the worker's own frame (the tool's exception, or anything the tool wrote in
@@ -139,6 +142,7 @@ class Pool:
         isolation: Isolation = "best-effort",
         read_paths: list[str] | None = None,
         disable: Collection[str] = (),
+        egress: EgressConfig | None = None,
     ) -> None:
         self.registry = registry if registry is not None else Registry.default()
         self.policy: LimitsPolicy = policy if policy is not None else DefaultLimits()
@@ -155,6 +159,8 @@ class Pool:
             "read_paths": list(read_paths or []),
         }
         self._spares = spares
+        self._egress_config = egress or EgressConfig()
+        self._egress: Egress | None = None
         self._template = Template(list(self.registry.sources), **self._template_options)
         missing = {
             name: layer
@@ -239,7 +245,7 @@ class Pool:
                 return _failed(tool, WorkerCrashed(tool, f"no worker available: {exc}"), start)
             try:
                 armed(lambda: self._signal(worker))
-                result, keep = self._run(worker, call)
+                result, keep, connections = self._run_networked(worker, call)
             finally:
                 armed(None)  # before the worker is kept or closed: no signal may follow
                 with self._lock:
@@ -265,6 +271,7 @@ class Pool:
             duration_ms=round(duration, 3),
             logs=logs,
             worker_pid=worker.host_pid,
+            connections=connections,
             error_origin=None if result.ok else _origin(result),
         )
 
@@ -292,6 +299,8 @@ class Pool:
             self._warm = {}
         for worker in workers:
             worker.kill()
+        if self._egress is not None:
+            self._egress.close()
         self._template.close()
         for worker in workers:
             worker.close()
@@ -346,7 +355,7 @@ class Pool:
             with self._lock:
                 self._busy.discard(worker)
             self._retire(worker)
-        network = call.limits.network
+        network = call.limits.network_mode
         template = self._template
         try:
             worker = template.take_spare(network, SPARE_TIMEOUT_S)
@@ -372,6 +381,38 @@ class Pool:
             template = self._template
         dead.close()
         return template
+
+    def _run_networked(
+        self, worker: WorkerHandle, call: Call
+    ) -> tuple[Result, bool, tuple[Connection, ...]]:
+        """`_run`, with the egress proxy serving the call's connections while it runs
+        (a network allowlist); they are all closed before this returns."""
+        if call.limits.network_mode != "proxy":
+            return (*self._run(worker, call), ())
+        try:
+            listener = worker.take_listener(min(call.limits.timeout_s, SPARE_TIMEOUT_S))
+        except (PeerGone, OSError) as exc:
+            if isinstance(exc, PeerGone) or worker.wait_dead(0):
+                return _error(self._why_dead(worker, call)), False, ()
+            self._kill(worker)
+            return _error(WorkerCrashed(call.tool, f"{call.tool} did not run: {exc}")), False, ()
+        session = self._proxy().open(listener, call.tool, call.limits)
+        try:
+            result, keep = self._run(worker, call)
+        finally:
+            connections = session.close()
+        if result.error is not None:
+            # The model sees why, whatever the tool's library made of the refusal.
+            message = _with_refusals(result.error.message, connections)
+            error = result.error.model_copy(update={"message": message})
+            result = result.model_copy(update={"error": error})
+        return result, keep, connections
+
+    def _proxy(self) -> Egress:
+        with self._lock:
+            if self._egress is None:
+                self._egress = Egress(self._egress_config)
+            return self._egress
 
     def _run(self, worker: WorkerHandle, call: Call) -> tuple[Result, bool]:
         """Send the call, wait for the answer or the deadline. Returns (result, reusable)."""
@@ -538,6 +579,19 @@ def _root_without_walls(layers: Mapping[str, Layer]) -> str | None:
         f"workers would run as uid 0 with no file layer around them ({uid.detail}); "
         "turn bind_mounts or landlock back on, or turn unprivileged_uid off to accept it"
     )
+
+
+def _with_refusals(message: str, connections: tuple[Connection, ...]) -> str:
+    """A failed call's message, with each refusal of the proxy it does not already say."""
+    reasons: list[str] = []
+    for c in connections:
+        if not c.allowed and c.reason not in message and c.reason not in reasons:
+            reasons.append(c.reason)
+    if not reasons:
+        return message
+    shown = "; ".join(reasons[:5])
+    more = f"; and {len(reasons) - 5} more" if len(reasons) > 5 else ""
+    return f"{message} [network refused by the sandbox: {shown}{more}]"
 
 
 def _error(exc: ToolCallError) -> Result:

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .errors import ErrorKind
-from .limits import Limits
+from .limits import Limits, NetworkMode
 
 
 class _Message(BaseModel):
@@ -77,7 +77,7 @@ class Result(_Message):
 
 class Spawn(_Message):
     type: Literal["spawn"] = "spawn"
-    network: bool = False
+    network: NetworkMode = "none"
 
 
 class Shutdown(_Message):
@@ -131,7 +131,7 @@ class Spawned(_Message):
 
     type: Literal["spawned"] = "spawned"
     pid: int
-    network: bool
+    network: NetworkMode
     workdir: str
     cpu_usage: str | None = None
     """The usage file of the worker's CPU accounting cgroup, which its whole tree is in."""
@@ -153,7 +153,7 @@ class Failed(_Message):
 
     type: Literal["failed"] = "failed"
     message: str
-    network: bool = False
+    network: NetworkMode = "none"
 
 
 ToZygote = TypeAdapter(Annotated[Spawn | Shutdown, Field(discriminator="type")])

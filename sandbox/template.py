@@ -20,8 +20,10 @@ from collections import OrderedDict
 
 import multiprocess
 
-from .channel import FrameReader
+from ._netns import LISTENER_MARK, PROXY_HOST
+from .channel import FrameReader, PeerGone
 from .errors import SandboxUnavailable
+from .limits import NetworkMode
 from .protocol import Exited, Failed, FromZygote, Ready, Shutdown, Spawn, Spawned, ZygoteConfig
 from .zygote import exec_zygote
 
@@ -57,7 +59,38 @@ class WorkerHandle:
         os.set_blocking(self.setup_fd, False)
         self.reader = FrameReader(sock, self.pidfd)
         self.calls = 0
+        self.network: NetworkMode = spawned.network
+        self.listener: socket.socket | None = None
+        """A network allowlist's listener on the worker's loopback (`take_listener`)."""
         self._exited: Exited | None = None
+
+    def take_listener(self, timeout: float) -> socket.socket:
+        """The listening socket the worker's set-up code made in its own network
+        namespace and sent before reading its first call (so no tool has run yet).
+        Raises PeerGone if the worker died first (a set-up failure), OSError if what
+        came is not a listening TCP socket."""
+        if self.listener is not None:
+            return self.listener
+        import select
+
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        poller.register(self.pidfd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            raise OSError(f"the worker sent no listener within {timeout:g} s")
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, len(LISTENER_MARK), 1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            raise PeerGone from None
+        sockets = [socket.socket(fileno=fd) for fd in fds]
+        if not data:
+            raise PeerGone
+        if data != LISTENER_MARK or len(sockets) != 1 or not _is_listener(sockets[0]):
+            for s in sockets:
+                s.close()
+            raise OSError("the worker's set-up sent no listening socket")
+        self.listener = sockets[0]
+        return self.listener
 
     def exit_report(self) -> Exited | None:
         """The zygote's report of this worker's exit, waited for once and kept: the
@@ -99,9 +132,21 @@ class WorkerHandle:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+        if self.listener is not None:  # the last hold on the worker's network namespace
+            self.listener.close()
         for fd in (self.pidfd, self.log_fd, self.setup_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _is_listener(sock: socket.socket) -> bool:
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        host = sock.getsockname()[0]
+    except OSError:
+        return False
+    kind = sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+    return bool(listening) and kind and host == PROXY_HOST
 
 
 def _host_pid(pidfd: int) -> int | None:
@@ -153,10 +198,11 @@ class Template:
             shutil.rmtree(self.root, ignore_errors=True)
             raise
         theirs.close()
-        # Spares without and with network access (the latter only made on demand).
-        self.spares: dict[bool, queue.Queue[WorkerHandle | BaseException]] = {
-            False: queue.Queue(),
-            True: queue.Queue(),
+        # Spares by network mode (those with a network only made on demand).
+        self.spares: dict[NetworkMode, queue.Queue[WorkerHandle | BaseException]] = {
+            "none": queue.Queue(),
+            "proxy": queue.Queue(),
+            "all": queue.Queue(),
         }
         self._exits: OrderedDict[int, Exited] = OrderedDict()
         self._exit_cond = threading.Condition()
@@ -243,16 +289,16 @@ class Template:
         with self._exit_cond:
             self._exit_cond.notify_all()
 
-    def request_worker(self, network: bool = False) -> None:
+    def request_worker(self, network: NetworkMode = "none") -> None:
         if self.broken:
             return
         with self._send_lock, contextlib.suppress(OSError):
             self._ctrl.send(Spawn(network=network).model_dump_json().encode())
 
-    def take_spare(self, network: bool, timeout: float) -> WorkerHandle:
+    def take_spare(self, network: NetworkMode, timeout: float) -> WorkerHandle:
         spares = self.spares[network]
-        if network and spares.empty():
-            self.request_worker(network=True)  # made on demand: most tools need none
+        if network != "none" and spares.empty():
+            self.request_worker(network)  # made on demand: most tools need none
         while True:
             if self.broken:
                 raise SandboxUnavailable(self.broken)

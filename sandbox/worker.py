@@ -27,7 +27,7 @@ from pydantic_core import to_json
 from tools.context import ToolContext, set_current
 from tools.registry import Registry
 
-from . import _jail, _landlock, _linux, _nofollow, _seccomp
+from . import _jail, _landlock, _linux, _netns, _nofollow, _seccomp
 from .channel import recv_frame_blocking, send_frame
 from .errors import ErrorKind
 from .limits import (
@@ -70,7 +70,7 @@ class WorkerSetup:
         ipc_namespace: bool,
         keyring: bool,
         seccomp: _seccomp.Rules | None,
-        network: bool,
+        proxy_port: int | None,
         jail: _jail.Plan | None,
         data_gid: int | None,
     ) -> None:
@@ -94,7 +94,8 @@ class WorkerSetup:
         """Leave the inherited session keyring for a fresh one."""
         self.seccomp = seccomp
         """The filter to install; None: no seccomp layer."""
-        self.network = network
+        self.proxy_port = proxy_port
+        """The egress proxy's port on this worker's loopback (a network allowlist)."""
         self.jail = jail
         """Without Landlock: the read-only binds of a new root beside the workdir."""
         self.data_gid = data_gid
@@ -141,6 +142,8 @@ def detach(setup: WorkerSetup) -> socket.socket:
     setup.setup_fd = os.dup2(setup_fd, SETUP_FD, inheritable=False)
     os.closerange(SETUP_FD + 1, _max_fd())
     os.environ["HOME"] = os.environ["TMPDIR"] = os.environ["PWD"] = setup.workdir
+    if setup.proxy_port is not None:
+        os.environ.update(_netns.proxy_environment(setup.proxy_port))
     if setup.landlock_read is not None:
         # Built while this worker waits as a spare; the call only adds its root.
         setup.rules = _landlock.Ruleset(read=setup.landlock_read, write=[setup.workdir, os.devnull])

@@ -26,6 +26,7 @@ from typing import NoReturn
 
 from . import _linux, _seccomp, reaper
 from .layers import Layers, user_namespace
+from .limits import NetworkMode
 from .protocol import (
     Exited,
     Failed,
@@ -103,7 +104,7 @@ class Zygote:
         if self.layers.drop_capabilities:
             _linux.drop_bounding_set()  # inherited by every worker; the zygote never execs
         if self.layers.seccomp:
-            for network in (False, True):
+            for network in ("none", "proxy", "all"):
                 _seccomp.compiled(self.layers.seccomp_rules(network))  # once, not per fork
         warm_up()
 
@@ -114,7 +115,7 @@ class Zygote:
         else:
             self.ctrl.send(data)
 
-    def spawn(self, network: bool) -> None:
+    def spawn(self, network: NetworkMode) -> None:
         self.count += 1
         base = tempfile.mkdtemp(prefix=f"w{self.count}-", dir=self.config.root)
         workdir = os.path.join(base, "work")
@@ -179,13 +180,13 @@ class Zygote:
         fds: tuple[int, int, int],
         workdir: str,
         cgroups: tuple[str | None, str | None],
-        network: bool,
+        network: NetworkMode,
         uid: int | None,
     ) -> NoReturn:
         """`fds`: the worker's socket, its log and the write end of its set-up pipe."""
         setup: WorkerSetup | None = None
         try:
-            self.layers.enter_network(network)
+            proxy_port = self.layers.enter_network(network, fds[0])
             layers = self.layers
             setup = WorkerSetup(
                 *fds,
@@ -200,7 +201,7 @@ class Zygote:
                 ipc_namespace=layers.ipc,
                 keyring=layers.keyring,
                 seccomp=layers.seccomp_rules(network) if layers.seccomp else None,
-                network=network,
+                proxy_port=proxy_port,
                 jail=layers.jail,
                 data_gid=layers.uids.data_gid if layers.uids else None,
             )

@@ -1,0 +1,304 @@
+"""A tool with a network allowlist reaches what its list names, through the
+orchestrator's proxy, and nothing else: loopback servers on 127.0.0.2, 127.0.0.3 and
+127.0.0.4 stand for the outside world, named through `[egress] resolve`."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import _reap_orphans, _running_descendants, _temp_files
+
+from sandbox import Limits, Pool
+from sandbox.egress import EgressConfig
+from sandbox.egress.addresses import system_resolver
+from tools import Registry
+
+TOOLS = str(Path(__file__).with_name("egress_tools.py"))
+BIG = 2 * 1024 * 1024
+
+
+class _Weather(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        ip = self.server.server_address[0]
+        self.server.seen.append((self.path, self.headers.get("Host")))  # type: ignore[attr-defined]
+        body = b"x" * BIG if self.path == "/big" else f"weather from {ip} {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _serve(ip: str) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer((ip, 0), _Weather)
+    server.daemon_threads = True
+    server.seen = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+class _Holder:
+    """Accepts one connection at a time and says when its peer has gone."""
+
+    def __init__(self, ip: str) -> None:
+        self.sock = socket.create_server((ip, 0))
+        self.port = self.sock.getsockname()[1]
+        self.got_line = threading.Event()
+        self.gone = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                if conn.recv(100):
+                    self.got_line.set()
+                while conn.recv(100):
+                    pass
+                self.gone.set()
+
+
+def _resolver(name: str) -> list[str]:
+    """A test resolver: what a hostile or careless DNS might answer; the system's
+    resolver for the rest (`localhost`)."""
+    answers = {
+        "rebind.test": ["10.1.2.3"],
+        "meta.test": ["169.254.169.254"],
+        "mixed.test": ["93.184.215.14", "192.168.1.1"],
+    }
+    return answers[name] if name in answers else system_resolver(name)
+
+
+class World:
+    def __init__(self) -> None:
+        self.weather = _serve("127.0.0.2")
+        self.other = _serve("127.0.0.3")
+        self.holder = _Holder("127.0.0.4")
+        self.port = self.weather.server_address[1]
+        self.other_port = self.other.server_address[1]
+        self.config = EgressConfig(
+            resolve={
+                "api.weather.test": "127.0.0.2",
+                "eu.weather.test": "127.0.0.3",
+                "hold.weather.test": "127.0.0.4",
+                "nowhere.weather.test": "127.0.0.5",
+            },
+            resolver=_resolver,
+            head_timeout_s=1,
+        )
+        self.limits = Limits(
+            timeout_s=20,
+            network=(
+                f"api.weather.test:{self.port}",
+                f"*.weather.test:{self.other_port}",
+                f"hold.weather.test:{self.holder.port}",
+                f"nowhere.weather.test:{self.port}",
+                f"rebind.test:{self.port}",
+                "meta.test:80",
+                "mixed.test:80",
+                f"localhost:{self.port}",
+            ),
+        )
+
+    def close(self) -> None:
+        for server in (self.weather, self.other):
+            server.shutdown()
+            server.server_close()
+        self.holder.sock.close()
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    w = World()
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def pool(world: World) -> Iterator[Pool]:
+    registry = Registry()
+    registry.load(TOOLS)
+    with Pool(registry=registry, size=2, spares=1, egress=world.config) as p:
+        if not p.layers["network_namespace"].active:
+            pytest.skip(f"no network namespace here: {p.layers['network_namespace'].detail}")
+        yield p
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(pool: Pool) -> Iterator[None]:
+    """conftest's guard, but the module's pool keeps spare workers between tests: any
+    other process, or a file, left by a test fails it."""
+    before, files = set(_running_descendants()), _temp_files()
+    yield
+    _reap_orphans()
+    left = set(_running_descendants()) - before - {pool.template_pid}
+    left = {pid for pid in left if not _under(pid, pool.template_pid)}
+    assert not left, f"the test left processes alive: {left}"
+    assert _temp_files() == files
+
+
+def _under(pid: int, ancestor: int) -> bool:
+    try:
+        return any(p.pid == ancestor for p in psutil.Process(pid).parents())
+    except psutil.Error:
+        return True  # gone by now
+
+
+def call(pool: Pool, world: World, tool: str, **args: object) -> str:
+    result = pool.call(tool, args, limits=world.limits)
+    assert result.ok, result.error
+    return result.output or ""
+
+
+def test_an_allowed_name_answers_through_urllib_and_httpx(pool: Pool, world: World) -> None:
+    url = f"http://api.weather.test:{world.port}/today"
+    for tool in ("egress_urllib", "egress_httpx"):
+        result = pool.call(tool, {"url": url}, limits=world.limits)
+        assert result.ok, result.error
+        assert result.output == "weather from 127.0.0.2 /today"
+        (conn,) = result.connections
+        assert (conn.host, conn.port, conn.address, conn.allowed) == (
+            "api.weather.test",
+            world.port,
+            "127.0.0.2",
+            True,
+        )
+        assert conn.protocol == "http" and conn.bytes_out > 0 and conn.bytes_in > 0
+    # The server got an origin-form request for its own name, no proxy headers.
+    assert world.weather.seen[-1] == ("/today", f"api.weather.test:{world.port}")
+
+
+def test_a_wildcard_admits_names_below_it_by_connect_and_socks(pool: Pool, world: World) -> None:
+    assert call(pool, world, "egress_tunnel", host="eu.weather.test", port=world.other_port) == (
+        "weather from 127.0.0.3 /tunnel"
+    )
+    out = call(pool, world, "egress_socks", host="eu.weather.test", port=world.other_port)
+    assert out == "weather from 127.0.0.3 /socks"
+    # `*.weather.test` is names below it, never the name itself.
+    refused = call(pool, world, "egress_socks", host="weather.test", port=world.other_port)
+    assert refused == "refused: SOCKS5 reply 2"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://other.test:{port}/", "is not on egress_urllib's network list"),
+        ("http://api.weather.test:{hold}/", "is not on egress_urllib's network list"),
+        ("http://127.0.0.2:{port}/", "is not on egress_urllib's network list"),
+        ("http://rebind.test:{port}/", "resolves to 10.1.2.3, a private address"),
+        ("http://localhost:{port}/", "resolves to 127.0.0.1, a loopback address"),  # real DNS
+        ("http://meta.test/", "resolves to 169.254.169.254, a cloud metadata address"),
+        ("http://mixed.test/", "resolves to 192.168.1.1, a private address"),
+        ("http://[::1]:{port}/", "is not on egress_urllib's network list"),
+    ],
+    ids=["name", "port", "ip", "private-dns", "loopback-dns", "metadata", "mixed", "ipv6"],
+)
+def test_what_the_list_does_not_admit_is_refused_and_the_model_sees_why(
+    pool: Pool, world: World, url: str, why: str
+) -> None:
+    url = url.format(port=world.port, hold=world.holder.port)
+    before = len(world.weather.seen) + len(world.other.seen)
+    result = pool.call("egress_urllib", {"url": url}, limits=world.limits)
+    assert not result.ok and result.error is not None
+    assert why in result.error.message  # the tool's own error says it
+    (conn,) = result.connections
+    assert not conn.allowed and why in conn.reason
+    assert len(world.weather.seen) + len(world.other.seen) == before
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        "CONNECT 127.0.0.1:{proxy_port} HTTP/1.1\r\n\r\n",  # the proxy's own address
+        "CONNECT [::1]:{port} HTTP/1.1\r\n\r\n",
+        "CONNECT [::ffff:127.0.0.2]:{port} HTTP/1.1\r\n\r\n",
+        "CONNECT 2130706434:{port} HTTP/1.1\r\n\r\n",  # 127.0.0.2 as inet_aton reads it
+        "CONNECT api.weather.test:{port}@evil.test:80 HTTP/1.1\r\n\r\n",
+        "GET http://u:p@api.weather.test:{port}/ HTTP/1.1\r\n\r\n",
+        "GET ftp://api.weather.test:{port}/ HTTP/1.1\r\n\r\n",
+        "GARBAGE\r\n\r\n",
+        "CONNECT api.weather.test:{port} HTTP/1.1\r\nX: " + "a" * 20000 + "\r\n\r\n",
+    ],
+    ids=["own", "ipv6", "mapped", "inet-aton", "at", "userinfo", "ftp", "garbage", "huge"],
+)
+def test_hostile_requests_are_refused(pool: Pool, world: World, request_line: str) -> None:
+    data = request_line.replace("{port}", str(world.port))
+    answer = call(pool, world, "egress_raw", data=data)
+    assert answer.split(" ")[1] in ("400", "403"), answer
+
+
+def test_a_slow_request_is_cut_off(pool: Pool, world: World) -> None:
+    data = f"CONNECT api.weather.test:{world.port} HTTP/1.1\r\n"  # and never the end
+    result = pool.call("egress_raw", {"data": data, "pause": True}, limits=world.limits)
+    assert result.output == "closed without an answer"
+    assert "no whole request within 1 s" in result.connections[0].reason
+
+
+def test_no_way_around_the_proxy(pool: Pool, world: World) -> None:
+    for host in ("127.0.0.2", "10.1.2.3", "169.254.169.254"):
+        out = call(pool, world, "egress_direct", host=host, port=world.port)
+        assert out.startswith("denied"), out
+    # The proxy variables cleared: no name resolves, no address is reached.
+    url = f"http://api.weather.test:{world.port}/"
+    assert call(pool, world, "egress_unproxied", url=url).startswith("denied")
+    assert call(pool, world, "egress_unproxied", url=f"http://127.0.0.2:{world.port}/").startswith(
+        "denied"
+    )
+    # TCP over IPv4 alone: no UDP (no DNS of its own), no IPv6, no raw socket.
+    for family, kind in [
+        (socket.AF_INET, socket.SOCK_DGRAM),
+        (socket.AF_INET6, socket.SOCK_STREAM),
+        (socket.AF_INET, socket.SOCK_RAW),
+        (socket.AF_UNIX, socket.SOCK_STREAM),
+    ]:
+        out = call(pool, world, "egress_socket", family=int(family), kind=int(kind))
+        assert out.startswith("denied"), (family, kind, out)
+
+
+def test_without_a_list_there_is_still_no_network(pool: Pool, world: World) -> None:
+    offline = world.limits.model_copy(update={"network": False})
+    result = pool.call("egress_socket", {"family": int(socket.AF_INET), "kind": 1}, limits=offline)
+    assert result.output is not None and result.output.startswith("denied")
+    result = pool.call("egress_urllib", {"url": f"http://api.weather.test:{world.port}/"})
+    assert not result.ok and not result.connections
+
+
+def test_connections_and_bytes_are_capped_per_call(pool: Pool, world: World) -> None:
+    limits = world.limits.model_copy(update={"max_connections": 2, "max_egress_mb": 1})
+    args = {"host": "api.weather.test", "port": world.port, "count": 4}
+    result = pool.call("egress_many", args, limits=limits)
+    assert result.output is not None
+    assert result.output.splitlines()[:2] == ["HTTP/1.1 200 Connection established"] * 2
+    assert result.output.splitlines()[2:] == ["closed", "closed"]
+    reasons = [c.reason for c in result.connections]
+    assert sum("connections were used (max_connections)" in r for r in reasons) == 2
+    big = pool.call(
+        "egress_urllib", {"url": f"http://api.weather.test:{world.port}/big"}, limits=limits
+    )
+    assert not big.ok
+    assert "1 MiB were used (max_egress_mb)" in big.connections[0].reason
+    assert big.connections[0].bytes_in <= 1024 * 1024 + 65536
+
+
+def test_connections_die_with_the_call(pool: Pool, world: World) -> None:
+    world.holder.gone.clear()
+    limits = world.limits.model_copy(update={"timeout_s": 2})
+    args = {"host": "hold.weather.test", "port": world.holder.port}
+    result = pool.call("egress_hold", args, limits=limits)
+    assert result.error is not None and result.error.kind == "timeout"
+    assert world.holder.got_line.is_set()
+    assert pool._egress is not None and pool._egress.open_connections() == 0
+    assert world.holder.gone.wait(10)
+    (conn,) = result.connections
+    assert conn.allowed and conn.bytes_out == len(b"hello\n")
