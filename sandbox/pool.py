@@ -330,10 +330,13 @@ class Pool:
         except ArgumentError as exc:
             raise BadArguments(tool, str(exc)) from None
         context = self.policy.context_for(tool)
+        limits = limits or self.policy.limits_for(tool)
+        if spec.fresh and limits.reuse_worker:
+            limits = limits.model_copy(update={"reuse_worker": False})
         return Call(
             tool=tool,
             args=args,
-            limits=limits or self.policy.limits_for(tool),
+            limits=limits,
             root=context.root,
             data_dir=context.data_dir,
             settings={**context.settings, **settings} if settings else context.settings,

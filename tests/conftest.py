@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import warnings
+import weakref
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 
 from sandbox import IsolationWarning, _linux
 from sandbox.pool import LimitsPolicy, Pool
+from sandbox.template import WorkerHandle
 from tools import Registry
 
 HOSTILE = str(Path(__file__).with_name("hostile_tools.py"))
@@ -99,6 +101,30 @@ def _temp_files() -> set[str]:
     return {name for name in os.listdir(TEST_TMP) if not name.startswith("pytest-of-")}
 
 
+_shared_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def shared(pool: Pool) -> Pool:
+    """Mark a pool that outlives one test (module-scoped): its zygote and its idle
+    workers are not what a test left. A worker still busy, and anything a call
+    started, still are."""
+    _shared_pools.add(pool)
+    return pool
+
+
+def _idle_in_shared_pools() -> set[int]:
+    pids = set()
+    for pool in list(_shared_pools):
+        template = pool._template
+        pids.add(template.pid)
+        for spares in template.spares.values():
+            with spares.mutex:
+                pids |= {h.host_pid for h in spares.queue if isinstance(h, WorkerHandle)}
+        with pool._lock:
+            pids |= {w.host_pid for idle in pool._warm.values() for w in idle}
+    return pids
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers() -> Iterator[None]:
     """Fail any test that leaves a process alive, a SysV IPC object on the host, or a
@@ -110,7 +136,8 @@ def no_leftovers() -> Iterator[None]:
     deadline = time.monotonic() + SURVIVOR_GRACE_S
     while True:
         _reap_orphans()
-        left = {pid: cmd for pid, cmd in _running_descendants().items() if pid not in before}
+        kept = before | _idle_in_shared_pools()
+        left = {pid: cmd for pid, cmd in _running_descendants().items() if pid not in kept}
         # A zygote removes its directory as it exits: give it the same grace.
         files = _temp_files() - files_before
         if (not left and not files) or time.monotonic() > deadline:

@@ -34,9 +34,10 @@ from .schema import ToolDefinitionError, build_model, parse_docstring, strict_sc
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 BUILTIN_MODULES = ("tools.calculator", "tools.files", "tools.support")
-ON_REQUEST_MODULES = ("tools.memory",)
+ON_REQUEST_MODULES = ("tools.memory", "tools.python")
 """Built-in tools a run offers only when asked for (`--tools tools.memory`, or a
-policy's `load_tools`): a model offered `forget` on a task about orders may use it."""
+policy's `load_tools`): a model offered `forget` on a task about orders may use it,
+and `run_python` runs whatever code a model writes."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class ToolSpec:
     embed: str | None = None
     """A text argument the orchestrator embeds (where an embeddings endpoint is set)
     and hands to the tool as `context.embedding()`: the key stays with it."""
+    fresh: bool = False
+    """Every call gets a fresh worker, whatever the policy's `trusted` says: the tool
+    runs code it did not write (`run_python`), so no worker of it may serve again."""
 
     @property
     def openai_schema(self) -> dict[str, Any]:
@@ -167,6 +171,7 @@ class Registry:
             defaults=frozenset(defaults),
             json_native=native,
             embed=embed,
+            fresh=bool(getattr(func, "__tool_fresh__", False)),
         )
         self._specs[tool_name] = spec
         return spec
@@ -254,22 +259,32 @@ def _import_source(source: str) -> str:
 @overload
 def tool(func: F, /) -> F: ...
 @overload
-def tool(*, name: str | None = None, embed: str | None = None) -> Callable[[F], F]: ...
+def tool(
+    *, name: str | None = None, embed: str | None = None, fresh: bool = False
+) -> Callable[[F], F]: ...
 
 
 def tool(
-    func: F | None = None, /, *, name: str | None = None, embed: str | None = None
+    func: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    embed: str | None = None,
+    fresh: bool = False,
 ) -> F | Callable[[F], F]:
     """Register a function as a tool; the function itself is returned unchanged.
 
     `embed="fact"`: when an embeddings endpoint is configured, the agent embeds that
     argument before the call and the tool reads the vector with `context.embedding()`.
+    `fresh=True`: never a reused worker, even where the policy says `trusted`.
     """
 
     def register(f: F) -> F:
         tool_name = name or f.__name__
         if embed is not None:
             f.__tool_embed__ = embed  # type: ignore[attr-defined]
+        if fresh:
+            f.__tool_fresh__ = True  # type: ignore[attr-defined]
         # Check the definition now, so a bad tool fails at import, not at first call.
         Registry().add(f, tool_name)
         _by_module.setdefault(f.__module__, []).append((f, tool_name))
