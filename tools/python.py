@@ -110,6 +110,9 @@ def run_python(code: str) -> dict[str, Any]:
     notes: list[str] = []
     if keep_state:
         notes += python_state.restore(namespace, context.setting(python_state.STATE))
+        variables = context.setting(python_state.VARIABLES)
+        if isinstance(variables, dict):
+            namespace.update(variables)
         namespace["final_answer"] = _final_answer
     value: Any = None
     has_value = final = False

@@ -23,6 +23,8 @@ STATE = "python_state"
 """The settings key a caller puts the previous call's state under."""
 KEEP = "python_keep_state"
 """The settings key that asks a call to send its state back (and offer final_answer)."""
+VARIABLES = "python_variables"
+"""The settings key for JSON variables the caller adds before the code runs."""
 MAX_STATE_CHARS = 4_000_000
 _SKIP = {"__builtins__", "__name__", "final_answer"}
 

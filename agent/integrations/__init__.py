@@ -4,6 +4,8 @@ Each adapter is one small module, imported only when used, over `_bridge`:
 
 - `oai_agents.function_tools(pool)`: OpenAI Agents SDK `FunctionTool`s (`.[openai-agents]`)
 - `pydantic_toolset.SandboxToolset(pool)`: a pydantic-ai toolset (`.[pydantic-ai]`)
+- `smolagents_tools.sandboxed_tools(pool)`: smolagents `Tool`s, and
+  `smolagents_tools.SandboxExecutor(pool)`: a `CodeAgent`'s code in `run_python` (`.[smolagents]`)
 
 This package imports nothing at import time, so no framework is needed to import it.
 """

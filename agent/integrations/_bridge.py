@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies import Policy
-from sandbox import Pool, ToolResult
+from sandbox import Limits, Pool, ToolResult
 from sandbox.errors import BadArguments, Denied, ToolCallError, UnknownTool
 from sandbox.protocol import ToolError
 from tools import ArgumentError
@@ -82,8 +82,12 @@ class Bridge:
         call_id: str = "",
         approved: bool = False,
         step: int = 0,
+        limits: Limits | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> ToolResult:
-        """Run one call in the pool (cancellable), record it, and return its result."""
+        """Run one call in the pool (cancellable), record it, and return its result.
+        `limits` and `settings` go to `pool.acall` (the smolagents executor passes the
+        code's state in `settings`)."""
         approval = "not_required"
         if self.requires_approval(tool):
             approval = APPROVED_BY_FRAMEWORK if approved else "denied_not_approved"
@@ -97,7 +101,7 @@ class Bridge:
         else:
             shown = bound.canonical
             try:
-                result = await self.pool.acall(tool, bound.args)
+                result = await self.pool.acall(tool, bound.args, limits=limits, settings=settings)
             except BaseException:  # cancelled: the worker is dead; the trail says so
                 cancelled = ToolCallError(tool, "cancelled: its worker and tree were killed")
                 self._record(tool, call_id, step, shown, bound, _failed(tool, cancelled), approval)
