@@ -53,6 +53,10 @@ class ModelCalled(Event):
     text_calls: str | None = None
     """The tool calls were read from the answer's text, in this format (`fenced_json`,
     `tool_call_tags`, `mistral`, `llama`, `bare_json`); None: the API's own."""
+    steered: str | None = None
+    """This call asked for the final answer with tools off (`agent.steering`), because
+    the model had repeated a call (`repeated_call`) or it was the last step
+    (`max_iterations`); None: an ordinary call."""
 
 
 class ToolCalled(Event):
@@ -179,11 +183,7 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
                 f"{safe(e.get('output_tokens'))} tokens, ${_number(e.get('cost_usd')):.6f} "
                 f"(total ${_number(e.get('total_cost_usd')):.6f}), "
                 f"{_number(e.get('latency_ms')):.0f} ms, finish={safe(e.get('finish_reason'))}"
-                + (
-                    f", calls read from text ({safe(e['text_calls'])})"
-                    if e.get("text_calls")
-                    else ""
-                )
+                f"{_model_notes(e)}"
             )
         elif kind == "tool_call":
             if e.get("ok"):
@@ -211,6 +211,16 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
         else:
             lines.append(f"{at}  {safe(kind)}")
     return "\n".join(lines)
+
+
+def _model_notes(e: dict[str, Any]) -> str:
+    """What a small-model guardrail did on this model call, if anything."""
+    notes = ""
+    if e.get("text_calls"):
+        notes += f", calls read from text ({safe(e['text_calls'])})"
+    if e.get("steered"):
+        notes += f", steered to answer ({safe(e['steered'])})"
+    return notes
 
 
 def _one_line(text: object, limit: int = 160) -> str:

@@ -16,6 +16,7 @@ from sandbox.protocol import ToolError
 from tools import ArgumentError
 from tools.context import EMBEDDING
 
+from . import steering
 from .approval import Approver
 from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace
 from .binding import BoundCall
@@ -252,14 +253,19 @@ class Agent:
             self.store.progress(self.run_id, messages, budget.steps, budget.cost_usd)
 
     def _loop(self, messages: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard) -> str:
+        steer: steering.Steer | None = None
         while True:
             if self._cancel.cancelled:
                 raise CallCancelled("the model")
             left = budget.before_model_call()
+            steer = steer or steering.last_step(budget, messages)
             self.progress("thinking", {"step": budget.steps + 1})
             try:
                 turn = self.model.complete(
-                    messages, self.tools, timeout_s=min(self.limits.request_timeout_s, left)
+                    steering.request(messages, steer),
+                    self.tools,
+                    timeout_s=min(self.limits.request_timeout_s, left),
+                    tool_choice="none" if steer else None,
                 )
             except RunError:
                 if budget.time_left() <= 0:
@@ -271,7 +277,10 @@ class Agent:
                 raise
             cost = budget.charge(turn.model, turn.usage)
             calls = turn.message.get("tool_calls") or []
-            self._record_model_call(turn, budget, cost, len(calls))
+            self._record_model_call(turn, budget, cost, len(calls), steer)
+            if calls and steer:
+                # Not kept: the conversation stays one whose every call has its answer.
+                raise steering.kept_going(steer, calls, budget)
             messages.append(turn.message)
             if self.store and self.run_id:
                 self.store.step(
@@ -282,7 +291,9 @@ class Agent:
                     [_unpack(c, i) for i, c in enumerate(calls)],
                 )
             if calls:
-                self._append(messages, self._run_calls(calls, budget, repeats), budget)
+                outcomes = self._run_calls(calls, budget, repeats)
+                self._append(messages, outcomes, budget)
+                steer = steering.after_calls(outcomes)
                 continue
             content = turn.message.get("content") or ""
             if turn.finish_reason == "length":
@@ -299,7 +310,14 @@ class Agent:
                 )
             return content
 
-    def _record_model_call(self, turn: ModelTurn, budget: Budget, cost: float, calls: int) -> None:
+    def _record_model_call(
+        self,
+        turn: ModelTurn,
+        budget: Budget,
+        cost: float,
+        calls: int,
+        steer: steering.Steer | None = None,
+    ) -> None:
         self.trace.emit(
             ModelCalled(
                 step=budget.steps,
@@ -313,6 +331,7 @@ class Agent:
                 tool_calls=calls,
                 priced=turn.model not in budget.unpriced,
                 text_calls=turn.text_calls,
+                steered=steer,
             )
         )
         self.progress("model", {"cost_usd": budget.cost_usd, "step": budget.steps})

@@ -15,7 +15,7 @@ from agent.audit import Trace, read_trace, render_timeline
 from agent.loop import Agent, RunResult
 from agent.model import ModelClient
 from agent.repair import bind_leniently
-from agent.replay import ScriptedModelServer, Step, say
+from agent.replay import ScriptedModelServer, Step, call, say
 from policies import Policy, RunPolicy, parse_policy
 from sandbox import Pool
 from tools import ArgumentError, Registry
@@ -309,3 +309,53 @@ def test_repaired_calls_run_as_validated_are_approved_as_shown_and_counted(run: 
     assert 'order_id = "12345"' in prompts[0] and refund["arguments_sha256"][:16] in prompts[0]
     assert refund["approved_sha256"] == refund["arguments_sha256"]
     assert "[repaired: arguments_wrapper, number_as_string]" in render_timeline(run.events)
+
+
+def steered(run: Run) -> list[str | None]:
+    return [e["steered"] for e in run.model_events()]
+
+
+def test_a_repeated_call_steers_the_next_call_to_an_answer(run: Run) -> None:
+    date = call(("get_current_date", {}))
+    result = run([date, date, say("Today is 2025-05-11.")], task="What is the date?")
+    assert result.ok and result.answer == "Today is 2025-05-11."
+    assert steered(run) == [None, None, "repeated_call"]
+    assert [e["approval"] for e in run.tool_events()] == ["not_required", "repeat_note"]
+    first, _, third = run.requests
+    assert "tool_choice" not in first
+    assert third["tool_choice"] == "none" and third["tools"]
+    ask = third["messages"][-1]
+    assert ask["role"] == "user" and "Do not call any more tools" in ask["content"]
+    assert ask["content"].endswith("The question was: What is the date?")
+    # The instruction was for that call only: the conversation kept has no trace of it.
+    assert not any("Do not call" in str(m.get("content")) for m in result.messages)
+    assert "steered to answer (repeated_call)" in render_timeline(run.events)
+
+
+def test_the_last_step_is_steered_to_an_answer(run: Run) -> None:
+    script = [
+        call(("calculate", {"expression": "89.99 / 3"})),
+        call(("calculate", {"expression": "89.99 / 4"})),
+        say("About 30.00 each."),
+    ]
+    result = run(script, task="What did each item cost?", max_iterations=3)
+    assert result.ok and result.answer == "About 30.00 each."
+    assert steered(run) == [None, None, "max_iterations"]
+    assert [r.get("tool_choice") for r in run.requests] == [None, None, "none"]
+    # With no tool result to answer from, the only step is an ordinary one.
+    run([say("Hello.")], task="Hi", max_iterations=1)
+    assert steered(run) == [None] and "tool_choice" not in run.requests[0]
+
+
+def test_a_model_that_calls_tools_after_the_steer_is_stopped(run: Run) -> None:
+    # The server ignores tool_choice and the model writes one more call as text.
+    again = text('```json\n{"name": "calculate", "arguments": {"expression": "1 + 2"}}\n```')
+    script = [call(("calculate", {"expression": "1 + 1"})), again, say("never sent")]
+    result = run(script, task="Add.", max_iterations=2)
+    assert result.reason == "max_iterations" and result.answer is None
+    assert "at the last step, the model still called calculate" in result.message
+    assert "2 model calls" in result.message
+    assert len(run.requests) == 2 and steered(run) == [None, "max_iterations"]
+    assert len(run.tool_events()) == 1  # the call after the steer never ran
+    # The conversation kept ends with answered calls, so a later turn can go on from it.
+    assert result.messages[-1]["role"] == "tool"
