@@ -6,6 +6,8 @@ Each adapter is one small module, imported only when used, over `_bridge`:
 - `pydantic_toolset.SandboxToolset(pool)`: a pydantic-ai toolset (`.[pydantic-ai]`)
 - `smolagents_tools.sandboxed_tools(pool)`: smolagents `Tool`s, and
   `smolagents_tools.SandboxExecutor(pool)`: a `CodeAgent`'s code in `run_python` (`.[smolagents]`)
+- `langchain_tools.sandboxed_tools(pool)`: LangChain `StructuredTool`s, for LangGraph's
+  `ToolNode` and `create_react_agent` (`.[langchain]`)
 
 This package imports nothing at import time, so no framework is needed to import it.
 """

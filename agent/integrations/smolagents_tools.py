@@ -21,11 +21,9 @@ JSON data.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Collection, Coroutine, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Collection, Iterable
+from typing import Any
 
 from smolagents import Tool
 from smolagents.local_python_executor import CodeOutput, PythonExecutor
@@ -35,9 +33,9 @@ from tools.python_state import KEEP, MAX_STATE_CHARS, STATE, VARIABLES
 
 from ..audit import Trace
 from ._bridge import Bridge, BridgedTool
+from ._sync import run_sync
 
 _TYPES = {"string", "boolean", "integer", "number", "array", "object"}
-T = TypeVar("T")
 
 
 class SandboxToolError(Exception):
@@ -95,17 +93,6 @@ def _inputs(parameters: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if "null" in kinds or not concrete:
             inputs[name]["nullable"] = True
     return inputs
-
-
-def run_sync(call: Coroutine[Any, Any, T]) -> T:
-    """smolagents calls tools synchronously. Where this thread already runs an event
-    loop (a notebook), the call gets a thread and a loop of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(call)
-    with ThreadPoolExecutor(1) as thread:
-        return thread.submit(asyncio.run, call).result()
 
 
 class SandboxExecutor(PythonExecutor):

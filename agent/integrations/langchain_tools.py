@@ -1,0 +1,67 @@
+"""LangChain and LangGraph: our tools as `StructuredTool`s, run in the pool.
+
+    from langgraph.prebuilt import ToolNode, create_react_agent
+    from agent.integrations.langchain_tools import sandboxed_tools
+
+    with Pool(load_policy("policy.toml")) as pool:
+        graph = create_react_agent(model, sandboxed_tools(pool))
+
+Each tool has the strict JSON schema of ours and a `coroutine=` that runs the call
+through the bridge (`ainvoke`: cancelling the task kills the worker and its tree), and a
+sync `func=` for `invoke`. A failed call raises `ToolException`, which the tool itself
+turns into a `ToolMessage` with `status="error"` and the text the model reads
+(`error (timeout): ...`), so a graph goes on and the model can act on it. A tool whose
+policy sets `requires_approval` runs only when `approve` names it (LangChain tools have
+no approval step of their own; LangGraph's `interrupt()` is the graph's, not the tool's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from langchain_core.tools import StructuredTool, ToolException
+
+from sandbox import Pool
+
+from ..audit import Trace
+from ._bridge import Bridge, BridgedTool
+from ._sync import run_sync
+
+
+def sandboxed_tools(
+    pool: Pool,
+    *,
+    tools: Iterable[str] | None = None,
+    trace: Trace | None = None,
+    approve: Collection[str] = (),
+) -> list[StructuredTool]:
+    """One `StructuredTool` per tool of the pool's registry (or of `tools`); each call is
+    recorded in `trace` when one is given."""
+    bridge = Bridge(pool, tools=tools, trace=trace)
+    return [_structured_tool(bridge, tool, tool.name in approve) for tool in bridge.tools()]
+
+
+def _structured_tool(bridge: Bridge, tool: BridgedTool, approved: bool) -> StructuredTool:
+    properties = list(tool.parameters["properties"])
+
+    async def call(**kwargs: Any) -> str:
+        # A model may leave out a nullable key; strict schemas want every one (null: default).
+        args = {name: kwargs.get(name) for name in properties}
+        result = await bridge.call(tool.name, args, approved=approved)
+        if not result.ok:
+            raise ToolException(result.text)
+        return result.output or ""
+
+    def call_sync(**kwargs: Any) -> str:
+        return run_sync(call(**kwargs))
+
+    return StructuredTool.from_function(
+        func=call_sync,
+        coroutine=call,
+        name=tool.name,
+        description=tool.description,
+        args_schema=tool.parameters,
+        infer_schema=False,
+        handle_tool_error=True,
+    )
