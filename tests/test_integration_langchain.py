@@ -111,3 +111,6 @@ def test_approve_lets_a_tool_that_asks_for_a_yes_run(pool: Pool) -> None:
     [unapproved] = sandboxed_tools(pool, tools=["issue_refund"])
     said = asyncio.run(unapproved.ainvoke({"order_id": "12345", "amount": 5.0}))
     assert said.startswith("error (denied)")
+    # A key the schema does not have is named, never dropped on the way.
+    extra = refund.invoke({"order_id": "12345", "amount": 5.0, "note": "x"})
+    assert extra.startswith("error (bad_arguments)") and "note: unexpected argument" in extra

@@ -96,7 +96,8 @@ def _final_answer(answer: Any) -> None:
 def run_python(code: str) -> dict[str, Any]:
     """Run Python 3 code in a fresh, isolated sandbox and see what it printed and the
     value of its last expression. Each call starts from nothing: define and import in
-    the same code everything it uses. No network; files written go away after the call.
+    the same code everything it uses. No network unless its policy allows it; files
+    written go away after the call.
 
     Args:
         code: Python source, e.g. "import math\\nprint(math.pi)\\nsum(range(10))".

@@ -1,4 +1,5 @@
-"""The bridge's async call, from a framework that calls its tools synchronously."""
+"""What the adapters of frameworks that pass keyword arguments share: the bridge's
+async call run synchronously, and the keyword arguments as our strict schema wants."""
 
 from __future__ import annotations
 
@@ -19,3 +20,24 @@ def run_sync(call: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(call)
     with ThreadPoolExecutor(1) as thread:
         return thread.submit(asyncio.run, call).result()
+
+
+def strict_arguments(parameters: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """A framework passes what the model sent, and may leave out a key it treats as
+    optional; strict schemas want every key, a null standing for the default. So each
+    nullable key left out becomes null. Anything else stays as given (an extra key, a
+    required one missing), for the bridge's validation to name."""
+    nullable = {
+        name
+        for name, schema in parameters.get("properties", {}).items()
+        if "null" in _types(schema)
+    }
+    return {**{name: None for name in nullable}, **given}
+
+
+def _types(schema: dict[str, Any]) -> list[str]:
+    kinds = schema.get("type")
+    found = [kinds] if isinstance(kinds, str) else list(kinds or [])
+    for option in schema.get("anyOf", []):
+        found += _types(option) if isinstance(option, dict) else []
+    return found

@@ -26,7 +26,7 @@ from sandbox import Pool
 
 from ..audit import Trace
 from ._bridge import Bridge, BridgedTool
-from ._sync import run_sync
+from ._sync import run_sync, strict_arguments
 
 
 def sandboxed_tools(
@@ -43,11 +43,8 @@ def sandboxed_tools(
 
 
 def _structured_tool(bridge: Bridge, tool: BridgedTool, approved: bool) -> StructuredTool:
-    properties = list(tool.parameters["properties"])
-
     async def call(**kwargs: Any) -> str:
-        # A model may leave out a nullable key; strict schemas want every one (null: default).
-        args = {name: kwargs.get(name) for name in properties}
+        args = strict_arguments(tool.parameters, kwargs)
         result = await bridge.call(tool.name, args, approved=approved)
         if not result.ok:
             raise ToolException(result.text)

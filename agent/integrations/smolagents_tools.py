@@ -33,7 +33,7 @@ from tools.python_state import KEEP, MAX_STATE_CHARS, STATE, VARIABLES
 
 from ..audit import Trace
 from ._bridge import Bridge, BridgedTool
-from ._sync import run_sync
+from ._sync import run_sync, strict_arguments
 
 _TYPES = {"string", "boolean", "integer", "number", "array", "object"}
 
@@ -72,8 +72,7 @@ class _SandboxTool(Tool):
         super().__init__()
 
     def forward(self, **kwargs: Any) -> str:
-        # smolagents leaves out what the model left out; strict schemas want every key.
-        args = {name: kwargs.get(name) for name in self._tool.parameters["properties"]}
+        args = strict_arguments(self._tool.parameters, kwargs)
         result = run_sync(self._bridge.call(self._tool.name, args, approved=self._approved))
         if not result.ok:
             raise SandboxToolError(result)  # the agent shows it to the model as the error
@@ -144,21 +143,34 @@ class SandboxExecutor(PythonExecutor):
         if not result.ok:
             self.state["_print_outputs"] = ""  # the step's output and variables died with it
             raise SandboxToolError(result)
-        out = json.loads(result.output or "{}")
-        self._state, self._variables = out.get("state") or "", {}
-        logs = out.get("stdout") or ""
-        notes = out.get("notes") or []
+        out = _answer(result.output)
+        self._state, self._variables = str(out.get("state") or ""), {}
+        logs = str(out.get("stdout") or "")
+        notes = (
+            [str(n) for n in out.get("notes") or []] if isinstance(out.get("notes"), list) else []
+        )
         if notes:
             logs += "\n[sandbox] " + "\n[sandbox] ".join(notes)
         self.state["_print_outputs"] = logs
         if out.get("error"):
-            raise SandboxCodeError(out["error"], out.get("stderr") or "", logs)
+            raise SandboxCodeError(str(out["error"]), str(out.get("stderr") or ""), logs)
         if out.get("final"):
             return CodeOutput(output=out.get("final_value"), logs=logs, is_final_answer=True)
         return CodeOutput(output=out.get("value"), logs=logs, is_final_answer=False)
 
     def cleanup(self) -> None:
         self._state, self._variables = "", {}
+
+
+def _answer(output: str | None) -> dict[str, Any]:
+    """run_python's JSON, which the code can forge: anything else is the step's error."""
+    try:
+        out = json.loads(output or "")
+    except (ValueError, RecursionError):
+        out = None
+    if not isinstance(out, dict):
+        raise SandboxCodeError("the sandbox's answer is not run_python's JSON", "", "")
+    return out
 
 
 class SandboxCodeError(Exception):
