@@ -35,6 +35,33 @@ def usage_s(usage_file: str) -> float:
     raise OSError(f"{usage_file} has no usage_usec")
 
 
+class UsageFile:
+    """A usage file held open, so that each read is one `pread` (a call reads it at
+    least once: three system calls and a text decoder were a fifth of a warm call)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._v1 = os.path.basename(path) == V1_USAGE
+        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def usage_s(self) -> float:
+        """As `usage_s(path)`. Raises OSError once the cgroup is gone (ENODEV) or closed."""
+        if self._fd is None:
+            raise OSError(f"{self.path} is closed")
+        data = os.pread(self._fd, 4096, 0)
+        if self._v1:
+            return int(data) / 1e9
+        for line in data.splitlines():
+            if line.startswith(b"usage_usec "):
+                return int(line.split()[1]) / 1e6
+        raise OSError(f"{self.path} has no usage_usec")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def _own_path(v2: bool, controller: str) -> str | None:
     with open("/proc/self/cgroup") as f:
         for line in f:

@@ -13,6 +13,9 @@ import struct
 import time
 
 _HEADER = struct.Struct("!I")
+# Plain ints: or-ing the enum flags on every call cost more than the recv itself.
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+_NOW = int(socket.MSG_DONTWAIT)
 
 
 class Deadline(Exception):
@@ -92,7 +95,7 @@ class FrameReader:
         if self._buf:
             return False
         try:
-            self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            self._sock.recv(1, _PEEK_NOW)
         except BlockingIOError:
             return True
         except OSError:
@@ -109,7 +112,7 @@ class FrameReader:
                 continue
             # Data already queued is read even when the worker has exited since.
             try:
-                size = self._sock.recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
+                size = self._sock.recv_into(self._chunk, 0, _NOW)
             except BlockingIOError:
                 if any(fd == self._pidfd for fd, _ in events):
                     raise PeerGone from None  # exited, and nothing left to read

@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import multiprocess
 
+from ._cpuacct import UsageFile
 from ._netns import LISTENER_MARK, PROXY_HOST
 from .channel import FrameReader, PeerGone
 from .errors import SandboxUnavailable
@@ -52,8 +53,9 @@ class WorkerHandle:
         self.host_pid = _host_pid(fds[0]) or spawned.pid
         """As our /proc knows it: the zygote may be pid 1 of a namespace of its own."""
         self.workdir = spawned.workdir
-        self.cpu_usage = spawned.cpu_usage
-        """Usage file of its CPU accounting cgroup (`sandbox.cpu_budget`), if any."""
+        self.cpu_usage = _open_usage(spawned.cpu_usage)
+        """Usage file of its CPU accounting cgroup (`sandbox.cpu_budget`), if any:
+        opened here, as the spare arrives, not on a call's clock."""
         self.sock = sock
         self.pidfd, self.log_fd, self.setup_fd = fds
         os.set_blocking(self.setup_fd, False)
@@ -130,6 +132,8 @@ class WorkerHandle:
         return data.decode("utf-8", "replace").partition("\n")[0] or None
 
     def close(self) -> None:
+        if self.cpu_usage is not None:
+            self.cpu_usage.close()
         with contextlib.suppress(OSError):
             self.sock.close()
         if self.listener is not None:  # the last hold on the worker's network namespace
@@ -147,6 +151,15 @@ def _is_listener(sock: socket.socket) -> bool:
         return False
     kind = sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
     return bool(listening) and kind and host == PROXY_HOST
+
+
+def _open_usage(path: str | None) -> UsageFile | None:
+    if path is None:
+        return None
+    try:
+        return UsageFile(path)
+    except OSError:  # gone already (the worker died): its exit status tells the rest
+        return None
 
 
 def _host_pid(pidfd: int) -> int | None:
