@@ -37,7 +37,8 @@ class _Head(io.TextIOBase):
     """Keeps the first `cap` characters written and counts the rest."""
 
     def __init__(self, cap: int) -> None:
-        self.cap, self.kept, self.total = cap, [], 0
+        self.cap, self.total = cap, 0
+        self.kept: list[str] = []
         self._room = cap
 
     def writable(self) -> bool:
@@ -67,8 +68,10 @@ class _Tail(_Head):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         self.total += len(text)
         self.kept.append(text)
-        if sum(len(t) for t in self.kept) > 2 * self.cap:
+        self._room -= len(text)  # here: how far past the cap the kept pieces may grow
+        if self._room < -self.cap:
             self.kept = ["".join(self.kept)[-self.cap :]]
+            self._room = self.cap - len(self.kept[0])
         return len(text)
 
     def text(self) -> str:
