@@ -130,5 +130,9 @@ def test_tools_from_code_are_refused_and_approve_lets_a_tool_run(pool: Pool) -> 
         executor.send_tools({t.name: t for t in sandboxed_tools(pool, tools=["get_order_status"])})
     [refund] = sandboxed_tools(pool, tools=["issue_refund"], approve=["issue_refund"])
     assert "12345" in refund(order_id="12345", amount=5.0)  # named in approve: it runs
-    out = executor("import json\njson.dumps([1])")
-    assert out.output == "'[1]'" and not out.is_final_answer
+    out = executor("import json\ngen = (i for i in range(3))\nx = json.dumps([1])")
+    again = executor("x * 2")
+    assert again.output == "'[1][1]'" and not again.is_final_answer
+    assert "gen (a generator) was not kept: it cannot be pickled" in out.logs
+    with pytest.raises(TypeError, match="must be JSON data"):
+        executor.send_variables({"when": object()})

@@ -13,7 +13,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import socket
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,10 +44,24 @@ trusted = true       # asked for, and overruled: run_python never reuses a worke
 
 
 @pytest.fixture(scope="module")
-def pool() -> Iterator[Pool]:
+def docs() -> Iterator[Path]:
+    """The one directory of the host the policy lets the code read, where workers of
+    any uid may pass (pytest's own tmp is private to root), with a file beside it."""
+    base = Path(tempfile.mkdtemp(prefix="sandboxed-agent-docs-"))
+    base.chmod(0o711)
+    (base / "beside.txt").write_text("not listed")
+    root = base / "docs"
+    root.mkdir(mode=0o755)
+    (root / "notes.txt").write_text("listed in the policy")
+    yield root
+    shutil.rmtree(base)
+
+
+@pytest.fixture(scope="module")
+def pool(docs: Path) -> Iterator[Pool]:
     registry = Registry.default()
     registry.load("tools.python")
-    policy = parse_policy(POLICY, "test.toml", Path.cwd())
+    policy = parse_policy(POLICY + f"root = {str(docs)!r}\n", "test.toml", Path.cwd())
     with Pool(policy, registry=registry, size=2, **policy.pool_options()) as p:
         yield shared(p)
 
@@ -183,6 +199,22 @@ def test_every_route_to_os_arrives_inside_the_jail(
         listener.accept()  # nobody connected
     os.kill(pool.template_pid, 0)  # the zygote is alive
     assert run(pool, "1 + 1")["value"] == "2"
+
+
+def test_the_code_reads_what_the_policy_lists_and_nothing_beside_it(pool: Pool, docs: Path) -> None:
+    out = run(
+        pool,
+        f"""
+        import os
+        def read(path):
+            try:
+                return open(path).read()
+            except OSError as exc:
+                return type(exc).__name__
+        read({str(docs / "notes.txt")!r}), read({str(docs.parent / "beside.txt")!r})
+        """,
+    )
+    assert out["value"] == "('listed in the policy', 'FileNotFoundError')"
 
 
 def test_bombs_and_loops_are_contained_and_killed(pool: Pool) -> None:

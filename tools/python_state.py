@@ -8,7 +8,7 @@ in the next call's settings, and only the next worker unpickles it. The orchestr
 never unpickles anything: to it the state is a string.
 
 Modules are kept by name and imported again. A value that cannot be pickled (a
-generator, an open file, a lock) is dropped, and the next call is told which.
+generator, an open file) is dropped, and the call's notes say which.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ hands to the model as the step's error (`error (timeout): ...`), so it can try a
 
 `SandboxExecutor` runs each code step in a fresh `run_python` worker. What a step
 defines is there in the next: its variables travel as dill text that only the next
-worker unpickles (`tools.python_state`); a value that cannot be pickled is dropped and
-the next step's logs say so. `final_answer(x)` ends the run with `x` (as JSON data, or
+worker unpickles (`tools.python_state`); a value that cannot be pickled is dropped, and
+the logs of the step that made it say so. `final_answer(x)` ends the run with `x` (as JSON data, or
 its repr). Tools other than `final_answer` cannot be called from the code: they would
 run inside `run_python`'s worker under its policy, not their own; give them to a
 `ToolCallingAgent` instead. Variables passed to `agent.run(additional_args=...)` must be
