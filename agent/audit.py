@@ -15,6 +15,8 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sandbox import ToolResult
+
 from .scrubbing import remember_secret, scrub
 from .terminal import ascii_json, safe
 
@@ -102,6 +104,35 @@ class ToolCalled(Event):
     """The model's own arguments text, when a repair changed it."""
 
 
+class EgressAttempt(Event):
+    """One connection a tool with a network allowlist attempted, as the sandbox's proxy
+    saw it; written right after that call's `tool_call`."""
+
+    event: Literal["egress"] = "egress"
+    step: int
+    call_id: str
+    tool: str
+    host: str
+    """As the tool asked (a name or an address); empty when it never said."""
+    port: int
+    address: str | None
+    """Where the proxy connected, or would have: its own resolution."""
+    allowed: bool
+    reason: str
+    """Why it was refused, or how an allowed one ended."""
+    protocol: str
+    bytes_out: int
+    bytes_in: int
+    duration_ms: float
+
+
+def egress_events(step: int, call_id: str, tool: str, result: ToolResult) -> list[EgressAttempt]:
+    return [
+        EgressAttempt(step=step, call_id=call_id, tool=tool, **c.model_dump())
+        for c in result.connections
+    ]
+
+
 class RunEnded(Event):
     event: Literal["run_ended"] = "run_ended"
     reason: str
@@ -112,7 +143,7 @@ class RunEnded(Event):
     wall_s: float
 
 
-TraceEvent = RunStarted | ModelCalled | ToolCalled | RunEnded
+TraceEvent = RunStarted | ModelCalled | ToolCalled | EgressAttempt | RunEnded
 
 
 class Trace:
@@ -198,6 +229,15 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
                 f"{at}    tool {safe(e.get('tool'))} {safe(e.get('arguments'))} -> {outcome} "
                 f"({_number(e.get('duration_ms')):.1f} ms, pid {safe(e.get('worker_pid'))})"
                 f"{extra}"
+            )
+        elif kind == "egress":
+            verdict = "allowed" if e.get("allowed") else "REFUSED"
+            where = f"{safe(e.get('host') or '?')}:{safe(e.get('port'))}"
+            address = f" ({safe(e['address'])})" if e.get("address") else ""
+            lines.append(
+                f"{at}      egress {where}{address} {verdict}: {_one_line(e.get('reason'), 120)}, "
+                f"{_number(e.get('bytes_out')):.0f} B out, {_number(e.get('bytes_in')):.0f} B in, "
+                f"{_number(e.get('duration_ms')):.1f} ms"
             )
         elif kind == "run_ended":
             lines.append(

@@ -10,9 +10,11 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import warnings
 
-from sandbox import IsolationWarning, Pool
+from sandbox import IsolationWarning, Limits, Pool, ToolResult
+from sandbox.probe import EGRESS_PROBE_LIST
 from tools import Registry
 
 from .terminal import safe
@@ -28,6 +30,8 @@ def run_doctor(disable: list[str] | None = None) -> int:
     with pool:
         layers = pool.layers
         probe = pool.call("sandbox_probe")
+        allowlisted = Limits(network=EGRESS_PROBE_LIST)
+        egress = pool.call("sandbox_egress_probe", limits=allowlisted)
     user = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     print(
         f"Isolation layers on this machine (Linux {platform.release()}, {user}, "
@@ -56,5 +60,29 @@ def run_doctor(disable: list[str] | None = None) -> int:
     print("What a worker could do, seen from inside one:\n")
     for key, value in json.loads(probe.output or "{}").items():
         print(f"  {safe(key):<24} {safe(value)}")
+    _egress_report(egress)
     sys.stdout.flush()
     return 0
+
+
+EGRESS_SCOPE = (
+    "What an allowlist covers: TCP through the orchestrator's proxy (HTTP CONNECT, plain "
+    "HTTP, SOCKS5), which admits only the listed host:port, resolves names itself and "
+    "refuses private, loopback, link-local and metadata answers (see [egress] resolve, "
+    "allow_private). UDP (DNS included: the proxy resolves), IPv6, raw and other sockets "
+    "are refused by seccomp, not proxied. Not inspected: what is said inside an allowed "
+    "connection (TLS; a Host header or SNI that a shared front such as a CDN routes by)."
+)
+
+
+def _egress_report(egress: ToolResult) -> None:
+    print("\nNetwork allowlists, seen from inside a worker with one:\n")
+    if not egress.ok:
+        assert egress.error is not None
+        print(f"  unavailable: {egress.error.kind}: {safe(egress.error.message)}")
+    else:
+        for key, value in json.loads(egress.output or "{}").items():
+            print(f"  {safe(key):<34} {safe(value)}")
+    print()
+    for line in textwrap.wrap(EGRESS_SCOPE, 88):
+        print(f"  {line}")

@@ -18,7 +18,7 @@ from tools.context import EMBEDDING
 
 from . import steering
 from .approval import Approver
-from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace
+from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace, egress_events
 from .binding import BoundCall
 from .checkpoints import CallRecord, CheckpointError, Outcome, RunRecord, RunStore
 from .embeddings import Embedder
@@ -636,6 +636,8 @@ class Agent:
                 model_arguments=repaired.model_arguments if repaired else None,
             )
         )
+        for attempt in egress_events(step, outcome.call_id, outcome.tool, r):
+            self.trace.emit(attempt)
         self.progress("tool", {"outcome": outcome})
 
 

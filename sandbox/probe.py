@@ -96,3 +96,46 @@ def _sysv_objects() -> int:
         except OSError:
             pass
     return count
+
+
+EGRESS_PROBE_LIST = ("doctor.invalid:9",)
+"""The allowlist `doctor` gives `sandbox_egress_probe`: a name that never resolves."""
+
+
+@tool(name="sandbox_egress_probe")
+def egress_probe() -> dict[str, str]:
+    """Report, from inside a worker with a network allowlist, what it can reach."""
+    proxy = os.environ.get("HTTPS_PROXY", "")
+
+    def connect() -> None:
+        with socket.create_connection(("1.1.1.1", 53), timeout=1):
+            pass
+
+    def udp() -> None:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+
+    def ipv6() -> None:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+
+    def through_proxy() -> str:
+        host, _, port = proxy.removeprefix("http://").rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"CONNECT 1.1.1.1:53 HTTP/1.1\r\n\r\n")
+            line = s.recv(300).split(b"\r\n", 1)[0].decode("ascii", "replace")
+        status = line.split(" ", 2)
+        if len(status) > 1 and status[1] == "200":
+            return "ALLOWED"
+        return f"refused ({line})" if line else "closed"
+
+    try:
+        proxied = through_proxy() if proxy else "no proxy set"
+    except OSError as exc:
+        proxied = f"failed ({exc.strerror or exc})"
+    return {
+        "network interfaces": ", ".join(name for _, name in socket.if_nameindex()) or "none",
+        "proxy": proxy or "none",
+        "connect to 1.1.1.1:53": _attempt("connect", connect),
+        "make a UDP socket": _attempt("socket", udp),
+        "make an IPv6 socket": _attempt("socket", ipv6),
+        "CONNECT 1.1.1.1:53 via the proxy": proxied,
+    }

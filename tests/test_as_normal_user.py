@@ -28,6 +28,7 @@ SUITES = (
     "tests/test_attacks_redteam.py",
     "tests/test_sandbox_isolation.py",
     "tests/test_read_set.py",
+    "tests/test_egress.py",
 )
 COPIED = ("agent", "sandbox", "tools", "policies", "tests", "evals", "pyproject.toml")
 RUN_TIMEOUT_S = 1200

@@ -143,6 +143,7 @@ def test_doctor_reports_every_layer_and_verifies_from_inside_a_worker() -> None:
     for layer in LAYER_NAMES:
         assert layer in proc.stdout
     assert "read /etc/shadow" in proc.stdout and "connect to 1.1.1.1:53" in proc.stdout
+    assert "CONNECT 1.1.1.1:53 via the proxy" in proc.stdout  # a worker with an allowlist
     if "UNAVAILABLE" not in proc.stdout:
         states = [line.split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")]
         active = len(LAYER_NAMES) - states.count("standby")

@@ -14,6 +14,12 @@ import psutil
 import pytest
 from conftest import _reap_orphans, _running_descendants, _temp_files
 
+from agent.audit import Trace, read_trace, render_timeline
+from agent.loop import Agent
+from agent.model import ModelClient
+from agent.replay import ScriptedModelServer, say
+from agent.replay import call as step_call
+from policies import parse_policy
 from sandbox import Limits, Pool
 from sandbox.egress import EgressConfig
 from sandbox.egress.addresses import system_resolver
@@ -302,3 +308,60 @@ def test_connections_die_with_the_call(pool: Pool, world: World) -> None:
     assert world.holder.gone.wait(10)
     (conn,) = result.connections
     assert conn.allowed and conn.bytes_out == len(b"hello\n")
+
+
+def test_a_policy_gives_one_tool_one_api_and_the_trace_shows_each_connection(
+    world: World, tmp_path: Path
+) -> None:
+    """As the README shows it: the policy file, the agent, the trace."""
+    text = f"""
+[tools.egress_urllib]
+network = ["api.weather.test:{world.port}"]
+
+[egress]
+resolve = {{ "api.weather.test" = "127.0.0.2" }}
+
+[run]
+model = "scripted"
+"""
+    policy = parse_policy(text, "weather.toml", tmp_path)
+    registry = Registry()
+    registry.load(TOOLS)
+    script = [
+        step_call(
+            ("egress_urllib", {"url": f"http://api.weather.test:{world.port}/today"}),
+            ("egress_urllib", {"url": f"http://evil.test:{world.port}/"}),
+        ),
+        say("done"),
+    ]
+    trace_path = tmp_path / "trace.jsonl"
+    with (
+        ScriptedModelServer(script) as server,
+        Pool(policy, registry=registry, size=1, spares=1, **policy.pool_options()) as pool,
+    ):
+        model = ModelClient(model="scripted", base_url=server.base_url, api_key="k")
+        trace = Trace(trace_path)
+        try:
+            assert Agent(pool, policy, model, trace=trace).run("weather?").ok
+        finally:
+            trace.close()
+    events = read_trace(trace_path)
+    calls = {e["call_id"]: e for e in events if e["event"] == "tool_call"}
+    egress = [e for e in events if e["event"] == "egress"]
+    assert len(egress) == 2
+    good, bad = sorted(egress, key=lambda e: not e["allowed"])
+    assert calls[good["call_id"]]["ok"] and not calls[bad["call_id"]]["ok"]
+    assert (good["tool"], good["host"], good["port"], good["address"]) == (
+        "egress_urllib",
+        "api.weather.test",
+        world.port,
+        "127.0.0.2",
+    )
+    assert good["bytes_out"] > 0 and good["bytes_in"] > 0 and good["duration_ms"] >= 0
+    assert (bad["host"], bad["allowed"], bad["address"]) == ("evil.test", False, None)
+    # The model was told, in the tool's own error.
+    told = [m["content"] for m in server.requests[1]["messages"] if m["role"] == "tool"]
+    assert any("evil.test" in t and "is not on egress_urllib's network list" in t for t in told)
+    timeline = render_timeline(events)
+    assert f"egress evil.test:{world.port} REFUSED" in timeline
+    assert f"egress api.weather.test:{world.port} (127.0.0.2) allowed" in timeline

@@ -26,7 +26,7 @@ from sandbox.errors import BadArguments, Denied, ToolCallError, UnknownTool
 from sandbox.protocol import ToolError
 from tools import ArgumentError
 
-from ..audit import ToolCalled, Trace
+from ..audit import ToolCalled, Trace, egress_events
 from ..binding import BoundCall, bind
 
 APPROVED_BY_FRAMEWORK = "approved_framework"
@@ -152,6 +152,8 @@ class Bridge:
                 sent_chars=len(result.text),
             )
         )
+        for attempt in egress_events(step, call_id, tool, result):
+            self.trace.emit(attempt)
 
 
 def _failed(tool: str, exc: ToolCallError) -> ToolResult:
