@@ -120,6 +120,8 @@ class EgressAttempt(Event):
     allowed: bool
     reason: str
     """Why it was refused, or how an allowed one ended."""
+    cut: bool = False
+    """Allowed, then cut short by the proxy (`max_egress_mb`)."""
     protocol: str
     bytes_out: int
     bytes_in: int

@@ -585,10 +585,11 @@ def _root_without_walls(layers: Mapping[str, Layer]) -> str | None:
 
 
 def _with_refusals(message: str, connections: tuple[Connection, ...]) -> str:
-    """A failed call's message, with each refusal of the proxy it does not already say."""
+    """A failed call's message, with each refusal (or cut) of the proxy it does not
+    already say."""
     reasons: list[str] = []
     for c in connections:
-        if not c.allowed and c.reason not in message and c.reason not in reasons:
+        if (c.cut or not c.allowed) and c.reason not in message and c.reason not in reasons:
             reasons.append(c.reason)
     if not reasons:
         return message

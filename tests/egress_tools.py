@@ -195,3 +195,32 @@ def egress_hold(host: str, port: int) -> str:
     s.sendall(b"hello\n")
     time.sleep(3600)
     return "never"
+
+
+@tool
+def egress_curl(url: str) -> str:
+    """GET a URL with curl (proxies from the environment); its exit status and output.
+
+    Args:
+        url: The URL.
+    """
+    import subprocess
+
+    proc = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", url], capture_output=True, text=True, timeout=20
+    )
+    return f"{proc.returncode} {proc.stdout}{proc.stderr}".strip()
+
+
+@tool
+def egress_requests(url: str) -> str:
+    """GET a URL with requests (proxies from the environment).
+
+    Args:
+        url: The URL.
+    """
+    import requests
+
+    response = requests.get(url, timeout=10)
+    response.raise_for_status()
+    return response.text

@@ -5,6 +5,8 @@ orchestrator's proxy, and nothing else: loopback servers on 127.0.0.2, 127.0.0.3
 from __future__ import annotations
 
 import http.server
+import os
+import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import _reap_orphans, _running_descendants, _temp_files
+from conftest import _reap_orphans, _running_descendants, _temp_files, pool_without
 
 from agent.audit import Trace, read_trace, render_timeline
 from agent.loop import Agent
@@ -135,7 +137,9 @@ def world() -> Iterator[World]:
 def pool(world: World) -> Iterator[Pool]:
     registry = Registry()
     registry.load(TOOLS)
-    with Pool(registry=registry, size=2, spares=1, egress=world.config) as p:
+    curl = shutil.which("curl")
+    extra = [os.path.realpath(curl)] if curl else []
+    with Pool(registry=registry, size=2, spares=1, egress=world.config, read_paths=extra) as p:
         if not p.layers["network_namespace"].active:
             pytest.skip(f"no network namespace here: {p.layers['network_namespace'].detail}")
         yield p
@@ -167,12 +171,17 @@ def call(pool: Pool, world: World, tool: str, **args: object) -> str:
     return result.output or ""
 
 
-def test_an_allowed_name_answers_through_urllib_and_httpx(pool: Pool, world: World) -> None:
+def test_an_allowed_name_answers_through_urllib_httpx_requests_and_curl(
+    pool: Pool, world: World
+) -> None:
     url = f"http://api.weather.test:{world.port}/today"
-    for tool in ("egress_urllib", "egress_httpx"):
+    clients = ["egress_urllib", "egress_httpx", "egress_requests"]
+    clients += ["egress_curl"] if shutil.which("curl") else []
+    for tool in clients:
         result = pool.call(tool, {"url": url}, limits=world.limits)
         assert result.ok, result.error
-        assert result.output == "weather from 127.0.0.2 /today"
+        expected = "weather from 127.0.0.2 /today"
+        assert result.output == (f"0 {expected}" if tool == "egress_curl" else expected)
         (conn,) = result.connections
         assert (conn.host, conn.port, conn.address, conn.allowed) == (
             "api.weather.test",
@@ -234,9 +243,10 @@ def test_what_the_list_does_not_admit_is_refused_and_the_model_sees_why(
         "GET http://u:p@api.weather.test:{port}/ HTTP/1.1\r\n\r\n",
         "GET ftp://api.weather.test:{port}/ HTTP/1.1\r\n\r\n",
         "GARBAGE\r\n\r\n",
+        "CONNECT api.weather.test:{port} HTTP/1.1\r\nno colon here\r\n\r\n",
         "CONNECT api.weather.test:{port} HTTP/1.1\r\nX: " + "a" * 20000 + "\r\n\r\n",
     ],
-    ids=["own", "ipv6", "mapped", "inet-aton", "at", "userinfo", "ftp", "garbage", "huge"],
+    ids=["own", "ipv6", "mapped", "inet-aton", "at", "userinfo", "ftp", "garbage", "colon", "huge"],
 )
 def test_hostile_requests_are_refused(pool: Pool, world: World, request_line: str) -> None:
     data = request_line.replace("{port}", str(world.port))
@@ -292,8 +302,9 @@ def test_connections_and_bytes_are_capped_per_call(pool: Pool, world: World) -> 
     big = pool.call(
         "egress_urllib", {"url": f"http://api.weather.test:{world.port}/big"}, limits=limits
     )
-    assert not big.ok
+    assert not big.ok and big.error is not None
     assert "1 MiB were used (max_egress_mb)" in big.connections[0].reason
+    assert "max_egress_mb" in big.error.message  # the model is told, not only the trace
     assert big.connections[0].bytes_in <= 1024 * 1024 + 65536
 
 
@@ -365,3 +376,27 @@ model = "scripted"
     timeline = render_timeline(events)
     assert f"egress evil.test:{world.port} REFUSED" in timeline
     assert f"egress api.weather.test:{world.port} (127.0.0.2) allowed" in timeline
+
+
+def test_a_warm_worker_keeps_its_listener_and_each_call_its_own_connections(
+    pool: Pool, world: World
+) -> None:
+    warm = world.limits.model_copy(update={"reuse_worker": True})
+    url = f"http://api.weather.test:{world.port}/warm"
+    first = pool.call("egress_urllib", {"url": url}, limits=warm)
+    second = pool.call("egress_urllib", {"url": url + "2"}, limits=warm)
+    assert first.ok and second.ok, (first.error, second.error)
+    assert first.worker_pid == second.worker_pid
+    assert len(first.connections) == len(second.connections) == 1
+    assert second.output == "weather from 127.0.0.2 /warm2"
+
+
+def test_an_allowlist_without_a_network_namespace_fails_closed(world: World) -> None:
+    registry = Registry()
+    registry.load(TOOLS)
+    with pool_without(["network_namespace"], registry=registry) as bare:
+        url = f"http://api.weather.test:{world.port}/"
+        result = bare.call("egress_urllib", {"url": url}, limits=world.limits)
+    assert result.error is not None and result.error.kind == "crashed"
+    assert "needs the network_namespace layer" in result.error.message
+    assert not result.connections

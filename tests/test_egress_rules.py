@@ -131,6 +131,6 @@ def test_allow_private_opens_the_lan_but_never_metadata_or_the_unspecified() -> 
     ],
 )
 def test_a_bad_policy_names_its_table_and_key(tmp_path: Path, text: str, says: str) -> None:
-    with pytest.raises(PolicyError, match="^p.toml: ") as caught:
+    with pytest.raises(PolicyError, match=r"^p\.toml: ") as caught:
         parse_policy(text, "p.toml", tmp_path)
     assert says in str(caught.value)

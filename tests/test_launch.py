@@ -145,6 +145,7 @@ def test_memory_processes_and_cpu_time_are_bounded() -> None:
         (["{}", "--read", "/no/such/path", "--", "true"], "--read /no/such/path"),
         (["{}", "--env", "A=b", "--", "true"], "--env takes a variable's name"),
         (["{}", "--disable", "rlimits", "--", "true"], "cannot be turned off"),
+        (['{"network": ["api.test:443"]}', "--", "true"], "takes true or false"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], said: str) -> None:

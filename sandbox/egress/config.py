@@ -64,6 +64,8 @@ class Connection(BaseModel):
     allowed: bool
     reason: str
     """Why refused; for an allowed one, how it ended (`closed`, or a cap)."""
+    cut: bool = False
+    """An allowed connection the proxy cut short (`max_egress_mb`)."""
     protocol: Literal["connect", "http", "socks5", "unknown"] = "unknown"
     bytes_out: int = 0
     """From the tool to the destination."""

@@ -174,7 +174,7 @@ class Session:
         start = time.monotonic()
         seen: dict[str, Any] = {"host": "", "port": 0, "protocol": "unknown"}
         counts = {"bytes_out": 0, "bytes_in": 0}
-        outcome = {"allowed": False, "reason": "closed before a whole request"}
+        outcome: dict[str, Any] = {"allowed": False, "reason": "closed before a whole request"}
         writers: list[asyncio.StreamWriter] = []
         try:
             await self._connection(conn, seen, counts, outcome, writers)
@@ -182,7 +182,7 @@ class Session:
             outcome["reason"] = "the call ended"
             raise
         except _CapReached:
-            outcome["reason"] = self._cap_reason()
+            outcome.update(reason=self._cap_reason(), cut=True)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             if outcome["allowed"]:
                 outcome["reason"] = "reset"
@@ -264,7 +264,7 @@ class Session:
                 group.create_task(self._pipe(reader, upstream, counts, "bytes_out"))
                 group.create_task(self._pipe(up_reader, writer, counts, "bytes_in"))
         except* _CapReached:
-            outcome["reason"] = self._cap_reason()
+            outcome.update(reason=self._cap_reason(), cut=True)
         except* (ConnectionError, OSError):
             outcome["reason"] = "reset"
 
