@@ -67,7 +67,9 @@ class Ours(Peer):
     def wait_spares(self, count: int, timeout: float = 60.0) -> None:
         """Until `count` spare workers are forked and handed over (not a fixed sleep)."""
         end = time.monotonic() + timeout
-        while self.pool._template.spares[False].qsize() < count:
+        spares = self.pool._template.spares
+        queue = spares["none"] if "none" in spares else spares[False]  # keyed by network
+        while queue.qsize() < count:
             if time.monotonic() > end:
                 raise RuntimeError(f"{count} spares were not ready within {timeout} s")
             time.sleep(0.005)
