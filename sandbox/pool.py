@@ -404,6 +404,7 @@ class Pool:
             result, keep = self._run(worker, call)
         finally:
             connections = session.close()
+        keep = keep and not session.exhausted  # its listener listens no more
         if result.error is not None:
             # The model sees why, whatever the tool's library made of the refusal.
             message = _with_refusals(result.error.message, connections)

@@ -60,13 +60,14 @@ def egress_tunnel(host: str, port: int) -> str:
 
 
 @tool
-def egress_socks(host: str, port: int, kind: int = 3) -> str:
-    """GET / through SOCKS5 (kind 3: by name, 1: IPv4, 4: IPv6).
+def egress_socks(host: str, port: int, kind: int = 3, command: int = 1) -> str:
+    """GET / through SOCKS5 (kind 3: by name, 1: IPv4, 4: IPv6; command 1: CONNECT).
 
     Args:
         host: Destination host.
         port: Destination port.
         kind: SOCKS5 address type.
+        command: SOCKS5 command (2: BIND, 3: UDP ASSOCIATE).
     """
     with socket.create_connection(_proxy(), timeout=10) as s:
         s.sendall(b"\x05\x01\x00")
@@ -77,7 +78,7 @@ def egress_socks(host: str, port: int, kind: int = 3) -> str:
         else:
             family = socket.AF_INET if kind == 1 else socket.AF_INET6
             address = socket.inet_pton(family, host)
-        s.sendall(b"\x05\x01\x00" + bytes([kind]) + address + struct.pack("!H", port))
+        s.sendall(bytes([5, command, 0, kind]) + address + struct.pack("!H", port))
         reply = s.recv(10)
         if len(reply) < 2 or reply[1] != 0:
             return f"refused: SOCKS5 reply {reply[1] if len(reply) > 1 else None}"
@@ -168,9 +169,9 @@ def egress_many(host: str, port: int, count: int) -> str:
     """
     answers, held = [], []
     for _ in range(count):
-        s = socket.create_connection(_proxy(), timeout=10)
-        held.append(s)
         try:
+            s = socket.create_connection(_proxy(), timeout=10)
+            held.append(s)
             s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\n\r\n".encode())
             answer = s.recv(4096).split(b"\r\n", 1)[0].decode() or "closed"
         except ConnectionError:

@@ -52,6 +52,8 @@ class Egress:
             concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="sandboxed-agent-dns")
         )
         self._sessions: set[Session] = set()
+        self._lock = threading.Lock()
+        self.closed = False
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="sandboxed-agent-egress", daemon=True
         )
@@ -69,6 +71,8 @@ class Egress:
     def close(self) -> None:
         for session in list(self._sessions):
             session.close()
+        with self._lock:
+            self.closed = True  # a session closed after this returns what it has
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(_CONTROL_TIMEOUT_S)
         if not self._thread.is_alive():
@@ -101,19 +105,32 @@ class Session:
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._closed: tuple[Connection, ...] | None = None
+        self.exhausted = False
+        """The listener stopped listening (the call used its connections)."""
 
     async def start(self, listener: socket.socket) -> None:
         # A copy of the descriptor: the worker's handle keeps the original for its
         # next call (a warm worker), and closing ours stops only this session's accepts.
         self._listener = socket.socket(fileno=os.dup(listener.fileno()))
         self._listener.setblocking(False)
+        # What waits to be accepted predates this call (the call is sent after this):
+        # a warm worker's earlier call, whose processes are gone. None of it is served.
+        while True:
+            try:
+                stale, _ = self._listener.accept()
+            except OSError:
+                break
+            stale.close()
         self._accepting = asyncio.get_running_loop().create_task(self._accept())
         self.egress._sessions.add(self)
 
     def close(self) -> tuple[Connection, ...]:
-        if self._closed is None:
-            self._closed = self.egress._run(self._stop())
-            self.egress._sessions.discard(self)
+        with self.egress._lock:
+            if self._closed is None and self.egress.closed:
+                self._closed = tuple(self.records)  # the pool closed first, and with it all
+            if self._closed is None:
+                self._closed = self.egress._run(self._stop())
+                self.egress._sessions.discard(self)
         return self._closed
 
     async def _stop(self) -> tuple[Connection, ...]:
@@ -141,23 +158,32 @@ class Session:
     # -- accepting ------------------------------------------------------------
 
     async def _accept(self) -> None:
+        """Until the call ends, or its connections are used: then the listener stops
+        listening for good, so what the tool tries next is refused by its own kernel,
+        at no cost to the orchestrator (and the worker is not reused: `exhausted`)."""
         loop = asyncio.get_running_loop()
         assert self._listener is not None
         while True:
-            conn, _ = await loop.sock_accept(self._listener)
+            try:
+                conn, _ = await loop.sock_accept(self._listener)
+            except OSError as exc:  # out of descriptors, say: refuse the rest, said once
+                why = exc.strerror or str(exc)
+                self.exhausted = True
+                self._record(
+                    Connection(host="", port=0, allowed=False, reason=f"not accepted: {why}")
+                )
+                return
             self.attempts += 1
             if self.attempts > self.max_connections:
                 conn.close()
-                self._record(
-                    Connection(
-                        host="",
-                        port=0,
-                        allowed=False,
-                        reason=f"this call's {self.max_connections} connections were used "
-                        "(max_connections)",
-                    )
+                self.exhausted = True
+                with contextlib.suppress(OSError):
+                    self._listener.shutdown(socket.SHUT_RDWR)  # resets what waits, too
+                reason = (
+                    f"this call's {self.max_connections} connections were used (max_connections)"
                 )
-                continue
+                self._record(Connection(host="", port=0, allowed=False, reason=reason))
+                return
             task = loop.create_task(self._serve(conn))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
