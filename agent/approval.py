@@ -65,6 +65,22 @@ class Approver:
                 return Decision(False, "denied_tty", call.sha256)
 
 
+def denial(tool: str, how: str) -> str:
+    """What the model is told when a call needing approval was not approved: what that
+    means and what to tell the user, so that its answer says a person must approve
+    (and not, say, that a terminal was missing)."""
+    why = {
+        "denied_tty": "the person asked said no",
+        "denied_no_tty": "no one was there to approve it",
+    }.get(how, "it was not approved")
+    # The decision's code (denied_no_tty) stays in the trace: a model repeats it.
+    return (
+        f"not run: {tool} needs a person's approval before it runs, and {why}. Nothing "
+        f"was done. Do not call {tool} again in this run; tell the user that a staff "
+        "member must approve this before it can happen."
+    )
+
+
 def approval_prompt(call: BoundCall, why: str = "") -> str:
     """What the person reads: every line escaped, every value whole."""
     header = f"\n{safe(why)}\n" if why else "\n"

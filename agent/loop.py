@@ -11,13 +11,20 @@ from typing import Any
 
 from policies import Policy
 from sandbox import CancelToken, Pool, ToolResult
-from sandbox.errors import BadArguments, CallCancelled, Denied, RunError, ToolCallError
+from sandbox.errors import (
+    BadArguments,
+    CallCancelled,
+    Denied,
+    RunError,
+    ToolCallError,
+    UnknownTool,
+)
 from sandbox.protocol import ToolError
 from tools import ArgumentError
 from tools.context import EMBEDDING
 
 from . import steering
-from .approval import Approver
+from .approval import Approver, denial
 from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace, egress_events
 from .binding import BoundCall
 from .checkpoints import CallRecord, CheckpointError, Outcome, RunRecord, RunStore
@@ -103,7 +110,9 @@ class Agent:
         self.run_id: str | None = None
         self._interrupted = False
         self._cancel = CancelToken()
-        self.tools = [spec.openai_schema for spec in pool.registry]
+        offer = self.limits.offer
+        self.tools = [s.openai_schema for s in pool.registry if offer is None or s.name in offer]
+        self._offered = sorted(t["function"]["name"] for t in self.tools)
 
     def run(
         self,
@@ -408,9 +417,7 @@ class Agent:
                 decision = self.approver.decide(bound)
                 approval, approved = decision.how, decision.sha256
                 if not decision.allowed:
-                    denied = Denied(
-                        tool, f"a person must approve {tool} and did not ({decision.how})"
-                    )
+                    denied = Denied(tool, denial(tool, decision.how))
                     outcomes[i] = ToolOutcome(
                         call_id,
                         tool,
@@ -519,6 +526,8 @@ class Agent:
     def _bind(self, tool: str, raw: str) -> BoundCall | ToolCallError | None:
         """The model's text read once into the object that will run; None for a tool
         that does not exist."""
+        if self.limits.offer is not None and tool not in self._offered:
+            return UnknownTool(tool, self._offered)  # loaded, maybe, but not offered
         if tool not in self.pool.registry:
             return None
         try:

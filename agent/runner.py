@@ -62,6 +62,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="the memory tools' namespace (one per user or agent; default: the policy's)",
     )
     p.add_argument("--embeddings-model", metavar="M", help="embed memories with this model")
+    p.add_argument(
+        "--offer",
+        action="append",
+        metavar="TOOL",
+        help="offer the model only these tools (repeatable; default: the policy's [run] offer)",
+    )
 
 
 def check_approve(names: list[str], known: list[str], flag: str = "--approve") -> None:
@@ -80,6 +86,8 @@ def with_run_overrides(policy: Policy, args: argparse.Namespace) -> Policy:
         changes["model"] = args.model
     if getattr(args, "embeddings_model", None):
         changes["embeddings_model"] = args.embeddings_model
+    if getattr(args, "offer", None):
+        changes["offer"] = args.offer
     if not changes:
         return policy
     try:
@@ -115,6 +123,7 @@ def build_agent(
     args: argparse.Namespace,
     store: RunStore | None = None,
 ) -> Agent:
+    check_approve(getattr(args, "offer", None) or [], registry.names(), "--offer")
     policy = with_run_overrides(policy, args)
     model = model_client(policy, args.base_url)
     pool = stack.enter_context(Pool(policy, registry=registry, **policy.pool_options()))

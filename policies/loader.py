@@ -74,6 +74,10 @@ def check_tools(policy: Policy, known: list[str]) -> None:
         source = policy.source_of(f"tools.{name}") or policy.source
         if source != BUILT_IN and name not in known:
             raise PolicyError(f"{source}: [tools.{name}]: {unknown_tool(name, known)}")
+    for name in policy.run.offer or []:
+        if name not in known:
+            source = policy.source_of("run.offer") or policy.source
+            raise PolicyError(f"{source}: [run] offer: {unknown_tool(name, known)}")
 
 
 def unknown_tool(name: str, known: list[str]) -> str:

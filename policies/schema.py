@@ -121,6 +121,10 @@ class RunPolicy(BaseModel):
     """Tool results are cut to this before they enter the context (the trace keeps all)."""
     max_repeats: int = Field(1, ge=1, le=100)
     """Identical calls answered with a note before the run stops."""
+    offer: list[str] | None = None
+    """The tools a run offers the model, by name (`--offer`); None: every loaded tool.
+    A small model picks better from fewer; a call of a tool not offered is
+    `unknown_tool`, never run."""
     request_timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0, le=10)
     embeddings_model: str | None = None

@@ -4,6 +4,7 @@ calls written as text, arguments a little off, runs that would not stop by thems
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -359,3 +360,35 @@ def test_a_model_that_calls_tools_after_the_steer_is_stopped(run: Run) -> None:
     assert len(run.tool_events()) == 1  # the call after the steer never ran
     # The conversation kept ends with answered calls, so a later turn can go on from it.
     assert result.messages[-1]["role"] == "tool"
+
+
+def test_a_denial_tells_the_model_what_approval_means(run: Run) -> None:
+    refund = call(("issue_refund", {"order_id": "12345", "amount": 89.99}))
+    result = run([refund, say("A staff member must approve the refund.")], task="Refund it.")
+    assert result.ok
+    (event,) = run.tool_events()
+    assert (event["error_kind"], event["approval"]) == ("denied", "denied_no_tty")
+    told = run.requests[1]["messages"][-1]["content"]
+    assert "needs a person's approval" in told and "Nothing was done" in told
+    assert "staff member must approve" in told
+    assert "tty" not in told.lower()  # the code stays in the trace, not in the answer
+
+
+def test_a_document_that_does_not_exist_is_answered_with_those_that_do(pool: Pool) -> None:
+    result = pool.call("read_file", {"path": "return_policy.txt"})
+    assert result.error is not None and result.error.kind == "tool_error"
+    assert "'return_policy.txt' does not exist" in result.error.message
+    assert "the documents there: 'policy.txt'" in result.error.message
+
+
+def test_built_in_tools_say_when_to_use_them_and_show_no_value_to_copy() -> None:
+    registry = Registry.default()
+    registry.load("tools.memory")
+    for spec in registry:
+        assert "Use it" in spec.description, spec.name
+        params = spec.parameters["properties"]
+        for name, schema in params.items():
+            text = schema.get("description", "")
+            assert text, f"{spec.name}.{name} has no description"
+            # An example value ("12345", "(89.99 * 3) / 2") ends up in answers.
+            assert not re.search(r'e\.g\.|for example|"', text), f"{spec.name}.{name}: {text}"

@@ -190,3 +190,66 @@ def test_load_tools_add_up_across_files_each_relative_to_its_own(tmp_path: Path)
     bad = cli("tools", "--policy", str(tmp_path / "bad.toml"), home=tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert f"{tmp_path / 'bad.toml'}: load_tools: no_such_module_here" in bad.stderr
+
+
+def test_the_worked_example_suite_offers_only_the_support_tools(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        f'name = "s"\npolicy = "{ROOT / "evals" / "worked_example_policy.toml"}"\n'
+        'tools = ["tools.demo"]\n'
+        '[[cases]]\nname = "c"\ntask = "Where is order 12345?"\n'
+        '[[cases.script]]\ncalls = [{ tool = "track_shipment", args = { order_id = "12345" } }]\n'
+        '[[cases.script]]\nanswer = "I cannot track it."\n'
+    )
+    out = tmp_path / "out"
+    proc = cli("eval", str(suite), "--scripted", "--out", str(out), home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (trace,) = out.rglob("*.jsonl")
+    # Loaded (the demo policy configures it) but not offered: refused, never run.
+    (event,) = [e for e in read_trace(trace) if e["event"] == "tool_call"]
+    assert (event["tool"], event["error_kind"], event["worker_pid"]) == (
+        "track_shipment",
+        "unknown_tool",
+        None,
+    )
+    assert "available tools: calculate, check_return_eligibility" in event["error_message"]
+    assert "track_shipment" not in event["error_message"].split("available tools:")[1]
+
+
+def test_offer_chooses_the_tools_a_run_offers(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    script = [call(("get_order_status", {"order_id": "12345"})), say("I cannot look it up.")]
+    with ScriptedModelServer(script) as server:
+        proc = cli(
+            "run",
+            "Where is order 12345?",
+            "--offer",
+            "get_current_date",
+            "--offer",
+            "calculate",
+            "--base-url",
+            server.base_url,
+            "--trace",
+            str(trace),
+            home=tmp_path,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert offered(server) == {"get_current_date", "calculate"}
+    assert tool_calls(trace) == [("get_order_status", "unknown_tool")]
+    # A name that is no tool is a usage error, from the flag and from a policy.
+    proc = cli(
+        "run",
+        "x",
+        "--offer",
+        "get_order_stats",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        home=tmp_path,
+    )
+    assert proc.returncode == 2
+    said = "--offer get_order_stats: there is no tool named 'get_order_stats'; did you mean"
+    assert said in proc.stderr
+    (tmp_path / "p.toml").write_text('[run]\noffer = ["get_order_stats"]\n')
+    proc = cli("policy", "show", "--policy", str(tmp_path / "p.toml"), home=tmp_path)
+    assert proc.returncode == 2
+    assert "p.toml: [run] offer: there is no tool named 'get_order_stats'" in proc.stderr

@@ -149,9 +149,13 @@ def format_number(value: int | float) -> str:
 
 @tool
 def calculate(expression: str) -> str:
-    """Evaluate an arithmetic expression exactly as written.
+    """Compute arithmetic exactly: numbers with + - * / // % ** and parentheses.
+
+    Use it for every sum, split, percentage or price per item rather than working it
+    out yourself, with the numbers from the question or from tool results. Not for
+    dates or for looking anything up.
 
     Args:
-        expression: Numbers with + - * / // % ** and parentheses, e.g. "(89.99 * 3) / 2".
+        expression: The arithmetic to compute, written with the numbers it needs.
     """
     return format_number(evaluate(expression))

@@ -26,6 +26,14 @@ class FileAccessError(ValueError):
     """The path was refused or the file could not be read as text."""
 
 
+class NoSuchFile(FileAccessError):
+    """Nothing at that path in the document root."""
+
+
+MAX_LISTED = 20
+"""Documents named when a path does not exist: enough for a support desk's few."""
+
+
 def _components(path: str) -> list[str]:
     if not isinstance(path, str) or not path.strip():
         raise FileAccessError("give a relative path inside the document root, e.g. 'policy.txt'")
@@ -78,7 +86,7 @@ def _is_link(name: str, dir_fd: int) -> bool:
 
 def _explain(exc: OSError, shown: str) -> FileAccessError:
     if exc.errno == errno.ENOENT:
-        return FileAccessError(f"{shown!r} does not exist in the document root")
+        return NoSuchFile(f"{shown!r} does not exist in the document root")
     if exc.errno in (errno.ELOOP, errno.EMLINK):
         return FileAccessError(f"{shown!r} goes through a symbolic link; links are not followed")
     if exc.errno == errno.ENOTDIR:
@@ -126,10 +134,14 @@ def read_text(root: str, path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
 
 @tool
 def read_file(path: str) -> str:
-    """Read a UTF-8 text file from the document root.
+    """Read one of the shop's documents, such as its policies (returns, refunds).
+
+    Use it whenever an answer depends on the shop's rules, and quote what it says. Not
+    for order details (get_order_status). The policies are in policy.txt; a path that
+    does not exist is answered with the documents there are.
 
     Args:
-        path: Path relative to the document root, e.g. "policy.txt".
+        path: The document's path relative to the document root.
     """
     root = context.current().root
     if root is None:
@@ -137,4 +149,16 @@ def read_file(path: str) -> str:
             "read_file has no document root configured (set 'root' in the policy)"
         )
     max_bytes = int(context.setting("max_read_bytes", DEFAULT_MAX_BYTES))
-    return read_text(root, path, max_bytes)
+    try:
+        return read_text(root, path, max_bytes)
+    except NoSuchFile as exc:
+        # A model that guessed a name gets the real ones, to try again with.
+        raise NoSuchFile(f"{exc}; the documents there: {documents(root)}") from None
+
+
+def documents(root: str) -> str:
+    """The regular files at the top of the root (links are not followed), by name."""
+    with os.scandir(root) as entries:
+        names = sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+    shown = ", ".join(repr(n) for n in names[:MAX_LISTED]) or "none"
+    return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")

@@ -41,11 +41,12 @@ def _store() -> MemoryStore:
 
 @tool(embed="fact")
 def remember(fact: str) -> dict[str, Any]:
-    """Keep a fact for later conversations (a preference, a decision, a detail the user
-    gave). Not for facts a tool can look up. A fact already kept is not stored twice.
+    """Keep a fact for later conversations: a preference, a decision, a detail the
+    user gave. Use it when the user asks you to remember something. Not for facts a
+    tool can look up (orders, dates, policies). A fact already kept is not stored twice.
 
     Args:
-        fact: One self-contained statement, e.g. "The customer prefers email".
+        fact: One self-contained statement, in the user's own terms.
     """
     memory_id, new = _store().remember(fact, context.embedding())
     return {"id": memory_id, "stored": new, "note": "" if new else "already remembered"}
@@ -53,7 +54,9 @@ def remember(fact: str) -> dict[str, Any]:
 
 @tool(embed="query")
 def recall(query: str, k: int = 5) -> list[dict[str, Any]]:
-    """Search the kept facts; the best matches first, each with its id, score and date.
+    """Search the facts kept from earlier conversations; the best matches first, each
+    with its id, score and date. Use it when the user refers to something said before.
+    Not for orders, dates or policies: other tools look those up.
 
     Args:
         query: What to look for, in words.
@@ -70,7 +73,8 @@ def recall(query: str, k: int = 5) -> list[dict[str, Any]]:
 
 @tool
 def forget(memory_id: int) -> str:
-    """Delete a kept fact by its id (from `recall` or `remember`).
+    """Delete a kept fact for good, by its id (from `recall` or `remember`). Use it only
+    when the user asks to forget that fact; a person must approve it.
 
     Args:
         memory_id: The fact's id.

@@ -59,26 +59,38 @@ def today() -> dt.date:
 
 @tool
 def get_order_status(order_id: str) -> dict[str, Any]:
-    """Look up an order: its status, total, number of items and delivery date.
+    """Look up one order: its status, total price, number of items and delivery date.
+
+    Use it first for any question about a particular order, and answer from what it
+    returns. Not for the shop's rules (returns, refunds): read the policy for those.
 
     Args:
-        order_id: The order number, e.g. "12345".
+        order_id: The order number exactly as the customer gave it.
     """
     return _order(order_id)
 
 
 @tool
 def get_current_date() -> str:
-    """Today's date in ISO format (YYYY-MM-DD)."""
+    """Today's date (YYYY-MM-DD).
+
+    Use it whenever the answer depends on today: a deadline, a return window, how long
+    ago something happened. Never assume today's date.
+    """
     return today().isoformat()
 
 
 @tool
 def check_return_eligibility(order_id: str) -> str:
-    """Whether an order can still be returned under the 30-day return policy.
+    """The last day an order can be returned (its delivery date plus the return
+    window), and whether that day has passed.
+
+    Use it for a question about returning an order, together with the order itself
+    (get_order_status), the return policy (read_file) and today's date
+    (get_current_date), so that the answer can say why. Not for refunds.
 
     Args:
-        order_id: The order number, e.g. "12345".
+        order_id: The order number exactly as the customer gave it.
     """
     order = _order(order_id)
     if not order["delivered_on"]:
@@ -92,11 +104,16 @@ def check_return_eligibility(order_id: str) -> str:
 
 @tool
 def issue_refund(order_id: str, amount: float) -> str:
-    """Refund money to the customer for an order. A real payment: it needs a person's yes.
+    """Refund money to the customer for an order. A real payment: a person must
+    approve it before it runs.
+
+    Use it only when the customer asks for a refund, after looking the order up
+    (get_order_status): a full refund is the order's total. Not for questions about
+    whether a return or refund is possible.
 
     Args:
-        order_id: The order number, e.g. "12345".
-        amount: The amount in dollars, at most the order's total.
+        order_id: The order number exactly as the customer gave it.
+        amount: The amount in dollars: the order's total for a full refund, never more.
     """
     order = _order(order_id)
     if not 0 < amount <= order["total"]:
