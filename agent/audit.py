@@ -55,6 +55,8 @@ class ModelCalled(Event):
     text_calls: str | None = None
     """The tool calls were read from the answer's text, in this format (`fenced_json`,
     `tool_call_tags`, `mistral`, `llama`, `bare_json`); None: the API's own."""
+    text_call_repairs: list[str] = Field(default_factory=list)
+    """What had to be fixed to read the calls from the text (`trailing_commas`)."""
     steered: str | None = None
     """This call asked for the final answer with tools off (`agent.steering`), because
     the model had repeated a call (`repeated_call`) or it was the last step
@@ -260,6 +262,8 @@ def _model_notes(e: dict[str, Any]) -> str:
     notes = ""
     if e.get("text_calls"):
         notes += f", calls read from text ({safe(e['text_calls'])})"
+        if e.get("text_call_repairs"):
+            notes += f" [repaired: {safe(', '.join(map(str, e['text_call_repairs'])))}]"
     if e.get("steered"):
         notes += f", steered to answer ({safe(e['steered'])})"
     return notes

@@ -66,3 +66,29 @@ def dump(value: Any) -> str:
     if isinstance(value, Num):
         return value.text
     return json.dumps(value)
+
+
+def without_trailing_commas(text: str) -> str:
+    """`{"a": 1,}` → `{"a": 1}`: a comma before a closing bracket, outside strings."""
+    out: list[str] = []
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            out.append(ch)
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch == ",":
+            j = i + 1
+            while j < len(text) and text[j].isspace():
+                j += 1
+            if j < len(text) and text[j] in "}]":
+                continue
+        out.append(ch)
+    return "".join(out)

@@ -340,6 +340,7 @@ class Agent:
                 tool_calls=calls,
                 priced=turn.model not in budget.unpriced,
                 text_calls=turn.text_calls,
+                text_call_repairs=list(turn.text_call_repairs),
                 steered=steer,
             )
         )

@@ -41,6 +41,8 @@ class ModelTurn:
     text_calls: str | None = None
     """The tool calls came as text in the content, in this format (`agent.text_calls`),
     and were read into `message["tool_calls"]`; None: none were."""
+    text_call_repairs: tuple[str, ...] = ()
+    """What had to be fixed to read them (`trailing_commas`)."""
 
 
 def openai_client(
@@ -133,7 +135,7 @@ def with_text_calls(turn: ModelTurn, tools: list[dict[str, Any]]) -> ModelTurn:
     if found is None:
         return turn
     message = {"role": "assistant", "content": found.text or None, "tool_calls": found.calls}
-    return replace(turn, message=message, text_calls=found.format)
+    return replace(turn, message=message, text_calls=found.format, text_call_repairs=found.repairs)
 
 
 def parse_completion(

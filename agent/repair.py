@@ -21,7 +21,7 @@ from typing import Any
 from tools import ArgumentError, ToolSpec
 
 from .binding import BoundCall, bind
-from .json_text import Obj, decode, dump
+from .json_text import Obj, decode, dump, without_trailing_commas
 
 Fix = Callable[[ToolSpec, str], str | None]
 
@@ -71,28 +71,7 @@ def _repaired(spec: ToolSpec, raw: str) -> tuple[BoundCall, str] | ArgumentError
 
 def trailing_commas(spec: ToolSpec, text: str) -> str | None:
     """`{"a": 1,}` → `{"a": 1}`: a comma before a closing bracket, outside strings."""
-    out: list[str] = []
-    in_string = escaped = False
-    for i, ch in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-            out.append(ch)
-            continue
-        if ch == '"':
-            in_string = True
-        elif ch == ",":
-            j = i + 1
-            while j < len(text) and text[j].isspace():
-                j += 1
-            if j < len(text) and text[j] in "}]":
-                continue
-        out.append(ch)
-    return "".join(out)
+    return without_trailing_commas(text)
 
 
 def stringified_arguments(spec: ToolSpec, text: str) -> str | None:

@@ -29,10 +29,10 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .json_text import Obj, decode_at, dump
+from .json_text import Obj, decode_at, dump, without_trailing_commas
 
 MAX_TEXT_CHARS = 100_000
 """Longer content is not read for calls: no turn of calls is that long, and a hostile
@@ -58,6 +58,8 @@ class TextCalls:
     """The content without the calls (prose the model wrote around them)."""
     format: str
     """Which shape they came in: fenced_json, tool_call_tags, mistral, llama, bare_json."""
+    repairs: tuple[str, ...] = ()
+    """What was fixed to read them (trailing_commas)."""
 
 
 def read_text_calls(content: str | None, offered: Collection[str]) -> TextCalls | None:
@@ -71,6 +73,18 @@ def read_text_calls(content: str | None, offered: Collection[str]) -> TextCalls 
 
 
 def _read(content: str, offered: Collection[str]) -> TextCalls | None:
+    found = _read_shapes(content, offered)
+    if found is None:
+        # A trailing comma makes the whole call unreadable JSON: read it without.
+        fixed = without_trailing_commas(content)
+        if fixed != content:
+            found = _read_shapes(fixed, offered)
+            if found is not None:
+                found = replace(found, repairs=("trailing_commas",))
+    return found
+
+
+def _read_shapes(content: str, offered: Collection[str]) -> TextCalls | None:
     readers = (
         ("tool_call_tags", _tagged),
         ("mistral", _mistral),

@@ -134,6 +134,16 @@ def check_one_shape(run: Run, shape: str) -> None:
         assert assistant["content"] == "I will look the order up."
 
 
+def test_a_call_with_a_trailing_comma_is_read_and_the_repair_named(run: Run) -> None:
+    sloppy = '```json\n{"name": "get_order_status", "arguments": {"order_id": "12345",},}\n```'
+    result = run([text(sloppy), say("Delivered on 2025-04-10.")])
+    assert result.ok
+    (tool,) = run.tool_events()
+    assert tool["ok"] and tool["arguments"] == '{"order_id":"12345"}'
+    first = run.model_events()[0]
+    assert (first["text_calls"], first["text_call_repairs"]) == ("fenced_json", ["trailing_commas"])
+
+
 def test_several_calls_in_one_answer_run_as_one_turn(run: Run) -> None:
     blocks = [
         '```json\n{"name": "get_order_status", "arguments": {"order_id": "12345"}}\n```',
