@@ -485,6 +485,8 @@ class Agent:
         own_timeout = limits.timeout_s if limits else None
         if limits is not None and left < limits.timeout_s:
             limits = limits.model_copy(update={"timeout_s": left})
+        if self._cancel.cancelled:  # not marked started: it never will be
+            raise CallCancelled(tool)
         if self.store and self.run_id:
             self.store.call_started(self.run_id, call_id, arguments)
         # The pool gets the very dict that was shown and hashed, not the text again.

@@ -16,6 +16,7 @@ here imports a framework.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +95,7 @@ class Bridge:
         bound = self._bind(tool, arguments)
         if isinstance(bound, ToolCallError):
             result = _failed(tool, bound)
-            shown = arguments if isinstance(arguments, str) else repr(arguments)
+            shown = arguments if isinstance(arguments, str) else _as_json(arguments)
         elif approval == "denied_not_approved":
             result = _failed(tool, Denied(tool, f"a person must approve {tool} and did not"))
             shown = bound.canonical
@@ -154,6 +155,14 @@ class Bridge:
         )
         for attempt in egress_events(step, call_id, tool, result):
             self.trace.emit(attempt)
+
+
+def _as_json(arguments: Mapping[str, Any] | None) -> str:
+    """What the model sent, for the trail, when it did not validate."""
+    try:
+        return json.dumps(arguments, ensure_ascii=True, default=repr)
+    except (TypeError, ValueError):
+        return repr(arguments)
 
 
 def _failed(tool: str, exc: ToolCallError) -> ToolResult:
