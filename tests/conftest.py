@@ -71,15 +71,35 @@ def private_data_home(
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
 
 
+def host_ipc_key(pid: int | None = None) -> int:
+    """The SysV key a test process (this one, or `pid`) uses for a host-side object of
+    its own; `key + 1` is its too. The guard below leaves other test processes' alone."""
+    return 0x5A000000 + (os.getpid() if pid is None else pid) % 0xFFFF
+
+
+def _sibling_keys() -> set[int]:
+    """The host-side keys of the other pytest-xdist workers of this run: an attack test
+    there may hold one for a moment, and it is not this test's."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return set()
+    try:
+        siblings = {p.pid for p in psutil.Process(os.getppid()).children()} - {os.getpid()}
+    except psutil.Error:
+        return set()
+    return {host_ipc_key(pid) + offset for pid in siblings for offset in (0, 1)}
+
+
 def _sysv_objects() -> dict[str, str]:
-    """Every SysV shared memory segment, message queue and semaphore set of the host."""
+    """Every SysV shared memory segment, message queue and semaphore set of the host,
+    but the other test processes' own (see `host_ipc_key`)."""
+    others = _sibling_keys()
     found = {}
     for kind in ("shm", "msg", "sem"):
         with open(f"/proc/sysvipc/{kind}") as f:
             next(f)
             for line in f:
                 fields = line.split()
-                if fields:
+                if fields and int(fields[0]) not in others:
                     found[f"{kind} {fields[1]}"] = f"key {int(fields[0]):#x}"
     return found
 

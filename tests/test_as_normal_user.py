@@ -137,6 +137,8 @@ def test_the_attack_suites_pass_as_a_normal_user() -> None:
                 "-rs",
                 "-p",
                 "no:cacheprovider",
+                "-n",
+                "0",  # one process: this run is already one of the outer run's two
                 "-W",
                 "ignore::sandbox.IsolationWarning",
                 *SUITES,

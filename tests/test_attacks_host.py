@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FILE_LAYERS, pool_without
+from conftest import FILE_LAYERS, host_ipc_key, pool_without
 
 from policies import parse_policy
 from sandbox import Pool
@@ -219,7 +219,7 @@ def test_file_modes_hold_inside_the_allowed_paths(tmp_path: Path) -> None:
 
 
 def test_sysv_ipc_is_the_workers_own(tmp_path: Path) -> None:
-    key = 0x5A000000 + os.getpid() % 0xFFFF
+    key = host_ipc_key()
     with pool_with(tmp_path, (), ("ipc_namespace",)) as pool:
         planted = out(pool, "attack_sysv_plant", key=key)
         assert planted.startswith("ALLOWED"), planted  # in its own namespace, it may
