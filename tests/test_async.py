@@ -191,3 +191,51 @@ def test_arun_answers_and_its_cancellation_kills_the_calls_in_flight(
         ("answer", "answered"),
         ("interrupted", "cancelled"),
     ]
+
+
+def test_cancels_at_every_point_of_a_call_leave_nothing_and_no_late_result(
+    registry: Registry,
+) -> None:
+    """Twelve calls on two workers, each leaving a setsid grandchild: some cancelled at
+    once (waiting for a thread or a slot), some once their grandchild runs (mid-call,
+    or racing a call that is about to answer), some never. Whatever point each cancel
+    hit, the awaiting task sees its result or the cancellation, never both, and
+    nothing of any call survives."""
+    markers = [unique_marker() for _ in range(12)]
+    outcomes: dict[int, Any] = {}
+
+    async def one(i: int) -> None:
+        hang = i % 4 in (0, 1)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                if i % 4 == 0:
+                    scope.cancel()
+                elif i % 4 in (1, 3):
+                    group.start_soon(cancel_when_running, scope, markers[i])
+                outcomes[i] = await pool.acall("double_fork", {"marker": markers[i], "hang": hang})
+                group.cancel_scope.cancel()
+            return
+        assert i not in outcomes, (i, outcomes[i])
+        outcomes[i] = "cancelled"
+
+    async def cancel_when_running(scope: anyio.CancelScope, marker: str) -> None:
+        while not sleepers(marker):
+            await anyio.sleep(0.01)
+        scope.cancel()
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            for i in range(len(markers)):
+                group.start_soon(one, i)
+
+    with Pool(registry=registry, size=2) as pool:
+        anyio.run(main)
+        assert [m for m in markers if sleepers(m)] == []
+        assert pool.call("calculate", {"expression": "6*7"}).output == "42"
+    for i, outcome in outcomes.items():
+        if i % 4 in (0, 1):  # hung: only a cancel ends them
+            assert outcome == "cancelled", (i, outcome)
+        elif i % 4 == 2:  # never cancelled
+            assert outcome != "cancelled" and outcome.ok, (i, outcome)
+        else:  # raced its own answer
+            assert outcome == "cancelled" or outcome.ok, (i, outcome)

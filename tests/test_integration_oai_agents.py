@@ -11,6 +11,7 @@ import pytest
 agents = pytest.importorskip("agents")
 
 import adapter_scenario as scenario  # noqa: E402
+from agents.tool_context import ToolContext  # noqa: E402
 from conftest import unique_marker  # noqa: E402
 from openai import AsyncOpenAI  # noqa: E402
 
@@ -59,13 +60,21 @@ def test_requires_approval_interrupts_the_sdk_run_until_approved(tmp_path: Path)
     with ScriptedModelServer(step) as server, Pool(policy, registry=scenario.registry()) as pool:
         tools = function_tools(pool, tools=["issue_refund"], trace=trace)
         assert tools[0].needs_approval is True
+        # Invoked without the SDK's approval (a bug, another runner): refused, not run.
+        args = '{"order_id": "12345", "amount": 10.0}'
+        unasked = ToolContext(
+            None, tool_name="issue_refund", tool_call_id="c0", tool_arguments=args
+        )
+        refused = asyncio.run(tools[0].on_invoke_tool(unasked, args))
+        assert refused.startswith("error (denied)"), refused
+        assert [e["approval"] for e in read_trace(trace_path)] == ["denied_not_approved"]
         first = sdk_run(server.base_url, tools, "Refund 10 dollars on order 12345.")
         assert len(first.interruptions) == 1
-        assert read_trace(trace_path) == []  # nothing ran before the yes
+        assert len(read_trace(trace_path)) == 1  # nothing more ran before the yes
         state = first.to_state()
         state.approve(first.interruptions[0])
         second = sdk_run(server.base_url, tools, "", state)
         trace.close()
     assert second.final_output == "Refunded 10.00 USD for order 12345"
-    (event,) = read_trace(trace_path)
+    _, event = read_trace(trace_path)
     assert event["approval"] == "approved_framework" and event["ok"]
