@@ -14,6 +14,8 @@
     sandboxed-agent demo
     sandboxed-agent doctor [--policy FILE]
     sandboxed-agent policy show [--policy FILE] [--tools FILE_OR_MODULE]... [--json]
+    sandboxed-agent mcp serve [--tools FILE_OR_MODULE]... [--policy FILE] [--http [HOST:]PORT]
+                              [--approve TOOL]... [--yes] [--trace FILE] [--workers N]
 
 Exit status: 0 when the call succeeded, 1 when it failed, 2 for usage errors (one
 line on stderr, never a traceback).
@@ -145,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--policy", metavar="FILE", help="policy TOML file (default: built-in)")
     show.add_argument("--tools", action="append", default=[], metavar="FILE_OR_MODULE")
     show.add_argument("--json", action="store_true", help="as JSON, with each value's file")
+    from .integrations.mcp_command import add_mcp_parser  # imports no MCP SDK
+
+    add_mcp_parser(sub, tool_sources)
     return parser
 
 
@@ -212,6 +217,10 @@ def _main(argv: list[str]) -> int:
             return run_doctor(policy.disabled_layers)
         if args.command == "policy":
             return cmd_policy_show(args)
+        if args.command == "mcp":
+            from .integrations.mcp_command import cmd_mcp
+
+            return cmd_mcp(args)
         if args.command in ("run", "chat"):
             registry, policy = load_setup(args.tools, args.policy, args.isolation)
             return (cmd_run if args.command == "run" else cmd_chat)(args, policy, registry)

@@ -9,5 +9,11 @@ Each adapter is one small module, imported only when used, over `_bridge`:
 - `langchain_tools.sandboxed_tools(pool)`: LangChain `StructuredTool`s, for LangGraph's
   `ToolNode` and `create_react_agent` (`.[langchain]`)
 
+And the other way round, our tools offered to any MCP client (`.[mcp]`):
+
+- `mcp_command`: `sandboxed-agent mcp serve`, its flags checked before anything starts
+- `mcp_serve.build_server(service)`: the registry's tools as a low-level MCP `Server`
+- `mcp_transport`: stdio and Streamable HTTP (bearer token), stopped on EOF, SIGINT, SIGTERM
+
 This package imports nothing at import time, so no framework is needed to import it.
 """

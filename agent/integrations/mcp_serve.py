@@ -1,0 +1,249 @@
+"""The registry's tools as a low-level MCP `Server`, each call run the agent's way.
+
+`tools/list` gives every tool's strict schema exactly as `ToolSpec.parameters` holds it
+(the low-level server advertises what it is given; nothing is derived from a signature).
+`tools/call` goes through what an agent's call goes through: the arguments are bound
+once (`agent.binding`), a tool that needs approval runs only if `--approve` or `--yes`
+allowed it (stdio has no terminal to ask on), the pool runs it under the policy's
+limits, and the trace records it. Every failure comes back as a tool result with
+`isError: true` whose text starts with its kind (`timeout: ...`), so the model reads
+it; a handler never raises, since an exception is a protocol error the model cannot see.
+
+A client's cancellation (`notifications/cancelled`, or a closed HTTP stream) cancels
+the handler's scope; the call is recorded as cancelled. While a call runs, a client
+that sent a `progressToken` gets the elapsed time as progress; the policy's deadline
+holds whatever the client does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+
+from policies import Policy
+from sandbox import Limits, Pool, ToolResult
+from sandbox.errors import BadArguments, Denied, ToolCallError, UnknownTool
+from sandbox.protocol import ToolError
+from tools import ArgumentError
+
+from ..approval import Approver
+from ..audit import Event, ToolCalled, Trace
+from ..binding import BoundCall, bind, canonical_json
+
+SERVER_NAME = "sandboxed-agent"
+CANCELLED = "cancelled before it ended: the client cancelled it, or the server stopped"
+
+
+class ServeStarted(Event):
+    """The first line a serving process writes to its trace."""
+
+    event: str = "mcp_serve_started"
+    transport: str
+    policy: str
+    tools: list[str]
+    workers: int
+
+
+class ServeEnded(Event):
+    event: str = "mcp_serve_ended"
+    reason: str
+    calls: int
+
+
+@dataclass
+class ToolService:
+    """What the handlers share: the pool, the policy, who approves, the trace."""
+
+    pool: Pool
+    policy: Policy
+    approver: Approver
+    trace: Trace
+    progress_every_s: float = 1.0
+    calls: int = 0
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _trace_lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: anyio.CapacityLimiter | None = None
+
+    def tools(self) -> list[types.Tool]:
+        return [
+            types.Tool(name=spec.name, description=spec.description, input_schema=spec.parameters)
+            for spec in self.pool.registry
+        ]
+
+    async def call(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        self.calls += 1
+        call = _Call(next(self._ids), params.name, canonical_json(params.arguments or {}))
+        refused = self._admit(call, params.arguments or {})
+        if refused is not None:
+            self._record(call, refused)
+            return _as_result(refused)
+        assert call.bound is not None
+        limits = self.policy.limits_for(call.tool)
+        token = ctx.meta.get("progress_token") if ctx.meta else None
+        try:
+            async with anyio.create_task_group() as tasks:
+                if token is not None:
+                    tasks.start_soon(self._report_progress, ctx, call.tool, limits.timeout_s)
+                result = await self._run(call.tool, call.bound, limits)
+                tasks.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            self._record(call, None, limits.timeout_s)
+            raise
+        self._record(call, result, limits.timeout_s)
+        return _as_result(result)
+
+    def _admit(self, call: _Call, arguments: dict[str, Any]) -> ToolResult | None:
+        """Bind the arguments once and ask for the approval the tool needs; the refusal,
+        or None when the call may run (`call` then holds what runs)."""
+        name, registry = call.tool, self.pool.registry
+        if name not in registry:
+            return _refused(name, UnknownTool(name, registry.names()))
+        try:
+            call.bound = bind(registry.get(name), arguments)
+        except ArgumentError as exc:
+            return _refused(name, BadArguments(name, str(exc)))
+        call.arguments = call.bound.canonical
+        if not self.policy.requires_approval(name):
+            return None
+        decision = self.approver.decide(call.bound)
+        call.approval, call.approved = decision.how, decision.sha256
+        if decision.allowed:
+            return None
+        why = (
+            f"a person must approve {name} and did not ({decision.how}): this server asks "
+            f"nobody; start it with --approve {name} to allow it"
+        )
+        return _refused(name, Denied(name, why))
+
+    async def _run(self, name: str, bound: BoundCall, limits: Limits) -> ToolResult:
+        run = partial(self.pool.call, name, bound.args, limits=limits)
+        return await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self._limiter())
+
+    def _limiter(self) -> anyio.CapacityLimiter:
+        # Every call waits in a thread of its own for one of the pool's slots: enough
+        # threads for many clients, so the pool is what bounds the calls that run.
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(max(64, 4 * self.pool.size))
+        return self._threads
+
+    async def _report_progress(
+        self, ctx: ServerRequestContext[Any], name: str, deadline_s: float
+    ) -> None:
+        """Elapsed seconds, strictly increasing, until the call ends: the pool knows no
+        more than that a call runs (tools send none), and a client that resets its
+        timeout on progress keeps waiting for a long tool instead of giving up."""
+        start = time.monotonic()
+        last = -1.0
+        while True:
+            elapsed = max(round(time.monotonic() - start, 3), last + 0.001)
+            last = elapsed
+            await ctx.session.report_progress(
+                elapsed,
+                deadline_s,
+                f"{name} running in the sandbox: {elapsed:.1f} s of at most {deadline_s:g} s",
+            )
+            await anyio.sleep(self.progress_every_s)
+
+    def _record(
+        self, call: _Call, result: ToolResult | None, timeout_s: float | None = None
+    ) -> None:
+        """One `tool_call` line; `result` None: the client cancelled the call."""
+        error = result.error if result else None
+        event = ToolCalled(
+            step=call.number,
+            call_id=f"mcp-{call.number}",
+            tool=call.tool,
+            arguments=call.arguments,
+            arguments_sha256=call.bound.sha256 if call.bound else None,
+            approved_sha256=call.approved,
+            ok=bool(result and result.ok),
+            output=result.output if result else None,
+            error_kind=(error.kind if error else None) if result else "cancelled",
+            error_message=(error.message if error else None) if result else CANCELLED,
+            error_origin=result.error_origin if result else "agent",
+            duration_ms=(
+                result.duration_ms
+                if result
+                else round((time.perf_counter() - call.start) * 1000, 3)
+            ),
+            worker_pid=result.worker_pid if result else None,
+            approval=call.approval,
+            sent_chars=len(_text(result)) if result else 0,
+            timeout_s=timeout_s,
+        )
+        with self._trace_lock:
+            self.trace.emit(event)
+
+
+@dataclass
+class _Call:
+    number: int
+    tool: str
+    arguments: str
+    """Canonical JSON: the bound arguments once they validate, else the client's."""
+    bound: BoundCall | None = None
+    approval: str = "not_required"
+    approved: str | None = None
+    start: float = field(default_factory=time.perf_counter)
+
+
+def build_server(service: ToolService) -> Server[Any]:
+    """A low-level server whose only capability is tools."""
+    tools = service.tools()
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    return Server(
+        SERVER_NAME,
+        version=_version(),
+        instructions=(
+            "Every tool call runs in a killable, resource-limited sandbox worker; an error "
+            "result starts with its kind (timeout, memory_limit, denied, ...)."
+        ),
+        on_list_tools=list_tools,
+        on_call_tool=service.call,
+    )
+
+
+def _refused(name: str, exc: ToolCallError) -> ToolResult:
+    error = ToolError(kind=exc.kind, message=exc.message)
+    return ToolResult(
+        tool=name, ok=False, output=None, error=error, duration_ms=0.0, error_origin="agent"
+    )
+
+
+def _text(result: ToolResult) -> str:
+    """The output, or the error's kind, a colon and its message."""
+    if result.ok:
+        return result.output or ""
+    assert result.error is not None
+    return f"{result.error.kind}: {result.error.message}"
+
+
+def _as_result(result: ToolResult) -> types.CallToolResult:
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=_text(result))], is_error=not result.ok
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sandboxed-agent")
+    except PackageNotFoundError:
+        return ""

@@ -1,0 +1,64 @@
+"""Tools the MCP server tests call through real MCP clients; they run in real workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from tools import tool
+
+
+def _hang_with_helper(marker: str) -> str:
+    # The helper leaves the worker's session and ignores SIGTERM: only a kill of the
+    # worker's whole tree stops it.
+    subprocess.Popen(["sleep", marker], start_new_session=True, preexec_fn=_ignore_sigterm)
+    time.sleep(3600)
+    return "woke up"
+
+
+def _ignore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@tool
+def hang_until_deadline(marker: str) -> str:
+    """Start a helper that outlives a plain kill, then hang past the deadline.
+
+    Args:
+        marker: A unique sleep length, so the test can find the helper.
+    """
+    return _hang_with_helper(marker)
+
+
+@tool
+def hang_until_cancelled(marker: str) -> str:
+    """Start a helper that outlives a plain kill, then hang (the deadline is long).
+
+    Args:
+        marker: A unique sleep length, so the test can find the helper.
+    """
+    return _hang_with_helper(marker)
+
+
+@tool
+def stamp(seconds: float) -> dict:
+    """Sleep, and say when it started and ended (to show which calls overlapped).
+
+    Args:
+        seconds: How long to sleep.
+    """
+    start = time.time()
+    time.sleep(seconds)
+    return {"start": start, "end": time.time(), "pid": os.getpid()}
+
+
+@tool
+def approved_action(note: str) -> str:
+    """Something a person must allow (the tests' server allows it with --approve).
+
+    Args:
+        note: Any text, returned.
+    """
+    return f"done: {note}"

@@ -1,0 +1,105 @@
+"""`sandboxed-agent mcp serve` as a command: its flags, and how it stops (EOF, SIGINT,
+SIGTERM) with a call in flight, leaving no worker behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import ROOT, SURVIVOR_GRACE_S, sleepers, unique_marker
+from test_mcp_serve import GONE_WITHIN_S, server_args, server_env
+
+from agent.cli import main
+
+pytest.importorskip("mcp")
+
+
+def _send(proc: subprocess.Popen[str], message: dict[str, Any]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+    proc.stdin.flush()
+
+
+@pytest.mark.parametrize("stop", ["eof", "SIGINT", "SIGTERM"])
+def test_shutdown_with_a_call_in_flight_leaves_no_worker(tmp_path: Path, stop: str) -> None:
+    """Plain JSON-RPC on the pipes, so that nothing but the stop itself ends the call."""
+    trace = tmp_path / "trace.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, *server_args(tmp_path, trace)],
+        cwd=ROOT,
+        env=server_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    client = {"name": "t", "version": "0"}
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
+    _send(proc, {"id": 1, "method": "initialize", "params": hello})
+    assert json.loads(proc.stdout.readline())["id"] == 1
+    _send(proc, {"method": "notifications/initialized"})
+    marker = unique_marker()
+    call = {"name": "hang_until_cancelled", "arguments": {"marker": marker}}
+    _send(proc, {"id": 2, "method": "tools/call", "params": call})
+    deadline = time.monotonic() + GONE_WITHIN_S
+    while not sleepers(marker):
+        assert time.monotonic() < deadline and proc.poll() is None, "the call never started"
+        time.sleep(0.05)
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    if stop == "eof":
+        proc.stdin.close()
+    else:
+        proc.send_signal(getattr(signal, stop))
+    assert proc.wait(GONE_WITHIN_S) == 0, proc.stderr.read()
+    _, alive = psutil.wait_procs(tree, timeout=SURVIVOR_GRACE_S)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    assert sleepers(marker) == []
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert events[-1] == events[-1] | {"event": "mcp_serve_ended", "reason": stop}
+    [recorded] = [e for e in events if e["event"] == "tool_call"]
+    assert recorded["tool"] == "hang_until_cancelled" and not recorded["ok"]
+    assert f"stopped ({stop})" in proc.stderr.read()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        stream.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "says"),
+    [
+        (["--http", "0.0.0.0:0"], {}, "needs a bearer token"),
+        (["--http", "0.0.0.0:0"], {"SANDBOXED_AGENT_MCP_TOKEN": "short"}, "at least 16"),
+        (["--http", "localhost:99999"], {}, "not a port"),
+        (["--http", "::1:80"], {}, "in brackets"),
+        (["--token-env", "MY_TOKEN"], {}, "only with --http"),
+        (["--http", "0", "--token-env", "MY_TOKEN"], {}, "MY_TOKEN: that variable is not set"),
+        (["--workers", "0"], {}, "not a positive whole number"),
+        (["--progress-every", "0"], {}, "between 0.05 and 3600"),
+        (["--approve", "issue_refnd"], {}, "issue_refund"),
+        (["--trace", "/no/such/dir/trace.jsonl"], {}, "cannot write there"),
+        (["--bogus"], {}, "unrecognized arguments"),
+        ([], {}, None),
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2(
+    flags: list[str],
+    env: dict[str, str],
+    says: str | None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SANDBOXED_AGENT_MCP_TOKEN", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = ["mcp", "serve", *flags] if says else ["mcp"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sandboxed-agent: "), err
+    assert says is None or says in err, err
