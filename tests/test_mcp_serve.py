@@ -238,6 +238,38 @@ def test_a_hung_tool_is_killed_at_its_deadline_and_reports_progress_until_then(
     assert recorded["error_kind"] == "timeout" and recorded["timeout_s"] == DEADLINE_S
 
 
+def _wait_for(what: str, ready: Any) -> Any:
+    deadline = time.monotonic() + GONE_WITHIN_S
+    while not (found := ready()):
+        assert time.monotonic() < deadline, f"{what}: not within {GONE_WITHIN_S} s"
+        time.sleep(0.05)
+    return found
+
+
+def test_a_cancelled_call_is_killed_at_once_with_its_tree(served: Served) -> None:
+    """Its deadline is two minutes away: only the cancellation can stop it in time."""
+    marker = unique_marker()
+
+    async def cancel_once_running() -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(served.client.call_tool, "hang_until_cancelled", {"marker": marker})
+            while not sleepers(marker):  # its helper runs: the call is in its worker
+                await anyio.sleep(0.05)
+            tasks.cancel_scope.cancel()
+
+    served.portal.call(cancel_once_running)
+    _wait_for("the cancelled call's helper gone", lambda: not sleepers(marker))
+    [recorded] = _wait_for(
+        "the cancelled call in the trace",
+        lambda: [
+            e for e in served.calls_in_trace("hang_until_cancelled") if marker in e["arguments"]
+        ],
+    )
+    assert recorded["error_kind"] == "cancelled" and not recorded["ok"]
+    after = served.call("stamp", {"seconds": 0})
+    assert not after.is_error, "the pool serves on after a cancellation"
+
+
 def test_a_tool_that_needs_approval_runs_only_when_the_server_was_told(served: Served) -> None:
     refused = served.call("issue_refund", {"order_id": "12345", "amount": 1.0})
     assert refused.is_error

@@ -10,9 +10,10 @@ limits, and the trace records it. Every failure comes back as a tool result with
 it; a handler never raises, since an exception is a protocol error the model cannot see.
 
 A client's cancellation (`notifications/cancelled`, or a closed HTTP stream) cancels
-the handler's scope; the call is recorded as cancelled. While a call runs, a client
-that sent a `progressToken` gets the elapsed time as progress; the policy's deadline
-holds whatever the client does.
+the handler's scope, and with it the call (`pool.acall`): its worker and every process
+it started are killed at once, and the trace records it as cancelled. While a call
+runs, a client that sent a `progressToken` gets the elapsed time as progress; the
+policy's deadline holds whatever the client does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
@@ -40,7 +40,10 @@ from ..audit import Event, ToolCalled, Trace
 from ..binding import BoundCall, bind, canonical_json
 
 SERVER_NAME = "sandboxed-agent"
-CANCELLED = "cancelled before it ended: the client cancelled it, or the server stopped"
+CANCELLED = (
+    "cancelled before it ended (the client cancelled it, or the server stopped); its worker "
+    "and every process it started were killed"
+)
 
 
 class ServeStarted(Event):
@@ -71,7 +74,6 @@ class ToolService:
     calls: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _trace_lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: anyio.CapacityLimiter | None = None
 
     def tools(self) -> list[types.Tool]:
         return [
@@ -127,15 +129,8 @@ class ToolService:
         return _refused(name, Denied(name, why))
 
     async def _run(self, name: str, bound: BoundCall, limits: Limits) -> ToolResult:
-        run = partial(self.pool.call, name, bound.args, limits=limits)
-        return await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=self._limiter())
-
-    def _limiter(self) -> anyio.CapacityLimiter:
-        # Every call waits in a thread of its own for one of the pool's slots: enough
-        # threads for many clients, so the pool is what bounds the calls that run.
-        if self._threads is None:
-            self._threads = anyio.CapacityLimiter(max(64, 4 * self.pool.size))
-        return self._threads
+        # Cancelling this await kills the worker and its tree, reaps them, re-raises.
+        return await self.pool.acall(name, bound.args, limits=limits)
 
     async def _report_progress(
         self, ctx: ServerRequestContext[Any], name: str, deadline_s: float
