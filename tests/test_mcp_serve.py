@@ -4,12 +4,13 @@ in real sandbox workers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,6 @@ def _stdio(tmp: Path, trace: Path) -> tuple[Any, Any, None]:
 
 
 def _http(tmp: Path, trace: Path) -> tuple[Any, subprocess.Popen[str], str]:
-    import httpx2
-    from mcp.client.streamable_http import streamable_http_client
-
     proc = subprocess.Popen(
         [sys.executable, *server_args(tmp, trace), "--http", "127.0.0.1:0"],
         cwd=ROOT,
@@ -110,8 +108,21 @@ def _http(tmp: Path, trace: Path) -> tuple[Any, subprocess.Popen[str], str]:
         text=True,
     )
     url = _announced_url(proc)
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
-    return Client(streamable_http_client(url, http_client=http)), proc, url
+    return _http_client(url), proc, url
+
+
+@contextlib.asynccontextmanager
+async def _http_client(url: str, mode: str = "auto") -> AsyncIterator[Any]:
+    """A connected client that sends the token; `auto` speaks the 2026 protocol here."""
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=120) as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+    ):
+        yield client
 
 
 def _announced_url(proc: subprocess.Popen[str]) -> str:
@@ -247,25 +258,36 @@ def _wait_for(what: str, ready: Any) -> Any:
 
 
 def test_a_cancelled_call_is_killed_at_once_with_its_tree(served: Served) -> None:
-    """Its deadline is two minutes away: only the cancellation can stop it in time."""
-    marker = unique_marker()
+    """Its deadline is two minutes away: only the cancellation can stop it in time.
+    Over HTTP, a client of each era: the 2026 one closes the call's stream, the
+    handshake one sends notifications/cancelled (as stdio's does)."""
+    eras = ["auto", "legacy"] if served.url else ["legacy"]
+    for era in eras:
+        marker = unique_marker()
 
-    async def cancel_once_running() -> None:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(served.client.call_tool, "hang_until_cancelled", {"marker": marker})
-            while not sleepers(marker):  # its helper runs: the call is in its worker
-                await anyio.sleep(0.05)
-            tasks.cancel_scope.cancel()
+        async def cancel_once_running(client: Any, marker: str = marker) -> None:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(client.call_tool, "hang_until_cancelled", {"marker": marker})
+                while not sleepers(marker):  # its helper runs: the call is in its worker
+                    await anyio.sleep(0.05)
+                tasks.cancel_scope.cancel()
 
-    served.portal.call(cancel_once_running)
-    _wait_for("the cancelled call's helper gone", lambda: not sleepers(marker))
-    [recorded] = _wait_for(
-        "the cancelled call in the trace",
-        lambda: [
-            e for e in served.calls_in_trace("hang_until_cancelled") if marker in e["arguments"]
-        ],
-    )
-    assert recorded["error_kind"] == "cancelled" and not recorded["ok"]
+        async def in_era(era: str = era) -> None:
+            if era == "auto" or not served.url:
+                await cancel_once_running(served.client)
+                return
+            async with _http_client(served.url, mode=era) as client:
+                await cancel_once_running(client)
+
+        served.portal.call(in_era)
+        _wait_for(f"{era}: the cancelled call's helper gone", lambda m=marker: not sleepers(m))
+        [recorded] = _wait_for(
+            f"{era}: the cancelled call in the trace",
+            lambda m=marker: [
+                e for e in served.calls_in_trace("hang_until_cancelled") if m in e["arguments"]
+            ],
+        )
+        assert recorded["error_kind"] == "cancelled" and not recorded["ok"]
     after = served.call("stamp", {"seconds": 0})
     assert not after.is_error, "the pool serves on after a cancellation"
 

@@ -91,15 +91,20 @@ class _Writer:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self.gone = False
         os.set_blocking(fd, False)
 
     async def write(self, text: str) -> None:
         data = memoryview(text.encode("utf-8"))
-        while data:
+        while data and not self.gone:
             try:
                 data = data[os.write(self.fd, data) :]
             except BlockingIOError:
                 await anyio.wait_writable(self.fd)
+            except BrokenPipeError:
+                # The client is gone: nobody reads the answers, and its end of stdin
+                # closes with it, so EOF stops the server (no traceback on the way).
+                self.gone = True
 
     async def flush(self) -> None:
         return None
