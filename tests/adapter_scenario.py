@@ -11,14 +11,17 @@ hold the three calls.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from conftest import HOSTILE, sleepers
+import pytest
+from conftest import HOSTILE, shared, sleepers
 
 from agent.audit import read_trace
 from agent.replay import Step, call, say
 from policies import Policy, parse_policy
+from sandbox import Pool
 from tools import Registry
 
 INTEGRATION_TOOLS = str(Path(__file__).with_name("integration_tools.py"))
@@ -41,7 +44,14 @@ def registry() -> Registry:
 
 
 def policy(tmp_path: Path) -> Policy:
+    """Over the built-in policy, so `issue_refund` asks for approval."""
     return parse_policy(POLICY, "adapters.toml", tmp_path)
+
+
+def module_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    """The body of each adapter test module's pool fixture: one pool for its tests."""
+    with Pool(policy(tmp_path_factory.mktemp("policy")), registry=registry(), size=3) as pool:
+        yield shared(pool)
 
 
 def script(marker: str):

@@ -9,13 +9,13 @@ import importlib.util
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from conftest import HOSTILE, sleepers, unique_marker
+from conftest import HOSTILE, shared, sleepers, unique_marker
 
 from agent.audit import Trace, read_trace
 from agent.loop import Agent
@@ -31,12 +31,19 @@ HUNG = Limits(timeout_s=60)
 BACKENDS = ["asyncio"] + (["trio"] if importlib.util.find_spec("trio") else [])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def registry() -> Registry:
     registry = Registry.default()
     registry.load(HOSTILE)
     registry.load(ASYNC_TOOLS)
     return registry
+
+
+@pytest.fixture(scope="module")
+def pool(registry: Registry) -> Iterator[Pool]:
+    """One pool for the tests that need nothing of their own: each leaves it as it was."""
+    with Pool(registry=registry, size=2) as pool:
+        yield shared(pool)
 
 
 def wait_for_sleeper(marker: str, call_ended: Callable[[], bool]) -> None:
@@ -87,7 +94,7 @@ def test_a_cancel_from_another_thread_kills_the_tree_and_the_call_returns_nothin
 @pytest.mark.parametrize("how", ["task.cancel", "cancel scope"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cancelling_an_acall_kills_the_tree_while_the_loop_runs(
-    registry: Registry, how: str, backend: str
+    pool: Pool, how: str, backend: str
 ) -> None:
     if how == "task.cancel" and backend != "asyncio":
         pytest.skip("task.cancel is asyncio's own")
@@ -114,34 +121,31 @@ def test_cancelling_an_acall_kills_the_tree_while_the_loop_runs(
         # Reaped before the cancellation reached us, not merely dying.
         assert sleepers(marker) == []
 
-    with Pool(registry=registry, size=1) as pool:
-        anyio.run(main, backend=backend)
-        assert outcome == []  # no result, late or otherwise
-        assert pool.call("calculate", {"expression": "6*7"}).output == "42"
+    anyio.run(main, backend=backend)
+    assert outcome == []  # no result, late or otherwise
+    assert pool.call("calculate", {"expression": "6*7"}).output == "42"
 
 
-def test_many_acalls_run_at_most_the_pool_size_at_once(registry: Registry) -> None:
+def test_many_acalls_run_at_most_the_pool_size_at_once(pool: Pool) -> None:
     async def main() -> list[Any]:
         return await asyncio.gather(*(pool.acall("span", {"seconds": 0.3}) for _ in range(6)))
 
-    with Pool(registry=registry, size=2) as pool:
-        results = asyncio.run(main())
+    results = asyncio.run(main())
     spans = [tuple(json.loads(r.output)) for r in results]
     assert len(spans) == 6
     # At each start, count the calls running then (the workers' own clock readings).
     most = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
-    assert most <= 2
+    assert most <= pool.size == 2
 
 
-def test_an_async_tool_runs_in_the_worker_and_its_deadline_kills_it(registry: Registry) -> None:
+def test_an_async_tool_runs_in_the_worker_and_its_deadline_kills_it(pool: Pool) -> None:
     marker = unique_marker()
-    with Pool(registry=registry, size=1) as pool:
-        assert pool.call("async_add", {"a": 2, "b": 40}).output == "42"
-        result = asyncio.run(
-            pool.acall("async_spawn_and_hang", {"marker": marker}, limits=Limits(timeout_s=1))
-        )
-        assert result.error is not None and result.error.kind == "timeout", result
-        assert sleepers(marker) == []
+    assert pool.call("async_add", {"a": 2, "b": 40}).output == "42"
+    result = asyncio.run(
+        pool.acall("async_spawn_and_hang", {"marker": marker}, limits=Limits(timeout_s=1))
+    )
+    assert result.error is not None and result.error.kind == "timeout", result
+    assert sleepers(marker) == []
 
 
 POLICY = """
@@ -193,9 +197,7 @@ def test_arun_answers_and_its_cancellation_kills_the_calls_in_flight(
     ]
 
 
-def test_cancels_at_every_point_of_a_call_leave_nothing_and_no_late_result(
-    registry: Registry,
-) -> None:
+def test_cancels_at_every_point_of_a_call_leave_nothing_and_no_late_result(pool: Pool) -> None:
     """Twelve calls on two workers, each leaving a setsid grandchild: some cancelled at
     once (waiting for a thread or a slot), some once their grandchild runs (mid-call,
     or racing a call that is about to answer), some never. Whatever point each cancel
@@ -228,10 +230,9 @@ def test_cancels_at_every_point_of_a_call_leave_nothing_and_no_late_result(
             for i in range(len(markers)):
                 group.start_soon(one, i)
 
-    with Pool(registry=registry, size=2) as pool:
-        anyio.run(main)
-        assert [m for m in markers if sleepers(m)] == []
-        assert pool.call("calculate", {"expression": "6*7"}).output == "42"
+    anyio.run(main)
+    assert [m for m in markers if sleepers(m)] == []
+    assert pool.call("calculate", {"expression": "6*7"}).output == "42"
     for i, outcome in outcomes.items():
         if i % 4 in (0, 1):  # hung: only a cancel ends them
             assert outcome == "cancelled", (i, outcome)

@@ -4,6 +4,7 @@ with the SDK's own model client talking to the scripted server."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,6 @@ from openai import AsyncOpenAI  # noqa: E402
 from agent.audit import Trace, read_trace  # noqa: E402
 from agent.integrations.oai_agents import function_tools  # noqa: E402
 from agent.replay import ScriptedModelServer, call, say  # noqa: E402
-from policies import parse_policy  # noqa: E402
 from sandbox import Pool  # noqa: E402
 
 
@@ -31,14 +31,16 @@ def sdk_run(base_url: str, tools: list, task: str, state=None):
     return asyncio.run(agents.Runner.run(agent, state or task, run_config=config))
 
 
-def test_the_sdk_agent_gets_results_and_errors_it_can_act_on(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    yield from scenario.module_pool(tmp_path_factory)
+
+
+def test_the_sdk_agent_gets_results_and_errors_it_can_act_on(pool: Pool, tmp_path: Path) -> None:
     marker = unique_marker()
     trace_path = tmp_path / "audit.jsonl"
     trace = Trace(trace_path)
-    with (
-        ScriptedModelServer(scenario.script(marker)) as server,
-        Pool(scenario.policy(tmp_path), registry=scenario.registry(), size=3) as pool,
-    ):
+    with ScriptedModelServer(scenario.script(marker)) as server:
         tools = function_tools(pool, tools=["calculate", "double_fork", "read_secret"], trace=trace)
         assert all(t.timeout_seconds is None for t in tools)  # the pool kills, not the SDK
         result = sdk_run(server.base_url, tools, "Go.")
@@ -47,7 +49,9 @@ def test_the_sdk_agent_gets_results_and_errors_it_can_act_on(tmp_path: Path) -> 
         scenario.check(server.requests, marker, trace_path)
 
 
-def test_requires_approval_interrupts_the_sdk_run_until_approved(tmp_path: Path) -> None:
+def test_requires_approval_interrupts_the_sdk_run_until_approved(
+    pool: Pool, tmp_path: Path
+) -> None:
     def step(request: dict) -> object:
         shown = scenario.tool_messages(request)
         if not shown:
@@ -56,8 +60,7 @@ def test_requires_approval_interrupts_the_sdk_run_until_approved(tmp_path: Path)
 
     trace_path = tmp_path / "audit.jsonl"
     trace = Trace(trace_path)
-    policy = parse_policy("", "default.toml", tmp_path)  # the built-in: issue_refund asks
-    with ScriptedModelServer(step) as server, Pool(policy, registry=scenario.registry()) as pool:
+    with ScriptedModelServer(step) as server:
         tools = function_tools(pool, tools=["issue_refund"], trace=trace)
         assert tools[0].needs_approval is True
         # Invoked without the SDK's approval (a bug, another runner): refused, not run.

@@ -4,6 +4,7 @@ its own OpenAI chat model talking to the scripted server."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from pydantic_ai.providers.openai import OpenAIProvider  # noqa: E402
 from agent.audit import Trace, read_trace  # noqa: E402
 from agent.integrations.pydantic_toolset import SandboxToolset  # noqa: E402
 from agent.replay import ScriptedModelServer, Step, call, say  # noqa: E402
-from policies import parse_policy  # noqa: E402
 from sandbox import Pool  # noqa: E402
 
 
@@ -30,14 +30,16 @@ def agent_for(base_url: str, toolset: SandboxToolset) -> Any:
     )
 
 
-def test_the_agent_gets_results_and_errors_it_can_act_on(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    yield from scenario.module_pool(tmp_path_factory)
+
+
+def test_the_agent_gets_results_and_errors_it_can_act_on(pool: Pool, tmp_path: Path) -> None:
     marker = unique_marker()
     trace_path = tmp_path / "audit.jsonl"
     trace = Trace(trace_path)
-    with (
-        ScriptedModelServer(scenario.script(marker)) as server,
-        Pool(scenario.policy(tmp_path), registry=scenario.registry(), size=3) as pool,
-    ):
+    with ScriptedModelServer(scenario.script(marker)) as server:
         toolset = SandboxToolset(
             pool, tools=["calculate", "double_fork", "read_secret"], trace=trace
         )
@@ -47,7 +49,9 @@ def test_the_agent_gets_results_and_errors_it_can_act_on(tmp_path: Path) -> None
         scenario.check(server.requests, marker, trace_path)
 
 
-def test_approval_defers_the_call_and_bad_arguments_ask_the_model_again(tmp_path: Path) -> None:
+def test_approval_defers_the_call_and_bad_arguments_ask_the_model_again(
+    pool: Pool, tmp_path: Path
+) -> None:
     def step(request: dict) -> Step:
         shown = scenario.tool_messages(request)
         if not shown:
@@ -60,8 +64,7 @@ def test_approval_defers_the_call_and_bad_arguments_ask_the_model_again(tmp_path
 
     trace_path = tmp_path / "audit.jsonl"
     trace = Trace(trace_path)
-    policy = parse_policy("", "default.toml", tmp_path)  # the built-in: issue_refund asks
-    with ScriptedModelServer(step) as server, Pool(policy, registry=scenario.registry()) as pool:
+    with ScriptedModelServer(step) as server:
         toolset = SandboxToolset(pool, tools=["issue_refund", "calculate"], trace=trace)
         assert toolset.id == "sandboxed-agent"
         agent = agent_for(server.base_url, toolset)
