@@ -16,10 +16,13 @@ lock) before it closes that worker's pidfd, so a cancel never signals a reused f
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
 from .errors import CallCancelled
+
+_log = logging.getLogger(__name__)
 
 
 class CancelToken:
@@ -44,7 +47,7 @@ class CancelToken:
             kills = list(self._armed.values())
             for kill in kills:
                 if kill is not None:
-                    kill()
+                    _send(kill)
         return len(kills)
 
     # -- the pool's side ------------------------------------------------------------
@@ -63,7 +66,7 @@ class CancelToken:
         with self._lock:
             self._armed[key] = kill
             if self._cancelled:
-                kill()
+                _send(kill)
 
     def _disarm(self, key: int) -> None:
         """The worker is about to be closed or kept: no cancel may signal it any more."""
@@ -77,3 +80,13 @@ class CancelToken:
             self._armed.pop(key, None)
             if self._cancelled:
                 raise CallCancelled(tool)
+
+
+def _send(kill: Callable[[], None]) -> None:
+    """A kill that fails (psutil refused a step of the tree walk) must not turn the
+    caller's cancel into an error; the call is still marked cancelled, and at worst
+    ends at its deadline, killed and reaped by its own thread, as any call does."""
+    try:
+        kill()
+    except Exception:
+        _log.warning("cancel: sending the kill failed", exc_info=True)
