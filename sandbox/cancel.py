@@ -16,9 +16,10 @@ lock) before it closes that worker's pidfd, so a cancel never signals a reused f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .errors import CallCancelled
 
@@ -80,6 +81,23 @@ class CancelToken:
             self._armed.pop(key, None)
             if self._cancelled:
                 raise CallCancelled(tool)
+
+
+@contextlib.contextmanager
+def holding(
+    cancel: CancelToken | None, tool: str
+) -> Iterator[Callable[[Callable[[], None] | None], None]]:
+    """`Pool.call`'s hold on its token while it has a slot: yields `armed(kill)` to
+    call once it holds a worker and `armed(None)` before it keeps or closes it, and
+    raises `CallCancelled` on the way in or out if the token was cancelled."""
+    if cancel is None:
+        yield lambda kill: None
+        return
+    key = cancel._enter(tool)
+    try:
+        yield lambda kill: cancel._arm(key, kill) if kill else cancel._disarm(key)
+    finally:
+        cancel._leave(key, tool)
 
 
 def _send(kill: Callable[[], None]) -> None:

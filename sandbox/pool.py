@@ -22,7 +22,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,7 +31,7 @@ from tools.context import ToolContext
 from tools.registry import ArgumentError, Registry
 
 from . import data_quota, reaper
-from .cancel import CancelToken
+from .cancel import CancelToken, holding
 from .channel import Deadline, Oversized, PeerGone, send_frame
 from .claims import WORKER_KINDS, memory_evidence
 from .cpu_budget import CpuBudget, CpuSpent, read_answer
@@ -230,7 +230,7 @@ class Pool:
             call = self._prepare(tool, arguments, limits, settings)
         except ToolCallError as exc:
             return _failed(tool, exc, start)
-        with self._slots, _entered(cancel, tool) as armed:
+        with self._slots, holding(cancel, tool) as armed:
             if self._closed:
                 return _failed(tool, WorkerCrashed(tool, "the pool is shut down"), start)
             if call.data_dir:
@@ -551,20 +551,6 @@ class Pool:
             # death the call explained has already had it).
             worker.exit_report()
         worker.close()
-
-
-@contextlib.contextmanager
-def _entered(cancel: CancelToken | None, tool: str) -> Iterator[Callable[[Any], None]]:
-    """A call's hold on its token while it has a slot: yields `armed(kill | None)`, and
-    raises `CallCancelled` on the way in or out if the token was cancelled."""
-    if cancel is None:
-        yield lambda kill: None
-        return
-    key = cancel._enter(tool)
-    try:
-        yield lambda kill: cancel._arm(key, kill) if kill else cancel._disarm(key)
-    finally:
-        cancel._leave(key, tool)
 
 
 class _PoolError(Result):
