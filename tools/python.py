@@ -131,6 +131,10 @@ def run_python(code: str) -> dict[str, Any]:
     except FinalAnswer as answer:
         value, has_value, final = answer.value, True, True
     except BaseException as exc:  # the code's own failure is the model's observation
+        if not keep_state:
+            # A memory bomb stopped by its limit still holds what it took: let it go
+            # before the traceback is formatted, or that fails too.
+            namespace.clear()
         error = _summary(exc)
         _print_traceback(exc, err)
     finally:
