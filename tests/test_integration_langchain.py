@@ -114,3 +114,25 @@ def test_approve_lets_a_tool_that_asks_for_a_yes_run(pool: Pool) -> None:
     # A key the schema does not have is named, never dropped on the way.
     extra = refund.invoke({"order_id": "12345", "amount": 5.0, "note": "x"})
     assert extra.startswith("error (bad_arguments)") and "note: unexpected argument" in extra
+
+
+def test_cancelling_the_graph_kills_the_tool_at_once(pool: Pool) -> None:
+    """LangGraph's cancellation reaches the bridge: the worker and its helper are gone
+    when the cancelled task returns, long before the tool's deadline would kill them."""
+    marker = unique_marker()
+    script = [call(("hang", {"marker": marker})), say("never reached")]
+
+    async def cancel_while_hung() -> list[int]:
+        graph = react_agent(server, sandboxed_tools(pool, tools=["hang"]))
+        task = asyncio.create_task(graph.ainvoke({"messages": [("user", "Track it.")]}))
+        deadline = asyncio.get_running_loop().time() + 30
+        while not sleepers(marker):  # the tool's helper is up: the call is in flight
+            assert asyncio.get_running_loop().time() < deadline, "the tool never started"
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return sleepers(marker)
+
+    with ScriptedModelServer(script) as server:
+        assert asyncio.run(cancel_while_hung()) == []
