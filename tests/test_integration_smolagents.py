@@ -44,11 +44,12 @@ def model(server: ScriptedModelServer) -> Any:
     return smolagents.OpenAIModel(model_id="scripted", api_base=server.base_url, api_key="none")
 
 
-def conversation(request: dict[str, Any]) -> str:
-    """Everything the model was shown after its instructions, as one text: smolagents
-    sends each tool's result or error in a user message (and merges neighbours)."""
+def conversation(request: dict[str, Any], start: int = 1) -> str:
+    """Everything the model was shown after its instructions (from `start`), as one
+    text: smolagents sends each tool's result or error in a user message (and merges
+    neighbours)."""
     texts = []
-    for message in request["messages"][1:]:
+    for message in request["messages"][start:]:
         content = message["content"]
         parts = content if isinstance(content, list) else [{"text": content}]
         texts.append("".join(str(p.get("text", "")) for p in parts))
@@ -106,12 +107,17 @@ def test_a_code_agent_runs_each_step_in_a_fresh_sandbox(pool: Pool, tmp_path: Pa
     with ScriptedModelServer(script) as server:
         trace = Trace(trace_file)
         agent = smolagents.CodeAgent(
-            tools=[], model=model(server), executor=SandboxExecutor(pool, trace=trace), max_steps=6
+            tools=[],
+            model=model(server),
+            executor=SandboxExecutor(pool, trace=trace),
+            additional_authorized_imports=["*"],
+            max_steps=6,
         )
         answer = agent.run("Compute.", additional_args={"seen": [1, 2]})
         trace.close()
     # Step 4 ran in a new worker and still had f, K (as step 2 left it) and the variable.
     assert answer == {"f": 19, "seen": [1, 2]}
+    assert "You can import from any package you want" in conversation(server.requests[0], 0)
     text = conversation(server.requests[-1])
     assert "Execution logs:\ndefined" in text
     assert "f(16) = 14" in text  # f saw K = 10: it reads the globals of the step it runs in
