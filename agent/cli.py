@@ -34,8 +34,9 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from policies import Policy, check_tools, load_policy
+from policies.loader import unknown_tool
 from sandbox import Limits, Pool, SandboxedAgentError
-from sandbox.errors import ErrorKind
+from sandbox.errors import ErrorKind, PolicyError
 from sandbox.pool import ToolResult
 from sandbox.protocol import ToolError
 from tools import ArgumentError, Registry, ToolDefinitionError, ToolSpec
@@ -52,6 +53,7 @@ from .runner import (
     cmd_run,
     cmd_runs,
     cmd_trace,
+    own_names,
 )
 from .scrubbing import scrub
 from .terminal import ascii_json, safe
@@ -285,7 +287,9 @@ def cmd_tool(args: argparse.Namespace) -> int:
     _check_json_object(args.args)
     arguments: dict[str, Any] | str = args.args
     registry, policy = load_setup(args.tools, args.policy, args.isolation)
-    check_approve(args.approve, registry.names())
+    if policy.mcp_server_of(args.name) is not None:
+        return _mcp_tool(args, policy)
+    check_approve(own_names(args.approve, policy), registry.names())
     limits = None
     if args.name in registry:
         limits = _with_overrides(policy.limits_for(args.name), args.timeout, args.memory_mb)
@@ -303,6 +307,47 @@ def cmd_tool(args: argparse.Namespace) -> int:
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
+def _mcp_tool(args: argparse.Namespace, policy: Policy) -> int:
+    """`tool SERVER__TOOL`: that one server started under sandbox.launch, one call."""
+    server = policy.mcp_server_of(args.name)
+    assert server is not None
+    with _started(policy, [server]) as sources:
+        known = [spec.name for spec in sources.specs]
+        check_approve(args.approve, known)
+        result = _mcp_call(args, policy, sources, known)
+    print(ascii_json(result.model_dump(mode="json")))
+    _said["result"] = "printed"
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _mcp_call(
+    args: argparse.Namespace, policy: Policy, sources: Any, known: list[str]
+) -> ToolResult:
+    if args.name not in known:
+        error = ToolError(kind=ErrorKind.UNKNOWN_TOOL, message=unknown_tool(args.name, known))
+        return ToolResult(tool=args.name, ok=False, output=None, error=error, duration_ms=0)
+    arguments: dict[str, Any] | str = args.args
+    if policy.requires_approval(args.name):
+        spec = next(spec for spec in sources.specs if spec.name == args.name)
+        verdict = _approval(spec, args.args, args)
+        if isinstance(verdict, ToolResult):
+            return verdict
+        arguments = verdict
+    limits = _with_overrides(policy.limits_for(args.name), args.timeout, args.memory_mb)
+    return sources.call(args.name, arguments, limits=limits)
+
+
+def _started(policy: Policy, servers: list[str] | None = None) -> Any:
+    """The policy's MCP servers (or those named), started; a bad [tools] table for one
+    of their tools is a usage error."""
+    from .integrations.mcp_sources import McpSources
+
+    try:
+        return McpSources(policy, servers)
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_policy_show(args: argparse.Namespace) -> int:
     from policies.show import policy_json, policy_toml
 
@@ -313,20 +358,27 @@ def cmd_policy_show(args: argparse.Namespace) -> int:
 
 def cmd_tools(args: argparse.Namespace) -> int:
     registry, policy = load_setup(args.tools, args.policy)
+    if policy.mcp_servers:
+        with _started(policy) as sources:
+            for spec in sources.specs:
+                registry.add_spec(spec)
     if args.json:
         print(json.dumps([spec.openai_schema for spec in registry], indent=2))
         return EXIT_OK
     for spec in registry:
         limits = policy.limits_for(spec.name)
         mode = "reused worker" if limits.reuse_worker else "fresh worker"
+        size = f"{limits.memory_mb} MiB, {limits.cpu_s} s CPU"
+        server = policy.mcp_server_of(spec.name)
+        if server is not None:
+            table = policy.mcp_servers[server]
+            size = f"per call; server {server}: {table.memory_mb} MiB, {table.cpu_s} s CPU"
+            mode = "network" if table.network else "no network"
         params = ", ".join(spec.parameters.get("properties", {}))
-        print(f"{spec.name}({params})")
+        print(f"{safe(spec.name)}({safe(params)})")
         print(f"    {safe(spec.description.splitlines()[0] if spec.description else '')}")
         approval = ", needs approval" if policy.requires_approval(spec.name) else ""
-        print(
-            f"    {limits.timeout_s:g} s, {limits.memory_mb} MiB, {limits.cpu_s} s CPU, "
-            f"{mode}{approval}"
-        )
+        print(f"    {limits.timeout_s:g} s, {size}, {mode}{approval}")
     return EXIT_OK
 
 

@@ -78,6 +78,26 @@ def check_approve(names: list[str], known: list[str], flag: str = "--approve") -
             raise UsageError(f"{flag} {name}: {unknown_tool(name, known)}")
 
 
+def own_names(names: list[str], policy: Policy) -> list[str]:
+    """Those of `names` that are not an MCP server's tool (known once it has started)."""
+    return [name for name in names if policy.mcp_server_of(name) is None]
+
+
+def with_mcp_servers(stack: ExitStack, policy: Policy, pool: Pool, approve: list[str]) -> Any:
+    """Start the policy's MCP servers under sandbox.launch; their tools join the pool's."""
+    from sandbox.errors import PolicyError
+
+    from .integrations.mcp_sources import McpSources, SourcedPool
+
+    try:
+        sources = stack.enter_context(McpSources(policy))
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
+    routed = SourcedPool(pool, sources)
+    check_approve(approve, routed.registry.names())
+    return routed
+
+
 def with_run_overrides(policy: Policy, args: argparse.Namespace) -> Policy:
     changes: dict[str, Any] = {
         k: getattr(args, k) for k in RUN_FLAGS if getattr(args, k, None) is not None
@@ -126,7 +146,9 @@ def build_agent(
     check_approve(getattr(args, "offer", None) or [], registry.names(), "--offer")
     policy = with_run_overrides(policy, args)
     model = model_client(policy, args.base_url)
-    pool = stack.enter_context(Pool(policy, registry=registry, **policy.pool_options()))
+    pool: Any = stack.enter_context(Pool(policy, registry=registry, **policy.pool_options()))
+    if policy.mcp_servers:
+        pool = with_mcp_servers(stack, policy, pool, args.approve)
     try:
         trace = Trace(args.trace, secrets=[os.environ.get("OPENAI_API_KEY", "")])
     except OSError as exc:
@@ -179,7 +201,7 @@ def report(result: RunResult) -> int:
 def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
     if bool(args.task) == bool(args.resume):
         raise UsageError('give a task, or --resume RUN_ID, not both: run "TASK" | run --resume ID')
-    check_approve(args.approve, registry.names())
+    check_approve(own_names(args.approve, policy), registry.names())
     store: RunStore | None = None
     try:
         store = RunStore.open_default()
@@ -214,7 +236,7 @@ def cmd_runs(limit: int) -> int:
 def cmd_chat(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
     from .sessions import SessionStore
 
-    check_approve(args.approve, registry.names())
+    check_approve(own_names(args.approve, policy), registry.names())
     store = SessionStore.open_default() if args.session else None
     history = store.load(args.session) if store and args.session else None
     interactive = sys.stdin.isatty()

@@ -8,6 +8,7 @@ what it names. `extends = "none"` at the top starts from nothing instead, and
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,15 +16,26 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sandbox.errors import PolicyError
 from sandbox.layers import ALWAYS_ON, check_layer_names
 
-from .merge import absolute_paths, merge
-from .schema import EgressPolicy, Policy, Price, RunPolicy, ToolPolicy, build_limits
+from .merge import absolute_paths, absolute_server_paths, merge
+from .schema import (
+    MCP_SEPARATOR,
+    EgressPolicy,
+    McpServerPolicy,
+    Policy,
+    Price,
+    RunPolicy,
+    ToolPolicy,
+    build_limits,
+)
 
 DEFAULT_POLICY = Path(__file__).with_name("default.toml")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BUILT_IN = "<built-in policy>"
 MAX_EXTENDS = 32
 """Files in one chain of `extends`: deep enough for any real layering, and a clear
@@ -35,6 +47,7 @@ _TOP_LEVEL = (
     "layers",
     "defaults",
     "tools",
+    "mcp_servers",
     "run",
     "egress",
 )
@@ -72,6 +85,8 @@ def check_tools(policy: Policy, known: list[str]) -> None:
     loaded (the memory tools), so they are not checked."""
     for name in policy.tools:
         source = policy.source_of(f"tools.{name}") or policy.source
+        if policy.mcp_server_of(name) is not None:
+            continue  # known once the server lists its tools (mcp_sources checks then)
         if source != BUILT_IN and name not in known:
             raise PolicyError(f"{source}: [tools.{name}]: {unknown_tool(name, known)}")
     for name in policy.run.offer or []:
@@ -180,6 +195,7 @@ def _build(files: list[_File]) -> Policy:
 
 def _check_file(file: _File) -> None:
     data = {k: v for k, v in file.data.items() if k != "extends"}
+    data = absolute_server_paths(data, file.base_dir)  # checked where they lead
     # A key this file leaves out may come from a file below it (a price's other half).
     policy = _validate(data, lambda loc: file.shown, allow_missing=True)
     policy.locate(file.shown, file.base_dir)
@@ -234,6 +250,44 @@ def _check_values(policy: Policy, blame: Callable[[list[str]], str]) -> None:
     ]
     for loc, table in tables:
         _check_table(".".join(loc), table, policy, blame, loc)
+    for name, server in policy.mcp_servers.items():
+        check_mcp_server(name, server, lambda key, n=name: blame(["mcp_servers", n, key]))
+
+
+def check_mcp_server(name: str, server: McpServerPolicy, blame: Callable[[str], str]) -> None:
+    """A server's name, its limits' ranges, its paths and its environment's names."""
+    where = f"[mcp_servers.{name}]"
+    if not _SERVER_NAME.match(name) or MCP_SEPARATOR in name:
+        raise PolicyError(
+            f"{blame('command')}: {where}: the name must be 1-32 letters, digits, - or "
+            f"single _ (its tools are called {name}{MCP_SEPARATOR}TOOL)"
+        )
+    try:
+        server.limits()
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        key = str(err["loc"][0])
+        msg = err["msg"].lower()
+        raise PolicyError(f"{blame(key)}: {where} {key}: {msg} (got {err['input']!r})") from None
+    if not 0 < server.startup_timeout_s <= 600:
+        raise PolicyError(
+            f"{blame('startup_timeout_s')}: {where} startup_timeout_s: must be above 0 and "
+            f"at most 600 (got {server.startup_timeout_s!r})"
+        )
+    if not all(server.command):
+        raise PolicyError(f"{blame('command')}: {where} command: an empty word")
+    for key in ("read_paths", "write_paths"):
+        for path in getattr(server, key):
+            if not os.path.exists(path):
+                raise PolicyError(f"{blame(key)}: {where} {key}: {path!r} does not exist")
+            if key == "write_paths" and not os.path.isdir(path):
+                raise PolicyError(f"{blame(key)}: {where} {key}: {path!r} is not a directory")
+    for variable in server.env:
+        if not _ENV_NAME.match(variable):
+            raise PolicyError(
+                f"{blame('env')}: {where} env: {variable!r} is not a variable name "
+                "(letters, digits and _, not starting with a digit)"
+            )
 
 
 def _check_table(
@@ -277,16 +331,18 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
         table, rest = "defaults", loc[1:]
     elif loc[0] == "run" and len(loc) >= 3 and loc[1] == "prices":
         table, rest = f"run.prices.{loc[2]}", loc[3:]
-    elif loc[0] == "tools" and len(loc) >= 2:
-        table, rest = f"tools.{loc[1]}", loc[2:]
+    elif loc[0] in ("tools", "mcp_servers") and len(loc) >= 2:
+        table, rest = f"{loc[0]}.{loc[1]}", loc[2:]
     else:
         table, rest = loc[0], loc[1:]
     if not rest:
         return f"{source}: [{table}]: must be a table of keys (got {_short(err.get('input'))})"
     key = ".".join(rest)
-    model = {"run": RunPolicy, "egress": EgressPolicy}.get(
+    model: type[BaseModel] = {"run": RunPolicy, "egress": EgressPolicy}.get(
         table, Price if table.startswith("run.") else ToolPolicy
     )
+    if table.startswith("mcp_servers."):
+        model = McpServerPolicy
     if err["type"] == "extra_forbidden":
         accepted = ", ".join(model.model_fields)
         hint = _did_you_mean(key, list(model.model_fields))

@@ -34,6 +34,40 @@ def absolute_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
             if isinstance(value, str) and value and not _is_anchored(value):
                 table[key] = str((base_dir / value).resolve())
         _set(out, path, table)
+    return absolute_server_paths(out, base_dir)
+
+
+def absolute_server_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """A copy with the paths of each `[mcp_servers.NAME]` table made absolute."""
+    out = dict(data)
+    servers = out.get("mcp_servers")
+    if isinstance(servers, dict):
+        out["mcp_servers"] = {
+            name: _server_paths(server, base_dir) if isinstance(server, dict) else server
+            for name, server in servers.items()
+        }
+    return out
+
+
+def _server_paths(server: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """`read_paths` and `write_paths` of an `[mcp_servers.NAME]` table, absolute (`~`
+    expanded; links resolved, since the sandbox binds what they lead to), and the words
+    of its `command` that start with `./` or `../`."""
+    out = dict(server)
+    if isinstance(out.get("command"), list):
+        # The server starts in an empty home: `./server.py` means beside the policy file.
+        out["command"] = [
+            str((base_dir / w).resolve())
+            if isinstance(w, str) and w.startswith(("./", "../"))
+            else w
+            for w in out["command"]
+        ]
+    for key in ("read_paths", "write_paths"):
+        if isinstance(out.get(key), list):
+            out[key] = [
+                str((base_dir / os.path.expanduser(p)).resolve()) if isinstance(p, str) else p
+                for p in out[key]
+            ]
     return out
 
 

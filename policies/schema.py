@@ -83,6 +83,63 @@ class ToolPolicy(BaseModel):
         return ToolPolicy(**merged, settings={**base.settings, **self.settings})
 
 
+MCP_SEPARATOR = "__"
+"""Between a server's name and its tool's in the agent's tool list: `time__get_current_time`."""
+
+
+class McpServerPolicy(BaseModel):
+    """`[mcp_servers.NAME]`: a third-party MCP server, run under `sandbox.launch`, whose
+    tools join the agent's as `NAME__TOOL`. The limits hold for the server's whole
+    life, except `timeout_s` and `max_output_chars`, which are per call (a
+    `[tools.NAME__TOOL]` table may change those, and approval, for one tool)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    command: list[str] = Field(min_length=1)
+    """The server's command line; `python` is the Python running the agent."""
+    timeout_s: float = 30.0
+    """Per call: past it the server is killed with its whole tree, restarted on the next."""
+    startup_timeout_s: float = 30.0
+    """For the sandbox, `initialize` and the tool list; past it the server is stopped."""
+    memory_mb: int = 512
+    cpu_s: int = 3600
+    """CPU seconds for the server's whole life (all its processes, where cgroups allow)."""
+    max_processes: int = 32
+    max_open_files: int = 256
+    max_output_chars: int = 20_000
+    network: bool = False
+    read_paths: list[str] = Field(default_factory=list)
+    """What the server may read besides its own code, relative to the policy file."""
+    write_paths: list[str] = Field(default_factory=list)
+    """Directories it may write (as root: it runs as their owner), relative to the file."""
+    env: dict[str, str | bool] = Field(default_factory=dict)
+    """The only variables that reach it besides PATH, the locale and TZ: `NAME = "value"`
+    sets one, `NAME = true` passes on the agent's own (a key stays off the policy file)."""
+    requires_approval: bool = False
+    """Every tool of this server waits for a person's yes (unless its [tools] table says)."""
+
+    def limits(self) -> Limits:
+        """The server's `Limits`; raises pydantic's ValidationError for a value out of range."""
+        return Limits(
+            timeout_s=self.timeout_s,
+            memory_mb=self.memory_mb,
+            cpu_s=self.cpu_s,
+            max_processes=self.max_processes,
+            max_open_files=self.max_open_files,
+            max_output_chars=self.max_output_chars,
+            network=self.network,
+        )
+
+    def call_table(self) -> ToolPolicy:
+        """What its tools inherit, as a tools table between [defaults] and their own."""
+        return ToolPolicy(
+            timeout_s=self.timeout_s,
+            max_output_chars=self.max_output_chars,
+            requires_approval=self.requires_approval,
+            network=self.network,
+        )
+
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are a careful support agent. Use the tools to look up facts; never guess "
     "order details, dates or policy terms. When a tool returns an error, read it and "
@@ -164,6 +221,7 @@ class Policy(BaseModel):
     """`[layers]`: `NAME = false` turns an isolation layer off (see `doctor`)."""
     defaults: ToolPolicy = Field(default_factory=ToolPolicy)
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
+    mcp_servers: dict[str, McpServerPolicy] = Field(default_factory=dict)
     run: RunPolicy = Field(default_factory=RunPolicy)
     egress: EgressPolicy = Field(default_factory=EgressPolicy)
     _source: str = PrivateAttr("<built-in>")
@@ -224,8 +282,17 @@ class Policy(BaseModel):
         }
 
     def effective(self, tool: str) -> ToolPolicy:
+        base = self.defaults
+        server = self.mcp_server_of(tool)
+        if server is not None:
+            base = self.mcp_servers[server].call_table().over(base)
         own = self.tools.get(tool)
-        return own.over(self.defaults) if own else self.defaults
+        return own.over(base) if own else base
+
+    def mcp_server_of(self, tool: str) -> str | None:
+        """The `[mcp_servers]` name a `SERVER__TOOL` name belongs to, if any."""
+        server, sep, rest = tool.partition(MCP_SEPARATOR)
+        return server if sep and rest and server in self.mcp_servers else None
 
     def limits_for(self, tool: str) -> Limits:
         return self._resolved(tool)[0]

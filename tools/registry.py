@@ -176,6 +176,12 @@ class Registry:
         self._specs[tool_name] = spec
         return spec
 
+    def add_spec(self, spec: ToolSpec) -> None:
+        """A spec made elsewhere (a tool that runs outside the workers: an MCP server's)."""
+        if spec.name in self._specs and self._specs[spec.name] is not spec:
+            raise ToolDefinitionError(f"tool {spec.name!r} is defined twice")
+        self._specs[spec.name] = spec
+
     def merge(self, other: Registry) -> None:
         for spec in other:
             self.add(spec.func, spec.name)

@@ -8,6 +8,8 @@ Each adapter is one small module, imported only when used, over `_bridge`:
   `smolagents_tools.SandboxExecutor(pool)`: a `CodeAgent`'s code in `run_python` (`.[smolagents]`)
 - `langchain_tools.sandboxed_tools(pool)`: LangChain `StructuredTool`s, for LangGraph's
   `ToolNode` and `create_react_agent` (`.[langchain]`)
+- `mcp_sources.McpSources(policy)`: third-party MCP servers under `sandbox.launch`, their
+  tools as `SERVER__TOOL` (`.[mcp]`)
 
 And the other way round, our tools offered to any MCP client (`.[mcp]`):
 

@@ -1,0 +1,257 @@
+"""Third-party MCP servers as tool sources, each inside `sandbox.launch`: real servers
+from PyPI (`mcp-server-time`, `mcp-server-git`) answer; a hostile one written on the
+official SDK (tests/hostile_mcp_server.py) is contained whatever its tools try."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mcp")
+
+from agent.integrations.mcp_sources import McpServerFailed, McpSources
+from agent.replay import ScriptedModelServer, call, say
+from policies import parse_policy
+from sandbox.errors import PolicyError
+from tests.conftest import agent_cli, sleepers, unique_marker
+
+HOSTILE = str(Path(__file__).with_name("hostile_mcp_server.py"))
+
+
+def sources_for(text: str, base: Path) -> McpSources:
+    return McpSources(parse_policy(text, "test.toml", base))
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A loopback server on the host's network that says hello to whoever connects."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"hello")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def hostile(tmp_path: Path, **keys: str) -> McpSources:
+    extra = "\n".join(f"{k} = {v}" for k, v in keys.items())
+    return sources_for(
+        f"""
+        [mcp_servers.hostile]
+        command = ["python", "{HOSTILE}"]
+        timeout_s = 2
+        {extra}
+        """,
+        tmp_path,
+    )
+
+
+def test_mcp_server_time_answers_in_the_sandbox(tmp_path: Path) -> None:
+    pytest.importorskip("mcp_server_time")
+    with sources_for(
+        '[mcp_servers.time]\ncommand = ["python", "-m", "mcp_server_time"]', tmp_path
+    ) as sources:
+        names = {spec.name for spec in sources.specs}
+        assert {"time__get_current_time", "time__convert_time"} <= names
+        result = sources.call(
+            "time__convert_time",
+            {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"},
+        )
+        assert result.ok, result.error
+        assert '"time_difference": "+9.0h"' in (result.output or "")
+        wrong = sources.call("time__get_current_time", {"timezone": 3})
+        assert wrong.error is not None and wrong.error.kind == "bad_arguments"
+
+
+def _repository(path: Path, secret: str) -> None:
+    path.mkdir()
+    (path / "notes.txt").write_text(secret)
+    git = ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+
+
+def test_mcp_server_git_works_on_its_repository_and_reads_nothing_else(tmp_path: Path) -> None:
+    pytest.importorskip("mcp_server_git")
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    _repository(mine, "the allowed text")
+    _repository(other, "the other repository's secret")
+    # Not confined by the server itself (no --repository): only the sandbox stands between
+    # it and the other repository. git refuses a repository of another owner unless told
+    # (the server runs as a uid of its own).
+    safe = 'GIT_CONFIG_COUNT = "1", GIT_CONFIG_KEY_0 = "safe.directory", GIT_CONFIG_VALUE_0 = "*"'
+    policy = f"""
+        [mcp_servers.git]
+        command = ["python", "-m", "mcp_server_git"]
+        read_paths = ["{mine}"]
+        env = {{ {safe} }}
+        """
+    with sources_for(policy, tmp_path) as sources:
+        assert "git__git_log" in sources
+        log = sources.call("git__git_log", {"repo_path": str(mine)})
+        assert log.ok and "first" in (log.output or ""), log
+        shown = sources.call("git__git_show", {"repo_path": str(mine), "revision": "HEAD"})
+        assert "the allowed text" in (shown.output or ""), shown
+        outside = sources.call("git__git_show", {"repo_path": str(other), "revision": "HEAD"})
+        said = (outside.output or "") + (outside.error.message if outside.error else "")
+        assert not outside.ok and "secret" not in said, outside
+
+
+def test_a_hostile_server_is_contained_whatever_its_tools_do(tmp_path: Path, listener: int) -> None:
+    """One server through every attack (each start costs seconds: the SDK's imports)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the key")
+    marker = unique_marker()
+    with hostile(tmp_path) as sources:
+        for path in (str(secret), "/etc/shadow", "~root/.ssh", "/root", "/home"):
+            got = sources.call("hostile__read", {"path": path})
+            assert got.ok and (got.output or "").startswith("refused"), (path, got)
+        connected = sources.call("hostile__connect", {"port": listener})
+        assert (connected.output or "").startswith("refused"), connected
+
+        hung = sources.call("hostile__detach", {"marker": marker})
+        assert hung.error is not None and hung.error.kind == "timeout", hung
+        assert sleepers(marker) == []  # the grandchild in a session of its own went too
+        assert sources.call("hostile__echo", {"text": "back"}).output == "back"
+        assert sources.starts("hostile") == 2
+
+        crashed = sources.call("hostile__crash", {})
+        assert crashed.error is not None and crashed.error.kind == "crashed", crashed
+        assert "exited with status 3" in crashed.error.message
+        flooded = sources.call("hostile__flood", {})
+        assert flooded.error is not None and flooded.error.kind == "output_limit", flooded
+        assert sources.call("hostile__echo", {"text": "still here"}).output == "still here"
+        assert sources.starts("hostile") == 4
+
+
+def test_a_server_that_never_answers_initialize_is_stopped_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(McpServerFailed, match=r"did not answer initialize.*within 1 s"):
+        sources_for(
+            f"""
+            [mcp_servers.silent]
+            command = ["python", "{HOSTILE}", "silent"]
+            startup_timeout_s = 1
+            """,
+            tmp_path,
+        )
+
+
+def test_the_launcher_command_line_is_what_any_stdio_client_can_run(tmp_path: Path) -> None:
+    """The same server through the SDK's own stdio client, as Claude Desktop would."""
+    pytest.importorskip("mcp_server_time")
+    import anyio
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+
+    from sandbox import Limits
+    from sandbox.launch import command_line
+
+    argv = command_line([sys.executable, "-m", "mcp_server_time"], Limits(memory_mb=512))
+
+    async def main() -> list[str]:
+        params = StdioServerParameters(command=argv[0], args=argv[1:])
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            return [tool.name for tool in (await session.list_tools()).tools]
+
+    assert "get_current_time" in anyio.run(main)
+
+
+TIME_POLICY = """
+[mcp_servers.time]
+command = ["python", "-m", "mcp_server_time"]
+timeout_s = 20
+
+[tools.time__convert_time]
+requires_approval = true
+"""
+
+
+def test_run_offers_the_servers_tools_to_the_model_under_the_policy(tmp_path: Path) -> None:
+    pytest.importorskip("mcp_server_time")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(TIME_POLICY)
+    converted = {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}
+    script = [
+        call(
+            ("time__get_current_time", {"timezone": "Asia/Tokyo"}),
+            ("time__convert_time", converted),
+        ),
+        say("It is evening in Tokyo."),
+    ]
+    with ScriptedModelServer(script) as server:
+        proc = agent_cli(
+            "run", "What time is it in Tokyo?", "--policy", str(policy),
+            "--base-url", server.base_url, home=tmp_path,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    offered = {t["function"]["name"]: t["function"] for t in server.requests[0]["tools"]}
+    assert offered["time__get_current_time"]["parameters"]["required"] == ["timezone"]
+    assert "get_order_status" in offered  # beside the built-in tools
+    answers = [m["content"] for m in server.requests[1]["messages"] if m["role"] == "tool"]
+    assert '"timezone": "Asia/Tokyo"' in answers[0]
+    assert answers[1].startswith("error (denied)"), answers[1]  # [tools.time__convert_time]
+
+
+def test_tools_lists_and_tool_calls_a_servers_tool(tmp_path: Path) -> None:
+    pytest.importorskip("mcp_server_time")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(TIME_POLICY)
+    listed = agent_cli("tools", "--policy", str(policy), home=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "time__get_current_time(timezone)" in listed.stdout
+    assert "server time: 512 MiB" in listed.stdout and "needs approval" in listed.stdout
+    args = json.dumps({"timezone": "Etc/UTC"})
+    once = agent_cli(
+        "tool", "time__get_current_time", "--args", args, "--policy", str(policy), home=tmp_path
+    )
+    assert once.returncode == 0, once.stderr
+    result = json.loads(once.stdout)
+    assert result["ok"] and "Etc/UTC" in result["output"]
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ("command = []", "[mcp_servers.s] command: list should have at least 1 item"),
+        ('command = "python"', "[mcp_servers.s] command: input should be a valid list"),
+        ('command = ["x"]\nmemory_mb = 1', "[mcp_servers.s] memory_mb: input should be greater"),
+        ('command = ["x"]\ntimeout = 3', "unknown key; did you mean 'timeout_s'?"),
+        ('command = ["x"]\nread_paths = ["missing"]', "read_paths: '/"),
+        ('command = ["x"]\nenv = { "A-B" = "1" }', "env: 'A-B' is not a variable name"),
+        ('command = ["x"]\nenv = { A = 1 }', "[mcp_servers.s] env.A"),
+    ],
+)
+def test_a_bad_server_table_is_one_clear_error(tmp_path: Path, table: str, said: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(f"[mcp_servers.s]\n{table}\n", "p.toml", tmp_path)
+    assert said in str(caught.value)
+    assert str(caught.value).startswith("p.toml: ")
+
+
+def test_a_server_name_must_not_hold_the_separator(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match=r"a__b.*single _"):
+        parse_policy('[mcp_servers.a__b]\ncommand = ["x"]\n', "p.toml", tmp_path)
