@@ -184,8 +184,15 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """First stage: check the command line, then exec a clean interpreter (as the zygote
     does) whose environment holds only what may reach the command: nothing else of
     ours is ever in the memory the command's init is forked from."""
+    parent = os.getppid()
     config = parse(list(sys.argv[1:] if argv is None else argv))
+    from . import _linux
     from .zygote import clean_environment
+
+    # Stopped with whoever started it, even by SIGKILL: it kills the command's tree then.
+    _linux.set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != parent:
+        _die("the process that started the launcher has exited", EXIT_STOPPED)
 
     env = clean_environment(dict(os.environ))
     env.update({name: os.environ[name] for name in config.env if name in os.environ})

@@ -45,6 +45,8 @@ from ._mcp_stdio import Connection, ServerGone, content_text, launcher_env
 EXIT_GRACE_S = 5.0
 """How long a server whose stdout ended has to be seen exiting (its status is the
 better reason) before it is stopped."""
+DESCRIPTION_CHARS = 2000
+"""Longest tool description a server may put in the model's context."""
 MAX_MESSAGE_FLOOR = 1 << 20
 """A server's message may be this long at least (a tool list with long schemas)."""
 
@@ -221,7 +223,9 @@ class McpSources:
             specs.append(
                 McpToolSpec(
                     name=full,
-                    description=(tool.description or tool.title or full).strip(),
+                    description=(tool.description or tool.title or full).strip()[
+                        :DESCRIPTION_CHARS
+                    ],
                     func=_runs_in_its_server,
                     model=_AnyArguments,
                     parameters=_parameters(tool.input_schema),
