@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import httpx
 import openai
 
 from sandbox.errors import RunError
@@ -103,16 +105,24 @@ class ModelClient:
             # The run's wall budget is the binding limit: a retry would only overrun it.
             client = client.with_options(max_retries=0)
         try:
-            raw = client.chat.completions.with_raw_response.create(
+            # Streamed, so that the body is read against the deadline: the client's
+            # timeout bounds each read, and an endpoint that sends a byte now and then
+            # would otherwise hold the run past its budget (and past any size).
+            with client.chat.completions.with_streaming_response.create(
                 model=self.model,
                 messages=messages,  # type: ignore[arg-type]
                 tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]
                 tool_choice=tool_choice if tools and tool_choice else openai.NOT_GIVEN,  # type: ignore[arg-type]
                 timeout=timeout_s,
-            )
-            body = raw.content
+            ) as raw:
+                body = read_body(raw.iter_bytes(), start + timeout_s, self.base_url)
         except openai.APIError as exc:
             raise RunError(describe_api_error(exc, self.model, self.base_url)) from None
+        except httpx.HTTPError as exc:  # while reading the body: the client retries no more
+            where = self.base_url or "the OpenAI API"
+            raise RunError(
+                f"the model at {where} broke off its answer: {type(exc).__name__}"
+            ) from None
         # Parsed here rather than by the SDK, which accepts any shape without complaint:
         # a broken or hostile endpoint gets one clear error, never a traceback.
         message, finish_reason, usage, model = parse_completion(body, self.model, self.base_url)
@@ -123,6 +133,26 @@ class ModelClient:
             latency_s=time.monotonic() - start,
             model=scrub(model),
         )
+
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Longest completion body read: no answer is that long, and memory is the host's."""
+
+
+def read_body(chunks: Iterator[bytes], deadline: float, base_url: str | None) -> bytes:
+    """The body, read until `deadline` (monotonic) and `MAX_BODY_BYTES` at most."""
+    where = base_url or "the OpenAI API"
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise RunError(
+                f"the model at {where} sent an answer of more than "
+                f"{MAX_BODY_BYTES // (1024 * 1024)} MiB; it was not read further"
+            )
+        if time.monotonic() > deadline:
+            raise RunError(f"the model at {where} did not finish its answer in time")
+    return bytes(body)
 
 
 def with_text_calls(turn: ModelTurn, tools: list[dict[str, Any]]) -> ModelTurn:
@@ -154,6 +184,13 @@ def parse_completion(
         raise RunError(
             f"the model at {where} answered with something that is not JSON: {preview!r}"
         ) from None
+    try:
+        return _parsed(data, model, where)
+    except RecursionError:  # what json.loads could nest, walking it may not
+        raise RunError(f"the model at {where} answered with JSON nested too deeply") from None
+
+
+def _parsed(data: Any, model: str, where: str) -> tuple[dict[str, Any], str, Usage, str]:
     data = _valid_unicode(data)
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):

@@ -1,0 +1,81 @@
+"""Attack round 3: a hostile model server, hostile model-written code and hostile tools
+against what landed this round (run_python, the egress proxy, the adapters, text calls).
+
+Each test is a break that was found, kept so that it stays fixed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from agent.model import ModelClient
+from agent.replay import ScriptedModelServer, Step
+from sandbox.errors import RunError
+
+DEEP = b"[" * 600 + b"]" * 600
+"""Nesting `json.loads` reads, and a recursive walk over it does not."""
+
+
+def test_a_model_answer_nested_too_deeply_is_a_run_error_not_a_traceback() -> None:
+    body = b'{"choices": [{"message": {"content": "hi", "x": ' + DEEP + b"}}]}"
+    with ScriptedModelServer([Step(raw=body)]) as server:
+        client = ModelClient(model="m", base_url=server.base_url, api_key="k", max_retries=0)
+        with pytest.raises(RunError, match="nested too deeply"):
+            client.complete([{"role": "user", "content": "hi"}], [], timeout_s=30)
+
+
+class _Dripper:
+    """An endpoint that sends its headers, then one byte of body at a time, until the
+    client hangs up (or `drips` are sent): every read comes well within any timeout."""
+
+    def __init__(self, drips: int = 600, every_s: float = 0.05) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.client_left = threading.Event()
+        self.done = threading.Event()
+        self._drips, self._every_s = drips, every_s
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(1 << 16)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            conn.sendall(head + b"Content-Length: 1000000\r\n\r\n")
+            for _ in range(self._drips):
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    self.client_left.set()
+                    break
+                time.sleep(self._every_s)
+        self.done.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.done.wait(60)
+
+
+@pytest.fixture
+def dripper() -> Iterator[_Dripper]:
+    server = _Dripper()
+    yield server
+    server.close()
+
+
+def test_a_model_that_drips_its_answer_is_cut_at_the_deadline(dripper: _Dripper) -> None:
+    """The client's timeout bounds each read, not the answer: an endpoint sending a
+    byte now and then held a run past max_wall_s for as long as it liked."""
+    client = ModelClient(model="m", base_url=dripper.base_url, api_key="k", max_retries=0)
+    with pytest.raises(RunError, match="did not finish its answer in time"):
+        client.complete([{"role": "user", "content": "hi"}], [], timeout_s=1.0)
+    # The client hung up while the endpoint still had bytes to drip.
+    assert dripper.client_left.wait(30), "the client read the drip to its end"
