@@ -79,3 +79,14 @@ def test_a_model_that_drips_its_answer_is_cut_at_the_deadline(dripper: _Dripper)
         client.complete([{"role": "user", "content": "hi"}], [], timeout_s=1.0)
     # The client hung up while the endpoint still had bytes to drip.
     assert dripper.client_left.wait(30), "the client read the drip to its end"
+
+
+def test_a_model_answer_past_the_size_cap_is_not_read_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole body was read into memory, however large: the host's memory, not a
+    worker's."""
+    monkeypatch.setattr("agent.model.MAX_BODY_BYTES", 1 << 20)
+    content = "x" * (2 << 20)
+    with ScriptedModelServer([Step(message={"role": "assistant", "content": content})]) as server:
+        client = ModelClient(model="m", base_url=server.base_url, api_key="k", max_retries=0)
+        with pytest.raises(RunError, match="more than 1 MiB"):
+            client.complete([{"role": "user", "content": "hi"}], [], timeout_s=30)
