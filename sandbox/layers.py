@@ -157,7 +157,9 @@ class Layers:
             )
             return None
         self.status["network_namespace"] = Layer(
-            state="active", detail="workers share one with no interface up, unless network = true"
+            state="active",
+            detail="workers share one with no interface up, unless network = true; "
+            "a network list: one of its own, loopback alone",
         )
         return empty
 
@@ -183,7 +185,8 @@ class Layers:
         self.status["seccomp"] = Layer(
             state="active",
             detail="no UNIX, packet or vsock sockets (stream socket pairs only), internet "
-            "ones only with network = true; no open_by_handle_at, io_uring, bpf, "
+            "ones only with network = true (a network list: IPv4 TCP alone); no "
+            "open_by_handle_at, io_uring, bpf, "
             "userfaultfd, perf_event_open or foreign ABI",
         )
         return True

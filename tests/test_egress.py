@@ -27,6 +27,8 @@ from sandbox.egress import EgressConfig
 from sandbox.egress.addresses import system_resolver
 from tools import Registry
 
+pytestmark = pytest.mark.attack
+
 TOOLS = str(Path(__file__).with_name("egress_tools.py"))
 BIG = 2 * 1024 * 1024
 
