@@ -216,11 +216,18 @@ class Session:
             _log.exception("egress connection failed")
             outcome["reason"] = f"the proxy failed: {type(exc).__name__}"
         finally:
+            ended = outcome["reason"] == "the call ended"
             for w in writers:
                 self.writers.discard(w)
+                # At the call's end nothing more goes either way: dropped, not flushed.
+                # Otherwise the transport sends what it holds, then closes.
                 with contextlib.suppress(Exception):
-                    w.close()
-            conn.close()
+                    if ended:
+                        w.transport.abort()
+                    else:
+                        w.close()
+            if not writers:
+                conn.close()  # else the transport owns it (and closes it)
             self._record(
                 Connection(
                     **seen,
