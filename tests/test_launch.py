@@ -159,3 +159,43 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], said: str) -> Non
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("sandbox.launch: "), proc.stderr
     assert said in lines[0]
+
+
+def test_the_command_dies_with_whoever_started_the_launcher() -> None:
+    """An agent killed with SIGKILL runs no clean-up: the launcher's parent-death signal
+    still stops the command's tree."""
+    marker = unique_marker()
+    argv = command_line(["/bin/sh", "-c", f"setsid sleep {marker} & wait"], Limits())
+    starter = (
+        "import subprocess, sys, time; "
+        f"subprocess.Popen({argv!r}); "
+        "print('started', flush=True); time.sleep(3600)"
+    )
+    parent = start([sys.executable, "-c", starter])
+    assert parent.stdout is not None and parent.stdout.readline() == "started\n"
+    assert _wait_for(lambda: len(sleepers(marker)) == 1)
+    parent.kill()
+    parent.communicate(timeout=60)
+    assert _wait_for(lambda: sleepers(marker) == [])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a normal user the command runs as you")
+def test_as_root_a_command_writes_its_write_paths_as_their_owner(tmp_path: Path) -> None:
+    writable = tmp_path / "out"
+    writable.mkdir()
+    os.chown(writable, 4321, 4321)
+    script = f"echo made > {writable}/file && echo x > {tmp_path}/beside; id -u"
+    proc = start(command_line(["/bin/sh", "-c", script], Limits(), write_paths=[str(writable)]))
+    out, err = proc.communicate(timeout=120)
+    assert out.strip() == "4321", err
+    assert (writable / "file").read_text() == "made\n"
+    assert (writable / "file").stat().st_uid == 4321
+    assert not (tmp_path / "beside").exists()
+    refused = subprocess.run(
+        command_line(["/bin/true"], Limits(), write_paths=[str(tmp_path)]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 70
+    assert "one user other than root" in refused.stderr

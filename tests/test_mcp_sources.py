@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ pytest.importorskip("mcp")
 from agent.integrations.mcp_sources import McpServerFailed, McpSources
 from agent.replay import ScriptedModelServer, call, say
 from policies import parse_policy
-from sandbox.errors import PolicyError
+from sandbox import Limits
+from sandbox.cancel import CancelToken
+from sandbox.errors import CallCancelled, PolicyError
 from tests.conftest import agent_cli, sleepers, unique_marker
 
 HOSTILE = str(Path(__file__).with_name("hostile_mcp_server.py"))
@@ -118,6 +121,15 @@ def test_mcp_server_git_works_on_its_repository_and_reads_nothing_else(tmp_path:
         assert not outside.ok and "secret" not in said, outside
 
 
+def _wait_for(condition: Callable[[], bool], deadline_s: float = 60.0) -> bool:
+    end = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_a_hostile_server_is_contained_whatever_its_tools_do(tmp_path: Path, listener: int) -> None:
     """One server through every attack (each start costs seconds: the SDK's imports)."""
     secret = tmp_path / "secret.txt"
@@ -143,6 +155,28 @@ def test_a_hostile_server_is_contained_whatever_its_tools_do(tmp_path: Path, lis
         assert flooded.error is not None and flooded.error.kind == "output_limit", flooded
         assert sources.call("hostile__echo", {"text": "still here"}).output == "still here"
         assert sources.starts("hostile") == 4
+
+        # A cancelled run: its token kills the server the call waits on, at once.
+        token, marker = CancelToken(), unique_marker()
+        outcome: list[object] = []
+
+        def cancelled_call() -> None:
+            try:
+                # A deadline far off: only the cancel can end this call.
+                limits = Limits(timeout_s=600)
+                outcome.append(
+                    sources.call("hostile__detach", {"marker": marker}, limits=limits, cancel=token)
+                )
+            except CallCancelled as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=cancelled_call)
+        caller.start()
+        assert _wait_for(lambda: len(sleepers(marker)) == 1)
+        token.cancel()
+        caller.join()
+        assert isinstance(outcome[0], CallCancelled), outcome
+        assert sleepers(marker) == []
 
 
 def test_a_server_that_never_answers_initialize_is_stopped_with_a_clear_error(

@@ -155,10 +155,8 @@ class Connection:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                with contextlib.suppress(Exception):
-                    await stream.aclose()
+        with contextlib.suppress(Exception):
+            await process.aclose()  # its pipes' transports too, while the loop runs
         if self.why is None:
             self.why = ServerGone("crashed", f"the MCP server {self.name} stopped")
         self.session = None

@@ -314,6 +314,7 @@ class McpSources:
                     self._run(server.close())
                 except Exception:
                     pass
+            self._run(_settle())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
         self._loop.close()
@@ -323,6 +324,13 @@ class McpSources:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _settle() -> None:
+    """A few turns of the loop, for the closed pipes' last callbacks to run before it
+    stops (else their transports complain, when collected, of a closed loop)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
 
 
 def _result(
