@@ -399,7 +399,12 @@ class Pool:
                 return _error(self._why_dead(worker, call)), False, ()
             self._kill(worker)
             return _error(WorkerCrashed(call.tool, f"{call.tool} did not run: {exc}")), False, ()
-        session = self._proxy().open(listener, call.tool, call.limits)
+        try:
+            session = self._proxy().open(listener, call.tool, call.limits)
+        except Exception as exc:  # out of descriptors, say: the call cannot be served
+            self._kill(worker)
+            why = f"{call.tool} did not run: the egress proxy could not serve it ({exc})"
+            return _error(WorkerCrashed(call.tool, why)), False, ()
         try:
             result, keep = self._run(worker, call)
         finally:

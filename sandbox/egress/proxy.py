@@ -129,7 +129,11 @@ class Session:
             if self._closed is None and self.egress.closed:
                 self._closed = tuple(self.records)  # the pool closed first, and with it all
             if self._closed is None:
-                self._closed = self.egress._run(self._stop())
+                try:
+                    self._closed = self.egress._run(self._stop())
+                except Exception:  # the loop did not answer: say what was seen so far
+                    _log.exception("egress session did not stop")
+                    self._closed = tuple(self.records)
                 self.egress._sessions.discard(self)
         return self._closed
 
