@@ -153,6 +153,28 @@ def _is_listener(sock: socket.socket) -> bool:
     return bool(listening) and kind and host == PROXY_HOST
 
 
+SHM = "/dev/shm"
+
+
+def workers_dir() -> str | None:
+    """Where the workers' directories go: /dev/shm where it is a tmpfs we may write,
+    unless TMPDIR says where temporary files go (None: `tempfile`'s own choice).
+
+    A worker's directory holds only the mount points of its own tmpfs and root, and
+    the zygote makes three directories per worker and removes them after, in its one
+    loop: on this VM's disk each rmdir waited 0.4-2 ms for the journal, on a tmpfs
+    25 µs. Without a mount namespace (no tmpfs of its own) a tool writes there, and
+    on a tmpfs its pages are charged to its memory cgroup."""
+    if os.environ.get("TMPDIR"):
+        return None
+    try:
+        with open("/proc/self/mounts") as f:
+            on_tmpfs = any(line.split()[1:3] == [SHM, "tmpfs"] for line in f)
+    except OSError:
+        return None
+    return SHM if on_tmpfs and os.access(SHM, os.W_OK | os.X_OK) else None
+
+
 def _open_usage(path: str | None) -> UsageFile | None:
     if path is None:
         return None
@@ -185,7 +207,7 @@ class Template:
         disabled: list[str],
         read_paths: list[str],
     ) -> None:
-        self.root = tempfile.mkdtemp(prefix="sandboxed-agent-")
+        self.root = tempfile.mkdtemp(prefix="sandboxed-agent-", dir=workers_dir())
         config = ZygoteConfig(
             sys_path=[os.path.abspath(p) for p in sys.path if p],
             sources=sources,
