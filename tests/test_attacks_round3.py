@@ -9,6 +9,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +92,53 @@ def test_a_model_answer_past_the_size_cap_is_not_read_on(monkeypatch: pytest.Mon
         client = ModelClient(model="m", base_url=server.base_url, api_key="k", max_retries=0)
         with pytest.raises(RunError, match="more than 1 MiB"):
             client.complete([{"role": "user", "content": "hi"}], [], timeout_s=30)
+
+
+# -- a hostile MCP server's schemas ---------------------------------------------------
+
+SCHEMA_SERVER = Path(__file__).with_name("round3_mcp_server.py")
+
+
+@pytest.fixture(scope="module")
+def schemas() -> Iterator[Any]:
+    """The server whose tool schemas attack the agent's own check of the arguments."""
+    pytest.importorskip("mcp")
+    from agent.integrations.mcp_sources import McpSources
+    from policies import parse_policy
+
+    policy = parse_policy(
+        f'[mcp_servers.evil]\ncommand = ["python", "{SCHEMA_SERVER}"]\ntimeout_s = 10\n',
+        "test.toml",
+        SCHEMA_SERVER.parent,
+    )
+    with McpSources(policy) as sources:
+        yield sources
+
+
+def test_a_schema_that_refers_to_itself_is_bad_arguments_not_a_crash(schemas: Any) -> None:
+    """jsonschema recursed until RecursionError, out of the agent loop's bind."""
+    result = schemas.call("evil__self_reference", {"a": 1})
+    assert result.error is not None and result.error.kind == "bad_arguments", result
+    assert "too deeply" in result.error.message
+
+
+def test_a_schema_of_exponential_cost_is_cut_short(schemas: Any) -> None:
+    """anyOf over anyOf: 2**16 paths checked in the agent's own process (2**40 hangs it)."""
+    result = schemas.call("evil__exponential", {"a": 1})
+    assert result.error is not None and result.error.kind == "bad_arguments", result
+    assert "checks" in result.error.message
+
+
+def test_the_servers_regular_expressions_are_not_run_here(schemas: Any) -> None:
+    """`^(a+)+$` against a's and a `!` backtracks 2**n times inside `re`, which nothing
+    can interrupt: the agent hung for as long as the model made the string. The
+    pattern is the server's to check; here the call goes through."""
+    result = schemas.call("evil__redos", {"text": "a" * 24 + "!"})
+    assert result.ok, result.error
+    assert "redos ran" in (result.output or "")
+
+
+def test_a_tool_whose_schema_is_not_json_schema_is_not_offered(schemas: Any) -> None:
+    """A type nobody knows raised UnknownType from the check, out of the loop."""
+    assert "evil__echo" in schemas
+    assert "evil__bogus_type" not in schemas

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import jsonschema
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict
@@ -40,6 +39,7 @@ from sandbox.protocol import ToolError
 from tools import ArgumentError, Registry, ToolSpec
 from tools.arguments import parse_object
 
+from ._mcp_schema import InvalidSchema, SchemaChecker
 from ._mcp_stdio import Connection, ServerGone, content_text, launcher_env
 
 EXIT_GRACE_S = 5.0
@@ -62,6 +62,8 @@ class McpToolSpec(ToolSpec):
 
     server: str = ""
     remote_name: str = ""
+    checker: SchemaChecker | None = None
+    """The schema, checked once when the server listed it (`_mcp_schema`)."""
 
     @property
     def openai_schema(self) -> dict[str, Any]:
@@ -78,11 +80,15 @@ class McpToolSpec(ToolSpec):
 
     def validate(self, arguments: Mapping[str, Any] | str | bytes | None) -> dict[str, Any]:
         args = parse_object(arguments)
-        validator = jsonschema.validators.validator_for(self.parameters)(self.parameters)
-        problems = [
-            f"{'.'.join(str(p) for p in error.absolute_path) or 'arguments'}: {error.message}"
-            for error in sorted(validator.iter_errors(args), key=lambda e: list(e.path))
-        ]
+        checker = self.checker
+        if checker is None:
+            try:
+                checker = SchemaChecker(self.parameters)
+            except InvalidSchema as exc:
+                raise ArgumentError(
+                    f"invalid arguments for {self.name}: its schema is not JSON Schema ({exc})"
+                ) from None
+        problems = checker.problems(args)
         if problems:
             raise ArgumentError(f"invalid arguments for {self.name}: " + "; ".join(problems[:5]))
         return args
@@ -220,6 +226,11 @@ class McpSources:
             full = f"{name}{MCP_SEPARATOR}{tool.name}"
             if len(full) > 64 or not all(c.isalnum() or c in "_-" for c in full):
                 continue  # a name the model API refuses: not offered
+            parameters = _parameters(tool.input_schema)
+            try:
+                checker = SchemaChecker(parameters)
+            except InvalidSchema:
+                continue  # not a JSON Schema: nothing could check its arguments
             specs.append(
                 McpToolSpec(
                     name=full,
@@ -228,11 +239,12 @@ class McpSources:
                     ],
                     func=_runs_in_its_server,
                     model=_AnyArguments,
-                    parameters=_parameters(tool.input_schema),
+                    parameters=parameters,
                     defaults=frozenset(),
                     json_native=True,
                     server=name,
                     remote_name=tool.name,
+                    checker=checker,
                 )
             )
         offered = {spec.name for spec in specs}
