@@ -9,6 +9,10 @@ import time
 
 from tools import tool
 
+# Top-level code runs in the server itself (and its zygote) as `--tools` loads this file:
+# over stdio, this line must reach stderr, never the protocol on stdout.
+print("mcp_tools loaded")
+
 
 def _hang_with_helper(marker: str) -> str:
     # The helper leaves the worker's session and ignores SIGTERM: only a kill of the
@@ -40,6 +44,19 @@ def hang_until_cancelled(marker: str) -> str:
         marker: A unique sleep length, so the test can find the helper.
     """
     return _hang_with_helper(marker)
+
+
+@tool
+def chatty(text: str) -> str:
+    """Print to stdout, write to fd 1 and to fd 2, then return the text.
+
+    Args:
+        text: Returned as given.
+    """
+    print("chatty: print")
+    os.write(1, b"chatty: fd 1\n")
+    os.write(2, b"chatty: fd 2\n")
+    return text
 
 
 @tool

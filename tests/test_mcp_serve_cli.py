@@ -44,8 +44,12 @@ def test_shutdown_with_a_call_in_flight_leaves_no_worker(tmp_path: Path, stop: s
     client = {"name": "t", "version": "0"}
     hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
     _send(proc, {"id": 1, "method": "initialize", "params": hello})
-    assert json.loads(proc.stdout.readline())["id"] == 1
+    assert json.loads(proc.stdout.readline())["id"] == 1, "stdout holds only the protocol"
     _send(proc, {"method": "notifications/initialized"})
+    chatty = {"name": "chatty", "arguments": {"text": "hi"}}
+    _send(proc, {"id": 3, "method": "tools/call", "params": chatty})
+    answer = json.loads(proc.stdout.readline())  # nothing the tool printed came first
+    assert answer["id"] == 3 and answer["result"]["content"][0]["text"] == "hi", answer
     marker = unique_marker()
     call = {"name": "hang_until_cancelled", "arguments": {"marker": marker}}
     _send(proc, {"id": 2, "method": "tools/call", "params": call})
@@ -64,8 +68,11 @@ def test_shutdown_with_a_call_in_flight_leaves_no_worker(tmp_path: Path, stop: s
     assert sleepers(marker) == []
     events = [json.loads(line) for line in trace.read_text().splitlines()]
     assert events[-1] == events[-1] | {"event": "mcp_serve_ended", "reason": stop}
-    [recorded] = [e for e in events if e["event"] == "tool_call"]
-    assert recorded["tool"] == "hang_until_cancelled" and not recorded["ok"]
+    calls = [e for e in events if e["event"] == "tool_call"]
+    assert [(e["tool"], e["ok"]) for e in calls] == [
+        ("chatty", True),
+        ("hang_until_cancelled", False),
+    ]
     assert f"stopped ({stop})" in proc.stderr.read()
     for stream in (proc.stdin, proc.stdout, proc.stderr):
         stream.close()
@@ -83,6 +90,7 @@ def test_shutdown_with_a_call_in_flight_leaves_no_worker(tmp_path: Path, stop: s
         (["--workers", "0"], {}, "not a positive whole number"),
         (["--progress-every", "0"], {}, "between 0.05 and 3600"),
         (["--approve", "issue_refnd"], {}, "issue_refund"),
+        (["--offer", "calculat"], {}, "calculate"),
         (["--trace", "/no/such/dir/trace.jsonl"], {}, "cannot write there"),
         (["--bogus"], {}, "unrecognized arguments"),
         ([], {}, None),
@@ -103,3 +111,33 @@ def test_bad_flags_are_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sandboxed-agent: "), err
     assert says is None or says in err, err
+
+
+def test_offer_serves_only_the_tools_it_names() -> None:
+    """In memory (the SDK's own client on the server object), with a real pool."""
+    import anyio
+    from mcp import Client
+
+    from agent.approval import Approver
+    from agent.audit import Trace
+    from agent.integrations.mcp_serve import ToolService, build_server
+    from policies import load_policy
+    from sandbox import Pool
+    from tools import Registry
+
+    policy = load_policy(None)
+    with Pool(policy, registry=Registry.default(), size=1) as pool:
+        service = ToolService(pool, policy, Approver(), Trace(None), offer=["calculate"])
+
+        async def use() -> tuple[list[str], Any, Any]:
+            async with Client(build_server(service), mode="legacy") as client:
+                listed = [tool.name for tool in (await client.list_tools()).tools]
+                ran = await client.call_tool("calculate", {"expression": "6*7"})
+                hidden = await client.call_tool("read_file", {"path": "policy.txt"})
+            return listed, ran, hidden
+
+        listed, ran, hidden = anyio.run(use)
+    assert listed == ["calculate"]
+    assert not ran.is_error and ran.content[0].text == "42"
+    assert hidden.is_error and hidden.content[0].text.startswith("unknown_tool: "), hidden
+    assert "available tools: calculate" in hidden.content[0].text

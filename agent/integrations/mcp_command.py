@@ -2,7 +2,8 @@
 
     sandboxed-agent mcp serve [--tools FILE_OR_MODULE]... [--policy FILE] [--isolation strict]
                               [--http [HOST:]PORT] [--token-env VAR] [--workers N]
-                              [--approve TOOL]... [--yes] [--trace FILE] [--progress-every S]
+                              [--approve TOOL]... [--yes] [--offer TOOL]... [--trace FILE]
+                              [--progress-every S]
 
 Imports no part of the `mcp` SDK itself (`cmd_mcp` does, once it runs), so the other
 commands work without the extra installed.
@@ -60,6 +61,12 @@ def add_mcp_parser(sub: Any, tool_sources: Callable[[argparse.ArgumentParser], N
         help="allow this tool if it needs approval (repeatable); others are denied",
     )
     serve.add_argument("--yes", action="store_true", help="allow every tool that needs approval")
+    serve.add_argument(
+        "--offer",
+        action="append",
+        metavar="TOOL",
+        help="serve only these tools (repeatable; default: the policy's [run] offer, else all)",
+    )
     serve.add_argument("--trace", metavar="FILE", help="append every call to this JSON Lines file")
     serve.add_argument(
         "--progress-every",
@@ -127,8 +134,6 @@ def cmd_mcp(args: argparse.Namespace) -> int:
         raise UsageError("--token-env applies only with --http (stdio needs no token)")
     address = parse_address(args.http) if args.http else None
     token = bearer_token(args, address[0]) if address else None
-    registry, policy = load_setup(args.tools, args.policy, args.isolation)
-    check_approve(args.approve, registry.names())
     try:
         from . import mcp_transport
     except ImportError as exc:
@@ -136,17 +141,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
             f"mcp serve needs the MCP SDK ({exc}); install it with: pip install "
             "'sandboxed-agent[mcp]'"
         ) from None
-    sock = None
-    if address is not None:
-        try:
-            sock = mcp_transport.bind_socket(*address)
-        except OSError as exc:
-            raise UsageError(
-                f"--http {args.http}: cannot listen there ({exc.strerror or exc})"
-            ) from None
     with ExitStack() as stack:
-        if sock is not None:
-            stack.callback(sock.close)
         try:
             trace = Trace(args.trace, secrets=[token or ""])
         except OSError as exc:
@@ -155,7 +150,23 @@ def cmd_mcp(args: argparse.Namespace) -> int:
                 "file in an existing, writable directory"
             ) from None
         stack.callback(trace.close)
-        wire = mcp_transport.claim_stdio() if sock is None else None
+        sock = wire = None
+        if address is None:
+            # Before the tools are imported: a module that prints as it loads must not
+            # write into the protocol.
+            wire = mcp_transport.claim_stdio()
+            stack.callback(mcp_transport.release_stdio, wire)
+        else:
+            try:
+                sock = mcp_transport.bind_socket(*address)
+            except OSError as exc:
+                raise UsageError(
+                    f"--http {args.http}: cannot listen there ({exc.strerror or exc})"
+                ) from None
+            stack.callback(sock.close)
+        registry, policy = load_setup(args.tools, args.policy, args.isolation)
+        check_approve(args.approve, registry.names())
+        check_approve(args.offer or [], registry.names(), "--offer")
         return _serve(stack, args, registry, policy, trace, wire, sock, token)
 
 
@@ -181,18 +192,21 @@ def _serve(
         Pool(policy, registry=registry, size=args.workers, **policy.pool_options())
     )
     approver = Approver(set(args.approve), args.yes)  # never interactive: nobody to ask
-    service = ToolService(pool, policy, approver, trace, progress_every_s=args.progress_every)
+    offer = args.offer or policy.run.offer
+    service = ToolService(
+        pool, policy, approver, trace, progress_every_s=args.progress_every, offer=offer
+    )
     server = build_server(service)
     transport = "stdio" if sock is None else "http"
     trace.emit(
         ServeStarted(
             transport=transport,
             policy=policy.source,
-            tools=registry.names(),
+            tools=service.names(),
             workers=pool.size,
         )
     )
-    count = len(registry.names())
+    count = len(service.names())
 
     def announce(where: str) -> None:
         say(f"serving {count} tools over MCP at {where} (at most {pool.size} calls at once)")

@@ -71,6 +71,8 @@ class ToolService:
     approver: Approver
     trace: Trace
     progress_every_s: float = 1.0
+    offer: list[str] | None = None
+    """The tools served, by name; None: every loaded tool. Any other is `unknown_tool`."""
     calls: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _trace_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -79,7 +81,12 @@ class ToolService:
         return [
             types.Tool(name=spec.name, description=spec.description, input_schema=spec.parameters)
             for spec in self.pool.registry
+            if spec.name in self.names()
         ]
+
+    def names(self) -> list[str]:
+        every = self.pool.registry.names()
+        return every if self.offer is None else [name for name in every if name in self.offer]
 
     async def call(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
@@ -109,8 +116,8 @@ class ToolService:
         """Bind the arguments once and ask for the approval the tool needs; the refusal,
         or None when the call may run (`call` then holds what runs)."""
         name, registry = call.tool, self.pool.registry
-        if name not in registry:
-            return _refused(name, UnknownTool(name, registry.names()))
+        if name not in self.names():  # loaded, maybe, but not served
+            return _refused(name, UnknownTool(name, self.names()))
         try:
             call.bound = bind(registry.get(name), arguments)
         except ArgumentError as exc:

@@ -37,22 +37,34 @@ GRACE_S = 2.0
 
 @dataclass
 class StdioWire:
-    """The protocol's own copies of stdin and stdout."""
+    """The protocol's own copies of stdin and stdout, and what fds 0 and 1 were."""
 
     read_fd: int
     write_fd: int
+    stdout: Any
 
 
 def claim_stdio() -> StdioWire:
-    """Take fds 0 and 1 for the protocol alone: call before any process is started."""
+    """Take fds 0 and 1 for the protocol alone: call before any tool module is imported
+    (its top-level code may print) and before any process is started."""
     read_fd = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
     write_fd = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
     os.dup2(2, 1)
+    wire = StdioWire(read_fd, write_fd, sys.stdout)
     sys.stdout = sys.stderr  # a stray print goes to the log, never the wire
-    return StdioWire(read_fd, write_fd)
+    return wire
+
+
+def release_stdio(wire: StdioWire) -> None:
+    """Fds 0 and 1 as they were (a usage error after the claim prints as usual)."""
+    sys.stdout = wire.stdout
+    for fd, own in ((0, wire.read_fd), (1, wire.write_fd)):
+        os.set_blocking(own, True)
+        os.dup2(own, fd)
+        os.close(own)
 
 
 class _Lines:
