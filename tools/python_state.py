@@ -82,7 +82,10 @@ def restore(namespace: dict[str, Any], state: Any) -> list[str]:
         except BaseException as exc:
             notes.append(f"{name} could not be imported again ({type(exc).__name__}: {exc})")
     for name, value in values.items():
-        namespace[name] = _rehome(value, namespace)
+        try:
+            namespace[name] = _rehome(value, namespace)
+        except BaseException:  # a class that refuses new methods keeps its old globals
+            namespace[name] = value
     return notes
 
 
