@@ -141,3 +141,33 @@ def test_offer_serves_only_the_tools_it_names() -> None:
     assert not ran.is_error and ran.content[0].text == "42"
     assert hidden.is_error and hidden.content[0].text.startswith("unknown_tool: "), hidden
     assert "available tools: calculate" in hidden.content[0].text
+
+
+def test_a_2026_client_over_stdio_cancels_a_call_at_once(tmp_path: Path) -> None:
+    """The module's stdio server speaks the handshake era; this one the 2026 era, whose
+    cancellation over stdio is also notifications/cancelled, to a handler of its own."""
+    import anyio
+    from mcp import Client, StdioServerParameters
+
+    trace = tmp_path / "trace.jsonl"
+    params = StdioServerParameters(
+        command=sys.executable, args=server_args(tmp_path, trace), cwd=str(ROOT), env=server_env()
+    )
+    marker = unique_marker()
+
+    async def cancel_once_running() -> str:
+        async with Client(params, mode="auto") as client:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(client.call_tool, "hang_until_cancelled", {"marker": marker})
+                while not sleepers(marker):
+                    await anyio.sleep(0.05)
+                tasks.cancel_scope.cancel()
+            deadline = time.monotonic() + GONE_WITHIN_S
+            while sleepers(marker):  # gone while the server still runs: the cancel did it
+                assert time.monotonic() < deadline, "the cancelled call's helper lives on"
+                await anyio.sleep(0.05)
+            return client.session.protocol_version
+
+    assert anyio.run(cancel_once_running) == "2026-07-28"
+    calls = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [e.get("error_kind") for e in calls if e["event"] == "tool_call"] == ["cancelled"]
