@@ -3,6 +3,7 @@ checks arguments against them: tests/test_attacks_round3.py."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import anyio
@@ -26,11 +27,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+# `names A B ...` on the command line lists tools of those names instead (a name
+# twice, names beyond ASCII), each with echo's schema.
 async def list_tools(
     ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
+    if sys.argv[1:2] == ["names"]:
+        listed = [(name, SCHEMAS["echo"]) for name in sys.argv[2:]]
+    else:
+        listed = list(SCHEMAS.items())
     return types.ListToolsResult(
-        tools=[types.Tool(name=n, description=n, input_schema=s) for n, s in SCHEMAS.items()]
+        tools=[types.Tool(name=n, description=n, input_schema=s) for n, s in listed]
     )
 
 

@@ -5,6 +5,7 @@ Each test is a break that was found, kept so that it stays fixed."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -99,19 +100,24 @@ def test_a_model_answer_past_the_size_cap_is_not_read_on(monkeypatch: pytest.Mon
 SCHEMA_SERVER = Path(__file__).with_name("round3_mcp_server.py")
 
 
-@pytest.fixture(scope="module")
-def schemas() -> Iterator[Any]:
-    """The server whose tool schemas attack the agent's own check of the arguments."""
+def _sources(*args: str) -> Any:
     pytest.importorskip("mcp")
     from agent.integrations.mcp_sources import McpSources
     from policies import parse_policy
 
+    command = json.dumps(["python", str(SCHEMA_SERVER), *args])
     policy = parse_policy(
-        f'[mcp_servers.evil]\ncommand = ["python", "{SCHEMA_SERVER}"]\ntimeout_s = 10\n',
+        f"[mcp_servers.evil]\ncommand = {command}\ntimeout_s = 10\n",
         "test.toml",
         SCHEMA_SERVER.parent,
     )
-    with McpSources(policy) as sources:
+    return McpSources(policy)
+
+
+@pytest.fixture(scope="module")
+def schemas() -> Iterator[Any]:
+    """The server whose tool schemas attack the agent's own check of the arguments."""
+    with _sources() as sources:
         yield sources
 
 
@@ -142,3 +148,11 @@ def test_a_tool_whose_schema_is_not_json_schema_is_not_offered(schemas: Any) -> 
     """A type nobody knows raised UnknownType from the check, out of the loop."""
     assert "evil__echo" in schemas
     assert "evil__bogus_type" not in schemas
+
+
+def test_a_server_cannot_list_a_name_twice_or_a_look_alike() -> None:
+    """A name listed twice ended `tools` and `run` in a traceback (the registry refuses
+    a name defined twice); `echο` with a Greek omicron passed `str.isalnum`, looked like
+    `echo` and made the model API refuse the whole request."""
+    with _sources("names", "a", "a", "ech\u03bf", "t\u00e9st", "b") as sources:
+        assert [spec.name for spec in sources.specs] == ["evil__a", "evil__b"]

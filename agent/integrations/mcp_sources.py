@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import sys
 import threading
 import time
@@ -49,6 +50,11 @@ DESCRIPTION_CHARS = 2000
 """Longest tool description a server may put in the model's context."""
 MAX_MESSAGE_FLOOR = 1 << 20
 """A server's message may be this long at least (a tool list with long schemas)."""
+
+
+_API_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+"""What a function name may hold in the model APIs: ASCII only (`str.isalnum` would take
+a Greek omicron in an `echο` that passes for `echo`)."""
 
 
 class McpServerFailed(SandboxedAgentError):
@@ -224,8 +230,10 @@ class McpSources:
         specs = []
         for tool in live.tools:
             full = f"{name}{MCP_SEPARATOR}{tool.name}"
-            if len(full) > 64 or not all(c.isalnum() or c in "_-" for c in full):
-                continue  # a name the model API refuses: not offered
+            if len(full) > 64 or not _API_NAME.match(full):
+                continue  # a name the model API refuses (or a look-alike): not offered
+            if any(spec.name == full for spec in specs):
+                continue  # listed twice: the first is the one offered
             parameters = _parameters(tool.input_schema)
             try:
                 checker = SchemaChecker(parameters)
