@@ -156,3 +156,29 @@ def test_a_server_cannot_list_a_name_twice_or_a_look_alike() -> None:
     `echo` and made the model API refuse the whole request."""
     with _sources("names", "a", "a", "ech\u03bf", "t\u00e9st", "b") as sources:
         assert [spec.name for spec in sources.specs] == ["evil__a", "evil__b"]
+
+
+# -- the egress proxy's address check -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "allow_private", "why"),
+    [
+        ("::7f00:1", False, "loopback"),  # IPv4-compatible ::127.0.0.1 (a sit tunnel's)
+        ("::ffff:0:7f00:1", False, "loopback"),  # IPv4-translated (SIIT)
+        ("2002:7f00:1::", False, "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:a9fe:a9fe::", True, "metadata"),  # 6to4 of 169.254.169.254
+        ("64:ff9b:1::a9fe:a9fe", False, "not a global address"),  # local-use NAT64
+        ("fec0::1", False, "not a global address"),  # site-local
+    ],
+)
+def test_a_resolver_answer_that_carries_a_private_address_is_refused(
+    address: str, allow_private: bool, why: str
+) -> None:
+    """Python calls these global; a gateway or tunnel takes them into the LAN, the
+    host's loopback or the metadata service."""
+    import ipaddress
+
+    from sandbox.egress.addresses import refused
+
+    assert why in (refused(ipaddress.ip_address(address), allow_private) or "")

@@ -28,14 +28,26 @@ METADATA = frozenset(
 """Cloud instance metadata (AWS, GCP, Azure, ECS task, Alibaba): credentials live there."""
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LAST_32 = (
+    _NAT64,
+    ipaddress.ip_network("::/96"),  # IPv4-compatible (deprecated; a sit tunnel routes it)
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT)
+)
+_NOT_GLOBAL_V6 = (
+    ipaddress.ip_network("64:ff9b:1::/48"),  # local-use NAT64: the LAN's gateway
+    ipaddress.ip_network("fec0::/10"),  # site-local (deprecated, still the site's)
+)
 
 
 def _embedded_v4(address: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 one carries (mapped, 6to4-style NAT64), else itself."""
+    """The IPv4 address an IPv6 one carries (mapped, translated, compatible, 6to4,
+    well-known NAT64), else itself: a gateway may take it there."""
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped
-        if address in _NAT64:
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if int(address) > 1 and any(address in net for net in _LAST_32):
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
 
@@ -66,6 +78,8 @@ def refused(address: IPAddress, allow_private: bool) -> str | None:
         return "a link-local address"
     if inner.is_private:
         return "a private address"
+    if any(address in net for net in _NOT_GLOBAL_V6 if address.version == 6):
+        return "not a global address"
     if not inner.is_global:
         return "not a global address"
     return None
