@@ -6,7 +6,10 @@ Each test is a break that was found, kept so that it stays fixed."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -182,3 +185,53 @@ def test_a_resolver_answer_that_carries_a_private_address_is_refused(
     from sandbox.egress.addresses import refused
 
     assert why in (refused(ipaddress.ip_address(address), allow_private) or "")
+
+
+# -- mcp serve over HTTP --------------------------------------------------------------
+
+
+def test_mcp_serve_on_any_loopback_address_refuses_a_rebound_name() -> None:
+    """Loopback needs no token, so a web page whose name was rebound to the address
+    could call every tool: the SDK guards 127.0.0.1, localhost and ::1 only, and
+    `--http 127.0.0.2:PORT` answered any Host header."""
+    pytest.importorskip("mcp")
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "SANDBOXED_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "mcp", "serve", "--http", "127.0.0.2:0"],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        said = next(line for line in proc.stderr if " at http" in line)
+        url = said.split(" at ", 1)[1].split()[0]
+        port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+        hello = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "page", "version": "1"},
+            },
+        }
+        accept = {"Accept": "application/json, text/event-stream"}
+        rebound = f"rebound.example:{port}"
+        refused = httpx.post(
+            url,
+            json=hello,
+            headers={**accept, "Host": rebound, "Origin": f"http://{rebound}"},
+            timeout=60,
+        )
+        assert refused.status_code == 421, refused.text
+        served = httpx.post(url, json=hello, headers=accept, timeout=60)
+        assert served.status_code == 200, served.text
+    finally:
+        proc.terminate()
+        proc.wait(60)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hmac
+import ipaddress
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ from typing import Any
 import anyio
 from mcp.server import Server
 from mcp.server.stdio import stdio_server
+from mcp.server.transport_security import TransportSecuritySettings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 HTTP_PATH = "/mcp"
@@ -176,6 +178,26 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def rebinding_guard(host: str) -> TransportSecuritySettings | None:
+    """On a loopback address, where no token is needed, only requests that name a
+    loopback host (from a loopback page, if from a page) are served: a web page whose
+    name was rebound to the address is refused (421). The SDK does this for 127.0.0.1,
+    localhost and ::1 only, not for the rest of 127.0.0.0/8. Elsewhere the token guards."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return None
+    if not loopback:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    hosts = [f"{shown}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts,
+        allowed_origins=[f"http://{h}" for h in hosts],
+    )
+
+
 class BearerToken:
     """Refuse every HTTP request without `Authorization: Bearer <token>` (401)."""
 
@@ -211,7 +233,9 @@ async def serve_http(
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    app: Any = server.streamable_http_app(streamable_http_path=HTTP_PATH, host=host)
+    app: Any = server.streamable_http_app(
+        streamable_http_path=HTTP_PATH, host=host, transport_security=rebinding_guard(host)
+    )
     if token:
         app = BearerToken(app, token)
 
