@@ -32,6 +32,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 async def list_tools(
     ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
 ) -> types.ListToolsResult:
+    if sys.argv[1:2] == ["pages"]:  # pages that never end, each with a long schema
+        page = int(params.cursor) if params and params.cursor else 0
+        big = {"type": "object", "description": "x" * 40_000}
+        tools = [types.Tool(name=f"t{page}_{i}", input_schema=big) for i in range(20)]
+        return types.ListToolsResult(tools=tools, next_cursor=str(page + 1))
     if sys.argv[1:2] == ["names"]:
         listed = [(name, SCHEMAS["echo"]) for name in sys.argv[2:]]
     else:

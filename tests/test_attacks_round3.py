@@ -161,6 +161,24 @@ def test_a_server_cannot_list_a_name_twice_or_a_look_alike() -> None:
         assert [spec.name for spec in sources.specs] == ["evil__a", "evil__b"]
 
 
+def test_a_server_whose_tool_pages_never_end_is_stopped() -> None:
+    """Each page was kept until the start-up deadline (30 s of pages, each tool's
+    schema as long as the server liked, all for every model request)."""
+    from agent.integrations.mcp_sources import McpServerFailed
+
+    with pytest.raises(McpServerFailed, match="more than 256 tools"):
+        _sources("pages").close()
+
+
+def test_a_tool_schema_past_the_cap_is_not_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.integrations.mcp_sources.SCHEMA_CHARS", 2_000)
+    with _sources("names", "a") as sources:  # echo's schema: short
+        assert [spec.name for spec in sources.specs] == ["evil__a"]
+    monkeypatch.setattr("agent.integrations.mcp_sources.SCHEMA_CHARS", 20)
+    with _sources("names", "a") as sources:
+        assert sources.specs == []
+
+
 # -- the egress proxy's address check -------------------------------------------------
 
 

@@ -26,6 +26,9 @@ STDERR_KEPT = 2000
 """Bytes of a server's stderr kept for the error that explains its end."""
 MAX_NOISE_LINES = 1000
 """Lines that are not JSON-RPC a server may write before it is taken for a flood."""
+MAX_TOOLS = 256
+"""Tools one server may list: each goes into every model request, and a server whose
+pages never end would otherwise grow our memory until its start-up deadline."""
 STOP_WAIT_S = 10.0
 """How long the launcher may take to kill the server's tree and exit, after SIGTERM."""
 
@@ -133,6 +136,15 @@ class Connection:
                 params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
                 listed = await session.list_tools(params=params)
                 self.tools += listed.tools
+                if len(self.tools) > MAX_TOOLS:
+                    self.stop(
+                        ServerGone(
+                            "output_limit",
+                            f"the MCP server {self.name} lists more than {MAX_TOOLS} tools: "
+                            "stopped",
+                        )
+                    )
+                    return
                 cursor = listed.next_cursor
                 if not cursor:
                     return

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import re
 import sys
 import threading
@@ -48,6 +49,8 @@ EXIT_GRACE_S = 5.0
 better reason) before it is stopped."""
 DESCRIPTION_CHARS = 2000
 """Longest tool description a server may put in the model's context."""
+SCHEMA_CHARS = 32_000
+"""Longest schema (as JSON) of a tool offered: it goes into every model request."""
 MAX_MESSAGE_FLOOR = 1 << 20
 """A server's message may be this long at least (a tool list with long schemas)."""
 
@@ -236,8 +239,10 @@ class McpSources:
                 continue  # listed twice: the first is the one offered
             parameters = _parameters(tool.input_schema)
             try:
+                if len(json.dumps(parameters)) > SCHEMA_CHARS:
+                    continue  # a schema as long as a book: not offered
                 checker = SchemaChecker(parameters)
-            except InvalidSchema:
+            except (InvalidSchema, ValueError, RecursionError):
                 continue  # not a JSON Schema: nothing could check its arguments
             specs.append(
                 McpToolSpec(
