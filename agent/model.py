@@ -69,8 +69,10 @@ class ModelClient:
         api_key: str | None,
         timeout_s: float = 120.0,
         max_retries: int = 3,
+        max_output_tokens: int | None = None,
     ) -> None:
         self.model = model
+        self.max_output_tokens = max_output_tokens
         self.base_url = base_url
         self.timeout_s = timeout_s
         remember_secret(api_key)
@@ -113,6 +115,7 @@ class ModelClient:
                 messages=messages,  # type: ignore[arg-type]
                 tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]
                 tool_choice=tool_choice if tools and tool_choice else openai.NOT_GIVEN,  # type: ignore[arg-type]
+                max_tokens=self.max_output_tokens or openai.NOT_GIVEN,
                 timeout=timeout_s,
             ) as raw:
                 body = read_body(raw.iter_bytes(), start + timeout_s, self.base_url)

@@ -133,6 +133,7 @@ def model_client(policy: Policy, base_url: str | None) -> ModelClient:
         api_key=api_key,
         timeout_s=policy.run.request_timeout_s,
         max_retries=policy.run.max_retries,
+        max_output_tokens=policy.run.max_output_tokens,
     )
 
 

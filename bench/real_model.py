@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key=os.environ.get("OPENAI_API_KEY"),
         timeout_s=policy.run.request_timeout_s,
         max_retries=policy.run.max_retries,
+        max_output_tokens=policy.run.max_output_tokens,
     )
     out = Path(args.out)
     traces = out / "real_model_traces"

@@ -181,6 +181,9 @@ class RunPolicy(BaseModel):
     """Tool results are cut to this before they enter the context (the trace keeps all)."""
     max_repeats: int = Field(1, ge=1, le=100)
     """Identical calls answered with a note before the run stops."""
+    max_output_tokens: int | None = Field(None, ge=1)
+    """Tokens a model call may write (`max_tokens`); None: the server's own limit. A small
+    model can ramble for thousands of tokens; past this the call ends as `length`."""
     offer: list[str] | None = None
     """The tools a run offers the model, by name (`--offer`); None: every loaded tool.
     A small model picks better from fewer; a call of a tool not offered is

@@ -402,3 +402,14 @@ def test_built_in_tools_say_when_to_use_them_and_show_no_value_to_copy() -> None
             assert text, f"{spec.name}.{name} has no description"
             # An example value ("12345", "(89.99 * 3) / 2") ends up in answers.
             assert not re.search(r'e\.g\.|for example|"', text), f"{spec.name}.{name}: {text}"
+
+
+def test_max_output_tokens_is_sent_only_when_set() -> None:
+    with ScriptedModelServer([say("a"), say("b")]) as server:
+        for limit in (None, 512):
+            model = ModelClient(
+                model="m", base_url=server.base_url, api_key=None, max_output_tokens=limit
+            )
+            model.complete([{"role": "user", "content": "hi"}], [], timeout_s=10)
+    first, second = server.requests
+    assert "max_tokens" not in first and second["max_tokens"] == 512
