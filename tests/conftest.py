@@ -36,7 +36,10 @@ _linux.set_child_subreaper()
 # Whatever the tests, their pools and the commands they start put in a temporary
 # directory goes to one of this run's own, so the guard below sees what a test leaves.
 # 0711: workers of other uids may pass through it to the directories they are given.
-TEST_TMP = tempfile.mkdtemp(prefix="sandboxed-agent-tests-")
+# Each pytest-xdist worker makes its own beside the others, not inside the run's first
+# (nested names would push the tests' socket paths past AF_UNIX's 108 bytes).
+_HOST_TMP = os.environ.setdefault("SANDBOXED_AGENT_TESTS_HOST_TMP", tempfile.gettempdir())
+TEST_TMP = tempfile.mkdtemp(prefix="sa-tests-", dir=_HOST_TMP)
 os.chmod(TEST_TMP, 0o711)
 os.environ["TMPDIR"] = tempfile.tempdir = TEST_TMP
 atexit.register(shutil.rmtree, TEST_TMP, ignore_errors=True)

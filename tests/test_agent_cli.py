@@ -57,7 +57,9 @@ def test_a_guardrail_ending_the_run_exits_1_with_one_line() -> None:
         proc = cli("run", "loop", "--base-url", server.base_url, "--max-iterations", "5")
     assert proc.returncode == 1
     assert proc.stdout == ""
-    assert proc.stderr.count("\n") == 1 and "same arguments again" in proc.stderr
+    # Asked for the answer with tools off, it called again: the run stops, saying so.
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "repeated a call" in proc.stderr and "still called calculate" in proc.stderr
 
 
 def test_an_unreachable_endpoint_is_one_line_not_a_traceback() -> None:
