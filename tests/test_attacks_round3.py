@@ -253,3 +253,31 @@ def test_mcp_serve_on_any_loopback_address_refuses_a_rebound_name() -> None:
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+# -- the LangChain adapter ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_pool() -> Iterator[Any]:
+    from conftest import shared
+
+    from sandbox import Pool
+
+    with Pool(size=1) as pool:
+        yield shared(pool)
+
+
+@pytest.mark.parametrize("key", ["config", "run_manager", "self"])
+def test_langchain_passes_the_models_keys_named_like_its_own(default_pool: Any, key: str) -> None:
+    """Passed as keywords, LangChain put its own `config` and `run_manager` over the
+    model's values (a tool with such a parameter lost it, an extra key went unseen)
+    and raised TypeError for `self`; the bridge must see what the model sent."""
+    pytest.importorskip("langchain_core")
+    from agent.integrations.langchain_tools import sandboxed_tools
+
+    (tool,) = sandboxed_tools(default_pool, tools=["calculate"])
+    call = {"name": "calculate", "args": {"expression": "6*7", key: 1}, "id": "c1"}
+    message = tool.invoke({**call, "type": "tool_call"})
+    assert message.status == "error", message
+    assert f"{key}: unexpected argument" in message.content

@@ -42,18 +42,31 @@ def sandboxed_tools(
     return [_structured_tool(bridge, tool, tool.name in approve) for tool in bridge.tools()]
 
 
+class _SandboxedTool(StructuredTool):
+    """The model's arguments reach our function as one dict: passed as keywords,
+    LangChain would put its own `config` and `run_manager` over the model's values of
+    those names, and fail (TypeError) on a key named `self`."""
+
+    def _to_args_and_kwargs(
+        self, tool_input: str | dict[str, Any], tool_call_id: str | None
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = super()._to_args_and_kwargs(tool_input, tool_call_id)
+        return (args[0] if args else kwargs,), {}
+
+
 def _structured_tool(bridge: Bridge, tool: BridgedTool, approved: bool) -> StructuredTool:
-    async def call(**kwargs: Any) -> str:
-        args = strict_arguments(tool.parameters, kwargs)
-        result = await bridge.call(tool.name, args, approved=approved)
+    async def call(arguments: dict[str, Any] | str) -> str:
+        if isinstance(arguments, dict):
+            arguments = strict_arguments(tool.parameters, arguments)
+        result = await bridge.call(tool.name, arguments, approved=approved)
         if not result.ok:
             raise ToolException(result.text)
         return result.output or ""
 
-    def call_sync(**kwargs: Any) -> str:
-        return run_sync(call(**kwargs))
+    def call_sync(arguments: dict[str, Any] | str) -> str:
+        return run_sync(call(arguments))
 
-    return StructuredTool.from_function(
+    return _SandboxedTool.from_function(
         func=call_sync,
         coroutine=call,
         name=tool.name,
