@@ -10,6 +10,7 @@ header in an error body or in its answer).
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import time
@@ -17,13 +18,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-import httpx
 import openai
 
 from sandbox.errors import RunError
 
 from .scrubbing import remember_secret, scrub, scrub_data
 from .text_calls import read_text_calls
+
+
+def _http_errors() -> tuple[type[Exception], ...]:
+    """The HTTP library's base error, which a body broken off mid-read raises (not an
+    `openai.APIError`): httpx2 from openai 3, httpx before. Neither is a dependency of
+    ours, so a plain `pip install -e .` may have only one of them."""
+    errors = []
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).HTTPError)
+        except ImportError:
+            continue
+    return tuple(errors)
+
+
+HTTP_ERRORS = _http_errors()
 
 
 @dataclass(frozen=True)
@@ -121,7 +137,7 @@ class ModelClient:
                 body = read_body(raw.iter_bytes(), start + timeout_s, self.base_url)
         except openai.APIError as exc:
             raise RunError(describe_api_error(exc, self.model, self.base_url)) from None
-        except httpx.HTTPError as exc:  # while reading the body: the client retries no more
+        except HTTP_ERRORS as exc:  # while reading the body: the client retries no more
             where = self.base_url or "the OpenAI API"
             raise RunError(
                 f"the model at {where} broke off its answer: {type(exc).__name__}"

@@ -1,0 +1,67 @@
+"""The model call on the HTTP library the installed openai client uses (httpx2 from
+openai 3, httpx before): the base install has only the one openai pulls in."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.model import ModelClient
+from sandbox.errors import RunError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_agent_imports_without_httpx() -> None:
+    """`pip install -e .` with openai 3 brings httpx2 and no httpx; `import httpx` in
+    agent/model.py made every command, the Quick start's demo first, a traceback."""
+    code = "import sys; sys.modules['httpx'] = None; import agent.cli, agent.model"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+
+
+class _BreaksOff:
+    """An endpoint that promises a body, sends the start of it and hangs up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(1 << 16)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            conn.sendall(head + b'Content-Length: 1000\r\n\r\n{"choices": [')
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(30)
+
+
+@pytest.fixture
+def breaks_off() -> Iterator[_BreaksOff]:
+    server = _BreaksOff()
+    yield server
+    server.close()
+
+
+def test_an_answer_broken_off_mid_body_is_a_run_error(breaks_off: _BreaksOff) -> None:
+    """The error a broken body raises is the HTTP library's own; caught as httpx's
+    while openai raised httpx2's, it reached `run` as a traceback."""
+    client = ModelClient(model="m", base_url=breaks_off.base_url, api_key="k", max_retries=0)
+    with pytest.raises(RunError, match="broke off its answer"):
+        client.complete([{"role": "user", "content": "hi"}], [], timeout_s=30)
