@@ -366,6 +366,7 @@ class Agent:
         to_run: list[tuple[int, str, str, BoundCall | str, str, str | None]] = []
         stop: RunStopped | None = None
         repaired: dict[str, BoundCall] = {}
+        this_turn: set[tuple[str, str]] = set()
         for i, call in enumerate(calls):
             call_id, tool, raw = _unpack(call, i)
             record = known.get(call_id)
@@ -398,6 +399,12 @@ class Agent:
                     continue
                 approval, approved = verdict
             verdict = repeats.check(tool, arguments)
+            key = repeats.key(tool, arguments)
+            if verdict == "stop" and key in this_turn:
+                # Copies within one turn (a small model's flood) were never told of the
+                # result: noted, and the next call steered, rather than the run ended.
+                verdict = "note"
+            this_turn.add(key)
             if verdict == "stop":
                 stop = RunStopped(
                     "repeated_call",

@@ -413,3 +413,12 @@ def test_max_output_tokens_is_sent_only_when_set() -> None:
             model.complete([{"role": "user", "content": "hi"}], [], timeout_s=10)
     first, second = server.requests
     assert "max_tokens" not in first and second["max_tokens"] == 512
+
+
+def test_copies_of_a_call_in_one_turn_are_noted_and_steered_not_stopped(run: Run) -> None:
+    flood = call(*[("get_current_date", {})] * 5)
+    result = run([flood, say("Today is 2025-05-11.")], task="What is the date?")
+    assert result.ok and result.answer == "Today is 2025-05-11."
+    approvals = [e["approval"] for e in run.tool_events()]
+    assert approvals == ["not_required"] + ["repeat_note"] * 4
+    assert steered(run) == [None, "repeated_call"]
