@@ -92,7 +92,8 @@ class ModelClient:
         self.base_url = base_url
         self.timeout_s = timeout_s
         remember_secret(api_key)
-        self._client = openai_client(base_url, api_key, timeout_s, max_retries)
+        self.max_retries = max_retries
+        self._client = openai_client(base_url, api_key, timeout_s, 0)
 
     def complete(
         self,
@@ -118,10 +119,36 @@ class ModelClient:
         tool_choice: str | None = None,
     ) -> ModelTurn:
         start = time.monotonic()
+        deadline = start + timeout_s
+        tries = 0
+        while True:
+            # Our own retries, not the client's: it gave every try the whole budget, and
+            # a slow server held `run --max-wall-s 240` for 348 s. Each try here waits at
+            # most the request timeout, and none starts that the budget cannot hold.
+            per_try = min(self.timeout_s, deadline - time.monotonic())
+            try:
+                return self._try(messages, tools, per_try, deadline, tool_choice, start)
+            except openai.APIError as exc:
+                tries += 1
+                wait = _retry_wait(exc, tries)
+                if (
+                    wait is None
+                    or tries > self.max_retries
+                    or time.monotonic() + wait + MIN_TRY_S > deadline
+                ):
+                    raise RunError(describe_api_error(exc, self.model, self.base_url)) from None
+                time.sleep(wait)
+
+    def _try(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        timeout_s: float,
+        deadline: float,
+        tool_choice: str | None,
+        start: float,
+    ) -> ModelTurn:
         client = self._client
-        if timeout_s < self.timeout_s:
-            # The run's wall budget is the binding limit: a retry would only overrun it.
-            client = client.with_options(max_retries=0)
         try:
             # Streamed, so that the body is read against the deadline: the client's
             # timeout bounds each read, and an endpoint that sends a byte now and then
@@ -134,9 +161,7 @@ class ModelClient:
                 max_tokens=self.max_output_tokens or openai.NOT_GIVEN,
                 timeout=timeout_s,
             ) as raw:
-                body = read_body(raw.iter_bytes(), start + timeout_s, self.base_url)
-        except openai.APIError as exc:
-            raise RunError(describe_api_error(exc, self.model, self.base_url)) from None
+                body = read_body(raw.iter_bytes(), deadline, self.base_url)
         except HTTP_ERRORS as exc:  # while reading the body: the client retries no more
             where = self.base_url or "the OpenAI API"
             raise RunError(
@@ -152,6 +177,31 @@ class ModelClient:
             latency_s=time.monotonic() - start,
             model=scrub(model),
         )
+
+
+MIN_TRY_S = 1.0
+"""A retry is not started with less of the budget left than this."""
+RETRY_AFTER_MAX_S = 60.0
+"""The longest a server's Retry-After is honoured; beyond it, no retry."""
+
+
+def _retry_wait(exc: openai.APIError, tries: int) -> float | None:
+    """How long to wait before try `tries + 1`, or None: not an error a retry helps
+    (the openai client's own rule: no connection, a timeout, 408, 409, 429, 5xx)."""
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code not in (408, 409, 429) and exc.status_code < 500:
+            return None
+        after = exc.response.headers.get("retry-after")
+        if after is not None:
+            try:
+                seconds = float(after)
+            except ValueError:
+                seconds = -1.0
+            if 0 <= seconds <= RETRY_AFTER_MAX_S:
+                return seconds
+    elif not isinstance(exc, openai.APIConnectionError):  # timeouts are one
+        return None
+    return min(0.5 * 2 ** (tries - 1), 8.0)
 
 
 MAX_BODY_BYTES = 64 * 1024 * 1024

@@ -65,3 +65,52 @@ def test_an_answer_broken_off_mid_body_is_a_run_error(breaks_off: _BreaksOff) ->
     client = ModelClient(model="m", base_url=breaks_off.base_url, api_key="k", max_retries=0)
     with pytest.raises(RunError, match="broke off its answer"):
         client.complete([{"role": "user", "content": "hi"}], [], timeout_s=30)
+
+
+class _Silent:
+    """An endpoint that takes every request and never answers; counts them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)  # so that close() ends the accept loop
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.requests = 0
+        self._stop = threading.Event()
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.requests += 1
+            self._open.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.sock.close()
+        for conn in self._open:
+            conn.close()
+
+
+def test_retries_stay_inside_the_runs_budget() -> None:
+    """Each try waits at most the request timeout and no retry starts that the budget
+    cannot hold: the client gave every try the whole budget and retried three times,
+    so a slow server held `run --max-wall-s 240` for 348 s."""
+    server = _Silent()
+    try:
+        client = ModelClient(
+            model="m", base_url=server.base_url, api_key="k", timeout_s=1.0, max_retries=5
+        )
+        with pytest.raises(RunError, match="did not answer in time"):
+            client.complete([{"role": "user", "content": "hi"}], [], timeout_s=3.0)
+    finally:
+        server.close()
+    # Tries of 1 s, waits of 0.5 s and 1 s, none begun with under 1 s left: 2 at most.
+    assert 1 <= server.requests <= 2
