@@ -33,7 +33,7 @@ from .worker import (
     isolate,
     report_failure,
 )
-from .zygote import _kill_cgroup, _rmdir_cgroup
+from .zygote import _drain, _kill_cgroup, _rmdir_cgroup
 
 _SETUP_FD = 3
 """The init's end of the set-up pipe: closed on exec, so only set-up code writes it."""
@@ -384,13 +384,6 @@ def _cpu_used(usage: str) -> float:
         return _cpuacct.usage_s(usage)
     except (OSError, ValueError):
         return 0.0
-
-
-def _drain(fd: int) -> bool:
-    try:
-        return bool(os.read(fd, 4096))
-    except BlockingIOError:
-        return False
 
 
 def _read_rest(fd: int) -> bytes:
