@@ -70,6 +70,19 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra and not getattr(ns, "_unknown_in", None):
+            ns._unknown_in = self.prog  # the innermost command's help lists its flags
+        return ns, extra
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            where = getattr(ns, "_unknown_in", None) or self.prog
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see: {where} --help)")
+        return ns
+
 
 def _positive(text: str) -> int:
     try:

@@ -232,7 +232,11 @@ def test_read_file_refuses_a_path_that_is_not_unicode(tmp_path: Path, path: str,
             "--trace /nonexistent-dir/t.jsonl: cannot write there",
         ),
         (["runs", "--limit", "-3"], "-3 is not a positive whole number"),
-        (["tool", "calculate", "--arg", '{"expression": "1"}'], "unrecognized arguments: --arg"),
+        (
+            ["tool", "calculate", "--arg", '{"expression": "1"}'],
+            'unrecognized arguments: --arg {"expression": "1"} (see: sandboxed-agent tool --help)',
+        ),
+        (["policy", "show", "--q"], "see: sandboxed-agent policy show --help"),
         (["doctor", "--policy", "/nonexistent-policy.toml"], "policy file not found"),
     ],
 )

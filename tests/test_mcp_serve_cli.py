@@ -92,7 +92,7 @@ def test_shutdown_with_a_call_in_flight_leaves_no_worker(tmp_path: Path, stop: s
         (["--approve", "issue_refnd"], {}, "issue_refund"),
         (["--offer", "calculat"], {}, "calculate"),
         (["--trace", "/no/such/dir/trace.jsonl"], {}, "cannot write there"),
-        (["--bogus"], {}, "unrecognized arguments"),
+        (["--bogus"], {}, "--bogus (see: sandboxed-agent mcp serve --help)"),
         ([], {}, None),
     ],
 )

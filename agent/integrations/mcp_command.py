@@ -218,7 +218,8 @@ def _serve(
         reason = anyio.run(serve_http, server, sock, token, announce)
     pool.close()  # every worker killed and reaped before the line below
     trace.emit(ServeEnded(reason=reason, calls=service.calls))
-    say(f"stopped ({reason}) after {service.calls} calls; no worker left")
+    calls = "1 call" if service.calls == 1 else f"{service.calls} calls"
+    say(f"stopped ({reason}) after {calls}; no worker left")
     return 0
 
 
