@@ -1,0 +1,237 @@
+"""What crosses Temporal between the workflow and the workers: names, payloads, options.
+
+    await workflow.execute_activity(
+        TOOL_ACTIVITY,
+        ToolCallInput(run_id=rid, call_id=cid, tool="calculate", arguments='{"expression": "6*7"}'),
+        result_type=ToolCallOutput,
+        **tool_activity_options(policy, "calculate", task_queue=tool_queue),
+    )
+
+Every payload is a frozen pydantic model, sent with
+`temporalio.contrib.pydantic.pydantic_data_converter` (`data_converter()`): the client
+and every worker must use it. Nothing here holds a key or a Pool; the workflow imports
+this module, so it does nothing at import but define things.
+
+Retries follow the policy. A call whose worker died (no heartbeat, or past its
+start-to-close timeout) is tried again only for a tool the policy marks `idempotent`;
+any other ends at once, and `lost_worker(exc)` tells the workflow so, that it may ask
+a person before running it again. A tool's own failures (timeout, limits, its
+exception) are results, never retried by Temporal: the model sees them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies import Policy
+from sandbox.protocol import ToolError
+
+TOOL_ACTIVITY = "sandboxed_agent.tool_call"
+MODEL_ACTIVITY = "sandboxed_agent.model_call"
+DEFAULT_TASK_QUEUE = "sandboxed-agent"
+"""Workflows, model calls and (unless `--tool-queue` says otherwise) tool calls."""
+DEFAULT_NAMESPACE = "default"
+
+START_MARGIN_S = 10.0
+"""Start-to-close = the tool's `timeout_s` plus this: the pool kills the tool at its
+deadline and still has time to reap it and report `timeout` before Temporal gives up."""
+HEARTBEAT_TIMEOUT_S = 10.0
+"""A worker that sends no heartbeat for this long is taken for dead (the activity
+heartbeats every half of it); also how soon a cancellation reaches a running call."""
+IDEMPOTENT_ATTEMPTS = 3
+"""Tries of an idempotent call whose worker died (the first one included)."""
+
+NOT_RERUN = "ToolCallNotRerun"
+"""`ApplicationError.type` of a non-idempotent call delivered a second time (the
+activity refuses it even if the options allowed a retry)."""
+RUN_ERROR = "RunError"
+"""`ApplicationError.type` of a model call that failed for good (endpoint, key, budget)."""
+POLICY_ERROR = "PolicyError"
+NON_RETRYABLE = (NOT_RERUN, RUN_ERROR, POLICY_ERROR)
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolCallInput(_Payload):
+    run_id: str
+    call_id: str
+    tool: str
+    arguments: str
+    """The call's arguments as a JSON object (the bound, canonical form)."""
+    settings: dict[str, Any] = Field(default_factory=dict)
+    """Added to the policy's settings for this call (as `Pool.call(settings=)`)."""
+
+
+class ToolCallOutput(_Payload):
+    """`sandbox.pool.ToolResult`'s fields, as JSON."""
+
+    tool: str
+    ok: bool
+    output: str | None
+    error: ToolError | None
+    duration_ms: float
+    worker_pid: int | None = None
+    error_origin: str | None = None
+    worker: str = ""
+    """The Temporal worker's identity (host and pid) that ran the call."""
+
+    @classmethod
+    def from_result(cls, result: Any, worker: str = "") -> ToolCallOutput:
+        return cls(
+            tool=result.tool,
+            ok=result.ok,
+            output=result.output,
+            error=result.error,
+            duration_ms=result.duration_ms,
+            worker_pid=result.worker_pid,
+            error_origin=result.error_origin,
+            worker=worker,
+        )
+
+    def to_result(self) -> Any:
+        """The `sandbox.pool.ToolResult` (imported here: the pool is not workflow code)."""
+        from sandbox.pool import ToolResult
+
+        return ToolResult(
+            tool=self.tool,
+            ok=self.ok,
+            output=self.output,
+            error=self.error,
+            duration_ms=self.duration_ms,
+            worker_pid=self.worker_pid,
+            error_origin=self.error_origin,  # type: ignore[arg-type]
+        )
+
+
+class ModelCallInput(_Payload):
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    timeout_s: float = Field(gt=0)
+    """What is left of the run's budget for this call (the client's own retries fit)."""
+    tool_choice: str | None = None
+    model: str | None = None
+    """None: the worker's policy's `[run] model`. The endpoint and key are the worker's."""
+
+
+class ModelCallOutput(_Payload):
+    """`agent.model.ModelTurn`'s fields, as JSON."""
+
+    message: dict[str, Any]
+    finish_reason: str
+    usage: dict[str, int]
+    latency_s: float
+    model: str
+    text_calls: str | None = None
+    text_call_repairs: tuple[str, ...] = ()
+
+    @classmethod
+    def from_turn(cls, turn: Any) -> ModelCallOutput:
+        return cls(
+            message=turn.message,
+            finish_reason=turn.finish_reason,
+            usage={
+                "input_tokens": turn.usage.input_tokens,
+                "output_tokens": turn.usage.output_tokens,
+            },
+            latency_s=turn.latency_s,
+            model=turn.model,
+            text_calls=turn.text_calls,
+            text_call_repairs=tuple(turn.text_call_repairs),
+        )
+
+    def to_turn(self) -> Any:
+        """The `agent.model.ModelTurn`."""
+        from agent.model import ModelTurn, Usage
+
+        return ModelTurn(
+            message=self.message,
+            finish_reason=self.finish_reason,
+            usage=Usage(**self.usage),
+            latency_s=self.latency_s,
+            model=self.model,
+            text_calls=self.text_calls,
+            text_call_repairs=self.text_call_repairs,
+        )
+
+
+def tool_activity_options(
+    policy: Policy,
+    tool: str,
+    *,
+    task_queue: str | None = None,
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+) -> dict[str, Any]:
+    """`workflow.execute_activity` keywords for one call of `tool`: its deadline from
+    the policy, heartbeats, and retries only for an idempotent tool whose worker died."""
+    from temporalio.common import RetryPolicy
+
+    attempts = IDEMPOTENT_ATTEMPTS if policy.idempotent(tool) else 1
+    options: dict[str, Any] = {
+        "start_to_close_timeout": timedelta(
+            seconds=policy.limits_for(tool).timeout_s + START_MARGIN_S
+        ),
+        "heartbeat_timeout": timedelta(seconds=heartbeat_timeout_s),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(milliseconds=200),
+            maximum_attempts=attempts,
+            non_retryable_error_types=list(NON_RETRYABLE),
+        ),
+    }
+    if task_queue:
+        options["task_queue"] = task_queue
+    return options
+
+
+def model_activity_options(
+    policy: Policy,
+    *,
+    timeout_s: float | None = None,
+    task_queue: str | None = None,
+    heartbeat_timeout_s: float = HEARTBEAT_TIMEOUT_S,
+) -> dict[str, Any]:
+    """`workflow.execute_activity` keywords for one model call taking at most
+    `timeout_s` (default: the policy's request timeout with every retry). A model call
+    has no effects, so a call whose worker died is tried again on another."""
+    from temporalio.common import RetryPolicy
+
+    run = policy.run
+    budget = timeout_s if timeout_s is not None else run.request_timeout_s * (run.max_retries + 1)
+    options: dict[str, Any] = {
+        "start_to_close_timeout": timedelta(seconds=budget + START_MARGIN_S),
+        "heartbeat_timeout": timedelta(seconds=heartbeat_timeout_s),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(milliseconds=200),
+            maximum_attempts=IDEMPOTENT_ATTEMPTS,
+            non_retryable_error_types=list(NON_RETRYABLE),
+        ),
+    }
+    if task_queue:
+        options["task_queue"] = task_queue
+    return options
+
+
+def lost_worker(exc: BaseException) -> bool:
+    """The activity failed because its worker went away (no heartbeat, past its
+    deadline) or refused a second delivery: the call may have run, in part or whole.
+    For a non-idempotent tool the workflow asks before running it again."""
+    from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
+
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
+    if isinstance(cause, ApplicationError):
+        return cause.type == NOT_RERUN
+    return isinstance(cause, TimeoutError) and cause.type in (
+        TimeoutType.HEARTBEAT,
+        TimeoutType.START_TO_CLOSE,
+    )
+
+
+def data_converter() -> Any:
+    """The converter every client and worker of ours uses."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    return pydantic_data_converter
