@@ -315,7 +315,10 @@ def cmd_tool(args: argparse.Namespace) -> int:
             arguments = verdict
     with Pool(policy, registry=registry, size=1, spares=1, **policy.pool_options()) as pool:
         result = pool.call(args.name, arguments, limits=limits)
-    print(ascii_json(result.model_dump(mode="json")))
+    printed = result.model_dump(mode="json")
+    if result.connections:  # a tool with a network allowlist: what the proxy let through
+        printed["connections"] = [c.model_dump(mode="json") for c in result.connections]
+    print(ascii_json(printed))
     _said["result"] = "printed"
     return EXIT_OK if result.ok else EXIT_FAILED
 

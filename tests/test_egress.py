@@ -5,6 +5,7 @@ orchestrator's proxy, and nothing else: loopback servers on 127.0.0.2, 127.0.0.3
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -171,6 +172,28 @@ def call(pool: Pool, world: World, tool: str, **args: object) -> str:
     result = pool.call(tool, args, limits=world.limits)
     assert result.ok, result.error
     return result.output or ""
+
+
+def test_the_tool_command_prints_each_connection(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    policy = tmp_path / "weather.toml"
+    policy.write_text(
+        f'[tools.egress_urllib]\nnetwork = ["api.weather.test:{world.port}"]\n'
+        f'[egress]\nresolve = {{ "api.weather.test" = "127.0.0.2" }}\n'
+    )
+    url = f"http://api.weather.test:{world.port}/today"
+    argv = ["tool", "egress_urllib", "--tools", str(TOOLS), "--policy", str(policy)]
+    assert main([*argv, "--args", json.dumps({"url": url})]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(c["host"], c["allowed"]) for c in printed["connections"]] == [
+        ("api.weather.test", True)
+    ]
+    assert main([*argv, "--args", json.dumps({"url": f"http://evil.test:{world.port}/"})]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert [(c["host"], c["allowed"]) for c in printed["connections"]] == [("evil.test", False)]
 
 
 def test_an_allowed_name_answers_through_urllib_httpx_requests_and_curl(
