@@ -22,7 +22,8 @@ class Decision:
     allowed: bool
     how: str
     """Goes into the trace: approved_flag, approved_yes, approved_tty, approved_always,
-    denied_tty, denied_no_tty."""
+    denied_tty, denied_no_tty; over MCP (`--ask`) approved_client, denied_client,
+    denied_client_timeout, denied_client_unable, denied_client_changed."""
     sha256: str
     """The arguments' hash the decision was made for (`BoundCall.sha256`)."""
 
@@ -71,7 +72,10 @@ def denial(tool: str, how: str) -> str:
     (and not, say, that a terminal was missing)."""
     why = {
         "denied_tty": "the person asked said no",
+        "denied_client": "the person asked said no",
         "denied_no_tty": "no one was there to approve it",
+        "denied_client_timeout": "no one answered in time",
+        "denied_client_changed": "the answer given was for other arguments",
     }.get(how, "it was not approved")
     # The decision's code (denied_no_tty) stays in the trace: a model repeats it.
     return (
@@ -84,11 +88,15 @@ def denial(tool: str, how: str) -> str:
 def approval_prompt(call: BoundCall, why: str = "") -> str:
     """What the person reads: every line escaped, every value whole."""
     header = f"\n{safe(why)}\n" if why else "\n"
+    return f"{header}{what_would_run(call)}\nAllow? [y]es / [n]o / [a]lways for {safe(call.tool)}: "
+
+
+def what_would_run(call: BoundCall) -> str:
+    """The tool and the exact arguments that run if allowed, one key per line, escaped."""
     shown = "\n".join(f"    {line}" for line in argument_lines(call.args))
     return (
-        f"{header}The model wants to run {safe(call.tool)} with these arguments "
-        f"(sha256 {call.sha256[:16]}):\n{shown}\n"
-        f"Allow? [y]es / [n]o / [a]lways for {safe(call.tool)}: "
+        f"The model wants to run {safe(call.tool)} with these arguments "
+        f"(sha256 {call.sha256[:16]}):\n{shown}"
     )
 
 

@@ -2,7 +2,7 @@
 
     sandboxed-agent mcp serve [--tools FILE_OR_MODULE]... [--policy FILE] [--isolation strict]
                               [--http [HOST:]PORT] [--token-env VAR] [--workers N]
-                              [--approve TOOL]... [--yes] [--offer TOOL]... [--trace FILE]
+                              [--approve TOOL]... [--yes] [--ask] [--offer TOOL]... [--trace FILE]
                               [--progress-every S]
 
 Imports no part of the `mcp` SDK itself (`cmd_mcp` does, once it runs), so the other
@@ -61,6 +61,12 @@ def add_mcp_parser(sub: Any, tool_sources: Callable[[argparse.ArgumentParser], N
         help="allow this tool if it needs approval (repeatable); others are denied",
     )
     serve.add_argument("--yes", action="store_true", help="allow every tool that needs approval")
+    serve.add_argument(
+        "--ask",
+        action="store_true",
+        help="ask the person at the client (MCP elicitation) about a call that needs "
+        "approval and no flag allows; clients that cannot be asked are denied",
+    )
     serve.add_argument(
         "--offer",
         action="append",
@@ -194,7 +200,13 @@ def _serve(
     approver = Approver(set(args.approve), args.yes)  # never interactive: nobody to ask
     offer = args.offer or policy.run.offer
     service = ToolService(
-        pool, policy, approver, trace, progress_every_s=args.progress_every, offer=offer
+        pool,
+        policy,
+        approver,
+        trace,
+        progress_every_s=args.progress_every,
+        offer=offer,
+        ask_client=args.ask,
     )
     server = build_server(service)
     transport = "stdio" if sock is None else "http"

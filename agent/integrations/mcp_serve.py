@@ -4,7 +4,8 @@
 (the low-level server advertises what it is given; nothing is derived from a signature).
 `tools/call` goes through what an agent's call goes through: the arguments are bound
 once (`agent.binding`), a tool that needs approval runs only if `--approve` or `--yes`
-allowed it (stdio has no terminal to ask on), the pool runs it under the policy's
+allowed it, or (`--ask`) the person at the client said yes to exactly those arguments
+through MCP elicitation (`_mcp_ask`; stdio has no terminal), the pool runs it under the policy's
 limits, and the trace records it. Every failure comes back as a tool result with
 `isError: true` whose text starts with its kind (`timeout: ...`), so the model reads
 it; a handler never raises, since an exception is a protocol error the model cannot see.
@@ -35,9 +36,10 @@ from sandbox.errors import BadArguments, Denied, ToolCallError, UnknownTool
 from sandbox.protocol import ToolError
 from tools import ArgumentError
 
-from ..approval import Approver
+from ..approval import Approver, denial
 from ..audit import Event, ToolCalled, Trace
 from ..binding import BoundCall, bind, canonical_json
+from ._mcp_ask import ASK_TIMEOUT_S, answer_carried, ask_client, asks_by_result, question
 
 SERVER_NAME = "sandboxed-agent"
 CANCELLED = (
@@ -73,6 +75,9 @@ class ToolService:
     progress_every_s: float = 1.0
     offer: list[str] | None = None
     """The tools served, by name; None: every loaded tool. Any other is `unknown_tool`."""
+    ask_client: bool = False
+    """Ask the person at the client (MCP elicitation) when no flag allows a call."""
+    ask_timeout_s: float = ASK_TIMEOUT_S
     calls: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _trace_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -90,10 +95,14 @@ class ToolService:
 
     async def call(
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
-        self.calls += 1
+    ) -> types.CallToolResult | types.InputRequiredResult:
         call = _Call(next(self._ids), params.name, canonical_json(params.arguments or {}))
-        refused = self._admit(call, params.arguments or {})
+        refused = self._admit(call, params.arguments or {}) or await self._approve(
+            ctx, params, call
+        )
+        if isinstance(refused, types.InputRequiredResult):
+            return refused  # the client asks its person and sends the call again
+        self.calls += 1
         if refused is not None:
             self._record(call, refused)
             return _as_result(refused)
@@ -113,8 +122,7 @@ class ToolService:
         return _as_result(result)
 
     def _admit(self, call: _Call, arguments: dict[str, Any]) -> ToolResult | None:
-        """Bind the arguments once and ask for the approval the tool needs; the refusal,
-        or None when the call may run (`call` then holds what runs)."""
+        """Bind the arguments once: the refusal, or None (`call` then holds what runs)."""
         name, registry = call.tool, self.pool.registry
         if name not in self.names():  # loaded, maybe, but not served
             return _refused(name, UnknownTool(name, self.names()))
@@ -123,16 +131,42 @@ class ToolService:
         except ArgumentError as exc:
             return _refused(name, BadArguments(name, str(exc)))
         call.arguments = call.bound.canonical
+        return None
+
+    async def _approve(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams, call: _Call
+    ) -> ToolResult | types.InputRequiredResult | None:
+        """The approval the tool needs, from the flags or (`ask_client`) the person at the
+        client: the refusal, the question for the client, or None when the call may run."""
+        name, bound = call.tool, call.bound
+        assert bound is not None
         if not self.policy.requires_approval(name):
             return None
-        decision = self.approver.decide(call.bound)
+        decision = self.approver.decide(bound)
+        if not decision.allowed and self.ask_client:
+            carried = answer_carried(params, bound)
+            if carried is not None:
+                decision = carried
+            elif asks_by_result(ctx):
+                return question(bound)
+            else:
+                decision = await ask_client(ctx, bound, self.ask_timeout_s)
         call.approval, call.approved = decision.how, decision.sha256
         if decision.allowed:
             return None
-        why = (
-            f"a person must approve {name} and did not ({decision.how}): this server asks "
-            f"nobody; start it with --approve {name} to allow it"
-        )
+        if decision.how == "denied_no_tty":
+            why = (
+                f"a person must approve {name} and did not ({decision.how}): this server "
+                f"asks nobody; start it with --approve {name} to allow it, or --ask to ask "
+                "the person at the client"
+            )
+        elif decision.how == "denied_client_unable":
+            why = (
+                f"a person must approve {name}, and this client cannot be asked (no MCP "
+                f"elicitation): start the server with --approve {name} to allow it"
+            )
+        else:
+            why = denial(name, decision.how)
         return _refused(name, Denied(name, why))
 
     async def _run(self, name: str, bound: BoundCall, limits: Limits) -> ToolResult:
