@@ -91,7 +91,8 @@ class ToolCalled(Event):
     denied_no_tty, denied_changed (on resume, a call in flight whose arguments no longer
     read as those that started), restored, or repeat_note / repeat_stop when the call
     was answered with a note instead, or call_limit when it was past the turn's
-    max_calls_per_turn."""
+    max_calls_per_turn; from `mcp serve --ask`, approved_client and denied_client,
+    denied_client_timeout, denied_client_unable, denied_client_changed."""
     sent_chars: int
     """How much of the result entered the context (after truncation)."""
     timeout_s: float | None = None
