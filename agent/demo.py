@@ -119,6 +119,7 @@ def run_demo(policy_path: Path = DEMO_POLICY, out: TextIO | None = None) -> int:
             base_url=server.base_url if server else os.environ.get("OPENAI_BASE_URL"),
             api_key=os.environ.get("OPENAI_API_KEY") if live else "replay",
             max_retries=policy.run.max_retries,
+            api=policy.run.api,
         )
         with Pool(policy, registry=registry, size=2, **policy.pool_options()) as pool:
             agent = Agent(pool, policy, model, approver=Approver(), progress=show)

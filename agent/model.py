@@ -22,6 +22,7 @@ import openai
 
 from sandbox.errors import RunError
 
+from . import responses_api
 from .scrubbing import remember_secret, scrub, scrub_data
 from .text_calls import read_text_calls
 
@@ -74,8 +75,13 @@ def openai_client(
     )
 
 
+API = ("chat", "responses")
+"""How the model is reached: Chat Completions (the default), or the Responses API."""
+
+
 class ModelClient:
-    """Chat Completions with tools against any OpenAI-compatible endpoint."""
+    """Chat Completions (or `api="responses"`: the Responses API) with tools, against any
+    OpenAI-compatible endpoint."""
 
     def __init__(
         self,
@@ -86,7 +92,11 @@ class ModelClient:
         timeout_s: float = 120.0,
         max_retries: int = 3,
         max_output_tokens: int | None = None,
+        api: str = "chat",
     ) -> None:
+        if api not in API:
+            raise ValueError(f"api must be one of {', '.join(API)} (got {api!r})")
+        self.api = api
         self.model = model
         self.max_output_tokens = max_output_tokens
         self.base_url = base_url
@@ -136,7 +146,10 @@ class ModelClient:
                     or tries > self.max_retries
                     or time.monotonic() + wait + MIN_TRY_S > deadline
                 ):
-                    raise RunError(describe_api_error(exc, self.model, self.base_url)) from None
+                    said = describe_api_error(exc, self.model, self.base_url)
+                    if self.api == "responses" and isinstance(exc, openai.NotFoundError):
+                        said += "; does it serve /v1/responses? (--api chat: /chat/completions)"
+                    raise RunError(said) from None
                 time.sleep(wait)
 
     def _try(
@@ -148,19 +161,11 @@ class ModelClient:
         tool_choice: str | None,
         start: float,
     ) -> ModelTurn:
-        client = self._client
         try:
             # Streamed, so that the body is read against the deadline: the client's
             # timeout bounds each read, and an endpoint that sends a byte now and then
             # would otherwise hold the run past its budget (and past any size).
-            with client.chat.completions.with_streaming_response.create(
-                model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]
-                tool_choice=tool_choice if tools and tool_choice else openai.NOT_GIVEN,  # type: ignore[arg-type]
-                max_tokens=self.max_output_tokens or openai.NOT_GIVEN,
-                timeout=timeout_s,
-            ) as raw:
+            with self._request(messages, tools, timeout_s, tool_choice) as raw:
                 body = read_body(raw.iter_bytes(), deadline, self.base_url)
         except HTTP_ERRORS as exc:  # while reading the body: the client retries no more
             where = self.base_url or "the OpenAI API"
@@ -169,13 +174,42 @@ class ModelClient:
             ) from None
         # Parsed here rather than by the SDK, which accepts any shape without complaint:
         # a broken or hostile endpoint gets one clear error, never a traceback.
-        message, finish_reason, usage, model = parse_completion(body, self.model, self.base_url)
+        parse = parse_responses if self.api == "responses" else parse_completion
+        message, finish_reason, usage, model = parse(body, self.model, self.base_url)
         return ModelTurn(
             message=scrub_data(message),
             finish_reason=scrub(finish_reason),
             usage=usage,
             latency_s=time.monotonic() - start,
             model=scrub(model),
+        )
+
+    def _request(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        timeout_s: float,
+        tool_choice: str | None,
+    ) -> Any:
+        """The streamed request, through the API this client speaks."""
+        choice = tool_choice if tools and tool_choice else openai.NOT_GIVEN
+        if self.api == "responses":
+            return self._client.responses.with_streaming_response.create(
+                model=self.model,
+                input=responses_api.to_input(messages),  # type: ignore[arg-type]
+                tools=responses_api.to_tools(tools) or openai.NOT_GIVEN,  # type: ignore[arg-type]
+                tool_choice=choice,  # type: ignore[arg-type]
+                max_output_tokens=self.max_output_tokens or openai.NOT_GIVEN,
+                store=False,
+                timeout=timeout_s,
+            )
+        return self._client.chat.completions.with_streaming_response.create(
+            model=self.model,
+            messages=messages,  # type: ignore[arg-type]
+            tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]
+            tool_choice=choice,  # type: ignore[arg-type]
+            max_tokens=self.max_output_tokens or openai.NOT_GIVEN,
+            timeout=timeout_s,
         )
 
 
@@ -245,6 +279,28 @@ def parse_completion(
     The message is normalised so that it can be sent back as is: content a string or
     None, each tool call `{id, type, function: {name, arguments}}` with strings.
     """
+    return _decoded(body, base_url, lambda data, where: _parsed(data, model, where))
+
+
+def parse_responses(
+    body: bytes, model: str, base_url: str | None
+) -> tuple[dict[str, Any], str, Usage, str]:
+    """A Responses API body → the same as `parse_completion` (`agent.responses_api`)."""
+
+    def parsed(data: Any, where: str) -> tuple[dict[str, Any], str, Usage, str]:
+        message, finish, usage, answered_by = responses_api.parse_response(
+            _valid_unicode(data), model, where
+        )
+        if message.get("tool_calls"):
+            message["tool_calls"] = _unique_ids(message["tool_calls"])
+        return message, finish, read_usage(usage), answered_by
+
+    return _decoded(body, base_url, parsed)
+
+
+def _decoded(body: bytes, base_url: str | None, parse: Any) -> Any:
+    """`parse(data, where)` of the JSON body; not JSON, or nested too deeply, is one
+    clear error."""
     where = base_url or "the OpenAI API"
     try:
         data = json.loads(body)
@@ -254,7 +310,7 @@ def parse_completion(
             f"the model at {where} answered with something that is not JSON: {preview!r}"
         ) from None
     try:
-        return _parsed(data, model, where)
+        return parse(data, where)
     except RecursionError:  # what json.loads could nest, walking it may not
         raise RunError(f"the model at {where} answered with JSON nested too deeply") from None
 

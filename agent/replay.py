@@ -63,6 +63,53 @@ class Step:
             "usage": usage,
         }
 
+    def responses_body(self, model: str) -> dict[str, Any]:
+        """The same answer as a Responses API body (`POST /v1/responses`)."""
+        if self.status != 200:
+            return self.body(model)
+        message = self.message or {}
+        output: list[dict[str, Any]] = []
+        if message.get("content"):
+            output.append(
+                {
+                    "type": "message",
+                    "id": f"msg_{next(_ids)}",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [
+                        {"type": "output_text", "text": message["content"], "annotations": []}
+                    ],
+                }
+            )
+        for tool_call in message.get("tool_calls") or []:
+            output.append(
+                {
+                    "type": "function_call",
+                    "id": f"fc_{next(_ids)}",
+                    "call_id": tool_call["id"],
+                    "name": tool_call["function"]["name"],
+                    "arguments": tool_call["function"]["arguments"],
+                    "status": "completed",
+                }
+            )
+        cut = self.finish_reason in ("length", "content_filter")
+        reason = "max_output_tokens" if self.finish_reason == "length" else self.finish_reason
+        usage = {
+            "input_tokens": self.usage.get("prompt_tokens", 0),
+            "output_tokens": self.usage.get("completion_tokens", 0),
+        }
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        return {
+            "id": f"resp_{next(_ids)}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": model,
+            "status": "incomplete" if cut else "completed",
+            "incomplete_details": {"reason": reason} if cut else None,
+            "output": output,
+            "usage": usage,
+        }
+
 
 def say(text: str, **kwargs: Any) -> Step:
     """The model answers in words."""
@@ -108,14 +155,22 @@ def hashed_embedding(text: str, dimensions: int = 64) -> list[float]:
 
 
 class ScriptedModelServer:
-    """Serves `POST /v1/chat/completions` from a script: a list of steps played in
-    order, or a function of the request. Every request is kept in `requests`.
+    """Serves `POST /v1/chat/completions` (and `/v1/responses`, the same steps in that
+    API's shape) from a script: a list of steps played in order, or a function of the
+    request. Every request is kept in `requests`, its path in `routes`.
     `POST /v1/embeddings` answers with `embed(text)` for each input."""
 
     def __init__(
-        self, script: Script, embed: Callable[[str], list[float]] = hashed_embedding
+        self,
+        script: Script,
+        embed: Callable[[str], list[float]] = hashed_embedding,
+        responses: bool = True,
     ) -> None:
         self.script = script
+        self.responses = responses
+        """`POST /v1/responses` plays the same script as Responses API bodies; False:
+        404 there, as a server that serves only Chat Completions."""
+        self.routes: list[str] = []
         self.embed = embed
         self.embedded: list[str] = []
         self.requests: list[dict[str, Any]] = []
@@ -146,14 +201,17 @@ class ScriptedModelServer:
                 if self.path.rstrip("/").endswith("/embeddings"):
                     self._send(200, server._embeddings(request))
                     return
-                if not self.path.rstrip("/").endswith("/chat/completions"):
+                route = self.path.rstrip("/")
+                responses = route.endswith("/responses") and server.responses
+                if not route.endswith("/chat/completions") and not responses:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                step = server._next(request, dict(self.headers))
+                step = server._next(request, dict(self.headers), route)
                 if step.delay_s:
                     time.sleep(step.delay_s)
                 model = request.get("model", "scripted")
-                body = step.raw if step.raw is not None else step.body(model)
+                answer = step.responses_body if responses else step.body
+                body = step.raw if step.raw is not None else answer(model)
                 self._send(step.status, body, step.headers)
 
             def _send(
@@ -180,9 +238,10 @@ class ScriptedModelServer:
             target=self._httpd.serve_forever, daemon=True, name="scripted-model-server"
         )
 
-    def _next(self, request: dict[str, Any], headers: dict[str, str]) -> Step:
+    def _next(self, request: dict[str, Any], headers: dict[str, str], route: str) -> Step:
         with self._lock:
             self.requests.append(request)
+            self.routes.append(route)
             self.headers.append(headers)
             if callable(self.script):
                 return self.script(request)
@@ -200,6 +259,7 @@ class ScriptedModelServer:
             self._position = 0
             self.requests.clear()
             self.headers.clear()
+            self.routes.clear()
 
     def _embeddings(self, request: dict[str, Any]) -> dict[str, Any]:
         texts = request.get("input")

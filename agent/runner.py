@@ -34,6 +34,7 @@ RUN_FLAGS = {
     "max_iterations": "--max-iterations",
     "max_cost_usd": "--max-cost-usd",
     "max_wall_s": "--max-wall-s",
+    "api": "--api",
 }
 
 
@@ -44,6 +45,11 @@ class UsageError(Exception):
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model name (default: the policy's [run] model)")
     p.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL)")
+    p.add_argument(
+        "--api",
+        metavar="API",
+        help="chat (Chat Completions, the default) or responses (the Responses API)",
+    )
     p.add_argument("--max-iterations", type=int, metavar="N")
     p.add_argument("--max-cost-usd", type=float, metavar="X")
     p.add_argument("--max-wall-s", type=float, metavar="SECONDS")
@@ -134,6 +140,7 @@ def model_client(policy: Policy, base_url: str | None) -> ModelClient:
         timeout_s=policy.run.request_timeout_s,
         max_retries=policy.run.max_retries,
         max_output_tokens=policy.run.max_output_tokens,
+        api=policy.run.api,
     )
 
 

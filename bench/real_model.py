@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.real_model", allow_abbrev=False)
     parser.add_argument("--base-url", required=True, help="the OpenAI-compatible endpoint")
     parser.add_argument("--model", required=True, help="the model name the server knows")
+    parser.add_argument(
+        "--api", choices=["chat", "responses"], default="chat", help="the API to reach it by"
+    )
     parser.add_argument("--runs", type=int, default=10, help="runs of the worked example")
     parser.add_argument("--suite-runs", type=int, default=3, help="runs of each suite case")
     parser.add_argument("--suite", default=str(SUITE), help="the eval suite (default: shipped)")
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     run = policy.run.model_copy(
         update={
             "model": args.model,
+            "api": args.api,
             "max_wall_s": args.max_wall_s,
             "request_timeout_s": args.max_wall_s,
         }
@@ -81,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=policy.run.request_timeout_s,
         max_retries=policy.run.max_retries,
         max_output_tokens=policy.run.max_output_tokens,
+        api=args.api,
     )
     out = Path(args.out)
     traces = out / "real_model_traces"
     started = dt.datetime.now(dt.UTC)
+    load_before = os.getloadavg()
 
     def progress(case: str, result: RunReport) -> None:
         verdict = "pass" if result.ok else "FAIL"
@@ -126,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         if Path(args.suite).resolve().is_relative_to(ROOT)
         else args.suite,
         "policy": policy.source,
+        "api": args.api,
+        # Other work on the machine slows the server; the figures are read against it.
+        "load_average": {"start": load_before, "end": os.getloadavg()},
         "results": {name: summary(report) for name, report in reports.items()},
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +234,19 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         f"Model `{data['model']}` at {data['base_url']} ({data['server']}), default sampling;",
         f"measured {data['measured']} on {data['machine']}; suite `{data['suite']}`,",
-        f"policy `{Path(data['policy']).name}`.{' ' + data['label'] if data['label'] else ''}",
+        f"policy `{Path(data['policy']).name}`, API `{data.get('api', 'chat')}`."
+        f"{' ' + data['label'] if data['label'] else ''}",
+    ]
+    load = data.get("load_average")
+    if load:
+        lines.append(
+            "Load average (1, 5, 15 min) at the start "
+            + ", ".join(f"{x:.1f}" for x in load["start"])
+            + "; at the end "
+            + ", ".join(f"{x:.1f}" for x in load["end"])
+            + "."
+        )
+    lines += [
         "",
     ]
     titles = {"worked_example": "The worked example", "suite": "The shipped suite"}

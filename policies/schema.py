@@ -167,6 +167,9 @@ class RunPolicy(BaseModel):
     model: str = "gpt-4o-mini"
     base_url: str | None = None
     """OpenAI-compatible endpoint; else OPENAI_BASE_URL, else OpenAI's."""
+    api: Literal["chat", "responses"] = "chat"
+    """How the model is reached (`--api`): Chat Completions, or the Responses API
+    (`/v1/responses`) for endpoints that serve it; the guardrails are the same."""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_iterations: int = Field(10, ge=1, le=1000)
     """Model calls per run; then the run ends with a step-limit answer."""

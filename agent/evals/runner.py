@@ -125,7 +125,11 @@ def scripted_model(policy: Policy) -> ModelFor:
             raise SuiteError(f"case {case.name!r} has no script, and --scripted needs one")
         with ScriptedModelServer(script_steps(case)) as server:
             yield ModelClient(
-                model=policy.run.model, base_url=server.base_url, api_key=None, max_retries=0
+                model=policy.run.model,
+                base_url=server.base_url,
+                api_key=None,
+                max_retries=0,
+                api=policy.run.api,
             )
 
     return model_for
