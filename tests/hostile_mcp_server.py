@@ -47,6 +47,20 @@ def detach(marker: str) -> str:
 
 
 @app.tool()
+def hold(marker: str) -> str:
+    """Wait on a `sleep MARKER` child: the call ends when the test kills that child."""
+    subprocess.run(["sleep", marker])
+    return "released"
+
+
+@app.tool()
+def hold_once(marker: str) -> str:
+    """`hold`, for a tool the policy does not call idempotent."""
+    subprocess.run(["sleep", marker])
+    return "released"
+
+
+@app.tool()
 def crash() -> str:
     """Die in the middle of a call."""
     os._exit(3)

@@ -5,6 +5,8 @@ official SDK (tests/hostile_mcp_server.py) is contained whatever its tools try."
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -177,6 +179,53 @@ def test_a_hostile_server_is_contained_whatever_its_tools_do(tmp_path: Path, lis
         caller.join()
         assert isinstance(outcome[0], CallCancelled), outcome
         assert sleepers(marker) == []
+
+
+def test_calls_beside_one_past_its_deadline_are_told_why_and_idempotent_ones_sent_again(
+    tmp_path: Path,
+) -> None:
+    """One call's deadline kills the server it shares with two others still running:
+    the idempotent one is sent again to the restarted server and answers; the other
+    fails as `crashed`, naming the call that caused it, not as a timeout of its own."""
+    far = Limits(timeout_s=600)
+    again, once, hung = unique_marker(), unique_marker(), unique_marker()
+    results: dict[str, object] = {}
+
+    def hold(tool: str, marker: str) -> None:
+        results[tool] = sources.call(tool, {"marker": marker}, limits=far)
+
+    policy = f"""
+        [mcp_servers.hostile]
+        command = ["python", "{HOSTILE}"]
+        timeout_s = 2
+
+        [tools.hostile__hold]
+        idempotent = true
+        """
+    with sources_for(policy, tmp_path) as sources:
+        callers = [
+            threading.Thread(target=hold, args=("hostile__hold", again)),
+            threading.Thread(target=hold, args=("hostile__hold_once", once)),
+        ]
+        for caller in callers:
+            caller.start()
+        assert _wait_for(lambda: len(sleepers(again)) == len(sleepers(once)) == 1)
+        first = sleepers(again)
+        timed_out = sources.call("hostile__detach", {"marker": hung})
+        assert timed_out.error is not None and timed_out.error.kind == "timeout", timed_out
+        # Sent again: a new `sleep` of the same marker, in the restarted server.
+        assert _wait_for(lambda: sleepers(again) not in ([], first))
+        for pid in sleepers(again):
+            os.kill(pid, signal.SIGTERM)
+        for caller in callers:
+            caller.join()
+        assert sources.starts("hostile") == 2
+    resent = results["hostile__hold"]
+    assert resent.ok and resent.output == "released", resent  # type: ignore[union-attr]
+    told = results["hostile__hold_once"]
+    assert told.error is not None and told.error.kind == "crashed", told  # type: ignore[union-attr]
+    assert "hostile__detach passed its 2 s deadline" in told.error.message  # type: ignore[union-attr]
+    assert sleepers(once) == sleepers(hung) == []
 
 
 def test_a_server_that_never_answers_initialize_is_stopped_with_a_clear_error(

@@ -64,6 +64,11 @@ class McpServerFailed(SandboxedAgentError):
     """A server could not be started, or its tools could not be listed."""
 
 
+class StoppedForAnother(ServerGone):
+    """A server stopped because of one call (past its deadline, cancelled): the other
+    calls it was answering did nothing wrong, and an idempotent one is sent again."""
+
+
 @dataclass(frozen=True)
 class McpToolSpec(ToolSpec):
     """A server's tool in the agent's list: its schema as the server gave it, checked
@@ -167,18 +172,23 @@ class _Server:
                 raise ServerGone(live.why.kind, live.why.message + live.stderr_head())
             return live
 
-    async def call(self, tool: str, args: dict[str, Any], timeout_s: float) -> Any:
+    async def call(
+        self, tool: str, args: dict[str, Any], timeout_s: float, deadline_s: float | None = None
+    ) -> Any:
+        """`timeout_s`: what is left of the call's deadline, `deadline_s` (as said)."""
+        deadline_s = deadline_s or timeout_s
         live = await self.connection()
         assert live.session is not None
         try:
             with anyio.fail_after(timeout_s):
                 return await live.session.call_tool(tool, args)
         except TimeoutError:
-            live.stop(ServerGone("timeout", "past its deadline"))
+            why = f"a call to {self.name}{MCP_SEPARATOR}{tool} passed its {deadline_s:g} s deadline"
+            live.stop(StoppedForAnother("timeout", why))
             await live.stopped.wait()
             raise ServerGone(
                 "timeout",
-                f"{self.name}{MCP_SEPARATOR}{tool} did not answer within {timeout_s:g} s: the "
+                f"{self.name}{MCP_SEPARATOR}{tool} did not answer within {deadline_s:g} s: the "
                 f"server was killed with its processes (it starts again on the next call)",
             ) from None
         except Exception as exc:
@@ -188,6 +198,13 @@ class _Server:
                 with anyio.move_on_after(EXIT_GRACE_S):
                     await live.stopped.wait()
                 live.stop(ServerGone("crashed", f"the MCP server {self.name} closed its stdout"))
+            if isinstance(live.why, StoppedForAnother):  # not this call's doing
+                await live.stopped.wait()
+                raise StoppedForAnother(
+                    "crashed",
+                    f"the MCP server {self.name} was stopped while this call ran, because "
+                    f"{live.why.message}; it starts again on the next call",
+                ) from None
             if live.why is not None:  # it stopped while the call waited
                 await live.stopped.wait()
                 raise ServerGone(live.why.kind, live.why.message + live.stderr_head()) from None
@@ -293,13 +310,10 @@ class McpSources:
             return _result(tool, start, error=(ErrorKind.BAD_ARGUMENTS, str(exc)))
         server = self._servers[spec.server]
         key = cancel._enter(tool) if cancel is not None else None
-        future = asyncio.run_coroutine_threadsafe(
-            server.call(spec.remote_name, args, limits.timeout_s), self._loop
-        )
         if cancel is not None and key is not None:
             cancel._arm(key, lambda: self._loop.call_soon_threadsafe(self._kill, spec.server))
         try:
-            answer = future.result()
+            answer = self._answer(server, spec, args, limits.timeout_s, start, cancel)
         except ServerGone as exc:
             return _result(tool, start, error=(ErrorKind(exc.kind), exc.message))
         except concurrent.futures.CancelledError:
@@ -320,10 +334,35 @@ class McpSources:
             return _result(tool, start, error=(ErrorKind.TOOL_ERROR, text[:2000] or "failed"))
         return _result(tool, start, output=text)
 
+    def _answer(
+        self,
+        server: _Server,
+        spec: McpToolSpec,
+        args: dict[str, Any],
+        timeout_s: float,
+        start: float,
+        cancel: CancelToken | None,
+    ) -> Any:
+        """The server's answer; a call of an idempotent tool whose server was stopped
+        for another call is sent once more, to the restarted server, within its deadline."""
+        resent = False
+        while True:
+            left = timeout_s - (time.perf_counter() - start)
+            future = asyncio.run_coroutine_threadsafe(
+                server.call(spec.remote_name, args, max(left, 0.001), timeout_s), self._loop
+            )
+            try:
+                return future.result()
+            except StoppedForAnother:
+                again = not resent and self.policy.idempotent(spec.name)
+                if not again or (cancel is not None and cancel.cancelled) or left <= 0:
+                    raise
+                resent = True
+
     def _kill(self, server: str) -> None:
         live = self._servers[server].live
         if live is not None:
-            live.stop(ServerGone("crashed", f"the call to {server} was cancelled"))
+            live.stop(StoppedForAnother("crashed", f"a call to {server} was cancelled"))
 
     def starts(self, server: str) -> int:
         """How many times `server` was started (a restart after a kill counts)."""
