@@ -23,7 +23,8 @@ class Decision:
     how: str
     """Goes into the trace: approved_flag, approved_yes, approved_tty, approved_always,
     denied_tty, denied_no_tty; over MCP (`--ask`) approved_client, denied_client,
-    denied_client_timeout, denied_client_unable, denied_client_changed."""
+    denied_client_timeout, denied_client_unable, denied_client_changed,
+    denied_client_replayed."""
     sha256: str
     """The arguments' hash the decision was made for (`BoundCall.sha256`)."""
 
@@ -76,6 +77,7 @@ def denial(tool: str, how: str) -> str:
         "denied_no_tty": "no one was there to approve it",
         "denied_client_timeout": "no one answered in time",
         "denied_client_changed": "the answer given was for other arguments",
+        "denied_client_replayed": "that answer was already used for an earlier call",
     }.get(how, "it was not approved")
     # The decision's code (denied_no_tty) stays in the trace: a model repeats it.
     return (

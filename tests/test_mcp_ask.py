@@ -207,3 +207,44 @@ def test_a_2026_answer_counts_only_for_the_arguments_it_was_asked_about(
     events = [e for e in read_trace(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
     assert [e["approval"] for e in events] == ["denied_client_changed"] * 3 + ["approved_client"]
     assert events[0]["arguments"] == '{"amount":8999.0,"order_id":"12345"}'
+
+
+def test_a_2026_yes_runs_one_call_only(pool: Pool, tmp_path: Any) -> None:
+    """The state of a question answered yes cannot be sent again for a second run of
+    the same call, not even twice at once: one question, one run."""
+    trace = Trace(tmp_path / "t.jsonl")
+    service = ToolService(pool, POLICY, Approver(), trace, ask_client=True)
+    yes = {"approve": types.ElicitResult(action="accept", content={"allow": True})}
+
+    async def use() -> list[Any]:
+        async with Client(build_server(service), mode="auto") as client:
+            session = client.session
+            asked = await session.call_tool("issue_refund", REFUND, allow_input_required=True)
+            state = asked.request_state
+            results: list[Any] = []
+
+            async def again() -> None:
+                results.append(
+                    await session.call_tool(
+                        "issue_refund", REFUND, input_responses=yes, request_state=state
+                    )
+                )
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(again)
+                tasks.start_soon(again)
+            await again()
+            return results
+
+    try:
+        results = anyio.run(use)
+    finally:
+        trace.close()
+    assert [r.is_error for r in results].count(False) == 1, [r.content[0].text for r in results]
+    for result in (r for r in results if r.is_error):
+        assert "that answer was already used" in result.content[0].text, result
+    events = [e for e in read_trace(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
+    assert (
+        sorted(e["approval"] for e in events)
+        == ["approved_client"] + ["denied_client_replayed"] * 2
+    )

@@ -11,9 +11,10 @@ Two generations of the protocol ask differently. A connection that can carry a r
 from the server (stdio, and HTTP of the handshake era) gets `elicitation/create` while
 the call waits. A 2026-era request that cannot (stateless HTTP) gets an
 `InputRequiredResult` instead: the question, and a `request_state` that names the
-arguments' hash under this process's HMAC; the client asks its person and sends the call
-again with the answer, and that answer counts only for a state this server minted for
-the same tool and the same arguments.
+arguments' hash, a nonce and an expiry under this process's HMAC; the client asks its
+person and sends the call again with the answer, and that answer counts only for a state
+this server minted for the same tool and the same arguments, within `ASK_TIMEOUT_S`, and
+once: a yes runs one call, however often (or however many times at once) it is sent.
 
 Off by default: a client that may approve its own calls is as good as `--yes` when the
 client is the model's host, so the operator chooses it, per server.
@@ -24,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from typing import Any
 
 import anyio
@@ -71,9 +74,50 @@ def _verdict(call: BoundCall, answer: Any) -> Decision:
     return Decision(allowed, "approved_client" if allowed else "denied_client", call.sha256)
 
 
-def _seal(call: BoundCall) -> str:
-    mac = hmac.new(_KEY, f"{call.tool}\0{call.sha256}".encode(), hashlib.sha256).hexdigest()
-    return f"{call.sha256}.{mac}"
+def _mac(call: BoundCall, nonce: str, expires: str) -> str:
+    text = f"{call.tool}\0{call.sha256}\0{nonce}\0{expires}"
+    return hmac.new(_KEY, text.encode(), hashlib.sha256).hexdigest()
+
+
+def _seal(call: BoundCall, timeout_s: float) -> str:
+    nonce = secrets.token_hex(16)
+    expires = f"{time.monotonic() + timeout_s:.3f}"
+    return f"{call.sha256}.{nonce}.{expires}.{_mac(call, nonce, expires)}"
+
+
+def _opened(state: str, call: BoundCall) -> tuple[str, float] | None:
+    """The nonce and expiry of a state minted here for exactly `call`; None: any other."""
+    parts = state.split(".", 1)
+    if len(parts) != 2 or parts[0] != call.sha256:
+        return None
+    nonce, _, rest = parts[1].partition(".")
+    expires, _, mac = rest.rpartition(".")
+    if not hmac.compare_digest(mac.encode(), _mac(call, nonce, expires).encode()):
+        return None
+    return nonce, float(expires)
+
+
+class _Spent:
+    """The nonces of states whose yes has run its call, kept until they expire (an
+    expired state is refused anyway): a replayed or raced yes finds its nonce here."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def spend(self, nonce: str, expires: float) -> bool:
+        """True the first time `nonce` is spent."""
+        now = time.monotonic()
+        with self._lock:
+            for old in [n for n, t in self._until.items() if t < now]:
+                del self._until[old]
+            if nonce in self._until:
+                return False
+            self._until[nonce] = expires
+            return True
+
+
+_SPENT = _Spent()
 
 
 def asks_by_result(ctx: ServerRequestContext[Any]) -> bool:
@@ -81,13 +125,15 @@ def asks_by_result(ctx: ServerRequestContext[Any]) -> bool:
     return not ctx.session.can_send_request
 
 
-def question(call: BoundCall) -> types.InputRequiredResult:
-    """The question for a client that asks and sends the call again (2026 era)."""
+def question(call: BoundCall, timeout_s: float = ASK_TIMEOUT_S) -> types.InputRequiredResult:
+    """The question for a client that asks and sends the call again (2026 era); its
+    answer counts for `timeout_s`."""
     params = types.ElicitRequestFormParams(
         message=_message(call), requested_schema=_form(call.tool)
     )
     return types.InputRequiredResult(
-        input_requests={QUESTION: types.ElicitRequest(params=params)}, request_state=_seal(call)
+        input_requests={QUESTION: types.ElicitRequest(params=params)},
+        request_state=_seal(call, timeout_s),
     )
 
 
@@ -95,11 +141,17 @@ def answer_carried(params: types.CallToolRequestParams, call: BoundCall) -> Deci
     """The decision a retried call carries; None: it carries no answer (ask it)."""
     if params.input_responses is None and params.request_state is None:
         return None
-    state = params.request_state or ""
-    if not hmac.compare_digest(state.encode(), _seal(call).encode()):
-        # Not the state minted for these arguments: changed since the question, or forged.
+    opened = _opened(params.request_state or "", call)
+    if opened is None:
+        # Not a state minted for these arguments: changed since the question, or forged.
         return Decision(False, "denied_client_changed", call.sha256)
-    return _verdict(call, (params.input_responses or {}).get(QUESTION))
+    nonce, expires = opened
+    if time.monotonic() > expires:
+        return Decision(False, "denied_client_timeout", call.sha256)
+    decision = _verdict(call, (params.input_responses or {}).get(QUESTION))
+    if decision.allowed and not _SPENT.spend(nonce, expires):
+        return Decision(False, "denied_client_replayed", call.sha256)
+    return decision
 
 
 async def ask_client(

@@ -148,7 +148,7 @@ class ToolService:
             if carried is not None:
                 decision = carried
             elif asks_by_result(ctx):
-                return question(bound)
+                return question(bound, self.ask_timeout_s)
             else:
                 decision = await ask_client(ctx, bound, self.ask_timeout_s)
         call.approval, call.approved = decision.how, decision.sha256
