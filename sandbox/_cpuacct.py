@@ -8,16 +8,17 @@ orchestrator reads the usage while it waits for the answer.
 
 Probed, never assumed, in this order: cgroup v1 `cpuacct` (`cpuacct.usage`, in
 nanoseconds), then cgroup v2 (`cpu.stat`, `usage_usec`; counted without the cpu
-controller enabled), at /sys/fs/cgroup or the hybrid /sys/fs/cgroup/unified.
+controller enabled), wherever /proc/self/mountinfo has them mounted (a hybrid host's
+v2 is at /sys/fs/cgroup/unified).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-V1_MOUNTS = ("/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpuacct,cpu")
-V2_MOUNTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
+from . import _cgroups
+
 V1_USAGE = "cpuacct.usage"
 V2_USAGE = "cpu.stat"
 
@@ -62,40 +63,27 @@ class UsageFile:
             self._fd = None
 
 
-def _own_path(v2: bool, controller: str) -> str | None:
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            hierarchy, controllers, path = line.rstrip("\n").split(":", 2)
-            if v2 and hierarchy == "0" and controllers == "":
-                return path
-            if not v2 and controller in controllers.split(","):
-                return path
-    return None
-
-
-def candidates() -> list[tuple[str, str]]:
-    """(parent directory for our cgroup, name of its usage file), best first."""
+def candidates(named: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(parent directory for our cgroup, name of its usage file), best first: beneath a
+    delegated subtree if `named` holds one for cpuacct, else beneath our own cgroup."""
     found = []
-    own_v1 = _own_path(False, "cpuacct")
-    if own_v1 is not None:
-        for mount in V1_MOUNTS:
-            if os.path.isfile(os.path.join(mount, V1_USAGE)):
-                found.append((os.path.join(mount, own_v1.lstrip("/")), V1_USAGE))
-                break
-    own_v2 = _own_path(True, "")
-    if own_v2 is not None:
-        for mount in V2_MOUNTS:
-            if os.path.isfile(os.path.join(mount, "cgroup.controllers")):
-                found.append((os.path.join(mount, own_v2.lstrip("/")), V2_USAGE))
-                break
+    for v2, usage in ((False, V1_USAGE), (True, V2_USAGE)):
+        mount = _cgroups.hierarchy("" if v2 else "cpuacct")
+        marker = "cgroup.controllers" if v2 else usage
+        if mount is None or not os.path.isfile(os.path.join(mount[0], marker)):
+            continue
+        for parent in _cgroups.parents("cpuacct", named or {}, v2=v2):
+            found.append((parent, usage))
     return found
 
 
-def make_root(name: str, sweep: Callable[[str], None]) -> tuple[str | None, str, str]:
+def make_root(
+    name: str, sweep: Callable[[str], None], named: Mapping[str, str] | None = None
+) -> tuple[str | None, str, str]:
     """Make the zygote's CPU cgroup: (its path or None, its usage file's name, why not).
     A child is made and read once, so a hierarchy that only looks usable is refused."""
     reasons = []
-    for parent, usage in candidates():
+    for parent, usage in candidates(named):
         sweep(parent)
         path = os.path.join(parent, name)
         try:

@@ -50,7 +50,12 @@ class Launcher:
             self.executable, code = command_read_paths(config.command, os.environ.get("PATH", ""))
             self.read_paths = sorted({*code, *config.read_paths}) + list(SYSTEM_READ_PATHS)
             zygote_config = ZygoteConfig(
-                sys_path=[], sources=[], root=self.root, disabled=config.disabled, read_paths=[]
+                sys_path=[],
+                sources=[],
+                root=self.root,
+                disabled=config.disabled,
+                read_paths=[],
+                cgroup_subtree=config.cgroup_subtree,
             )
             self.layers = Layers(zygote_config, self.read_paths, user_ns)
             self.uid = self._uid()

@@ -39,8 +39,6 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 
-CGROUP_PIDS_ROOT = "/sys/fs/cgroup/pids"
-
 
 def _check(result: int, what: str) -> None:
     if result != 0:
@@ -257,21 +255,3 @@ class PidNamespaces:
 
     def leave(self) -> None:
         setns(self._own, CLONE_NEWPID)
-
-
-CGROUP_MEMORY_ROOT = "/sys/fs/cgroup/memory"
-
-
-def own_cgroup(controller: str) -> str:
-    """This process's cgroup (v1) for `controller`, as a path under its mount."""
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            _, controllers, path = line.rstrip("\n").split(":", 2)
-            if controller in controllers.split(","):
-                return path
-    return "/"
-
-
-def cgroup_pids_available() -> bool:
-    """True when we may create pids cgroups (cgroup v1 pids controller, writable)."""
-    return os.access(CGROUP_PIDS_ROOT, os.W_OK) and os.path.isdir(CGROUP_PIDS_ROOT)

@@ -103,6 +103,12 @@ def userns_closed() -> None:
     os.waitpid(pid, 0)
 
 
+def join_cgroup(path: str) -> None:
+    """As a worker joins its cgroups (cgroup v2 also wants write access where it leaves)."""
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write("0")
+
+
 def jail_works(base: str, layout: _jail.Plan, own_proc: bool) -> None:
     workdir = enter_jail(base, layout, own_proc)
     with open(os.path.join(workdir, "written"), "w") as f:

@@ -1,4 +1,5 @@
-"""A user namespace of the zygote's own, for an orchestrator that is not root.
+"""A user namespace of the zygote's own, for an orchestrator that is not root (or is
+root without CAP_SYS_ADMIN, as in a container by default).
 
 Inside it the zygote holds every capability, over namespaces it creates itself and
 nothing of the host's: so it can give each worker what root gets (PID, mount, IPC
@@ -10,7 +11,8 @@ capabilities it has no more power than the user had.
 The order is the kernel's: `unshare(CLONE_NEWUSER)` by a single-threaded process, then
 `uid_map`, `deny` into `setgroups` (without it an unprivileged gid_map is refused, and
 with it no one can shed a group to read what the group may not: CVE-2014-8989), then
-`gid_map`.
+`gid_map`. Root maps uid 0 to itself, which Linux 5.12+ allows only to a creator that
+holds CAP_SETFCAP (else a file capability set inside would count outside).
 
 With a PID namespace as well, the zygote becomes pid 1 of one owned by its user
 namespace (the process that was started stays behind and waits for it): only from
@@ -29,8 +31,7 @@ from . import _linux
 
 def write_maps(uid: int, gid: int) -> None:
     """Map `uid` and `gid` to themselves in the user namespace we just entered."""
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{uid} {uid} 1\n")
+    _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
     try:
         with open("/proc/self/setgroups", "w") as f:
             f.write("deny\n")
@@ -38,8 +39,15 @@ def write_maps(uid: int, gid: int) -> None:
         # A kernel older than 3.19 lets an unprivileged gid_map keep supplementary
         # groups that could then be dropped to reach what they deny: refuse it.
         raise OSError("this kernel has no /proc/self/setgroups (CVE-2014-8989)") from None
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"{gid} {gid} 1\n")
+    _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise OSError(exc.errno, f"writing {path}: {exc.strerror}") from None
 
 
 def enter(pid_namespace: bool) -> None:
@@ -87,59 +95,78 @@ def probe(pid_namespace: bool) -> None:
     _linux.unshare(flags | (_linux.CLONE_NEWPID if pid_namespace else 0))
 
 
-def why_refused(error: str) -> str:
-    """The host's reason for refusing unprivileged user namespaces, and its fix."""
-    for path, bad, fix in (
+CAP_SYS_ADMIN = 21
+CAP_SETFCAP = 31
+
+
+def why_refused(error: str, proc: str = "/proc", root: str = "/") -> str:
+    """The host's reason for refusing user namespaces, and its fix, in one line.
+    `proc`, `root`: where /proc and / are (a test gives trees of its own)."""
+    for name, bad, fix in (
         (
-            "/proc/sys/kernel/unprivileged_userns_clone",
+            "sys/kernel/unprivileged_userns_clone",
             "0",
             "kernel.unprivileged_userns_clone = 0 (Debian, Arch): "
             "sysctl -w kernel.unprivileged_userns_clone=1",
         ),
         (
-            "/proc/sys/user/max_user_namespaces",
+            "sys/user/max_user_namespaces",
             "0",
             "user.max_user_namespaces = 0: sysctl -w user.max_user_namespaces=15000",
         ),
         (
-            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "sys/kernel/apparmor_restrict_unprivileged_userns",
             "1",
             "kernel.apparmor_restrict_unprivileged_userns = 1 (Ubuntu 23.10+): add an "
             "AppArmor profile that allows userns for this Python (see the README), or "
             "sysctl -w kernel.apparmor_restrict_unprivileged_userns=0",
         ),
     ):
-        try:
-            with open(path) as f:
-                if f.read().strip() == bad:
-                    return fix
-        except OSError:
-            pass
-    if _in_gvisor():
+        if _read(os.path.join(proc, name)) == bad:
+            return f"{error}: {fix}"
+    if "gVisor" in _read(os.path.join(proc, "version")):
         return f"{error}: gVisor does not offer nested namespaces to this process"
-    if _in_container():
+    status = _status(proc)
+    caps = int(status.get("CapEff", "0"), 16)
+    if os.geteuid() == 0 and "uid_map" in error and not caps & (1 << CAP_SETFCAP):
         return (
-            f"{error}: the container refuses unshare(CLONE_NEWUSER), as Docker's default "
-            "seccomp profile does: run it with --security-opt seccomp=unconfined (or a "
-            "profile that allows unshare and clone with CLONE_NEWUSER)"
+            f"{error}: root without CAP_SETFCAP may not map uid 0 into a user namespace "
+            "(Linux 5.12+): keep CAP_SETFCAP (Docker keeps it by default) or CAP_SYS_ADMIN"
+        )
+    filtered = status.get("Seccomp") == "2"
+    if filtered or _in_container(proc, root):
+        root = os.geteuid() == 0
+        no_admin = root and not caps & (1 << CAP_SYS_ADMIN)
+        cause = "a seccomp filter refuses unshare" if filtered else "the container refuses it"
+        if no_admin:
+            cause += ", and root has no CAP_SYS_ADMIN"
+        return (
+            f"{error}: {cause} (Docker's defaults): run the container with --security-opt "
+            "seccomp=unconfined (or a profile that allows unshare, setns, mount, "
+            "pivot_root and clone with CLONE_NEW* flags)"
+            + (", and --cap-add SYS_ADMIN for root's own namespaces" if no_admin else "")
         )
     return error
 
 
-def _in_container() -> bool:
-    if os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv"):
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _status(proc: str) -> dict[str, str]:
+    fields = {}
+    for line in _read(os.path.join(proc, "self", "status")).splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def _in_container(proc: str, root: str) -> bool:
+    if any(os.path.exists(os.path.join(root, p)) for p in (".dockerenv", "run/.containerenv")):
         return True
-    try:
-        with open("/proc/1/cgroup") as f:
-            text = f.read()
-    except OSError:
-        return False
+    text = _read(os.path.join(proc, "1", "cgroup"))
     return any(word in text for word in ("docker", "kubepods", "containerd", "libpod"))
-
-
-def _in_gvisor() -> bool:
-    try:
-        with open("/proc/version") as f:
-            return "gVisor" in f.read()
-    except OSError:
-        return False

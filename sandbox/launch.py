@@ -56,6 +56,8 @@ class LaunchConfig(BaseModel):
     strict: bool = False
     tmp: str = "/tmp"
     sys_path: list[str] = []
+    cgroup_subtree: str | None = None
+    """`SANDBOXED_AGENT_CGROUP_ROOT` (`sandbox._cgroups`), read before the clean exec."""
 
 
 def command_line(
@@ -150,8 +152,16 @@ def parse(argv: list[str]) -> LaunchConfig:
                 f"got {name!r}",
                 EXIT_USAGE,
             )
+    from ._cgroups import ROOT_ENV, parse_root
+
+    subtree = os.environ.get(ROOT_ENV) or None
+    try:
+        parse_root(subtree)
+    except ValueError as exc:
+        _die(str(exc), EXIT_USAGE)
     return LaunchConfig(
         command=command,
+        cgroup_subtree=subtree,
         limits=limits,
         read_paths=paths["--read"],
         write_paths=paths["--write"],

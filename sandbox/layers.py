@@ -6,7 +6,7 @@ run tools without every layer.
 
 | layer | what it stops |
 |---|---|
-| user_namespace | (not root) the zygote's own: what root gets below, without root |
+| user_namespace | (not root, or root without CAP_SYS_ADMIN) the zygote's own, for what follows |
 | pid_namespace | a tool seeing or signalling other processes; any descendant outliving the call |
 | network_namespace | any network use (the workers' namespace has no interface up) |
 | ipc_namespace | SysV shared memory, semaphores and message queues shared with the host |
@@ -35,7 +35,7 @@ from collections.abc import Collection
 
 import psutil
 
-from . import _cpuacct, _jail, _landlock, _linux, _netns, _probes, _seccomp, _userns
+from . import _cgroups, _cpuacct, _jail, _landlock, _linux, _netns, _probes, _seccomp, _userns
 from .limits import NetworkMode
 from .protocol import Layer, ZygoteConfig
 from .read_set import SYSTEM_READ_PATHS
@@ -83,6 +83,7 @@ class Layers:
     def __init__(self, config: ZygoteConfig, read_paths: list[str], user_namespace: Layer) -> None:
         self.status: dict[str, Layer] = {"user_namespace": user_namespace}
         self.disabled = set(config.disabled)
+        self.cgroup_named = _cgroups.parse_root(config.cgroup_subtree)
         for name in self.disabled:
             self.status[name] = Layer(state="off", detail="turned off")
         self.pidns = self._pid_namespaces() if self._wanted("pid_namespace") else None
@@ -109,6 +110,7 @@ class Layers:
         self.uids: UidRange | None = None
         if self._wanted("unprivileged_uid"):
             self._unprivileged_uid(config.root, read_paths)
+        self._limits_out_of_reach()
         self.status["no_new_privs"] = Layer(state="active", detail="set in every worker")
         self.status["rlimits"] = Layer(
             state="active", detail="address space, CPU, open files, file size, core dumps"
@@ -225,58 +227,87 @@ class Layers:
         return True
 
     def _cgroups(self) -> str | None:
-        if not _linux.cgroup_pids_available():
+        """A pids cgroup per worker, beneath ours (`sandbox._cgroups` says where)."""
+        path, why = self._make_cgroup("pids", "pids.max")
+        if path is None:
             self.status["cgroup_pids"] = Layer(
                 state="unavailable",
-                detail=f"{_linux.CGROUP_PIDS_ROOT} is not writable: RLIMIT_NPROC only",
+                detail=f"no writable pids cgroup ({why}): RLIMIT_NPROC only; "
+                f"{_cgroups.how_to_delegate('pids')}",
             )
             return None
-        sweep_stale_cgroups(_linux.CGROUP_PIDS_ROOT)
-        path = os.path.join(_linux.CGROUP_PIDS_ROOT, f"{CGROUP_PREFIX}{_linux.host_pid()}")
-        try:
-            os.mkdir(path)
-        except OSError as exc:
-            self.status["cgroup_pids"] = Layer(
-                state="unavailable", detail=f"mkdir {path}: {exc.strerror}"
-            )
-            return None
-        self.status["cgroup_pids"] = Layer(state="active", detail="pids.max per worker")
+        self.status["cgroup_pids"] = Layer(
+            state="active", detail=f"pids.max per worker{self._where(path)}"
+        )
         return path
 
     def _memory_cgroup(self) -> str | None:
         """A memory cgroup per worker, nested in ours (so a container's own limit holds):
         it counts what RLIMIT_AS does not (memfd, tmpfs, page cache)."""
-        parent = os.path.join(_linux.CGROUP_MEMORY_ROOT, _linux.own_cgroup("memory").lstrip("/"))
-        sweep_stale_cgroups(parent)
-        path = os.path.join(parent, f"{CGROUP_PREFIX}{_linux.host_pid()}")
-        try:
-            os.mkdir(path)
-        except OSError as exc:
+        path, why = self._make_cgroup("memory", "memory.limit_in_bytes")
+        if path is None:
             self.status["cgroup_memory"] = Layer(
                 state="unavailable",
-                detail=f"no writable memory cgroup ({exc.strerror}): memory is bounded by "
-                "RLIMIT_AS and the tmpfs size only",
+                detail=f"no writable memory cgroup ({why}): memory is bounded by "
+                f"RLIMIT_AS and the tmpfs size only; {_cgroups.how_to_delegate('memory')}",
             )
             return None
         self.status["cgroup_memory"] = Layer(
-            state="active", detail="memory.limit_in_bytes per worker (memfd, tmpfs, cache included)"
+            state="active",
+            detail="memory.limit_in_bytes per worker (memfd, tmpfs, cache included)"
+            + self._where(path),
         )
         return path
+
+    def _make_cgroup(self, controller: str, limit_file: str) -> tuple[str | None, str]:
+        name = f"{CGROUP_PREFIX}{_linux.host_pid()}"
+        return _cgroups.make_root(
+            controller, limit_file, name, self.cgroup_named, sweep_stale_cgroups
+        )
+
+    def _where(self, path: str) -> str:
+        """Said only where the pool is not root: in which delegated subtree it runs."""
+        return "" if os.geteuid() == 0 else f", in {os.path.dirname(path)}"
+
+    def _limits_out_of_reach(self) -> None:
+        """Without a uid of their own (not root, or root's uid 0 without capabilities)
+        workers run as the owner of their cgroup's files: only the jail (which leaves
+        /sys/fs/cgroup out) or Landlock (which refuses to open them for writing) keeps
+        a tool from raising its limits or leaving its cgroup."""
+        if (os.geteuid() == 0 and self.uids is not None) or self.jail or self.landlock:
+            return
+        for name, attr in (
+            ("cgroup_pids", "cgroup_root"),
+            ("cgroup_memory", "memory_root"),
+            ("cgroup_cpu", "cpu_root"),
+        ):
+            path = getattr(self, attr)
+            if path is None:
+                continue
+            _rmdir_quietly(path)
+            setattr(self, attr, None)
+            self.status[name] = Layer(
+                state="unavailable",
+                detail="workers would own their cgroup's limit files, and neither "
+                "bind_mounts nor landlock keeps them out of reach",
+            )
 
     def _cpu_cgroup(self) -> None:
         """A CPU accounting cgroup per worker (`sandbox._cpuacct`): the orchestrator
         reads its usage while the call runs and kills the tree at `cpu_s`."""
         name = f"{CGROUP_PREFIX}{_linux.host_pid()}"
-        path, usage, why = _cpuacct.make_root(name, sweep_stale_cgroups)
+        path, usage, why = _cpuacct.make_root(name, sweep_stale_cgroups, self.cgroup_named)
         if path is None:
             self.status["cgroup_cpu"] = Layer(
                 state="unavailable",
-                detail=f"no writable CPU cgroup ({why}): cpu_s bounds each process alone",
+                detail=f"no writable CPU cgroup ({why}): cpu_s bounds each process alone; "
+                f"{_cgroups.how_to_delegate('cpuacct')}",
             )
             return
         self.cpu_root, self.cpu_usage = path, usage
         self.status["cgroup_cpu"] = Layer(
-            state="active", detail=f"{usage} per worker: cpu_s bounds the call's whole tree"
+            state="active",
+            detail=f"{usage} per worker: cpu_s bounds the call's whole tree{self._where(path)}",
         )
 
     def _landlock(self) -> bool:
@@ -421,9 +452,11 @@ class Layers:
 
 def user_namespace(disabled: Collection[str]) -> Layer:
     """Run first in the zygote, while it is single-threaded: where we are not root,
-    become the owner of a user namespace (and pid 1 of a PID namespace in it), so that
-    the layers below can be made without root. Root needs none."""
-    if os.geteuid() == 0:
+    or root without CAP_SYS_ADMIN (a container's default), become the owner of a user
+    namespace (and pid 1 of a PID namespace in it), so that the layers below can be
+    made without root's own power. Root with it needs none."""
+    root = os.geteuid() == 0
+    if root and _linux.capabilities_effective() & (1 << _userns.CAP_SYS_ADMIN):
         return Layer(state="standby", detail="not needed: the orchestrator is root")
     if "user_namespace" in disabled:
         return Layer(state="off", detail="turned off")
@@ -434,9 +467,10 @@ def user_namespace(disabled: Collection[str]) -> Layer:
     if failed:
         return Layer(state="unavailable", detail=_userns.why_refused(failed))
     _userns.enter(with_pid)
+    why = "root without CAP_SYS_ADMIN: " if root else ""
     return Layer(
         state="active",
-        detail=f"the zygote's own, uid {os.getuid()} mapped to itself; workers drop "
+        detail=f"{why}the zygote's own, uid {os.getuid()} mapped to itself; workers drop "
         "every capability it holds there",
     )
 
@@ -467,3 +501,8 @@ def sweep_stale_cgroups(parent: str) -> None:
                     with contextlib.suppress(OSError):
                         os.rmdir(child.path)
             os.rmdir(path)
+
+
+def _rmdir_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)

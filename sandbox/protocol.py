@@ -97,6 +97,9 @@ class ZygoteConfig(_Message):
     read_paths: list[str]
     """More paths every worker may read (Landlock), besides the interpreter, the tools'
     own directories and the system files a Python program needs."""
+    cgroup_subtree: str | None = None
+    """The delegated cgroup subtree to use (`SANDBOXED_AGENT_CGROUP_ROOT`'s value; see
+    `sandbox._cgroups`); None: our own cgroup."""
 
 
 class Layer(_Message):

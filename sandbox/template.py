@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import multiprocess
 
+from . import _cgroups
 from ._cpuacct import UsageFile
 from ._netns import LISTENER_MARK, PROXY_HOST
 from .channel import FrameReader, PeerGone
@@ -207,6 +208,8 @@ class Template:
         disabled: list[str],
         read_paths: list[str],
     ) -> None:
+        subtree = os.environ.get(_cgroups.ROOT_ENV) or None
+        _cgroups.parse_root(subtree)  # a value that is not a cgroup path: said here, now
         self.root = tempfile.mkdtemp(prefix="sandboxed-agent-", dir=workers_dir())
         config = ZygoteConfig(
             sys_path=[os.path.abspath(p) for p in sys.path if p],
@@ -214,6 +217,7 @@ class Template:
             root=self.root,
             disabled=disabled,
             read_paths=read_paths,
+            cgroup_subtree=subtree,
         )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ctrl = ours

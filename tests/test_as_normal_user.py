@@ -5,10 +5,17 @@ namespace of its own, and what root gets must hold there too. Run as root, this 
 makes an unprivileged user, gives it a copy of the project and of this environment's
 packages, and runs the suites below as that user; run as a normal user, the suites
 themselves already are that run.
+
+The cgroups come from a subtree delegated to that user, made here as an admin would on
+cgroup v1 (a cgroup per controller, chowned with its cgroup.procs and tasks), and the
+suites start inside it, as `systemd-run --user --scope -p Delegate=yes` starts its
+command: so the memory, pids and CPU cgroups bind as they do for root.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -16,9 +23,12 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from sandbox import _cgroups
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = "sandboxed-agent-test"
@@ -29,7 +39,16 @@ SUITES = (
     "tests/test_sandbox_isolation.py",
     "tests/test_read_set.py",
     "tests/test_egress.py",
+    "tests/test_delegated_cgroups.py",
 )
+DELEGATED = ("pids", "memory", "cpuacct")
+JOIN_THEN_EXEC = (
+    "import os, sys; cut = sys.argv.index('--')\n"
+    "for group in sys.argv[1:cut]:\n"
+    "    with open(os.path.join(group, 'cgroup.procs'), 'w') as f: f.write('0')\n"
+    "os.execv(sys.argv[cut + 1], sys.argv[cut + 1:])\n"
+)
+"""Into the delegated cgroups, then the command: what a systemd scope does for it."""
 COPIED = ("agent", "sandbox", "tools", "policies", "tests", "evals", "pyproject.toml")
 RUN_TIMEOUT_S = 1200
 
@@ -110,7 +129,40 @@ def _environment(base: Path, python: str) -> Path:
     return project
 
 
-def test_the_attack_suites_pass_as_a_normal_user() -> None:
+class AsUser:
+    """The unprivileged user, its copy of the project, and how to run a command as it."""
+
+    def __init__(self, user: pwd.struct_passwd, base: Path, project: Path) -> None:
+        self.user, self.base, self.project = user, base, project
+        self.python = str(base / "venv" / "bin" / "python")
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.base / "home"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "SANDBOXED_AGENT_AS_USER": "1",
+            **extra,
+        }
+
+    def run(
+        self, argv: list[str], env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            argv,
+            user=self.user.pw_uid,
+            group=self.user.pw_gid,
+            extra_groups=[],
+            cwd=self.project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="module")
+def as_user() -> Iterator[AsUser]:
     if os.geteuid() != 0:
         pytest.skip("already a normal user: the attack suites in this run are that run")
     if os.environ.get("SANDBOXED_AGENT_AS_USER"):
@@ -122,39 +174,131 @@ def test_the_attack_suites_pass_as_a_normal_user() -> None:
         base.chmod(0o755)
         project = _environment(base, python)
         subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(base)], check=True)
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(base / "home"),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "SANDBOXED_AGENT_AS_USER": "1",
-        }
-        proc = subprocess.run(
-            [
-                str(base / "venv" / "bin" / "python"),
-                "-m",
-                "pytest",
-                "-q",
-                "-rs",
-                "-p",
-                "no:cacheprovider",
-                "-n",
-                "0",  # one process: this run is already one of the outer run's two
-                "-W",
-                "ignore::sandbox.IsolationWarning",
-                *SUITES,
-            ],
-            user=user.pw_uid,
-            group=user.pw_gid,
-            extra_groups=[],
-            cwd=project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT_S,
-        )
+        yield AsUser(user, base, project)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def delegated(as_user: AsUser) -> Iterator[dict[str, tuple[str, str]]]:
+    """Per cgroup v1 controller, a cgroup beneath ours (so our own limits still hold)
+    given to the user as an admin delegates one: controller -> (cgroup, directory)."""
+    made: dict[str, tuple[str, str]] = {}
+    name = f"sandboxed-agent-delegated-{os.getpid()}"
+    owner = (as_user.user.pw_uid, as_user.user.pw_gid)
+    try:
+        for controller in DELEGATED:
+            own = _cgroups.own_path(controller)
+            if own is None or _cgroups.hierarchy(controller) is None:
+                continue
+            path = own.rstrip("/") + "/" + name
+            directory = _cgroups.directory_of(controller, path)
+            assert directory is not None
+            os.mkdir(directory)
+            made[controller] = (path, directory)
+            for entry in (directory, f"{directory}/cgroup.procs", f"{directory}/tasks"):
+                os.chown(entry, *owner)
+        yield made
+    finally:
+        for _, directory in made.values():
+            for below, _, _ in sorted(os.walk(directory), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(below)
+
+
+def test_the_attack_suites_pass_as_a_normal_user(
+    as_user: AsUser, delegated: dict[str, tuple[str, str]]
+) -> None:
+    groups = [directory for _, directory in delegated.values()]
+    scope = [as_user.python, "-c", JOIN_THEN_EXEC, *groups, "--"] if groups else []
+    extra = {"SANDBOXED_AGENT_DELEGATED": "1"} if len(groups) == len(DELEGATED) else {}
+    proc = as_user.run(
+        [
+            *scope,
+            as_user.python,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "0",  # one process: this run is already one of the outer run's two
+            "-W",
+            "ignore::sandbox.IsolationWarning",
+            *SUITES,
+        ],
+        as_user.env(**extra),
+        RUN_TIMEOUT_S,
+    )
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
     print(tail)  # the inner run's summary, for -s and for failures
     assert proc.returncode == 0, f"the suites failed as {USER}:\n{tail}"
     assert " passed" in tail and " failed" not in tail, tail
+
+
+def doctor_lines(output: str) -> dict[str, str]:
+    """`doctor`'s layer lines: name -> the line as printed."""
+    lines = {}
+    for line in output.splitlines():
+        fields = line.split(maxsplit=2)
+        if len(fields) == 3 and fields[0] in ("active", "UNAVAILABLE", "off", "standby"):
+            lines[fields[1]] = line.strip()
+    return lines
+
+
+def test_doctor_as_a_normal_user_finds_a_delegated_subtree_or_says_how_to_get_one(
+    as_user: AsUser, delegated: dict[str, tuple[str, str]]
+) -> None:
+    """Without a subtree the cgroup lines say so and how to delegate one; with one
+    named by SANDBOXED_AGENT_CGROUP_ROOT (one path per controller: ours differ) the
+    cgroup layers are active, from a process that is not in it (cgroup v1 allows it)."""
+    if len(delegated) < len(DELEGATED):
+        pytest.skip(f"no cgroup v1 hierarchy here for {set(DELEGATED) - set(delegated)}")
+    doctor = [str(as_user.base / "venv" / "bin" / "sandboxed-agent"), "doctor"]
+    plain = as_user.run(doctor, as_user.env(), 300)
+    named = ",".join(f"{c}={path}" for c, (path, _) in delegated.items())
+    given = as_user.run(doctor, as_user.env(**{_cgroups.ROOT_ENV: named}), 300)
+    for proc in (plain, given):
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    without, with_subtree = doctor_lines(plain.stdout), doctor_lines(given.stdout)
+    print("\n".join(["without a subtree:", *without.values(), "with one:", *with_subtree.values()]))
+    for name in ("cgroup_pids", "cgroup_memory", "cgroup_cpu"):
+        assert without[name].startswith("UNAVAILABLE"), without[name]
+        assert "to delegate one: as root, mkdir " in without[name], without[name]
+        assert _cgroups.ROOT_ENV in without[name], without[name]
+        assert with_subtree[name].startswith("active"), with_subtree[name]
+    assert f"in {delegated['memory'][1]}" in with_subtree["cgroup_memory"]
+    active = [
+        sum(line.startswith("active") for line in d.values()) for d in (without, with_subtree)
+    ]
+    assert active[0] + 3 == active[1], active
+
+
+def test_a_host_without_user_namespaces_is_named_strict_refuses_best_effort_runs(
+    as_user: AsUser,
+) -> None:
+    """user.max_user_namespaces = 0, emulated as bubblewrap's --disable-userns does it
+    (tests/host_emulation.py): doctor names the sysctl and its fix in one line; strict
+    refuses; best-effort warns once and runs with what is left (Landlock, seccomp)."""
+    from test_host_kinds import TRY_BOTH_MODES
+
+    emulate = [as_user.python, str(as_user.project / "tests" / "host_emulation.py"), "no-userns"]
+    doctor = [str(as_user.base / "venv" / "bin" / "sandboxed-agent"), "doctor"]
+    report = as_user.run([*emulate, "--", *doctor], as_user.env(), 300)
+    assert report.returncode == 0, report.stdout + report.stderr
+    lines = doctor_lines(report.stdout)
+    print("\n".join(lines.values()))
+    line = lines["user_namespace"]
+    assert line.startswith("UNAVAILABLE") and line.count("\n") == 0, line
+    assert "user.max_user_namespaces = 0: sysctl -w user.max_user_namespaces=15000" in line
+    for name in ("seccomp", "landlock", "no_new_privs", "rlimits"):
+        assert lines[name].startswith("active"), lines[name]
+    modes = as_user.run([*emulate, "--", as_user.python, "-c", TRY_BOTH_MODES], as_user.env(), 300)
+    assert modes.returncode == 0, modes.stdout + modes.stderr
+    seen = json.loads(modes.stdout)
+    assert "these layers are missing: user_namespace (" in seen["strict"], seen
+    assert "user.max_user_namespaces = 0" in seen["strict"], seen
+    assert (seen["result"], seen["again"]) == ("42", "2"), seen
+    assert len(seen["warnings"]) == 1, seen["warnings"]
+    assert seen["warnings"][0].startswith("sandbox layers unavailable here: user_namespace, ")

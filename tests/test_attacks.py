@@ -225,8 +225,9 @@ def test_the_pids_limit_cannot_be_raised_from_inside(confined: Pool) -> None:
 
 
 def test_strict_isolation_fails_closed_naming_the_missing_layer() -> None:
-    """An orchestrator that is root without capabilities can make no namespace: strict
-    mode must refuse to run anything, and say which layers are missing."""
+    """An orchestrator that is root without capabilities can make no namespace (nor
+    map uid 0 into a user namespace of its own, without CAP_SETFCAP): strict mode must
+    refuse to run anything, and say which layers are missing and why."""
     script = (
         "from sandbox import _linux; _linux.drop_privileges(None)\n"
         "from sandbox import IsolationWarning, Pool, SandboxUnavailable, SandboxUnavailable\n"
@@ -241,7 +242,9 @@ def test_strict_isolation_fails_closed_naming_the_missing_layer() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert proc.returncode == 3, proc.stderr
-    assert "isolation is strict and these layers are missing: pid_namespace (" in proc.stdout
+    assert "isolation is strict and these layers are missing: user_namespace (" in proc.stdout
+    assert "root without CAP_SETFCAP may not map uid 0" in proc.stdout
+    assert "; pid_namespace (" in proc.stdout
 
 
 def test_a_layer_the_policy_turns_off_is_not_required_by_strict_isolation() -> None:

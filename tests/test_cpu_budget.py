@@ -42,11 +42,12 @@ def test_a_call_that_stays_under_its_budget_is_not_killed(pool: Pool) -> None:
 def test_each_cgroup_version_found_here_is_made_and_read(
     version: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sandbox import _cpuacct
+    from sandbox import _cgroups, _cpuacct
     from sandbox.layers import CGROUP_PREFIX, sweep_stale_cgroups
 
-    if version == "v2":
-        monkeypatch.setattr(_cpuacct, "V1_MOUNTS", ())  # as on a machine with v2 only
+    if version == "v2":  # as on a machine with v2 only
+        mounted = _cgroups.hierarchy
+        monkeypatch.setattr(_cgroups, "hierarchy", lambda c: None if c else mounted(c))
     found = [usage for _, usage in _cpuacct.candidates()]
     wanted = _cpuacct.V1_USAGE if version == "v1" else _cpuacct.V2_USAGE
     if wanted not in found:

@@ -169,14 +169,15 @@ def test_a_reused_workers_log_holds_each_calls_output_only(pool: Pool) -> None:
 
 
 def test_cgroups_left_by_a_killed_zygote_are_swept(registry: Registry) -> None:
-    from sandbox import _linux
+    from sandbox import _cgroups
     from sandbox.layers import CGROUP_PREFIX
 
-    if not _linux.cgroup_pids_available():
+    parents = _cgroups.parents("pids", _cgroups.parse_root(os.environ.get(_cgroups.ROOT_ENV)))
+    if not parents or not os.access(parents[0], os.W_OK):
         pytest.skip("no writable pids cgroup here")  # pragma: no cover
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid no process has now: a zygote that was SIGKILLed
-    stale = os.path.join(_linux.CGROUP_PIDS_ROOT, f"{CGROUP_PREFIX}{gone.pid}")
+    stale = os.path.join(parents[0], f"{CGROUP_PREFIX}{gone.pid}")
     os.makedirs(os.path.join(stale, "w1"))
     with Pool(registry=registry, size=1) as pool:
         assert pool.layers["cgroup_pids"].active
