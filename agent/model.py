@@ -382,8 +382,10 @@ def _unique_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each tool message answers one id, so two calls must not share one."""
     seen: set[str] = set()
     for i, call in enumerate(calls):
-        if call["id"] in seen:
-            call["id"] = f"{call['id']}_{i}"
+        given, n = call["id"], i
+        while call["id"] in seen:  # a renamed one may meet an id already taken
+            call["id"] = f"{given}_{n}"
+            n += 1
         seen.add(call["id"])
     return calls
 

@@ -99,6 +99,7 @@ def parse_response(data: Any, model: str, where: str) -> tuple[dict[str, Any], s
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
     unknown: list[str] = []
+    unfinished = False
     for index, item in enumerate(output):
         if not isinstance(item, dict):
             raise RunError(
@@ -108,11 +109,13 @@ def parse_response(data: Any, model: str, where: str) -> tuple[dict[str, Any], s
         kind = item.get("type")
         if kind == "message":
             texts.append(_message_text(item.get("content"), index, where))
+        elif kind == "function_call" and item.get("status") not in (None, "completed"):
+            unfinished = True  # cut off while the model wrote it: not a call it made
         elif kind == "function_call":
             calls.append(_function_call(item, len(calls)))
         elif kind not in SKIPPED_ITEMS:
             unknown.append(_short(str(kind), 40))
-    if unknown and not texts and not calls:
+    if unknown and not texts and not calls and not unfinished:
         raise RunError(
             f"the model at {where} answered only with output items of unknown types "
             f"({', '.join(sorted(set(unknown)))}); expected 'message' or 'function_call'"
@@ -123,7 +126,7 @@ def parse_response(data: Any, model: str, where: str) -> tuple[dict[str, Any], s
     answered_by = data.get("model")
     return (
         message,
-        _finish_reason(data, bool(calls)),
+        "length" if unfinished and not calls else _finish_reason(data, bool(calls)),
         data.get("usage"),
         answered_by if isinstance(answered_by, str) and answered_by else model,
     )

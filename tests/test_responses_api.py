@@ -209,6 +209,25 @@ def test_a_hostile_responses_server_gets_clear_errors_never_a_traceback() -> Non
         assert turn.finish_reason == "length"
 
 
+def test_only_calls_the_model_finished_run_each_under_its_own_id() -> None:
+    """A function_call item still `in_progress` or `incomplete` (cut off) is not a call
+    the model made: it never runs. Ids a server repeats stay apart even where a renamed
+    one would meet another (each tool result answers exactly one call)."""
+    cut = {"status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}
+    with ScriptedModelServer([]) as server:
+        for status in ("incomplete", "in_progress"):
+            body = {**cut, "output": [item_call(arguments='{"order_id": "1"}', status=status)]}
+            turn = complete(server, raw(body))
+            assert "tool_calls" not in turn.message and turn.finish_reason == "length", turn
+        done = item_call(arguments="{}", status="completed")
+        turn = complete(server, raw({"output": [done, item_call(status="incomplete")]}))
+        assert len(turn.message["tool_calls"]) == 1
+        ids = ["c_2", "c", "c"]
+        turn = complete(server, raw({"output": [item_call(call_id=i) for i in ids]}))
+        got = [c["id"] for c in turn.message["tool_calls"]]
+        assert len(set(got)) == 3 and got[:2] == ["c_2", "c"], got
+
+
 def test_retries_and_a_server_without_responses_say_what_happened() -> None:
     with ScriptedModelServer([]) as server:
         server.play([fail(503, headers={"Retry-After": "0"}), say("ok")])
