@@ -23,6 +23,7 @@ import openai
 from sandbox.errors import RunError
 
 from . import responses_api
+from .error_bodies import bound_error_body
 from .scrubbing import remember_secret, scrub, scrub_data
 from .text_calls import read_text_calls
 
@@ -72,6 +73,7 @@ def openai_client(
         api_key=api_key or "not-needed",  # local servers take any key
         timeout=timeout_s,
         max_retries=max_retries,
+        http_client=openai.DefaultHttpxClient(event_hooks={"response": [bound_error_body]}),
     )
 
 

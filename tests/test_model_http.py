@@ -114,3 +114,64 @@ def test_retries_stay_inside_the_runs_budget() -> None:
         server.close()
     # Tries of 1 s, waits of 0.5 s and 1 s, none begun with under 1 s left: 2 at most.
     assert 1 <= server.requests <= 2
+
+
+class _EndlessError:
+    """An endpoint that answers 400 with a body that never ends: a flood first, then a
+    byte now and then, each well within the client's read timeout."""
+
+    def __init__(self, flood: int) -> None:
+        self.flood = flood
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(1 << 16)
+            head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+            try:
+                conn.sendall(head + b"Content-Length: 1000000000\r\n\r\n" + b" " * self.flood)
+                while not self._stop.wait(0.2):
+                    conn.sendall(b" ")
+            except OSError:
+                return  # the client hung up: what it should do
+
+    def close(self) -> None:
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(30)
+
+
+@pytest.mark.parametrize(("api", "flood"), [("chat", 4 << 20), ("responses", 0)])
+def test_an_error_body_that_never_ends_is_cut_and_the_status_said(api: str, flood: int) -> None:
+    """The openai client reads a whole error body before it raises, with nothing but the
+    read timeout between two bytes: a 400 whose body never ended held the run forever
+    (and a 2 GB one grew the process to 7 GB). The body is cut, the status reported."""
+    server = _EndlessError(flood)
+    said: list[BaseException] = []
+
+    def complete() -> None:
+        client = ModelClient(
+            model="m", base_url=server.base_url, api_key="k", timeout_s=2.0, max_retries=0, api=api
+        )
+        try:
+            client.complete([{"role": "user", "content": "hi"}], [], timeout_s=5.0)
+        except BaseException as exc:
+            said.append(exc)
+
+    caller = threading.Thread(target=complete, daemon=True)
+    try:
+        caller.start()
+        caller.join(120)  # never, before: the body never ends
+        assert not caller.is_alive(), "the client is still reading the error body"
+    finally:
+        server.close()
+    [error] = said
+    assert isinstance(error, RunError) and "HTTP 400" in str(error), repr(error)

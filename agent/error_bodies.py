@@ -1,0 +1,58 @@
+"""An error answer's body, bounded before the openai client reads it.
+
+The client reads the whole body of a 4xx or 5xx answer before it raises, with nothing
+but the read timeout between two bytes: an endpoint that answers 400 and then sends a
+byte a second held the run forever, and one that sent 2 GB grew the process to 7 GB.
+A response hook (the HTTP library's own `event_hooks`, so proxies and every transport
+are covered) wraps such a body: it ends at `ERROR_BODY_BYTES`, or once the request's
+own timeout has passed since the headers came. The run then gets the status, as the
+error it is (`failed with HTTP 400`); only its detail may be cut.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+ERROR_BODY_BYTES = 1 << 20
+"""Most of an error body read: its message is what is shown, and that is short."""
+
+
+@functools.cache
+def _bounded(library: str) -> type:
+    """The stream class, on the HTTP library the response is of (httpx2 from openai 3,
+    httpx before): each reads only streams of its own `SyncByteStream`."""
+    base = importlib.import_module(library).SyncByteStream
+
+    class Bounded(base):  # type: ignore[misc, valid-type]
+        """A response's byte stream that ends early; closes the one it wraps."""
+
+        def __init__(self, stream: Any, deadline: float) -> None:
+            self._stream = stream
+            self._deadline = deadline
+
+        def __iter__(self) -> Iterator[bytes]:
+            left = ERROR_BODY_BYTES
+            for chunk in self._stream:
+                yield chunk[:left]
+                left -= len(chunk)
+                if left <= 0 or time.monotonic() > self._deadline:
+                    return
+
+        def close(self) -> None:
+            self._stream.close()
+
+    return Bounded
+
+
+def bound_error_body(response: Any) -> None:
+    """A response hook: an error status's body is read within bounds."""
+    if response.status_code < 400:
+        return  # the answer itself: `agent.model.read_body` bounds it
+    timeout = response.request.extensions.get("timeout") or {}
+    read_s = timeout.get("read") or timeout.get("pool") or 60.0
+    stream = _bounded(type(response).__module__.split(".")[0])
+    response.stream = stream(response.stream, time.monotonic() + read_s)
