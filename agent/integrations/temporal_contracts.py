@@ -47,6 +47,9 @@ IDEMPOTENT_ATTEMPTS = 3
 NOT_RERUN = "ToolCallNotRerun"
 """`ApplicationError.type` of a non-idempotent call delivered a second time (the
 activity refuses it even if the options allowed a retry)."""
+WORKER_SHUTDOWN = "ToolCallWorkerShutdown"
+"""`ApplicationError.type` of a call its worker killed as it shut down (past its grace):
+retried elsewhere for an idempotent tool, else lost (see `lost_worker`)."""
 RUN_ERROR = "RunError"
 """`ApplicationError.type` of a model call that failed for good (endpoint, key, budget)."""
 POLICY_ERROR = "PolicyError"
@@ -65,6 +68,13 @@ class ToolCallInput(_Payload):
     """The call's arguments as a JSON object (the bound, canonical form)."""
     settings: dict[str, Any] = Field(default_factory=dict)
     """Added to the policy's settings for this call (as `Pool.call(settings=)`)."""
+    timeout_s: float | None = Field(None, gt=0)
+    """At most this long, when the run's wall budget leaves less than the tool's own
+    `timeout_s` (never longer than the worker's policy allows)."""
+    approved_sha256: str | None = None
+    """For a tool whose policy requires approval: the hash (`agent.binding`) of the
+    arguments a person approved. The worker checks it against what it is asked to run,
+    and answers `denied` without running anything when they differ."""
 
 
 class ToolCallOutput(_Payload):
@@ -217,13 +227,14 @@ def model_activity_options(
 
 def lost_worker(exc: BaseException) -> bool:
     """The activity failed because its worker went away (no heartbeat, past its
-    deadline) or refused a second delivery: the call may have run, in part or whole.
+    deadline, shut down mid-call) or refused a second delivery: the call may have run,
+    in part or whole.
     For a non-idempotent tool the workflow asks before running it again."""
     from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
 
     cause = exc.cause if isinstance(exc, ActivityError) else exc
     if isinstance(cause, ApplicationError):
-        return cause.type == NOT_RERUN
+        return cause.type in (NOT_RERUN, WORKER_SHUTDOWN)
     return isinstance(cause, TimeoutError) and cause.type in (
         TimeoutType.HEARTBEAT,
         TimeoutType.START_TO_CLOSE,

@@ -1,0 +1,190 @@
+"""The worker's two activities: one sandboxed tool call, one model call.
+
+    activities = SandboxActivities(policy, pool=pool, model=client_for, identity="w1")
+    Worker(client, task_queue=q, activities=[activities.tool_call, activities.model_call])
+
+A tool call runs in our `Pool` on a thread while the activity heartbeats in the
+background (at half the heartbeat timeout, so a cancellation stays deliverable:
+Temporal only delivers it on a heartbeat). Temporal's cancellation is cooperative
+and cannot stop a thread; here it cancels the call's `CancelToken`, which kills the
+tool's worker and its whole tree, waits until they are reaped, and re-raises. A
+worker shutting down does the same once its grace is over, and hands the call back
+as a failure (`WORKER_SHUTDOWN`): an idempotent call is then tried on another
+worker, any other one ends as lost.
+
+What the model should see (a timeout, a limit, the tool's own exception, a denial)
+comes back as a result, never as an activity failure that Temporal would retry.
+`RunError` and `PolicyError` fail for good (`ApplicationError(non_retryable=True)`).
+A non-idempotent call delivered a second time is refused (`NOT_RERUN`) whatever its
+options say: its first try may have had effects. The model's key is the worker's own
+(its environment); nothing of it goes into the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+
+import anyio.to_thread
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from policies import Policy
+from sandbox import Pool, ToolResult
+from sandbox.aio import run_cancellable
+from sandbox.cancel import CancelToken
+from sandbox.errors import Denied, PolicyError, RunError
+from sandbox.protocol import ToolError
+from tools import ArgumentError
+
+from ..binding import bind
+from ..model import ModelClient
+from .temporal_contracts import (
+    HEARTBEAT_TIMEOUT_S,
+    MODEL_ACTIVITY,
+    NOT_RERUN,
+    POLICY_ERROR,
+    RUN_ERROR,
+    TOOL_ACTIVITY,
+    WORKER_SHUTDOWN,
+    ModelCallInput,
+    ModelCallOutput,
+    ToolCallInput,
+    ToolCallOutput,
+)
+
+ModelFor = Callable[[str | None], ModelClient]
+"""The worker's client for a model name (None: its policy's); endpoint and key its own."""
+
+
+class SandboxActivities:
+    """Bound methods to register: `tool_call` needs a pool, `model_call` a model."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        pool: Pool | None = None,
+        model: ModelFor | None = None,
+        identity: str = "",
+    ) -> None:
+        self.policy = policy
+        self.pool = pool
+        self.model = model
+        self.identity = identity
+        self.calls = 0
+        """Tool and model calls this worker has taken (for its closing line)."""
+
+    @activity.defn(name=TOOL_ACTIVITY)
+    async def tool_call(self, call: ToolCallInput) -> ToolCallOutput:
+        assert self.pool is not None, "this worker serves no tool calls"
+        self.calls += 1
+        info = activity.info()
+        if info.attempt > 1 and not self.policy.idempotent(call.tool):
+            raise ApplicationError(
+                f"{call.tool} is not idempotent and an earlier try of call {call.call_id} may "
+                "have run (its worker went away): it is not run again without a person's "
+                "approval",
+                type=NOT_RERUN,
+                non_retryable=True,
+            )
+        refused = self._unapproved(call)
+        if refused is not None:
+            return ToolCallOutput.from_result(refused, self.identity)
+        pool, token = self.pool, CancelToken()
+        limits = None
+        if call.tool in pool.registry:
+            limits = self.policy.limits_for(call.tool)
+            if call.timeout_s is not None and call.timeout_s < limits.timeout_s:
+                limits = limits.model_copy(update={"timeout_s": call.timeout_s})
+
+        def run() -> ToolResult:
+            return pool.call(
+                call.tool,
+                call.arguments,
+                limits=limits,
+                settings=call.settings or None,
+                cancel=token,
+            )
+
+        async with _heartbeating(info.heartbeat_timeout):
+            try:
+                result = await run_cancellable(run, token)
+            except asyncio.CancelledError:
+                # The tool and its tree are dead and reaped by now (run_cancellable).
+                if activity.is_worker_shutdown():
+                    raise ApplicationError(
+                        f"the worker running {call.tool} (call {call.call_id}) shut down; "
+                        "the call was killed before it finished",
+                        type=WORKER_SHUTDOWN,
+                    ) from None
+                raise
+            except PolicyError as exc:
+                raise ApplicationError(str(exc), type=POLICY_ERROR, non_retryable=True) from None
+        return ToolCallOutput.from_result(result, self.identity)
+
+    @activity.defn(name=MODEL_ACTIVITY)
+    async def model_call(self, call: ModelCallInput) -> ModelCallOutput:
+        assert self.model is not None, "this worker serves no model calls"
+        self.calls += 1
+        client = self.model(call.model)
+
+        def complete() -> ModelCallOutput:
+            turn = client.complete(call.messages, call.tools, call.timeout_s, call.tool_choice)
+            return ModelCallOutput.from_turn(turn)
+
+        async with _heartbeating(activity.info().heartbeat_timeout):
+            try:
+                # An HTTP request cannot be killed; abandoned on cancel, it ends by its
+                # own timeout, which is at most `timeout_s`.
+                return await anyio.to_thread.run_sync(complete, abandon_on_cancel=True)
+            except RunError as exc:
+                raise ApplicationError(str(exc), type=RUN_ERROR, non_retryable=True) from None
+
+    def _unapproved(self, call: ToolCallInput) -> ToolResult | None:
+        """`denied` for a tool that needs approval unless the approval names the very
+        arguments asked for; None: run it (the pool answers for bad arguments)."""
+        assert self.pool is not None
+        if call.tool not in self.pool.registry or not self.policy.requires_approval(call.tool):
+            return None
+        try:
+            bound = bind(self.pool.registry.get(call.tool), call.arguments)
+        except ArgumentError:
+            return None
+        if call.approved_sha256 == bound.sha256:
+            return None
+        why = (
+            "no approval was given"
+            if call.approved_sha256 is None
+            else "the approval given was for other arguments"
+        )
+        denied = Denied(call.tool, f"a person must approve {call.tool} with these arguments; {why}")
+        return ToolResult(
+            tool=call.tool,
+            ok=False,
+            output=None,
+            error=ToolError(kind=denied.kind, message=denied.message),
+            duration_ms=0.0,
+            error_origin="agent",
+        )
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating(timeout: timedelta | None) -> AsyncIterator[None]:
+    """Heartbeat every half of `timeout` until the block ends."""
+    every = (timeout.total_seconds() if timeout else HEARTBEAT_TIMEOUT_S) / 2
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

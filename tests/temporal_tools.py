@@ -1,0 +1,68 @@
+"""Tools for the Temporal tests: one that hangs leaving a grandchild, one that says it
+started (a file in its data_dir) and waits to be killed, and runs again to the end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from tools import tool
+from tools.context import data_dir
+
+
+def _hang_with_grandchild(marker: str) -> str:
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        if os.fork() == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            os.execvp("sleep", ["sleep", marker])
+        os._exit(0)
+    os.waitpid(pid, 0)
+    time.sleep(3600)
+    return "woke up"
+
+
+@tool
+def hang(marker: str) -> str:
+    """Leave a daemon grandchild (`sleep MARKER`), then hang past any deadline.
+
+    Args:
+        marker: A unique sleep length, so the test can find the grandchild.
+    """
+    return _hang_with_grandchild(marker)
+
+
+@tool
+def hang_long(marker: str) -> str:
+    """`hang`, under a longer deadline (its policy's).
+
+    Args:
+        marker: A unique sleep length, so the test can find the grandchild.
+    """
+    return _hang_with_grandchild(marker)
+
+
+def _step() -> str:
+    here = Path(data_dir())
+    with open(here / "runs", "a") as runs:
+        runs.write("run\n")
+    if (here / "started").exists():
+        return f"finished on run {len((here / 'runs').read_text().splitlines())}"
+    (here / "started").write_text("")  # the test kills the worker once this appears
+    time.sleep(3600)
+    return "woke up"
+
+
+@tool
+def step_again() -> str:
+    """Count a run in data_dir/runs; the first run then hangs, a later one finishes."""
+    return _step()
+
+
+@tool
+def step_once() -> str:
+    """`step_again`, for a tool the policy does not call idempotent."""
+    return _step()
