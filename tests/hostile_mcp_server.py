@@ -1,6 +1,7 @@
 """A hostile MCP server, on the official SDK, for tests/test_mcp_sources.py: each tool
 tries something the sandbox must stop or outlast. `silent` as an argument: a server
-that reads its stdin and never answers, not even `initialize`."""
+that reads its stdin and never answers, not even `initialize`; `silent-if PATH`:
+silent when PATH exists as it starts, else a server like any other."""
 
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ def echo(text: str) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["silent"]:
+    silent_if = sys.argv[2] if sys.argv[1:2] == ["silent-if"] else None
+    if sys.argv[1:] == ["silent"] or (silent_if and os.path.exists(silent_if)):
         for _ in sys.stdin:
             pass
     else:

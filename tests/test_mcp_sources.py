@@ -147,15 +147,18 @@ def test_a_hostile_server_is_contained_whatever_its_tools_do(tmp_path: Path, lis
         hung = sources.call("hostile__detach", {"marker": marker})
         assert hung.error is not None and hung.error.kind == "timeout", hung
         assert sleepers(marker) == []  # the grandchild in a session of its own went too
-        assert sources.call("hostile__echo", {"text": "back"}).output == "back"
+        # A call's deadline holds the restart it waits for: these have time for one.
+        far = Limits(timeout_s=120)
+        assert sources.call("hostile__echo", {"text": "back"}, limits=far).output == "back"
         assert sources.starts("hostile") == 2
 
         crashed = sources.call("hostile__crash", {})
         assert crashed.error is not None and crashed.error.kind == "crashed", crashed
         assert "exited with status 3" in crashed.error.message
-        flooded = sources.call("hostile__flood", {})
+        flooded = sources.call("hostile__flood", {}, limits=far)
         assert flooded.error is not None and flooded.error.kind == "output_limit", flooded
-        assert sources.call("hostile__echo", {"text": "still here"}).output == "still here"
+        still = sources.call("hostile__echo", {"text": "still here"}, limits=far)
+        assert still.output == "still here"
         assert sources.starts("hostile") == 4
 
         # A cancelled run: its token kills the server the call waits on, at once.
@@ -226,6 +229,30 @@ def test_calls_beside_one_past_its_deadline_are_told_why_and_idempotent_ones_sen
     assert told.error is not None and told.error.kind == "crashed", told  # type: ignore[union-attr]
     assert "hostile__detach passed its 2 s deadline" in told.error.message  # type: ignore[union-attr]
     assert sleepers(once) == sleepers(hung) == []
+
+
+def test_a_call_that_waits_for_its_server_to_start_again_keeps_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """A server killed for a call's deadline starts again on the next call; one that
+    then never answers `initialize` held that call for its startup_timeout_s (here
+    600 s), not its own 2 s: the call ends at its deadline, as a `timeout`."""
+    silent = tmp_path / "silent"
+    policy = f"""
+        [mcp_servers.hostile]
+        command = ["python", "{HOSTILE}", "silent-if", "{silent}"]
+        read_paths = ["{tmp_path}"]
+        timeout_s = 2
+        startup_timeout_s = 600
+        """
+    with sources_for(policy, tmp_path) as sources:
+        timed_out = sources.call("hostile__detach", {"marker": unique_marker()})
+        assert timed_out.error is not None and timed_out.error.kind == "timeout", timed_out
+        silent.touch()  # from its next start on
+        waited = sources.call("hostile__echo", {"text": "hi"})
+        assert waited.error is not None and waited.error.kind == "timeout", waited
+        assert "still starting" in waited.error.message, waited
+        assert sources.starts("hostile") == 2
 
 
 def test_a_server_that_never_answers_initialize_is_stopped_with_a_clear_error(

@@ -173,14 +173,34 @@ class _Server:
             return live
 
     async def call(
-        self, tool: str, args: dict[str, Any], timeout_s: float, deadline_s: float | None = None
+        self,
+        tool: str,
+        args: dict[str, Any],
+        timeout_s: float,
+        deadline_s: float | None = None,
+        cancel: CancelToken | None = None,
     ) -> Any:
-        """`timeout_s`: what is left of the call's deadline, `deadline_s` (as said)."""
+        """`timeout_s`: what is left of the call's deadline, `deadline_s` (as said). A
+        restart the call waits for counts in it: a server silent as it starts again
+        would otherwise hold the call for its `startup_timeout_s`."""
         deadline_s = deadline_s or timeout_s
-        live = await self.connection()
+        ends = anyio.current_time() + timeout_s
+        with anyio.move_on_after(timeout_s) as starting:
+            live = await self.connection()
+        if starting.cancelled_caught:
+            raise ServerGone(
+                "timeout",
+                f"{self.name}{MCP_SEPARATOR}{tool} did not answer within {deadline_s:g} s: "
+                f"the MCP server {self.name} was still starting (it has "
+                f"{self.table.startup_timeout_s:g} s to answer initialize)",
+            )
+        if cancel is not None and cancel.cancelled:
+            # Checked here, on the loop the kill runs on: a cancel from now on finds
+            # this connection live and stops it; one before would find none to stop.
+            raise ServerGone("crashed", "the call was cancelled")
         assert live.session is not None
         try:
-            with anyio.fail_after(timeout_s):
+            with anyio.fail_after(max(ends - anyio.current_time(), 0.001)):
                 return await live.session.call_tool(tool, args)
         except TimeoutError:
             why = f"a call to {self.name}{MCP_SEPARATOR}{tool} passed its {deadline_s:g} s deadline"
@@ -195,7 +215,7 @@ class _Server:
             closed = isinstance(exc, MCPError) and exc.code == types.CONNECTION_CLOSED
             if closed and live.why is None:
                 # Its stdout ended: an exit, whose status says more, is noticed soon.
-                with anyio.move_on_after(EXIT_GRACE_S):
+                with anyio.move_on_after(min(EXIT_GRACE_S, ends - anyio.current_time())):
                     await live.stopped.wait()
                 live.stop(ServerGone("crashed", f"the MCP server {self.name} closed its stdout"))
             if isinstance(live.why, StoppedForAnother):  # not this call's doing
@@ -349,11 +369,13 @@ class McpSources:
         while True:
             left = timeout_s - (time.perf_counter() - start)
             future = asyncio.run_coroutine_threadsafe(
-                server.call(spec.remote_name, args, max(left, 0.001), timeout_s), self._loop
+                server.call(spec.remote_name, args, max(left, 0.001), timeout_s, cancel),
+                self._loop,
             )
             try:
                 return future.result()
             except StoppedForAnother:
+                left = timeout_s - (time.perf_counter() - start)
                 again = not resent and self.policy.idempotent(spec.name)
                 if not again or (cancel is not None and cancel.cancelled) or left <= 0:
                     raise
