@@ -257,7 +257,7 @@ def _check_values(policy: Policy, blame: Callable[[list[str]], str]) -> None:
 def check_mcp_server(name: str, server: McpServerPolicy, blame: Callable[[str], str]) -> None:
     """A server's name, its limits' ranges, its paths and its environment's names."""
     where = f"[mcp_servers.{name}]"
-    if not _SERVER_NAME.match(name) or MCP_SEPARATOR in name:
+    if not _SERVER_NAME.fullmatch(name) or MCP_SEPARATOR in name:
         raise PolicyError(
             f"{blame('command')}: {where}: the name must be 1-32 letters, digits, - or "
             f"single _ (its tools are called {name}{MCP_SEPARATOR}TOOL)"
@@ -283,7 +283,7 @@ def check_mcp_server(name: str, server: McpServerPolicy, blame: Callable[[str], 
             if key == "write_paths" and not os.path.isdir(path):
                 raise PolicyError(f"{blame(key)}: {where} {key}: {path!r} is not a directory")
     for variable in server.env:
-        if not _ENV_NAME.match(variable):
+        if not _ENV_NAME.fullmatch(variable):
             raise PolicyError(
                 f"{blame('env')}: {where} env: {variable!r} is not a variable name "
                 "(letters, digits and _, not starting with a digit)"

@@ -86,6 +86,13 @@ def flood() -> str:
         os.write(wire, chunk)
 
 
+@app.tool(name="echo\n")
+def echo_newline(text: str) -> str:
+    """A name that only a regex's `$` takes for ASCII (it matches before a last "\n"):
+    a model API refuses it, and every run would fail."""
+    return text
+
+
 @app.tool()
 def echo(text: str) -> str:
     """Answer normally (to show the server restarted)."""

@@ -138,6 +138,7 @@ def test_a_hostile_server_is_contained_whatever_its_tools_do(tmp_path: Path, lis
     secret.write_text("the key")
     marker = unique_marker()
     with hostile(tmp_path) as sources:
+        assert "hostile__echo\n" not in sources and "hostile__echo" in sources
         for path in (str(secret), "/etc/shadow", "~root/.ssh", "/root", "/home"):
             got = sources.call("hostile__read", {"path": path})
             assert got.ok and (got.output or "").startswith("refused"), (path, got)

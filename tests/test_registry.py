@@ -105,6 +105,8 @@ def test_definitions_that_cannot_be_tools_fail_at_import() -> None:
         tool(star)
     with pytest.raises(ToolDefinitionError, match="not allowed"):
         tool(name="has space")(lookup)
+    with pytest.raises(ToolDefinitionError, match="not allowed"):
+        tool(name="lookup\n")(lookup)  # a regex's `$` matches before a last newline
 
 
 def test_two_tools_with_one_name_are_refused() -> None:

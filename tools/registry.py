@@ -141,7 +141,7 @@ class Registry:
 
     def add(self, func: Callable[..., Any], name: str | None = None) -> ToolSpec:
         tool_name = name or func.__name__
-        if not _NAME.match(tool_name):
+        if not _NAME.fullmatch(tool_name):  # not match: `$` takes a last "\n"
             raise ToolDefinitionError(
                 f"tool name {tool_name!r} is not allowed: use 1-64 letters, digits, _ or -"
             )

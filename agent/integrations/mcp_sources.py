@@ -270,7 +270,7 @@ class McpSources:
         specs = []
         for tool in live.tools:
             full = f"{name}{MCP_SEPARATOR}{tool.name}"
-            if len(full) > 64 or not _API_NAME.match(full):
+            if len(full) > 64 or not _API_NAME.fullmatch(full):  # `$` takes a last "\n"
                 continue  # a name the model API refuses (or a look-alike): not offered
             if any(spec.name == full for spec in specs):
                 continue  # listed twice: the first is the one offered
