@@ -393,3 +393,44 @@ def test_model_calls_use_the_workers_own_key_which_stays_out_of_the_history(
     assert len(model.requests) == 2  # a RunError is not retried by Temporal
     assert model.headers[0]["authorization"] == f"Bearer {key}"
     assert key not in history and key not in worker.output
+
+
+DRIFTING = """
+from pydantic import BaseModel, field_validator
+from tools import tool
+
+class Word(BaseModel):
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def louder(cls, value: str) -> str:
+        return value + "!"
+
+@tool
+def drift(word: Word) -> str:
+    return word.text
+"""
+
+
+def test_a_call_needing_approval_whose_arguments_do_not_bind_never_runs(tmp_path: Path) -> None:
+    """Arguments that bind refuses (a repeated key, a validator that changes what it
+    validates) cannot carry an approval, and a tool that needs one must not run on
+    them: they were handed to the pool, which validated them once and ran the tool."""
+    from temporalio.testing import ActivityEnvironment
+
+    from agent.integrations.temporal_activities import SandboxActivities
+    from policies import parse_policy
+    from sandbox import Pool
+
+    source = tmp_path / "drifting.py"
+    source.write_text(DRIFTING)
+    registry = Registry()
+    registry.load(str(source))
+    policy = parse_policy("[tools.drift]\nrequires_approval = true\n", "p.toml", tmp_path)
+    call = ToolCallInput(run_id="r", call_id="c", tool="drift", arguments='{"word": {"text": "a"}}')
+    with Pool(policy, registry=registry, size=1, spares=1) as pool:
+        activities = SandboxActivities(policy, pool=pool)
+        out = asyncio.run(ActivityEnvironment().run(activities.tool_call, call))
+    assert not out.ok and out.error is not None, out
+    assert out.error.kind == "bad_arguments" and "differ from what is approved" in out.error.message

@@ -35,7 +35,7 @@ from policies import Policy
 from sandbox import Pool, ToolResult
 from sandbox.aio import run_cancellable
 from sandbox.cancel import CancelToken
-from sandbox.errors import Denied, PolicyError, RunError
+from sandbox.errors import BadArguments, Denied, PolicyError, RunError, ToolCallError
 from sandbox.protocol import ToolError
 from tools import ArgumentError
 
@@ -145,14 +145,16 @@ class SandboxActivities:
 
     def _unapproved(self, call: ToolCallInput) -> ToolResult | None:
         """`denied` for a tool that needs approval unless the approval names the very
-        arguments asked for; None: run it (the pool answers for bad arguments)."""
+        arguments asked for, `bad_arguments` when they do not bind (no approval can
+        name them: a validator that changes what it validates passes the pool's single
+        check); None: run it (the pool answers for bad arguments)."""
         assert self.pool is not None
         if call.tool not in self.pool.registry or not self.policy.requires_approval(call.tool):
             return None
         try:
             bound = bind(self.pool.registry.get(call.tool), call.arguments)
-        except ArgumentError:
-            return None
+        except ArgumentError as exc:
+            return _refusal(call.tool, BadArguments(call.tool, str(exc)))
         if call.approved_sha256 == bound.sha256:
             return None
         why = (
@@ -160,15 +162,21 @@ class SandboxActivities:
             if call.approved_sha256 is None
             else "the approval given was for other arguments"
         )
-        denied = Denied(call.tool, f"a person must approve {call.tool} with these arguments; {why}")
-        return ToolResult(
-            tool=call.tool,
-            ok=False,
-            output=None,
-            error=ToolError(kind=denied.kind, message=denied.message),
-            duration_ms=0.0,
-            error_origin="agent",
+        return _refusal(
+            call.tool,
+            Denied(call.tool, f"a person must approve {call.tool} with these arguments; {why}"),
         )
+
+
+def _refusal(tool: str, exc: ToolCallError) -> ToolResult:
+    return ToolResult(
+        tool=tool,
+        ok=False,
+        output=None,
+        error=ToolError(kind=exc.kind, message=exc.message),
+        duration_ms=0.0,
+        error_origin="agent",
+    )
 
 
 @contextlib.asynccontextmanager
