@@ -248,3 +248,79 @@ def test_a_2026_yes_runs_one_call_only(pool: Pool, tmp_path: Any) -> None:
         sorted(e["approval"] for e in events)
         == ["approved_client"] + ["denied_client_replayed"] * 2
     )
+
+
+def test_over_streamable_http_with_the_token_a_yes_runs_once_and_the_question_is_escaped(
+    tmp_path: Any,
+) -> None:
+    """The real server process (`mcp serve --ask --http`, a bearer token), a 2026-era
+    client: an argument holding terminal escapes is shown escaped, and the yes, sent
+    three times (two at once), runs the call once (its order is unknown: the tool says
+    so)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    httpx2 = pytest.importorskip("httpx2")
+    from mcp.client.streamable_http import streamable_http_client
+
+    token = "ask-token-0123456789abcdef"
+    trace = tmp_path / "t.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
+    root = Path(__file__).resolve().parent.parent
+    argv = ["-m", "agent", "mcp", "serve", "--ask", "--http", "127.0.0.1:0", "--workers", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, *argv, "--trace", str(trace)],
+        cwd=root,
+        env=env | {"SANDBOXED_AGENT_MCP_TOKEN": token},
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    hostile = {"order_id": "12345\x1b]52;c;cm0gLXJm\x07\x1b[2J\u202e", "amount": 89.99}
+    yes = {"approve": types.ElicitResult(action="accept", content={"allow": True})}
+
+    async def use(url: str) -> tuple[str, list[Any]]:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=60) as http,
+            Client(streamable_http_client(url, http_client=http), mode="auto") as client,
+        ):
+            session = client.session
+            asked = await session.call_tool("issue_refund", hostile, allow_input_required=True)
+            assert isinstance(asked, types.InputRequiredResult), asked
+            [question] = asked.input_requests.values()
+            results: list[Any] = []
+
+            async def again() -> None:
+                results.append(
+                    await session.call_tool(
+                        "issue_refund",
+                        hostile,
+                        input_responses=yes,
+                        request_state=asked.request_state,
+                    )
+                )
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(again)
+                tasks.start_soon(again)
+            await again()
+            return question.params.message, results
+
+    try:
+        assert proc.stderr is not None
+        url = next(line for line in proc.stderr if " at http://" in line)
+        message, results = anyio.run(use, url.split(" at ", 1)[1].split()[0])
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
+        assert proc.stderr is not None
+        proc.stderr.close()
+    assert "\x1b" not in message and "\x07" not in message and "\u202e" not in message
+    assert "\\u001b]52;c;" in message and "\\u202e" in message, message
+    texts = [r.content[0].text for r in results]
+    assert [t.startswith("denied: ") for t in texts].count(False) == 1, texts  # ran once
+    approvals = sorted(e["approval"] for e in read_trace(trace) if e["event"] == "tool_call")
+    assert approvals == ["approved_client", "denied_client_replayed", "denied_client_replayed"]
