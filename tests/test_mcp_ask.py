@@ -324,3 +324,58 @@ def test_over_streamable_http_with_the_token_a_yes_runs_once_and_the_question_is
     assert [t.startswith("denied: ") for t in texts].count(False) == 1, texts  # ran once
     approvals = sorted(e["approval"] for e in read_trace(trace) if e["event"] == "tool_call")
     assert approvals == ["approved_client", "denied_client_replayed", "denied_client_replayed"]
+
+
+NOTE_TOOL = """
+from tools import tool
+
+
+@tool
+def send_note(body: str, to: str) -> str:
+    \"\"\"Send a note.
+
+    Args:
+        body: The text.
+        to: Who gets it.
+    \"\"\"
+    return to
+"""
+
+
+def test_a_long_value_does_not_push_a_short_one_out_of_the_questions_view(
+    tmp_path: Any,
+) -> None:
+    """`body` sorts before `to`: 5,000 characters of it put the recipient far below
+    the top of the question, which is what a client's dialog shows first."""
+    from policies import parse_policy
+
+    source = tmp_path / "notes.py"
+    source.write_text(NOTE_TOOL)
+    registry = Registry()
+    registry.load(str(source))
+    policy = parse_policy("[tools.send_note]\nrequires_approval = true\n", "p.toml", tmp_path)
+    asked: list[str] = []
+
+    async def decline(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="decline")
+
+    trace = Trace(tmp_path / "t.jsonl")
+    args = {"body": "Dear team, " + "lorem ipsum " * 420, "to": "attacker@example.com"}
+    with Pool(policy, registry=registry, size=1, spares=1) as pool:
+        service = ToolService(pool, policy, Approver(), trace, ask_client=True)
+
+        async def use() -> types.CallToolResult:
+            server = build_server(service)
+            async with Client(server, mode="legacy", elicitation_callback=decline) as client:
+                return await client.call_tool("send_note", args)
+
+        try:
+            result = anyio.run(use)
+        finally:
+            trace.close()
+    assert result.is_error
+    [message] = asked
+    top = message[:300]
+    assert 'to = "attacker@example.com"' in top and "characters, in full below" in top, top
+    assert args["body"] in message  # and still shown whole

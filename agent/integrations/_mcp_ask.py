@@ -37,12 +37,16 @@ from pydantic import ValidationError
 
 from ..approval import Decision, what_would_run
 from ..binding import BoundCall
+from ..terminal import ascii_json, safe
 
 ASK_TIMEOUT_S = 600.0
 """How long a person at the client has to answer before the call is denied."""
 FIELD = "allow"
 QUESTION = "approve"
 """The key of the question in an `InputRequiredResult`."""
+SUMMARY_OVER = 600
+"""A question longer than this (its arguments listed) starts with a one-line summary."""
+SHORT_VALUE_CHARS = 80
 _KEY = secrets.token_bytes(32)
 """Seals the `request_state` this process hands out: the client echoes it back."""
 
@@ -62,7 +66,23 @@ def _form(tool: str) -> dict[str, Any]:
 
 
 def _message(call: BoundCall) -> str:
-    return f"sandboxed-agent: {what_would_run(call)}\nAllow this call?"
+    shown = what_would_run(call)
+    if len(shown) > SUMMARY_OVER:
+        shown = f"{_summary(call)}\n{shown}"
+    return f"sandboxed-agent: {shown}\nAllow this call?"
+
+
+def _summary(call: BoundCall) -> str:
+    """Every argument on one line, a long one by its size: a client's dialog shows the
+    top of the question, and a long value (sorted first) would push a short one that
+    matters (a recipient, an amount) out of view."""
+    parts = []
+    for key in sorted(call.args):
+        value = ascii_json(call.args[key])
+        if len(value) > SHORT_VALUE_CHARS:
+            value = f"({len(value):,} characters, in full below)"
+        parts.append(f"{safe(key)} = {value}")
+    return f"In short, {safe(call.tool)} with " + ", ".join(parts) + ". In full:"
 
 
 def _verdict(call: BoundCall, answer: Any) -> Decision:
