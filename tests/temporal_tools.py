@@ -66,3 +66,15 @@ def step_again() -> str:
 def step_once() -> str:
     """`step_again`, for a tool the policy does not call idempotent."""
     return _step()
+
+
+@tool
+def finish_soon(seconds: float) -> str:
+    """Say it started (data_dir/started), then finish after `seconds`.
+
+    Args:
+        seconds: How long it takes once started.
+    """
+    (Path(data_dir()) / "started").write_text("")
+    time.sleep(seconds)
+    return "finished"

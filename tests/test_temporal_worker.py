@@ -70,6 +70,9 @@ data_dir = "again"
 timeout_s = 60
 idempotent = false
 data_dir = "once"
+[tools.finish_soon]
+timeout_s = 60
+data_dir = "soon"
 [tools.calculate]
 requires_approval = true
 """
@@ -328,6 +331,28 @@ def test_a_non_idempotent_call_whose_worker_dies_is_not_run_again(setup: Setup) 
     assert setup.data("once").joinpath("runs").read_text() == "run\n"  # once, on the first
     assert second.stop() == 0
     assert "after 0 calls" in second.output
+
+
+def test_sigterm_lets_a_running_call_finish_within_its_grace(setup: Setup) -> None:
+    worker = setup.worker("--grace", "60")
+    one = setup.call("finish_soon", '{"seconds": 2}')
+
+    async def body(client: Any, queue: str) -> Outcome:
+        handle = await client.start_workflow(
+            OneToolCall.run,
+            one,
+            id=f"grace-{uuid.uuid4().hex}",
+            task_queue=queue,
+            result_type=Outcome,
+            execution_timeout=timedelta(seconds=WAIT_S),
+        )
+        await wait_for_file(setup.data("soon") / "started")
+        assert await asyncio.to_thread(worker.stop) == 0, worker.output
+        return await handle.result()
+
+    outcome = drive(setup.server, body)
+    assert outcome.output is not None and outcome.output.output == "finished", outcome
+    assert "stopped (SIGTERM) after 1 call; no worker left" in worker.output
 
 
 def test_sigterm_kills_a_call_past_its_grace_and_leaves_nothing(setup: Setup) -> None:
