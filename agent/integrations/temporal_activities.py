@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Any
 
 import anyio.to_thread
 from temporalio import activity
@@ -90,9 +91,11 @@ class SandboxActivities:
                 type=NOT_RERUN,
                 non_retryable=True,
             )
-        refused = self._unapproved(call)
-        if refused is not None:
-            return ToolCallOutput.from_result(refused, self.identity)
+        checked = self._approved(call)
+        if isinstance(checked, ToolResult):
+            return ToolCallOutput.from_result(checked, self.identity)
+        # An approved call runs the very dict that was hashed, not the text again.
+        arguments = call.arguments if checked is None else checked
         pool, token = self.pool, CancelToken()
         limits = None
         if call.tool in pool.registry:
@@ -103,7 +106,7 @@ class SandboxActivities:
         def run() -> ToolResult:
             return pool.call(
                 call.tool,
-                call.arguments,
+                arguments,
                 limits=limits,
                 settings=call.settings or None,
                 cancel=token,
@@ -143,11 +146,12 @@ class SandboxActivities:
             except RunError as exc:
                 raise ApplicationError(str(exc), type=RUN_ERROR, non_retryable=True) from None
 
-    def _unapproved(self, call: ToolCallInput) -> ToolResult | None:
-        """`denied` for a tool that needs approval unless the approval names the very
+    def _approved(self, call: ToolCallInput) -> ToolResult | dict[str, Any] | None:
+        """For a tool that needs approval: `denied` unless the approval names the very
         arguments asked for, `bad_arguments` when they do not bind (no approval can
         name them: a validator that changes what it validates passes the pool's single
-        check); None: run it (the pool answers for bad arguments)."""
+        check), else the bound arguments to run. None: no approval needed (the pool
+        answers for bad arguments)."""
         assert self.pool is not None
         if call.tool not in self.pool.registry or not self.policy.requires_approval(call.tool):
             return None
@@ -156,7 +160,7 @@ class SandboxActivities:
         except ArgumentError as exc:
             return _refusal(call.tool, BadArguments(call.tool, str(exc)))
         if call.approved_sha256 == bound.sha256:
-            return None
+            return bound.args
         why = (
             "no approval was given"
             if call.approved_sha256 is None
