@@ -38,6 +38,7 @@ from .temporal_contracts import DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE
 READY = "worker ready"
 """In the line printed on stderr once the worker polls its queues (tests wait on it)."""
 DEFAULT_GRACE_S = 10.0
+CONNECT_TIMEOUT_S = 30.0
 
 
 class WorkerFailed(SandboxedAgentError):
@@ -226,7 +227,15 @@ async def _connect(target: str, namespace: str) -> Any:
     from .temporal_contracts import data_converter
 
     try:
-        client = await Client.connect(target, namespace=namespace, data_converter=data_converter())
+        client = await asyncio.wait_for(
+            Client.connect(target, namespace=namespace, data_converter=data_converter()),
+            CONNECT_TIMEOUT_S,
+        )
+    except TimeoutError:
+        raise WorkerFailed(
+            f"the Temporal server at {target} did not answer within {CONNECT_TIMEOUT_S:g} s; "
+            "check --temporal and that nothing drops the connection"
+        ) from None
     except Exception as exc:
         raise WorkerFailed(
             f"cannot reach the Temporal server at {target} ({_one_line(exc)}); start one "
@@ -269,6 +278,8 @@ def _served(served: dict[str, Any]) -> str:
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if "grpc-status header missing" in text:
+        return "something answered there, but not a Temporal server's gRPC"
     for known in ("Connection refused", "dns error", "timed out", "Connection reset"):
         if known.lower() in text.lower():
             return known.lower()
