@@ -291,46 +291,43 @@ def test_the_worker_runs_a_tool_that_needs_approval_only_for_the_approved_argume
     assert outcome.output.output == "42"
 
 
-def _killed_mid_call(setup: Setup, tool: str) -> tuple[Outcome, WorkerProcess]:
-    """Start `tool` on a first worker, wait until it runs there (its file), start a
-    second worker, SIGKILL the first; the outcome, and the second worker."""
+def test_a_worker_killed_mid_call_retries_only_the_idempotent_call_elsewhere(
+    setup: Setup,
+) -> None:
+    """Both calls run on a first worker (their files say so); a second starts; the first
+    is SIGKILLed. The idempotent call is run again there and finishes; the other is
+    lost, run once only, so that the workflow can ask before running it again."""
     first = setup.worker()
-    one = setup.call(tool)
-    started = setup.data("again" if tool == "step_again" else "once") / "started"
+    calls = {tool: setup.call(tool) for tool in ("step_again", "step_once")}
 
-    async def body(client: Any, queue: str) -> tuple[Outcome, WorkerProcess]:
-        handle = await client.start_workflow(
-            OneToolCall.run,
-            one,
-            id=f"kill-{uuid.uuid4().hex}",
-            task_queue=queue,
-            result_type=Outcome,
-            execution_timeout=timedelta(seconds=WAIT_S),
-        )
-        await wait_for_file(started)  # only the first worker polls: it runs there
+    async def body(client: Any, queue: str) -> tuple[dict[str, Outcome], WorkerProcess]:
+        handles = {
+            tool: await client.start_workflow(
+                OneToolCall.run,
+                one,
+                id=f"kill-{uuid.uuid4().hex}",
+                task_queue=queue,
+                result_type=Outcome,
+                execution_timeout=timedelta(seconds=WAIT_S),
+            )
+            for tool, one in calls.items()
+        }
+        for name in ("again", "once"):  # only the first worker polls: they run there
+            await wait_for_file(setup.data(name) / "started")
         second = setup.worker(ready=False)  # from this thread: it dies with its starter
         await asyncio.to_thread(second.wait_ready)
         assert first.kill() == -signal.SIGKILL
-        return await handle.result(), second
+        return {tool: await h.result() for tool, h in handles.items()}, second
 
-    return drive(setup.server, body)
-
-
-def test_an_idempotent_call_whose_worker_dies_is_retried_on_another(setup: Setup) -> None:
-    outcome, second = _killed_mid_call(setup, "step_again")
-    assert outcome.output is not None, outcome.failure
-    assert outcome.output.ok, outcome.output
-    assert outcome.output.output == "finished on run 2"
-    assert outcome.output.worker.startswith(f"{second.pid}@")
-
-
-def test_a_non_idempotent_call_whose_worker_dies_is_not_run_again(setup: Setup) -> None:
-    outcome, second = _killed_mid_call(setup, "step_once")
-    assert outcome.output is None
-    assert outcome.lost, outcome.failure  # the workflow can ask before running it again
+    outcomes, second = drive(setup.server, body)
+    again, once = outcomes["step_again"], outcomes["step_once"]
+    assert again.output is not None, again.failure
+    assert again.output.ok and again.output.output == "finished on run 2", again.output
+    assert again.output.worker.startswith(f"{second.pid}@")
+    assert once.output is None and once.lost, once
     assert setup.data("once").joinpath("runs").read_text() == "run\n"  # once, on the first
     assert second.stop() == 0
-    assert "after 0 calls" in second.output
+    assert "after 1 call;" in second.output  # the idempotent one, not the other
 
 
 def test_sigterm_lets_a_running_call_finish_within_its_grace(setup: Setup) -> None:
