@@ -24,7 +24,7 @@ class Decision:
     """Goes into the trace: approved_flag, approved_yes, approved_tty, approved_always,
     denied_tty, denied_no_tty; over MCP (`--ask`) approved_client, denied_client,
     denied_client_timeout, denied_client_unable, denied_client_changed,
-    denied_client_replayed."""
+    denied_client_replayed, denied_client_busy."""
     sha256: str
     """The arguments' hash the decision was made for (`BoundCall.sha256`)."""
 
@@ -78,6 +78,7 @@ def denial(tool: str, how: str) -> str:
         "denied_client_timeout": "no one answered in time",
         "denied_client_changed": "the answer given was for other arguments",
         "denied_client_replayed": "that answer was already used for an earlier call",
+        "denied_client_busy": "too many questions were already waiting for an answer",
     }.get(how, "it was not approved")
     # The decision's code (denied_no_tty) stays in the trace: a model repeats it.
     return (

@@ -93,7 +93,8 @@ class ToolCalled(Event):
     was answered with a note instead, or call_limit when it was past the turn's
     max_calls_per_turn; from `mcp serve --ask`, approved_client and denied_client,
     denied_client_timeout, denied_client_unable, denied_client_changed, and
-    denied_client_replayed (a yes sent again after it ran its call)."""
+    denied_client_replayed (a yes sent again after it ran its call), denied_client_busy
+    (too many questions unanswered at once)."""
     sent_chars: int
     """How much of the result entered the context (after truncation)."""
     timeout_s: float | None = None

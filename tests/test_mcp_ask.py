@@ -379,3 +379,39 @@ def test_a_long_value_does_not_push_a_short_one_out_of_the_questions_view(
     top = message[:300]
     assert 'to = "attacker@example.com"' in top and "characters, in full below" in top, top
     assert args["body"] in message  # and still shown whole
+
+
+def test_questions_left_unanswered_are_bounded(pool: Pool, tmp_path: Any) -> None:
+    """A client that never answers holds each call's question for ask_timeout_s: past
+    `max_questions` waiting at once, the next call is denied at once, not held."""
+    trace = Trace(tmp_path / "t.jsonl")
+    service = ToolService(
+        pool, POLICY, Approver(), trace, ask_client=True, ask_timeout_s=30, max_questions=2
+    )
+    asked: list[str] = []
+    both = anyio.Event()
+
+    async def never(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        if len(asked) == 2:
+            both.set()
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    async def use() -> types.CallToolResult:
+        async with Client(build_server(service), mode="legacy", elicitation_callback=never) as c:
+            async with anyio.create_task_group() as tasks:
+                for _ in range(2):
+                    tasks.start_soon(c.call_tool, "issue_refund", REFUND)
+                await both.wait()
+                third = await c.call_tool("issue_refund", REFUND)
+                tasks.cancel_scope.cancel()
+            return third
+
+    try:
+        third = anyio.run(use)
+    finally:
+        trace.close()
+    assert len(asked) == 2
+    assert third.is_error and "too many questions" in third.content[0].text, third
+    assert recorded(tmp_path / "t.jsonl")["approval"] == "denied_client_busy"

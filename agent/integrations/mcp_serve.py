@@ -36,12 +36,13 @@ from sandbox.errors import BadArguments, Denied, ToolCallError, UnknownTool
 from sandbox.protocol import ToolError
 from tools import ArgumentError
 
-from ..approval import Approver, denial
+from ..approval import Approver, Decision, denial
 from ..audit import Event, ToolCalled, Trace
 from ..binding import BoundCall, bind, canonical_json
 from ._mcp_ask import ASK_TIMEOUT_S, answer_carried, ask_client, asks_by_result, question
 
 SERVER_NAME = "sandboxed-agent"
+MAX_QUESTIONS = 32
 CANCELLED = (
     "cancelled before it ended (the client cancelled it, or the server stopped); its worker "
     "and every process it started were killed"
@@ -78,7 +79,11 @@ class ToolService:
     ask_client: bool = False
     """Ask the person at the client (MCP elicitation) when no flag allows a call."""
     ask_timeout_s: float = ASK_TIMEOUT_S
+    max_questions: int = MAX_QUESTIONS
+    """Questions the server may wait on at once (`--ask`): a client that never answers
+    holds each call for `ask_timeout_s`; past this many, a call is denied at once."""
     calls: int = 0
+    _asking: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _trace_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -149,8 +154,14 @@ class ToolService:
                 decision = carried
             elif asks_by_result(ctx):
                 return question(bound, self.ask_timeout_s)
+            elif self._asking >= self.max_questions:
+                decision = Decision(False, "denied_client_busy", bound.sha256)
             else:
-                decision = await ask_client(ctx, bound, self.ask_timeout_s)
+                self._asking += 1  # one event loop: no lock
+                try:
+                    decision = await ask_client(ctx, bound, self.ask_timeout_s)
+                finally:
+                    self._asking -= 1
         call.approval, call.approved = decision.how, decision.sha256
         if decision.allowed:
             return None
