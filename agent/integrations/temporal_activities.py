@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from policies import Policy
 from sandbox import Pool, ToolResult
@@ -42,6 +43,8 @@ from tools import ArgumentError
 
 from ..binding import bind
 from ..model import ModelClient
+from ..scrubbing import scrub
+from ..terminal import safe
 from .temporal_contracts import (
     HEARTBEAT_TIMEOUT_S,
     MODEL_ACTIVITY,
@@ -84,11 +87,11 @@ class SandboxActivities:
         self.calls += 1
         info = activity.info()
         if info.attempt > 1 and not self.policy.idempotent(call.tool):
-            raise ApplicationError(
+            raise _failure(
                 f"{call.tool} is not idempotent and an earlier try of call {call.call_id} may "
                 "have run (its worker went away): it is not run again without a person's "
                 "approval",
-                type=NOT_RERUN,
+                NOT_RERUN,
                 non_retryable=True,
             )
         checked = self._approved(call)
@@ -118,14 +121,14 @@ class SandboxActivities:
             except asyncio.CancelledError:
                 # The tool and its tree are dead and reaped by now (run_cancellable).
                 if activity.is_worker_shutdown():
-                    raise ApplicationError(
+                    raise _failure(
                         f"the worker running {call.tool} (call {call.call_id}) shut down; "
                         "the call was killed before it finished",
-                        type=WORKER_SHUTDOWN,
+                        WORKER_SHUTDOWN,
                     ) from None
                 raise
             except PolicyError as exc:
-                raise ApplicationError(str(exc), type=POLICY_ERROR, non_retryable=True) from None
+                raise _failure(str(exc), POLICY_ERROR, non_retryable=True) from None
         return ToolCallOutput.from_result(result, self.identity)
 
     @activity.defn(name=MODEL_ACTIVITY)
@@ -144,7 +147,7 @@ class SandboxActivities:
                 # own timeout, which is at most `timeout_s`.
                 return await anyio.to_thread.run_sync(complete, abandon_on_cancel=True)
             except RunError as exc:
-                raise ApplicationError(str(exc), type=RUN_ERROR, non_retryable=True) from None
+                raise _failure(str(exc), RUN_ERROR, non_retryable=True) from None
 
     def _approved(self, call: ToolCallInput) -> ToolResult | dict[str, Any] | None:
         """For a tool that needs approval: `denied` unless the approval names the very
@@ -180,6 +183,18 @@ def _refusal(tool: str, exc: ToolCallError) -> ToolResult:
         error=ToolError(kind=exc.kind, message=exc.message),
         duration_ms=0.0,
         error_origin="agent",
+    )
+
+
+def _failure(message: str, kind: str, *, non_retryable: bool = False) -> ApplicationError:
+    """An activity failure we expect (not a bug): one line on the worker's stderr, and
+    BENIGN, so that the SDK logs it without a traceback."""
+    print(f"sandboxed-agent: {safe(scrub(f'{kind}: {message}'))}", file=sys.stderr, flush=True)
+    return ApplicationError(
+        message,
+        type=kind,
+        non_retryable=non_retryable,
+        category=ApplicationErrorCategory.BENIGN,
     )
 
 
