@@ -255,13 +255,19 @@ def test_the_dev_server_accepts_a_client(temporal_server: DevServer) -> None:
     assert temporal_server.address.startswith("127.0.0.1:")
 
 
-def test_bad_and_unreachable_addresses_get_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_and_unreachable_addresses_get_one_line(
+    temporal_server: DevServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     unreachable = f"127.0.0.1:{free_port()}"
     for address, status in [("nope", 2), ("[::1", 2), ("127.0.0.1:99999", 2), (unreachable, 1)]:
         assert main(["worker", "--temporal", address, "--serve", "tools"]) == status
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("sandboxed-agent: "), lines
     assert f"cannot reach the Temporal server at {unreachable}" in lines[0]
+    unknown = ["--namespace", "no-such-namespace", "--serve", "tools"]
+    assert main(["worker", "--temporal", temporal_server.address, *unknown]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--namespace no-such-namespace: the server at" in lines[0], lines
     assert main(["worker", "--temporal", "h:1", "--serve", "agent", "--tool-queue", "q"]) == 2
 
 
