@@ -5,8 +5,9 @@ but the read timeout between two bytes: an endpoint that answers 400 and then se
 byte a second held the run forever, and one that sent 2 GB grew the process to 7 GB.
 A response hook (the HTTP library's own `event_hooks`, so proxies and every transport
 are covered) wraps such a body: it ends at `ERROR_BODY_BYTES`, or once the request's
-own timeout has passed since the headers came. The run then gets the status, as the
-error it is (`failed with HTTP 400`); only its detail may be cut.
+own timeout has passed since the headers came, counted after decompression (a 900 KB
+gzip body of zeros is 900 MB; it is decoded here, not by the HTTP library). The run then
+gets the status, as the error it is (`failed with HTTP 400`); only its detail may be cut.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,13 +32,20 @@ def _bounded(library: str) -> type:
     class Bounded(base):  # type: ignore[misc, valid-type]
         """A response's byte stream that ends early; closes the one it wraps."""
 
-        def __init__(self, stream: Any, deadline: float) -> None:
+        def __init__(self, stream: Any, deadline: float, coding: str) -> None:
             self._stream = stream
             self._deadline = deadline
+            # gzip or deflate (zlib's header found either way); any other stays as sent
+            gzip = coding in ("gzip", "x-gzip", "deflate")
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS | 32) if gzip else None
 
         def __iter__(self) -> Iterator[bytes]:
             left = ERROR_BODY_BYTES
-            for chunk in self._stream:
+            for raw in self._stream:
+                try:
+                    chunk = self._decoder.decompress(raw, left) if self._decoder else raw
+                except zlib.error:
+                    return  # not what it said it was: the status is still the error
                 yield chunk[:left]
                 left -= len(chunk)
                 if left <= 0 or time.monotonic() > self._deadline:
@@ -54,5 +63,8 @@ def bound_error_body(response: Any) -> None:
         return  # the answer itself: `agent.model.read_body` bounds it
     timeout = response.request.extensions.get("timeout") or {}
     read_s = timeout.get("read") or timeout.get("pool") or 60.0
+    coding = response.headers.get("content-encoding", "").strip().lower()
+    if coding:
+        del response.headers["content-encoding"]  # decoded by the stream, within bounds
     stream = _bounded(type(response).__module__.split(".")[0])
-    response.stream = stream(response.stream, time.monotonic() + read_s)
+    response.stream = stream(response.stream, time.monotonic() + read_s, coding)

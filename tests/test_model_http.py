@@ -3,12 +3,14 @@ openai 3, httpx before): the base install has only the one openai pulls in."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +177,32 @@ def test_an_error_body_that_never_ends_is_cut_and_the_status_said(api: str, floo
         server.close()
     [error] = said
     assert isinstance(error, RunError) and "HTTP 400" in str(error), repr(error)
+
+
+def test_an_error_body_is_bounded_after_decompression() -> None:
+    """1 MiB of gzip is up to 1 GB of body (a 900 KB one grew the process to 2.7 GB): the
+    bound holds for what it decodes to, and a real compressed error still reads."""
+    import gzip
+    import importlib
+
+    import openai
+
+    from agent.error_bodies import ERROR_BODY_BYTES, bound_error_body
+
+    # The HTTP library the installed openai client is built on (httpx2, or httpx).
+    library = openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0]
+    http = importlib.import_module(library)
+
+    def error(body: bytes) -> Any:
+        request = http.Request("POST", "http://127.0.0.1/v1/responses")
+        response = http.Response(
+            500, headers={"content-encoding": "gzip"}, stream=http.ByteStream(body), request=request
+        )
+        bound_error_body(response)
+        response.read()
+        return response
+
+    bomb = gzip.compress(b"\0" * (48 << 20))  # 48 MiB of zeros in about 48 KB
+    assert len(error(bomb).content) <= ERROR_BODY_BYTES
+    said = error(gzip.compress(json.dumps({"error": {"message": "boom"}}).encode()))
+    assert said.json() == {"error": {"message": "boom"}}
