@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +46,9 @@ class Budget:
     steps: int = 0
     cost_usd: float = 0.0
     unpriced: set[str] = field(default_factory=set)
+    clock: Callable[[], float] = time.monotonic
+    """Seconds, for the wall budget: a Temporal workflow gives its own deterministic
+    clock (then `started` must be given from it too)."""
 
     def before_model_call(self) -> float:
         """Raise `RunStopped` if a budget is spent; else return the seconds left."""
@@ -69,7 +73,7 @@ class Budget:
         return left
 
     def time_left(self) -> float:
-        return self.limits.max_wall_s - (time.monotonic() - self.started)
+        return self.limits.max_wall_s - (self.clock() - self.started)
 
     def charge(self, model: str, usage: Usage) -> float:
         """Count one model call; return its cost in dollars."""

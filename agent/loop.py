@@ -4,13 +4,12 @@ audit → append; repeat until the model answers or a guardrail ends the run."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from policies import Policy
-from sandbox import CancelToken, Pool, ToolResult
+from sandbox import CancelToken, Limits, Pool, ToolResult
 from sandbox.errors import (
     BadArguments,
     CallCancelled,
@@ -24,7 +23,7 @@ from tools import ArgumentError
 from tools.context import EMBEDDING
 
 from . import steering
-from .approval import Approver, denial
+from .approval import Approver, Decision, denial
 from .audit import ModelCalled, RunEnded, RunStarted, ToolCalled, Trace, egress_events
 from .binding import BoundCall
 from .checkpoints import CallRecord, CheckpointError, Outcome, RunRecord, RunStore
@@ -74,6 +73,51 @@ class ToolOutcome:
     """The timeout it ran under: its policy's, or less when the wall budget had less left."""
     wall_left_s: float | None = None
     """Seconds of the run's wall budget left when it started."""
+
+
+ToRun = tuple[int, str, str, BoundCall | str, str, str | None]
+"""(index in the turn, call id, tool, what goes to the pool, approval, hash approved):
+the bound call, or the model's text for a tool that does not exist (the pool says so
+with the list of tools)."""
+
+
+@dataclass(frozen=True)
+class Asking:
+    """A call of the turn that waits for a person's decision."""
+
+    index: int
+    call_id: str
+    bound: BoundCall
+
+
+@dataclass
+class Turn:
+    """One model turn's calls on their way from guarded to recorded (`Agent._screen`,
+    `_decided`, `_ran`, `_close`): a local run and a Temporal workflow share these, and
+    differ only in how they ask a person and run a call."""
+
+    step: int
+    outcomes: list[ToolOutcome | None]
+    to_run: list[ToRun] = field(default_factory=list)
+    asking: list[Asking] = field(default_factory=list)
+    stop: RunStopped | None = None
+    repaired: dict[str, BoundCall] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A call about to run: with what settings, under which limits."""
+
+    call_id: str
+    tool: str
+    bound: BoundCall | None
+    arguments: str
+    approval: str
+    approved: str | None
+    settings: dict[str, Any]
+    limits: Limits | None
+    own_timeout: float | None
+    left: float
 
 
 Progress = Callable[[str, dict[str, Any]], None]
@@ -173,17 +217,7 @@ class Agent:
         resumed: RunRecord | None = None,
     ) -> RunResult:
         self._interrupted = False
-        self.trace.emit(
-            RunStarted(
-                task=task,
-                model=self.model.model,
-                base_url=self.model.base_url,
-                policy=self.policy.source,
-                limits=self.limits.model_dump(exclude={"prices", "system_prompt"}),
-                run_id=self.run_id,
-                resumed=resumed is not None,
-            )
-        )
+        self.trace.emit(self._run_started(task, resumed is not None))
         try:
             if resumed is not None:
                 self._finish_step(messages, budget, repeats, resumed)
@@ -191,18 +225,8 @@ class Agent:
             result = RunResult(
                 answer, "answer", "answered", budget.steps, budget.cost_usd, messages
             )
-        except RunStopped as stop:
-            result = RunResult(
-                None, stop.reason, stop.message, budget.steps, budget.cost_usd, messages
-            )
-        except OutOfResources as exc:
-            result = RunResult(
-                None, "out_of_resources", str(exc), budget.steps, budget.cost_usd, messages
-            )
-        except RunError as exc:
-            result = RunResult(
-                None, "model_error", str(exc), budget.steps, budget.cost_usd, messages
-            )
+        except (RunStopped, OutOfResources, RunError) as exc:
+            result = self._stopped(exc, budget, messages)
         except KeyboardInterrupt:
             result = RunResult(
                 None, "interrupted", "interrupted", budget.steps, budget.cost_usd, messages
@@ -223,17 +247,45 @@ class Agent:
                 result.steps,
                 result.cost_usd,
             )
-        self.trace.emit(
-            RunEnded(
-                reason=result.reason,
-                message=result.message,
-                answer=result.answer,
-                steps=result.steps,
-                cost_usd=round(result.cost_usd, 8),
-                wall_s=round(time.monotonic() - budget.started, 3),
-            )
-        )
+        self.trace.emit(self._run_ended(result, budget))
         return result
+
+    def _run_started(self, task: str, resumed: bool) -> RunStarted:
+        return RunStarted(
+            task=task,
+            model=self.model.model,
+            base_url=self.model.base_url,
+            policy=self.policy.source,
+            limits=self.limits.model_dump(exclude={"prices", "system_prompt"}),
+            run_id=self.run_id,
+            resumed=resumed,
+        )
+
+    @staticmethod
+    def _stopped(
+        exc: RunStopped | OutOfResources | RunError,
+        budget: Budget,
+        messages: list[dict[str, Any]],
+    ) -> RunResult:
+        """The run's result when a guardrail, the machine or the model ended it."""
+        if isinstance(exc, RunStopped):
+            reason, message = exc.reason, exc.message
+        elif isinstance(exc, OutOfResources):
+            reason, message = "out_of_resources", str(exc)
+        else:
+            reason, message = "model_error", str(exc)
+        return RunResult(None, reason, message, budget.steps, budget.cost_usd, messages)
+
+    @staticmethod
+    def _run_ended(result: RunResult, budget: Budget) -> RunEnded:
+        return RunEnded(
+            reason=result.reason,
+            message=result.message,
+            answer=result.answer,
+            steps=result.steps,
+            cost_usd=round(result.cost_usd, 8),
+            wall_s=round(budget.clock() - budget.started, 3),
+        )
 
     def _finish_step(
         self,
@@ -277,47 +329,66 @@ class Agent:
                     tool_choice="none" if steer else None,
                 )
             except RunError:
-                if budget.time_left() <= 0:
-                    raise RunStopped(
-                        "max_wall_time",
-                        f"stopped: the model was still thinking when the run's "
-                        f"{self.limits.max_wall_s:g} s ran out (max_wall_s)",
-                    ) from None
+                self._model_failed(budget)
                 raise
-            cost = budget.charge(turn.model, turn.usage)
-            calls = turn.message.get("tool_calls") or []
-            self._record_model_call(turn, budget, cost, len(calls), steer)
-            if calls and steer:
-                # Not kept: the conversation stays one whose every call has its answer.
-                raise steering.kept_going(steer, calls, budget)
-            messages.append(turn.message)
-            if self.store and self.run_id:
-                self.store.step(
-                    self.run_id,
-                    messages,
-                    budget.steps,
-                    budget.cost_usd,
-                    [_unpack(c, i) for i, c in enumerate(calls)],
-                )
+            calls = self._took(turn, budget, messages, steer)
             if calls:
                 outcomes = self._run_calls(calls, budget, repeats)
                 self._append(messages, outcomes, budget)
                 steer = steering.after_calls(outcomes)
                 continue
-            content = turn.message.get("content") or ""
-            if turn.finish_reason == "length":
-                raise RunStopped(
-                    "length",
-                    "the model's answer was cut off (finish_reason = length): "
-                    "its output limit is too small for this task",
-                )
-            if turn.finish_reason == "content_filter":
-                raise RunStopped(
-                    "content_filter",
-                    "the endpoint's content filter withheld the answer "
-                    "(finish_reason = content_filter)",
-                )
-            return content
+            return self._answer(turn)
+
+    def _model_failed(self, budget: Budget) -> None:
+        """A model call failed: past the wall budget that is the budget's stop."""
+        if budget.time_left() <= 0:
+            raise RunStopped(
+                "max_wall_time",
+                f"stopped: the model was still thinking when the run's "
+                f"{self.limits.max_wall_s:g} s ran out (max_wall_s)",
+            ) from None
+
+    def _took(
+        self,
+        turn: ModelTurn,
+        budget: Budget,
+        messages: list[dict[str, Any]],
+        steer: steering.Steer | None,
+    ) -> list[dict[str, Any]]:
+        """Count and record a model turn, keep it in the conversation; its tool calls."""
+        cost = budget.charge(turn.model, turn.usage)
+        calls = turn.message.get("tool_calls") or []
+        self._record_model_call(turn, budget, cost, len(calls), steer)
+        if calls and steer:
+            # Not kept: the conversation stays one whose every call has its answer.
+            raise steering.kept_going(steer, calls, budget)
+        messages.append(turn.message)
+        if self.store and self.run_id:
+            self.store.step(
+                self.run_id,
+                messages,
+                budget.steps,
+                budget.cost_usd,
+                [_unpack(c, i) for i, c in enumerate(calls)],
+            )
+        return calls
+
+    @staticmethod
+    def _answer(turn: ModelTurn) -> str:
+        """The final answer of a turn without tool calls, unless it was cut or withheld."""
+        if turn.finish_reason == "length":
+            raise RunStopped(
+                "length",
+                "the model's answer was cut off (finish_reason = length): "
+                "its output limit is too small for this task",
+            )
+        if turn.finish_reason == "content_filter":
+            raise RunStopped(
+                "content_filter",
+                "the endpoint's content filter withheld the answer "
+                "(finish_reason = content_filter)",
+            )
+        return turn.message.get("content") or ""
 
     def _record_model_call(
         self,
@@ -357,21 +428,41 @@ class Agent:
         the pool's size at a time, within the wall budget), and return the outcomes in
         the order of the calls. `known` holds, on resume, what the checkpoint says of
         each call."""
-        known = known or {}
-        step = budget.steps
+        turn = self._screen(calls, budget.steps, repeats, known or {})
+        for ask in list(turn.asking):
+            self._decided(turn, ask, self.approver.decide(ask.bound))
+        if turn.to_run:
+            try:
+                ran = run_bounded(
+                    turn.to_run, lambda item: self._execute(item, budget), self.pool.size
+                )
+            except KeyboardInterrupt:
+                # Stop now, not when the calls end: they stay `running` in the
+                # checkpoint (a resume decides), and die when the pool closes.
+                self._interrupted = True
+                raise
+            except (RuntimeError, OSError) as exc:
+                raise out_of_resources(exc) or exc from None
+            self._ran(turn, ran, repeats)
+        return self._close(turn)
+
+    def _screen(
+        self,
+        calls: list[dict[str, Any]],
+        step: int,
+        repeats: RepeatGuard,
+        known: dict[str, CallRecord],
+    ) -> Turn:
+        """A turn's calls guarded in order: each one answered already (a refusal, a
+        note, a denial), or to run, or waiting for a person's decision (`asking`)."""
         cap = self.limits.max_calls_per_turn
-        outcomes: list[ToolOutcome | None] = [None] * len(calls)
-        # The 4th item is what goes to the pool: the bound call, or the model's text
-        # for a tool that does not exist (the pool says so with the list of tools).
-        to_run: list[tuple[int, str, str, BoundCall | str, str, str | None]] = []
-        stop: RunStopped | None = None
-        repaired: dict[str, BoundCall] = {}
+        turn = Turn(step, [None] * len(calls))
         this_turn: set[tuple[str, str]] = set()
         for i, call in enumerate(calls):
             call_id, tool, raw = _unpack(call, i)
             record = known.get(call_id)
             if record is not None and record.outcome is not None:
-                outcomes[i] = self._restored(call_id, tool, record.arguments, record.outcome)
+                turn.outcomes[i] = self._restored(call_id, tool, record.arguments, record.outcome)
                 continue
             if i >= cap:
                 # Before the repeat guard counts it: asked again later, it is a new call.
@@ -381,21 +472,21 @@ class Agent:
                     f"{i + 1}. Ask for it again in a later turn if it is still needed."
                 )
                 refused = _failure(tool, Denied(tool, why))
-                outcomes[i] = ToolOutcome(call_id, tool, raw, refused, "call_limit")
+                turn.outcomes[i] = ToolOutcome(call_id, tool, raw, refused, "call_limit")
                 continue
             bound = self._bind(tool, raw)
             if isinstance(bound, BoundCall) and bound.repairs:
-                repaired[call_id] = bound
+                turn.repaired[call_id] = bound
             if isinstance(bound, ToolCallError):
-                outcomes[i] = ToolOutcome(call_id, tool, raw, _failure(tool, bound), "not_required")
+                failed = ToolOutcome(call_id, tool, raw, _failure(tool, bound), "not_required")
+                turn.outcomes[i] = failed
                 continue
             arguments = bound.canonical if bound else raw
-            sha256 = bound.sha256 if bound else None
             approval, approved = "not_required", None
             if bound is not None and record is not None and record.state == "running":
                 verdict = self._in_flight(call_id, bound, record.arguments)
                 if isinstance(verdict, ToolOutcome):
-                    outcomes[i] = verdict
+                    turn.outcomes[i] = verdict
                     continue
                 approval, approved = verdict
             verdict = repeats.check(tool, arguments)
@@ -406,52 +497,57 @@ class Agent:
                 verdict = "note"
             this_turn.add(key)
             if verdict == "stop":
-                stop = RunStopped(
+                turn.stop = RunStopped(
                     "repeated_call",
                     f"stopped: the model called {tool} with the same arguments again after "
                     "being told it already had the result",
                 )
-                outcomes[i] = self._noted(
+                turn.outcomes[i] = self._noted(
                     call_id, tool, arguments, "not run: the run stopped", "repeat_stop"
                 )
                 continue
             if verdict == "note":
-                outcomes[i] = self._noted(
+                turn.outcomes[i] = self._noted(
                     call_id, tool, arguments, repeats.note(tool, arguments), "repeat_note"
                 )
                 continue
             needs_approval = bound is not None and self.policy.requires_approval(tool)
             if bound is not None and needs_approval and approval == "not_required":
-                decision = self.approver.decide(bound)
-                approval, approved = decision.how, decision.sha256
-                if not decision.allowed:
-                    denied = Denied(tool, denial(tool, decision.how))
-                    outcomes[i] = ToolOutcome(
-                        call_id,
-                        tool,
-                        arguments,
-                        _failure(tool, denied),
-                        approval,
-                        sha256=sha256,
-                        approved_sha256=approved,
-                    )
-                    continue
-            to_run.append((i, call_id, tool, bound or raw, approval, approved))
-        if to_run:
-            try:
-                ran = run_bounded(to_run, lambda item: self._execute(item, budget), self.pool.size)
-            except KeyboardInterrupt:
-                # Stop now, not when the calls end: they stay `running` in the
-                # checkpoint (a resume decides), and die when the pool closes.
-                self._interrupted = True
-                raise
-            except (RuntimeError, OSError) as exc:
-                raise out_of_resources(exc) or exc from None
-            for (i, *_), outcome in zip(to_run, ran, strict=True):
-                outcomes[i] = outcome
-                if outcome.executed:
-                    repeats.remember(outcome.tool, outcome.arguments, outcome.result.text)
-        done = [o for o in outcomes if o is not None]
+                turn.asking.append(Asking(i, call_id, bound))
+                continue
+            turn.to_run.append((i, call_id, tool, bound or raw, approval, approved))
+        return turn
+
+    def _decided(self, turn: Turn, ask: Asking, decision: Decision) -> None:
+        """A person's (or a flag's) decision on a call `_screen` left asking."""
+        turn.asking.remove(ask)
+        tool, bound = ask.bound.tool, ask.bound
+        if not decision.allowed:
+            denied = Denied(tool, denial(tool, decision.how))
+            turn.outcomes[ask.index] = ToolOutcome(
+                ask.call_id,
+                tool,
+                bound.canonical,
+                _failure(tool, denied),
+                decision.how,
+                sha256=bound.sha256,
+                approved_sha256=decision.sha256,
+            )
+            return
+        item = (ask.index, ask.call_id, tool, bound, decision.how, decision.sha256)
+        turn.to_run.append(item)
+        turn.to_run.sort(key=lambda run: run[0])
+
+    def _ran(self, turn: Turn, ran: list[ToolOutcome], repeats: RepeatGuard) -> None:
+        for (i, *_), outcome in zip(turn.to_run, ran, strict=True):
+            turn.outcomes[i] = outcome
+            if outcome.executed:
+                repeats.remember(outcome.tool, outcome.arguments, outcome.result.text)
+
+    def _close(self, turn: Turn) -> list[ToolOutcome]:
+        """Record the turn's outcomes in the trace (and the checkpoint, those that did
+        not run), in the order of the calls; then end the run if a guard said so."""
+        done = [o for o in turn.outcomes if o is not None]
         for outcome in done:
             if outcome.restored:
                 continue
@@ -459,18 +555,36 @@ class Agent:
                 if not outcome.sent:
                     outcome.sent = truncate(outcome.result.text, self.limits.max_result_chars)
                 self._checkpoint_done(outcome.call_id, outcome.sent, outcome.result)
-            self._record_tool_call(outcome, step, repaired.get(outcome.call_id))
-        if stop is not None:
-            raise stop
+            self._record_tool_call(outcome, turn.step, turn.repaired.get(outcome.call_id))
+        if turn.stop is not None:
+            raise turn.stop
         return done
 
-    def _execute(
-        self, item: tuple[int, str, str, BoundCall | str, str, str | None], budget: Budget
-    ) -> ToolOutcome:
+    def _execute(self, item: ToRun, budget: Budget) -> ToolOutcome:
         """One call in the sandbox, checkpointed before and after: a kill between the
         two leaves it `running`, with the canonical arguments that started, so a
         resume knows it was in flight and with what. It gets at most the wall budget
         that is left, and does not start once none is."""
+        ready = self._ready(item, budget)
+        if isinstance(ready, ToolOutcome):
+            return ready
+        if self._cancel.cancelled:  # not marked started: it never will be
+            raise CallCancelled(ready.tool)
+        if self.store and self.run_id:
+            self.store.call_started(self.run_id, ready.call_id, ready.arguments)
+        # The pool gets the very dict that was shown and hashed, not the text again.
+        result = self.pool.call(
+            ready.tool,
+            ready.bound.args if ready.bound else ready.arguments,
+            limits=ready.limits,
+            settings=ready.settings,
+            cancel=self._cancel,
+        )
+        return self._executed(ready, result)
+
+    def _ready(self, item: ToRun, budget: Budget) -> Ready | ToolOutcome:
+        """What one call runs with (its settings, its limits cut to the wall budget
+        left), or its refusal when no budget is left."""
         _, call_id, tool, what, approval, approved = item
         bound = what if isinstance(what, BoundCall) else None
         arguments = bound.canonical if bound else str(what)
@@ -492,35 +606,30 @@ class Agent:
         own_timeout = limits.timeout_s if limits else None
         if limits is not None and left < limits.timeout_s:
             limits = limits.model_copy(update={"timeout_s": left})
-        if self._cancel.cancelled:  # not marked started: it never will be
-            raise CallCancelled(tool)
-        if self.store and self.run_id:
-            self.store.call_started(self.run_id, call_id, arguments)
-        # The pool gets the very dict that was shown and hashed, not the text again.
-        result = self.pool.call(
-            tool,
-            bound.args if bound else arguments,
-            limits=limits,
-            settings=settings,
-            cancel=self._cancel,
+        return Ready(
+            call_id, tool, bound, arguments, approval, approved, settings, limits, own_timeout, left
         )
-        cut = limits is not None and limits.timeout_s < (own_timeout or 0)
+
+    def _executed(self, ready: Ready, result: ToolResult) -> ToolOutcome:
+        """The outcome of a call that ran, checkpointed as done."""
+        limits, tool = ready.limits, ready.tool
+        cut = limits is not None and limits.timeout_s < (ready.own_timeout or 0)
         if cut and result.error is not None and result.error.kind == "timeout":
-            result = result.model_copy(update={"error": self._cut_short(tool, left)})
+            result = result.model_copy(update={"error": self._cut_short(tool, ready.left)})
         sent = truncate(result.text, self.limits.max_result_chars)
-        self._checkpoint_done(call_id, sent, result)
+        self._checkpoint_done(ready.call_id, sent, result)
         return ToolOutcome(
-            call_id,
+            ready.call_id,
             tool,
-            arguments,
+            ready.arguments,
             result,
-            approval,
+            ready.approval,
             sent,
             executed=True,
-            sha256=sha256,
-            approved_sha256=approved,
+            sha256=ready.bound.sha256 if ready.bound else None,
+            approved_sha256=ready.approved,
             timeout_s=limits.timeout_s if limits else None,
-            wall_left_s=left,
+            wall_left_s=ready.left,
         )
 
     def _cut_short(self, tool: str, left: float) -> ToolError:
