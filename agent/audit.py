@@ -107,6 +107,8 @@ class ToolCalled(Event):
     trailing_commas, stringified_arguments, arguments_wrapper, number_as_string."""
     model_arguments: str | None = None
     """The model's own arguments text, when a repair changed it."""
+    worker: str | None = None
+    """The Temporal worker that ran it (`run --temporal`); None: this process's pool."""
 
 
 class EgressAttempt(Event):

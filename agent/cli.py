@@ -18,6 +18,9 @@
                               [--approve TOOL]... [--yes] [--trace FILE] [--workers N]
     sandboxed-agent worker --temporal HOST:PORT [--namespace NS] [--task-queue Q]
                            [--tool-queue Q] [--serve all|agent|tools] [--policy FILE] ...
+    sandboxed-agent run --temporal HOST:PORT [--task-queue Q] [--tool-queue Q] "TASK"
+    sandboxed-agent approve RUN_ID CALL_ID [--deny] [--sha256 HASH] --temporal HOST:PORT
+    sandboxed-agent eval SUITE --temporal HOST:PORT [--task-queue Q] [--tool-queue Q]
 
 Exit status: 0 when the call succeeded, 1 when it failed, 2 for usage errors (one
 line on stderr, never a traceback).
@@ -141,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tool_sources(run)
     add_run_options(run)
+    from .integrations.temporal_command import add_approve_parser, add_temporal_options
+
+    add_temporal_options(run)  # imports no Temporal SDK
+    add_approve_parser(sub)
 
     chat = sub.add_parser("chat", help="talk with the agent; one line per turn")
     chat.add_argument("--session", metavar="NAME", help="keep the conversation under this name")
@@ -245,8 +252,16 @@ def _main(argv: list[str]) -> int:
             from .integrations.temporal_worker import cmd_worker
 
             return cmd_worker(args)
+        if args.command == "approve":
+            from .integrations.temporal_command import cmd_approve
+
+            return cmd_approve(args)
         if args.command in ("run", "chat"):
             registry, policy = load_setup(args.tools, args.policy, args.isolation)
+            if args.command == "run" and args.temporal:
+                from .integrations.temporal_command import cmd_run_temporal
+
+                return cmd_run_temporal(args, policy, registry)
             return (cmd_run if args.command == "run" else cmd_chat)(args, policy, registry)
         from .demo import run_demo
 

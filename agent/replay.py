@@ -165,6 +165,7 @@ class ScriptedModelServer:
         script: Script,
         embed: Callable[[str], list[float]] = hashed_embedding,
         responses: bool = True,
+        port: int = 0,
     ) -> None:
         self.script = script
         self.responses = responses
@@ -232,7 +233,7 @@ class ScriptedModelServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (its timeout): nothing to tell it
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, daemon=True, name="scripted-model-server"

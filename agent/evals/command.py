@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sandbox.errors import SandboxedAgentError
 
@@ -15,7 +16,15 @@ from ..model import ModelClient
 from ..runner import UsageError, check_approve, model_client, with_run_overrides
 from ..scrubbing import scrub
 from ..terminal import safe
-from .runner import RunReport, live_model, render_report, run_suite, scripted_model, slug
+from .runner import (
+    RunReport,
+    SuiteReport,
+    live_model,
+    render_report,
+    run_suite,
+    scripted_model,
+    slug,
+)
 from .suite import Suite, load_suite
 
 
@@ -37,6 +46,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--judge-base-url", metavar="URL", help="the judge's endpoint")
     p.add_argument("--policy", metavar="FILE", help="overrides the suite's policy")
     p.add_argument("--tools", action="append", default=[], metavar="FILE_OR_MODULE")
+    from ..integrations.temporal_command import add_temporal_options  # no Temporal SDK
+
+    add_temporal_options(p)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -54,6 +66,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for case in suite.cases:
         check_approve(case.approve, registry.names(), f"{args.suite}: case {case.name!r}: approve")
     policy = with_run_overrides(policy, args)
+    if args.temporal:
+        return _eval_on_temporal(args, suite, registry, policy)
     if args.scripted:
         missing = [c.name for c in suite.cases if not c.script]
         if missing:
@@ -63,10 +77,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_for = live_model(model_client(policy, args.base_url))
     judge = _judge_client(args) if args.judge_model else None
     out = Path(args.out or f"eval-results/{slug(suite.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-    def progress(case: str, result: RunReport) -> None:
-        verdict = "pass" if result.ok else "FAIL"
-        print(f"  {verdict}  {safe(case)} #{result.run}", file=sys.stderr, flush=True)
 
     report = run_suite(
         suite,
@@ -78,17 +88,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
         judge_client=judge,
         secrets=[os.environ.get("OPENAI_API_KEY", "")],
         scripted=args.scripted,
-        progress=progress,
+        progress=_progress,
     )
+    return _write_report(report, out, args.json)
+
+
+def _progress(case: str, result: RunReport) -> None:
+    verdict = "pass" if result.ok else "FAIL"
+    print(f"  {verdict}  {safe(case)} #{result.run}", file=sys.stderr, flush=True)
+
+
+def _write_report(report: SuiteReport, out: Path, as_json: bool) -> int:
     data = report.as_json()
     text = scrub(json.dumps(data, indent=2))  # the judge's reasons, the answers: any text
     (out / "report.json").write_text(text + "\n")
-    if args.json:
+    if as_json:
         print(text)
     else:
         print(scrub(render_report(report)))
         print(f"\nReport: {safe(out / 'report.json')}; traces: {safe(out / 'traces')}")
     return 0 if report.passed else 1
+
+
+def _eval_on_temporal(args: argparse.Namespace, suite: Suite, registry: Any, policy: Any) -> int:
+    from ..integrations.temporal_command import target
+    from ..integrations.temporal_eval import run_suite_temporal
+
+    address = target(args.temporal)
+    if args.scripted or args.base_url:
+        raise UsageError(
+            "--temporal: the model is the workers' own; start them with --base-url "
+            "(a scripted one: python -m agent.evals.scripted SUITE) instead of "
+            "--scripted or --base-url here"
+        )
+    judge = _judge_client(args) if args.judge_model else None
+    out = Path(args.out or f"eval-results/{slug(suite.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    report = run_suite_temporal(
+        suite,
+        registry.names(),
+        [*suite.tool_sources(), *args.tools],
+        policy,
+        out,
+        address=address,
+        namespace=args.namespace,
+        task_queue=args.task_queue,
+        tool_queue=args.tool_queue,
+        runs=args.runs,
+        judge_client=judge,
+        progress=_progress,
+    )
+    return _write_report(report, out, args.json)
 
 
 def _only(suite: Suite, names: list[str]) -> Suite:

@@ -1,0 +1,166 @@
+"""What a client gives an agent run on Temporal, and what it gets back.
+
+    plan = RunPlan.of(policy, registry, sources, task="Can I ...?", approve=["refund"])
+    handle = await client.start_workflow(RUN_WORKFLOW, plan, id=run_id, task_queue=q)
+
+The client's policy decides the run: its `[run]` budgets, which tools need approval,
+which are idempotent, each one's timeout. They travel in the plan (and so in the
+workflow's history), so a replay on any worker decides as the first run did. The
+tools themselves are named by their sources (`--tools`, `load_tools`); every worker
+loads the same ones to bind and validate arguments. Each worker's own policy sets the
+limits a tool runs under, and its environment holds the model's key.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies import Policy, RunPolicy
+from sandbox import Limits
+from tools import Registry
+
+RUN_WORKFLOW = "sandboxed_agent.run"
+APPROVAL_SIGNAL = "approval"
+PENDING_QUERY = "pending"
+EVENTS_QUERY = "events"
+REFUSED_QUERY = "refused"
+APPROVAL_WAIT_S = 7 * 24 * 3600.0
+"""How long a run waits for a person's decision before the call counts as denied."""
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ToolFacts(_Payload):
+    """What the run needs to know of one tool from the policy."""
+
+    requires_approval: bool = False
+    idempotent: bool = False
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class RunPlan(_Payload):
+    task: str
+    run: RunPolicy
+    policy: str = "<built-in>"
+    """Where the policy came from (the trace's `run_started.policy`)."""
+    tools: dict[str, ToolFacts] = Field(default_factory=dict)
+    sources: list[str] = Field(default_factory=list)
+    """Tool modules and files beyond the built-ins, as `Registry.load` takes them."""
+    history: list[dict[str, Any]] | None = None
+    approve: list[str] = Field(default_factory=list)
+    """Tools approved in advance (`--approve TOOL`)."""
+    yes: bool = False
+    call_settings: dict[str, Any] = Field(default_factory=dict)
+    tool_queue: str | None = None
+    """Tool calls go to this task queue (sandbox hosts); None: the workflow's own."""
+    approval_wait_s: float = Field(APPROVAL_WAIT_S, gt=0)
+    ask: bool = True
+    """Wait for a person's decision by signal; False (an eval): no one is there to
+    ask, and a call not approved in advance is denied (`denied_no_tty`), as locally."""
+
+    @classmethod
+    def of(
+        cls,
+        policy: Policy,
+        tool_names: list[str],
+        sources: list[str],
+        task: str,
+        **options: Any,
+    ) -> RunPlan:
+        facts = {
+            name: ToolFacts(
+                requires_approval=policy.requires_approval(name),
+                idempotent=policy.idempotent(name),
+                timeout_s=policy.limits_for(name).timeout_s,
+            )
+            for name in tool_names
+        }
+        # A .py file named relative to here means the same file on the workers.
+        where = [os.path.abspath(s) if s.endswith(".py") else s for s in sources]
+        return cls(
+            task=task,
+            run=policy.run,
+            policy=policy.source,
+            tools=facts,
+            sources=where,
+            **options,
+        )
+
+
+class PlanPolicy:
+    """The policy as the workflow sees it, from the plan: what `agent.loop` and the
+    activity options ask of a `Policy`."""
+
+    def __init__(self, plan: RunPlan) -> None:
+        self.plan = plan
+        self.run = plan.run
+        self.source = plan.policy
+
+    def _facts(self, tool: str) -> ToolFacts:
+        return self.plan.tools.get(tool) or ToolFacts()
+
+    def requires_approval(self, tool: str) -> bool:
+        return self._facts(tool).requires_approval
+
+    def idempotent(self, tool: str) -> bool:
+        return self._facts(tool).idempotent
+
+    def limits_for(self, tool: str) -> Limits:
+        return Limits(timeout_s=self._facts(tool).timeout_s)
+
+
+class RunOutcome(_Payload):
+    """`agent.loop.RunResult`, with the run's trace events."""
+
+    answer: str | None
+    reason: str
+    message: str
+    steps: int
+    cost_usd: float
+    messages: list[dict[str, Any]]
+    run_id: str
+    events: list[dict[str, Any]]
+    """The trace, as a local run writes it (`--trace`), one dict per event."""
+
+
+class ApprovalSignal(_Payload):
+    """A person's decision on one pending call, bound to its arguments by hash."""
+
+    call_id: str
+    approve: bool
+    sha256: str
+    """Of the call's canonical arguments (`agent.binding`), as shown by `pending`."""
+    by: str = ""
+    """Who decided (for the trace's approval field: `approved_signal`)."""
+
+
+class PendingCall(_Payload):
+    call_id: str
+    tool: str
+    arguments: str
+    """Canonical JSON: exactly what would run."""
+    sha256: str
+    prompt: str
+    """What a person reads before deciding (`agent.approval.approval_prompt`)."""
+
+
+class Refusal(_Payload):
+    call_id: str
+    sha256: str
+    why: str
+
+
+@functools.cache
+def registry_for(sources: tuple[str, ...]) -> Registry:
+    """The built-in tools and `sources`, loaded once per worker process: a workflow
+    binds and validates arguments against them, as a local run does."""
+    registry = Registry.default()
+    for source in sources:
+        registry.load(source)
+    return registry
