@@ -21,6 +21,8 @@
     sandboxed-agent run --temporal HOST:PORT [--task-queue Q] [--tool-queue Q] "TASK"
     sandboxed-agent approve RUN_ID CALL_ID [--deny] [--sha256 HASH] --temporal HOST:PORT
     sandboxed-agent eval SUITE --temporal HOST:PORT [--task-queue Q] [--tool-queue Q]
+    sandboxed-agent worker --temporal HOST:PORT [--namespace NS] [--task-queue Q]
+                           [--tool-queue Q] [--serve all|agent|tools] [--policy FILE] ...
 
 Exit status: 0 when the call succeeded, 1 when it failed, 2 for usage errors (one
 line on stderr, never a traceback).
@@ -182,10 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
+    program = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["tool"]:
         return _tool_main(argv)
-    return _main(argv)
+    status = _main(argv)
+    if program and "--temporal" in argv and argv[:1] != ["worker"]:
+        from .integrations.temporal_command import leave
+
+        leave(status)  # does not return
+    return status
 
 
 def _tool_main(argv: list[str]) -> int:
@@ -256,6 +264,10 @@ def _main(argv: list[str]) -> int:
             from .integrations.temporal_command import cmd_approve
 
             return cmd_approve(args)
+        if args.command == "worker":
+            from .integrations.temporal_worker import cmd_worker
+
+            return cmd_worker(args)
         if args.command in ("run", "chat"):
             registry, policy = load_setup(args.tools, args.policy, args.isolation)
             if args.command == "run" and args.temporal:

@@ -278,7 +278,8 @@ async def _acknowledged(handle: Any, call_id: str, seen: int, verb: str) -> int:
             if refusal.call_id == call_id:
                 raise TemporalFailed(f"refused: {refusal.why}")
         if all(c.call_id != call_id for c in pending):
-            print(f"sandboxed-agent: {verb}d call {safe(call_id)}", file=sys.stderr)
+            done = "approved" if verb == "approve" else "denied"
+            print(f"sandboxed-agent: {done} call {safe(call_id)}", file=sys.stderr)
             return 0
         await asyncio.sleep(0.5)  # the run takes it on its next workflow task
     print(
@@ -286,6 +287,15 @@ async def _acknowledged(handle: Any, call_id: str, seen: int, verb: str) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def leave(status: int) -> None:
+    """Exit now, skipping the interpreter's teardown: the Temporal client's threads can
+    outlive it and abort the process as it finalizes (temporalio/sdk-python#300), which
+    would turn a finished command's status into SIGABRT. Only for the program itself."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def write_trace(path: str, events: list[dict[str, Any]]) -> None:
