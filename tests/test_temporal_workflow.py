@@ -159,7 +159,8 @@ def test_worked_example_answers_as_a_local_run(
     assert remote.stdout == local.stdout
     assert "2025-05-10" in remote.stdout
     here, there = events(tmp_path / "local.jsonl"), events(tmp_path / "remote.jsonl")
-    assert path_of(there) == path_of(here)
+    failed = [e.get("error_message") for e in here + there if e.get("ok") is False]
+    assert path_of(there) == path_of(here), failed  # a failure here: the machine's load?
     assert [e["tool"] for e in there if e["event"] == "tool_call"] == [
         "get_order_status",
         "read_file",
@@ -170,6 +171,12 @@ def test_worked_example_answers_as_a_local_run(
     for ran in (e for e in there if e["event"] == "tool_call"):
         assert any(ran["worker"].startswith(i) for i in identities), ran
         assert ran["worker_pid"] not in (None, two_workers[0].pid, two_workers[1].pid)
+    # A run may name only tools its workers were started with: starting a workflow
+    # must not make a worker import a module or file it was not told to.
+    other = cli("run", "--temporal", temporal_server.address, "--task-queue", "shared",
+                *SETUP, "--tools", "tests/temporal_tools.py", task)  # fmt: skip
+    assert other.returncode == 1, other.stderr
+    assert "loads no tools from" in other.stderr and other.stderr.count("\n") == 2, other.stderr
 
 
 def test_eval_of_21_runs_spreads_over_both_workers_and_reports_as_locally(

@@ -82,7 +82,7 @@ class RunPlan(_Payload):
             for name in tool_names
         }
         # A .py file named relative to here means the same file on the workers.
-        where = [os.path.abspath(s) if s.endswith(".py") else s for s in sources]
+        where = [_where(s) for s in sources]
         return cls(
             task=task,
             run=policy.run,
@@ -156,10 +156,35 @@ class Refusal(_Payload):
     why: str
 
 
+class SourceRefused(Exception):
+    """A run asked for tools this worker was not started with."""
+
+
+_allowed: set[str] = set()
+
+
+def allow_sources(sources: list[str]) -> None:
+    """The tool sources this worker process loads (its `--tools` and policy's
+    `load_tools`): a run may name these and no others, so that starting a workflow
+    cannot make a worker import a module or file it was not told to."""
+    _allowed.update(_where(s) for s in sources)
+
+
+def _where(source: str) -> str:
+    return os.path.abspath(source) if source.endswith(".py") else source
+
+
 @functools.cache
 def registry_for(sources: tuple[str, ...]) -> Registry:
     """The built-in tools and `sources`, loaded once per worker process: a workflow
     binds and validates arguments against them, as a local run does."""
+    refused = [s for s in sources if _where(s) not in _allowed]
+    if refused:
+        raise SourceRefused(
+            f"this worker loads no tools from {', '.join(refused)}: start it with "
+            + " ".join(f"--tools {s}" for s in refused)
+            + " (and the same policy as the run's)"
+        )
     registry = Registry.default()
     for source in sources:
         registry.load(source)

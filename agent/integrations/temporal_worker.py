@@ -116,6 +116,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError("--serve agent runs no tools: --tool-queue and --workers do not apply")
     tools = args.serve in ("all", "tools")
     registry, policy = load_setup(args.tools, args.policy, args.isolation)
+    from .temporal_plan import allow_sources  # the runs' workflows load these tools, no others
+
+    allow_sources([*policy.load_tools, *args.tools])
     model_for = None if args.serve == "tools" else _model_source(policy, args.base_url)
     try:
         import temporalio  # noqa: F401

@@ -70,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         Refusal,
         RunOutcome,
         RunPlan,
+        SourceRefused,
         registry_for,
     )
 
@@ -84,10 +85,13 @@ class AgentWorkflow:
 
     @workflow.run
     async def run(self, plan: RunPlan) -> RunOutcome:
-        with workflow.unsafe.sandbox_unrestricted():
-            # Imports the tool modules (file I/O) once per worker process, outside
-            # the sandbox; the same sources give the same registry on every worker.
-            registry = registry_for(tuple(plan.sources))
+        try:
+            with workflow.unsafe.sandbox_unrestricted():
+                # Imports the tool modules (file I/O) once per worker process, outside
+                # the sandbox; the same sources give the same registry on every worker.
+                registry = registry_for(tuple(plan.sources))
+        except SourceRefused as exc:
+            raise ApplicationError(str(exc), type="SourceRefused", non_retryable=True) from None
         return await _WorkflowAgent(self, plan, registry).drive()
 
     @workflow.signal(name=APPROVAL_SIGNAL)
