@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tools.context import ToolContext
 from tools.registry import ArgumentError, Registry
 
-from . import data_quota, reaper
+from . import _sched, data_quota, reaper
 from .cancel import CancelToken, holding
 from .channel import Deadline, Oversized, PeerGone, send_frame
 from .claims import WORKER_KINDS, memory_evidence
@@ -51,8 +51,8 @@ from .errors import (
     error_for,
 )
 from .layers import check_layer_names
-from .limits import Limits
-from .protocol import Call, Layer, Result, ToolError
+from .limits import Limits, NetworkMode
+from .protocol import Call, Layer, Profile, Result, ToolError
 from .template import Template, WorkerHandle
 
 SPARE_TIMEOUT_S = 60.0
@@ -63,6 +63,7 @@ LOG_CHARS = 4000
 """How many bytes of a call's stdout/stderr the result keeps."""
 
 _log = logging.getLogger(__name__)
+_short_slices = _sched.ShortSlices()
 
 
 class ToolResult(BaseModel):
@@ -190,6 +191,7 @@ class Pool:
         """Idle reusable workers by the `Call.reuse_key` of the calls they served."""
         self._busy: set[WorkerHandle] = set()
         self._lock = threading.Lock()
+        self._after_call = _AfterCall()
         self._closed = False
         for _ in range(spares):
             self._template.request_worker()
@@ -230,6 +232,14 @@ class Pool:
             call = self._prepare(tool, arguments, limits, settings)
         except ToolCallError as exc:
             return _failed(tool, exc, start)
+        _short_slices.ensure()  # woken at once by the answer (`sandbox._sched`)
+        try:
+            return self._call(call, cancel, start)
+        finally:
+            self._replenish()
+
+    def _call(self, call: Call, cancel: CancelToken | None, start: float) -> ToolResult:
+        tool = call.tool
         with self._slots, holding(cancel, tool) as armed:
             if self._closed:
                 return _failed(tool, WorkerCrashed(tool, "the pool is shut down"), start)
@@ -256,7 +266,8 @@ class Pool:
                 with self._lock:
                     self._warm.setdefault(call.reuse_key, []).append(worker)
             else:
-                self._retire(worker)  # and what it started: nothing writes any more
+                # And what it started: nothing writes any more.
+                self._retire(worker, quick=call.data_dir is None)
             if call.data_dir:
                 try:
                     data_quota.check_after(tool, call.data_dir, call.limits)
@@ -342,6 +353,16 @@ class Pool:
             settings={**context.settings, **settings} if settings else context.settings,
         )
 
+    def _replenish(self) -> None:
+        """The spares `_take` left to be made after the call (on this thread)."""
+        after = self._after_call
+        network, profile = after.replace, after.prepare
+        after.replace = after.prepare = None
+        if network is not None:
+            self._template.request_worker(network)
+        if profile is not None:
+            self._template.request_prepared(profile)
+
     def _take(self, call: Call) -> WorkerHandle:
         # A warm worker is reused for an identical call only: its Landlock rules,
         # network, root and limits were set for its first call and cannot be changed.
@@ -360,14 +381,24 @@ class Pool:
             self._retire(worker)
         network = call.limits.network_mode
         template = self._template
-        try:
-            worker = template.take_spare(network, SPARE_TIMEOUT_S)
-        except SandboxUnavailable:
-            if not template.broken or self._closed:
-                raise
-            template = self._restart(template)
-            worker = template.take_spare(network, SPARE_TIMEOUT_S)
-        template.request_worker(network)  # keep a spare ready for the next call
+        # A spare set up ahead for this call's profile (limits, root): its cgroups,
+        # rlimits, jail, Landlock and seccomp are in place; else one set up at the call.
+        profile = Profile.of(call)
+        worker = template.take_prepared(profile) if profile is not None else None
+        if worker is None:
+            try:
+                worker = template.take_spare(network, SPARE_TIMEOUT_S)
+            except SandboxUnavailable:
+                if not template.broken or self._closed:
+                    raise
+                template = self._restart(template)
+                worker = template.take_spare(network, SPARE_TIMEOUT_S)
+            if template.spares[network].empty():
+                template.request_worker(network)  # the next call may need it soon
+            else:  # made once this call is over, not beside it on its CPUs
+                self._after_call.replace = network
+        if profile is not None:
+            self._after_call.prepare = profile  # for the next call like this one
         with self._lock:
             self._busy.add(worker)
         return worker
@@ -546,7 +577,15 @@ class Pool:
         worker.kill()
         worker.wait_dead(KILL_WAIT_S)
 
-    def _retire(self, worker: WorkerHandle) -> None:
+    def _retire(self, worker: WorkerHandle, quick: bool = False) -> None:
+        """Kill the worker and its tree, and wait until nothing of it runs. `quick`
+        (a call without a data_dir, whose files are measured after): with PID
+        namespaces, once nothing but the killed worker is left in its cgroup, the
+        kernel's teardown of it goes on without the caller (`kill_alone`)."""
+        if quick and self.pid_namespaces and worker.kill_alone():
+            worker.template.forget_exit(worker.pid)
+            worker.close()
+            return
         self._kill(worker)
         if self.pid_namespaces:
             worker.template.forget_exit(worker.pid)
@@ -556,6 +595,13 @@ class Pool:
             # death the call explained has already had it).
             worker.exit_report()
         worker.close()
+
+
+class _AfterCall(threading.local):
+    """What a call's thread asks of the zygote once the call is over."""
+
+    replace: NetworkMode | None = None
+    prepare: Profile | None = None
 
 
 class _PoolError(Result):

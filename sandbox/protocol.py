@@ -75,9 +75,41 @@ class Result(_Message):
     error: ToolError | None = None
 
 
+class Profile(_Message):
+    """What a spare worker is made ahead for: every input of a first call's set-up
+    (cgroup limits, rlimits, the jail's binds, Landlock, seccomp, the uid drop) that is
+    not the call itself. A spare made for a profile has all of it done before the call
+    arrives, and runs only a call with exactly these `limits` and `root` and no
+    `data_dir` (whose ownership is fixed at the call, after the calls before it)."""
+
+    limits: Limits
+    root: str | None = None
+
+    @classmethod
+    def of(cls, call: Call) -> Profile | None:
+        """The profile `call` can be served by; None when its set-up waits for it."""
+        if call.data_dir is not None or call.data_left is not None:
+            return None
+        return cls(limits=call.limits, root=call.root)
+
+    def fits(self, call: Call) -> bool:
+        return (
+            call.limits == self.limits
+            and call.root == self.root
+            and call.data_dir is None
+            and call.data_left is None
+        )
+
+    @property
+    def key(self) -> str:
+        return self.model_dump_json()
+
+
 class Spawn(_Message):
     type: Literal["spawn"] = "spawn"
     network: NetworkMode = "none"
+    profile: Profile | None = None
+    """Set: the worker's set-up is done for this profile before it is handed over."""
 
 
 class Shutdown(_Message):
@@ -138,6 +170,10 @@ class Spawned(_Message):
     workdir: str
     cpu_usage: str | None = None
     """The usage file of the worker's CPU accounting cgroup, which its whole tree is in."""
+    profile: Profile | None = None
+    """The `Spawn.profile` it was made for."""
+    pids_cgroup: str | None = None
+    """The worker's pids cgroup, which every process of its call stays in."""
 
 
 class Exited(_Message):
@@ -157,6 +193,7 @@ class Failed(_Message):
     type: Literal["failed"] = "failed"
     message: str
     network: NetworkMode = "none"
+    profile: Profile | None = None
 
 
 ToZygote = TypeAdapter(Annotated[Spawn | Shutdown, Field(discriminator="type")])

@@ -26,7 +26,17 @@ from ._netns import LISTENER_MARK, PROXY_HOST
 from .channel import FrameReader, PeerGone
 from .errors import SandboxUnavailable
 from .limits import NetworkMode
-from .protocol import Exited, Failed, FromZygote, Ready, Shutdown, Spawn, Spawned, ZygoteConfig
+from .protocol import (
+    Exited,
+    Failed,
+    FromZygote,
+    Profile,
+    Ready,
+    Shutdown,
+    Spawn,
+    Spawned,
+    ZygoteConfig,
+)
 from .zygote import exec_zygote
 
 STARTUP_TIMEOUT_S = 60.0
@@ -34,6 +44,9 @@ STARTUP_TIMEOUT_S = 60.0
 EXIT_REPORT_TIMEOUT_S = 10.0
 """How long to wait for the zygote to report a dead worker's status."""
 _KEPT_EXITS = 4096
+PREPARED_PROFILES = 8
+"""Profiles a zygote keeps a prepared spare for (the most recently used): each costs
+one idle worker, a few MiB."""
 
 
 class WorkerHandle:
@@ -55,6 +68,8 @@ class WorkerHandle:
         """As our /proc knows it: the zygote may be pid 1 of a namespace of its own."""
         self.workdir = spawned.workdir
         self.cpu_usage = _open_usage(spawned.cpu_usage)
+        self._procs = _open_procs(spawned.pids_cgroup)
+        """Its pids cgroup's list of processes, held open (see `kill_alone`)."""
         """Usage file of its CPU accounting cgroup (`sandbox.cpu_budget`), if any:
         opened here, as the spare arrives, not on a call's clock."""
         self.sock = sock
@@ -63,6 +78,8 @@ class WorkerHandle:
         self.reader = FrameReader(sock, self.pidfd)
         self.calls = 0
         self.network: NetworkMode = spawned.network
+        self.profile = spawned.profile
+        """What its set-up was done for ahead of the call (None: at the call)."""
         self.listener: socket.socket | None = None
         """A network allowlist's listener on the worker's loopback (`take_listener`)."""
         self._exited: Exited | None = None
@@ -106,6 +123,29 @@ class WorkerHandle:
         with contextlib.suppress(ProcessLookupError, OSError):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
+    def kill_alone(self) -> bool:
+        """SIGKILL the worker; True when no other process of its call is left then.
+
+        Every process the call started is in the worker's pids cgroup, which none can
+        leave, and leaves the list only once it runs no code at all (the kernel's
+        teardown of a dying process takes it out after its memory and files are
+        gone). With only the worker there after its kill, no code of the call can run
+        again (the kernel refuses a fork to a task with SIGKILL pending); what is left
+        is the kernel's teardown of it, which need not hold up the caller."""
+        self.kill()
+        if self._procs is None:
+            return False
+        try:
+            listed = os.pread(self._procs, 4096, 0)
+        except OSError:
+            return False
+        if len(listed) >= 4096:
+            return False  # more than fits: not alone
+        try:
+            return all(int(pid) == self.host_pid for pid in listed.split())
+        except ValueError:
+            return False
+
     def wait_dead(self, timeout: float) -> bool:
         """Wait for the worker to exit; with a PID namespace its whole tree is gone then."""
         import select
@@ -135,6 +175,9 @@ class WorkerHandle:
     def close(self) -> None:
         if self.cpu_usage is not None:
             self.cpu_usage.close()
+        if self._procs is not None:
+            os.close(self._procs)
+            self._procs = None
         with contextlib.suppress(OSError):
             self.sock.close()
         if self.listener is not None:  # the last hold on the worker's network namespace
@@ -181,6 +224,15 @@ def _open_usage(path: str | None) -> UsageFile | None:
         return None
     try:
         return UsageFile(path)
+    except OSError:  # gone already (the worker died): its exit status tells the rest
+        return None
+
+
+def _open_procs(cgroup: str | None) -> int | None:
+    if cgroup is None:
+        return None
+    try:
+        return os.open(os.path.join(cgroup, "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:  # gone already (the worker died): its exit status tells the rest
         return None
 
@@ -243,7 +295,17 @@ class Template:
             "proxy": queue.Queue(),
             "all": queue.Queue(),
         }
+        self.prepared: OrderedDict[str, list[WorkerHandle]] = OrderedDict()
+        """Spares whose set-up is done for a profile (`Profile.key`), least recently
+        used first; guarded by `_prepared_lock`."""
+        self.hits: dict[str, int] = {}
+        """Calls served by a prepared spare, by profile."""
+        self._owed: dict[str, int] = {}
+        """Prepared spares asked for and not yet arrived, by profile."""
+        self._prepared_lock = threading.Lock()
         self._exits: OrderedDict[int, Exited] = OrderedDict()
+        self._unwanted: set[int] = set()
+        """Discarded spares, whose exit reports nobody waits for."""
         self._exit_cond = threading.Condition()
         self.broken: str | None = None
         self.ready = self._wait_ready()
@@ -311,15 +373,24 @@ class Template:
             if isinstance(message, Spawned):
                 sock = socket.socket(fileno=fds[0])
                 handle = WorkerHandle(self, message, sock, (fds[1], fds[2], fds[3]))
-                self.spares[message.network].put(handle)
+                if message.profile is None:
+                    self.spares[message.network].put(handle)
+                else:
+                    self._arrived(message.profile.key, handle)
             elif isinstance(message, Exited):
                 with self._exit_cond:
+                    if message.pid in self._unwanted:
+                        self._unwanted.discard(message.pid)
+                        continue
                     self._exits[message.pid] = message
                     while len(self._exits) > _KEPT_EXITS:
                         self._exits.popitem(last=False)
                     self._exit_cond.notify_all()
             elif isinstance(message, Failed):
-                self.spares[message.network].put(SandboxUnavailable(message.message))
+                if message.profile is None:
+                    self.spares[message.network].put(SandboxUnavailable(message.message))
+                else:  # its call takes a spare set up at the call instead
+                    self._arrived(message.profile.key, None)
 
     def _mark_broken(self, why: str) -> None:
         self.broken = why
@@ -333,6 +404,64 @@ class Template:
             return
         with self._send_lock, contextlib.suppress(OSError):
             self._ctrl.send(Spawn(network=network).model_dump_json().encode())
+
+    def request_prepared(self, profile: Profile) -> None:
+        """Ask for a spare set up ahead for `profile`, unless one is already on its
+        way; the least recently used profile beyond `PREPARED_PROFILES` loses its own."""
+        key = profile.key
+        dropped: list[WorkerHandle] = []
+        with self._prepared_lock:
+            if self._owed.get(key):
+                return
+            self._owed[key] = 1
+            self.prepared.setdefault(key, [])
+            self.prepared.move_to_end(key)
+            while len(self.prepared) > PREPARED_PROFILES:
+                _, handles = self.prepared.popitem(last=False)
+                dropped += handles
+        for handle in dropped:
+            self.discard(handle)
+        if self.broken:
+            return
+        spawn = Spawn(network=profile.limits.network_mode, profile=profile)
+        with self._send_lock, contextlib.suppress(OSError):
+            self._ctrl.send(spawn.model_dump_json().encode())
+
+    def take_prepared(self, profile: Profile) -> WorkerHandle | None:
+        """A live spare set up for exactly `profile`, if one is ready (never waits)."""
+        key = profile.key
+        while True:
+            with self._prepared_lock:
+                handles = self.prepared.get(key)
+                if not handles:
+                    return None
+                handle = handles.pop(0)
+                self.prepared.move_to_end(key)
+            if not handle.wait_dead(0):
+                with self._prepared_lock:
+                    self.hits[key] = self.hits.get(key, 0) + 1
+                return handle
+            self.discard(handle)  # its set-up failed, or it was killed: the call's does it
+
+    def discard(self, handle: WorkerHandle) -> None:
+        """Kill an idle spare that no call will take (it never ran a tool: it has no
+        tree), and drop the report of its exit; without waiting, since the reader
+        thread calls this too."""
+        handle.kill()
+        self.forget_exit(handle.pid)
+        handle.close()
+
+    def _arrived(self, key: str, handle: WorkerHandle | None) -> None:
+        with self._prepared_lock:
+            owed = self._owed.pop(key, 0) - 1
+            if owed > 0:
+                self._owed[key] = owed
+            handles = self.prepared.get(key)
+            if handle is not None and handles is not None and not self.broken:
+                handles.append(handle)
+                return
+        if handle is not None:
+            self.discard(handle)  # its profile was dropped meanwhile
 
     def take_spare(self, network: NetworkMode, timeout: float) -> WorkerHandle:
         spares = self.spares[network]
@@ -362,8 +491,10 @@ class Template:
             return self._exits.pop(pid, None)
 
     def forget_exit(self, pid: int) -> None:
+        """Nobody will ask for this worker's exit report: drop it, now or as it comes."""
         with self._exit_cond:
-            self._exits.pop(pid, None)
+            if self._exits.pop(pid, None) is None:
+                self._unwanted.add(pid)
 
     def close(self, timeout: float = 10.0) -> None:
         """Ask the zygote to kill its workers and exit; then make sure it did."""
@@ -383,4 +514,9 @@ class Template:
                     break
                 if isinstance(item, WorkerHandle):
                     item.close()
+        with self._prepared_lock:
+            prepared = [h for handles in self.prepared.values() for h in handles]
+            self.prepared.clear()
+        for handle in prepared:
+            handle.close()
         shutil.rmtree(self.root, ignore_errors=True)

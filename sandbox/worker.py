@@ -38,7 +38,7 @@ from .limits import (
     cpu_left_for_another_call,
     renew_rlimits,
 )
-from .protocol import Call, ToolError
+from .protocol import Call, Profile, ToolError
 from .uids import NOBODY
 
 CHANNEL_FD = 3
@@ -73,6 +73,7 @@ class WorkerSetup:
         proxy_port: int | None,
         jail: _jail.Plan | None,
         data_gid: int | None,
+        profile: Profile | None = None,
     ) -> None:
         self.channel_fd = channel_fd
         self.log_fd = log_fd
@@ -100,6 +101,9 @@ class WorkerSetup:
         """Without Landlock: the read-only binds of a new root beside the workdir."""
         self.data_gid = data_gid
         """The group that owns a policy's `data_dir`, shared by workers of any uid."""
+        self.profile = profile
+        """Set: the first call's set-up is done for it while this worker is a spare, and
+        only a call that `fits` it is served."""
         self.rules: _landlock.Ruleset | None = None
 
     @property
@@ -191,6 +195,10 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
     # While this worker waits as a spare, take the copy-on-write faults that its first
     # call would otherwise pay for on the clock.
     _prime()
+    profile = setup.profile
+    if profile is not None:
+        # Everything a first call would set up, done now, off the call's clock.
+        prepare(setup, Call(tool="", args={}, limits=profile.limits, root=profile.root))
     first: Call | None = None
     while True:
         frame = recv_frame_blocking(chan)
@@ -199,12 +207,10 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         call = Call.model_validate_json(frame)
         if first is None:
             first = call
-            _limit_processes(setup, call.limits)
-            nproc = _nproc(setup, call.limits)
-            apply_rlimits(call.limits, reusable=call.limits.reuse_worker, nproc=nproc)
-            cap_file_size(call.data_left, for_good=not call.limits.reuse_worker)
-            harden(setup, call)
-            end_setup(setup)
+            if profile is None:
+                prepare(setup, call)
+            elif not profile.fits(call):
+                os._exit(EXIT_SETUP_FAILED)  # never sent by the pool: its walls are not these
         elif call.reuse_key != first.reuse_key:
             os._exit(70)  # the orchestrator never does this: its limits would not hold
         else:
@@ -223,6 +229,17 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
             recv_frame_blocking(chan)
         if not reusable:
             os._exit(0)
+
+
+def prepare(setup: WorkerSetup, call: Call) -> None:
+    """The first call's set-up: cgroup limits, rlimits, `harden`; then the set-up pipe
+    closes. Raises where a step fails (the worker exits before any tool runs)."""
+    _limit_processes(setup, call.limits)
+    nproc = _nproc(setup, call.limits)
+    apply_rlimits(call.limits, reusable=call.limits.reuse_worker, nproc=nproc)
+    cap_file_size(call.data_left, for_good=not call.limits.reuse_worker)
+    harden(setup, call)
+    end_setup(setup)
 
 
 def harden(setup: WorkerSetup, call: Call) -> None:

@@ -25,13 +25,14 @@ import sys
 import tempfile
 from typing import NoReturn
 
-from . import _linux, _seccomp, reaper
+from . import _landlock, _linux, _sched, _seccomp, reaper
 from .layers import Layers, user_namespace
 from .limits import NetworkMode
 from .protocol import (
     Exited,
     Failed,
     Layer,
+    Profile,
     Ready,
     Shutdown,
     Spawn,
@@ -94,6 +95,7 @@ class Zygote:
         self.workers: dict[int, _WorkerRecord] = {}
         self.count = 0
         self.read_paths = base_read_paths(config.read_paths)
+        self.landlock_read = _landlock.outermost(self.read_paths)
         self.layers = Layers(config, self.read_paths, user_ns)
         self.pidns = self.layers.pidns
         self.cgroup_root = self.layers.cgroup_root
@@ -116,7 +118,7 @@ class Zygote:
         else:
             self.ctrl.send(data)
 
-    def spawn(self, network: NetworkMode) -> None:
+    def spawn(self, network: NetworkMode, profile: Profile | None = None) -> None:
         self.count += 1
         base = tempfile.mkdtemp(prefix=f"w{self.count}-", dir=self.config.root)
         workdir = os.path.join(base, "work")
@@ -156,7 +158,7 @@ class Zygote:
                 self.pidns.leave()  # also when fork failed: the next spawn must work
         if pid == 0:
             fds = (theirs.fileno(), log_fd, setup_fd)
-            self._become_worker(fds, workdir, (cgroup, memory, cpu), network, uid)
+            self._become_worker(fds, workdir, (cgroup, memory, cpu), network, uid, profile)
         theirs.close()
         os.close(log_fd)
         os.close(setup_fd)
@@ -164,7 +166,14 @@ class Zygote:
         self.workers[pid] = _WorkerRecord(base, (cgroup, memory, cpu), uid)
         try:
             usage = os.path.join(cpu, self.layers.cpu_usage) if cpu else None
-            spawned = Spawned(pid=pid, network=network, workdir=workdir, cpu_usage=usage)
+            spawned = Spawned(
+                pid=pid,
+                network=network,
+                workdir=workdir,
+                cpu_usage=usage,
+                profile=profile,
+                pids_cgroup=cgroup,
+            )
             self.send(spawned, [ours.fileno(), pidfd, log_reader, setup_reader])
         finally:
             ours.close()
@@ -178,10 +187,14 @@ class Zygote:
         cgroups: tuple[str | None, str | None, str | None],
         network: NetworkMode,
         uid: int | None,
+        profile: Profile | None,
     ) -> NoReturn:
         """`fds`: the worker's socket, its log and the write end of its set-up pipe;
         `cgroups`: its pids, memory and CPU cgroups."""
         setup: WorkerSetup | None = None
+        # Woken at once by its call (`_sched`); not the zygote, which would then take
+        # the CPU from the orchestrator each time it is asked for a spare.
+        _sched.set_short_slice()
         try:
             # First, and before any call can come, so everything a call does counts.
             # The worker joins them itself: each join waits for the kernel (an RCU
@@ -196,7 +209,7 @@ class Zygote:
                 cgroups[0],
                 memory_cgroup=cgroups[1],
                 in_pid_namespace=self.pidns is not None,
-                landlock_read=self.read_paths if layers.landlock else None,
+                landlock_read=self.landlock_read if layers.landlock else None,
                 drop_capabilities=layers.drop_capabilities,
                 private_mounts=layers.private_mounts,
                 uid=uid,
@@ -206,6 +219,7 @@ class Zygote:
                 proxy_port=proxy_port,
                 jail=layers.jail,
                 data_gid=layers.uids.data_gid if layers.uids else None,
+                profile=profile,
             )
             chan = detach(setup)
             serve(chan, self.registry, setup)
@@ -289,10 +303,14 @@ class Zygote:
                     return
                 if isinstance(message, Spawn):
                     try:
-                        self.spawn(message.network)
+                        self.spawn(message.network, message.profile)
                     except OSError as exc:
                         failure = f"cannot start a worker: {exc}"
-                        self.send(Failed(message=failure, network=message.network))
+                        self.send(
+                            Failed(
+                                message=failure, network=message.network, profile=message.profile
+                            )
+                        )
 
     def shutdown(self) -> None:
         for pid in list(self.workers):
@@ -421,6 +439,7 @@ def main(ctrl_fd: int, config_json: str) -> None:
     os.dup2(null, 0)
     os.close(null)
     config = ZygoteConfig.model_validate_json(config_json)
+    _sched.set_default_slice()  # a caller's short one came with the fork (see `_sched`)
     try:
         user_ns = user_namespace(config.disabled)  # first: while single-threaded
         zygote = Zygote(ctrl, config, user_ns)

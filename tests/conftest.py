@@ -143,6 +143,8 @@ def _idle_in_shared_pools() -> set[int]:
         for spares in template.spares.values():
             with spares.mutex:
                 pids |= {h.host_pid for h in spares.queue if isinstance(h, WorkerHandle)}
+        with template._prepared_lock:
+            pids |= {h.host_pid for idle in template.prepared.values() for h in idle}
         with pool._lock:
             pids |= {w.host_pid for idle in pool._warm.values() for w in idle}
     return pids
