@@ -216,6 +216,28 @@ def check_eval(temporal_server: DevServer, two_workers: list[Any], tmp_path: Pat
     assert {int(s.split("@")[0]) for s in seen} == set(owners), seen
 
 
+def test_tool_calls_go_to_the_tool_queue_only(
+    temporal_server: DevServer, model: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """An orchestrator (`--serve agent`: runs and model calls, no sandbox) and a sandbox
+    host (`--serve tools`: tool calls only, no model endpoint); every call runs on the
+    host named by `--tool-queue`."""
+    agent = start_worker(temporal_server, "--serve", "agent", "--task-queue", "orchestrate",
+                         "--base-url", model.base_url, *SETUP)  # fmt: skip
+    tools = start_worker(temporal_server, "--serve", "tools", "--tool-queue", "sandboxes", *SETUP)
+    try:
+        done = cli("run", "--temporal", temporal_server.address, "--task-queue", "orchestrate",
+                   "--tool-queue", "sandboxes", "--trace", str(tmp_path / "t.jsonl"), *SETUP,
+                   "Can I still return order 12345?")  # fmt: skip
+    finally:
+        agent.stop()
+        tools.stop()
+    assert done.returncode == 0 and "2025-05-10" in done.stdout, done.stderr
+    calls = [e for e in events(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
+    assert len(calls) == 3 and all(e["ok"] for e in calls), calls
+    assert {e["worker"].split("@")[0] for e in calls} == {str(tools.pid)}
+
+
 def test_approval_by_signal_after_the_asking_worker_is_killed(
     temporal_server: DevServer, model: ScriptedModelServer, tmp_path: Path
 ) -> None:
