@@ -364,6 +364,7 @@ def test_a_server_restart_mid_run_loses_nothing(model: ScriptedModelServer, tmp_
         (["approve", "r", "c", "--temporal", "h:1", "--sha256", "xyz"], "--sha256 xyz"),
         (["run", "--temporal", "h:1", "--resume", "r"], "--resume: a run on Temporal"),
         (["eval", str(SUITE), "--temporal", "h:1", "--scripted"], "the model is the workers'"),
+        (["run", "--temporal", "h:1", "--embeddings-model", "m", "x"], "embeddings_model"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
