@@ -28,17 +28,37 @@ def suite_script(suite: Suite) -> Any:
     steps = {case.task: script_steps(case) for case in reversed(suite.cases) if case.script}
 
     def play(request: dict[str, Any]) -> Step:
-        messages = request.get("messages") or []
-        first = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+        # Chat Completions sends `messages`; the Responses API (`--api responses`) sends
+        # `input` items, where one model turn is a run of assistant text and function_call items.
+        items = request.get("messages") or request.get("input") or []
+        if not isinstance(items, list):
+            items = []
+        items = [item for item in items if isinstance(item, dict)]
+        first = next((i for i, m in enumerate(items) if m.get("role") == "user"), None)
         if first is None:
-            return fail(400, "no user message: not a run of this suite")
-        script = steps.get(str(messages[first].get("content")))
+            return fail(
+                400, "no user message (neither `messages` nor `input`): not a run of this suite"
+            )
+        script = steps.get(str(items[first].get("content")))
         if script is None:
             return fail(400, "no case of this suite has this task")
-        turn = sum(1 for m in messages[first:] if m.get("role") == "assistant")
+        turn = sum(1 for i in range(first, len(items)) if _opens_turn(items, i))
         return script[turn] if turn < len(script) else fail(500, "the script has no more steps")
 
     return play
+
+
+def _by_model(item: dict[str, Any]) -> bool:
+    return item.get("role") == "assistant" or item.get("type") == "function_call"
+
+
+def _opens_turn(items: list[dict[str, Any]], i: int) -> bool:
+    """An assistant message opens a model turn; a function_call opens one unless it follows
+    the text or the calls of its own turn (the Responses API lists a turn's parts apart)."""
+    item = items[i]
+    if item.get("role") == "assistant":
+        return True
+    return item.get("type") == "function_call" and not (i > 0 and _by_model(items[i - 1]))
 
 
 def main(argv: list[str] | None = None) -> int:
