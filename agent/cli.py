@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["tool"]:
         return _tool_main(argv)
     status = _main(argv)
-    if program and "--temporal" in argv and argv[:1] != ["worker"]:
+    if program and "--temporal" in argv:  # the worker too: it closed its pool already
         from .integrations.temporal_command import leave
 
         leave(status)  # does not return
