@@ -571,22 +571,22 @@ class Pool:
         worker.kill()
 
     def _kill(self, worker: WorkerHandle) -> None:
-        """SIGKILL the worker and everything it started, and wait until it is gone."""
+        """SIGKILL the worker and everything it started, and wait until nothing of it
+        runs: with PID namespaces, until only the killed worker is left in its cgroup
+        (`kill_all`: its own teardown goes on without us), else until it is gone."""
+        if self.pid_namespaces and worker.kill_all(KILL_WAIT_S):
+            return
         if not self.pid_namespaces:
             reaper.kill_tree(worker.host_pid)
         worker.kill()
         worker.wait_dead(KILL_WAIT_S)
 
     def _retire(self, worker: WorkerHandle, quick: bool = False) -> None:
-        """Kill the worker and its tree, and wait until nothing of it runs. `quick`
-        (a call without a data_dir, whose files are measured after): with PID
-        namespaces, once nothing but the killed worker is left in its cgroup, the
-        kernel's teardown of it goes on without the caller (`kill_alone`)."""
-        if quick and self.pid_namespaces and worker.kill_alone():
-            worker.template.forget_exit(worker.pid)
-            worker.close()
-            return
+        """`_kill`, then forget the worker. Unless `quick` (a call without a data_dir,
+        whose files are measured after it), wait until the worker is gone too."""
         self._kill(worker)
+        if not quick:
+            worker.wait_dead(KILL_WAIT_S)
         if self.pid_namespaces:
             worker.template.forget_exit(worker.pid)
         else:

@@ -8,19 +8,22 @@ know how its worker died.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
+import select
 import shutil
 import signal
 import socket
 import sys
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 
 import multiprocess
 
-from . import _cgroups
+from . import _cgroups, reaper
 from ._cpuacct import UsageFile
 from ._netns import LISTENER_MARK, PROXY_HOST
 from .channel import FrameReader, PeerGone
@@ -69,7 +72,7 @@ class WorkerHandle:
         self.workdir = spawned.workdir
         self.cpu_usage = _open_usage(spawned.cpu_usage)
         self._procs = _open_procs(spawned.pids_cgroup)
-        """Its pids cgroup's list of processes, held open (see `kill_alone`)."""
+        """Its pids cgroup's list of processes, held open (see `kill_all`)."""
         """Usage file of its CPU accounting cgroup (`sandbox.cpu_budget`), if any:
         opened here, as the spare arrives, not on a call's clock."""
         self.sock = sock
@@ -123,28 +126,77 @@ class WorkerHandle:
         with contextlib.suppress(ProcessLookupError, OSError):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
-    def kill_alone(self) -> bool:
-        """SIGKILL the worker; True when no other process of its call is left then.
+    def kill_all(self, timeout: float) -> bool:
+        """SIGKILL the worker and every other process of its call, and wait until
+        none but the worker runs; True when so, False where that cannot be known
+        (no cgroup to read) or did not happen within `timeout`.
 
         Every process the call started is in the worker's pids cgroup, which none can
-        leave, and leaves the list only once it runs no code at all (the kernel's
-        teardown of a dying process takes it out after its memory and files are
-        gone). With only the worker there after its kill, no code of the call can run
-        again (the kernel refuses a fork to a task with SIGKILL pending); what is left
-        is the kernel's teardown of it, which need not hold up the caller."""
+        leave. Each one listed there is killed through a pidfd opened while it was
+        listed and found listed again after (so never another process that took its
+        pid), and waited for on it; whatever it forked before it died is listed in
+        the next round. A dead process stays listed until reaped (a zombie runs no
+        code), and its pid cannot be taken while it is listed (nor after, unless the
+        pids wrap around within one kill: 32,768 forks here). The worker itself,
+        SIGKILLed, runs no code again (the kernel refuses a fork to a task with
+        SIGKILL pending): the kernel's teardown of its address space, its mounts and
+        its PID namespace need not hold up the caller."""
         self.kill()
+        deadline = time.monotonic() + timeout
+        dead = {self.host_pid}
+        for _ in range(reaper.KILL_ROUNDS):
+            listed = self._listed()
+            if listed is None:
+                return False
+            others = listed - dead
+            if not others:
+                return True
+            pidfds = {}
+            for pid in others:
+                try:
+                    pidfds[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    dead.add(pid)  # released already, on its way out of the list
+                except OSError:
+                    return False
+            try:
+                still = self._listed()
+                if still is None:
+                    return False
+                poller = select.poll()
+                for pid, fd in pidfds.items():
+                    if pid in still:
+                        with contextlib.suppress(OSError):
+                            signal.pidfd_send_signal(fd, signal.SIGKILL)
+                        poller.register(fd, select.POLLIN)
+                waiting = {fd: pid for pid, fd in pidfds.items() if pid in still}
+                while waiting:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    for fd, _ in poller.poll(left * 1000):
+                        poller.unregister(fd)
+                        dead.add(waiting.pop(fd))
+            finally:
+                for fd in pidfds.values():
+                    os.close(fd)
+        return False
+
+    def _listed(self) -> set[int] | None:
+        """The pids in the worker's pids cgroup; None where it cannot be read whole."""
         if self._procs is None:
-            return False
+            return None
         try:
-            listed = os.pread(self._procs, 4096, 0)
-        except OSError:
-            return False
-        if len(listed) >= 4096:
-            return False  # more than fits: not alone
+            data = os.pread(self._procs, 1 << 16, 0)
+        except OSError as exc:
+            # Removed: a cgroup is removed only once no process is left in it.
+            return set() if exc.errno == errno.ENODEV else None
+        if len(data) >= 1 << 16:
+            return None
         try:
-            return all(int(pid) == self.host_pid for pid in listed.split())
+            return {int(pid) for pid in data.split()}
         except ValueError:
-            return False
+            return None
 
     def wait_dead(self, timeout: float) -> bool:
         """Wait for the worker to exit; with a PID namespace its whole tree is gone then."""
