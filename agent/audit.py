@@ -91,7 +91,8 @@ class ToolCalled(Event):
     denied_no_tty, denied_changed (on resume, a call in flight whose arguments no longer
     read as those that started), restored, or repeat_note / repeat_stop when the call
     was answered with a note instead, or call_limit when it was past the turn's
-    max_calls_per_turn; from `mcp serve --ask`, approved_client and denied_client,
+    max_calls_per_turn, or not_yet when the tools its policy's `after` names had not
+    answered yet; from `mcp serve --ask`, approved_client and denied_client,
     denied_client_timeout, denied_client_unable, denied_client_changed, and
     denied_client_replayed (a yes sent again after it ran its call), denied_client_busy
     (too many questions unanswered at once)."""

@@ -85,6 +85,12 @@ def run_demo(policy_path: Path = DEMO_POLICY, out: TextIO | None = None) -> int:
     transcript = Transcript.load(TRANSCRIPT)
     live = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"))
     replay = None if live else Replay(transcript)
+    if replay and policy.run.offer is not None:
+        # The recorded model was offered the hung carrier tool, and called it: the
+        # replay shows the kill. A live model is offered the policy's tools alone.
+        offer = [*policy.run.offer, *(c.tool for turn in transcript.turns for c in turn.tool_calls)]
+        run = policy.run.model_copy(update={"offer": sorted(set(offer))})
+        policy = policy.model_copy(update={"run": run})
     server = ScriptedModelServer(replay).start() if replay else None
     outcomes: list[ToolOutcome] = []
 

@@ -155,8 +155,14 @@ class Agent:
         self._interrupted = False
         self._cancel = CancelToken()
         offer = self.limits.offer
-        self.tools = [s.openai_schema for s in pool.registry if offer is None or s.name in offer]
+        self.tools = [
+            _with_order(s.openai_schema, policy.after(s.name))
+            for s in pool.registry
+            if offer is None or s.name in offer
+        ]
         self._offered = sorted(t["function"]["name"] for t in self.tools)
+        self._answered: set[str] = set()
+        """Tools that answered without an error in this run (the policy's `after`)."""
 
     def run(
         self,
@@ -169,6 +175,7 @@ class Agent:
         kills the run's tool calls in flight and ends the run (reason `interrupted`)
         before its next model call or tool call."""
         self._cancel = cancel or CancelToken()
+        self._answered = set()
         messages = list(history or [{"role": "system", "content": self.limits.system_prompt}])
         messages.append({"role": "user", "content": task})
         self.run_id = self.store.start(task, self.model.model, messages) if self.store else None
@@ -203,9 +210,12 @@ class Agent:
         self._cancel = CancelToken()
         budget = Budget(self.limits, steps=record.steps, cost_usd=record.cost_usd)
         repeats = RepeatGuard(self.limits.max_repeats)
+        self._answered = set()
         for done in record.calls:
             if done.outcome is not None:
                 repeats.remember(done.tool, done.arguments, done.outcome.sent)
+                if done.outcome.ok:
+                    self._answered.add(done.tool)
         return self._drive(record.task, list(record.messages), budget, repeats, record)
 
     def _drive(
@@ -489,6 +499,18 @@ class Agent:
                     turn.outcomes[i] = verdict
                     continue
                 approval, approved = verdict
+            first = [t for t in self.policy.after(tool) if t not in self._answered]
+            if bound is not None and first:
+                # Before the repeat guard counts it: asked again after them, it runs.
+                turn.outcomes[i] = ToolOutcome(
+                    call_id,
+                    tool,
+                    arguments,
+                    _failure(tool, Denied(tool, _not_yet(tool, first))),
+                    "not_yet",
+                    sha256=bound.sha256,
+                )
+                continue
             verdict = repeats.check(tool, arguments)
             key = repeats.key(tool, arguments)
             if verdict == "stop" and key in this_turn:
@@ -548,6 +570,7 @@ class Agent:
         """Record the turn's outcomes in the trace (and the checkpoint, those that did
         not run), in the order of the calls; then end the run if a guard said so."""
         done = [o for o in turn.outcomes if o is not None]
+        self._answered.update(o.tool for o in done if o.executed and o.result.ok)
         for outcome in done:
             if outcome.restored:
                 continue
@@ -788,3 +811,26 @@ def _failure(tool: str, exc: ToolCallError) -> ToolResult:
         duration_ms=0.0,
         error_origin="agent",
     )
+
+
+def _with_order(schema: dict[str, Any], first: list[str]) -> dict[str, Any]:
+    """The tool's schema, its description saying which tools must answer before it
+    (the policy's `after`): told up front, a model seldom needs the refusal."""
+    if not first:
+        return schema
+    function = dict(schema["function"])
+    said = function.get("description") or ""
+    function["description"] = f"{said}\n\nCall it only after {_names(first)} answered.".strip()
+    return {**schema, "function": function}
+
+
+def _not_yet(tool: str, first: list[str]) -> str:
+    """What the model is told of a call made before the tools it must follow."""
+    return (
+        f"not run yet: {tool} runs only after {_names(first)} answered in this run. Call "
+        f"{_names(first)} first; then call {tool} again if it is still needed."
+    )
+
+
+def _names(tools: list[str]) -> str:
+    return tools[0] if len(tools) == 1 else ", ".join(tools[:-1]) + " and " + tools[-1]

@@ -57,6 +57,10 @@ class ToolPolicy(BaseModel):
     """MiB a call may move through the egress proxy, both ways together."""
     requires_approval: bool | None = None
     """The call waits for a person's yes (the agent asks; `denied` without one)."""
+    after: list[str] | None = None
+    """Tools that must have answered (successfully) earlier in the run before this one
+    runs: `issue_refund` after `get_order_status`. A call before them is not run, and
+    the model is told which to call first; the tool's description says so up front."""
     idempotent: bool | None = None
     """Running it twice does no more than once: a call in flight when a run stopped is
     re-run on resume without asking (else only with a person's approval)."""
@@ -314,6 +318,10 @@ class Policy(BaseModel):
 
     def idempotent(self, tool: str) -> bool:
         return bool(self.effective(tool).idempotent)
+
+    def after(self, tool: str) -> list[str]:
+        """The tools that must have answered in the run before `tool` runs."""
+        return list(self.effective(tool).after or [])
 
     def _resolved(self, tool: str) -> tuple[Limits, ToolContext]:
         cached = self._cache.get(tool)
