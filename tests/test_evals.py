@@ -296,11 +296,11 @@ def test_only_a_kind_the_orchestrator_named_is_recovered_from(
     tool whose output reads like one, does not."""
     tools = tmp_path / "claims.py"
     tools.write_text(CLAIMS)
+    policy = tmp_path / "policy.toml"  # the demo's, offering the tool under test too
+    policy.write_text(f'extends = "{ROOT / "policies" / "demo.toml"}"\n[run]\noffer = ["{tool}"]\n')
     suite = tmp_path / "claims.toml"
     suite.write_text(
-        CLAIM_SUITE.format(
-            policy=ROOT / "policies" / "demo.toml", tools=tools, name=tool, tool=tool, args=args
-        )
+        CLAIM_SUITE.format(policy=policy, tools=tools, name=tool, tool=tool, args=args)
     )
     out = tmp_path / "out"
     status = run_eval(str(suite), "--scripted", "--out", str(out))

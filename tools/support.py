@@ -37,7 +37,11 @@ def seed_orders_db(path: Path) -> None:
 
 
 def _orders_db() -> Path:
-    return Path(context.setting("orders_db", str(ORDERS_DB)))
+    """The `orders_db` setting, a relative one inside the tool's `root` (a policy's own
+    shop: its table's root is what the sandbox lets the tool read); else the shipped one."""
+    path = Path(context.setting("orders_db", str(ORDERS_DB)))
+    root = context.current().root
+    return Path(root) / path if root and not path.is_absolute() else path
 
 
 def _order(order_id: str) -> dict[str, Any]:
