@@ -22,8 +22,8 @@ SUPPORT_TOOLS = {
     "issue_refund",
 }
 MEMORY_TOOLS = {"remember", "recall", "forget"}
-DEMO_OFFER = SUPPORT_TOOLS - {"check_return_eligibility"}
-"""What the demo policy offers: the lookups, not the compound tool, nor the hung one."""
+DEMO_OFFER = SUPPORT_TOOLS
+"""What the demo policy offers: the support tools, not the hung carrier tool."""
 
 
 def offered(server: ScriptedModelServer) -> set[str]:
@@ -214,7 +214,7 @@ def test_the_worked_example_suite_offers_only_the_support_tools(tmp_path: Path) 
         "unknown_tool",
         None,
     )
-    assert "available tools: calculate, get_current_date" in event["error_message"]
+    assert "available tools: calculate, check_return_eligibility" in event["error_message"]
     assert "track_shipment" not in event["error_message"].split("available tools:")[1]
 
 
