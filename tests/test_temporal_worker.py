@@ -470,3 +470,34 @@ def test_a_call_needing_approval_whose_arguments_do_not_bind_never_runs(tmp_path
         out = asyncio.run(ActivityEnvironment().run(activities.tool_call, call))
     assert not out.ok and out.error is not None, out
     assert out.error.kind == "bad_arguments" and "differ from what is approved" in out.error.message
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"max_read_bytes": 10**9}, {"memory_namespace": "a", "root": "/"}, {"memory_namespace": 7}],
+)
+def test_a_run_cannot_set_what_the_workers_policy_sets(settings: dict[str, object]) -> None:
+    """Whoever can start a workflow chooses a call's settings: only those a local agent
+    adds itself pass; the tool host's policy keeps the rest (here `max_read_bytes`)."""
+    from temporalio.testing import ActivityEnvironment
+
+    from agent.integrations.temporal_activities import SandboxActivities
+    from policies import load_policy
+    from sandbox import Pool
+
+    policy = load_policy(None)
+    call = ToolCallInput(
+        run_id="r",
+        call_id="c",
+        tool="calculate",
+        arguments='{"expression": "6*7"}',
+        settings=settings,
+    )
+    allowed = call.model_copy(update={"settings": {"memory_namespace": "alice"}})
+    with Pool(policy, registry=Registry.default(), size=1, spares=1) as pool:
+        activities = SandboxActivities(policy, pool=pool)
+        refused = asyncio.run(ActivityEnvironment().run(activities.tool_call, call))
+        ran = asyncio.run(ActivityEnvironment().run(activities.tool_call, allowed))
+    assert not refused.ok and refused.error is not None, refused
+    assert refused.error.kind == "denied", refused
+    assert ran.ok and ran.output == "42", ran

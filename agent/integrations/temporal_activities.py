@@ -40,6 +40,7 @@ from sandbox.cancel import CancelToken
 from sandbox.errors import BadArguments, Denied, PolicyError, RunError, ToolCallError
 from sandbox.protocol import ToolError
 from tools import ArgumentError
+from tools.context import EMBEDDING
 
 from ..binding import bind
 from ..model import ModelClient
@@ -58,6 +59,11 @@ from .temporal_contracts import (
     ToolCallInput,
     ToolCallOutput,
 )
+
+RUN_SETTINGS = frozenset({"memory_namespace", EMBEDDING})
+"""What a run may set for its calls: what a local agent adds itself (`--memory-namespace`,
+an argument's embedding). Every other setting (`max_read_bytes`, a tool's own) is this
+worker's policy's: whoever can start a workflow must not loosen the tool host's."""
 
 ModelFor = Callable[[str | None], ModelClient]
 """The worker's client for a model name (None: its policy's); endpoint and key its own."""
@@ -94,7 +100,7 @@ class SandboxActivities:
                 NOT_RERUN,
                 non_retryable=True,
             )
-        checked = self._approved(call)
+        checked = _foreign_settings(call) or self._approved(call)
         if isinstance(checked, ToolResult):
             return ToolCallOutput.from_result(checked, self.identity)
         # An approved call runs the very dict that was hashed, not the text again.
@@ -173,6 +179,21 @@ class SandboxActivities:
             call.tool,
             Denied(call.tool, f"a person must approve {call.tool} with these arguments; {why}"),
         )
+
+
+def _foreign_settings(call: ToolCallInput) -> ToolResult | None:
+    """`denied` for a call whose settings reach past `RUN_SETTINGS`."""
+    foreign = sorted(set(call.settings) - RUN_SETTINGS)
+    namespace = call.settings.get("memory_namespace", "")
+    if not foreign and isinstance(namespace, str):
+        return None
+    why = (
+        f"the run set {', '.join(safe(k) for k in foreign)}, which only this worker's "
+        f"policy sets (a run may set only {', '.join(sorted(RUN_SETTINGS))})"
+        if foreign
+        else "memory_namespace must be a string"
+    )
+    return _refusal(call.tool, Denied(call.tool, why))
 
 
 def _refusal(tool: str, exc: ToolCallError) -> ToolResult:
