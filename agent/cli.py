@@ -47,6 +47,7 @@ from sandbox.errors import ErrorKind, PolicyError
 from sandbox.pool import ToolResult
 from sandbox.protocol import ToolError
 from tools import ArgumentError, Registry, ToolDefinitionError, ToolSpec
+from tools.registry import defines_tools
 
 from .approval import Approver
 from .binding import bind
@@ -323,6 +324,11 @@ def load_setup(
             raise UsageError(
                 f"{flag} {source}: importing it raised {type(exc).__name__}: {exc}"
             ) from None
+        if not defines_tools(source):  # a plain function is not a tool: say so, not later
+            raise UsageError(
+                f"{flag} {source}: defines no tool (decorate each one: "
+                "`from tools import tool`, then `@tool` above its `def`)"
+            )
     try:
         check_tools(policy, registry.names())
     except SandboxedAgentError as exc:

@@ -101,6 +101,20 @@ def test_a_policy_with_an_unknown_tool_table_is_a_usage_error(tmp_path: Path) ->
     assert "no tool named 'calculater'" in proc.stderr
 
 
+def test_a_tools_file_without_a_tool_says_to_decorate_them(tmp_path: Path) -> None:
+    # A new user's first tools file: plain functions, no @tool. Saying only "there is no
+    # tool named 'fetch'" (from the policy, or unknown_tool) sent them looking elsewhere.
+    source = tmp_path / "plain.py"
+    source.write_text("def fetch(url: str) -> str:\n    return url\n")
+    policy = tmp_path / "p.toml"
+    policy.write_text("[tools.fetch]\ntimeout_s = 1\n")
+    for args in (["tool", "fetch"], ["tools"], ["tool", "fetch", "--policy", str(policy)]):
+        proc = cli(*args, "--tools", str(source))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert f"--tools {source}: defines no tool" in line and "@tool" in line
+
+
 def test_user_tools_from_a_file_run_in_the_sandbox(tmp_path: Path) -> None:
     source = tmp_path / "mine.py"
     source.write_text(

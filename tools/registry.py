@@ -209,6 +209,11 @@ class Registry:
         return registry
 
 
+def defines_tools(source: str) -> bool:
+    """Whether the module or .py file (imported already, or now) defines any `@tool`."""
+    return bool(_by_module.get(_import_source(source)))
+
+
 def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
     code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
     return (
