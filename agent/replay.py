@@ -199,6 +199,9 @@ class ScriptedModelServer:
                 except ValueError:
                     self._send(400, {"error": {"message": "invalid JSON"}})
                     return
+                if not isinstance(request, dict):
+                    self._send(400, {"error": {"message": "the body must be a JSON object"}})
+                    return
                 if self.path.rstrip("/").endswith("/embeddings"):
                     self._send(200, server._embeddings(request))
                     return

@@ -206,3 +206,22 @@ def test_an_error_body_is_bounded_after_decompression() -> None:
     assert len(error(bomb).content) <= ERROR_BODY_BYTES
     said = error(gzip.compress(json.dumps({"error": {"message": "boom"}}).encode()))
     assert said.json() == {"error": {"message": "boom"}}
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"text"', b"null", b"{bad"])
+def test_the_scripted_server_answers_a_body_that_is_not_an_object_with_400(body: bytes) -> None:
+    """The demo's and the tests' endpoint: a body that is no JSON object is refused,
+    not a traceback in its handler thread."""
+    import urllib.error
+    import urllib.request
+
+    from agent.replay import ScriptedModelServer, say
+
+    with ScriptedModelServer([say("hi")]) as server:
+        request = urllib.request.Request(
+            f"{server.base_url}/chat/completions", data=body, method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    assert "error" in json.loads(refused.value.read())
