@@ -171,7 +171,14 @@ def _kill_runs(peer: peers.Peer, grandchild: bool, reps: int, timeout: float) ->
         if not peer.kills:
             survivors += 1  # its timeout only stops the waiting: the hung tool runs on
         else:
-            survivors += len([p for p in before if _running(p) and p not in peer.pids()])
+            # As for the marked grandchildren: what is still running GONE_WAIT_S after
+            # the call (a killed worker's kernel teardown may outlast the call).
+            left = [p for p in before if _running(p) and p not in peer.pids()]
+            end = time.monotonic() + GONE_WAIT_S
+            while left and time.monotonic() < end:
+                time.sleep(0.005)
+                left = [p for p in left if _running(p)]
+            survivors += len(left)
             survivors += len(peer.survivors())
         survivors += len(grandchildren(GONE_WAIT_S))
         kill_grandchildren()
