@@ -40,6 +40,8 @@ SUITES = (
     "tests/test_read_set.py",
     "tests/test_egress.py",
     "tests/test_delegated_cgroups.py",
+    "tests/test_sandbox_kills.py",
+    "tests/test_launch.py",
 )
 DELEGATED = ("pids", "memory", "cpuacct")
 JOIN_THEN_EXEC = (

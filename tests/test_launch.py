@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import Limits, _linux
+from sandbox import Limits
 from sandbox.launch import EXIT_STOPPED, EXIT_USAGE, command_line
-from tests.conftest import sleepers, unique_marker
+from tests.conftest import pid_namespaces_available, sleepers, unique_marker
 
 PROBE = str(Path(__file__).with_name("launch_probe.py"))
 
@@ -92,7 +92,7 @@ def test_a_command_gets_its_code_and_its_paths_and_nothing_else(
     assert "PASSED_ON" in found["env"]
     if os.geteuid() == 0:
         assert found["uid"] != 0
-    if _linux.PidNamespaces().available:
+    if pid_namespaces_available():
         assert found["pid"] == 2  # the init is 1: nothing of the host's is in sight
 
 
@@ -109,7 +109,7 @@ def _wait_for(condition: Callable[[], bool], deadline_s: float = 30.0) -> bool:
 def test_stopping_the_launcher_kills_the_whole_tree_at_once(tree: str) -> None:
     marker = unique_marker()
     disable = ["pid_namespace"] if tree == "subreaper" else []
-    if tree == "pid-namespace" and not _linux.PidNamespaces().available:
+    if tree == "pid-namespace" and not pid_namespaces_available():
         pytest.skip("PID namespaces are not available on this machine")
     script = f"setsid sleep {marker} & sleep {marker} & echo started; wait"
     proc = start(command_line(["/bin/sh", "-c", script], Limits(), disable=disable))
