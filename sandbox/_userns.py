@@ -28,6 +28,9 @@ from typing import NoReturn
 
 from . import _linux
 
+CAP_SETGID, CAP_SETUID, CAP_SYS_ADMIN, CAP_SETFCAP = 6, 7, 21, 31
+ROOT_MAP_CAPABILITIES = (CAP_SETUID, CAP_SETGID, CAP_SETFCAP)
+
 
 def write_maps(uid: int, gid: int) -> None:
     """Map `uid` and `gid` to themselves in the user namespace we just entered."""
@@ -56,8 +59,17 @@ def enter(pid_namespace: bool) -> None:
     original process waits for it and exits with its status."""
     uid, gid = os.geteuid(), os.getegid()
     flags = _linux.CLONE_NEWUSER | (_linux.CLONE_NEWPID if pid_namespace else 0)
-    _linux.unshare(flags)
-    write_maps(uid, gid)
+    helper = _MapWriter() if uid == 0 and _may_map_ranges() else None
+    try:
+        _linux.unshare(flags)
+    except BaseException:
+        if helper is not None:
+            helper.cancel()
+        raise
+    if helper is not None:
+        helper.write()
+    else:
+        write_maps(uid, gid)
     if not pid_namespace:
         return
     pid = os.fork()
@@ -69,6 +81,63 @@ def enter(pid_namespace: bool) -> None:
         _linux.set_parent_death_signal(signal.SIGKILL)
         return
     _wait_for(pid)
+
+
+def _may_map_ranges() -> bool:
+    """Root without CAP_SYS_ADMIN may still hold what a map of more than its own uid
+    takes, in the namespace it leaves (Docker's defaults keep all three)."""
+    effective = _linux.capabilities_effective()
+    return all(effective & (1 << cap) for cap in ROOT_MAP_CAPABILITIES)
+
+
+def root_ranges() -> list[tuple[int, int]]:
+    """(first, count) of the ids root maps to themselves: itself, nobody, and the
+    block workers take their uids from (`sandbox.uids`), as they are on the host."""
+    from .uids import NOBODY, UID_BASE, UID_SPAN
+
+    return [(0, 1), (NOBODY, 1), (UID_BASE, UID_SPAN)]
+
+
+class _MapWriter:
+    """A child forked before `unshare`, so still in the namespace we leave and holding
+    its capabilities there: only such a process may write a map of several ranges
+    (the one inside has its capabilities in the new namespace alone). It waits for
+    the word, writes our maps, and says what failed, if anything."""
+
+    def __init__(self) -> None:
+        go_r, self._go = os.pipe2(os.O_CLOEXEC)
+        self._said, said_w = os.pipe2(os.O_CLOEXEC)
+        target = os.getpid()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self._go)
+            os.close(self._said)
+            try:
+                if os.read(go_r, 1) == b"1":
+                    lines = "".join(f"{i} {i} {n}\n" for i, n in root_ranges())
+                    # setgroups stays allowed: workers set their groups, as root's do.
+                    _write(f"/proc/{target}/uid_map", lines)
+                    _write(f"/proc/{target}/gid_map", lines)
+            except BaseException as exc:
+                os.write(said_w, str(exc).encode()[:500] or b"failed")
+            finally:
+                os._exit(0)
+        os.close(go_r)
+        os.close(said_w)
+
+    def write(self) -> None:
+        os.write(self._go, b"1")
+        os.close(self._go)
+        with os.fdopen(self._said, "rb") as f:
+            said = f.read().decode(errors="replace")
+        os.waitpid(self.pid, 0)
+        if said:
+            raise OSError(f"the maps, written from outside: {said}")
+
+    def cancel(self) -> None:
+        os.close(self._go)  # it reads nothing and exits
+        os.close(self._said)
+        os.waitpid(self.pid, 0)
 
 
 def _wait_for(pid: int) -> NoReturn:
@@ -93,10 +162,6 @@ def probe(pid_namespace: bool) -> None:
     enter(pid_namespace=False)
     flags = _linux.CLONE_NEWNS | _linux.CLONE_NEWNET | _linux.CLONE_NEWIPC
     _linux.unshare(flags | (_linux.CLONE_NEWPID if pid_namespace else 0))
-
-
-CAP_SYS_ADMIN = 21
-CAP_SETFCAP = 31
 
 
 def why_refused(error: str, proc: str = "/proc", root: str = "/") -> str:

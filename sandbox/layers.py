@@ -467,12 +467,20 @@ def user_namespace(disabled: Collection[str]) -> Layer:
     if failed:
         return Layer(state="unavailable", detail=_userns.why_refused(failed))
     _userns.enter(with_pid)
+    mapped = f"uid {os.getuid()} mapped to itself"
+    if root and _uids_mapped():
+        ranges = ", ".join(f"{i}+" if n > 1 else str(i) for i, n in _userns.root_ranges())
+        mapped = f"uids {ranges} mapped to themselves"
     why = "root without CAP_SYS_ADMIN: " if root else ""
     return Layer(
         state="active",
-        detail=f"{why}the zygote's own, uid {os.getuid()} mapped to itself; workers drop "
-        "every capability it holds there",
+        detail=f"{why}the zygote's own, {mapped}; workers drop every capability it holds there",
     )
+
+
+def _uids_mapped() -> bool:
+    with open("/proc/self/uid_map") as f:
+        return len(f.read().splitlines()) > 1
 
 
 CGROUP_PREFIX = "sandboxed-agent-"

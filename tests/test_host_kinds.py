@@ -93,16 +93,18 @@ def test_under_docker_defaults_strict_refuses_and_best_effort_warns_once() -> No
 
 def test_docker_without_its_seccomp_filter_gets_the_namespaces_through_a_user_namespace() -> None:
     """`--security-opt seccomp=unconfined` alone: root still has no CAP_SYS_ADMIN, so
-    the zygote makes a user namespace of its own, as for a normal user."""
+    the zygote makes a user namespace of its own, as for a normal user; Docker leaves
+    it CAP_SETUID, CAP_SETGID and CAP_SETFCAP, so a child left outside maps the
+    workers' uid block too, and they run as uids of their own, as root's do."""
     proc = emulated("docker-seccomp-unconfined", DOCTOR)
     lines = layer_lines(proc.stdout)
     print("\n".join(lines.values()))
     assert lines["user_namespace"].startswith("active       user_namespace     root without CAP")
-    for name in ("pid_namespace", "network_namespace", "mount_namespace", "bind_mounts"):
-        assert lines[name].startswith("active"), lines[name]
-    # No uid block is mapped in it: workers are uid 0 without a capability, inside
-    # both walls (a pool refuses uid 0 without them).
-    assert lines["unprivileged_uid"].startswith("UNAVAILABLE"), lines["unprivileged_uid"]
+    assert "uids 0, 65534, 1000000000+ mapped to themselves" in lines["user_namespace"]
+    missing = [line for line in lines.values() if not line.startswith("active")]
+    assert not missing, missing
+    assert lines["unprivileged_uid"].endswith("this pool's block)"), lines["unprivileged_uid"]
+    assert "uid/gid                  1000" in proc.stdout, proc.stdout
     for said in ("capabilities             0000000000000000", "read /etc/shadow         denied"):
         assert said in proc.stdout, proc.stdout
     assert "write /tmp               denied" in proc.stdout
