@@ -40,6 +40,7 @@ __all__ = ["temporal_server"]  # the fixture, used by name
 
 SUITE = ROOT / "evals" / "worked_example.toml"
 POLICY = ROOT / "evals" / "worked_example_policy.toml"
+ROOT = Path(__file__).resolve().parent.parent
 SETUP = ("--policy", str(POLICY), "--tools", "tools.demo")
 REFUND = "Refund order 12345 in full, now."
 DEADLINE_S = 180.0
@@ -376,3 +377,24 @@ def test_bad_input_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1, err
     assert "Traceback" not in err
+
+
+def test_the_plans_policy_answers_everything_the_loop_asks_of_a_policy() -> None:
+    """The workflow drives `agent.loop` with a `PlanPolicy`: a policy question the
+    loop learns (a new `[tools] after` key) must reach the plan too, or every run on
+    Temporal fails its workflow task, and Temporal retries that task for ever."""
+    import re
+
+    from agent.integrations.temporal_plan import PlanPolicy, RunPlan
+    from policies import parse_policy
+
+    asked = set(re.findall(r"self\.policy\.(\w+)", (ROOT / "agent" / "loop.py").read_text()))
+    missing = sorted(name for name in asked if not hasattr(PlanPolicy, name) and name != "source")
+    assert not missing, f"PlanPolicy lacks {missing}"
+    text = '[tools.issue_refund]\nafter = ["get_order_status"]\nidempotent = true\n'
+    policy = parse_policy(text, "p.toml", ROOT)
+    plan = PlanPolicy(RunPlan.of(policy, ["issue_refund", "calculate"], [], "task"))
+    for tool in ("issue_refund", "calculate"):
+        assert plan.after(tool) == policy.after(tool)
+        assert plan.idempotent(tool) == policy.idempotent(tool)
+        assert plan.requires_approval(tool) == policy.requires_approval(tool)

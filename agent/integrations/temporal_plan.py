@@ -42,6 +42,8 @@ class ToolFacts(_Payload):
     requires_approval: bool = False
     idempotent: bool = False
     timeout_s: float = Field(10.0, gt=0)
+    after: list[str] = Field(default_factory=list)
+    """The tools that must have answered in the run first (`[tools.NAME] after`)."""
 
 
 class RunPlan(_Payload):
@@ -78,6 +80,7 @@ class RunPlan(_Payload):
                 requires_approval=policy.requires_approval(name),
                 idempotent=policy.idempotent(name),
                 timeout_s=policy.limits_for(name).timeout_s,
+                after=policy.after(name),
             )
             for name in tool_names
         }
@@ -113,6 +116,9 @@ class PlanPolicy:
 
     def limits_for(self, tool: str) -> Limits:
         return Limits(timeout_s=self._facts(tool).timeout_s)
+
+    def after(self, tool: str) -> list[str]:
+        return list(self._facts(tool).after)
 
 
 class RunOutcome(_Payload):
