@@ -278,6 +278,35 @@ def test_bad_and_unreachable_addresses_get_one_line(
         assert done.returncode == 1 and len(lines) == 1 and said in lines[0], done.stderr
 
 
+def test_tls_and_api_key_flags_are_checked_and_used(
+    temporal_server: DevServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Bad TLS or key flags are one line, exit 2, before anything connects; good ones
+    are used: TLS to the dev server (which speaks none) fails as TLS, naming it."""
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("hello")
+    for flags, said in [
+        (["--api-key-env", "SANDBOXED_AGENT_NO_SUCH_VAR"], "that variable is not set"),
+        (["--tls-cert", str(not_pem)], "--tls-cert and --tls-key go together"),
+        (["--tls-ca", str(tmp_path / "missing.pem")], "cannot read it"),
+        (["--tls-ca", str(not_pem)], "not a PEM file"),
+    ]:
+        address = temporal_server.address
+        for argv in (
+            ["worker", "--temporal", address, "--serve", "tools", *flags],
+            ["approve", "run-x", "call-y", "--temporal", address, *flags],
+        ):
+            assert main(argv) == 2, argv
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert len(lines) == 1 and said in lines[0], lines
+    done = agent_cli(
+        "worker", "--temporal", temporal_server.address, "--serve", "tools", "--tls", home=tmp_path
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "with TLS: a dev server speaks none" in lines[0], lines
+
+
 def test_a_hung_tool_is_killed_at_its_deadline_on_its_worker(setup: Setup) -> None:
     setup.worker()
     marker = unique_marker()

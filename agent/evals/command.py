@@ -112,6 +112,7 @@ def _write_report(report: SuiteReport, out: Path, as_json: bool) -> int:
 
 def _eval_on_temporal(args: argparse.Namespace, suite: Suite, registry: Any, policy: Any) -> int:
     from ..integrations.temporal_command import target
+    from ..integrations.temporal_connect import connect_options
     from ..integrations.temporal_eval import run_suite_temporal
 
     address = target(args.temporal)
@@ -131,6 +132,7 @@ def _eval_on_temporal(args: argparse.Namespace, suite: Suite, registry: Any, pol
         out,
         address=address,
         namespace=args.namespace,
+        connect_options=connect_options(args),
         task_queue=args.task_queue,
         tool_queue=args.tool_queue,
         runs=args.runs,

@@ -32,6 +32,7 @@ from ..loop import RunResult
 from ..runner import UsageError, check_approve, own_names, report, with_run_overrides
 from ..scrubbing import scrub
 from ..terminal import ascii_json, safe
+from .temporal_connect import add_connection_flags, connect_options, tls_hint
 from .temporal_contracts import DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE, data_converter
 from .temporal_plan import (
     APPROVAL_SIGNAL,
@@ -64,6 +65,7 @@ def add_temporal_options(p: argparse.ArgumentParser, queues: bool = True) -> Non
         help="run on this Temporal server's workers instead of here",
     )
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, metavar="NS")
+    add_connection_flags(p)
     if queues:
         p.add_argument(
             "--task-queue",
@@ -99,15 +101,21 @@ def target(text: str | None) -> str:
     return text
 
 
-async def connect(address: str, namespace: str) -> Any:
+async def connect(address: str, namespace: str, options: dict[str, Any]) -> Any:
+    """`options`: `connect_options`' (TLS, API key)."""
     from temporalio.client import Client
 
     try:
         return await asyncio.wait_for(
-            Client.connect(address, namespace=namespace, data_converter=data_converter()), 30
+            Client.connect(
+                address, namespace=namespace, data_converter=data_converter(), **options
+            ),
+            30,
         )
     except Exception as exc:
-        raise TemporalFailed(f"cannot reach Temporal at {address}: {_one_line(exc)}") from None
+        raise TemporalFailed(
+            f"cannot reach Temporal at {address}: {_one_line(exc)}{tls_hint(options)}"
+        ) from None
 
 
 def new_run_id() -> str:
@@ -154,7 +162,8 @@ def cmd_run_temporal(args: argparse.Namespace, policy: Policy, registry: Any) ->
     plan = plan_for(policy, registry, args.tools, args.task, args)
     if args.trace:
         _check_writable(args.trace)
-    outcome = asyncio.run(_run(address, args.namespace, args.task_queue, plan))
+    options = connect_options(args)
+    outcome = asyncio.run(_run(address, args.namespace, args.task_queue, plan, options))
     if args.trace:
         write_trace(args.trace, outcome.events)
     result = RunResult(
@@ -167,10 +176,12 @@ def cmd_run_temporal(args: argparse.Namespace, policy: Policy, registry: Any) ->
     return report(result)
 
 
-async def _run(address: str, namespace: str, queue: str, plan: RunPlan) -> RunOutcome:
+async def _run(
+    address: str, namespace: str, queue: str, plan: RunPlan, options: dict[str, Any]
+) -> RunOutcome:
     from temporalio.service import RPCError
 
-    client = await connect(address, namespace)
+    client = await connect(address, namespace, options)
     run_id = new_run_id()
     try:
         handle = await client.start_workflow(
@@ -239,13 +250,14 @@ def cmd_approve(args: argparse.Namespace) -> int:
     address = target(args.temporal)
     if args.sha256 is not None and not _hex(args.sha256, 16):
         raise UsageError(f"--sha256 {args.sha256}: give the hash in hex, at least 16 digits")
-    return asyncio.run(_approve(address, args))
+    options = connect_options(args)
+    return asyncio.run(_approve(address, args, options))
 
 
-async def _approve(address: str, args: argparse.Namespace) -> int:
+async def _approve(address: str, args: argparse.Namespace, options: dict[str, Any]) -> int:
     from temporalio.service import RPCError
 
-    client = await connect(address, args.namespace)
+    client = await connect(address, args.namespace, options)
     handle = client.get_workflow_handle(args.run_id)
     try:
         pending = await handle.query(PENDING_QUERY, result_type=list[PendingCall])

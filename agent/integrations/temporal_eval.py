@@ -31,6 +31,7 @@ def run_suite_temporal(
     *,
     address: str,
     namespace: str,
+    connect_options: dict[str, Any] | None = None,
     task_queue: str,
     tool_queue: str | None = None,
     runs: int | None = None,
@@ -54,7 +55,8 @@ def run_suite_temporal(
                 ask=False,
             )
             jobs.append((number, case, i, path, plan))
-    outcomes = asyncio.run(_run_all(address, namespace, task_queue, [j[4] for j in jobs]))
+    plans = [j[4] for j in jobs]
+    outcomes = asyncio.run(_run_all(address, namespace, task_queue, plans, connect_options or {}))
     reports = {number: CaseReport(case.name) for number, case, *_ in jobs}
     for (number, case, i, path, _), outcome in zip(jobs, outcomes, strict=True):
         write_trace(str(path), outcome.events)
@@ -66,12 +68,12 @@ def run_suite_temporal(
 
 
 async def _run_all(
-    address: str, namespace: str, queue: str, plans: list[RunPlan]
+    address: str, namespace: str, queue: str, plans: list[RunPlan], options: dict[str, Any]
 ) -> list[RunOutcome]:
     from temporalio.client import WorkflowFailureError
     from temporalio.service import RPCError
 
-    client = await connect(address, namespace)
+    client = await connect(address, namespace, options)
     try:
         handles = [
             await client.start_workflow(

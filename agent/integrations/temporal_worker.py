@@ -33,6 +33,7 @@ from sandbox.errors import SandboxedAgentError
 
 from ..runner import UsageError
 from ..terminal import safe
+from .temporal_connect import add_connection_flags, connect_options, tls_hint
 from .temporal_contracts import DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE
 
 READY = "worker ready"
@@ -56,6 +57,7 @@ def add_worker_parser(sub: Any, tool_sources: Callable[[argparse.ArgumentParser]
         help="the Temporal server's frontend (a dev server: 127.0.0.1:7233)",
     )
     worker.add_argument("--namespace", default=DEFAULT_NAMESPACE, metavar="NS")
+    add_connection_flags(worker)
     worker.add_argument(
         "--task-queue",
         default=DEFAULT_TASK_QUEUE,
@@ -155,7 +157,8 @@ async def _serve(
 ) -> int:
     from sandbox import Pool
 
-    client = await _connect(target, args.namespace)  # before the pool: a bad address fails fast
+    # Before the pool: a bad address fails fast.
+    client = await _connect(target, args.namespace, connect_options(args))
     with ExitStack() as stack:
         pool = None
         if registry is not None:
@@ -222,7 +225,7 @@ async def _run(
     return 0
 
 
-async def _connect(target: str, namespace: str) -> Any:
+async def _connect(target: str, namespace: str, options: dict[str, Any]) -> Any:
     from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
     from temporalio.client import Client
     from temporalio.service import RPCError
@@ -231,7 +234,7 @@ async def _connect(target: str, namespace: str) -> Any:
 
     try:
         client = await asyncio.wait_for(
-            Client.connect(target, namespace=namespace, data_converter=data_converter()),
+            Client.connect(target, namespace=namespace, data_converter=data_converter(), **options),
             CONNECT_TIMEOUT_S,
         )
     except TimeoutError:
@@ -241,8 +244,8 @@ async def _connect(target: str, namespace: str) -> Any:
         ) from None
     except Exception as exc:
         raise WorkerFailed(
-            f"cannot reach the Temporal server at {target} ({_one_line(exc)}); start one "
-            "(temporal server start-dev) or check --temporal"
+            f"cannot reach the Temporal server at {target} ({_one_line(exc)}){tls_hint(options)}"
+            "; start one (temporal server start-dev) or check --temporal"
         ) from None
     try:
         await client.workflow_service.describe_namespace(
