@@ -398,3 +398,18 @@ def test_the_plans_policy_answers_everything_the_loop_asks_of_a_policy() -> None
         assert plan.after(tool) == policy.after(tool)
         assert plan.idempotent(tool) == policy.idempotent(tool)
         assert plan.requires_approval(tool) == policy.requires_approval(tool)
+
+
+def test_the_workflow_agent_sets_up_everything_the_agent_does() -> None:
+    """`_WorkflowAgent` builds itself instead of calling `Agent.__init__`: each
+    attribute the agent's constructor sets must be set there too (`_answered` was not,
+    and every run on Temporal failed its workflow task)."""
+    import re
+
+    source = (ROOT / "agent" / "loop.py").read_text()
+    init = source[source.index("    def __init__(\n        self,\n        pool: Pool") :]
+    init = init[: init.index("\n    def ")]
+    wanted = set(re.findall(r"self\.(\w+)(?:: [^=]+)? = ", init))
+    workflow_source = (ROOT / "agent" / "integrations" / "temporal_workflows.py").read_text()
+    have = set(re.findall(r"self\.(\w+)(?:: [^=]+)? = ", workflow_source))
+    assert wanted - have - {"pool", "model", "approver"} == set()

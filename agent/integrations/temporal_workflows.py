@@ -181,6 +181,7 @@ class _WorkflowAgent(Agent):
         self.run_id = workflow.info().workflow_id
         self._interrupted = False
         self._cancel = CancelToken()
+        self._answered: set[str] = set()  # the tools that answered (`[tools] after`)
         self._waited = 0.0
         offer = self.limits.offer
         self.tools = [s.openai_schema for s in registry if offer is None or s.name in offer]
