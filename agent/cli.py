@@ -51,6 +51,7 @@ from tools.registry import defines_tools
 
 from .approval import Approver
 from .binding import bind
+from .cli_types import positive_int
 from .evals.command import add_eval_parser, cmd_eval
 from .parallel import out_of_resources
 from .runner import (
@@ -90,16 +91,6 @@ class _Parser(argparse.ArgumentParser):
             where = getattr(ns, "_unknown_in", None) or self.prog
             raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see: {where} --help)")
         return ns
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(chat)
 
     runs = sub.add_parser("runs", help="list the checkpointed runs, newest first")
-    runs.add_argument("--limit", type=_positive, default=20, metavar="N")
+    runs.add_argument("--limit", type=positive_int, default=20, metavar="N")
 
     trace = sub.add_parser("trace", help="show a trace file as a timeline")
     trace.add_argument("file")

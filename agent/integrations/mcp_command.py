@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
+from ..cli_types import positive_int, say, seconds_between
 from ..runner import UsageError, check_approve
-from ..terminal import safe
 
 TOKEN_ENV = "SANDBOXED_AGENT_MCP_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -49,7 +48,7 @@ def add_mcp_parser(sub: Any, tool_sources: Callable[[argparse.ArgumentParser], N
     )
     serve.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="at most N tool calls run at once (default: the CPU count)",
     )
@@ -76,7 +75,7 @@ def add_mcp_parser(sub: Any, tool_sources: Callable[[argparse.ArgumentParser], N
     serve.add_argument("--trace", metavar="FILE", help="append every call to this JSON Lines file")
     serve.add_argument(
         "--progress-every",
-        type=_positive_seconds,
+        type=seconds_between(0.05, 3600),
         default=1.0,
         metavar="SECONDS",
         help="how often a running call reports progress to a client that asked (default: 1)",
@@ -233,27 +232,3 @@ def _serve(
     calls = "1 call" if service.calls == 1 else f"{service.calls} calls"
     say(f"stopped ({reason}) after {calls}; no worker left")
     return 0
-
-
-def say(message: str) -> None:
-    print(f"sandboxed-agent: {safe(message)}", file=sys.stderr, flush=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0.05 and 3600 seconds")
-    return value

@@ -23,7 +23,6 @@ import importlib
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import timedelta
@@ -31,8 +30,8 @@ from typing import Any
 
 from sandbox.errors import SandboxedAgentError
 
+from ..cli_types import positive_int, say, seconds_between
 from ..runner import UsageError
-from ..terminal import safe
 from .temporal_connect import add_connection_flags, connect_options, tls_hint
 from .temporal_contracts import DEFAULT_NAMESPACE, DEFAULT_TASK_QUEUE
 
@@ -76,13 +75,13 @@ def add_worker_parser(sub: Any, tool_sources: Callable[[argparse.ArgumentParser]
     )
     worker.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="at most N tool calls run at once (default: the CPU count)",
     )
     worker.add_argument(
         "--grace",
-        type=_grace,
+        type=seconds_between(0, 3600),
         default=DEFAULT_GRACE_S,
         metavar="SECONDS",
         help="on SIGTERM, how long running calls may take to finish before they are "
@@ -290,27 +289,3 @@ def _one_line(exc: BaseException) -> str:
         if known.lower() in text.lower():
             return known.lower()
     return text[:300]
-
-
-def say(message: str) -> None:
-    print(f"sandboxed-agent: {safe(message)}", file=sys.stderr, flush=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
-    return value
-
-
-def _grace(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 3600 seconds")
-    return value

@@ -1,0 +1,45 @@
+"""What the command line's flags accept, and how a long-running command speaks.
+
+The `argparse` types here raise `ArgumentTypeError` with what was wrong and what is
+accepted, so every subcommand's bad flag ends as one line on stderr with exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from .terminal import safe
+
+__all__ = ["positive_int", "say", "seconds_between"]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return value
+
+
+def seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """A type for a number of seconds from `low` to `high`, both included."""
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} is not between {low:g} and {high:g} seconds")
+        return value
+
+    return seconds
+
+
+def say(message: str) -> None:
+    """One line on stderr, for the servers and workers that run until stopped."""
+    print(f"sandboxed-agent: {safe(message)}", file=sys.stderr, flush=True)
