@@ -28,6 +28,10 @@ class Plan(NamedTuple):
     """(path, target) of each symbolic link met on the way to a bound path."""
     binds: list[str]
     """Symlink-free paths, none inside another."""
+    skeleton: tuple[tuple[str, str | None], ...] = ()
+    """What `build` makes on the new root's tmpfs before anything is bound, in order:
+    (path, None) a directory, (path, "") an empty file to bind a file on, (path,
+    target) a link. Worked out once by `plan` (in the zygote), not in every worker."""
 
 
 def plan(paths: Sequence[str], inside: Sequence[str] = ()) -> Plan:
@@ -45,7 +49,39 @@ def plan(paths: Sequence[str], inside: Sequence[str] = ()) -> Plan:
     kept_links = sorted(
         (link, target) for link, target in links.items() if not _within(link, [*inside, *binds])
     )
-    return Plan(kept_links, binds)
+    return Plan(kept_links, binds, _skeleton(kept_links, binds))
+
+
+def _skeleton(links: list[tuple[str, str]], binds: list[str]) -> tuple[tuple[str, str | None], ...]:
+    """The skeleton of a new root, in the order it is made on its empty tmpfs: the
+    parents of each link, the link; the mount point of each bind, a directory or a
+    file as its source is. Each is made once."""
+    made: set[str] = {"/"}
+    steps: list[tuple[str, str | None]] = []
+
+    def dirs(path: str) -> None:
+        missing = []
+        while path not in made:
+            missing.append(path)
+            path = os.path.dirname(path)
+        for directory in reversed(missing):
+            made.add(directory)
+            steps.append((directory, None))
+
+    for link, target in links:
+        dirs(os.path.dirname(link))
+        if link not in made:
+            made.add(link)
+            steps.append((link, target))
+    for path in binds:
+        if os.path.isdir(path):
+            dirs(path)
+        else:
+            dirs(os.path.dirname(path))
+            if path not in made:
+                made.add(path)
+                steps.append((path, ""))
+    return tuple(steps)
 
 
 def _within(path: str, parents: list[str]) -> bool:
@@ -82,25 +118,52 @@ def build(new_root: str, layout: Plan, workdir: str) -> None:
     """In a fresh mount namespace: a tmpfs at `new_root` holding `layout` read-only and
     `workdir` read-write. Bound, not yet entered (see `enter`)."""
     _linux.mount("tmpfs", new_root, "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV, "mode=0755")
+    if not layout.skeleton and (layout.links or layout.binds):
+        layout = plan_skeleton(layout)
+    _make_skeleton(new_root, layout.skeleton)
     _mount_point(new_root + workdir, directory=True)
-    add(new_root, layout)
-    _bind(new_root, workdir, readonly=False)
+    for path in layout.binds:
+        _linux.mount(path, new_root + path, None, _linux.MS_BIND)
     if "/proc" in layout.binds:
         for path in MASKED:
             if os.path.exists(path):
                 _linux.mount(os.devnull, new_root + path, None, _linux.MS_BIND)
+    # Every bind read-only in one call (each keeps its other flags, which a container
+    # may have locked), then the skeleton writable again for the call's mount points
+    # until `enter`. With the skeleton worked out in the zygote, the build fell from
+    # 1.9 to 1.0-1.2 ms of CPU per spare (25 binds, 6 links).
+    if _linux.set_readonly(new_root, True, recursive=True):
+        _linux.set_readonly(new_root, False, recursive=False)
+    else:  # no mount_setattr (Linux < 5.12): one remount per bind
+        for path in layout.binds:
+            _remount_readonly(new_root + path)
+        if "/proc" in layout.binds:
+            for path in MASKED:
+                if os.path.exists(path):
+                    _remount_readonly(new_root + path)
+    _bind(new_root, workdir, readonly=False)
 
 
-def add(new_root: str, layout: Plan, readonly: bool = True) -> None:
-    for link, target in layout.links:
-        here = new_root + link
-        _skeleton_dirs(os.path.dirname(here))
-        if not os.path.lexists(here):
-            os.symlink(target, here)
-    for path in layout.binds:
-        _mount_point(new_root + path, os.path.isdir(path))
-    for path in layout.binds:
-        _bind(new_root, path, readonly=readonly)
+def plan_skeleton(layout: Plan) -> Plan:
+    """`layout` with its skeleton worked out (a `Plan` built by hand has none)."""
+    return layout._replace(skeleton=_skeleton(layout.links, layout.binds))
+
+
+def _make_skeleton(new_root: str, steps: tuple[tuple[str, str | None], ...]) -> None:
+    """Each directory 0755 and each file 0644 whatever the umask (a worker with a
+    data_dir has 007): the worker's uid must pass through them."""
+    umask = os.umask(0o022)
+    try:
+        for path, target in steps:
+            here = new_root + path
+            if target is None:
+                os.mkdir(here, 0o755)
+            elif target:
+                os.symlink(target, here)
+            else:
+                os.close(os.open(here, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    finally:
+        os.umask(umask)
 
 
 def add_open(new_root: str, path: str, fd: int, bound: Sequence[str], readonly: bool) -> None:
@@ -158,8 +221,12 @@ def _bind(new_root: str, path: str, readonly: bool, source: str | None = None) -
     target = new_root + path
     _linux.mount(source or path, target, None, _linux.MS_BIND)
     if readonly:
-        # A bind keeps the flags of the mount it came from; a container may have
-        # locked them (nodev, noexec), and a remount that drops one is refused.
-        kept = os.statvfs(target).f_flag & (_linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC)
-        flags = _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | kept
-        _linux.mount(None, target, None, flags)
+        _remount_readonly(target)
+
+
+def _remount_readonly(target: str) -> None:
+    # A bind keeps the flags of the mount it came from; a container may have
+    # locked them (nodev, noexec), and a remount that drops one is refused.
+    kept = os.statvfs(target).f_flag & (_linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC)
+    flags = _linux.MS_REMOUNT | _linux.MS_BIND | _linux.MS_RDONLY | kept
+    _linux.mount(None, target, None, flags)

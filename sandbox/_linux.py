@@ -14,6 +14,7 @@ import errno
 import os
 import platform
 import signal
+import struct
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -198,6 +199,38 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
         ),
         f"mount {target}",
     )
+
+
+_SYS_MOUNT_SETATTR = 442  # the same number on every architecture (Linux 5.12+)
+_MOUNT_ATTR_RDONLY = 0x1
+_AT_FDCWD = -100
+_AT_RECURSIVE = 0x8000
+
+
+def set_readonly(target: str, readonly: bool, recursive: bool) -> bool:
+    """`mount_setattr`: set (or clear) the read-only flag of the mount at `target`,
+    and with `recursive` of every mount beneath it, leaving their other flags as they
+    are. False where the kernel has no `mount_setattr` (before 5.12); raises on any
+    other failure."""
+    change = struct.pack(
+        "=QQQQ", *((_MOUNT_ATTR_RDONLY, 0) if readonly else (0, _MOUNT_ATTR_RDONLY)), 0, 0
+    )
+    buf = ctypes.create_string_buffer(change, len(change))
+    flags = _AT_RECURSIVE if recursive else 0
+    result = _libc.syscall(
+        ctypes.c_long(_SYS_MOUNT_SETATTR),
+        ctypes.c_int(_AT_FDCWD),
+        target.encode(),
+        ctypes.c_uint(flags),
+        buf,
+        ctypes.c_size_t(len(change)),
+    )
+    if result != 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOSYS:
+            return False
+        raise OSError(err, f"mount_setattr {target}: {os.strerror(err)}")
+    return True
 
 
 def private_mounts(workdir: str, size_mb: int, own_proc: bool, owner: int | None = None) -> None:

@@ -197,6 +197,26 @@ def test_a_worker_sees_no_other_workers_directory(jailed: Pool) -> None:
         assert listing.startswith("denied"), listing
 
 
+def test_the_jails_binds_are_read_only_without_the_other_file_walls() -> None:
+    """With neither Landlock nor a uid of its own, a worker (uid 0 without capabilities,
+    or the pool's own user) owns the bound directories it could write but for the
+    read-only flag `_jail.build` sets on every bind at once: nothing else stands in."""
+    registry = Registry.default()
+    registry.load(str(Path(__file__).with_name("attack_tools.py")))
+    name = f"sandboxed-agent-owned-{os.getpid()}.txt"
+    targets = [Path(ROOT) / "tools" / name, Path(sys.prefix) / name]
+    off = ("landlock", "unprivileged_uid")
+    try:
+        with pool_without(off, ("bind_mounts",), registry=registry) as pool:
+            for target in targets:
+                seen = pool.call("attack_write", {"path": str(target)}).output or ""
+                assert seen.startswith("denied") and "Read-only" in seen, (target, seen)
+                assert not target.exists()
+    finally:
+        for target in targets:
+            target.unlink(missing_ok=True)
+
+
 def test_file_modes_hold_inside_the_allowed_paths(tmp_path: Path) -> None:
     """Without a read capability, a file the policy allows is still only as readable
     as its mode says: a root 0600 file, a 0700 directory, /etc/ssl/private."""
