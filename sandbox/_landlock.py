@@ -84,7 +84,7 @@ class Ruleset:
     rules.enforce()                                 # from here on, for good
     """
 
-    def __init__(self, read: list[str], write: list[str]) -> None:
+    def __init__(self, read: list[str] | OpenPaths, write: list[str]) -> None:
         self.abi = abi_version()
         if self.abi < 1:
             raise LandlockError("Landlock is not available in this kernel")
@@ -100,8 +100,11 @@ class Ruleset:
             err = ctypes.get_errno()
             raise LandlockError(err, f"landlock_create_ruleset: {os.strerror(err)}")
         self.fd = int(fd)
-        for path in read:
-            self.allow_read(path)
+        if isinstance(read, OpenPaths):
+            read.add_to(self.fd, READ & self.handled)
+        else:
+            for path in read:
+                self.allow_read(path)
         for path in write:
             _allow(self.fd, path, self.handled & ~REFER)
 
@@ -123,6 +126,39 @@ class Ruleset:
                 raise LandlockError(err, f"landlock_restrict_self: {os.strerror(err)}")
         finally:
             os.close(self.fd)
+
+
+class OpenPaths:
+    """Read paths opened once (O_PATH, in the zygote), for many rulesets: a worker
+    forked after inherits the descriptors and adds one rule for each, instead of
+    walking every path again (a third of its Landlock set-up). What a rule grants is
+    the directory or file open here, whatever is at its path later: one replaced
+    since grants nothing new (fail closed). Paths beneath `per_worker` are opened by
+    each worker itself: there the worker mounts its own file system (/proc)."""
+
+    def __init__(self, paths: list[str], per_worker: tuple[str, ...] = ("/proc",)) -> None:
+        self.opened: list[tuple[int, bool, str]] = []
+        """(descriptor, is a directory, path) of each path that exists."""
+        self.later = [p for p in paths if _beneath(p, per_worker)]
+        """Opened at each use (by `Ruleset`), not here."""
+        for path in paths:
+            if path in self.later:
+                continue
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # a path that does not exist grants nothing
+            self.opened.append((fd, stat.S_ISDIR(os.fstat(fd).st_mode), path))
+
+    def add_to(self, ruleset_fd: int, access: int) -> None:
+        for fd, is_dir, path in self.opened:
+            _add_rule(ruleset_fd, fd, access if is_dir else access & _FILE_ONLY, path)
+        for path in self.later:
+            _allow(ruleset_fd, path, access)
+
+
+def _beneath(path: str, parents: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in parents)
 
 
 def outermost(paths: list[str]) -> list[str]:

@@ -249,8 +249,9 @@ class Pool:
                 except data_quota.QuotaReached as exc:
                     return _failed(tool, DataLimit(tool, str(exc)), start)
                 call = call.model_copy(update={"data_left": left})
+            key = call.reuse_key if call.limits.reuse_worker else ""  # dumped once
             try:
-                worker = self._take(call)
+                worker = self._take(call, key)
             except SandboxUnavailable as exc:
                 return _failed(tool, WorkerCrashed(tool, f"no worker available: {exc}"), start)
             try:
@@ -264,7 +265,7 @@ class Pool:
             logs = worker.read_log(LOG_CHARS)
             if keep and not self._closed:
                 with self._lock:
-                    self._warm.setdefault(call.reuse_key, []).append(worker)
+                    self._warm.setdefault(key, []).append(worker)
             else:
                 # And what it started: nothing writes any more.
                 self._retire(worker, quick=call.data_dir is None)
@@ -363,12 +364,14 @@ class Pool:
         if profile is not None:
             self._template.request_prepared(profile)
 
-    def _take(self, call: Call) -> WorkerHandle:
+    def _take(self, call: Call, key: str) -> WorkerHandle:
+        """A worker for `call`: a warm one that served calls of its `reuse_key` (`key`),
+        or a spare."""
         # A warm worker is reused for an identical call only: its Landlock rules,
         # network, root and limits were set for its first call and cannot be changed.
         while call.limits.reuse_worker:
             with self._lock:
-                idle = self._warm.get(call.reuse_key)
+                idle = self._warm.get(key)
                 if not idle:
                     break
                 worker = idle.pop()

@@ -63,7 +63,7 @@ class WorkerSetup:
         *,
         memory_cgroup: str | None,
         in_pid_namespace: bool,
-        landlock_read: list[str] | None,
+        landlock_read: list[str] | _landlock.OpenPaths | None,
         drop_capabilities: bool,
         private_mounts: bool,
         uid: int | None,
@@ -136,6 +136,13 @@ def detach(setup: WorkerSetup) -> socket.socket:
     SysV IPC, keyring; build its root. Each step is checked: one that fails raises,
     and the worker exits before any tool runs (`EXIT_SETUP_FAILED`)."""
     isolate(setup)
+    if setup.landlock_read is not None:
+        # Built while this worker waits as a spare, from the zygote's descriptors of the
+        # read paths (closed below with the rest); the call only adds its root.
+        rules = _landlock.Ruleset(read=setup.landlock_read, write=[setup.workdir, os.devnull])
+        setup.rules = rules
+        made, rules.fd = rules.fd, fcntl.fcntl(rules.fd, fcntl.F_DUPFD_CLOEXEC, SETUP_FD + 1)
+        os.close(made)  # out of the way of the moves below; the copy is kept
     # Copied above the fds they go to first, so no move overwrites one not yet made.
     null, log, channel, setup_fd = (
         fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, SETUP_FD + 1)
@@ -144,13 +151,10 @@ def detach(setup: WorkerSetup) -> socket.socket:
     for fd, target in ((null, 0), (log, 1), (log, 2), (channel, CHANNEL_FD)):
         os.dup2(fd, target)
     setup.setup_fd = os.dup2(setup_fd, SETUP_FD, inheritable=False)
-    os.closerange(SETUP_FD + 1, _max_fd())
+    _close_from(SETUP_FD + 1, keep=setup.rules.fd if setup.rules is not None else None)
     os.environ["HOME"] = os.environ["TMPDIR"] = os.environ["PWD"] = setup.workdir
     if setup.proxy_port is not None:
         os.environ.update(_netns.proxy_environment(setup.proxy_port))
-    if setup.landlock_read is not None:
-        # Built while this worker waits as a spare; the call only adds its root.
-        setup.rules = _landlock.Ruleset(read=setup.landlock_read, write=[setup.workdir, os.devnull])
     return socket.socket(fileno=CHANNEL_FD)
 
 
@@ -185,6 +189,15 @@ def isolate(setup: WorkerSetup) -> None:
     os.chdir(setup.workdir)
 
 
+def _close_from(low: int, keep: int | None) -> None:
+    """Close every descriptor from `low` up, but `keep`."""
+    if keep is None:
+        os.closerange(low, _max_fd())
+    else:
+        os.closerange(low, keep)
+        os.closerange(keep + 1, _max_fd())
+
+
 def _max_fd() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 65536
@@ -200,6 +213,7 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         # Everything a first call would set up, done now, off the call's clock.
         prepare(setup, Call(tool="", args={}, limits=profile.limits, root=profile.root))
     first: Call | None = None
+    first_key = ""  # its `reuse_key`, dumped once (a warm worker compares it every call)
     while True:
         frame = recv_frame_blocking(chan)
         if frame is None:
@@ -207,11 +221,12 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         call = Call.model_validate_json(frame)
         if first is None:
             first = call
+            first_key = call.reuse_key if call.limits.reuse_worker else ""
             if profile is None:
                 prepare(setup, call)
             elif not profile.fits(call):
                 os._exit(EXIT_SETUP_FAILED)  # never sent by the pool: its walls are not these
-        elif call.reuse_key != first.reuse_key:
+        elif not first_key or call.reuse_key != first_key:
             os._exit(70)  # the orchestrator never does this: its limits would not hold
         else:
             renew_rlimits(call.limits)  # a warm worker's CPU count goes on from call to call
@@ -500,19 +515,30 @@ def _flush_std() -> None:
 
 
 def _limit_processes(setup: WorkerSetup, limits: Limits) -> None:
-    """The call's cgroup limits, written before Landlock makes the files unwritable."""
+    """The call's cgroup limits, written before Landlock makes the files unwritable
+    (with plain system calls: a text file object per write cost more than the write)."""
     if setup.cgroup is not None:
-        with open(os.path.join(setup.cgroup, "pids.max"), "w") as f:
-            f.write(str(limits.max_processes))
+        _write(os.path.join(setup.cgroup, "pids.max"), b"%d" % limits.max_processes)
     if setup.memory_cgroup is not None:
-        with open(os.path.join(setup.memory_cgroup, "memory.usage_in_bytes")) as f:
-            limit = int(f.read()) + limits.memory_mb * MIB
+        fd = os.open(os.path.join(setup.memory_cgroup, "memory.usage_in_bytes"), os.O_RDONLY)
+        try:
+            limit = int(os.read(fd, 64)) + limits.memory_mb * MIB
+        finally:
+            os.close(fd)
         for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
             try:
-                with open(os.path.join(setup.memory_cgroup, name), "w") as f:
-                    f.write(str(limit))
+                _write(os.path.join(setup.memory_cgroup, name), b"%d" % limit)
             except OSError:
                 pass  # no swap accounting: the memory limit alone applies
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(f"{path}: short write")
+    finally:
+        os.close(fd)
 
 
 def _nproc(setup: WorkerSetup, limits: Limits) -> int | None:

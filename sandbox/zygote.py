@@ -95,8 +95,13 @@ class Zygote:
         self.workers: dict[int, _WorkerRecord] = {}
         self.count = 0
         self.read_paths = base_read_paths(config.read_paths)
-        self.landlock_read = _landlock.outermost(self.read_paths)
         self.layers = Layers(config, self.read_paths, user_ns)
+        # Opened once here, inherited by every worker (`_landlock.OpenPaths`).
+        self.landlock_read = (
+            _landlock.OpenPaths(_landlock.outermost(self.read_paths))
+            if self.layers.landlock
+            else None
+        )
         self.pidns = self.layers.pidns
         self.cgroup_root = self.layers.cgroup_root
         self.memory_root = self.layers.memory_root
@@ -109,6 +114,7 @@ class Zygote:
         if self.layers.seccomp:
             for network in ("none", "proxy", "all"):
                 _seccomp.compiled(self.layers.seccomp_rules(network))  # once, not per fork
+        self.short_slice = _sched.short_slice_for_children()
         warm_up()
 
     def send(self, message: Ready | Spawned | Exited | Failed, fds: list[int] = ()) -> None:
@@ -194,7 +200,7 @@ class Zygote:
         setup: WorkerSetup | None = None
         # Woken at once by its call (`_sched`); not the zygote, which would then take
         # the CPU from the orchestrator each time it is asked for a spare.
-        _sched.set_short_slice()
+        self.short_slice()
         try:
             # First, and before any call can come, so everything a call does counts.
             # The worker joins them itself: each join waits for the kernel (an RCU
@@ -209,7 +215,7 @@ class Zygote:
                 cgroups[0],
                 memory_cgroup=cgroups[1],
                 in_pid_namespace=self.pidns is not None,
-                landlock_read=self.landlock_read if layers.landlock else None,
+                landlock_read=self.landlock_read,
                 drop_capabilities=layers.drop_capabilities,
                 private_mounts=layers.private_mounts,
                 uid=uid,
