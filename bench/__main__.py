@@ -401,6 +401,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _load_line(report: dict[str, Any]) -> list[str]:
+    load = report.get("load")
+    if not load:
+        return []
+    parts = ", ".join(f"{name} {value:g}" for name, value in load.items())
+    return [
+        "",
+        f"Load average (1 min, {report['machine']['cpus']} CPUs) as each part began: {parts}.",
+    ]
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.1f}x" if b else "n/a"
 
@@ -410,6 +421,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"Measured {m['date']} on {m['cpus']} CPUs, Python {m['python']}, Linux {m['kernel']} "
         f"({report['mode']} mode).",
+        *_load_line(report),
         "",
         "**1. Per-call overhead, reused worker (µs)**",
         "",
@@ -615,6 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, step in steps:
         log(f"{name} ...")
+        # A shared machine: each part's figures read against the load they met.
+        report.setdefault("load", {})[name] = round(os.getloadavg()[0], 2)
         start = time.perf_counter()
         report[name] = step()
         report["seconds"][name] = round(time.perf_counter() - start, 1)
