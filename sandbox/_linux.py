@@ -207,23 +207,30 @@ _AT_FDCWD = -100
 _AT_RECURSIVE = 0x8000
 
 
+def _mount_attr(attr_set: int, attr_clr: int) -> ctypes.Array[ctypes.c_char]:
+    """struct mount_attr: attr_set, attr_clr, propagation, userns_fd."""
+    packed = struct.pack("=QQQQ", attr_set, attr_clr, 0, 0)
+    return ctypes.create_string_buffer(packed, len(packed))
+
+
+# Made once (in the zygote): the kernel only reads them.
+_SET_RDONLY = _mount_attr(_MOUNT_ATTR_RDONLY, 0)
+_CLEAR_RDONLY = _mount_attr(0, _MOUNT_ATTR_RDONLY)
+
+
 def set_readonly(target: str, readonly: bool, recursive: bool) -> bool:
     """`mount_setattr`: set (or clear) the read-only flag of the mount at `target`,
     and with `recursive` of every mount beneath it, leaving their other flags as they
     are. False where the kernel has no `mount_setattr` (before 5.12); raises on any
     other failure."""
-    change = struct.pack(
-        "=QQQQ", *((_MOUNT_ATTR_RDONLY, 0) if readonly else (0, _MOUNT_ATTR_RDONLY)), 0, 0
-    )
-    buf = ctypes.create_string_buffer(change, len(change))
-    flags = _AT_RECURSIVE if recursive else 0
+    attr = _SET_RDONLY if readonly else _CLEAR_RDONLY
     result = _libc.syscall(
         ctypes.c_long(_SYS_MOUNT_SETATTR),
         ctypes.c_int(_AT_FDCWD),
         target.encode(),
-        ctypes.c_uint(flags),
-        buf,
-        ctypes.c_size_t(len(change)),
+        ctypes.c_uint(_AT_RECURSIVE if recursive else 0),
+        attr,
+        ctypes.c_size_t(len(attr)),
     )
     if result != 0:
         err = ctypes.get_errno()

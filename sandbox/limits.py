@@ -81,9 +81,12 @@ class Limits(BaseModel):
 
 def address_space_now() -> int:
     """Bytes of virtual memory this process maps right now."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[0])
-    return pages * os.sysconf("SC_PAGE_SIZE")
+    fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)  # no file object: a
+    try:  # fresh worker reads it once, on its set-up's clock
+        pages = int(os.read(fd, 256).split()[0])
+    finally:
+        os.close(fd)
+    return pages * resource.getpagesize()
 
 
 WARM_CPU_CALLS = 4

@@ -124,9 +124,14 @@ def warm_up() -> None:
     gc.freeze()
 
 
+_prime_frame: list[bytes] = []
+"""A call's frame, made once by the zygote's `_prime`: each spare's only validates it."""
+
+
 def _prime() -> None:
-    call = Call(tool="", args={}, limits=Limits())
-    Call.model_validate_json(call.model_dump_json())
+    if not _prime_frame:
+        _prime_frame.append(Call(tool="", args={}, limits=Limits()).model_dump_json().encode())
+    Call.model_validate_json(_prime_frame[0])
     _failure(ErrorKind.TOOL_ERROR, "prime")
     _as_text({"prime": [1, 2.0, None]})
 
