@@ -1,0 +1,184 @@
+"""Attacks on what the zygote now sets up once for every worker, and on what a spare
+holds before its call: the Landlock read paths it opened (inherited as descriptors),
+the jail's skeleton and its one recursive read-only flag, the cgroup limits written
+with plain system calls, a spare prepared for a profile, a warm worker's key.
+
+Each runs in a fresh worker, in a spare prepared for its profile and (where it
+applies) in a warm worker, under each file layer alone and both together, with the
+workers' uid 0 where the machine is root (no uid of their own stands in).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import pool_without, shared
+
+from policies import parse_policy
+from sandbox import Limits, Pool, SandboxUnavailable
+from sandbox.protocol import Profile
+from tools import Registry
+
+pytestmark = [
+    pytest.mark.attack,
+    pytest.mark.skipif(platform.machine() != "x86_64", reason="the attack tools are x86_64"),
+]
+TOOLS = str(Path(__file__).with_name("spare_attack_tools.py"))
+ARRIVAL_S = 60.0
+"""How long a requested spare may take to arrive on a loaded machine."""
+
+LAYERS = {
+    # name: (layers off, layers that must be on)
+    "jail and Landlock": (("unprivileged_uid",), ("bind_mounts", "landlock")),
+    "jail alone": (("landlock", "unprivileged_uid"), ("bind_mounts",)),
+    "Landlock alone": (("bind_mounts", "unprivileged_uid"), ("landlock",)),
+    "neither file layer": (("bind_mounts", "landlock"), ("unprivileged_uid",)),
+}
+"""Without a uid of its own a root pool's worker is uid 0 without capabilities: what
+it could reach, it could write. With neither file layer it needs that uid (the pool
+refuses uid 0 there)."""
+
+ROOTED = ("spare_descriptors", "spare_write_every_mount")
+"""Tools with a `root`: the call's own bind, added after the skeleton's."""
+
+
+@pytest.fixture(scope="module", params=list(LAYERS))
+def layered(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pool]:
+    base = tmp_path_factory.mktemp("spares")
+    (base / "docs").mkdir()
+    (base / "docs" / "doc.txt").write_text("the tool's own")
+    text = "".join(f'[tools.{name}]\nroot = "docs"\n' for name in ROOTED)
+    text += "[tools.spare_fork_bomb]\nmax_processes = 16\n"
+    text += "[tools.spare_memfd_bomb]\nmemory_mb = 64\nmax_open_files = 1024\ntimeout_s = 60\n"
+    registry = Registry.default()
+    registry.load(TOOLS)
+    off, wanted = LAYERS[request.param]
+    policy = parse_policy(text, "spares.toml", base)
+    try:
+        made = pool_without(off, wanted, policy, registry=registry)
+    except SandboxUnavailable as exc:  # uid 0 with no file layer: refused, as it should
+        pytest.skip(f"{request.param}: {exc}")
+    with made as pool:
+        yield shared(pool)
+
+
+def wait_ready(pool: Pool, profile: Profile) -> None:
+    """Until a spare set up for `profile` waits (the next such call takes it)."""
+    template = pool._template
+    deadline = time.monotonic() + ARRIVAL_S
+    while True:
+        with template._prepared_lock:
+            if template.prepared.get(profile.key):
+                return
+        assert time.monotonic() < deadline, "no prepared spare arrived"
+        time.sleep(0.01)
+
+
+def fresh_then_prepared(pool: Pool, tool: str, **args: object) -> list[str]:
+    """`tool`'s output in a fresh worker set up at the call, then in a spare set up
+    ahead for the call's profile (its set-up done before the call arrived)."""
+    first = pool.call(tool, args)
+    assert first.ok, first
+    call = pool._prepare(tool, args, None)
+    profile = Profile.of(call)
+    assert profile is not None
+    wait_ready(pool, profile)
+    hits = pool._template.hits.get(profile.key, 0)
+    second = pool.call(tool, args)
+    assert second.ok, second
+    assert pool._template.hits.get(profile.key, 0) == hits + 1  # it took the spare
+    return [first.output or "", second.output or ""]
+
+
+def test_a_tool_holds_no_descriptor_the_zygote_opened(layered: Pool) -> None:
+    """The zygote holds the Landlock read paths open (O_PATH, in the host's mount
+    namespace), its namespaces' descriptors, its control socket: a worker inherits
+    them all at fork. None may reach the tool, where `openat(fd, "..")` or `fchdir`
+    would walk out of the jail and past Landlock's rules."""
+    seen = fresh_then_prepared(layered, "spare_descriptors")
+    warm = Limits(reuse_worker=True)
+    for _ in range(2):
+        result = layered.call("spare_descriptors", {}, limits=warm)
+        assert result.ok, result
+        seen.append(result.output or "")
+    for output in seen:
+        assert json.loads(output) == {}, output
+
+
+def test_no_mount_but_the_workdir_is_writable(layered: Pool) -> None:
+    """Every bind (directories, files, the call's `root` bound after the skeleton,
+    /proc) and the skeleton itself refuse a new file, a new directory and an open for
+    writing, with the worker's uid 0 owning most of them: one recursive read-only
+    flag set before the workdir and the root were bound must cover all of them."""
+    if not layered.layers["bind_mounts"].active:
+        pytest.skip("no jail: the host's own mounts are what Landlock or the uid guard")
+    for output in fresh_then_prepared(layered, "spare_write_every_mount"):
+        seen = json.loads(output)
+        assert seen["mounts"] > 5, seen  # the jail's binds, not a mount namespace alone
+        assert seen["written"] == [], seen
+
+
+def test_nothing_of_one_call_reaches_the_next(layered: Pool) -> None:
+    """Fresh calls, the second in a spare prepared while the first ran: no file, no
+    environment, no signal disposition of the first is there."""
+    if not (layered.layers["bind_mounts"].active or layered.layers["landlock"].active):
+        pytest.skip("with neither file layer, /tmp is the host's to write (by design)")
+    marker = f"sa-spare-trace-{os.getpid()}-{time.monotonic_ns()}"
+    first = layered.call("spare_leave_traces", {"marker": marker})
+    assert first.ok, first
+    left = json.loads(first.output or "[]")
+    profile = Profile.of(layered._prepare("spare_find_traces", {"marker": marker}, None))
+    assert profile is not None
+    wait_ready(layered, profile)
+    for _ in range(2):
+        found = layered.call("spare_find_traces", {"marker": marker})
+        assert found.ok and json.loads(found.output or "") == [], (left, found)
+
+
+def test_no_spare_nor_the_zygote_can_be_signalled(layered: Pool) -> None:
+    """The zygote (uid 0 with capabilities where the pool is root), the spares
+    waiting beside the call (uid 0 until their set-up) and the orchestrator."""
+    template = layered._template
+    targets = {template.pid, os.getpid()}
+    for spares in template.spares.values():
+        with spares.mutex:
+            targets |= {h.host_pid for h in spares.queue if hasattr(h, "host_pid")}
+    with template._prepared_lock:
+        targets |= {h.host_pid for idle in template.prepared.values() for h in idle}
+    result = layered.call("spare_signal", {"pids": sorted(targets)})
+    assert result.ok, result
+    assert json.loads(result.output or "")["reached"] == [], (targets, result)
+
+
+def test_limits_written_ahead_still_bind_a_prepared_spare(
+    layered: Pool, request: pytest.FixtureRequest
+) -> None:
+    """pids.max and the memory limit, written by a spare while it waits for a call of
+    its profile: a fork bomb and memory RLIMIT_AS does not count (memfd) stop there."""
+    if request.node.callspec.params["layered"] != "jail and Landlock":
+        pytest.skip("the limits do not depend on the file layers: one combination is enough")
+    if not layered.layers["cgroup_pids"].active:
+        pytest.skip(f"no pids cgroup here: {layered.layers['cgroup_pids'].detail}")
+    for output in fresh_then_prepared(layered, "spare_fork_bomb"):
+        assert int(output) < 16, output
+    if not layered.layers["cgroup_memory"].active:
+        return
+    first = layered.call("spare_memfd_bomb")
+    profile = Profile.of(layered._prepare("spare_memfd_bomb", {}, None))
+    assert profile is not None
+    wait_ready(layered, profile)
+    second = layered.call("spare_memfd_bomb")
+    for result in (first, second):
+        if result.ok:
+            assert result.output.startswith("stopped after"), result
+            assert int(result.output.split()[2]) <= 64 + 16, result
+        else:
+            assert result.error is not None and result.error.kind == "memory_limit", result
