@@ -150,6 +150,27 @@ def _idle_in_shared_pools() -> set[int]:
     return pids
 
 
+_shared_processes: set[int] = set()
+
+
+def shared_process(pid: int) -> None:
+    """Mark a process that outlives one test (a module's Temporal worker): it and the
+    processes it starts (its pool's) are not what a test left. Once it has gone, what
+    it leaves behind is, and so is anything a test's own processes start."""
+    _shared_processes.add(pid)
+
+
+def _in_shared_processes() -> set[int]:
+    pids = set()
+    for pid in list(_shared_processes):
+        try:
+            top = psutil.Process(pid)
+            pids |= {pid} | {p.pid for p in top.children(recursive=True)}
+        except psutil.Error:
+            _shared_processes.discard(pid)
+    return pids
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers() -> Iterator[None]:
     """Fail any test that leaves a process alive, a SysV IPC object on the host, or a
@@ -161,7 +182,7 @@ def no_leftovers() -> Iterator[None]:
     deadline = time.monotonic() + SURVIVOR_GRACE_S
     while True:
         _reap_orphans()
-        kept = before | _idle_in_shared_pools()
+        kept = before | _idle_in_shared_pools() | _in_shared_processes()
         left = {pid: cmd for pid, cmd in _running_descendants().items() if pid not in kept}
         # A zygote removes its directory as it exits: give it the same grace.
         files = _temp_files() - files_before

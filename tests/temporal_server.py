@@ -212,6 +212,22 @@ class WorkerProcess:
         return self.stop(signal.SIGKILL)
 
 
+def start_workers(
+    server: DevServer, *args: tuple[str, ...], env: dict[str, str] | None = None
+) -> list[WorkerProcess]:
+    """One worker for each tuple of flags, started at once (each takes seconds to
+    import and connect), back once every one of them polls its queues."""
+    workers = [start_worker(server, *flags, env=env, ready=False) for flags in args]
+    try:
+        for worker in workers:
+            worker.wait_ready()
+    except BaseException:
+        for worker in workers:
+            worker.kill()
+        raise
+    return workers
+
+
 def start_worker(
     server: DevServer, *args: str, env: dict[str, str] | None = None, ready: bool = True
 ) -> WorkerProcess:

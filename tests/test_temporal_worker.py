@@ -1,15 +1,20 @@
 """The Temporal worker on a real dev server (loopback), with real worker processes.
 
 The calls are driven by a tiny workflow of this module's own (`OneToolCall`, one tool
-activity), run by a Temporal worker inside the test process; the tool activities run
-in `sandboxed-agent worker --serve tools` subprocesses, as on a sandbox host. Kill
-points come from the tools themselves (a file in their data_dir), never from a sleep.
+activity), run by a Temporal worker inside the test process; the activities run in `sandboxed-agent
+worker` subprocesses. Kill points come from the tools themselves (a file in their
+data_dir, a grandchild), never from a sleep. A worker takes seconds to start: one is
+shared by the tests that do not kill it (`Shared`); those that do start their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,13 +22,21 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import pytest
 
 pytest.importorskip("temporalio", reason="the temporal extra is not installed")
 
-from conftest import agent_cli, sleepers, unique_marker
+from conftest import shared_process, sleepers, unique_marker
 from pydantic import BaseModel
-from temporal_server import DevServer, WorkerProcess, free_port, start_worker, temporal_server
+from temporal_server import (
+    ROOT,
+    DevServer,
+    WorkerProcess,
+    free_port,
+    start_worker,
+    temporal_server,
+)
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
@@ -76,6 +89,10 @@ data_dir = "soon"
 [tools.calculate]
 requires_approval = true
 """
+
+
+MODEL_SCRIPT = [say("Hello"), Step(status=401, error="invalid key")]
+"""What the module's model answers, in order (only the model-call test asks it)."""
 
 
 class OneCall(BaseModel):
@@ -154,36 +171,57 @@ class TwoModelCalls:
         return seen
 
 
-class Setup:
-    """A policy file, its tool queue, and the worker processes of one test."""
+class Shared:
+    """The module's policy file, and its worker: `--serve all` on a queue of its own
+    (tool calls and model calls, the model a scripted loopback one, its key a secret
+    of the module's), shared by the tests that do not kill it; the last one stops it
+    with SIGTERM. Tests that kill workers start their own, on queues of their own."""
 
-    def __init__(self, server: DevServer, tmp_path: Path) -> None:
+    def __init__(self, server: DevServer, home: Path) -> None:
         self.server = server
-        self.policy_file = tmp_path / "policy.toml"
+        self.policy_file = home / "policy.toml"
         self.policy_file.write_text(POLICY)
         self.policy: Policy = load_policy(str(self.policy_file))
         self.queue = f"tools-{uuid.uuid4().hex[:8]}"
-        self.workers: list[WorkerProcess] = []
+        self.key = f"sk-worker-{uuid.uuid4().hex}"
+        self.model = ScriptedModelServer(MODEL_SCRIPT)
+        self._worker: WorkerProcess | None = None
 
-    def worker(self, *extra: str, ready: bool = True) -> WorkerProcess:
-        worker = start_worker(
-            self.server,
-            *("--serve", "tools", "--tool-queue", self.queue, "--workers", "2"),
-            *("--policy", str(self.policy_file), "--tools", TOOLS, *extra),
-            ready=ready,
-        )
-        self.workers.append(worker)
+    def worker(self) -> WorkerProcess:
+        """The module's worker, started on first use."""
+        if self._worker is None:
+            self._worker = self.start(
+                "--task-queue", self.queue, "--grace", "0.5",
+                env={"OPENAI_BASE_URL": self.model.base_url, "OPENAI_API_KEY": self.key},
+            )  # fmt: skip
+            shared_process(self._worker.pid)
+        return self._worker
+
+    def take_worker(self) -> WorkerProcess:
+        """The module's worker, now the caller's to stop (the next user starts another)."""
+        worker, self._worker = self.worker(), None
         return worker
 
-    def call(self, tool: str, arguments: str = "{}", **fields: Any) -> OneCall:
+    def start(
+        self, *extra: str, ready: bool = True, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        return start_worker(
+            self.server,
+            *("--workers", "2", "--policy", str(self.policy_file), "--tools", TOOLS, *extra),
+            ready=ready,
+            env=env,
+        )
+
+    def call(self, tool: str, arguments: str = "{}", queue: str = "", **fields: Any) -> OneCall:
+        queue = queue or self.queue
         options = tool_activity_options(
-            self.policy, tool, task_queue=self.queue, heartbeat_timeout_s=HEARTBEAT_S
+            self.policy, tool, task_queue=queue, heartbeat_timeout_s=HEARTBEAT_S
         )
         return OneCall(
             call=ToolCallInput(
                 run_id="r1", call_id=uuid.uuid4().hex, tool=tool, arguments=arguments, **fields
             ),
-            queue=self.queue,
+            queue=queue,
             start_to_close_s=options["start_to_close_timeout"].total_seconds(),
             heartbeat_s=options["heartbeat_timeout"].total_seconds(),
             attempts=options["retry_policy"].maximum_attempts,
@@ -193,15 +231,20 @@ class Setup:
         return self.policy_file.parent / name
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.kill()
+        if self._worker is not None:
+            self._worker.stop()
+        self.model.stop()
 
 
-@pytest.fixture
-def setup(temporal_server: DevServer, tmp_path: Path) -> Any:
-    made = Setup(temporal_server, tmp_path)
-    yield made
-    made.close()
+@pytest.fixture(scope="module")
+def shared(temporal_server: DevServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    made = Shared(temporal_server, tmp_path_factory.mktemp("worker"))
+    made.model.start()
+    try:
+        made.worker()  # before the first test's look at what exists: its pool's files too
+        yield made
+    finally:
+        made.close()
 
 
 def drive(server: DevServer, body: Callable[[Any, str], Awaitable[T]]) -> T:
@@ -221,18 +264,19 @@ def drive(server: DevServer, body: Callable[[Any, str], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def run_one(server: DevServer, one: OneCall) -> Outcome:
-    async def body(client: Any, queue: str) -> Outcome:
-        return await client.execute_workflow(
-            OneToolCall.run,
-            one,
-            id=f"one-{uuid.uuid4().hex}",
-            task_queue=queue,
-            result_type=Outcome,
-            execution_timeout=timedelta(seconds=WAIT_S),
-        )
+async def one_call(client: Any, queue: str, one: OneCall) -> Outcome:
+    return await client.execute_workflow(
+        OneToolCall.run,
+        one,
+        id=f"one-{uuid.uuid4().hex}",
+        task_queue=queue,
+        result_type=Outcome,
+        execution_timeout=timedelta(seconds=WAIT_S),
+    )
 
-    return drive(server, body)
+
+def run_one(server: DevServer, one: OneCall) -> Outcome:
+    return drive(server, lambda client, queue: one_call(client, queue, one))
 
 
 async def wait_for_file(path: Path) -> None:
@@ -255,43 +299,28 @@ def test_the_dev_server_accepts_a_client(temporal_server: DevServer) -> None:
     assert temporal_server.address.startswith("127.0.0.1:")
 
 
-def test_bad_and_unreachable_addresses_get_one_line(
+def test_bad_flags_and_servers_get_one_line(
     temporal_server: DevServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    """A bad address, or bad TLS or key flags: one line, exit 2, before anything
+    connects. An unreachable server, an unknown namespace, or TLS to the dev server
+    (which speaks none; the TLS flags are used): one line, exit 1, as programs (their
+    three processes at once)."""
     for address in ("nope", "[::1", "127.0.0.1:99999"):
         assert main(["worker", "--temporal", address, "--serve", "tools"]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("sandboxed-agent: "), lines
     assert main(["worker", "--temporal", "h:1", "--serve", "agent", "--tool-queue", "q"]) == 2
-    # As programs: the Temporal client's threads must not turn exit 1 into an abort at
-    # the interpreter's teardown (temporalio/sdk-python#300).
-    unreachable = f"127.0.0.1:{free_port()}"
-    for flags, said in [
-        (("--temporal", unreachable), f"cannot reach the Temporal server at {unreachable}"),
-        (
-            ("--temporal", temporal_server.address, "--namespace", "no-such-namespace"),
-            "--namespace no-such-namespace: the server at",
-        ),
-    ]:
-        done = agent_cli("worker", *flags, "--serve", "tools", home=tmp_path)
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 1 and len(lines) == 1 and said in lines[0], done.stderr
-
-
-def test_tls_and_api_key_flags_are_checked_and_used(
-    temporal_server: DevServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    """Bad TLS or key flags are one line, exit 2, before anything connects; good ones
-    are used: TLS to the dev server (which speaks none) fails as TLS, naming it."""
+    capsys.readouterr()
     not_pem = tmp_path / "ca.txt"
     not_pem.write_text("hello")
+    address = temporal_server.address
     for flags, said in [
         (["--api-key-env", "SANDBOXED_AGENT_NO_SUCH_VAR"], "that variable is not set"),
         (["--tls-cert", str(not_pem)], "--tls-cert and --tls-key go together"),
         (["--tls-ca", str(tmp_path / "missing.pem")], "cannot read it"),
         (["--tls-ca", str(not_pem)], "not a PEM file"),
     ]:
-        address = temporal_server.address
         for argv in (
             ["worker", "--temporal", address, "--serve", "tools", *flags],
             ["approve", "run-x", "call-y", "--temporal", address, *flags],
@@ -299,18 +328,44 @@ def test_tls_and_api_key_flags_are_checked_and_used(
             assert main(argv) == 2, argv
             lines = capsys.readouterr().err.strip().splitlines()
             assert len(lines) == 1 and said in lines[0], lines
-    done = agent_cli(
-        "worker", "--temporal", temporal_server.address, "--serve", "tools", "--tls", home=tmp_path
+    # As programs: the Temporal client's threads must not turn exit 1 into an abort at
+    # the interpreter's teardown (temporalio/sdk-python#300).
+    unreachable = f"127.0.0.1:{free_port()}"
+    cases = [
+        (("--temporal", unreachable), f"cannot reach the Temporal server at {unreachable}"),
+        (
+            ("--temporal", address, "--namespace", "no-such-namespace"),
+            "--namespace no-such-namespace: the server at",
+        ),
+        (("--temporal", address, "--tls"), "with TLS: a dev server speaks none"),
+    ]
+    running = [
+        agent_program("worker", *flags, "--serve", "tools", home=tmp_path) for flags, _ in cases
+    ]
+    for (_, said), proc in zip(cases, running, strict=True):
+        _out, err = proc.communicate(timeout=WAIT_S)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and said in lines[0], err
+
+
+def agent_program(*args: str, home: Path) -> subprocess.Popen[str]:
+    """`sandboxed-agent ARGS` as `conftest.agent_cli` runs it, started, not waited for."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=base | {"XDG_DATA_HOME": str(home), "OPENAI_API_KEY": "sk-test"},
     )
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 1 and len(lines) == 1, done.stderr
-    assert "with TLS: a dev server speaks none" in lines[0], lines
 
 
-def test_a_hung_tool_is_killed_at_its_deadline_on_its_worker(setup: Setup) -> None:
-    setup.worker()
+def test_a_hung_tool_is_killed_at_its_deadline_on_its_worker(shared: Shared) -> None:
+    shared.worker()
     marker = unique_marker()
-    outcome = run_one(setup.server, setup.call("hang", f'{{"marker": "{marker}"}}'))
+    outcome = run_one(shared.server, shared.call("hang", f'{{"marker": "{marker}"}}'))
     assert outcome.output is not None, outcome.failure
     assert not outcome.output.ok
     assert outcome.output.error is not None and outcome.output.error.kind == "timeout"
@@ -319,145 +374,117 @@ def test_a_hung_tool_is_killed_at_its_deadline_on_its_worker(setup: Setup) -> No
 
 
 def test_the_worker_runs_a_tool_that_needs_approval_only_for_the_approved_arguments(
-    setup: Setup,
+    shared: Shared,
 ) -> None:
-    setup.worker()
+    shared.worker()
     asked = '{"expression": "6*7"}'
     spec = Registry.default().get("calculate")
     approved = bind(spec, asked).sha256
     other = bind(spec, '{"expression": "6*700"}').sha256
-    for sha, expected in [(None, "denied"), (other, "denied"), (approved, None)]:
-        outcome = run_one(setup.server, setup.call("calculate", asked, approved_sha256=sha))
+    tries = [(None, "denied"), (other, "denied"), (approved, None)]
+
+    async def body(client: Any, queue: str) -> list[Outcome]:
+        calls = [shared.call("calculate", asked, approved_sha256=sha) for sha, _ in tries]
+        return [await one_call(client, queue, one) for one in calls]
+
+    outcomes = drive(shared.server, body)
+    for (_, expected), outcome in zip(tries, outcomes, strict=True):
         assert outcome.output is not None, outcome.failure
         assert (outcome.output.error.kind if outcome.output.error else None) == expected
-    assert outcome.output.output == "42"
+    assert outcomes[-1].output is not None and outcomes[-1].output.output == "42"
+
+
+def test_model_calls_use_the_workers_own_key_which_stays_out_of_the_history(
+    shared: Shared,
+) -> None:
+    worker = shared.worker()
+    policy = load_policy(None)
+    options = model_activity_options(policy, timeout_s=30)
+    hello = [{"role": "user", "content": "Hi"}]
+    asked = ModelCalls(
+        calls=[ModelCallInput(messages=hello, tools=[], timeout_s=30)] * 2,
+        queue=shared.queue,
+        start_to_close_s=options["start_to_close_timeout"].total_seconds(),
+        attempts=options["retry_policy"].maximum_attempts,
+    )
+
+    async def body(client: Any, wf_queue: str) -> tuple[list[str], str]:
+        handle = await client.start_workflow(
+            TwoModelCalls.run, asked, id=f"model-{uuid.uuid4().hex}", task_queue=wf_queue
+        )
+        seen = await handle.result()
+        return seen, (await handle.fetch_history()).to_json()
+
+    seen, history = drive(shared.server, body)
+    model = shared.model
+    assert seen[0] == "Hello (5 tokens)"
+    assert seen[1].startswith(f"{RUN_ERROR}: ") and "401" in seen[1], seen
+    assert len(model.requests) == 2  # a RunError is not retried by Temporal
+    assert model.headers[0]["authorization"] == f"Bearer {shared.key}"
+    assert shared.key not in history and shared.key not in worker.output
 
 
 def test_a_worker_killed_mid_call_retries_only_the_idempotent_call_elsewhere(
-    setup: Setup,
+    shared: Shared,
 ) -> None:
     """Both calls run on a first worker (their files say so); a second starts; the first
     is SIGKILLed. The idempotent call is run again there and finishes; the other is
-    lost, run once only, so that the workflow can ask before running it again."""
-    first = setup.worker()
-    calls = {tool: setup.call(tool) for tool in ("step_again", "step_once")}
+    lost, run once only, so that the workflow can ask before running it again. Then
+    SIGTERM lets a call the second worker runs finish within its grace."""
+    queue = f"kill-{uuid.uuid4().hex[:8]}"
+    first = shared.start("--task-queue", queue)
+    second: WorkerProcess | None = None
+    calls = {tool: shared.call(tool, queue=queue) for tool in ("step_again", "step_once")}
+    soon = shared.call("finish_soon", '{"seconds": 2}', queue=queue)
 
-    async def body(client: Any, queue: str) -> tuple[dict[str, Outcome], WorkerProcess]:
+    async def body(client: Any, wf_queue: str) -> tuple[dict[str, Outcome], Outcome]:
+        nonlocal second
         handles = {
             tool: await client.start_workflow(
                 OneToolCall.run,
                 one,
                 id=f"kill-{uuid.uuid4().hex}",
-                task_queue=queue,
+                task_queue=wf_queue,
                 result_type=Outcome,
                 execution_timeout=timedelta(seconds=WAIT_S),
             )
             for tool, one in calls.items()
         }
         for name in ("again", "once"):  # only the first worker polls: they run there
-            await wait_for_file(setup.data(name) / "started")
-        second = setup.worker(ready=False)  # from this thread: it dies with its starter
+            await wait_for_file(shared.data(name) / "started")
+        # From this thread: it dies with its starter. A long grace for the end.
+        second = shared.start("--task-queue", queue, "--grace", "60", ready=False)
         await asyncio.to_thread(second.wait_ready)
         assert first.kill() == -signal.SIGKILL
-        return {tool: await h.result() for tool, h in handles.items()}, second
+        outcomes = {tool: await h.result() for tool, h in handles.items()}
+        graced = await client.start_workflow(
+            OneToolCall.run,
+            soon,
+            id=f"grace-{uuid.uuid4().hex}",
+            task_queue=wf_queue,
+            result_type=Outcome,
+            execution_timeout=timedelta(seconds=WAIT_S),
+        )
+        await wait_for_file(shared.data("soon") / "started")
+        assert await asyncio.to_thread(second.stop) == 0, second.output
+        return outcomes, await graced.result()
 
-    outcomes, second = drive(setup.server, body)
+    try:
+        outcomes, graced = drive(shared.server, body)
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+    assert second is not None
     again, once = outcomes["step_again"], outcomes["step_once"]
     assert again.output is not None, again.failure
     assert again.output.ok and again.output.output == "finished on run 2", again.output
     assert again.output.worker.startswith(f"{second.pid}@")
     assert once.output is None and once.lost, once
-    assert setup.data("once").joinpath("runs").read_text() == "run\n"  # once, on the first
-    assert second.stop() == 0
-    assert "after 1 call;" in second.output  # the idempotent one, not the other
-
-
-def test_sigterm_lets_a_running_call_finish_within_its_grace(setup: Setup) -> None:
-    worker = setup.worker("--grace", "60")
-    one = setup.call("finish_soon", '{"seconds": 2}')
-
-    async def body(client: Any, queue: str) -> Outcome:
-        handle = await client.start_workflow(
-            OneToolCall.run,
-            one,
-            id=f"grace-{uuid.uuid4().hex}",
-            task_queue=queue,
-            result_type=Outcome,
-            execution_timeout=timedelta(seconds=WAIT_S),
-        )
-        await wait_for_file(setup.data("soon") / "started")
-        assert await asyncio.to_thread(worker.stop) == 0, worker.output
-        return await handle.result()
-
-    outcome = drive(setup.server, body)
-    assert outcome.output is not None and outcome.output.output == "finished", outcome
-    assert "stopped (SIGTERM) after 1 call; no worker left" in worker.output
-
-
-def test_sigterm_kills_a_call_past_its_grace_and_leaves_nothing(setup: Setup) -> None:
-    worker = setup.worker("--grace", "0.5")
-    marker = unique_marker()
-    one = setup.call("hang_long", f'{{"marker": "{marker}"}}')
-
-    async def body(client: Any, queue: str) -> Outcome:
-        handle = await client.start_workflow(
-            OneToolCall.run,
-            one,
-            id=f"term-{uuid.uuid4().hex}",
-            task_queue=queue,
-            result_type=Outcome,
-            execution_timeout=timedelta(seconds=WAIT_S),
-        )
-        deadline = time.monotonic() + WAIT_S
-        while not sleepers(marker):  # the tool's grandchild: it is running
-            assert time.monotonic() < deadline, "the tool never started"
-            await asyncio.sleep(0.05)
-        assert await asyncio.to_thread(worker.stop) == 0, worker.output
-        assert sleepers(marker) == []
-        return await handle.result()
-
-    outcome = drive(setup.server, body)
-    assert "stopped (SIGTERM) after 1 call; no worker left" in worker.output
-    assert "Traceback" not in worker.output  # an expected failure is one line, not a bug
-    assert outcome.lost and outcome.failure.startswith(WORKER_SHUTDOWN), outcome.failure
-
-
-def test_model_calls_use_the_workers_own_key_which_stays_out_of_the_history(
-    temporal_server: DevServer, tmp_path: Path
-) -> None:
-    key = f"sk-worker-{uuid.uuid4().hex}"
-    queue = f"agent-{uuid.uuid4().hex[:8]}"
-    script = [say("Hello"), Step(status=401, error="invalid key")]
-    with ScriptedModelServer(script) as model:
-        worker = start_worker(
-            temporal_server,
-            *("--serve", "agent", "--task-queue", queue),
-            env={"OPENAI_BASE_URL": model.base_url, "OPENAI_API_KEY": key},
-        )
-        policy = load_policy(None)
-        options = model_activity_options(policy, timeout_s=30)
-        hello = [{"role": "user", "content": "Hi"}]
-        asked = ModelCalls(
-            calls=[ModelCallInput(messages=hello, tools=[], timeout_s=30)] * 2,
-            queue=queue,
-            start_to_close_s=options["start_to_close_timeout"].total_seconds(),
-            attempts=options["retry_policy"].maximum_attempts,
-        )
-
-        async def body(client: Any, wf_queue: str) -> tuple[list[str], str]:
-            handle = await client.start_workflow(
-                TwoModelCalls.run, asked, id=f"model-{uuid.uuid4().hex}", task_queue=wf_queue
-            )
-            seen = await handle.result()
-            return seen, (await handle.fetch_history()).to_json()
-
-        seen, history = drive(temporal_server, body)
-        worker.stop()
-    assert seen[0] == "Hello (5 tokens)"
-    assert seen[1].startswith(f"{RUN_ERROR}: ") and "401" in seen[1], seen
-    assert len(model.requests) == 2  # a RunError is not retried by Temporal
-    assert model.headers[0]["authorization"] == f"Bearer {key}"
-    assert key not in history and key not in worker.output
+    assert shared.data("once").joinpath("runs").read_text() == "run\n"  # once, on the first
+    assert graced.output is not None and graced.output.output == "finished", graced
+    # The idempotent one and the graced one; not the lost one.
+    assert "stopped (SIGTERM) after 2 calls; no worker left" in second.output
 
 
 DRIFTING = """
@@ -478,8 +505,12 @@ def drift(word: Word) -> str:
 """
 
 
-def test_a_call_needing_approval_whose_arguments_do_not_bind_never_runs(tmp_path: Path) -> None:
-    """Arguments that bind refuses (a repeated key, a validator that changes what it
+def test_a_run_cannot_set_what_the_workers_policy_sets_nor_run_what_does_not_bind(
+    tmp_path: Path,
+) -> None:
+    """Whoever can start a workflow chooses a call's settings: only those a local agent
+    adds itself pass; the tool host's policy keeps the rest (here `max_read_bytes`).
+    Arguments that bind refuses (a repeated key, a validator that changes what it
     validates) cannot carry an approval, and a tool that needs one must not run on
     them: they were handed to the pool, which validated them once and ran the tool."""
     from temporalio.testing import ActivityEnvironment
@@ -490,43 +521,65 @@ def test_a_call_needing_approval_whose_arguments_do_not_bind_never_runs(tmp_path
 
     source = tmp_path / "drifting.py"
     source.write_text(DRIFTING)
-    registry = Registry()
+    registry = Registry.default()
     registry.load(str(source))
     policy = parse_policy("[tools.drift]\nrequires_approval = true\n", "p.toml", tmp_path)
-    call = ToolCallInput(run_id="r", call_id="c", tool="drift", arguments='{"word": {"text": "a"}}')
+    drift = ToolCallInput(
+        run_id="r", call_id="c", tool="drift", arguments='{"word": {"text": "a"}}'
+    )
+    calc = ToolCallInput(
+        run_id="r", call_id="c", tool="calculate", arguments='{"expression": "6*7"}'
+    )
+    foreign: list[dict[str, Any]] = [
+        {"max_read_bytes": 10**9},
+        {"memory_namespace": "a", "root": "/"},
+        {"memory_namespace": 7},
+    ]
     with Pool(policy, registry=registry, size=1, spares=1) as pool:
         activities = SandboxActivities(policy, pool=pool)
-        out = asyncio.run(ActivityEnvironment().run(activities.tool_call, call))
-    assert not out.ok and out.error is not None, out
-    assert out.error.kind == "bad_arguments" and "differ from what is approved" in out.error.message
 
+        def run(call: ToolCallInput) -> ToolCallOutput:
+            return asyncio.run(ActivityEnvironment().run(activities.tool_call, call))
 
-@pytest.mark.parametrize(
-    "settings",
-    [{"max_read_bytes": 10**9}, {"memory_namespace": "a", "root": "/"}, {"memory_namespace": 7}],
-)
-def test_a_run_cannot_set_what_the_workers_policy_sets(settings: dict[str, object]) -> None:
-    """Whoever can start a workflow chooses a call's settings: only those a local agent
-    adds itself pass; the tool host's policy keeps the rest (here `max_read_bytes`)."""
-    from temporalio.testing import ActivityEnvironment
-
-    from agent.integrations.temporal_activities import SandboxActivities
-    from policies import load_policy
-    from sandbox import Pool
-
-    policy = load_policy(None)
-    call = ToolCallInput(
-        run_id="r",
-        call_id="c",
-        tool="calculate",
-        arguments='{"expression": "6*7"}',
-        settings=settings,
-    )
-    allowed = call.model_copy(update={"settings": {"memory_namespace": "alice"}})
-    with Pool(policy, registry=Registry.default(), size=1, spares=1) as pool:
-        activities = SandboxActivities(policy, pool=pool)
-        refused = asyncio.run(ActivityEnvironment().run(activities.tool_call, call))
-        ran = asyncio.run(ActivityEnvironment().run(activities.tool_call, allowed))
-    assert not refused.ok and refused.error is not None, refused
-    assert refused.error.kind == "denied", refused
+        unbound = run(drift)
+        refused = [run(calc.model_copy(update={"settings": s})) for s in foreign]
+        ran = run(calc.model_copy(update={"settings": {"memory_namespace": "alice"}}))
+    assert not unbound.ok and unbound.error is not None, unbound
+    assert unbound.error.kind == "bad_arguments"
+    assert "differ from what is approved" in unbound.error.message
+    for out in refused:
+        assert not out.ok and out.error is not None and out.error.kind == "denied", out
     assert ran.ok and ran.output == "42", ran
+
+
+def test_sigterm_kills_a_call_past_its_grace_and_leaves_nothing(shared: Shared) -> None:
+    """Last: it stops the module's worker (`--grace 0.5`) while a call hangs."""
+    worker = shared.take_worker()
+    marker = unique_marker()
+    one = shared.call("hang_long", f'{{"marker": "{marker}"}}')
+    tree = {worker.pid} | {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}
+
+    async def body(client: Any, queue: str) -> Outcome:
+        handle = await client.start_workflow(
+            OneToolCall.run,
+            one,
+            id=f"term-{uuid.uuid4().hex}",
+            task_queue=queue,
+            result_type=Outcome,
+            execution_timeout=timedelta(seconds=WAIT_S),
+        )
+        deadline = time.monotonic() + WAIT_S
+        while not sleepers(marker):  # the tool's grandchild: it is running
+            assert time.monotonic() < deadline, "the tool never started"
+            await asyncio.sleep(0.05)
+        tree.update(p.pid for p in psutil.Process(worker.pid).children(recursive=True))
+        assert await asyncio.to_thread(worker.stop) == 0, worker.output
+        assert sleepers(marker) == []
+        return await handle.result()
+
+    outcome = drive(shared.server, body)
+    assert re.search(r"stopped \(SIGTERM\) after \d+ calls?; no worker left", worker.output)
+    assert "Traceback" not in worker.output  # an expected failure is one line, not a bug
+    assert outcome.lost and outcome.failure.startswith(WORKER_SHUTDOWN), outcome.failure
+    alive = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert alive == [], alive  # the worker, its pool, its calls: all gone

@@ -1,21 +1,29 @@
 """The agent loop as a Temporal workflow, on a real dev server with real worker processes.
 
 The model is the scripted loopback one (`agent.replay`), serving the worked example's
-suite to every worker at once (`agent.evals.scripted`); the runs start with the real
-command line (`sandboxed-agent run|approve|eval --temporal`). Each test tries to break
-one promise: the same answer and trace as a local run; approval by signal after the
-worker that asked is gone, bound to the arguments by hash; an eval spreads over both
-workers and reports as a local one; a restart of the server loses nothing.
+suite (and this module's own tasks) to every worker at once (`agent.evals.scripted`);
+the runs start with the real command line (`sandboxed-agent run|approve|eval
+--temporal`). Each test tries to break one promise: the same answer and trace as a
+local run; tool calls only on the tool queue's host; a call lost with its worker not
+run again without a person's yes, and approval by signal after the worker that asked
+is gone, bound to the arguments by hash; a restart of the server loses nothing.
+
+Worker processes take seconds to start: the module starts its own at once, and shares
+them between the tests that kill none (each test with a queue of its own where it
+needs one); the test that kills workers starts its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,58 +32,106 @@ import pytest
 
 pytest.importorskip("temporalio", reason="the temporal extra is not installed")
 
+from conftest import shared_process
 from temporal_server import (
     ROOT,
     DevServer,
     WorkerProcess,
     start_worker,
+    start_workers,
     temporal_server,
 )
 
 from agent.evals.scripted import suite_script
 from agent.evals.suite import load_suite
-from agent.replay import ScriptedModelServer, call, say
+from agent.replay import ScriptedModelServer, Step, call, say
 
 __all__ = ["temporal_server"]  # the fixture, used by name
 
 SUITE = ROOT / "evals" / "worked_example.toml"
 POLICY = ROOT / "evals" / "worked_example_policy.toml"
-ROOT = Path(__file__).resolve().parent.parent
 SETUP = ("--policy", str(POLICY), "--tools", "tools.demo")
 REFUND = "Refund order 12345 in full, now."
+SHIP = "Ship it."
 DEADLINE_S = 180.0
+SHARED = "shared"
+"""The module's two workers' queue (workflows, model calls and tool calls)."""
+
+
+def _play(suite: Any) -> Any:
+    """The suite's scripts by task, and this module's own task (`SHIP`)."""
+    ship = [call(("step_once", {})), say("It shipped.")]
+
+    def play(request: dict[str, Any]) -> Step:
+        items = [m for m in request.get("messages") or [] if isinstance(m, dict)]
+        user = next((m for m in items if m.get("role") == "user"), None)
+        if user is None or user.get("content") != SHIP:
+            return suite(request)
+        return ship[sum(1 for m in items if m.get("role") == "assistant")]
+
+    return play
 
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[ScriptedModelServer]:
-    with ScriptedModelServer(suite_script(load_suite(SUITE))) as server:
+    with ScriptedModelServer(_play(suite_script(load_suite(SUITE)))) as server:
         yield server
 
 
-def worker(server: DevServer, model: ScriptedModelServer, queue: str) -> WorkerProcess:
-    return start_worker(server, "--task-queue", queue, "--base-url", model.base_url, *SETUP)
+class Workers:
+    """The module's workers: two that serve everything on `SHARED`, and a sandbox host
+    (`--serve tools`) on a queue of its own, all started at once."""
+
+    def __init__(self, server: DevServer, model: ScriptedModelServer) -> None:
+        self.tool_queue = f"sandboxes-{uuid.uuid4().hex[:8]}"
+        *self.both, self.tools = start_workers(
+            server,
+            ("--task-queue", SHARED, "--base-url", model.base_url, *SETUP),
+            ("--task-queue", SHARED, "--base-url", model.base_url, *SETUP),
+            ("--serve", "tools", "--tool-queue", self.tool_queue, *SETUP),
+        )
+        for w in self.all:
+            shared_process(w.pid)
+
+    @property
+    def all(self) -> list[WorkerProcess]:
+        return [*self.both, self.tools]
 
 
-@pytest.fixture
-def two_workers(temporal_server: DevServer, model: ScriptedModelServer) -> Iterator[list[Any]]:
-    # Per test: the pools' processes a worker starts are each test's to reap.
-    workers = [worker(temporal_server, model, "shared") for _ in range(2)]
+@pytest.fixture(scope="module")
+def workers(temporal_server: DevServer, model: ScriptedModelServer) -> Iterator[Workers]:
+    made = Workers(temporal_server, model)
     try:
-        yield workers
+        yield made
     finally:
-        for w in workers:
+        for w in made.all:
             w.stop()
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`sandboxed-agent ARGS` started, not waited for: independent commands run at once."""
+    return subprocess.Popen(
         [sys.executable, "-m", "agent", *args],
-        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
         env=_env(env),
-        timeout=DEADLINE_S,
     )
+
+
+def finished(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        out, err = proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return finished(launch(*args, env=env))
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -98,6 +154,36 @@ def path_of(trace: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [(e["event"], *(e.get(k) for k in keep.get(e["event"], ()))) for e in trace]
 
 
+def ask_server(server: DevServer, question: Any) -> Any:
+    """`await question(client)` with a client of the server."""
+
+    async def main() -> Any:
+        return await question(await server.client())
+
+    return asyncio.run(main())
+
+
+def running_on(server: DevServer, run_id: str) -> str:
+    """The identity of the worker running the run's pending activity."""
+
+    async def question(client: Any) -> str:
+        found = await client.get_workflow_handle(run_id).describe()
+        return found.raw_description.pending_activities[0].last_worker_identity
+
+    return ask_server(server, question)
+
+
+def last_task_worker(server: DevServer, run_id: str) -> str:
+    """The identity of the worker that completed the run's last workflow task."""
+
+    async def question(client: Any) -> str:
+        history = await client.get_workflow_handle(run_id).fetch_history()
+        done = [e for e in history.events if e.HasField("workflow_task_completed_event_attributes")]
+        return done[-1].workflow_task_completed_event_attributes.identity
+
+    return ask_server(server, question)
+
+
 class Follower:
     """`sandboxed-agent run --temporal` as a process, its stderr read as it comes."""
 
@@ -117,6 +203,7 @@ class Follower:
         self.lines: list[str] = []
         self.done: tuple[int, str] | None = None
         self._asked = threading.Event()
+        self._started = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -124,9 +211,19 @@ class Follower:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line)
+            if line.startswith("sandboxed-agent: run ") and " on " in line:
+                self._started.set()
             if line.strip().startswith("sandboxed-agent approve "):
                 self._asked.set()
+        self._started.set()
         self._asked.set()
+
+    def run_id(self) -> str:
+        """The workflow's id, once the run has started it."""
+        assert self._started.wait(DEADLINE_S), "".join(self.lines)
+        line = next((x for x in self.lines if x.startswith("sandboxed-agent: run ")), "")
+        assert line, f"the run never started:\n{''.join(self.lines)}"
+        return line.split()[2]
 
     def approve_command(self) -> list[str]:
         """The command the run printed for its waiting call, once it is waiting."""
@@ -146,15 +243,37 @@ class Follower:
             self.done = (self.proc.returncode, out)
         return self.done
 
+    def close(self) -> None:
+        self.proc.kill()
+        self.finish()
 
-def check_worked_example(
-    temporal_server: DevServer, model: ScriptedModelServer, two_workers: list[Any], tmp_path: Path
+
+def test_worked_example_and_its_eval_on_two_workers(
+    temporal_server: DevServer, model: ScriptedModelServer, workers: Workers, tmp_path: Path
 ) -> None:
+    """The worked example answers and traces as a local run; an eval of 21 runs reports
+    as a local eval, its calls run on both workers; a run naming tools its workers were
+    not started with fails. The local baselines and the runs on Temporal run at once."""
     task = "Can I still return order 12345?"
-    local = cli("run", *SETUP, "--trace", str(tmp_path / "local.jsonl"), task,
-                env={"OPENAI_BASE_URL": model.base_url, "HOME": str(tmp_path)})  # fmt: skip
-    remote = cli("run", "--temporal", temporal_server.address, "--task-queue", "shared",
-                 "--trace", str(tmp_path / "remote.jsonl"), *SETUP, task)  # fmt: skip
+    address = temporal_server.address
+    home = {"HOME": str(tmp_path)}
+    other_tools = tmp_path / "other_tools.py"
+    other_tools.write_text("from tools import tool\n\n@tool\ndef other() -> str:\n    return 'x'\n")
+    started = {
+        "local": launch("run", *SETUP, "--trace", str(tmp_path / "local.jsonl"), task,
+                        env={"OPENAI_BASE_URL": model.base_url} | home),
+        "remote": launch("run", "--temporal", address, "--task-queue", SHARED,
+                         "--trace", str(tmp_path / "remote.jsonl"), *SETUP, task),
+        "other": launch("run", "--temporal", address, "--task-queue", SHARED,
+                        *SETUP, "--tools", str(other_tools), task),
+        "local_eval": launch("eval", str(SUITE), "--scripted", "--runs", "1", "--json",
+                             "--out", str(tmp_path / "local"), env=home),
+        "remote_eval": launch("eval", str(SUITE), "--temporal", address, "--task-queue", SHARED,
+                              "--runs", "3", "--json", "--out", str(tmp_path / "remote")),
+    }  # fmt: skip
+    done = {name: finished(proc) for name, proc in started.items()}
+
+    local, remote = done["local"], done["remote"]
     assert local.returncode == 0, local.stderr
     assert remote.returncode == 0, remote.stderr
     assert remote.stdout == local.stdout
@@ -168,113 +287,52 @@ def check_worked_example(
         "get_current_date",
     ]
     # Each call ran on one of the two workers, in its sandbox.
-    identities = {f"{w.pid}@" for w in two_workers}
+    identities = {f"{w.pid}@" for w in workers.both}
     for ran in (e for e in there if e["event"] == "tool_call"):
         assert any(ran["worker"].startswith(i) for i in identities), ran
-        assert ran["worker_pid"] not in (None, two_workers[0].pid, two_workers[1].pid)
+        assert ran["worker_pid"] not in (None, *(w.pid for w in workers.both))
     # A run may name only tools its workers were started with: starting a workflow
     # must not make a worker import a module or file it was not told to.
-    other = cli("run", "--temporal", temporal_server.address, "--task-queue", "shared",
-                *SETUP, "--tools", "tests/temporal_tools.py", task)  # fmt: skip
+    other = done["other"]
     assert other.returncode == 1, other.stderr
     assert "loads no tools from" in other.stderr and other.stderr.count("\n") == 2, other.stderr
 
-
-def test_worked_example_and_its_eval_on_two_workers(
-    temporal_server: DevServer, model: ScriptedModelServer, two_workers: list[Any], tmp_path: Path
-) -> None:
-    """One test, two promises, to start the two workers once: the worked example
-    answers and traces as a local run, and an eval of 21 runs reports as a local eval
-    with its calls run on both workers."""
-    check_worked_example(temporal_server, model, two_workers, tmp_path)
-    check_eval(temporal_server, two_workers, tmp_path)
-
-
-def check_eval(temporal_server: DevServer, two_workers: list[Any], tmp_path: Path) -> None:
-    local = cli("eval", str(SUITE), "--scripted", "--runs", "1", "--json",
-                "--out", str(tmp_path / "local"), env={"HOME": str(tmp_path)})  # fmt: skip
-    remote = cli("eval", str(SUITE), "--temporal", temporal_server.address, "--task-queue",
-                 "shared", "--runs", "3", "--json", "--out", str(tmp_path / "remote"))  # fmt: skip
-    assert local.returncode == 0, local.stderr
-    assert remote.returncode == 0, remote.stderr
-    here, there = json.loads(local.stdout), json.loads(remote.stdout)
-    assert there["overall"]["runs"] == 21
-    assert there["passed"] and here["passed"]
-    for mine, theirs in zip(there["cases"], here["cases"], strict=True):
-        assert mine["name"] == theirs["name"]
-        for r in mine["results"]:
+    local_eval, remote_eval = done["local_eval"], done["remote_eval"]
+    assert local_eval.returncode == 0, local_eval.stderr
+    assert remote_eval.returncode == 0, remote_eval.stderr
+    mine, theirs = json.loads(remote_eval.stdout), json.loads(local_eval.stdout)
+    assert mine["overall"]["runs"] == 21
+    assert mine["passed"] and theirs["passed"]
+    for case, baseline in zip(mine["cases"], theirs["cases"], strict=True):
+        assert case["name"] == baseline["name"]
+        first = baseline["results"][0]
+        for r in case["results"]:
             assert (r["reason"], r["answer"], r["steps"], r["tokens"], r["failures"]) == (
-                theirs["results"][0]["reason"],
-                theirs["results"][0]["answer"],
-                theirs["results"][0]["steps"],
-                theirs["results"][0]["tokens"],
+                first["reason"],
+                first["answer"],
+                first["steps"],
+                first["tokens"],
                 [],
             )
     seen: set[str] = set()
     for trace in (tmp_path / "remote" / "traces").glob("*.jsonl"):
         seen |= {e["worker"] for e in events(trace) if e["event"] == "tool_call" and e["ok"]}
-    owners = {w.pid: w for w in two_workers}
-    assert {int(s.split("@")[0]) for s in seen} == set(owners), seen
+    assert {int(s.split("@")[0]) for s in seen} == {w.pid for w in workers.both}, seen
 
 
 def test_tool_calls_go_to_the_tool_queue_only(
-    temporal_server: DevServer, model: ScriptedModelServer, tmp_path: Path
+    temporal_server: DevServer, workers: Workers, tmp_path: Path
 ) -> None:
-    """An orchestrator (`--serve agent`: runs and model calls, no sandbox) and a sandbox
-    host (`--serve tools`: tool calls only, no model endpoint); every call runs on the
-    host named by `--tool-queue`."""
-    agent = start_worker(temporal_server, "--serve", "agent", "--task-queue", "orchestrate",
-                         "--base-url", model.base_url, *SETUP)  # fmt: skip
-    tools = start_worker(temporal_server, "--serve", "tools", "--tool-queue", "sandboxes", *SETUP)
-    try:
-        done = cli("run", "--temporal", temporal_server.address, "--task-queue", "orchestrate",
-                   "--tool-queue", "sandboxes", "--trace", str(tmp_path / "t.jsonl"), *SETUP,
-                   "Can I still return order 12345?")  # fmt: skip
-    finally:
-        agent.stop()
-        tools.stop()
+    """Runs orchestrated on the module's two workers, which serve tool calls too, but
+    on their own queue; with `--tool-queue` every call runs on the sandbox host
+    (`--serve tools`: tool calls only, no model endpoint) that polls it."""
+    done = cli("run", "--temporal", temporal_server.address, "--task-queue", SHARED,
+               "--tool-queue", workers.tool_queue, "--trace", str(tmp_path / "t.jsonl"), *SETUP,
+               "Can I still return order 12345?")  # fmt: skip
     assert done.returncode == 0 and "2025-05-10" in done.stdout, done.stderr
     calls = [e for e in events(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
     assert len(calls) == 3 and all(e["ok"] for e in calls), calls
-    assert {e["worker"].split("@")[0] for e in calls} == {str(tools.pid)}
-
-
-def test_approval_by_signal_after_the_asking_worker_is_killed(
-    temporal_server: DevServer, model: ScriptedModelServer, tmp_path: Path
-) -> None:
-    first = worker(temporal_server, model, "approval")
-    second: WorkerProcess | None = None
-    run = Follower(temporal_server, "approval", REFUND, tmp_path / "trace.jsonl")
-    try:
-        command = run.approve_command()  # approve RUN_ID CALL_ID --temporal ADDRESS
-        first.kill()  # SIGKILL: it keeps nothing, tells nobody
-        second = worker(temporal_server, model, "approval")
-        # A decision for other arguments than the pending call's is refused...
-        wrong = cli(*command, "--sha256", "0" * 64)
-        assert wrong.returncode == 1, wrong.stderr
-        assert wrong.stderr.splitlines()[-1].startswith("sandboxed-agent: refused"), wrong.stderr
-        # ...and the run goes on waiting for the right one, which the new worker takes.
-        right = cli(*command)
-        assert right.returncode == 0, right.stderr
-        status, _out = run.finish()
-        assert status == 0, "".join(run.lines)
-    finally:
-        run.proc.kill()
-        run.finish()
-        first.kill()
-        if second is not None:
-            second.stop()
-    trace = events(tmp_path / "trace.jsonl")
-    calls = [e for e in trace if e["event"] == "tool_call"]
-    # The suite's script looks the order up first; only the refund waits for a person.
-    assert [(e["tool"], e["approval"], e["ok"]) for e in calls] == [
-        ("get_order_status", "not_required", True),
-        ("issue_refund", "approved_signal", True),
-    ]
-    refund = calls[-1]
-    assert refund["approved_sha256"] == refund["arguments_sha256"]
-    assert refund["worker"].startswith(f"{second.pid}@")
-    assert trace[-1]["event"] == "run_ended" and trace[-1]["reason"] == "answer"
+    assert {e["worker"].split("@")[0] for e in calls} == {str(workers.tools.pid)}
 
 
 LOST_POLICY = """
@@ -285,68 +343,81 @@ data_dir = "once"
 """
 
 
-def test_a_call_lost_with_its_worker_runs_again_only_when_approved(
-    temporal_server: DevServer, tmp_path: Path
+def test_a_lost_call_and_the_worker_that_asked_gone_approval_by_signal(
+    temporal_server: DevServer, model: ScriptedModelServer, tmp_path: Path
 ) -> None:
-    """`step_once` (not idempotent) says it started, then hangs; its worker is killed.
-    The run asks before running it again, and runs it on the other worker after a yes."""
+    """`step_once` (not idempotent) says it started, then hangs; the worker running it
+    is SIGKILLed. The run does not run it again but asks a person; the worker that
+    asked is SIGKILLed too. A decision for other arguments is refused; the right one is
+    taken by the last worker standing, which runs the call again."""
     policy = tmp_path / "policy.toml"
     policy.write_text(LOST_POLICY)
     setup = ("--policy", str(policy), "--tools", "tests/temporal_tools.py")
-    script = [call(("step_once", {})), say("It shipped.")]
-    with ScriptedModelServer(script) as model:
-        base = ("--task-queue", "lost", "--base-url", model.base_url, *setup)
-        first = start_worker(temporal_server, *base)
-        second: WorkerProcess | None = None
-        run = Follower(temporal_server, "lost", "Ship it.", tmp_path / "trace.jsonl", setup)
-        try:
-            started = tmp_path / "once" / "started"
-            while not started.exists():  # the tool's own signal that it is running
-                assert run.proc.poll() is None, "".join(run.lines)
-                time.sleep(0.05)
-            first.kill()
-            second = start_worker(temporal_server, *base)
-            command = run.approve_command()
-            assert "in flight when its worker went away" in "".join(run.lines)
-            assert (tmp_path / "once" / "runs").read_text().count("run") == 1  # not re-run
-            assert cli(*command).returncode == 0
-            status, out = run.finish()
-        finally:
-            run.proc.kill()
-            run.finish()
-            first.kill()
-            if second is not None:
-                second.stop()
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+    base = ("--task-queue", queue, "--base-url", model.base_url, *setup)
+    # The run first: it waits on the server for the workers, which take longer to start.
+    run = Follower(temporal_server, queue, SHIP, tmp_path / "trace.jsonl", setup)
+    started: list[WorkerProcess] = []
+    try:
+        started += start_workers(temporal_server, base, base)
+        run_id = run.run_id()
+        begun = tmp_path / "once" / "started"
+        deadline = time.monotonic() + DEADLINE_S
+        while not begun.exists():  # the tool's own signal that it is running
+            assert run.proc.poll() is None, "".join(run.lines)
+            assert time.monotonic() < deadline, "the tool never started"
+            time.sleep(0.05)
+        by = {f"{w.pid}@": w for w in started}
+        runner = next(
+            w for prefix, w in by.items() if running_on(temporal_server, run_id).startswith(prefix)
+        )
+        assert runner.kill() == -signal.SIGKILL  # mid-call: it keeps nothing, tells nobody
+        started.append(start_worker(temporal_server, *base, ready=False))
+        command = run.approve_command()
+        assert "in flight when its worker went away" in "".join(run.lines)
+        assert (tmp_path / "once" / "runs").read_text().count("run") == 1  # not re-run
+        started[-1].wait_ready()
+        asker_id = last_task_worker(temporal_server, run_id)
+        alive = [w for w in started if w.proc.poll() is None]
+        asker = next(w for w in alive if asker_id.startswith(f"{w.pid}@"))
+        assert asker.kill() == -signal.SIGKILL
+        (survivor,) = [w for w in alive if w is not asker]
+        # A decision for other arguments than the pending call's is refused...
+        wrong = cli(*command, "--sha256", "0" * 64)
+        assert wrong.returncode == 1, wrong.stderr
+        assert wrong.stderr.splitlines()[-1].startswith("sandboxed-agent: refused"), wrong.stderr
+        # ...and the run goes on waiting for the right one, which the survivor takes.
+        right = cli(*command)
+        assert right.returncode == 0, right.stderr
+        status, out = run.finish()
+    finally:
+        run.close()
+        for w in started:
+            w.stop()
     assert status == 0 and out.strip() == "It shipped.", "".join(run.lines)
     calls = [e for e in events(tmp_path / "trace.jsonl") if e["event"] == "tool_call"]
     assert [(e["approval"], e["ok"], e["output"]) for e in calls] == [
         ("approved_signal", True, "finished on run 2")
     ]
-    assert calls[0]["worker"].startswith(f"{second.pid}@")
+    assert calls[0]["approved_sha256"] == calls[0]["arguments_sha256"]
+    assert calls[0]["worker"].startswith(f"{survivor.pid}@")
 
 
-def test_a_server_restart_mid_run_loses_nothing(model: ScriptedModelServer, tmp_path: Path) -> None:
-    """Its own server, restarted (same port, same SQLite file) while a run waits."""
-    pytest.importorskip("temporalio")
-    server = DevServer(tmp_path / "own.sqlite")
-    server.start()
-    w: WorkerProcess | None = None
-    run: Follower | None = None
+def test_a_server_restart_mid_run_loses_nothing(
+    temporal_server: DevServer, workers: Workers, tmp_path: Path
+) -> None:
+    """The server restarted (same port, same SQLite file) while a run waits for a
+    person: the decision still reaches the run, through the same workers."""
+    run = Follower(temporal_server, SHARED, REFUND, tmp_path / "trace.jsonl")
     try:
-        w = worker(server, model, "restart")
-        run = Follower(server, "restart", REFUND, tmp_path / "trace.jsonl")
         command = run.approve_command()
-        server.restart()
+        temporal_server.restart()
+        shared_process(temporal_server.proc.pid)  # the module's server, as before
         denied = cli(*command, "--deny")  # the pending call is still there to decide
         assert denied.returncode == 0, denied.stderr
         status, _out = run.finish()
     finally:
-        if run is not None:
-            run.proc.kill()
-            run.finish()
-        if w is not None:
-            w.stop()
-        server.stop()
+        run.close()
     assert status == 0, "".join(run.lines)
     trace = events(tmp_path / "trace.jsonl")
     assert [e["event"] for e in trace] == ["run_started", "model_call", "tool_call",
@@ -360,6 +431,7 @@ def test_a_server_restart_mid_run_loses_nothing(model: ScriptedModelServer, tmp_
         False,
         "denied",
     )
+    assert all(w.proc.poll() is None for w in workers.all)  # they rode the restart out
 
 
 @pytest.mark.parametrize(
