@@ -1,5 +1,6 @@
 """Tools for the Temporal tests: one that hangs leaving a grandchild, one that says it
-started (a file in its data_dir) and waits to be killed, and runs again to the end."""
+started (a file in its data_dir) and waits to be killed, and runs again to the end,
+and one whose arguments' validator raises."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import signal
 import time
 from pathlib import Path
+
+from pydantic import BaseModel, field_validator
 
 from tools import tool
 from tools.context import data_dir
@@ -78,3 +81,23 @@ def finish_soon(seconds: float) -> str:
     (Path(data_dir()) / "started").write_text("")
     time.sleep(seconds)
     return "finished"
+
+
+class Crashing(BaseModel):
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def crash(cls, value: str) -> str:
+        raise RuntimeError("the validator of crash_binding crashed")
+
+
+@tool
+def crash_binding(word: Crashing) -> str:
+    """A tool whose argument model's validator raises, as a buggy tool module's may: not
+    a ValueError, so pydantic lets it out of the validation (in the workflow's code).
+
+    Args:
+        word: Anything.
+    """
+    return word.text

@@ -65,6 +65,8 @@ from tools import Registry
 __all__ = ["temporal_server"]  # the fixture, used by name
 
 TOOLS = str(Path(__file__).with_name("temporal_tools.py"))
+ALSO_SERVED = "also-served"
+"""A model the module's worker serves besides its policy's (`--allow-model`)."""
 HEARTBEAT_S = 2.0
 """Short, so that a killed worker is noticed (and its call retried) within seconds."""
 WAIT_S = 120.0
@@ -91,7 +93,7 @@ requires_approval = true
 """
 
 
-MODEL_SCRIPT = [say("Hello"), Step(status=401, error="invalid key")]
+MODEL_SCRIPT = [say("Hello"), say("Also"), Step(status=401, error="invalid key")]
 """What the module's model answers, in order (only the model-call test asks it)."""
 
 
@@ -145,7 +147,7 @@ class ModelCalls(BaseModel):
 
 @workflow.defn(sandboxed=False)
 class TwoModelCalls:
-    """Model activities one after the other; the answers, then how the first failure ended."""
+    """Model activities one after the other; each one's answer, or how it failed."""
 
     @workflow.run
     async def run(self, asked: ModelCalls) -> list[str]:
@@ -166,7 +168,7 @@ class TwoModelCalls:
                 )
             except ActivityError as exc:
                 seen.append(f"{getattr(exc.cause, 'type', '')}: {exc.cause}")
-                break
+                continue
             seen.append(f"{turn.message['content']} ({turn.usage['output_tokens']} tokens)")
         return seen
 
@@ -191,7 +193,7 @@ class Shared:
         """The module's worker, started on first use."""
         if self._worker is None:
             self._worker = self.start(
-                "--task-queue", self.queue, "--grace", "0.5",
+                "--task-queue", self.queue, "--grace", "0.5", "--allow-model", ALSO_SERVED,
                 env={"OPENAI_BASE_URL": self.model.base_url, "OPENAI_API_KEY": self.key},
             )  # fmt: skip
             shared_process(self._worker.pid)
@@ -394,15 +396,19 @@ def test_the_worker_runs_a_tool_that_needs_approval_only_for_the_approved_argume
     assert outcomes[-1].output is not None and outcomes[-1].output.output == "42"
 
 
-def test_model_calls_use_the_workers_own_key_which_stays_out_of_the_history(
-    shared: Shared,
-) -> None:
+def test_model_calls_use_the_workers_own_key_and_models_only(shared: Shared) -> None:
+    """The worker's key, which stays out of the history; its policy's model, one it
+    was told to serve too (`--allow-model`), and no other: a run naming one is refused
+    for good, and nothing is asked of the endpoint for it. A RunError is not retried."""
     worker = shared.worker()
     policy = load_policy(None)
     options = model_activity_options(policy, timeout_s=30)
     hello = [{"role": "user", "content": "Hi"}]
     asked = ModelCalls(
-        calls=[ModelCallInput(messages=hello, tools=[], timeout_s=30)] * 2,
+        calls=[
+            ModelCallInput(messages=hello, tools=[], timeout_s=30, model=name)
+            for name in (None, ALSO_SERVED, "gpt-not-served", policy.run.model)
+        ],
         queue=shared.queue,
         start_to_close_s=options["start_to_close_timeout"].total_seconds(),
         attempts=options["retry_policy"].maximum_attempts,
@@ -417,9 +423,12 @@ def test_model_calls_use_the_workers_own_key_which_stays_out_of_the_history(
 
     seen, history = drive(shared.server, body)
     model = shared.model
-    assert seen[0] == "Hello (5 tokens)"
-    assert seen[1].startswith(f"{RUN_ERROR}: ") and "401" in seen[1], seen
-    assert len(model.requests) == 2  # a RunError is not retried by Temporal
+    assert seen[:2] == ["Hello (5 tokens)", "Also (5 tokens)"], seen
+    assert seen[2].startswith(f"{RUN_ERROR}: ") and "this worker serves the models " in seen[2]
+    assert "not gpt-not-served: " in seen[2] and "--allow-model gpt-not-served" in seen[2]
+    assert seen[3].startswith(f"{RUN_ERROR}: ") and "401" in seen[3], seen
+    # Neither failure is retried by Temporal; the refused model was never asked.
+    assert [r["model"] for r in model.requests] == [policy.run.model, ALSO_SERVED, policy.run.model]
     assert model.headers[0]["authorization"] == f"Bearer {shared.key}"
     assert shared.key not in history and shared.key not in worker.output
 

@@ -53,21 +53,27 @@ POLICY = ROOT / "evals" / "worked_example_policy.toml"
 SETUP = ("--policy", str(POLICY), "--tools", "tools.demo")
 REFUND = "Refund order 12345 in full, now."
 SHIP = "Ship it."
+CRASH = "Crash it."
+TEST_TOOLS = ("--tools", "tests/temporal_tools.py")
 DEADLINE_S = 180.0
 SHARED = "shared"
 """The module's two workers' queue (workflows, model calls and tool calls)."""
 
 
 def _play(suite: Any) -> Any:
-    """The suite's scripts by task, and this module's own task (`SHIP`)."""
-    ship = [call(("step_once", {})), say("It shipped.")]
+    """The suite's scripts by task, and this module's own tasks."""
+    own = {
+        SHIP: [call(("step_once", {})), say("It shipped.")],
+        CRASH: [call(("crash_binding", {"word": {"text": "a"}})), say("It never gets here.")],
+    }
 
     def play(request: dict[str, Any]) -> Step:
         items = [m for m in request.get("messages") or [] if isinstance(m, dict)]
         user = next((m for m in items if m.get("role") == "user"), None)
-        if user is None or user.get("content") != SHIP:
+        steps = own.get(str(user.get("content"))) if user else None
+        if steps is None:
             return suite(request)
-        return ship[sum(1 for m in items if m.get("role") == "assistant")]
+        return steps[sum(1 for m in items if m.get("role") == "assistant")]
 
     return play
 
@@ -86,8 +92,8 @@ class Workers:
         self.tool_queue = f"sandboxes-{uuid.uuid4().hex[:8]}"
         *self.both, self.tools = start_workers(
             server,
-            ("--task-queue", SHARED, "--base-url", model.base_url, *SETUP),
-            ("--task-queue", SHARED, "--base-url", model.base_url, *SETUP),
+            ("--task-queue", SHARED, "--base-url", model.base_url, *SETUP, *TEST_TOOLS),
+            ("--task-queue", SHARED, "--base-url", model.base_url, *SETUP, *TEST_TOOLS),
             ("--serve", "tools", "--tool-queue", self.tool_queue, *SETUP),
         )
         for w in self.all:
@@ -401,6 +407,44 @@ def test_a_lost_call_and_the_worker_that_asked_gone_approval_by_signal(
     ]
     assert calls[0]["approved_sha256"] == calls[0]["arguments_sha256"]
     assert calls[0]["worker"].startswith(f"{survivor.pid}@")
+
+
+def test_an_exception_in_the_workflow_fails_the_run_in_one_line(
+    temporal_server: DevServer, workers: Workers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tool whose arguments' validator raises makes the workflow's own code raise (it
+    binds the model's arguments): the run fails, saying so in one line, exit 1 (as a
+    local run's internal failure), rather than Temporal retrying the workflow task for
+    ever and `run --temporal` waiting on it. In-process: the command's own code."""
+    from agent.cli import main
+
+    # The built-in policy (the worked example's offers its own tools only).
+    status = main(["run", "--temporal", temporal_server.address, "--task-queue", SHARED,
+                   "--tools", str(ROOT / "tests" / "temporal_tools.py"), CRASH])  # fmt: skip
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert status == 1 and out == "", err
+    assert len(lines) == 2 and lines[0].startswith("sandboxed-agent: run "), lines
+    assert "failed: RuntimeError in the workflow on a worker" in lines[1], lines
+    assert "the validator of crash_binding crashed" in lines[1], lines
+
+
+def test_a_model_the_workers_do_not_serve_is_refused_in_one_line(
+    temporal_server: DevServer, workers: Workers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whoever starts a run names its model; the workers spend their key only on their
+    policy's model (and `--allow-model`'s): any other ends the run at once, one line."""
+    from agent.cli import main
+
+    task = "Can I still return order 12345?"
+    status = main(["run", "--temporal", temporal_server.address, "--task-queue", SHARED,
+                   *SETUP, "--model", "gpt-not-served", task])  # fmt: skip
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert status == 1 and out == "", err
+    assert len(lines) == 2 and lines[0].startswith("sandboxed-agent: run "), lines
+    assert "this worker serves the model " in lines[1] and "not gpt-not-served" in lines[1]
+    assert "--allow-model gpt-not-served" in lines[1], lines
 
 
 def test_a_server_restart_mid_run_loses_nothing(

@@ -37,7 +37,14 @@ from policies import Policy
 from sandbox import Pool, ToolResult
 from sandbox.aio import run_cancellable
 from sandbox.cancel import CancelToken
-from sandbox.errors import BadArguments, Denied, PolicyError, RunError, ToolCallError
+from sandbox.errors import (
+    BadArguments,
+    Denied,
+    PolicyError,
+    RunError,
+    SandboxedAgentError,
+    ToolCallError,
+)
 from sandbox.protocol import ToolError
 from tools import ArgumentError
 from tools.context import EMBEDDING
@@ -66,7 +73,8 @@ an argument's embedding). Every other setting (`max_read_bytes`, a tool's own) i
 worker's policy's: whoever can start a workflow must not loosen the tool host's."""
 
 ModelFor = Callable[[str | None], ModelClient]
-"""The worker's client for a model name (None: its policy's); endpoint and key its own."""
+"""The worker's client for a model name (None: its policy's); endpoint and key its own.
+A `SandboxedAgentError` for a model it does not serve: the call fails for good."""
 
 
 class SandboxActivities:
@@ -141,7 +149,10 @@ class SandboxActivities:
     async def model_call(self, call: ModelCallInput) -> ModelCallOutput:
         assert self.model is not None, "this worker serves no model calls"
         self.calls += 1
-        client = self.model(call.model)
+        try:
+            client = self.model(call.model)
+        except SandboxedAgentError as exc:  # a model this worker does not serve
+            raise _failure(str(exc), RUN_ERROR, non_retryable=True) from None
 
         def complete() -> ModelCallOutput:
             turn = client.complete(call.messages, call.tools, call.timeout_s, call.tool_choice)

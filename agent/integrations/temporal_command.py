@@ -228,7 +228,7 @@ async def follow(handle: Any, address: str) -> RunOutcome:
                     told.add(call.call_id)
                     announce(handle.id, call, address)
     except WorkflowFailureError as exc:
-        raise TemporalFailed(f"run {handle.id} failed: {_one_line(exc.cause or exc)}") from None
+        raise TemporalFailed(f"run {handle.id} failed: {failure_line(exc)}") from None
     finally:
         result.cancel()
 
@@ -346,3 +346,22 @@ def _hex(text: str, at_least: int) -> bool:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+OWN_FAILURES = frozenset({"SourceRefused", "PolicyError"})
+"""Failures the workflow raises itself, whose message says it all."""
+
+
+def failure_line(exc: Any) -> str:
+    """Why a workflow failed, in one line (a `WorkflowFailureError`): an exception in
+    the workflow's code (`AgentWorkflow`'s failure types) comes back as an
+    ApplicationError of its type's name, which is said too, and where to look."""
+    from temporalio.exceptions import ApplicationError
+
+    cause = exc.cause or exc
+    if isinstance(cause, ApplicationError) and cause.type and cause.type not in OWN_FAILURES:
+        return (
+            f"{safe(cause.type)} in the workflow on a worker: {safe(_one_line(cause))} "
+            "(a bug in the workflow or a tool module; the worker's log has the traceback)"
+        )
+    return safe(_one_line(cause))

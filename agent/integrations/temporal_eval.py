@@ -18,7 +18,14 @@ from policies import Policy
 from ..evals.runner import CaseReport, RunReport, SuiteReport, _judge_run, slug
 from ..evals.suite import Suite
 from ..model import ModelClient
-from .temporal_command import TemporalFailed, _one_line, connect, new_run_id, write_trace
+from .temporal_command import (
+    TemporalFailed,
+    _one_line,
+    connect,
+    failure_line,
+    new_run_id,
+    write_trace,
+)
 from .temporal_plan import RUN_WORKFLOW, RunOutcome, RunPlan
 
 
@@ -82,6 +89,7 @@ async def _run_all(
             for plan in plans
         ]
         return list(await asyncio.gather(*(h.result() for h in handles)))
-    except (RPCError, WorkflowFailureError) as exc:
-        cause = getattr(exc, "cause", None) or exc
-        raise TemporalFailed(f"the eval's runs on {address} failed: {_one_line(cause)}") from None
+    except WorkflowFailureError as exc:
+        raise TemporalFailed(f"the eval's runs on {address} failed: {failure_line(exc)}") from None
+    except RPCError as exc:
+        raise TemporalFailed(f"the eval's runs on {address} failed: {_one_line(exc)}") from None

@@ -3,16 +3,18 @@
     sandboxed-agent worker --temporal HOST:PORT [--namespace NS] [--task-queue Q]
                            [--tool-queue Q] [--serve all|agent|tools] [--workers N]
                            [--grace SECONDS] [--policy FILE] [--tools FILE_OR_MODULE]...
-                           [--base-url URL]
+                           [--base-url URL] [--allow-model NAME]...
 
 `--serve all` (the default) serves the workflows and model calls on `--task-queue`,
 and tool calls on `--tool-queue` (default: the same queue). On separate machines:
 `--serve agent` on an orchestrator (workflows and model calls, the key in its
 environment, no sandbox), `--serve tools --tool-queue Q` on each sandbox host (tool
-calls only, no key needed). SIGTERM or SIGINT stops polling, gives running calls
-`--grace` seconds to finish, then kills what is left (each killed call is handed back
-to Temporal as failed: retried elsewhere if its tool is idempotent), closes the pool
-and exits 0 with no process left. Imports `temporalio` only once it runs.
+calls only, no key needed). Model calls are served for the policy's `[run] model`
+and each `--allow-model NAME` only: a run naming any other is refused, for good.
+SIGTERM or SIGINT stops polling, gives running calls `--grace` seconds to finish,
+then kills what is left (each killed call is handed back to Temporal as failed:
+retried elsewhere if its tool is idempotent), closes the pool and exits 0 with no
+process left. Imports `temporalio` only once it runs.
 """
 
 from __future__ import annotations
@@ -88,6 +90,16 @@ def add_worker_parser(sub: Any, tool_sources: Callable[[argparse.ArgumentParser]
         f"killed (default: {DEFAULT_GRACE_S:g})",
     )
     worker.add_argument(
+        "--allow-model",
+        action="append",
+        default=[],
+        type=_model_name,
+        metavar="NAME",
+        help="serve model calls for this model too (repeatable); by default only the "
+        "policy's [run] model, so that whoever starts runs cannot spend this worker's "
+        "key on any model",
+    )
+    worker.add_argument(
         "--base-url",
         metavar="URL",
         help="the model endpoint (default: OPENAI_BASE_URL, else the policy's [run] base_url)",
@@ -115,12 +127,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     target = parse_target(args.temporal)
     if args.serve == "agent" and (args.tool_queue or args.workers):
         raise UsageError("--serve agent runs no tools: --tool-queue and --workers do not apply")
+    if args.serve == "tools" and args.allow_model:
+        raise UsageError("--serve tools makes no model calls: --allow-model does not apply")
     tools = args.serve in ("all", "tools")
     registry, policy = load_setup(args.tools, args.policy, args.isolation)
     from .temporal_plan import allow_sources  # the runs' workflows load these tools, no others
 
     allow_sources([*policy.load_tools, *args.tools])
-    model_for = None if args.serve == "tools" else _model_source(policy, args.base_url)
+    model_for = None
+    if args.serve != "tools":
+        model_for = _model_source(policy, args.base_url, args.allow_model)
     try:
         import temporalio  # noqa: F401
     except ImportError as exc:
@@ -131,14 +147,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(args, target, policy, registry if tools else None, model_for))
 
 
-def _model_source(policy: Any, base_url: str | None) -> Callable[[str | None], Any]:
+class ModelRefused(SandboxedAgentError):
+    """A run asked for a model this worker does not serve."""
+
+
+def _model_source(
+    policy: Any, base_url: str | None, also: list[str]
+) -> Callable[[str | None], Any]:
+    """The worker's client for a model name: its policy's `[run] model` and those of
+    `--allow-model` only (the key is the worker's: a run must not choose what it pays
+    for); any other name raises ModelRefused."""
     from ..runner import model_client
 
     own = model_client(policy, base_url)  # checks now: an endpoint or a key is set
     clients = {policy.run.model: own}
+    served = [policy.run.model, *(m for m in also if m != policy.run.model)]
 
     def model_for(name: str | None) -> Any:
         name = name or policy.run.model
+        if name not in served:
+            raise ModelRefused(
+                f"this worker serves the model{'s' if len(served) > 1 else ''} "
+                f"{', '.join(served)} (its policy's [run] model and --allow-model), not "
+                f"{name}: run with one of those, or start workers with --allow-model {name}"
+            )
         if name not in clients:
             run = policy.run.model_copy(update={"model": name})
             clients[name] = model_client(policy.model_copy(update={"run": run}), base_url)
@@ -289,3 +321,10 @@ def _one_line(exc: BaseException) -> str:
         if known.lower() in text.lower():
             return known.lower()
     return text[:300]
+
+
+def _model_name(text: str) -> str:
+    name = text.strip()
+    if not name or not name.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model name")
+    return name

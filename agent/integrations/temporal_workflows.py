@@ -75,8 +75,14 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
-@workflow.defn(name=RUN_WORKFLOW)
+@workflow.defn(name=RUN_WORKFLOW, failure_exception_types=[Exception])
 class AgentWorkflow:
+    """Any exception raised in the workflow's code (a bug of ours or of a tool module's,
+    a non-determinism error after a change of code) fails the run, saying what it was;
+    by default Temporal would fail only the workflow task and retry it for ever, with
+    `run --temporal` waiting. A worker that deadlocks or dies still only fails the task,
+    which moves to another."""
+
     def __init__(self) -> None:
         self.pending: dict[str, PendingCall] = {}
         self.decisions: dict[str, ApprovalSignal] = {}
