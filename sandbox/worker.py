@@ -304,6 +304,12 @@ def harden(setup: WorkerSetup, call: Call) -> None:
         _seccomp.install(setup.seccomp)
     if setup.drop_capabilities:
         _linux.drop_privileges(setup.uid, (), groups)
+    if not setup.in_pid_namespace and (setup.uid is None or setup.uid == NOBODY):
+        # Other workers share this uid, and no PID namespace stands between them: a
+        # worker any of them could trace (a prepared spare waits here with its
+        # capabilities dropped, for another call) is one that call could take over.
+        # Non-dumpable, it can be traced, or its memory read, only with CAP_SYS_PTRACE.
+        _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
     if setup.seccomp is None or not setup.seccomp.keyring:
         # The keyring calls are allowed: leave nothing an earlier call of this uid kept.
         _linux.clear_user_keyrings()

@@ -4,6 +4,8 @@ wrote, state one call could leave for the next."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -11,6 +13,8 @@ import stat
 
 from tools import tool
 
+_PTRACE_ATTACH, _PTRACE_DETACH = 16, 17
+_WALL = 0x40000000
 _OWN = (0, 1, 2, 3)
 """What a worker holds when its tool starts: /dev/null, the log twice, its socket."""
 
@@ -214,3 +218,30 @@ def spare_memfd_bomb() -> str:
     except OSError as exc:
         return f"stopped after {total >> 20} MiB: {exc.strerror}"
     return f"ALLOWED: {total >> 20} MiB"
+
+
+@tool
+def spare_trace(pids: list[int]) -> str:
+    """Reach into each process: its memory and environment through /proc, and
+    PTRACE_ATTACH (detached again at once, so a process reached runs on).
+
+    Args:
+        pids: Host pids of the zygote, its spares and the orchestrator.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    reached = []
+    for pid in pids:
+        if pid == os.getpid():
+            continue  # its own (without a PID namespace, its host pid is its pid)
+        for name in ("mem", "environ"):
+            try:
+                os.close(os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC))
+                reached.append(f"opened /proc/{pid}/{name}")
+            except OSError:
+                pass
+        if libc.ptrace(_PTRACE_ATTACH, pid, None, None) == 0:
+            reached.append(f"attached to {pid}")
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, _WALL)
+            libc.ptrace(_PTRACE_DETACH, pid, None, None)
+    return json.dumps({"uid": os.getuid(), "reached": reached})

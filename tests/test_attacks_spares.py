@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import select
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from conftest import pool_without, shared
 from policies import parse_policy
 from sandbox import Limits, Pool, SandboxUnavailable
 from sandbox.protocol import Profile
+from sandbox.template import WorkerHandle
 from tools import Registry
 
 pytestmark = [
@@ -96,6 +98,14 @@ def fresh_then_prepared(pool: Pool, tool: str, **args: object) -> list[str]:
     assert second.ok, second
     assert pool._template.hits.get(profile.key, 0) == hits + 1  # it took the spare
     return [first.output or "", second.output or ""]
+
+
+def set_up(handle: WorkerHandle) -> None:
+    """Until `handle`'s set-up is over (it closes its set-up pipe as the last step)."""
+    poller = select.poll()
+    poller.register(handle.setup_fd, select.POLLIN)
+    assert poller.poll(ARRIVAL_S * 1000), "the spare's set-up never ended"
+    assert handle.setup_failure() is None
 
 
 def test_a_tool_holds_no_descriptor_the_zygote_opened(layered: Pool) -> None:
@@ -182,3 +192,41 @@ def test_limits_written_ahead_still_bind_a_prepared_spare(
             assert int(result.output.split()[2]) <= 64 + 16, result
         else:
             assert result.error is not None and result.error.kind == "memory_limit", result
+
+
+@pytest.fixture(scope="module")
+def one_uid() -> Iterator[Pool]:
+    """Workers that share one uid (root's 0 without capabilities, or the pool's user)
+    in the host's PID namespace, with no Landlock domain between them: only the
+    capability drop claims to keep them from tracing one another."""
+    registry = Registry.default()
+    registry.load(TOOLS)
+    off = ("pid_namespace", "landlock", "unprivileged_uid")
+    with pool_without(off, ("bind_mounts", "capabilities"), registry=registry) as pool:
+        yield shared(pool)
+
+
+def test_a_tool_cannot_trace_a_spare_prepared_for_another_call(one_uid: Pool) -> None:
+    """A spare prepared for another profile has dropped its capabilities already and
+    waits, in the host's PID namespace, for a call it will run with that call's
+    arguments, settings and network: a tool that could attach to it (or read or write
+    its memory through /proc) would run in the next call. Neither it, the zygote, the
+    other spares nor the orchestrator may be reached."""
+    other = Limits(timeout_s=9)  # a profile of this test's own
+    assert one_uid.call("spare_trace", {"pids": []}, limits=other).ok
+    wait_ready(one_uid, Profile(limits=other))
+    template = one_uid._template
+    with template._prepared_lock:
+        handles = [h for idle in template.prepared.values() for h in idle]
+    for handle in handles:
+        set_up(handle)
+    prepared = {h.host_pid for h in handles}
+    targets = prepared | {template.pid, os.getpid()}
+    for spares in template.spares.values():
+        with spares.mutex:
+            targets |= {h.host_pid for h in spares.queue if hasattr(h, "host_pid")}
+    result = one_uid.call("spare_trace", {"pids": sorted(targets)})
+    assert result.ok, result
+    assert json.loads(result.output or "")["reached"] == [], (prepared, result)
+    after = one_uid.call("spare_trace", {"pids": []}, limits=other)  # the spare still serves
+    assert after.ok, after
