@@ -61,6 +61,9 @@ class ModelCalled(Event):
     """This call asked for the final answer with tools off (`agent.steering`), because
     the model had repeated a call (`repeated_call`) or it was the last step
     (`max_iterations`); None: an ordinary call."""
+    reviewed: str | None = None
+    """This call was asked to check the draft answer it holds before it went to the
+    user (`[run] review_answer`): it may look more up, or answer again."""
 
 
 class ToolCalled(Event):

@@ -4,6 +4,7 @@ audit → append; repeat until the model answers or a guardrail ends the run."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,11 +156,8 @@ class Agent:
         self._interrupted = False
         self._cancel = CancelToken()
         offer = self.limits.offer
-        self.tools = [
-            _with_order(s.openai_schema, policy.after(s.name))
-            for s in pool.registry
-            if offer is None or s.name in offer
-        ]
+        self.tools = [s.openai_schema for s in pool.registry if offer is None or s.name in offer]
+        """Every tool the run may offer; each model call gets those `_tools_now` says."""
         self._offered = sorted(t["function"]["name"] for t in self.tools)
         self._answered: set[str] = set()
         """Tools that answered without an error in this run (the policy's `after`)."""
@@ -325,29 +323,86 @@ class Agent:
 
     def _loop(self, messages: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard) -> str:
         steer: steering.Steer | None = None
+        draft: dict[str, Any] | None = None
+        """The first answer, sent back for review (`[run] review_answer`); its reply
+        takes its place in the conversation."""
+        reviewed = False
         while True:
             if self._cancel.cancelled:
                 raise CallCancelled("the model")
-            left = budget.before_model_call()
-            steer = steer or steering.last_step(budget, messages)
-            self.progress("thinking", {"step": budget.steps + 1})
             try:
+                left = budget.before_model_call()
+                steer = steer or (None if draft else steering.last_step(budget, messages))
+                self.progress("thinking", {"step": budget.steps + 1})
+                tools = self._tools_now(messages)
                 turn = self.model.complete(
-                    steering.request(messages, steer),
-                    self.tools,
+                    steering.review(messages, draft)
+                    if draft
+                    else steering.request(messages, steer),
+                    tools,
                     timeout_s=min(self.limits.request_timeout_s, left),
-                    tool_choice="none" if steer else None,
+                    tool_choice=None if draft else self._tool_choice(messages, steer, tools),
                 )
-            except RunError:
-                self._model_failed(budget)
+            except (RunStopped, RunError) as exc:
+                if draft is not None:  # the review could not be had: the draft stands
+                    messages.append(draft)
+                    return str(draft.get("content") or "")
+                if isinstance(exc, RunError):
+                    self._model_failed(budget)
                 raise
-            calls = self._took(turn, budget, messages, steer)
+            calls = self._took(turn, budget, messages, steer, draft)
+            draft = None
             if calls:
-                outcomes = self._run_calls(calls, budget, repeats)
+                offered = {t["function"]["name"] for t in tools}
+                outcomes = self._run_calls(calls, budget, repeats, offered=offered)
                 self._append(messages, outcomes, budget)
                 steer = steering.after_calls(outcomes)
                 continue
-            return self._answer(turn)
+            answer = self._answer(turn)
+            if not reviewed and self._review_wanted(steer, budget, tools):
+                reviewed = True
+                draft = messages.pop()
+                continue
+            return answer
+
+    def _review_wanted(
+        self, steer: steering.Steer | None, budget: Budget, tools: list[dict[str, Any]]
+    ) -> bool:
+        """A first answer is reviewed when the policy asks, it was not itself asked for
+        with tools off, and the step budget has room for the review and one more turn."""
+        return (
+            self.limits.review_answer
+            and steer is None
+            and bool(tools)
+            and budget.steps + 2 < self.limits.max_iterations
+        )
+
+    def _tools_now(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The tools this model call is offered: of the run's, those whose `[tools]
+        after` have answered in the run, and whose `offer_when` the user's latest
+        message mentions. A small model picks from what it sees: a tool it may not call
+        yet, or an action nobody asked for, is one it would call anyway."""
+        asked = steering.latest_question(messages) or ""
+        return [
+            t
+            for t in self.tools
+            if all(first in self._answered for first in self.policy.after(t["function"]["name"]))
+            and _mentions(asked, self.policy.offer_when(t["function"]["name"]))
+        ]
+
+    def _tool_choice(
+        self,
+        messages: list[dict[str, Any]],
+        steer: steering.Steer | None,
+        tools: list[dict[str, Any]],
+    ) -> str | None:
+        """ "none" when steered to an answer; "required" for the first call after the
+        user's message when `[run] call_tools_first` (look before answering)."""
+        if steer:
+            return "none"
+        if self.limits.call_tools_first and tools and not steering.since_question(messages):
+            return "required"
+        return None
 
     def _model_failed(self, budget: Budget) -> None:
         """A model call failed: past the wall budget that is the budget's stop."""
@@ -364,11 +419,14 @@ class Agent:
         budget: Budget,
         messages: list[dict[str, Any]],
         steer: steering.Steer | None,
+        draft: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """Count and record a model turn, keep it in the conversation; its tool calls."""
+        """Count and record a model turn, keep it in the conversation; its tool calls.
+        `draft`: the answer this turn reviewed."""
         cost = budget.charge(turn.model, turn.usage)
         calls = turn.message.get("tool_calls") or []
-        self._record_model_call(turn, budget, cost, len(calls), steer)
+        reviewed = str(draft.get("content") or "") if draft is not None else None
+        self._record_model_call(turn, budget, cost, len(calls), steer, reviewed)
         if calls and steer:
             # Not kept: the conversation stays one whose every call has its answer.
             raise steering.kept_going(steer, calls, budget)
@@ -407,6 +465,7 @@ class Agent:
         cost: float,
         calls: int,
         steer: steering.Steer | None = None,
+        reviewed: str | None = None,
     ) -> None:
         self.trace.emit(
             ModelCalled(
@@ -423,6 +482,7 @@ class Agent:
                 text_calls=turn.text_calls,
                 text_call_repairs=list(turn.text_call_repairs),
                 steered=steer,
+                reviewed=reviewed,
             )
         )
         self.progress("model", {"cost_usd": budget.cost_usd, "step": budget.steps})
@@ -433,12 +493,13 @@ class Agent:
         budget: Budget,
         repeats: RepeatGuard,
         known: dict[str, CallRecord] | None = None,
+        offered: set[str] | None = None,
     ) -> list[ToolOutcome]:
         """Guard and approve each call in order, run the approved ones at once (at most
         the pool's size at a time, within the wall budget), and return the outcomes in
         the order of the calls. `known` holds, on resume, what the checkpoint says of
-        each call."""
-        turn = self._screen(calls, budget.steps, repeats, known or {})
+        each call; `offered`, the tools the model was offered in this turn."""
+        turn = self._screen(calls, budget.steps, repeats, known or {}, offered)
         for ask in list(turn.asking):
             self._decided(turn, ask, self.approver.decide(ask.bound))
         if turn.to_run:
@@ -462,9 +523,11 @@ class Agent:
         step: int,
         repeats: RepeatGuard,
         known: dict[str, CallRecord],
+        offered: set[str] | None = None,
     ) -> Turn:
         """A turn's calls guarded in order: each one answered already (a refusal, a
-        note, a denial), or to run, or waiting for a person's decision (`asking`)."""
+        note, a denial), or to run, or waiting for a person's decision (`asking`).
+        `offered`: the tools of this turn (None: all the run's)."""
         cap = self.limits.max_calls_per_turn
         turn = Turn(step, [None] * len(calls))
         this_turn: set[tuple[str, str]] = set()
@@ -511,13 +574,25 @@ class Agent:
                     sha256=bound.sha256,
                 )
                 continue
-            verdict = repeats.check(tool, arguments)
+            if bound is not None and offered is not None and tool not in offered:
+                # Offered only when the user's message asks for it (`offer_when`).
+                turn.outcomes[i] = ToolOutcome(
+                    call_id,
+                    tool,
+                    arguments,
+                    _failure(tool, Denied(tool, _not_asked(tool, self.policy.offer_when(tool)))),
+                    "not_offered",
+                    sha256=bound.sha256,
+                )
+                continue
             key = repeats.key(tool, arguments)
-            if verdict == "stop" and key in this_turn:
-                # Copies within one turn (a small model's flood) were never told of the
-                # result: noted, and the next call steered, rather than the run ended.
-                verdict = "note"
+            if key in this_turn:
+                # A copy of a call earlier in this turn (a small model's flood, or one
+                # lookup twice among others): not run twice, nor counted as a repeat.
+                turn.outcomes[i] = self._noted(call_id, tool, arguments, _copy(tool), "copy_note")
+                continue
             this_turn.add(key)
+            verdict = repeats.check(tool, arguments)
             if verdict == "stop":
                 turn.stop = RunStopped(
                     "repeated_call",
@@ -813,15 +888,28 @@ def _failure(tool: str, exc: ToolCallError) -> ToolResult:
     )
 
 
-def _with_order(schema: dict[str, Any], first: list[str]) -> dict[str, Any]:
-    """The tool's schema, its description saying which tools must answer before it
-    (the policy's `after`): told up front, a model seldom needs the refusal."""
-    if not first:
-        return schema
-    function = dict(schema["function"])
-    said = function.get("description") or ""
-    function["description"] = f"{said}\n\nCall it only after {_names(first)} answered.".strip()
-    return {**schema, "function": function}
+def _mentions(text: str, words: list[str]) -> bool:
+    """`text` mentions one of `words` at the start of a word, in any case (no words:
+    always)."""
+    if not words:
+        return True
+    return any(re.search(rf"(?<!\w){re.escape(w.strip())}", text, re.IGNORECASE) for w in words)
+
+
+def _copy(tool: str) -> str:
+    return (
+        f"note: the same call of {tool}, with the same arguments, as an earlier one in this "
+        "turn: it ran once, and its result is the one given to that call."
+    )
+
+
+def _not_asked(tool: str, words: list[str]) -> str:
+    """What the model is told of a call of a tool offered only when asked for."""
+    said = " or ".join(repr(w) for w in words)
+    return (
+        f"not run: {tool} is offered only when the user's message asks for it (mentions "
+        f"{said}), and this one does not. Answer the question that was asked."
+    )
 
 
 def _not_yet(tool: str, first: list[str]) -> str:

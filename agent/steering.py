@@ -30,13 +30,29 @@ INSTRUCTION = (
 )
 
 
+REVIEW = (
+    "Before this answer goes to the user, check it against the question and the tool "
+    "results above. Does it depend on a fact that no tool has returned yet (a rule of the "
+    "shop's policy, today's date, an order's details, an amount)? Then call the tools for "
+    "all of those now, in one turn. Does it contradict a tool result? Then correct it. "
+    "Otherwise write the final answer again, starting with the direct answer (yes or no, "
+    "when the question asks one), then the facts that decide it."
+)
+"""Sent once with a run's first answer when `[run] review_answer` (`review`)."""
+
+
 class _Outcome(Protocol):
     approval: str
 
 
 def after_calls(outcomes: Sequence[_Outcome]) -> Steer | None:
-    """A call of the turn repeated an earlier one (answered with a note, not run)."""
-    return "repeated_call" if any(o.approval == "repeat_note" for o in outcomes) else None
+    """A call of the turn repeated one of an earlier turn (answered with a note, not
+    run), or the turn was one call over and over (a flood: three or more copies and
+    nothing else). One lookup twice beside others is not a loop: it is not steered."""
+    if any(o.approval == "repeat_note" for o in outcomes):
+        return "repeated_call"
+    copies = sum(o.approval == "copy_note" for o in outcomes)
+    return "repeated_call" if copies >= 2 and len(outcomes) - copies == 1 else None
 
 
 def last_step(budget: Budget, messages: list[dict[str, Any]]) -> Steer | None:
@@ -44,8 +60,8 @@ def last_step(budget: Budget, messages: list[dict[str, Any]]) -> Steer | None:
     results to answer from."""
     if budget.steps + 1 < budget.limits.max_iterations:
         return None
-    since_question = messages[_last_user(messages) + 1 :]
-    return "max_iterations" if any(m.get("role") == "tool" for m in since_question) else None
+    turns = since_question(messages)
+    return "max_iterations" if any(m.get("role") == "tool" for m in turns) else None
 
 
 def request(messages: list[dict[str, Any]], steer: Steer | None) -> list[dict[str, Any]]:
@@ -59,6 +75,12 @@ def request(messages: list[dict[str, Any]], steer: Steer | None) -> list[dict[st
     if isinstance(question, str) and question.strip():
         text += f"\n\nThe question was: {question.strip()}"
     return [*messages, {"role": "user", "content": text}]
+
+
+def review(messages: list[dict[str, Any]], draft: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the model is sent to check its draft answer: the conversation, the draft,
+    and `REVIEW`. Neither is kept: the reply (calls, or the answer again) is."""
+    return [*messages, draft, {"role": "user", "content": REVIEW}]
 
 
 def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> RunStopped:
@@ -76,6 +98,18 @@ def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> Run
         "stopped: the model repeated a call, was asked for the final answer with tools "
         f"off, and still called {names}",
     )
+
+
+def latest_question(messages: list[dict[str, Any]]) -> str | None:
+    """The user's latest message, as text (None: there is none)."""
+    at = _last_user(messages)
+    content = messages[at].get("content") if at >= 0 else None
+    return content if isinstance(content, str) else None
+
+
+def since_question(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages after the user's latest one: the run's turns so far."""
+    return messages[_last_user(messages) + 1 :]
 
 
 def _last_user(messages: list[dict[str, Any]]) -> int:

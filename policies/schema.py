@@ -8,7 +8,7 @@ against them so that an impossible value names its table and key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -59,8 +59,13 @@ class ToolPolicy(BaseModel):
     """The call waits for a person's yes (the agent asks; `denied` without one)."""
     after: list[str] | None = None
     """Tools that must have answered (successfully) earlier in the run before this one
-    runs: `issue_refund` after `get_order_status`. A call before them is not run, and
-    the model is told which to call first; the tool's description says so up front."""
+    runs: `issue_refund` after `get_order_status`. The agent offers the tool only once
+    they have; a call before them (a model that knew it from an earlier turn) is not
+    run, and the model is told which to call first."""
+    offer_when: list[Annotated[str, Field(min_length=1)]] | None = None
+    """Words or phrases, one of which the user's latest message must mention (any case,
+    at the start of a word) for the tool to be offered: `issue_refund` only to someone
+    who asks for a refund. A small model otherwise calls an action nobody asked for."""
     idempotent: bool | None = None
     """Running it twice does no more than once: a call in flight when a run stopped is
     re-run on resume without asking (else only with a person's approval)."""
@@ -191,6 +196,14 @@ class RunPolicy(BaseModel):
     max_output_tokens: int | None = Field(None, ge=1)
     """Tokens a model call may write (`max_tokens`); None: the server's own limit. A small
     model can ramble for thousands of tokens; past this the call ends as `length`."""
+    call_tools_first: bool = False
+    """The first model call after each user message must call a tool (`tool_choice:
+    "required"`, which llama.cpp, vLLM and OpenAI honour): a small model otherwise
+    answers a question about an order without looking anything up."""
+    review_answer: bool = False
+    """The model's first answer in a run is sent back once, tools on, with the question
+    whether it depends on a fact not looked up or contradicts a tool result: a small
+    model answers from one lookup of three, or says "yes" beside "expired"."""
     offer: list[str] | None = None
     """The tools a run offers the model, by name (`--offer`); None: every loaded tool.
     A small model picks better from fewer; a call of a tool not offered is
@@ -322,6 +335,10 @@ class Policy(BaseModel):
     def after(self, tool: str) -> list[str]:
         """The tools that must have answered in the run before `tool` runs."""
         return list(self.effective(tool).after or [])
+
+    def offer_when(self, tool: str) -> list[str]:
+        """What the user's message must mention for `tool` to be offered; [] always."""
+        return list(self.effective(tool).offer_when or [])
 
     def _resolved(self, tool: str) -> tuple[Limits, ToolContext]:
         cached = self._cache.get(tool)

@@ -142,7 +142,7 @@ def test_the_demo_runs_the_worked_example() -> None:
     proc = cli("demo", timeout=180)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "Return window expired on 2025-05-10" in out
+    assert "its window closed on 2025-05-10" in out
     assert "timeout: track_shipment did not finish within 2 s" in out
     assert "REPLAY" in out
     assert "processes left behind by tools: 0" in out

@@ -83,7 +83,7 @@ def test_each_kind_of_check_fails_when_its_rule_is_broken(tmp_path: Path) -> Non
         "outcome: no number in the answer is within 0.5 of 42",
         "path: the successful calls were not in the order read_file → get_order_status",
         "path: get_current_date was called",
-        "path: took 3 steps (at most 1)",
+        "path: took 4 steps (at most 1)",  # two turns of calls, the answer, its review
         "path: cost 0.0000",
         "path: no tool call failed with timeout",
         "path: no approval was asked for issue_refund",
@@ -224,7 +224,8 @@ def _demo_policy_with(tmp_path: Path, **settings: str) -> Path:
 
 def test_the_shipped_suite_fails_when_the_order_lookups_fail(tmp_path: Path) -> None:
     """The database the lookups read cannot be opened: every case that needs an order
-    fails, the unknown order included (its error is not "no such order")."""
+    fails, the unknown order included (its error is not "no such order"), and the
+    refund is never asked for (it runs only after the order answered)."""
     policy = _demo_policy_with(tmp_path, orders_db=str(tmp_path / "gone" / "orders.db"))
     out = tmp_path / "out"
     assert run_eval(str(SUITE), "--scripted", "--policy", str(policy), "--out", str(out)) == 1
@@ -235,6 +236,7 @@ def test_the_shipped_suite_fails_when_the_order_lookups_fail(tmp_path: Path) -> 
         "order 12345 is past its return window",
         "order 67890 can still be returned",
         "an unknown order",
+        "a refund waits for a person's yes",
         "an approved refund goes through",
     }, failed
     assert (

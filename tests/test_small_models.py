@@ -16,7 +16,7 @@ from agent.audit import Trace, read_trace, render_timeline
 from agent.loop import Agent, RunResult
 from agent.model import ModelClient
 from agent.repair import bind_leniently
-from agent.replay import ScriptedModelServer, Step, call, say
+from agent.replay import ScriptedModelServer, Step, call, fail, say
 from policies import Policy, RunPolicy, parse_policy
 from sandbox import Pool
 from tools import ArgumentError, Registry
@@ -420,5 +420,55 @@ def test_copies_of_a_call_in_one_turn_are_noted_and_steered_not_stopped(run: Run
     result = run([flood, say("Today is 2025-05-11.")], task="What is the date?")
     assert result.ok and result.answer == "Today is 2025-05-11."
     approvals = [e["approval"] for e in run.tool_events()]
-    assert approvals == ["not_required"] + ["repeat_note"] * 4
+    assert approvals == ["not_required"] + ["copy_note"] * 4
     assert steered(run) == [None, "repeated_call"]
+    # One lookup twice beside another: each runs once, both answered, and not steered.
+    order = ("get_order_status", {"order_id": "12345"})
+    twice = call(order, ("read_file", {"path": "policy.txt"}), order)
+    result = run([twice, call(("get_current_date", {})), say("No.")])
+    assert result.ok and steered(run) == [None, None, None]
+    assert [e["approval"] for e in run.tool_events()][:3] == [
+        "not_required",
+        "not_required",
+        "copy_note",
+    ]
+    assert "same call of get_order_status" in run.requests[1]["messages"][-1]["content"]
+
+
+def test_the_first_answer_is_reviewed_once_and_may_look_more_up(run: Run) -> None:
+    script = [
+        call(("get_order_status", {"order_id": "12345"})),
+        say("Yes, you can return it."),  # from one lookup of three: the draft
+        call(("read_file", {"path": "policy.txt"}), ("get_current_date", {})),
+        say("No: the window closed on 2025-05-10."),  # not reviewed again
+    ]
+    result = run(script, review_answer=True)
+    assert result.ok and result.answer == "No: the window closed on 2025-05-10."
+    assert len(run.requests) == 4
+    review = run.requests[2]
+    draft, ask = review["messages"][-2:]
+    assert draft == {"role": "assistant", "content": "Yes, you can return it."}
+    assert ask["role"] == "user" and "Before this answer goes to the user" in ask["content"]
+    assert "tool_choice" not in review and review["tools"]  # tools on: it may look more up
+    assert [e["reviewed"] for e in run.model_events()] == [
+        None,
+        None,
+        "Yes, you can return it.",
+        None,
+    ]
+    # The reply took the draft's place: the conversation kept holds neither it nor the ask.
+    kept = [str(m.get("content")) for m in result.messages]
+    assert "Yes, you can return it." not in kept and not any("Before this" in m for m in kept)
+    assert [t["tool"] for t in run.tool_events()][-2:] == ["read_file", "get_current_date"]
+
+
+def test_a_review_that_cannot_be_had_leaves_the_draft_standing(run: Run) -> None:
+    lookup = call(("get_order_status", {"order_id": "12345"}))
+    result = run([lookup, say("Delivered."), fail(500)], review_answer=True)
+    assert result.ok and result.answer == "Delivered."
+    assert result.messages[-1] == {"role": "assistant", "content": "Delivered."}
+    # Not reviewed: off (the default), or with no room left in the step budget.
+    assert run([lookup, say("Delivered.")]).answer == "Delivered."
+    assert len(run.requests) == 2
+    assert run([lookup, say("Delivered.")], review_answer=True, max_iterations=3).ok
+    assert len(run.requests) == 2

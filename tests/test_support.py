@@ -13,6 +13,7 @@ from sandbox import Pool
 from tools import context
 from tools.context import ToolContext
 from tools.support import (
+    NOT_IN_AN_ORDER,
     ORDERS_DB,
     SEED_ORDERS,
     check_return_eligibility,
@@ -47,6 +48,8 @@ def test_order_lookup(pinned: None) -> None:
         "total": 89.99,
         "items": 3,
         "delivered_on": "2025-04-10",
+        # What it does not hold, in its own words: the rules are in the policy.
+        "not_in_this_record": NOT_IN_AN_ORDER,
     }
     assert get_order_status("67890")["total"] == 149.50
     with pytest.raises(LookupError, match="no order with id '99999'"):
@@ -55,14 +58,20 @@ def test_order_lookup(pinned: None) -> None:
 
 def test_return_eligibility_on_the_worked_example_day(pinned: None) -> None:
     assert get_current_date() == "2025-05-11"
-    assert check_return_eligibility("12345") == "Return window expired on 2025-05-10"
-    assert check_return_eligibility("67890") == "Eligible for return until 2025-05-31"
+    # The verdict first, then why (a small model read "expired on" as a day to come).
+    assert check_return_eligibility("12345") == (
+        "No: order 12345 can no longer be returned; its window closed on 2025-05-10 "
+        "(delivered on 2025-04-10, 30 days to return it; today is 2025-05-11)."
+    )
+    assert check_return_eligibility("67890").startswith(
+        "Yes: order 67890 can still be returned, until 2025-05-31"
+    )
 
 
 def test_the_last_day_of_the_window_is_still_eligible() -> None:
     context.set_current(ToolContext(settings={"today": "2025-05-10"}))
     try:
-        assert check_return_eligibility("12345") == "Eligible for return until 2025-05-10"
+        assert check_return_eligibility("12345").startswith("Yes: order 12345 can still be")
     finally:
         context.set_current(ToolContext())
 
@@ -77,7 +86,7 @@ def test_the_date_is_pinned_through_the_policy_in_the_sandbox(pool: Pool, tmp_pa
     with Pool(policy, registry=pool.registry, size=1) as p:
         assert p.call("get_current_date").output == "2025-05-11"
         result = p.call("check_return_eligibility", {"order_id": "67890"})
-        assert result.output == "Eligible for return until 2025-05-31"
+        assert result.output.startswith("Yes: order 67890 can still be returned, until 2025-05-31")
         missing = p.call("get_order_status", {"order_id": "99999"})
         assert missing.error.kind == "tool_error"
         assert "no order with id" in missing.error.message

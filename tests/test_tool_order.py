@@ -1,19 +1,26 @@
 """`[tools.NAME] after = [...]`: a tool runs only once the tools it names have answered
-in the run; against the scripted loopback server through the real `openai` client."""
+in the run, and is offered only then; `offer_when`: an action offered only when the
+user's message asks for it; `[run] call_tools_first`. Against the scripted loopback
+server through the real `openai` client."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import shared
 
 from agent.approval import Approver
 from agent.audit import Trace, read_trace
-from agent.loop import Agent
+from agent.loop import Agent, RunResult
 from agent.model import ModelClient
-from agent.replay import ScriptedModelServer, call, say
-from policies import parse_policy
+from agent.replay import ScriptedModelServer, Step, call, say
+from policies import Policy, RunPolicy, parse_policy
 from sandbox import Pool
 from tools import Registry
 
@@ -25,15 +32,58 @@ today = "2025-05-11"
 [tools.check_return_eligibility]
 after = ["get_order_status", "get_current_date"]
 
+[tools.issue_refund]
+after = ["get_order_status"]
+offer_when = ["refund", "money back"]
+
 [run]
 model = "scripted"
 max_retries = 0
 max_iterations = 8
 """
 ELIGIBLE = ("check_return_eligibility", {"order_id": "12345"})
+REFUND = ("issue_refund", {"order_id": "12345", "amount": 89.99})
 
 
-def test_a_tool_runs_only_after_the_tools_its_policy_names_answered(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pool, ScriptedModelServer]]:
+    policy = parse_policy(POLICY, "test.toml", tmp_path_factory.mktemp("order"))
+    with (
+        Pool(policy, registry=Registry.default()) as pool,
+        ScriptedModelServer([]) as server,
+    ):
+        yield shared(pool), server
+
+
+def run(
+    setup: tuple[Pool, ScriptedModelServer],
+    script: list[Step],
+    trace_path: Path,
+    task: str = "Return?",
+    **changes: Any,
+) -> RunResult:
+    pool, server = setup
+    policy: Policy = pool.policy  # type: ignore[assignment]
+    if changes:
+        policy = policy.model_copy(
+            update={"run": RunPolicy(**{**policy.run.model_dump(), **changes})}
+        )
+    server.play(script)
+    model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+    trace = Trace(trace_path)
+    try:
+        return Agent(pool, policy, model, approver=Approver(), trace=trace).run(task)
+    finally:
+        trace.close()
+
+
+def offered(request: dict[str, Any]) -> set[str]:
+    return {t["function"]["name"] for t in request.get("tools") or []}
+
+
+def test_a_tool_runs_only_after_the_tools_its_policy_names_answered(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
     script = [
         # In the same turn as a lookup, and beside a lookup that fails: not yet.
         call(ELIGIBLE, ("get_order_status", {"order_id": "99999"})),
@@ -43,17 +93,8 @@ def test_a_tool_runs_only_after_the_tools_its_policy_names_answered(tmp_path: Pa
         call(ELIGIBLE),  # now it runs: the refused calls were not counted as repeats
         say("The window closed on 2025-05-10."),
     ]
-    policy = parse_policy(POLICY, "test.toml", tmp_path)
-    with (
-        Pool(policy, registry=Registry.default()) as pool,
-        ScriptedModelServer(script) as server,
-    ):
-        model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
-        trace = Trace(tmp_path / "t.jsonl")
-        try:
-            result = Agent(pool, policy, model, approver=Approver(), trace=trace).run("Return?")
-        finally:
-            trace.close()
+    result = run(setup, script, tmp_path / "t.jsonl")
+    server = setup[1]
     assert result.ok and result.answer == "The window closed on 2025-05-10."
     tools = [e for e in read_trace(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
     seen = [(e["tool"], e["approval"], e.get("error_kind")) for e in tools]
@@ -66,7 +107,7 @@ def test_a_tool_runs_only_after_the_tools_its_policy_names_answered(tmp_path: Pa
         ("get_current_date", "not_required", None),
         ("check_return_eligibility", "not_required", None),
     ]
-    assert tools[-1]["output"] == "Return window expired on 2025-05-10"
+    assert tools[-1]["output"].startswith("No: order 12345 can no longer be returned")
     # The model is told which tools are still missing, and only those.
     told = [m["content"] for m in server.requests[2]["messages"] if m["role"] == "tool"]
     assert told[-1].endswith(
@@ -77,12 +118,63 @@ def test_a_tool_runs_only_after_the_tools_its_policy_names_answered(tmp_path: Pa
     )
     later = server.requests[3]["messages"][-1]["content"]
     assert "runs only after get_current_date answered in this run" in later
-    # And told up front, in the tool's description; other tools' are unchanged.
-    offered = {t["function"]["name"]: t["function"] for t in server.requests[0]["tools"]}
-    assert offered["check_return_eligibility"]["description"].endswith(
-        "Call it only after get_order_status and get_current_date answered."
+    # Offered only once both have answered: the model called it before that from what
+    # it knew (a scripted model here; a real one from an earlier turn), and was refused.
+    seen_offered = ["check_return_eligibility" in offered(r) for r in server.requests]
+    assert seen_offered == [False, False, False, False, True, True]
+
+
+def test_an_action_is_offered_only_when_the_user_asks_for_it(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    server = setup[1]
+    lookup = ("get_order_status", {"order_id": "12345"})
+    # Not asked for: never offered, and a call of it anyway is not run.
+    result = run(
+        setup,
+        [call(lookup), call(REFUND), say("You can return it.")],
+        tmp_path / "a.jsonl",
+        task="Can I still return order 12345?",
     )
-    assert "Call it only after" not in offered["get_order_status"]["description"]
+    assert result.ok
+    assert not any("issue_refund" in offered(r) for r in server.requests)
+    refused = [e for e in read_trace(tmp_path / "a.jsonl") if e["event"] == "tool_call"][-1]
+    assert (refused["tool"], refused["approval"], refused["error_kind"]) == (
+        "issue_refund",
+        "not_offered",
+        "denied",
+    )
+    told = server.requests[2]["messages"][-1]["content"]
+    assert "offered only when the user's message asks for it" in told and "'refund'" in told
+    # Asked for, in any case and any form of the word: offered once the order answered.
+    result = run(
+        setup,
+        [call(lookup), call(REFUND), say("A person must approve it.")],
+        tmp_path / "b.jsonl",
+        task="I want a REFUND for order 12345",
+    )
+    assert result.ok
+    assert ["issue_refund" in offered(r) for r in server.requests] == [False, True, True]
+    asked = [e for e in read_trace(tmp_path / "b.jsonl") if e["event"] == "tool_call"][-1]
+    assert asked["tool"] == "issue_refund" and asked["approval"].startswith("denied")
+    # A word that only contains it is no mention ("prefund"), nor is another message's.
+    run(setup, [say("No.")], tmp_path / "c.jsonl", task="Is my prefunded order here?")
+    assert "issue_refund" not in offered(server.requests[0])
+
+
+def test_call_tools_first_requires_a_tool_on_the_first_call_only(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    server = setup[1]
+    script = [call(("get_current_date", {})), say("It is 2025-05-11.")]
+    assert run(setup, script, tmp_path / "a.jsonl", task="Date?", call_tools_first=True).ok
+    assert [r.get("tool_choice") for r in server.requests] == ["required", None]
+    # A server that ignores it and answers in words: the answer stands.
+    result = run(setup, [say("Hi!")], tmp_path / "b.jsonl", task="Hi", call_tools_first=True)
+    assert result.ok and result.answer == "Hi!"
+    # Off (the default): never sent.
+    run(setup, [call(("get_current_date", {})), say("Today.")], tmp_path / "c.jsonl", task="D?")
+    assert [r.get("tool_choice") for r in server.requests] == [None, None]
 
 
 def test_after_must_name_a_tool_that_exists(tmp_path: Path) -> None:

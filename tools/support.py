@@ -61,6 +61,15 @@ def today() -> dt.date:
     return dt.date.fromisoformat(str(pinned)) if pinned else dt.date.today()
 
 
+NOT_IN_AN_ORDER = (
+    "An order does not hold the shop's rules (returns, refunds, damaged items): they are "
+    "in the policy document (read_file). A deadline also needs today's date "
+    "(get_current_date). Look up what the answer needs before answering."
+)
+"""What a lookup does not cover, said in its result: a small model that has the order
+otherwise answers a question about the rules from the order alone."""
+
+
 @tool
 def get_order_status(order_id: str) -> dict[str, Any]:
     """Look up one order: its status, total price, number of items and delivery date.
@@ -71,7 +80,7 @@ def get_order_status(order_id: str) -> dict[str, Any]:
     Args:
         order_id: The order number exactly as the customer gave it.
     """
-    return _order(order_id)
+    return {**_order(order_id), "not_in_this_record": NOT_IN_AN_ORDER}
 
 
 @tool
@@ -97,13 +106,19 @@ def check_return_eligibility(order_id: str) -> str:
         order_id: The order number exactly as the customer gave it.
     """
     order = _order(order_id)
+    oid = order["order_id"]
     if not order["delivered_on"]:
-        return f"Order {order['order_id']} has not been delivered yet"
+        return f"No: order {oid} has not been delivered yet (status: {order['status']})"
     window = int(context.setting("return_window_days", RETURN_WINDOW_DAYS))
-    last_day = dt.date.fromisoformat(order["delivered_on"]) + dt.timedelta(days=window)
+    delivered = dt.date.fromisoformat(order["delivered_on"])
+    last_day = delivered + dt.timedelta(days=window)
+    # A verdict first, then why: a small model read "expired on <day>" as the last day
+    # still to come, and answered "yes".
+    why = f"delivered on {delivered}, {window} days to return it; today is {today()}"
     if today() > last_day:
-        return f"Return window expired on {last_day.isoformat()}"
-    return f"Eligible for return until {last_day.isoformat()}"
+        verdict = f"No: order {oid} can no longer be returned; its window closed on {last_day}"
+        return f"{verdict} ({why})."
+    return f"Yes: order {oid} can still be returned, until {last_day} ({why})."
 
 
 @tool

@@ -144,12 +144,17 @@ def live_model(client: ModelClient) -> ModelFor:
 
 
 def script_steps(case: Case) -> list[Step]:
+    """The case's script as the scripted model's steps; a script that ends with an
+    answer says it once more, which a run asked to review it (`[run] review_answer`)
+    is given, and one not asked never reaches."""
     steps = []
     for turn in case.script:
         if turn.answer is not None:
             steps.append(say(turn.answer))
         else:
             steps.append(call(*[(c.tool, c.args) for c in turn.calls]))
+    if case.script and case.script[-1].answer is not None:
+        steps.append(say(case.script[-1].answer))
     return steps
 
 
