@@ -83,7 +83,7 @@ def test_each_kind_of_check_fails_when_its_rule_is_broken(tmp_path: Path) -> Non
         "outcome: no number in the answer is within 0.5 of 42",
         "path: the successful calls were not in the order read_file → get_order_status",
         "path: get_current_date was called",
-        "path: took 4 steps (at most 1)",  # two turns of calls, the answer, its review
+        "path: took 3 steps (at most 1)",
         "path: cost 0.0000",
         "path: no tool call failed with timeout",
         "path: no approval was asked for issue_refund",

@@ -44,6 +44,8 @@ class ToolFacts(_Payload):
     timeout_s: float = Field(10.0, gt=0)
     after: list[str] = Field(default_factory=list)
     """The tools that must have answered in the run first (`[tools.NAME] after`)."""
+    offer_when: list[str] = Field(default_factory=list)
+    """What the user's message must mention for it to be offered (`[tools.NAME]`)."""
 
 
 class RunPlan(_Payload):
@@ -81,6 +83,7 @@ class RunPlan(_Payload):
                 idempotent=policy.idempotent(name),
                 timeout_s=policy.limits_for(name).timeout_s,
                 after=policy.after(name),
+                offer_when=policy.offer_when(name),
             )
             for name in tool_names
         }
@@ -119,6 +122,9 @@ class PlanPolicy:
 
     def after(self, tool: str) -> list[str]:
         return list(self._facts(tool).after)
+
+    def offer_when(self, tool: str) -> list[str]:
+        return list(self._facts(tool).offer_when)
 
 
 class RunOutcome(_Payload):

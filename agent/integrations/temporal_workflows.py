@@ -229,40 +229,64 @@ class _WorkflowAgent(Agent):
     ) -> str:
         """`Agent._loop`, awaiting activities."""
         steer: steering.Steer | None = None
+        draft: dict[str, Any] | None = None  # the first answer, under review
+        reviewed = False
         while True:
-            left = budget.before_model_call()
-            steer = steer or steering.last_step(budget, messages)
+            try:
+                left = budget.before_model_call()
+            except RunStopped:
+                if draft is None:
+                    raise
+                messages.append(draft)  # the review could not be had: the draft stands
+                return str(draft.get("content") or "")
+            steer = steer or (None if draft else steering.last_step(budget, messages))
             timeout_s = min(self.limits.request_timeout_s, left)
+            tools = self._unrestricted(self._tools_now, messages)
+            sent = steering.review(messages, draft) if draft else steering.request(messages, steer)
             try:
                 out = await workflow.execute_activity(
                     MODEL_ACTIVITY,
                     ModelCallInput(
-                        messages=steering.request(messages, steer),
-                        tools=self.tools,
+                        messages=sent,
+                        tools=tools,
                         timeout_s=timeout_s,
-                        tool_choice="none" if steer else None,
+                        tool_choice=None if draft else self._tool_choice(messages, steer, tools),
                         model=self.limits.model,
                     ),
                     result_type=ModelCallOutput,
                     **model_activity_options(self.policy, timeout_s=timeout_s),  # type: ignore[arg-type]
                 )
             except ActivityError as exc:
+                if draft is not None:
+                    messages.append(draft)
+                    return str(draft.get("content") or "")
                 self._model_failed(budget)
                 raise _run_error(exc) from None
             turn: ModelTurn = out.to_turn()
-            calls = self._unrestricted(self._took, turn, budget, messages, steer)
+            calls = self._unrestricted(self._took, turn, budget, messages, steer, draft)
+            draft = None
             if calls:
-                outcomes = await self._arun_calls(calls, budget, repeats)
+                offered = {t["function"]["name"] for t in tools}
+                outcomes = await self._arun_calls(calls, budget, repeats, offered)
                 self._append(messages, outcomes, budget)
                 steer = steering.after_calls(outcomes)
                 continue
-            return self._answer(turn)
+            answer = self._answer(turn)
+            if not reviewed and self._review_wanted(steer, budget, tools):
+                reviewed = True
+                draft = messages.pop()
+                continue
+            return answer
 
     async def _arun_calls(
-        self, calls: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard
+        self,
+        calls: list[dict[str, Any]],
+        budget: Budget,
+        repeats: RepeatGuard,
+        offered: set[str] | None = None,
     ) -> list[ToolOutcome]:
         """`Agent._run_calls`: approvals by signal, the calls as activities at once."""
-        turn = self._screen(calls, budget.steps, repeats, {})
+        turn = self._screen(calls, budget.steps, repeats, {}, offered)
         for ask in list(turn.asking):
             decision = await self._decide(ask.call_id, ask.bound)
             self._decided(turn, ask, decision)
