@@ -10,10 +10,12 @@ workers' uid 0 where the machine is root (no uid of their own stands in).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import select
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +24,9 @@ import pytest
 from conftest import pool_without, shared
 
 from policies import parse_policy
-from sandbox import Limits, Pool, SandboxUnavailable
+from sandbox import Limits, Pool, SandboxUnavailable, _jail, _linux, _probes
 from sandbox.protocol import Profile
+from sandbox.read_set import base_read_paths
 from sandbox.template import WorkerHandle
 from tools import Registry
 
@@ -230,3 +233,46 @@ def test_a_tool_cannot_trace_a_spare_prepared_for_another_call(one_uid: Pool) ->
     assert json.loads(result.output or "")["reached"] == [], (prepared, result)
     after = one_uid.call("spare_trace", {"pids": []}, limits=other)  # the spare still serves
     assert after.ok, after
+
+
+@pytest.mark.parametrize("mount_setattr", [True, False], ids=["mount_setattr", "remounts"])
+def test_every_bind_is_read_only_on_either_road(mount_setattr: bool, tmp_path: Path) -> None:
+    """`_jail.build` makes the binds read-only with one recursive `mount_setattr`, or
+    (a kernel before 5.12, played here by making it unavailable) with a remount per
+    bind: on either road, nothing bound (directories, files, the masked /proc files)
+    takes a write, not even from root."""
+    if os.geteuid() != 0 or not _linux.capabilities_effective() & (1 << 21):
+        pytest.skip("builds a jail in a mount namespace of its own: needs CAP_SYS_ADMIN")
+    layout = _jail.plan(base_read_paths([]))
+
+    def probe() -> None:
+        if not mount_setattr:
+            _linux.set_readonly = lambda *_, **__: False  # this throwaway child's copy only
+        _probes.enter_jail(str(tmp_path), layout, own_proc=False)
+        written = []
+        masked = [p for p in _jail.MASKED if os.path.exists(p)]
+        # procfs makes no directory, read-only or not: one of its files instead.
+        paths = [p if p != "/proc" else "/proc/self/comm" for p in [*layout.binds, *masked]]
+        for path in paths:
+            if os.path.isdir(path):
+                planted = os.path.join(path, f"planted-{os.getpid()}")
+                try:
+                    os.mkdir(planted)
+                except OSError as exc:
+                    if exc.errno != errno.EROFS:
+                        written.append(f"{path}: {exc}")
+                else:
+                    os.rmdir(planted)  # on the host: the bind is its directory
+                    written.append(f"made a directory in {path}")
+            elif not stat.S_ISCHR(os.stat(path).st_mode):
+                try:
+                    os.close(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+                except OSError as exc:
+                    if exc.errno != errno.EROFS:
+                        written.append(f"{path}: {exc}")
+                else:
+                    written.append(f"opened {path} for writing")
+        if written:
+            raise AssertionError("; ".join(written))
+
+    assert _probes.in_child(probe) is None
