@@ -33,8 +33,6 @@ import shutil
 import tempfile
 from collections.abc import Collection
 
-import psutil
-
 from . import _cgroups, _cpuacct, _jail, _landlock, _linux, _netns, _probes, _seccomp, _userns
 from .limits import NetworkMode
 from .protocol import Layer, ZygoteConfig
@@ -495,6 +493,8 @@ def sweep_stale_cgroups(parent: str) -> None:
         names = [n for n in os.listdir(parent) if n.startswith(CGROUP_PREFIX)]
     except OSError:
         return
+    import psutil  # here only: the zygote, which imports this module, forks with less
+
     for name in names:
         try:
             pid = int(name[len(CGROUP_PREFIX) :])

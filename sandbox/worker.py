@@ -111,13 +111,16 @@ class WorkerSetup:
         return os.path.join(os.path.dirname(self.workdir), "root")
 
 
-def warm_up() -> None:
+def warm_up(fallback_clean_up: bool = True) -> None:
     """Run once in the zygote: everything a worker's first call would otherwise do for
     the first time (lazy imports, pydantic's first validation) is done before forking,
-    and `gc.freeze` keeps the collector from touching, and so copying, shared pages."""
+    and `gc.freeze` keeps the collector from touching, and so copying, shared pages.
+    psutil, which only the clean-up without PID namespaces uses, is imported only for
+    it: it is 2 MiB of the zygote's 20, which every fork copies the page tables of."""
     import gc
 
-    import psutil  # noqa: F401  (the fallback clean-up uses it)
+    if fallback_clean_up:
+        import psutil  # noqa: F401
 
     _prime()
     gc.collect()

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from typing import NoReturn
 
-from . import _landlock, _linux, _sched, _seccomp, reaper
+from . import _landlock, _linux, _sched, _seccomp
 from .layers import Layers, user_namespace
 from .limits import NetworkMode
 from .protocol import (
@@ -115,7 +115,7 @@ class Zygote:
             for network in ("none", "proxy", "all"):
                 _seccomp.compiled(self.layers.seccomp_rules(network))  # once, not per fork
         self.short_slice = _sched.short_slice_for_children()
-        warm_up()
+        warm_up(fallback_clean_up=self.pidns is None)
 
     def send(self, message: Ready | Spawned | Exited | Failed, fds: list[int] = ()) -> None:
         data = message.model_dump_json().encode()
@@ -261,6 +261,8 @@ class Zygote:
         if os.getpid() == 1:
             return  # our own namespace's init: the host's /proc would misname our pids
         import psutil
+
+        from . import reaper
 
         for _ in range(reaper.KILL_ROUNDS):
             orphans = [c for c in psutil.Process().children() if c.pid not in self.workers]
