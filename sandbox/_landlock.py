@@ -131,14 +131,17 @@ class Ruleset:
 class OpenPaths:
     """Read paths opened once (O_PATH, in the zygote), for many rulesets: a worker
     forked after inherits the descriptors and adds one rule for each, instead of
-    walking every path again (a third of its Landlock set-up). What a rule grants is
-    the directory or file open here, whatever is at its path later: one replaced
-    since grants nothing new (fail closed). Paths beneath `per_worker` are opened by
-    each worker itself: there the worker mounts its own file system (/proc)."""
+    opening every path again (a third of its Landlock set-up). Each path is still
+    looked up, once (a `stat`): where it names another file than the one held (a
+    `docs` moved away and made anew, a file replaced by a rename), the rule is for what
+    it names now, as a rule made by path would be; the one held would grant the old
+    directory at its new name, and what is put there since, for the zygote's life.
+    Paths beneath `per_worker` are opened by each worker itself: there the worker
+    mounts its own file system (/proc)."""
 
     def __init__(self, paths: list[str], per_worker: tuple[str, ...] = ("/proc",)) -> None:
-        self.opened: list[tuple[int, bool, str]] = []
-        """(descriptor, is a directory, path) of each path that exists."""
+        self.opened: list[tuple[int, bool, str, tuple[int, int]]] = []
+        """(descriptor, is a directory, path, (device, inode)) of each path that exists."""
         self.later = [p for p in paths if _beneath(p, per_worker)]
         """Opened at each use (by `Ruleset`), not here."""
         for path in paths:
@@ -148,10 +151,18 @@ class OpenPaths:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 continue  # a path that does not exist grants nothing
-            self.opened.append((fd, stat.S_ISDIR(os.fstat(fd).st_mode), path))
+            info = os.fstat(fd)
+            self.opened.append((fd, stat.S_ISDIR(info.st_mode), path, (info.st_dev, info.st_ino)))
 
     def add_to(self, ruleset_fd: int, access: int) -> None:
-        for fd, is_dir, path in self.opened:
+        for fd, is_dir, path, held in self.opened:
+            try:
+                now = os.stat(path)
+            except OSError:
+                continue  # gone: grants nothing
+            if (now.st_dev, now.st_ino) != held:
+                _allow(ruleset_fd, path, access)  # replaced since the zygote opened it
+                continue
             _add_rule(ruleset_fd, fd, access if is_dir else access & _FILE_ONLY, path)
         for path in self.later:
             _allow(ruleset_fd, path, access)

@@ -245,3 +245,20 @@ def spare_trace(pids: list[int]) -> str:
                 os.waitpid(pid, _WALL)
             libc.ptrace(_PTRACE_DETACH, pid, None, None)
     return json.dumps({"uid": os.getuid(), "reached": reached})
+
+
+@tool
+def spare_read(paths: list[str]) -> str:
+    """Read each file: its text, or why not.
+
+    Args:
+        paths: Files to read.
+    """
+    seen = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                seen[path] = f.read(200)
+        except OSError as exc:
+            seen[path] = f"denied: {exc.strerror}"
+    return json.dumps(seen)

@@ -17,6 +17,7 @@ import platform
 import select
 import stat
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 from conftest import pool_without, shared
 
 from policies import parse_policy
-from sandbox import Limits, Pool, SandboxUnavailable, _jail, _linux, _probes
+from sandbox import IsolationWarning, Limits, Pool, SandboxUnavailable, _jail, _linux, _probes
 from sandbox.protocol import Profile
 from sandbox.read_set import base_read_paths
 from sandbox.template import WorkerHandle
@@ -276,3 +277,48 @@ def test_every_bind_is_read_only_on_either_road(mount_setattr: bool, tmp_path: P
             raise AssertionError("; ".join(written))
 
     assert _probes.in_child(probe) is None
+
+
+def test_a_read_path_moved_away_is_not_readable_at_its_new_name(tmp_path: Path) -> None:
+    """The zygote holds each read path open from its start, for rules every worker
+    adds through the descriptor. A directory the policy names, moved away since (an
+    atomic deploy swaps `docs` for a new one, `mv docs archive`), is not what that
+    path names any more: a worker forked after the move, with Landlock as its only
+    file wall, may read the new `docs` and nothing at the old one's new name, not
+    even what was written there after the move."""
+    docs, archive = tmp_path / "docs", tmp_path / "archive"
+    docs.mkdir()
+    (docs / "published.txt").write_text("published")
+    registry = Registry.default()
+    registry.load(TOOLS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IsolationWarning)
+        pool = Pool(
+            registry=registry, read_paths=[str(docs)], disable=("bind_mounts", "unprivileged_uid")
+        )
+    with pool:
+        if not pool.layers["landlock"].active:
+            pytest.skip(f"no Landlock here: {pool.layers['landlock'].detail}")
+        seen = pool.call("spare_read", {"paths": [str(docs / "published.txt")]})
+        assert json.loads(seen.output or "") == {str(docs / "published.txt"): "published"}
+        template = pool._template
+        with template._prepared_lock:
+            before = {h.host_pid for idle in template.prepared.values() for h in idle}
+        for spares in template.spares.values():
+            with spares.mutex:
+                before |= {h.host_pid for h in spares.queue if hasattr(h, "host_pid")}
+        docs.rename(archive)
+        (archive / "later.txt").write_text("written after the move")
+        docs.mkdir()
+        (docs / "new.txt").write_text("the new docs")
+        paths = [str(archive / "published.txt"), str(archive / "later.txt"), str(docs / "new.txt")]
+        deadline = time.monotonic() + ARRIVAL_S
+        while True:  # the spares forked before the move go first
+            result = pool.call("spare_read", {"paths": paths})
+            assert result.ok, result
+            if result.worker_pid not in before:
+                break
+            assert time.monotonic() < deadline, "no worker forked after the move came"
+        seen = json.loads(result.output or "")
+        assert seen[paths[0]].startswith("denied") and seen[paths[1]].startswith("denied"), seen
+        assert seen[paths[2]] == "the new docs", seen
