@@ -249,12 +249,15 @@ def spare_trace(pids: list[int]) -> str:
 
 @tool
 def spare_read(paths: list[str]) -> str:
-    """Read each file: its text, or why not.
+    """Read each file: its text, or why not; and when this process started (seconds
+    of CLOCK_BOOTTIME, rounded down to the clock tick).
 
     Args:
         paths: Files to read.
     """
-    seen = {}
+    with open("/proc/self/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    seen: dict[str, object] = {"started": int(fields[19]) / os.sysconf("SC_CLK_TCK")}
     for path in paths:
         try:
             with open(path) as f:
