@@ -10,11 +10,15 @@ import json
 import os
 import signal
 import stat
+import struct
 
 from tools import tool
 
 _PTRACE_ATTACH, _PTRACE_DETACH = 16, 17
 _WALL = 0x40000000
+_CLONE_NEWUSER, _CLONE_NEWNS = 0x10000000, 0x00020000
+_MS_REMOUNT, _MS_BIND = 32, 4096
+_SYS_MOUNT_SETATTR, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, 0x8000, 1
 _OWN = (0, 1, 2, 3)
 """What a worker holds when its tool starts: /dev/null, the log twice, its socket."""
 
@@ -265,3 +269,33 @@ def spare_read(paths: list[str]) -> str:
         except OSError as exc:
             seen[path] = f"denied: {exc.strerror}"
     return json.dumps(seen)
+
+
+@tool
+def spare_remount_in_user_namespace() -> str:
+    """In a user namespace of its own (a full capability set there) and a mount
+    namespace copied from the jail's: make the binds writable again, every way there
+    is, then write in each bound directory."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+        return json.dumps({"unshare": os.strerror(ctypes.get_errno()), "done": []})
+    clear = ctypes.create_string_buffer(struct.pack("=QQQQ", 0, _MOUNT_ATTR_RDONLY, 0, 0), 32)
+    done = []
+    for mount in _mounts():
+        if mount == os.getcwd():
+            continue  # its workdir, writable already
+        target = mount.encode()
+        if libc.mount(None, target, None, _MS_REMOUNT | _MS_BIND, None) == 0:
+            done.append(f"remounted {mount} writable")
+        if libc.syscall(_SYS_MOUNT_SETATTR, -100, target, _AT_RECURSIVE, clear, 32) == 0:
+            done.append(f"cleared read-only on {mount}")
+    for mount in _mounts():
+        if os.path.isdir(mount) and mount != os.getcwd():
+            planted = os.path.join(mount, f"planted-{os.getpid()}")
+            try:
+                os.mkdir(planted)
+            except OSError:
+                continue
+            os.rmdir(planted)
+            done.append(f"made a directory in {mount}")
+    return json.dumps({"unshare": "done", "done": done})

@@ -202,10 +202,11 @@ def test_limits_written_ahead_still_bind_a_prepared_spare(
 def one_uid() -> Iterator[Pool]:
     """Workers that share one uid (root's 0 without capabilities, or the pool's user)
     in the host's PID namespace, with no Landlock domain between them: only the
-    capability drop claims to keep them from tracing one another."""
+    capability drop claims to keep them from tracing one another. Nor does seccomp
+    keep them from making user namespaces: only the jail's flags hold there."""
     registry = Registry.default()
     registry.load(TOOLS)
-    off = ("pid_namespace", "landlock", "unprivileged_uid")
+    off = ("pid_namespace", "landlock", "unprivileged_uid", "seccomp", "userns_denied", "keyring")
     with pool_without(off, ("bind_mounts", "capabilities"), registry=registry) as pool:
         yield shared(pool)
 
@@ -318,3 +319,16 @@ def test_a_read_path_moved_away_is_not_readable_at_its_new_name(tmp_path: Path) 
         seen = json.loads(result.output or "")
         assert seen[paths[0]].startswith("denied") and seen[paths[1]].startswith("denied"), seen
         assert seen[paths[2]] == "the new docs", seen
+
+
+def test_a_user_namespace_of_its_own_unlocks_no_bind(one_uid: Pool) -> None:
+    """With seccomp off a tool can make a user namespace, and hold every capability
+    in it: the jail's mounts, copied into its mount namespace, keep their read-only
+    flag locked (set by one recursive `mount_setattr` in the worker's), so neither a
+    remount nor `mount_setattr` clears it, and nothing bound takes a write."""
+    result = one_uid.call("spare_remount_in_user_namespace")
+    assert result.ok, result
+    seen = json.loads(result.output or "")
+    if seen["unshare"] != "done":
+        pytest.skip(f"no user namespace for the tool here: {seen['unshare']}")
+    assert seen["done"] == [], seen
