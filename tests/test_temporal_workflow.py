@@ -136,8 +136,15 @@ def finished(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return finished(launch(*args, env=env))
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`sandboxed-agent ARGS` as `cli` does, in this process (no interpreter to start:
+    seconds on a loaded machine), for the commands that only talk to the server."""
+    from agent.cli import main
+
+    capsys.readouterr()
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), status, out, err)
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -327,14 +334,20 @@ def test_worked_example_and_its_eval_on_two_workers(
 
 
 def test_tool_calls_go_to_the_tool_queue_only(
-    temporal_server: DevServer, workers: Workers, tmp_path: Path
+    temporal_server: DevServer,
+    workers: Workers,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Runs orchestrated on the module's two workers, which serve tool calls too, but
     on their own queue; with `--tool-queue` every call runs on the sandbox host
     (`--serve tools`: tool calls only, no model endpoint) that polls it."""
-    done = cli("run", "--temporal", temporal_server.address, "--task-queue", SHARED,
-               "--tool-queue", workers.tool_queue, "--trace", str(tmp_path / "t.jsonl"), *SETUP,
-               "Can I still return order 12345?")  # fmt: skip
+    queues = ("--task-queue", SHARED, "--tool-queue", workers.tool_queue)
+    trace = ("--trace", str(tmp_path / "t.jsonl"))
+    task = "Can I still return order 12345?"
+    done = in_process(
+        capsys, "run", "--temporal", temporal_server.address, *queues, *trace, *SETUP, task
+    )
     assert done.returncode == 0 and "2025-05-10" in done.stdout, done.stderr
     calls = [e for e in events(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
     assert len(calls) == 3 and all(e["ok"] for e in calls), calls
@@ -350,7 +363,10 @@ data_dir = "once"
 
 
 def test_a_lost_call_and_the_worker_that_asked_gone_approval_by_signal(
-    temporal_server: DevServer, model: ScriptedModelServer, tmp_path: Path
+    temporal_server: DevServer,
+    model: ScriptedModelServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`step_once` (not idempotent) says it started, then hangs; the worker running it
     is SIGKILLed. The run does not run it again but asks a person; the worker that
@@ -389,11 +405,11 @@ def test_a_lost_call_and_the_worker_that_asked_gone_approval_by_signal(
         assert asker.kill() == -signal.SIGKILL
         (survivor,) = [w for w in alive if w is not asker]
         # A decision for other arguments than the pending call's is refused...
-        wrong = cli(*command, "--sha256", "0" * 64)
+        wrong = in_process(capsys, *command, "--sha256", "0" * 64)
         assert wrong.returncode == 1, wrong.stderr
         assert wrong.stderr.splitlines()[-1].startswith("sandboxed-agent: refused"), wrong.stderr
         # ...and the run goes on waiting for the right one, which the survivor takes.
-        right = cli(*command)
+        right = in_process(capsys, *command)
         assert right.returncode == 0, right.stderr
         status, out = run.finish()
     finally:
@@ -448,7 +464,10 @@ def test_a_model_the_workers_do_not_serve_is_refused_in_one_line(
 
 
 def test_a_server_restart_mid_run_loses_nothing(
-    temporal_server: DevServer, workers: Workers, tmp_path: Path
+    temporal_server: DevServer,
+    workers: Workers,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The server restarted (same port, same SQLite file) while a run waits for a
     person: the decision still reaches the run, through the same workers."""
@@ -457,7 +476,7 @@ def test_a_server_restart_mid_run_loses_nothing(
         command = run.approve_command()
         temporal_server.restart()
         shared_process(temporal_server.proc.pid)  # the module's server, as before
-        denied = cli(*command, "--deny")  # the pending call is still there to decide
+        denied = in_process(capsys, *command, "--deny")  # the pending call is still there to decide
         assert denied.returncode == 0, denied.stderr
         status, _out = run.finish()
     finally:
