@@ -443,6 +443,16 @@ def test_an_exception_in_the_workflow_fails_the_run_in_one_line(
     assert len(lines) == 2 and lines[0].startswith("sandboxed-agent: run "), lines
     assert "failed: RuntimeError in the workflow on a worker" in lines[1], lines
     assert "the validator of crash_binding crashed" in lines[1], lines
+    run_id = lines[0].split()[2]
+
+    async def stack_trace(client: Any) -> str:
+        history = await client.get_workflow_handle(run_id).fetch_history()
+        (failed,) = [
+            e for e in history.events if e.HasField("workflow_execution_failed_event_attributes")
+        ]
+        return failed.workflow_execution_failed_event_attributes.failure.stack_trace
+
+    assert "crash_binding crashed" in ask_server(temporal_server, stack_trace)  # as it says
 
 
 def test_a_model_the_workers_do_not_serve_is_refused_in_one_line(

