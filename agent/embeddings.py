@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 
-import openai
-
 from .model import openai_client
 from .scrubbing import remember_secret, scrub
 
@@ -41,6 +39,8 @@ class Embedder:
         if len(text) > MAX_CHARS:
             self.last_error = f"not embedded: {len(text)} characters (at most {MAX_CHARS})"
             return None
+        import openai  # loaded by openai_client already; imported late, as in model.py
+
         try:
             response = self._client.embeddings.create(
                 model=self.model, input=text, encoding_format="float"

@@ -10,15 +10,14 @@ header in an error body or in its answer).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from sandbox.errors import RunError
 
@@ -27,7 +26,20 @@ from .error_bodies import bound_error_body
 from .scrubbing import remember_secret, scrub, scrub_data
 from .text_calls import read_text_calls
 
+if TYPE_CHECKING:
+    import openai
 
+
+def _sdk() -> Any:
+    """The `openai` package, imported on the first model call: it takes about a second
+    to import, which every command that calls no model (doctor, tool, approve, mcp
+    serve, a usage error) would otherwise pay."""
+    import openai
+
+    return openai
+
+
+@functools.cache
 def _http_errors() -> tuple[type[Exception], ...]:
     """The HTTP library's base error, which a body broken off mid-read raises (not an
     `openai.APIError`): httpx2 from openai 3, httpx before. Neither is a dependency of
@@ -39,9 +51,6 @@ def _http_errors() -> tuple[type[Exception], ...]:
         except ImportError:
             continue
     return tuple(errors)
-
-
-HTTP_ERRORS = _http_errors()
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class ModelTurn:
 def openai_client(
     base_url: str | None, api_key: str | None, timeout_s: float, max_retries: int
 ) -> openai.OpenAI:
+    openai = _sdk()
     return openai.OpenAI(
         base_url=base_url,
         api_key=api_key or "not-needed",  # local servers take any key
@@ -130,6 +140,7 @@ class ModelClient:
         timeout_s: float,
         tool_choice: str | None = None,
     ) -> ModelTurn:
+        openai = _sdk()
         start = time.monotonic()
         deadline = start + timeout_s
         tries = 0
@@ -169,7 +180,7 @@ class ModelClient:
             # would otherwise hold the run past its budget (and past any size).
             with self._request(messages, tools, timeout_s, tool_choice) as raw:
                 body = read_body(raw.iter_bytes(), deadline, self.base_url)
-        except HTTP_ERRORS as exc:  # while reading the body: the client retries no more
+        except _http_errors() as exc:  # while reading the body: the client retries no more
             where = self.base_url or "the OpenAI API"
             raise RunError(
                 f"the model at {where} broke off its answer: {type(exc).__name__}"
@@ -194,6 +205,7 @@ class ModelClient:
         tool_choice: str | None,
     ) -> Any:
         """The streamed request, through the API this client speaks."""
+        openai = _sdk()
         choice = tool_choice if tools and tool_choice else openai.NOT_GIVEN
         if self.api == "responses":
             return self._client.responses.with_streaming_response.create(
@@ -224,6 +236,7 @@ RETRY_AFTER_MAX_S = 60.0
 def _retry_wait(exc: openai.APIError, tries: int) -> float | None:
     """How long to wait before try `tries + 1`, or None: not an error a retry helps
     (the openai client's own rule: no connection, a timeout, 408, 409, 429, 5xx)."""
+    openai = _sdk()
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code not in (408, 409, 429) and exc.status_code < 500:
             return None
@@ -429,6 +442,7 @@ def read_usage(usage: Any) -> Usage:
 
 
 def describe_api_error(exc: openai.APIError, model: str, base_url: str | None) -> str:
+    openai = _sdk()
     where = base_url or "the OpenAI API"
     if isinstance(exc, openai.APITimeoutError):
         return f"the model at {where} did not answer in time (after retries)"
