@@ -67,3 +67,13 @@ def test_a_failed_result_raises_its_typed_error() -> None:
         unknown.raise_for_error()
     slow.raise_for_error()  # ok: nothing raised
     assert issubclass(ToolTimeout, ToolCallError) and not issubclass(CpuLimit, ToolTimeout)
+
+
+def test_commands_that_call_no_model_do_not_import_the_openai_sdk() -> None:
+    """`openai` takes about a second to import; only a model call needs it."""
+    import subprocess
+    import sys
+
+    probe = "import sys, agent.cli; print('openai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
