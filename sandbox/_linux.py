@@ -115,10 +115,15 @@ def clear_user_keyrings() -> None:
 
 
 def drop_privileges(
-    uid: int | None, keep: tuple[int, ...] = (), groups: tuple[int, ...] = ()
+    uid: int | None,
+    keep: tuple[int, ...] = (),
+    groups: tuple[int, ...] = (),
+    *,
+    dumpable: bool = True,
 ) -> None:
     """Give up root for good: switch to `uid` (also as gid, with only `groups` as
     supplementary groups) when one is given, and keep no capability but those in `keep`.
+    With `dumpable` False, a switch of uid leaves the process non-dumpable.
 
     The securebits are set and locked first: NOROOT (uid 0 never regains capabilities,
     even through execve) and NO_SETUID_FIXUP (the switch of uid keeps the capability
@@ -137,7 +142,8 @@ def drop_privileges(
         # The switch made us non-dumpable, which hands /proc/self to root: without
         # capabilities the tool could not read its own fds or environment there. No
         # other process shares the uid (or, with `nobody`, the PID namespace).
-        prctl(PR_SET_DUMPABLE, 1)
+        if dumpable:
+            prctl(PR_SET_DUMPABLE, 1)
     mask = sum(1 << c for c in keep)
     header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
     # {effective, permitted, inheritable} for capabilities 0-31, then for 32-63

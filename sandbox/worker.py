@@ -305,14 +305,16 @@ def harden(setup: WorkerSetup, call: Call) -> None:
     _linux.prctl(_linux.PR_SET_NO_NEW_PRIVS, 1)
     if setup.seccomp is not None:
         _seccomp.install(setup.seccomp)
-    if setup.drop_capabilities:
-        _linux.drop_privileges(setup.uid, (), groups)
-    if not setup.in_pid_namespace and (setup.uid is None or setup.uid == NOBODY):
+    shared_uid = not setup.in_pid_namespace and (setup.uid is None or setup.uid == NOBODY)
+    if shared_uid:
         # Other workers share this uid, and no PID namespace stands between them: a
         # worker any of them could trace (a prepared spare waits here with its
         # capabilities dropped, for another call) is one that call could take over.
-        # Non-dumpable, it can be traced, or its memory read, only with CAP_SYS_PTRACE.
+        # Non-dumpable, it can be traced, or its memory read, only with CAP_SYS_PTRACE;
+        # made so before the capabilities go, so there is no moment it could be.
         _linux.prctl(_linux.PR_SET_DUMPABLE, 0)
+    if setup.drop_capabilities:
+        _linux.drop_privileges(setup.uid, (), groups, dumpable=not shared_uid)
     if setup.seccomp is None or not setup.seccomp.keyring:
         # The keyring calls are allowed: leave nothing an earlier call of this uid kept.
         _linux.clear_user_keyrings()
