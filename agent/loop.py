@@ -324,9 +324,11 @@ class Agent:
     def _loop(self, messages: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard) -> str:
         steer: steering.Steer | None = None
         draft: dict[str, Any] | None = None
-        """The first answer, sent back for review (`[run] review_answer`); its reply
-        takes its place in the conversation."""
-        reviewed = False
+        """An answer sent back (for review, or because it contradicts a tool's verdict);
+        the reply takes its place in the conversation, and if none can be had it stands."""
+        again: list[dict[str, Any]] | None = None
+        """What is sent with the draft."""
+        reviewed = checked = False
         while True:
             if self._cancel.cancelled:
                 raise CallCancelled("the model")
@@ -336,22 +338,20 @@ class Agent:
                 self.progress("thinking", {"step": budget.steps + 1})
                 tools = self._tools_now(messages)
                 turn = self.model.complete(
-                    steering.review(messages, draft)
-                    if draft
-                    else steering.request(messages, steer),
+                    again if again is not None else steering.request(messages, steer),
                     tools,
                     timeout_s=min(self.limits.request_timeout_s, left),
-                    tool_choice=None if draft else self._tool_choice(messages, steer, tools),
+                    tool_choice=self._tool_choice(messages, steer, tools, draft),
                 )
+                calls = self._took(turn, budget, messages, steer, draft)
             except (RunStopped, RunError) as exc:
-                if draft is not None:  # the review could not be had: the draft stands
+                if draft is not None:  # no second look could be had: the draft stands
                     messages.append(draft)
                     return str(draft.get("content") or "")
                 if isinstance(exc, RunError):
                     self._model_failed(budget)
                 raise
-            calls = self._took(turn, budget, messages, steer, draft)
-            draft = None
+            draft = again = None
             if calls:
                 offered = {t["function"]["name"] for t in tools}
                 outcomes = self._run_calls(calls, budget, repeats, offered=offered)
@@ -359,9 +359,19 @@ class Agent:
                 steer = steering.after_calls(outcomes)
                 continue
             answer = self._answer(turn)
+            conflict = None if checked else steering.contradiction(answer, messages)
+            if conflict is not None and budget.steps < self.limits.max_iterations:
+                # Its answer says "yes" where a tool's verdict said "No:": once more,
+                # tools off, with that result in front of it.
+                checked = True
+                draft = messages.pop()
+                again = steering.recheck(messages, draft, conflict)
+                steer = "contradiction"
+                continue
             if not reviewed and self._review_wanted(steer, budget, tools):
                 reviewed = True
                 draft = messages.pop()
+                again = steering.review(messages, draft)
                 continue
             return answer
 
@@ -395,11 +405,15 @@ class Agent:
         messages: list[dict[str, Any]],
         steer: steering.Steer | None,
         tools: list[dict[str, Any]],
+        draft: dict[str, Any] | None = None,
     ) -> str | None:
-        """ "none" when steered to an answer; "required" for the first call after the
-        user's message when `[run] call_tools_first` (look before answering)."""
+        """`none` when steered to an answer; `required` for the first call after the
+        user's message when `[run] call_tools_first` (look before answering); the
+        server's own choice for a draft sent back for review."""
         if steer:
             return "none"
+        if draft is not None:
+            return None
         if self.limits.call_tools_first and tools and not steering.since_question(messages):
             return "required"
         return None

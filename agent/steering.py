@@ -15,13 +15,19 @@ it does not and the model asks for tools again, the run stops as before
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 from .guardrails import Budget, RunStopped
 
-Steer = Literal["repeated_call", "max_iterations"]
-"""Why a model call was steered: the model repeated a call, or it is the last step."""
+Steer = Literal["repeated_call", "max_iterations", "contradiction"]
+"""Why a model call was steered: the model repeated a call, it is the last step, or its
+answer said the opposite of a tool's verdict."""
+
+_VERDICT = re.compile(r"\s*(Yes|No)\b\s*[:;,.]")
+"""A tool result that opens with its verdict: "No: order 12345 can no longer be ..."."""
+_ANSWER_VERDICT = re.compile(r"[\W_]*(yes|no)\b", re.IGNORECASE)
 
 INSTRUCTION = (
     "Do not call any more tools. Write your final answer for the user now, using only "
@@ -83,9 +89,46 @@ def review(messages: list[dict[str, Any]], draft: dict[str, Any]) -> list[dict[s
     return [*messages, draft, {"role": "user", "content": REVIEW}]
 
 
+def contradiction(answer: str, messages: list[dict[str, Any]]) -> str | None:
+    """The tool result whose verdict the answer turns round: the answer opens with "yes"
+    and the latest tool result that opens with a verdict says "No:" (or the other way).
+    A small model copied "its window closed on 2025-05-10" behind "Yes, you can still
+    return it". None: no verdict to go against, or the answer agrees."""
+    said = _ANSWER_VERDICT.match(answer or "")
+    if said is None:
+        return None
+    for message in reversed(since_question(messages)):
+        content = message.get("content")
+        if message.get("role") != "tool" or not isinstance(content, str):
+            continue
+        verdict = _VERDICT.match(content)
+        if verdict:
+            return content if verdict.group(1).lower() != said.group(1).lower() else None
+    return None
+
+
+def recheck(
+    messages: list[dict[str, Any]], draft: dict[str, Any], conflict: str
+) -> list[dict[str, Any]]:
+    """What the model is sent when its answer turned a tool's verdict round: the draft,
+    the result it contradicts and the question again, tools off. Not kept."""
+    said = str(draft.get("content") or "").strip().split()[0].strip(",.:;!")
+    text = (
+        f'Your answer begins with "{said}", but a tool result says:\n{conflict.strip()}\n\n'
+        "Write the final answer again so that it agrees with the tool results. Do not call "
+        "any more tools."
+    )
+    question = latest_question(messages)
+    if question and question.strip():
+        text += f"\n\nThe question was: {question.strip()}"
+    return [*messages, draft, {"role": "user", "content": text}]
+
+
 def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> RunStopped:
     """The run ends: asked for the answer with tools off, the model called tools again."""
     names = ", ".join(sorted({str((c.get("function") or {}).get("name")) for c in calls}))
+    if steer == "contradiction":
+        return RunStopped(steer, f"stopped: asked to correct its answer, the model called {names}")
     if steer == "max_iterations":
         return RunStopped(
             steer,

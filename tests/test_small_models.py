@@ -472,3 +472,30 @@ def test_a_review_that_cannot_be_had_leaves_the_draft_standing(run: Run) -> None
     assert len(run.requests) == 2
     assert run([lookup, say("Delivered.")], review_answer=True, max_iterations=3).ok
     assert len(run.requests) == 2
+
+
+def test_an_answer_that_turns_a_tools_verdict_round_is_steered_once(run: Run) -> None:
+    lookup = call(("get_order_status", {"order_id": "12345"}))
+    eligible = call(("check_return_eligibility", {"order_id": "12345"}))
+    wrong = say("Yes, you can still return it. Its window closed on 2025-05-10.")
+    result = run([lookup, eligible, wrong, say("No: its window closed on 2025-05-10.")])
+    assert result.ok and result.answer == "No: its window closed on 2025-05-10."
+    assert steered(run) == [None, None, None, "contradiction"]
+    last = run.requests[3]
+    assert last["tool_choice"] == "none"
+    draft, ask = last["messages"][-2:]
+    assert draft["content"] == wrong.message["content"]  # type: ignore[index]
+    assert ask["content"].startswith(
+        'Your answer begins with "Yes", but a tool result says:\nNo: order 12345 can no '
+        "longer be returned"
+    )
+    kept = [str(m.get("content")) for m in result.messages]
+    assert not any("Your answer begins" in m or "Yes, you can" in m for m in kept)
+    # Once: a second contradiction stands. An answer that agrees, or has no verdict, or
+    # a run whose tools gave none, is not steered.
+    assert run([lookup, eligible, say("Yes."), say("Yes, really.")]).answer == "Yes, really."
+    assert len(run.requests) == 4
+    for agreed in ("No, it closed on 2025-05-10.", "It closed on 2025-05-10."):
+        assert run([lookup, eligible, say(agreed)]).answer == agreed
+        assert len(run.requests) == 3
+    assert run([lookup, say("Yes, it was delivered.")]).answer == "Yes, it was delivered."
