@@ -154,10 +154,7 @@ def build_agent(
     check_approve(getattr(args, "offer", None) or [], registry.names(), "--offer")
     policy = with_run_overrides(policy, args)
     model = model_client(policy, args.base_url)
-    pool: Any = stack.enter_context(Pool(policy, registry=registry, **policy.pool_options()))
-    if policy.mcp_servers:
-        pool = with_mcp_servers(stack, policy, pool, args.approve)
-    try:
+    try:  # before the pool: a usage error is one line, with no pool's warning before it
         trace = Trace(args.trace, secrets=[os.environ.get("OPENAI_API_KEY", "")])
     except OSError as exc:
         raise UsageError(
@@ -165,6 +162,9 @@ def build_agent(
             "in an existing, writable directory"
         ) from None
     stack.callback(trace.close)
+    pool: Any = stack.enter_context(Pool(policy, registry=registry, **policy.pool_options()))
+    if policy.mcp_servers:
+        pool = with_mcp_servers(stack, policy, pool, args.approve)
     progress = None
     if sys.stderr.isatty():
         terminal = TerminalProgress()
