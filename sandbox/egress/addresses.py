@@ -72,14 +72,16 @@ def refused(address: IPAddress, allow_private: bool) -> str | None:
         return "a cloud metadata address"
     if allow_private:
         return None
+    # Ours first, so the reason is the same on every Python (3.11.2 calls 64:ff9b:1::/48
+    # private, 3.11.7 global).
+    if any(address in net for net in _NOT_GLOBAL_V6 if address.version == 6):
+        return "not a global address"
     if inner.is_loopback:
         return "a loopback address"
     if inner.is_link_local:
         return "a link-local address"
     if inner.is_private:
         return "a private address"
-    if any(address in net for net in _NOT_GLOBAL_V6 if address.version == 6):
-        return "not a global address"
     if not inner.is_global:
         return "not a global address"
     return None
