@@ -11,6 +11,7 @@ hold the three calls.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,10 @@ def check(requests: list[dict[str, Any]], marker: str, trace: Path | None) -> No
     assert any("timeout" in text and "1 s" in text for text in shown), by_content
     secret = [text for text in shown if "shadow" in text]
     assert secret and all("error" in text for text in secret), by_content
-    with open("/etc/shadow", "rb") as f:  # the test runs as root; the tool must not
-        first = f.readline().decode(errors="replace").strip()
-    assert first not in json.dumps(requests)
+    if os.access("/etc/shadow", os.R_OK):  # root: the test may read it, the tool must not
+        with open("/etc/shadow", "rb") as f:
+            first = f.readline().decode(errors="replace").strip()
+        assert first not in json.dumps(requests)
     assert sleepers(marker) == []
     if trace is not None:
         calls = {e["tool"]: e for e in read_trace(trace) if e["event"] == "tool_call"}
