@@ -4,7 +4,8 @@ Most people run agents as themselves, not as root: there the zygote makes a user
 namespace of its own, and what root gets must hold there too. Run as root, this test
 makes an unprivileged user, gives it a copy of the project and of this environment's
 packages, and runs the suites below as that user; run as a normal user, the suites
-themselves already are that run.
+themselves already are that run, and the host without user namespaces is emulated for
+that user itself.
 
 The cgroups come from a subtree delegated to that user, made here as an admin would on
 cgroup v1 (a cgroup per controller, chowned with its cgroup.procs and tasks), and the
@@ -137,6 +138,7 @@ class AsUser:
     def __init__(self, user: pwd.struct_passwd, base: Path, project: Path) -> None:
         self.user, self.base, self.project = user, base, project
         self.python = str(base / "venv" / "bin" / "python")
+        self.doctor = [str(base / "venv" / "bin" / "sandboxed-agent"), "doctor"]
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -163,10 +165,39 @@ class AsUser:
         )
 
 
+class AsSelf:
+    """Run as a normal user, the suite is already that user: commands run as they are."""
+
+    def __init__(self) -> None:
+        self.project, self.python = ROOT, sys.executable
+        self.doctor = [os.path.join(os.path.dirname(sys.executable), "sandboxed-agent"), "doctor"]
+
+    def env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(
+        self, argv: list[str], env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            argv, cwd=self.project, env=env, capture_output=True, text=True, timeout=timeout
+        )
+
+
+@pytest.fixture(scope="module")
+def a_user(request: pytest.FixtureRequest) -> AsUser | AsSelf:
+    """As root, the unprivileged user made here; as a normal user, that user itself."""
+    if os.geteuid() != 0:
+        return AsSelf()
+    return request.getfixturevalue("as_user")
+
+
 @pytest.fixture(scope="module")
 def as_user() -> Iterator[AsUser]:
     if os.geteuid() != 0:
-        pytest.skip("already a normal user: the attack suites in this run are that run")
+        pytest.skip(
+            "needs root: to make a user and delegate it a cgroup subtree (as a normal user "
+            "the attack suites in this run are that run)"
+        )
     if os.environ.get("SANDBOXED_AGENT_AS_USER"):
         pytest.skip("this is the run as a normal user")  # pragma: no cover
     user = _user()
@@ -257,7 +288,7 @@ def test_doctor_as_a_normal_user_finds_a_delegated_subtree_or_says_how_to_get_on
     cgroup layers are active, from a process that is not in it (cgroup v1 allows it)."""
     if len(delegated) < len(DELEGATED):
         pytest.skip(f"no cgroup v1 hierarchy here for {set(DELEGATED) - set(delegated)}")
-    doctor = [str(as_user.base / "venv" / "bin" / "sandboxed-agent"), "doctor"]
+    doctor = as_user.doctor
     plain = as_user.run(doctor, as_user.env(), 300)
     named = ",".join(f"{c}={path}" for c, (path, _) in delegated.items())
     given = as_user.run(doctor, as_user.env(**{_cgroups.ROOT_ENV: named}), 300)
@@ -278,16 +309,16 @@ def test_doctor_as_a_normal_user_finds_a_delegated_subtree_or_says_how_to_get_on
 
 
 def test_a_host_without_user_namespaces_is_named_strict_refuses_best_effort_runs(
-    as_user: AsUser,
+    a_user: AsUser | AsSelf,
 ) -> None:
     """user.max_user_namespaces = 0, emulated as bubblewrap's --disable-userns does it
     (tests/host_emulation.py): doctor names the sysctl and its fix in one line; strict
     refuses; best-effort warns once and runs with what is left (Landlock, seccomp)."""
     from test_host_kinds import TRY_BOTH_MODES
 
+    as_user = a_user
     emulate = [as_user.python, str(as_user.project / "tests" / "host_emulation.py"), "no-userns"]
-    doctor = [str(as_user.base / "venv" / "bin" / "sandboxed-agent"), "doctor"]
-    report = as_user.run([*emulate, "--", *doctor], as_user.env(), 300)
+    report = as_user.run([*emulate, "--", *as_user.doctor], as_user.env(), 300)
     assert report.returncode == 0, report.stdout + report.stderr
     lines = doctor_lines(report.stdout)
     print("\n".join(lines.values()))

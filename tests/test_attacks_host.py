@@ -221,7 +221,7 @@ def test_file_modes_hold_inside_the_allowed_paths(tmp_path: Path) -> None:
     """Without a read capability, a file the policy allows is still only as readable
     as its mode says: a root 0600 file, a 0700 directory, /etc/ssl/private."""
     if os.geteuid() != 0:
-        pytest.skip("as a normal user, workers run as that user and read what it may")
+        pytest.skip("needs root: as a normal user, workers run as that user and read what it may")
     for off in JAILED.values():
         with pool_with(tmp_path, off, ("bind_mounts", "unprivileged_uid")) as pool:
             docs = tmp_path / "docs"

@@ -100,7 +100,7 @@ def test_no_worker_runs_as_root_without_a_file_layer(tmp_path: Path) -> None:
     interpreter under a 0700 home) would be uid 0 over the whole host: the pool refuses
     to start. Where it gets a uid of its own, root's files stay out of its reach."""
     if os.geteuid() != 0:
-        pytest.skip("as a normal user, workers never run as root")
+        pytest.skip("needs root: as a normal user, workers never run as root")
     secret = tmp_path / "root-only.txt"
     secret.write_text("host secret\n")
     secret.chmod(0o600)
@@ -134,7 +134,7 @@ def test_pools_never_share_a_worker_uid(tmp_path: Path) -> None:
     """With the pids cgroup off, RLIMIT_NPROC counts a uid's processes: a tool in pool
     A holding processes must not take pool B's tool's share."""
     if os.geteuid() != 0:
-        pytest.skip("as a normal user, every worker runs as that user")
+        pytest.skip("needs root: a uid per worker; as a normal user every worker runs as that user")
     data = tmp_path / "data"
     data.mkdir()
     policy = (

@@ -41,7 +41,7 @@ print(json.dumps(seen))
 
 def emulated(kind: str, command: list[str]) -> subprocess.CompletedProcess:
     if os.geteuid() != 0:
-        pytest.skip("emulating a container's root needs root")
+        pytest.skip("needs root: this emulates a container's root")
     if kind == "docker-default" and platform.machine() != "x86_64":
         pytest.skip("the emulated seccomp profile is written for x86_64")  # pragma: no cover
     proc = subprocess.run(

@@ -179,7 +179,9 @@ def test_the_command_dies_with_whoever_started_the_launcher() -> None:
     assert _wait_for(lambda: sleepers(marker) == [])
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="as a normal user the command runs as you")
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: as a normal user the command runs as you"
+)
 def test_as_root_a_command_writes_its_write_paths_as_their_owner(tmp_path: Path) -> None:
     writable = tmp_path / "out"
     writable.mkdir()
