@@ -488,7 +488,9 @@ def sweep_stale_cgroups(parent: str) -> None:
     """Remove the cgroups of zygotes that died without cleaning up (SIGKILL gives no
     chance): else they pile up, and a later zygote given the same pid finds its
     name taken and runs without cgroups. A cgroup with a process left is kept (the
-    kernel refuses), as is any whose zygote is alive."""
+    kernel refuses), as is any whose zygote is alive: looked up in /proc, as
+    `host_pid` names them, since a zygote that is pid 1 of a PID namespace of its own
+    (a normal user's) cannot signal, so cannot see, another pool's zygote."""
     try:
         names = [n for n in os.listdir(parent) if n.startswith(CGROUP_PREFIX)]
     except OSError:
@@ -500,7 +502,7 @@ def sweep_stale_cgroups(parent: str) -> None:
             pid = int(name[len(CGROUP_PREFIX) :])
         except ValueError:
             continue
-        if pid != _linux.host_pid() and psutil.pid_exists(pid):
+        if pid != _linux.host_pid() and os.path.exists(f"/proc/{pid}"):
             continue
         path = os.path.join(parent, name)
         with contextlib.suppress(OSError):

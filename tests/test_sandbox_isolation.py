@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import HOSTILE
+from conftest import HOSTILE, ROOT
 
 from sandbox import Limits, Pool
 from sandbox.reaper import survivors
@@ -166,6 +167,33 @@ def test_a_reused_workers_log_holds_each_calls_output_only(pool: Pool) -> None:
     third = pool.call("echo_text", {"text": "c", "chatter": "third"}, limits=trusted)
     assert first.worker_pid == second.worker_pid == third.worker_pid
     assert (first.logs, second.logs, third.logs) == ("first\n", "", "third\n")
+
+
+def test_a_sweep_from_a_pid_namespace_keeps_the_cgroups_of_live_zygotes(tmp_path: Path) -> None:
+    """A normal user's zygote is pid 1 of a PID namespace of its own: another pool's
+    zygote (here, this process) is alive all the same, and its cgroup must stay, while
+    a dead one's goes. (It was swept, and that pool's next worker crashed.)"""
+    from sandbox.layers import CGROUP_PREFIX
+
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare(1) here")  # pragma: no cover
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live, stale = (tmp_path / f"{CGROUP_PREFIX}{pid}" for pid in (os.getpid(), gone.pid))
+    for cgroup in (live, stale):
+        (cgroup / "w1").mkdir(parents=True)
+    sweep = "import sys; from sandbox.layers import sweep_stale_cgroups as s; s(sys.argv[1])"
+    namespaces = ["unshare", "--user", "--map-current-user", "--pid", "--fork"]
+    proc = subprocess.run(
+        [*namespaces, sys.executable, "-c", sweep, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (live / "w1").is_dir()
+    assert not stale.exists()
 
 
 def test_cgroups_left_by_a_killed_zygote_are_swept(registry: Registry) -> None:
