@@ -52,7 +52,10 @@ def test_each_cgroup_version_found_here_is_made_and_read(
     wanted = _cpuacct.V1_USAGE if version == "v1" else _cpuacct.V2_USAGE
     if wanted not in found:
         pytest.skip(f"no {version} CPU accounting hierarchy here")
-    path, usage, why = _cpuacct.make_root(f"{CGROUP_PREFIX}{os.getpid()}", sweep_stale_cgroups)
+    named = _cgroups.parse_root(os.environ.get(_cgroups.ROOT_ENV))  # a user's subtree
+    path, usage, why = _cpuacct.make_root(
+        f"{CGROUP_PREFIX}{os.getpid()}", sweep_stale_cgroups, named
+    )
     if path is None:
         pytest.skip(f"not writable here: {why}")  # pragma: no cover
     try:
