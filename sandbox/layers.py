@@ -495,8 +495,6 @@ def sweep_stale_cgroups(parent: str) -> None:
         names = [n for n in os.listdir(parent) if n.startswith(CGROUP_PREFIX)]
     except OSError:
         return
-    import psutil  # here only: the zygote, which imports this module, forks with less
-
     for name in names:
         try:
             pid = int(name[len(CGROUP_PREFIX) :])
