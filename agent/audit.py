@@ -238,10 +238,12 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
             extra = "" if approval == "not_required" else f" [{safe(approval)}]"
             if e.get("repairs"):
                 extra += f" [repaired: {safe(', '.join(map(str, e['repairs'])))}]"
+            # A call refused before any worker (a denial, bad arguments) has no pid.
+            pid = e.get("worker_pid")
+            worker = "no worker" if pid is None else f"pid {safe(pid)}"
             lines.append(
                 f"{at}    tool {safe(e.get('tool'))} {safe(e.get('arguments'))} -> {outcome} "
-                f"({_number(e.get('duration_ms')):.1f} ms, pid {safe(e.get('worker_pid'))})"
-                f"{extra}"
+                f"({_number(e.get('duration_ms')):.1f} ms, {worker}){extra}"
             )
         elif kind == "egress":
             verdict = "allowed" if e.get("allowed") else "REFUSED"

@@ -283,6 +283,9 @@ def test_approval_is_denied_without_a_tty_and_the_model_is_told(harness: Harness
     assert event["error_kind"] == "denied" and event["approval"] == "denied_no_tty"
     assert event["worker_pid"] is None  # it never ran
     assert "denied" in harness.sent_tool_messages(1)[0]["content"]
+    # The timeline says so in words, not as a missing pid ("pid None").
+    line = next(x for x in render_timeline(harness.events).splitlines() if "tool " in x)
+    assert "no worker)" in line and "None" not in line
 
 
 def test_approve_flag_and_an_interactive_yes_let_the_call_run(harness: Harness) -> None:
