@@ -425,10 +425,20 @@ def cmd_tools(args: argparse.Namespace) -> int:
             mode = "network" if table.network else "no network"
         params = ", ".join(spec.parameters.get("properties", {}))
         print(f"{safe(spec.name)}({safe(params)})")
-        print(f"    {safe(spec.description.splitlines()[0] if spec.description else '')}")
+        print(f"    {safe(_summary(spec.description))}")
         approval = ", needs approval" if policy.requires_approval(spec.name) else ""
         print(f"    {limits.timeout_s:g} s, {size}, {mode}{approval}")
     return EXIT_OK
+
+
+def _summary(description: str, limit: int = 120) -> str:
+    """A tool's description in one line: its first paragraph, else its first sentence
+    (a docstring's first line alone stops mid-sentence where the text wraps)."""
+    paragraph = " ".join((description.strip().split("\n\n") or [""])[0].split())
+    if len(paragraph) <= limit:
+        return paragraph
+    sentence = paragraph.split(". ")[0].rstrip(".") + "."
+    return sentence if len(sentence) <= limit else paragraph[: limit - 3].rsplit(" ", 1)[0] + "..."
 
 
 def _approval(

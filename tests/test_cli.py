@@ -136,6 +136,8 @@ def test_tools_lists_schemas() -> None:
     assert names == sorted(names) and "read_file" in names
     text = cli("tools")
     assert "calculate(expression)" in text.stdout
+    # Each description is a whole sentence, not its docstring's first line cut mid-way.
+    assert "plus the return window), and whether that day has passed." in text.stdout
 
 
 def test_the_demo_runs_the_worked_example() -> None:
