@@ -7,6 +7,7 @@ what it names. `extends = "none"` at the top starts from nothing instead, and
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import tomllib
@@ -128,7 +129,11 @@ def _read(file: Path, shown: str) -> _File:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PolicyError(f"policy file not found: {shown}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            f"{shown}: not UTF-8 text (byte {exc.start}); a policy file is TOML in UTF-8"
+        ) from None
+    except OSError as exc:
         raise PolicyError(f"{shown}: cannot read the policy file: {exc}") from None
     return _File(shown, file.resolve().parent, _parse(text, shown), file.resolve())
 
@@ -270,8 +275,7 @@ def check_mcp_server(name: str, server: McpServerPolicy, blame: Callable[[str], 
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = str(err["loc"][0])
-        msg = err["msg"].lower()
-        raise PolicyError(f"{blame(key)}: {where} {key}: {msg} (got {err['input']!r})") from None
+        raise PolicyError(f"{blame(key)}: {where} {key}: {_said(err)}") from None
     if not 0 < server.startup_timeout_s <= 600:
         raise PolicyError(
             f"{blame('startup_timeout_s')}: {where} startup_timeout_s: must be above 0 and "
@@ -305,9 +309,7 @@ def _check_table(
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = str(err["loc"][0])
-        raise PolicyError(
-            f"{blame([*loc, key])}: [{name}] {key}: {err['msg'].lower()} (got {err['input']!r})"
-        ) from None
+        raise PolicyError(f"{blame([*loc, key])}: [{name}] {key}: {_said(err)}") from None
     root = policy.root_path(table)
     if root is not None and not root.is_dir():
         raise PolicyError(
@@ -354,13 +356,27 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
         return f"{source}: [{table}] {key}: missing (a [{table}] table needs it)"
     if rest[0] == "settings" and len(rest) > 1:
         key = "settings." + rest[1]  # drop pydantic's union branch names
+        value = err.get("input")
+        if isinstance(value, dt.date | dt.time):  # TOML's own dates are no setting's type
+            return (
+                f"{source}: [{table}] {key}: a TOML date, which settings do not take; "
+                f'write it as a string: {rest[1]} = "{value.isoformat()}"'
+            )
     if rest[0] == "network" and model is ToolPolicy:
         got = _short(err.get("input"))
         return (
             f'{source}: [{table}] network: must be true, false or a list of "host:port" '
             f"strings (got {got})"
         )
-    return f"{source}: [{table}] {key}: {err['msg'].lower()} (got {_short(err.get('input'))})"
+    return f"{source}: [{table}] {key}: {_said(err)}"
+
+
+def _said(err: Any) -> str:
+    """Pydantic's message for one error, in our words: a check of our own already names
+    the bad value ("'evil' has no port: ..."), pydantic's own checks get it added."""
+    if err["type"] == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return f"{str(err['msg']).lower()} (got {_short(err.get('input'))})"
 
 
 def _short(value: Any) -> str:

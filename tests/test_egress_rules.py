@@ -122,7 +122,10 @@ def test_allow_private_opens_the_lan_but_never_metadata_or_the_unspecified() -> 
 @pytest.mark.parametrize(
     ("text", "says"),
     [
-        ('[tools.calculate]\nnetwork = ["api.test"]\n', "network: value error, 'api.test' has no"),
+        (
+            '[tools.calculate]\nnetwork = ["api.test"]\n',
+            "network: 'api.test' has no port: write host:port",
+        ),
         ('[tools.calculate]\nnetwork = "api.test:443"\n', 'a list of "host:port" strings'),
         ("[tools.calculate]\nnetwork = []\n", "write network = false"),
         ('[egress]\nresolve = { "api.test" = "1.2.3" }\n', "is not an IPv4 or IPv6 address"),

@@ -88,6 +88,11 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
         ),
         ("[tools]\ncalculate = 3", "[tools.calculate]: must be a table"),
         ("[defaults\n", "p.toml: not valid TOML"),
+        (
+            "[defaults.settings]\ntoday = 2025-05-11",
+            "settings.today: a TOML date, which settings do not take; write it as a string: "
+            'today = "2025-05-11"',
+        ),
         ('isolation = "paranoid"', 'p.toml: isolation: must be "best-effort" or "strict"'),
     ],
 )
@@ -114,6 +119,14 @@ def test_a_table_for_an_unknown_tool_is_an_error_listing_the_known_ones(tmp_path
 def test_a_missing_file_is_a_policy_error() -> None:
     with pytest.raises(PolicyError, match=re.escape("policy file not found: /no/such.toml")):
         load_policy("/no/such.toml")
+
+
+def test_a_file_not_in_utf8_says_what_a_policy_file_is(tmp_path: Path) -> None:
+    latin1 = tmp_path / "p.toml"
+    latin1.write_bytes("# caf\xe9\n[run]\n".encode("latin-1"))
+    with pytest.raises(PolicyError) as info:
+        load_policy(latin1)
+    assert str(info.value).endswith("not UTF-8 text (byte 5); a policy file is TOML in UTF-8")
 
 
 def test_layers_the_policy_turns_off_reach_the_pool(tmp_path: Path) -> None:

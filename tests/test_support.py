@@ -76,6 +76,15 @@ def test_the_last_day_of_the_window_is_still_eligible() -> None:
         context.set_current(ToolContext())
 
 
+def test_a_today_setting_that_is_no_date_names_the_setting_and_its_form() -> None:
+    context.set_current(ToolContext(settings={"today": "tomorrow"}))
+    try:
+        with pytest.raises(ValueError, match=r"today setting must be a date, YYYY-MM-DD \(got"):
+            get_current_date()
+    finally:
+        context.set_current(ToolContext())
+
+
 def test_policy_text_ships_in_the_document_root() -> None:
     text = (Path(ORDERS_DB).parent / "docs" / "policy.txt").read_text()
     assert text.strip() == "Returns accepted within 30 days of delivery."

@@ -58,7 +58,14 @@ def _order(order_id: str) -> dict[str, Any]:
 def today() -> dt.date:
     """The date the tools believe it is: the `today` setting when pinned."""
     pinned = context.setting("today")
-    return dt.date.fromisoformat(str(pinned)) if pinned else dt.date.today()
+    if not pinned:
+        return dt.date.today()
+    try:
+        return dt.date.fromisoformat(str(pinned))
+    except ValueError:
+        raise ValueError(
+            f"the policy's today setting must be a date, YYYY-MM-DD (got {str(pinned)[:40]!r})"
+        ) from None
 
 
 NOT_IN_AN_ORDER = (
