@@ -115,7 +115,9 @@ def run_demo(policy_path: Path = DEMO_POLICY, out: TextIO | None = None) -> int:
             "OPENAI_API_KEY or OPENAI_BASE_URL for a live model). The model's turns are "
             "recorded, and marked so; every tool call below runs for real in a sandboxed "
             "worker (policy: policies/demo.toml), and its result is checked against the "
-            "one recorded with the transcript.\n"
+            "one recorded with the transcript. Two failures are part of the recording, on "
+            "purpose: a carrier tool that never answers is killed at its deadline "
+            "(timeout), and a path outside the document root is refused (tool_error).\n"
         )
     already = set(_sleepers())
     started = time.monotonic()

@@ -147,6 +147,7 @@ def test_the_demo_runs_the_worked_example() -> None:
     assert "its window closed on 2025-05-10" in out
     assert "timeout: track_shipment did not finish within 2 s" in out
     assert "REPLAY" in out
+    assert "Two failures are part of the recording, on purpose" in out  # said before them
     assert "processes left behind by tools: 0" in out
     assert "leaves the document root" in out
     assert "Every tool result matched the recording." in out and "DIFFERS" not in out
