@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from difflib import get_close_matches
 from typing import NoReturn
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -119,8 +120,13 @@ def parse(argv: list[str]) -> LaunchConfig:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"]) or "LIMITS_JSON"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            close = get_close_matches(where, list(Limits.model_fields), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            msg = f"unknown field{hint} (accepted: {', '.join(Limits.model_fields)})"
         _die(
-            f"LIMITS_JSON: {where}: {err['msg']} (a JSON object of sandbox.Limits fields, "
+            f"LIMITS_JSON: {where}: {msg} (a JSON object of sandbox.Limits fields, "
             f'for example \'{{"memory_mb": 256, "network": false}}\')',
             EXIT_USAGE,
         )

@@ -137,7 +137,7 @@ def test_memory_processes_and_cpu_time_are_bounded() -> None:
     ("args", "said"),
     [
         (['{"memory_mb": 1}', "--", "true"], "memory_mb"),
-        (['{"colour": 1}', "--", "true"], "colour"),
+        (['{"memory": 1}', "--", "true"], "memory: unknown field; did you mean 'memory_mb'?"),
         (["not json", "--", "true"], "LIMITS_JSON"),
         (["{}", "true"], "must follow --"),
         (["{}", "--"], "no command"),
