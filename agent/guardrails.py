@@ -14,6 +14,12 @@ from policies import Price, RunPolicy
 
 from .model import Usage
 
+
+def model_calls(n: int) -> str:
+    """'1 model call', '3 model calls': a count as a person reads it in an error line."""
+    return f"{n} model call" if n == 1 else f"{n} model calls"
+
+
 StopReason = Literal[
     "answer",
     "max_iterations",
@@ -55,7 +61,7 @@ class Budget:
         if self.steps >= self.limits.max_iterations:
             raise RunStopped(
                 "max_iterations",
-                f"stopped after {self.steps} model calls (max_iterations = "
+                f"stopped after {model_calls(self.steps)} (max_iterations = "
                 f"{self.limits.max_iterations}) without a final answer",
             )
         if self.cost_usd >= self.limits.max_cost_usd:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
-from .guardrails import Budget, RunStopped
+from .guardrails import Budget, RunStopped, model_calls
 
 Steer = Literal["repeated_call", "max_iterations", "contradiction"]
 """Why a model call was steered: the model repeated a call, it is the last step, or its
@@ -132,7 +132,7 @@ def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> Run
     if steer == "max_iterations":
         return RunStopped(
             steer,
-            f"stopped after {budget.steps} model calls (max_iterations = "
+            f"stopped after {model_calls(budget.steps)} (max_iterations = "
             f"{budget.limits.max_iterations}) without a final answer: asked for one with "
             f"tools off at the last step, the model still called {names}",
         )

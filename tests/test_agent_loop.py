@@ -12,10 +12,11 @@ import pytest
 
 from agent.approval import Approver
 from agent.audit import Trace, read_trace, render_timeline
+from agent.guardrails import Budget, RunStopped
 from agent.loop import Agent, RunResult
 from agent.model import ModelClient
 from agent.replay import ScriptedModelServer, Step, call, fail, say
-from policies import parse_policy
+from policies import RunPolicy, parse_policy
 from sandbox import Pool
 from tools import Registry
 
@@ -272,6 +273,10 @@ def test_max_iterations_ends_with_a_step_limit_answer(harness: Harness) -> None:
     )
     assert result.reason == "max_iterations"
     assert "3 model calls" in result.message
+    # One step is one call, in the line a person reads (was "1 model calls").
+    budget = Budget(RunPolicy(max_iterations=1), steps=1)
+    with pytest.raises(RunStopped, match=r"stopped after 1 model call \(max_iterations = 1\)"):
+        budget.before_model_call()
 
 
 def test_approval_is_denied_without_a_tty_and_the_model_is_told(harness: Harness) -> None:
