@@ -10,9 +10,20 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from tools.memory_files import MemoryRequestError, check_namespace
+
 from .terminal import safe
 
-__all__ = ["positive_int", "say", "seconds_between"]
+__all__ = ["memory_namespace", "positive_int", "say", "seconds_between"]
+
+
+def memory_namespace(text: str) -> str:
+    """`--memory-namespace`: refused here rather than by the first memory call, which
+    would make it an error the model reads (or, empty, the policy's namespace)."""
+    try:
+        return check_namespace(text)
+    except MemoryRequestError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_int(text: str) -> int:

@@ -23,6 +23,7 @@ from sandbox import Pool
 from .approval import Approver
 from .audit import Trace, read_trace, render_timeline
 from .checkpoints import CheckpointError, RunStore
+from .cli_types import memory_namespace
 from .embeddings import Embedder
 from .loop import Agent, RunResult
 from .model import ModelClient
@@ -65,6 +66,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--memory-namespace",
         metavar="NAME",
+        type=memory_namespace,
         help="the memory tools' namespace (one per user or agent; default: the policy's)",
     )
     p.add_argument("--embeddings-model", metavar="M", help="embed memories with this model")

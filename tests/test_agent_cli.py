@@ -87,6 +87,11 @@ def test_bad_flags_are_usage_errors() -> None:
     assert "--max-iterations: input should be greater than or equal to 1" in proc.stderr
     missing = cli("trace", "/no/such.jsonl")
     assert missing.returncode == 2 and "trace file not found" in missing.stderr
+    # A namespace no memory call could use is refused before the run, not by the model's
+    # first remember (a tool_error it reads, the run exit 0) nor, empty, passed over.
+    for namespace in ("", "a\x1bb"):
+        bad = cli("run", "x", "--memory-namespace", namespace)
+        assert bad.returncode == 2 and "a memory namespace is 1 to 200" in bad.stderr
 
 
 def test_chat_keeps_the_conversation_across_runs_with_a_session(tmp_path: Path) -> None:

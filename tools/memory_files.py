@@ -45,7 +45,11 @@ def check_namespace(namespace: object) -> str:
         "digits or punctuation, no control characters"
     )
     if not isinstance(namespace, str) or not 1 <= len(namespace) <= NAMESPACE_MAX_CHARS:
-        length = len(namespace) if isinstance(namespace, str) else type(namespace).__name__
+        length = (
+            f"{len(namespace)} characters"
+            if isinstance(namespace, str)
+            else f"a {type(namespace).__name__}"
+        )
         raise MemoryRequestError(f"{accepted} (got {length})")
     bad = [c for c in namespace if unicodedata.category(c) in ("Cc", "Cs")]
     if bad:
