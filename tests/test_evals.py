@@ -170,6 +170,10 @@ def test_usage_errors_name_what_is_wrong(tmp_path: Path, capsys: Any) -> None:
     assert "--case 'nope': no such case (cases: order 12345" in capsys.readouterr().err
     assert run_eval(str(tmp_path / "missing.toml")) == 2
     assert "suite file not found" in capsys.readouterr().err
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert run_eval(str(SUITE), "--scripted", "--out", str(a_file)) == 2  # was a traceback
+    assert "cannot make the report's directory here: Not a directory" in capsys.readouterr().err
 
 
 def test_the_judge_is_reported_beside_the_checks(tmp_path: Path, capsys: Any) -> None:

@@ -77,6 +77,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model_for = live_model(model_client(policy, args.base_url))
     judge = _judge_client(args) if args.judge_model else None
     out = Path(args.out or f"eval-results/{slug(suite.name)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:  # before any run: a report that cannot be written is a usage error, not a traceback
+        (out / "traces").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise UsageError(f"--out {out}: cannot make the report's directory here: {why}") from None
 
     report = run_suite(
         suite,
