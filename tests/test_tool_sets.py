@@ -22,8 +22,10 @@ SUPPORT_TOOLS = {
     "issue_refund",
 }
 MEMORY_TOOLS = {"remember", "recall", "forget"}
-DEMO_OFFER = SUPPORT_TOOLS
-"""What the demo policy offers: the support tools, not the hung carrier tool."""
+DEMO_OFFER = SUPPORT_TOOLS - {"check_return_eligibility", "issue_refund"}
+"""What the demo policy offers on a return question's first turn: the support tools, not
+the hung carrier tool, less those it offers only later (`after` the order's lookup) or
+when asked for (`offer_when`: a refund)."""
 
 
 def offered(server: ScriptedModelServer) -> set[str]:
