@@ -192,39 +192,6 @@ def spare_signal(pids: list[int]) -> str:
 
 
 @tool
-def spare_fork_bomb() -> str:
-    """Fork until refused; how many children were made."""
-    children = 0
-    try:
-        while children < 2000:
-            pid = os.fork()
-            if pid == 0:
-                signal.pause()
-                os._exit(0)
-            children += 1
-    except OSError:
-        pass
-    return str(children)
-
-
-@tool
-def spare_memfd_bomb() -> str:
-    """Fill anonymous memory files, which RLIMIT_AS does not count."""
-    block = b"x" * (1 << 20)
-    fds, total = [], 0
-    try:
-        while total < (2 << 30):
-            fd = os.memfd_create("bomb")
-            fds.append(fd)
-            for _ in range(8):
-                os.write(fd, block)
-                total += len(block)
-    except OSError as exc:
-        return f"stopped after {total >> 20} MiB: {exc.strerror}"
-    return f"ALLOWED: {total >> 20} MiB"
-
-
-@tool
 def spare_trace(pids: list[int]) -> str:
     """Reach into each process: its memory and environment through /proc, and
     PTRACE_ATTACH (detached again at once, so a process reached runs on).

@@ -36,6 +36,8 @@ pytestmark = [
     pytest.mark.skipif(platform.machine() != "x86_64", reason="the attack tools are x86_64"),
 ]
 TOOLS = str(Path(__file__).with_name("spare_attack_tools.py"))
+BOMBS = str(Path(__file__).with_name("attack_tools.py"))
+"""Its fork and memfd bombs, aimed here at a prepared spare's limits."""
 ARRIVAL_S = 60.0
 """How long a requested spare may take to arrive on a loaded machine."""
 
@@ -62,10 +64,11 @@ def layered(
     (base / "docs").mkdir()
     (base / "docs" / "doc.txt").write_text("the tool's own")
     text = "".join(f'[tools.{name}]\nroot = "docs"\n' for name in ROOTED)
-    text += "[tools.spare_fork_bomb]\nmax_processes = 16\n"
-    text += "[tools.spare_memfd_bomb]\nmemory_mb = 64\nmax_open_files = 1024\ntimeout_s = 60\n"
+    text += "[tools.attack_fork_bomb]\nmax_processes = 16\n"
+    text += "[tools.attack_memfd_bomb]\nmemory_mb = 64\nmax_open_files = 1024\ntimeout_s = 60\n"
     registry = Registry.default()
     registry.load(TOOLS)
+    registry.load(BOMBS)
     off, wanted = LAYERS[request.param]
     policy = parse_policy(text, "spares.toml", base)
     try:
@@ -181,15 +184,15 @@ def test_limits_written_ahead_still_bind_a_prepared_spare(
         pytest.skip("the limits do not depend on the file layers: one combination is enough")
     if not layered.layers["cgroup_pids"].active:
         pytest.skip(f"no pids cgroup here: {layered.layers['cgroup_pids'].detail}")
-    for output in fresh_then_prepared(layered, "spare_fork_bomb"):
-        assert int(output) < 16, output
+    for output in fresh_then_prepared(layered, "attack_fork_bomb"):
+        assert output.startswith("stopped after") and int(output.split()[2]) < 16, output
     if not layered.layers["cgroup_memory"].active:
         return
-    first = layered.call("spare_memfd_bomb")
-    profile = Profile.of(layered._prepare("spare_memfd_bomb", {}, None))
+    first = layered.call("attack_memfd_bomb")
+    profile = Profile.of(layered._prepare("attack_memfd_bomb", {}, None))
     assert profile is not None
     wait_ready(layered, profile)
-    second = layered.call("spare_memfd_bomb")
+    second = layered.call("attack_memfd_bomb")
     for result in (first, second):
         if result.ok:
             assert result.output.startswith("stopped after"), result
