@@ -495,6 +495,7 @@ class Agent:
                 priced=turn.model not in budget.unpriced,
                 text_calls=turn.text_calls,
                 text_call_repairs=list(turn.text_call_repairs),
+                tool_choice_refused=turn.tool_choice_refused,
                 steered=steer,
                 reviewed=reviewed,
             )

@@ -72,6 +72,10 @@ class ModelTurn:
     and were read into `message["tool_calls"]`; None: none were."""
     text_call_repairs: tuple[str, ...] = ()
     """What had to be fixed to read them (`trailing_commas`)."""
+    tool_choice_refused: str | None = None
+    """The `tool_choice` this call asked for and did not send, because the server
+    refused it (HTTP 400 naming tool_choice): "required" went as the server's own
+    choice (auto), "none" as a call without tools. None: sent as asked."""
 
 
 def openai_client(
@@ -116,6 +120,8 @@ class ModelClient:
         remember_secret(api_key)
         self.max_retries = max_retries
         self._client = openai_client(base_url, api_key, timeout_s, 0)
+        self._refused: set[str] = set()
+        """`tool_choice` values this server refused: not sent again (`_fallback`)."""
 
     def complete(
         self,
@@ -127,11 +133,19 @@ class ModelClient:
         """One completion. Tool calls the model wrote as text in its content, for the
         tools in `tools` only, come back as `tool_calls` (`ModelTurn.text_calls` says so).
         `tool_choice` ("none": answer in words) is sent only when given."""
+        refused = tool_choice if tool_choice in self._refused else None
+        sent_tools, sent_choice = _fallback(tools, tool_choice) if refused else (tools, tool_choice)
         try:
-            turn = self._complete(messages, tools, timeout_s, tool_choice)
+            turn = self._complete(messages, sent_tools, timeout_s, sent_choice)
+        except _ChoiceRefused:
+            # Once per value and client: the call again without it, said in the trace.
+            self._refused.add(str(tool_choice))
+            return self.complete(messages, tools, timeout_s, tool_choice)
         except RunError as exc:
             raise RunError(scrub(str(exc))) from None
-        return with_text_calls(turn, tools)
+        if refused:
+            turn = replace(turn, tool_choice_refused=refused)
+        return with_text_calls(turn, sent_tools)
 
     def _complete(
         self,
@@ -152,6 +166,8 @@ class ModelClient:
             try:
                 return self._try(messages, tools, per_try, deadline, tool_choice, start)
             except openai.APIError as exc:
+                if tool_choice and _refuses_tool_choice(exc):
+                    raise _ChoiceRefused() from None
                 tries += 1
                 wait = _retry_wait(exc, tries)
                 if (
@@ -225,6 +241,29 @@ class ModelClient:
             max_tokens=self.max_output_tokens or openai.NOT_GIVEN,
             timeout=timeout_s,
         )
+
+
+class _ChoiceRefused(Exception):
+    """The server answered HTTP 400 about the request's `tool_choice`."""
+
+
+def _refuses_tool_choice(exc: openai.APIError) -> bool:
+    """A 400 whose message names tool_choice (llama.cpp and vLLM builds without
+    "required", endpoints that take no tool_choice at all)."""
+    openai = _sdk()
+    if not isinstance(exc, openai.BadRequestError):
+        return False
+    said = f"{_error_message(exc)} {exc.message}".lower()
+    return "tool_choice" in said or "tool choice" in said
+
+
+def _fallback(
+    tools: list[dict[str, Any]], tool_choice: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """What is sent instead of a refused `tool_choice`: "none" (answer in words) as a
+    call without tools, which means the same; anything else as the server's own
+    choice (auto)."""
+    return ([], None) if tool_choice == "none" else (tools, None)
 
 
 MIN_TRY_S = 1.0

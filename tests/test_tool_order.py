@@ -19,7 +19,7 @@ from agent.approval import Approver
 from agent.audit import Trace, read_trace
 from agent.loop import Agent, RunResult
 from agent.model import ModelClient
-from agent.replay import ScriptedModelServer, Step, call, say
+from agent.replay import ScriptedModelServer, Step, call, fail, say
 from policies import Policy, RunPolicy, parse_policy
 from sandbox import Pool
 from tools import Registry
@@ -194,3 +194,51 @@ def test_after_must_name_a_tool_that_exists(tmp_path: Path) -> None:
     said = proc.stderr.strip()
     assert "[tools.issue_refund] after: there is no tool named 'get_order_statu'" in said
     assert "did you mean 'get_order_status'" in said
+
+
+def test_a_server_that_refuses_a_tool_choice_is_asked_again_without_it(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    server = setup[1]
+
+    def refuses_tool_choice(request: dict[str, Any]) -> Step:
+        # As a server without "required" (or any tool_choice) answers: HTTP 400 naming it.
+        if request.get("tool_choice"):
+            return fail(400, f"Unsupported tool_choice: {request['tool_choice']!r}")
+        if not request.get("tools"):
+            return say("It is 2025-05-11.")
+        return call(("get_current_date", {}))
+
+    result = run(
+        setup,
+        refuses_tool_choice,  # type: ignore[arg-type]
+        tmp_path / "t.jsonl",
+        task="What is the date?",
+        call_tools_first=True,
+        max_iterations=2,
+    )
+    assert result.ok and result.answer == "It is 2025-05-11."
+    sent = [(r.get("tool_choice"), bool(r.get("tools"))) for r in server.requests]
+    # "required" refused once, then the server's own choice; the last step's "none"
+    # refused once, then the same call without tools.
+    assert sent == [("required", True), (None, True), ("none", True), (None, False)]
+    calls = [e for e in read_trace(tmp_path / "t.jsonl") if e["event"] == "model_call"]
+    assert [c["tool_choice_refused"] for c in calls] == ["required", "none"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "agent", "trace", str(tmp_path / "t.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    ).stdout
+    assert "tool_choice required refused by the server: not sent" in shown
+    # Another 400 is the run's error, as before: nothing is retried without the choice.
+    result = run(
+        setup,
+        [fail(400, "context length exceeded")],
+        tmp_path / "u.jsonl",
+        task="Date?",
+        call_tools_first=True,
+    )
+    assert result.reason == "model_error" and "HTTP 400" in result.message
+    assert [r.get("tool_choice") for r in server.requests] == ["required"]

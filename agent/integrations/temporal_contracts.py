@@ -138,6 +138,7 @@ class ModelCallOutput(_Payload):
     model: str
     text_calls: str | None = None
     text_call_repairs: tuple[str, ...] = ()
+    tool_choice_refused: str | None = None
 
     @classmethod
     def from_turn(cls, turn: Any) -> ModelCallOutput:
@@ -152,6 +153,7 @@ class ModelCallOutput(_Payload):
             model=turn.model,
             text_calls=turn.text_calls,
             text_call_repairs=tuple(turn.text_call_repairs),
+            tool_choice_refused=turn.tool_choice_refused,
         )
 
     def to_turn(self) -> Any:
@@ -166,6 +168,7 @@ class ModelCallOutput(_Payload):
             model=self.model,
             text_calls=self.text_calls,
             text_call_repairs=self.text_call_repairs,
+            tool_choice_refused=self.tool_choice_refused,
         )
 
 
