@@ -55,6 +55,25 @@ def rt_root_on_host(path: str) -> str:
     return "; ".join(found)
 
 
+@tool
+def rt_kill(pids: list[int]) -> str:
+    """SIGKILL each process, as a tool that wants its neighbours gone would (the
+    orchestrator, sshd, another call): which it reached.
+
+    Args:
+        pids: Host pids outside the call.
+    """
+    killed = []
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except OSError as exc:
+            killed.append(f"{pid} denied: {exc.strerror}")
+        else:
+            killed.append(f"{pid} KILLED")
+    return "; ".join(killed)
+
+
 _KEYCTL, _ADD_KEY = 250, 248  # x86_64
 _KEY_SPEC_USER_KEYRING = -4
 _KEYCTL_SEARCH, _KEYCTL_READ = 10, 11

@@ -7,16 +7,17 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import pool_without
+from conftest import pool_without, unique_marker
 
 from policies import parse_policy
-from sandbox import Pool, SandboxUnavailable
+from sandbox import Pool, SandboxUnavailable, _landlock
 from tools import Registry
 
 pytestmark = [
@@ -115,6 +116,43 @@ def test_no_worker_runs_as_root_without_a_file_layer(tmp_path: Path) -> None:
     assert result.ok, result
     assert "READ" not in result.output and "CORE_PATTERN WRITABLE" not in result.output
     assert secret.read_text() == "host secret\n"
+
+
+SIGNAL_WALLS = {
+    # name: (layers off, the layer left that walls signals)
+    "no layer walls signals": (("pid_namespace", "landlock", "unprivileged_uid"), None),
+    "Landlock's signal scope alone": (("pid_namespace", "unprivileged_uid"), "landlock"),
+    "a uid of its own alone": (("pid_namespace", "landlock"), "unprivileged_uid"),
+}
+
+
+@pytest.mark.parametrize("case", list(SIGNAL_WALLS))
+def test_a_tool_cannot_kill_a_process_outside_its_call(case: str, tmp_path: Path) -> None:
+    """Without a PID namespace a tool names every process on the host; only Landlock's
+    signal scope (ABI 6) or a uid of its own keeps its kill() inside its call. The
+    victim, a process of the orchestrator's own uid (root's, or the normal user's), as
+    the orchestrator itself, sshd or the user's shell are: the pool refuses to start
+    where no layer walls signals, and elsewhere the victim lives."""
+    off, wall = SIGNAL_WALLS[case]
+    victim = subprocess.Popen(["sleep", unique_marker()])
+    try:
+        try:
+            pool = make_pool(tmp_path, "", off)
+        except SandboxUnavailable as exc:
+            assert "no layer walls signals" in str(exc), exc
+            offered = {"landlock": _landlock.abi_version() >= 6, "unprivileged_uid": False}
+            offered["unprivileged_uid"] = os.geteuid() == 0
+            assert wall is None or not offered[wall], f"refused, yet {wall} walls signals: {exc}"
+            if wall is not None:
+                pytest.skip(f"{wall} walls no signal here: {exc}")
+            return
+        with pool:
+            result = pool.call("rt_kill", {"pids": [victim.pid]})
+        assert result.ok, result
+        assert "KILLED" not in result.output and victim.poll() is None, result
+    finally:
+        victim.kill()
+        victim.wait()
 
 
 def test_a_key_left_in_a_worker_uids_keyring_reaches_no_later_call(tmp_path: Path) -> None:
