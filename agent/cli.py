@@ -241,7 +241,7 @@ def _main(argv: list[str]) -> int:
                 policy = load_policy(args.policy)
             except SandboxedAgentError as exc:
                 raise UsageError(str(exc)) from None  # a bad file is a usage error, as for run
-            return run_doctor(policy.disabled_layers)
+            return run_doctor(policy.disabled_layers, policy.accept_unwalled_signals)
         if args.command == "policy":
             return cmd_policy_show(args)
         if args.command == "mcp":

@@ -14,19 +14,25 @@ import textwrap
 import warnings
 
 from sandbox import IsolationWarning, Limits, Pool, ToolResult
+from sandbox.layers import unwalled_signals
+from sandbox.pool import ACCEPT_IN_POLICY
 from sandbox.probe import EGRESS_PROBE_LIST
 from tools import Registry
 
 from .terminal import safe
 
 
-def run_doctor(disable: list[str] | None = None) -> int:
+def run_doctor(disable: list[str] | None = None, accept_unwalled_signals: bool = False) -> int:
+    """Exit status 1 where tools would not run (no layer walls signals, unaccepted):
+    the report is still made, by a pool that accepts it for its own probe alone."""
     registry = Registry()
     registry.load("sandbox.probe")
     with warnings.catch_warnings():
         # This command's own report names every missing layer: no warning above it.
         warnings.simplefilter("ignore", IsolationWarning)
-        pool = Pool(registry=registry, size=1, spares=1, disable=disable or [])
+        pool = Pool(
+            registry=registry, size=1, spares=1, disable=disable or [], accept_unwalled_signals=True
+        )
     with pool:
         layers = pool.layers
         probe = pool.call("sandbox_probe")
@@ -54,6 +60,9 @@ def run_doctor(disable: list[str] | None = None) -> int:
         'With isolation = "strict", tools run only when every layer is active, but those '
         "turned off by the policy or on standby.\n"
     )
+    refused = None if accept_unwalled_signals else unwalled_signals(layers, ACCEPT_IN_POLICY)
+    if refused:
+        print(f"Tools will not run here: {safe(refused)}.\n")
     if not probe.ok:
         print(f"The probe worker failed: {probe.error.kind}: {safe(probe.error.message)}")
         return 1
@@ -62,7 +71,7 @@ def run_doctor(disable: list[str] | None = None) -> int:
         print(f"  {safe(key):<24} {safe(value)}")
     _egress_report(egress)
     sys.stdout.flush()
-    return 0
+    return 1 if refused else 0
 
 
 EGRESS_SCOPE = (

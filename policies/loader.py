@@ -46,6 +46,7 @@ _TOP_LEVEL = (
     "isolation",
     "load_tools",
     "layers",
+    "accept_unwalled_signals",
     "defaults",
     "tools",
     "mcp_servers",
@@ -332,6 +333,9 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
     if loc == ["isolation"]:
         got = _short(err.get("input"))
         return f'{source}: isolation: must be "best-effort" or "strict" (got {got})'
+    if loc == ["accept_unwalled_signals"]:
+        got = _short(err.get("input"))
+        return f"{source}: accept_unwalled_signals: must be true or false (got {got})"
     if loc[0] == "defaults":
         table, rest = "defaults", loc[1:]
     elif loc[0] == "run" and len(loc) >= 3 and loc[1] == "prices":

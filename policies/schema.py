@@ -245,6 +245,10 @@ class Policy(BaseModel):
     relative to this file; `["tools.memory"]` for the memory tools."""
     layers: dict[str, bool] = Field(default_factory=dict)
     """`[layers]`: `NAME = false` turns an isolation layer off (see `doctor`)."""
+    accept_unwalled_signals: bool = False
+    """Run tools even where no layer keeps their signals inside their call (no PID
+    namespace, no Landlock signal scope, no uid of their own): only on a machine that
+    is itself the wall, since a tool could then kill the orchestrator."""
     defaults: ToolPolicy = Field(default_factory=ToolPolicy)
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
     mcp_servers: dict[str, McpServerPolicy] = Field(default_factory=dict)
@@ -305,6 +309,7 @@ class Policy(BaseModel):
             "isolation": self.isolation,
             "disable": self.disabled_layers,
             "egress": self.egress.config(),
+            "accept_unwalled_signals": self.accept_unwalled_signals,
         }
 
     def effective(self, tool: str) -> ToolPolicy:

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from . import _cpuacct, _jail, _landlock, _linux, _nofollow
 from .launch import EXIT_CPU, EXIT_STOPPED, LaunchConfig
-from .layers import Layers, user_namespace
+from .layers import Layers, unwalled_signals, user_namespace
 from .limits import apply_rlimits
 from .protocol import Call, Layer, ZygoteConfig
 from .read_set import SYSTEM_READ_PATHS, command_read_paths
@@ -85,12 +85,21 @@ class Launcher:
         return owners.pop()
 
     def _check_layers(self) -> None:
+        from .launch import ACCEPT_FLAG
         from .pool import _root_without_walls
 
         status = self.layers.status
         refused = _root_without_walls(status)
+        walls = dict(status)
+        if self.config.write_paths and "unprivileged_uid" in walls:
+            # It runs as their owner, whose other processes it could signal.
+            walls["unprivileged_uid"] = walls["unprivileged_uid"].model_copy(
+                update={"walls_signals": False}
+            )
+        if not self.config.accept_unwalled_signals:
+            refused = refused or unwalled_signals(walls, f"pass {ACCEPT_FLAG}")
         if refused:
-            raise OSError(refused.replace("workers", "the command"))
+            raise OSError(refused.replace("workers", "the command").replace("a tool", "it"))
         missing = {n: layer for n, layer in status.items() if layer.required and not layer.active}
         if missing and self.config.strict:
             names = "; ".join(f"{name} ({layer.detail})" for name, layer in missing.items())

@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from . import _jail, _linux, _seccomp
+from . import _jail, _landlock, _linux, _seccomp
 
 
 def in_child(probe: Callable[[], object]) -> str | None:
@@ -71,6 +71,17 @@ def seccomp_works() -> None:
         raise OSError(f"the filter was installed but a {family.name} socket could still be made")
     for end in socket.socketpair():  # still allowed: its two ends reach nobody else
         end.close()
+
+
+def signals_scoped() -> None:
+    """Landlock's signal scope (ABI 6) holds: once restricted, the zygote (this
+    child's parent, of the same uid) can no longer be signalled."""
+    _landlock.restrict([], [])
+    try:
+        os.kill(os.getppid(), 0)
+    except PermissionError:
+        return
+    raise OSError("restricted with the signal scope, yet the zygote could be signalled")
 
 
 def keyring_closed() -> None:

@@ -42,6 +42,10 @@ CPU_POLL_S = 0.25
 """How often the launcher reads the command's CPU cgroup (`cpu_s` for the whole tree)."""
 
 
+ACCEPT_FLAG = "--accept-unwalled-signals"
+"""Run even where no layer walls the command's signals (`sandbox.layers.unwalled_signals`)."""
+
+
 class LaunchConfig(BaseModel):
     """What the clean second stage of the launcher is handed (on its command line)."""
 
@@ -55,6 +59,7 @@ class LaunchConfig(BaseModel):
     """Names of the caller's variables that reach the command."""
     disabled: list[str] = []
     strict: bool = False
+    accept_unwalled_signals: bool = False
     tmp: str = "/tmp"
     sys_path: list[str] = []
     cgroup_subtree: str | None = None
@@ -70,6 +75,7 @@ def command_line(
     env: Sequence[str] = (),
     disable: Sequence[str] = (),
     strict: bool = False,
+    accept_unwalled_signals: bool = False,
 ) -> list[str]:
     """The argv that runs `command` under the launcher, for any stdio client."""
     argv = [sys.executable, "-m", "sandbox.launch", limits.model_dump_json()]
@@ -83,6 +89,8 @@ def command_line(
             argv += [flag, value]
     if strict:
         argv += ["--isolation", "strict"]
+    if accept_unwalled_signals:
+        argv.append(ACCEPT_FLAG)
     return [*argv, "--", *command]
 
 
@@ -91,7 +99,7 @@ class _Parser(argparse.ArgumentParser):
         _die(
             f"{message} (usage: python -m sandbox.launch LIMITS_JSON [--read PATH]... "
             "[--write PATH]... [--env NAME]... [--disable LAYER]... [--isolation strict] "
-            "-- COMMAND [ARG]...)",
+            f"[{ACCEPT_FLAG}] -- COMMAND [ARG]...)",
             EXIT_USAGE,
         )
 
@@ -111,6 +119,7 @@ def parse(argv: list[str]) -> LaunchConfig:
     for flag in ("--read", "--write", "--env", "--disable"):
         parser.add_argument(flag, action="append", default=[])
     parser.add_argument("--isolation", choices=["best-effort", "strict"], default="best-effort")
+    parser.add_argument(ACCEPT_FLAG, action="store_true")
     args = parser.parse_args(argv[:cut])
     command = argv[cut + 1 :]
     if not command:
@@ -174,6 +183,7 @@ def parse(argv: list[str]) -> LaunchConfig:
         env=args.env,
         disabled=args.disable,
         strict=args.isolation == "strict",
+        accept_unwalled_signals=args.accept_unwalled_signals,
         tmp=tempfile.gettempdir(),
         sys_path=[os.path.abspath(p) for p in sys.path if p],
     )

@@ -2,7 +2,9 @@
 
 Each layer is detected by trying it, never assumed; what is missing is reported with
 the reason (`sandboxed-agent doctor` prints it), and `isolation = "strict"` refuses to
-run tools without every layer.
+run tools without every layer. Where no layer keeps signals inside a call (a PID
+namespace, a uid of the worker's own, Landlock's signal scope), the pool refuses to
+start unless told to accept it (`unwalled_signals`).
 
 | layer | what it stops |
 |---|---|
@@ -14,7 +16,7 @@ run tools without every layer.
 | keyring | the orchestrator's keys: a fresh session keyring, keyring calls refused |
 | userns_denied | new user namespaces (a full capability set inside one) |
 | bind_mounts | a root of its own: only what the policy allows exists, read-only |
-| landlock | the second wall inside that root: reads and writes beyond the policy |
+| landlock | the second wall inside that root: reads and writes beyond the policy; signals (ABI 6) |
 | unprivileged_uid | writing the host's files; RLIMIT_NPROC not binding (root ignores it) |
 | capabilities | acting as root: reading other processes' environment, mounting, tracing |
 | cgroup_pids | fork bombs (a pids cgroup per worker) |
@@ -31,7 +33,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from . import _cgroups, _cpuacct, _jail, _landlock, _linux, _netns, _probes, _seccomp, _userns
 from .limits import NetworkMode
@@ -140,7 +142,7 @@ class Layers:
             )
             return None
         self.status["pid_namespace"] = Layer(
-            state="active", detail="each worker is pid 1 of its own"
+            state="active", detail="each worker is pid 1 of its own", walls_signals=True
         )
         return namespaces
 
@@ -316,10 +318,12 @@ class Layers:
                 detail="the kernel has no Landlock: file access is not restricted",
             )
             return False
-        scope = ", signals and abstract sockets scoped" if abi >= 6 else ""
+        scoped = abi >= 6 and _probes.in_child(_probes.signals_scoped) is None
+        scope = ", signals and abstract sockets scoped" if scoped else ""
         self.status["landlock"] = Layer(
             state="active",
             detail=f"ABI {abi}: opening files for reading or writing restricted{scope}",
+            walls_signals=scoped,
         )
         return True
 
@@ -376,7 +380,9 @@ class Layers:
             )
             return
         self.uids = uids
-        self.status["unprivileged_uid"] = Layer(state="active", detail=uids.describe())
+        self.status["unprivileged_uid"] = Layer(
+            state="active", detail=uids.describe(), walls_signals=uids.span > 1
+        )  # `nobody` is every worker's, and the host's too
 
     def _private_mounts(self, root: str) -> bool:
         """Try, in a throwaway child, what each worker will do at fork."""
@@ -446,6 +452,45 @@ class Layers:
                 f"{layer.state} ({layer.detail})"
             )
         return _netns.enter_and_hand_over(channel_fd)
+
+
+SIGNAL_WALLS = ("pid_namespace", "landlock", "unprivileged_uid")
+"""The layers that can keep a tool's signals inside its call (`Layer.walls_signals`)."""
+
+
+def unwalled_signals(status: Mapping[str, Layer], accept: str) -> str | None:
+    """Why no tool may run here unless accepted (`accept` says how): no active layer
+    walls signals, so a tool's kill(-1) reaches every process of its uid on the host
+    and in other calls: root's sshd, or a normal user's shell, and the orchestrator
+    where the workers run as it does."""
+    if any(layer.active and layer.walls_signals for layer in status.values()):
+        return None
+    root = os.geteuid() == 0
+    why, turn_on = [], []
+    for name in SIGNAL_WALLS:
+        layer = status.get(name)
+        if layer is None:
+            continue
+        if layer.state == "off" and (name != "unprivileged_uid" or root):
+            turn_on.append(name)
+        if not layer.active:
+            why.append(f"{name} {layer.state}")
+        elif name == "landlock":
+            why.append("landlock without the signal scope of ABI 6 (Linux 6.12+)")
+        else:
+            why.append("a uid shared with other processes")  # nobody, the user, a --write owner
+    if turn_on:
+        names = ", ".join(turn_on[:-1]) + " or " if len(turn_on) > 1 else ""
+        fix = f"turn {names}{turn_on[-1]} back on"
+    else:
+        fix = "make PID namespaces available (`sandboxed-agent doctor` says why they are not)"
+    uid = status.get("unprivileged_uid")
+    ours = not root or uid is None or not uid.active  # the workers run as we do
+    return (
+        f"no layer walls signals ({', '.join(why)}): a tool could kill any process on "
+        f"the host that shares its uid{', the orchestrator included' if ours else ''}; "
+        f"{fix}, or {accept} to accept it"
+    )
 
 
 def user_namespace(disabled: Collection[str]) -> Layer:

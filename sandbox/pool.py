@@ -50,7 +50,7 @@ from .errors import (
     WorkerCrashed,
     error_for,
 )
-from .layers import check_layer_names
+from .layers import check_layer_names, unwalled_signals
 from .limits import Limits, NetworkMode
 from .protocol import Call, Layer, Profile, Result, ToolError
 from .template import Template, WorkerHandle
@@ -59,6 +59,8 @@ SPARE_TIMEOUT_S = 60.0
 """Longest wait for a spare worker; only reached on a machine that cannot fork."""
 KILL_WAIT_S = 10.0
 """How long a SIGKILLed worker may take to be gone (a huge address space to free)."""
+ACCEPT_IN_POLICY = "set accept_unwalled_signals = true in the policy"
+"""How a policy (or `Pool(accept_unwalled_signals=True)`) accepts unwalled signals."""
 LOG_CHARS = 4000
 """How many bytes of a call's stdout/stderr the result keeps."""
 
@@ -144,7 +146,11 @@ class Pool:
         read_paths: list[str] | None = None,
         disable: Collection[str] = (),
         egress: EgressConfig | None = None,
+        accept_unwalled_signals: bool = False,
     ) -> None:
+        """`accept_unwalled_signals`: start even where no layer keeps a tool's signals
+        inside its call (`sandbox.layers.unwalled_signals`), for a machine that is
+        itself the wall (a throwaway VM or container running nothing else)."""
         self.registry = registry if registry is not None else Registry.default()
         self.policy: LimitsPolicy = policy if policy is not None else DefaultLimits()
         self.size = size or os.cpu_count() or 2
@@ -169,6 +175,8 @@ class Pool:
             if not layer.active and layer.required
         }
         refused = _root_without_walls(self.layers)
+        if not accept_unwalled_signals:
+            refused = refused or unwalled_signals(self.layers, ACCEPT_IN_POLICY)
         if refused:
             self._template.close()
             raise SandboxUnavailable(refused)

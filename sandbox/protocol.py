@@ -141,6 +141,10 @@ class Layer(_Message):
     """`off`: the policy turned it off; `standby`: a fallback another layer makes
     unnecessary here."""
     detail: str
+    walls_signals: bool = False
+    """As set up here, it keeps a tool's signals inside its call: a PID namespace, a
+    uid no other process has, Landlock's signal scope. The pool refuses to start where
+    no active layer does (`sandbox.pool`)."""
 
     @property
     def active(self) -> bool:

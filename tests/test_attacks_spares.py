@@ -206,11 +206,20 @@ def one_uid() -> Iterator[Pool]:
     """Workers that share one uid (root's 0 without capabilities, or the pool's user)
     in the host's PID namespace, with no Landlock domain between them: only the
     capability drop claims to keep them from tracing one another. Nor does seccomp
-    keep them from making user namespaces: only the jail's flags hold there."""
+    keep them from making user namespaces: only the jail's flags hold there. Nothing
+    walls signals then, so the pool starts only when told to accept that (the
+    red-team suite's kill test holds it to refusing otherwise)."""
     registry = Registry.default()
     registry.load(TOOLS)
     off = ("pid_namespace", "landlock", "unprivileged_uid", "seccomp", "userns_denied", "keyring")
-    with pool_without(off, ("bind_mounts", "capabilities"), registry=registry) as pool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IsolationWarning)
+        pool = Pool(registry=registry, size=1, disable=off, accept_unwalled_signals=True)
+    for layer in ("bind_mounts", "capabilities"):
+        if not pool.layers[layer].active:
+            pool.close()
+            pytest.skip(f"{layer} is unavailable here: {pool.layers[layer].detail}")
+    with pool:
         yield shared(pool)
 
 

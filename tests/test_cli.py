@@ -171,6 +171,23 @@ def test_doctor_reports_every_layer_and_verifies_from_inside_a_worker() -> None:
         assert caps.split()[-1] == "0000000000000000", caps  # none kept, ever
 
 
+def test_doctor_says_where_tools_would_not_run_for_want_of_a_signal_wall(
+    tmp_path: Path,
+) -> None:
+    """It still reports every layer and what a worker could do, then says what the
+    pool would: the one line naming what is off, what to turn on, how to accept."""
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        "[layers]\npid_namespace = false\nlandlock = false\nunprivileged_uid = false\n"
+    )
+    proc = cli("doctor", "--policy", str(policy))
+    assert proc.returncode == 1, proc.stderr
+    said = next(line for line in proc.stdout.splitlines() if line.startswith("Tools will not"))
+    assert said.startswith("Tools will not run here: no layer walls signals (pid_namespace off, ")
+    assert "accept_unwalled_signals = true" in said and "uid 0 with no file layer" not in said
+    assert "read /etc/shadow" in proc.stdout  # the probe ran all the same
+
+
 def test_strict_isolation_from_the_command_line() -> None:
     doctor = cli("doctor").stdout
     proc = cli("tool", "calculate", "--args", '{"expression": "2+3"}', "--isolation", "strict")

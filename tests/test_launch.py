@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import Limits
-from sandbox.launch import EXIT_STOPPED, EXIT_USAGE, command_line
+from sandbox.launch import ACCEPT_FLAG, EXIT_STOPPED, EXIT_USAGE, command_line, parse
 from tests.conftest import pid_namespaces_available, sleepers, unique_marker
 
 PROBE = str(Path(__file__).with_name("launch_probe.py"))
@@ -201,3 +201,24 @@ def test_as_root_a_command_writes_its_write_paths_as_their_owner(tmp_path: Path)
     )
     assert refused.returncode == 70
     assert "one user other than root" in refused.stderr
+
+
+def test_no_command_runs_where_no_layer_walls_its_signals(tmp_path: Path) -> None:
+    """With no PID namespace and no Landlock, a command that runs as the caller, or as
+    the owner of its `--write` paths (root's choice), could kill their processes: the
+    launcher refuses, unless told to accept it."""
+    off = ["pid_namespace", "landlock", "unprivileged_uid"]
+    runs = [command_line(["/bin/true"], Limits(), disable=off)]
+    if os.geteuid() == 0:
+        owned = tmp_path / "out"
+        owned.mkdir()
+        os.chown(owned, 4321, 4321)
+        runs.append(
+            command_line(["/bin/true"], Limits(), disable=off[:2], write_paths=[str(owned)])
+        )
+    for argv in runs:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 70, (argv, proc.stderr)
+        assert "no layer walls signals" in proc.stderr and ACCEPT_FLAG in proc.stderr, argv
+    accepted = command_line(["/bin/true"], Limits(), disable=off, accept_unwalled_signals=True)
+    assert parse(accepted[3:]).accept_unwalled_signals  # what the second stage is handed

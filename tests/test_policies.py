@@ -136,6 +136,9 @@ def test_layers_the_policy_turns_off_reach_the_pool(tmp_path: Path) -> None:
     assert policy.disabled_layers == ["seccomp"]
     options = policy.pool_options()
     assert (options["isolation"], options["disable"]) == ("best-effort", ["seccomp"])
+    assert options["accept_unwalled_signals"] is False
+    accepting = parse_policy("accept_unwalled_signals = true\n", "p.toml", tmp_path)
+    assert accepting.pool_options()["accept_unwalled_signals"] is True
 
 
 def test_a_copy_with_other_tool_tables_resolves_afresh() -> None:

@@ -146,6 +146,7 @@ class _Server:
             env=list(table.env),
             disable=policy.disabled_layers,
             strict=policy.isolation == "strict",
+            accept_unwalled_signals=policy.accept_unwalled_signals,
         )
         self.env = launcher_env(dict(table.env))
         self.max_message = max(MAX_MESSAGE_FLOOR, 4 * table.max_output_chars)
