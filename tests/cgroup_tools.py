@@ -1,4 +1,5 @@
-"""Tools that only a cgroup stops: what they report says which limit did."""
+"""A tool that only a cgroup stops: what it reports says which limit did (the memfd
+bomb is tests/attack_tools.py's)."""
 
 from __future__ import annotations
 
@@ -29,20 +30,3 @@ def cgroup_fork_bomb() -> str:
     with open("/proc/self/cgroup") as f:
         pids = next((line.strip() for line in f if ":pids:" in line), "")
     return json.dumps({"children": children, "stopped": stopped, "nproc": nproc, "pids": pids})
-
-
-@tool
-def cgroup_memfd_bomb() -> str:
-    """Fill anonymous memory files with write(), which RLIMIT_AS does not count."""
-    block = b"x" * (1 << 20)
-    fds, total = [], 0
-    try:
-        while total < (2 << 30):
-            fd = os.memfd_create("bomb")
-            fds.append(fd)
-            for _ in range(8):
-                os.write(fd, block)
-                total += len(block)
-    except OSError as exc:
-        return f"stopped after {total >> 20} MiB: {exc.strerror}"
-    return f"ALLOWED: {total >> 20} MiB"

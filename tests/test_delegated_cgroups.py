@@ -21,11 +21,13 @@ from sandbox.layers import CGROUP_PREFIX
 from tools import Registry
 
 TOOLS = str(Path(__file__).with_name("cgroup_tools.py"))
+BOMBS = str(Path(__file__).with_name("attack_tools.py"))
+"""Its memfd bomb, aimed here at the memory cgroup."""
 REQUIRED = os.environ.get("SANDBOXED_AGENT_DELEGATED") == "1"
 POLICY = """
 [tools.cgroup_fork_bomb]
 max_processes = 16
-[tools.cgroup_memfd_bomb]
+[tools.attack_memfd_bomb]
 memory_mb = 64
 max_file_size_mb = 1024
 max_open_files = 1024
@@ -37,6 +39,7 @@ timeout_s = 60
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     registry = Registry.default()
     registry.load(TOOLS)
+    registry.load(BOMBS)
     policy = parse_policy(POLICY, "cgroups.toml", tmp_path_factory.mktemp("policy"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IsolationWarning)
@@ -66,7 +69,7 @@ def test_a_fork_bomb_is_stopped_by_the_pids_cgroup_not_an_rlimit(pool: Pool) -> 
 
 def test_memory_rlimit_as_cannot_see_is_bounded_by_the_memory_cgroup(pool: Pool) -> None:
     needs(pool, "cgroup_memory")
-    result = pool.call("cgroup_memfd_bomb")
+    result = pool.call("attack_memfd_bomb")
     if result.ok:  # the write that would pass the limit refused (ENOMEM)
         assert result.output.startswith("stopped after"), result
         assert int(result.output.split()[2]) <= 64 + 16, result
