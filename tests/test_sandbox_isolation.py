@@ -11,17 +11,28 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import HOSTILE, ROOT
+from conftest import HOSTILE, ROOT, shared
 
 from sandbox import Limits, Pool
 from sandbox.reaper import survivors
 from tools import Registry
 
 SECRET = "sk-test-do-not-leak-0123456789"
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Pool]:
+    """One pool for the module's tests of what a call sees: each asks for a worker of
+    its own (or, trusted, for the one it keeps), which is the promise they test."""
+    registry = Registry.default()
+    registry.load(HOSTILE)
+    with Pool(registry=registry, size=2) as p:
+        yield shared(p)
 
 
 def test_no_secret_of_the_orchestrator_reaches_a_tool(

@@ -4,9 +4,10 @@ and nothing the call started survives it."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
-from conftest import sleepers, unique_marker
+from conftest import HOSTILE, shared, sleepers, unique_marker
 
 from sandbox import Limits, Pool
 from tools import Registry
@@ -19,6 +20,16 @@ def run(pool: Pool, tool: str, args: dict | None = None, **limits: object):
     started = time.monotonic()
     result = pool.call(tool, args or {}, limits=Limits(**limits))
     return result, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Pool]:
+    """One pool for the module: each test kills or fails its own call's worker, and the
+    pool carrying on after that is a promise too (the zygote stays, the workers go)."""
+    registry = Registry.default()
+    registry.load(HOSTILE)
+    with Pool(registry=registry, size=2) as p:
+        yield shared(p)
 
 
 @pytest.mark.parametrize("tool", ["sleep_forever", "blocking_read", "ignore_sigterm"])
