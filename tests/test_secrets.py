@@ -5,6 +5,7 @@ files are private."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from agent import scrubbing
 from agent.checkpoints import RunStore
 from agent.replay import ScriptedModelServer, Step, fail, say
 
@@ -93,6 +95,7 @@ def hostile_server(request: pytest.FixtureRequest) -> Iterator[ScriptedModelServ
 
 
 def cli(*args: str, home: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`sandboxed-agent ARGS` as a program, the key in its environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
@@ -103,6 +106,32 @@ def cli(*args: str, home: Path, stdin: str = "") -> subprocess.CompletedProcess[
         cwd=ROOT,
         env=env | {"OPENAI_API_KEY": KEY, "XDG_DATA_HOME": str(home)},
     )
+
+
+class InProcess:
+    """`sandboxed-agent ARGS` as `agent.cli.main` runs it, in this process (starting an
+    interpreter and importing the SDK costs seconds a command, eight scenarios of two
+    commands each), the same environment as `cli`'s. What it prints is read at file
+    descriptors 1 and 2, so that the pool's processes' output counts too. Each command
+    starts with no secret known, as a new process does (`agent.scrubbing` keeps the ones
+    it was told of for the process's life)."""
+
+    def __init__(self, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self.capfd, self.monkeypatch = capfd, monkeypatch
+        for name in [k for k in os.environ if k.startswith(("OPENAI_", "PYTHONPATH"))]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+
+    def __call__(self, *args: str, home: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        from agent.cli import main
+
+        self.monkeypatch.setenv("XDG_DATA_HOME", str(home))
+        self.monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        self.monkeypatch.setattr(scrubbing, "_secrets", set())
+        self.capfd.readouterr()
+        status = main(list(args))
+        out, err = self.capfd.readouterr()
+        return subprocess.CompletedProcess(list(args), status, out, err)
 
 
 def files_holding_the_key(*roots: Path) -> list[str]:
@@ -120,8 +149,12 @@ def mode(path: Path) -> int:
 
 @pytest.mark.parametrize("hostile_server", list(HOSTILE), indirect=True)
 def test_an_echoed_key_is_written_and_printed_nowhere(
-    hostile_server: ScriptedModelServer, tmp_path: Path
+    hostile_server: ScriptedModelServer,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    cli = InProcess(capfd, monkeypatch)
     home = tmp_path / "data"
     trace = tmp_path / "trace.jsonl"
     url = hostile_server.base_url
