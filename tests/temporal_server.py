@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -228,12 +228,49 @@ def start_workers(
     return workers
 
 
+def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment less its endpoint settings and PYTHONPATH, plus `extra`: what
+    each `sandboxed-agent` command of these tests gets."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
+    return base | (extra or {})
+
+
+def agent_program(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`sandboxed-agent ARGS` started, not waited for (independent commands run at once):
+    no stdin, its stdout and stderr piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=agent_env(env),
+    )
+
+
+def wait_until(condition: Callable[[], object], what: str) -> None:
+    """Poll `condition` (a file a tool makes, a process it starts: its own signal) until
+    it holds, failing saying `what` never happened past a loaded machine's deadline."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.05)
+
+
+async def until(condition: Callable[[], object], what: str) -> None:
+    """`wait_until` inside an event loop (one that serves a workflow meanwhile)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        await asyncio.sleep(0.05)
+
+
 def start_worker(
     server: DevServer, *args: str, env: dict[str, str] | None = None, ready: bool = True
 ) -> WorkerProcess:
     """`python -m agent worker --temporal ADDRESS ARGS...`, in its own session, and
     (with `ready`) wait until it says it polls its queues."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "worker", "--temporal", server.address, *args],
         stdin=subprocess.DEVNULL,
@@ -241,7 +278,7 @@ def start_worker(
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env=base | {"OPENAI_API_KEY": "sk-test"} | (env or {}),
+        env=agent_env({"OPENAI_API_KEY": "sk-test"} | (env or {})),
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )

@@ -10,12 +10,8 @@ shared by the tests that do not kill it (`Shared`); those that do start their ow
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -30,12 +26,13 @@ pytest.importorskip("temporalio", reason="the temporal extra is not installed")
 from conftest import shared_process, sleepers, unique_marker
 from pydantic import BaseModel
 from temporal_server import (
-    ROOT,
     DevServer,
     WorkerProcess,
+    agent_program,
     free_port,
     start_worker,
     temporal_server,
+    until,
 )
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -266,27 +263,24 @@ def drive(server: DevServer, body: Callable[[Any, str], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-async def one_call(client: Any, queue: str, one: OneCall) -> Outcome:
-    return await client.execute_workflow(
+async def start_one(client: Any, queue: str, one: OneCall, name: str = "one") -> Any:
+    """The module's workflow started for `one` (its handle), bounded by WAIT_S."""
+    return await client.start_workflow(
         OneToolCall.run,
         one,
-        id=f"one-{uuid.uuid4().hex}",
+        id=f"{name}-{uuid.uuid4().hex}",
         task_queue=queue,
         result_type=Outcome,
         execution_timeout=timedelta(seconds=WAIT_S),
     )
 
 
+async def one_call(client: Any, queue: str, one: OneCall) -> Outcome:
+    return await (await start_one(client, queue, one)).result()
+
+
 def run_one(server: DevServer, one: OneCall) -> Outcome:
     return drive(server, lambda client, queue: one_call(client, queue, one))
-
-
-async def wait_for_file(path: Path) -> None:
-    """The tool's own signal that it runs (a file it creates); polled, with a deadline."""
-    deadline = time.monotonic() + WAIT_S
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        await asyncio.sleep(0.05)
 
 
 def test_the_dev_server_accepts_a_client(temporal_server: DevServer) -> None:
@@ -341,27 +335,12 @@ def test_bad_flags_and_servers_get_one_line(
         ),
         (("--temporal", address, "--tls"), "with TLS: a dev server speaks none"),
     ]
-    running = [
-        agent_program("worker", *flags, "--serve", "tools", home=tmp_path) for flags, _ in cases
-    ]
+    home = {"XDG_DATA_HOME": str(tmp_path), "OPENAI_API_KEY": "sk-test"}
+    running = [agent_program("worker", *flags, "--serve", "tools", env=home) for flags, _ in cases]
     for (_, said), proc in zip(cases, running, strict=True):
         _out, err = proc.communicate(timeout=WAIT_S)
         lines = err.strip().splitlines()
         assert proc.returncode == 1 and len(lines) == 1 and said in lines[0], err
-
-
-def agent_program(*args: str, home: Path) -> subprocess.Popen[str]:
-    """`sandboxed-agent ARGS` as `conftest.agent_cli` runs it, started, not waited for."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=base | {"XDG_DATA_HOME": str(home), "OPENAI_API_KEY": "sk-test"},
-    )
 
 
 def test_a_hung_tool_is_killed_at_its_deadline_on_its_worker(shared: Shared) -> None:
@@ -449,32 +428,18 @@ def test_a_worker_killed_mid_call_retries_only_the_idempotent_call_elsewhere(
     async def body(client: Any, wf_queue: str) -> tuple[dict[str, Outcome], Outcome]:
         nonlocal second
         handles = {
-            tool: await client.start_workflow(
-                OneToolCall.run,
-                one,
-                id=f"kill-{uuid.uuid4().hex}",
-                task_queue=wf_queue,
-                result_type=Outcome,
-                execution_timeout=timedelta(seconds=WAIT_S),
-            )
-            for tool, one in calls.items()
+            tool: await start_one(client, wf_queue, one, "kill") for tool, one in calls.items()
         }
         for name in ("again", "once"):  # only the first worker polls: they run there
-            await wait_for_file(shared.data(name) / "started")
+            started = shared.data(name) / "started"  # the tool's own signal that it runs
+            await until(started.exists, f"{name}'s start")
         # From this thread: it dies with its starter. A long grace for the end.
         second = shared.start("--task-queue", queue, "--grace", "60", ready=False)
         await asyncio.to_thread(second.wait_ready)
         assert first.kill() == -signal.SIGKILL
         outcomes = {tool: await h.result() for tool, h in handles.items()}
-        graced = await client.start_workflow(
-            OneToolCall.run,
-            soon,
-            id=f"grace-{uuid.uuid4().hex}",
-            task_queue=wf_queue,
-            result_type=Outcome,
-            execution_timeout=timedelta(seconds=WAIT_S),
-        )
-        await wait_for_file(shared.data("soon") / "started")
+        graced = await start_one(client, wf_queue, soon, "grace")
+        await until((shared.data("soon") / "started").exists, "finish_soon's start")
         assert await asyncio.to_thread(second.stop) == 0, second.output
         return outcomes, await graced.result()
 
@@ -569,18 +534,8 @@ def test_sigterm_kills_a_call_past_its_grace_and_leaves_nothing(shared: Shared) 
     tree = {worker.pid} | {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}
 
     async def body(client: Any, queue: str) -> Outcome:
-        handle = await client.start_workflow(
-            OneToolCall.run,
-            one,
-            id=f"term-{uuid.uuid4().hex}",
-            task_queue=queue,
-            result_type=Outcome,
-            execution_timeout=timedelta(seconds=WAIT_S),
-        )
-        deadline = time.monotonic() + WAIT_S
-        while not sleepers(marker):  # the tool's grandchild: it is running
-            assert time.monotonic() < deadline, "the tool never started"
-            await asyncio.sleep(0.05)
+        handle = await start_one(client, queue, one, "term")
+        await until(lambda: sleepers(marker), "the tool's grandchild")  # it is running
         tree.update(p.pid for p in psutil.Process(worker.pid).children(recursive=True))
         assert await asyncio.to_thread(worker.stop) == 0, worker.output
         assert sleepers(marker) == []

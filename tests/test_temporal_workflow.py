@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +35,12 @@ from temporal_server import (
     ROOT,
     DevServer,
     WorkerProcess,
+    agent_env,
+    agent_program,
     start_worker,
     start_workers,
     temporal_server,
+    wait_until,
 )
 
 from agent.evals.scripted import suite_script
@@ -114,19 +115,6 @@ def workers(temporal_server: DevServer, model: ScriptedModelServer) -> Iterator[
             w.stop()
 
 
-def launch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """`sandboxed-agent ARGS` started, not waited for: independent commands run at once."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=_env(env),
-    )
-
-
 def finished(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
     try:
         out, err = proc.communicate(timeout=DEADLINE_S)
@@ -145,11 +133,6 @@ def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.Com
     status = main(list(args))
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(list(args), status, out, err)
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
-    return base | (extra or {})
 
 
 def events(path: Path) -> list[dict[str, Any]]:
@@ -211,7 +194,7 @@ class Follower:
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            env=_env(),
+            env=agent_env(),
         )
         self.lines: list[str] = []
         self.done: tuple[int, str] | None = None
@@ -272,6 +255,7 @@ def test_worked_example_and_its_eval_on_two_workers(
     home = {"HOME": str(tmp_path)}
     other_tools = tmp_path / "other_tools.py"
     other_tools.write_text("from tools import tool\n\n@tool\ndef other() -> str:\n    return 'x'\n")
+    launch = agent_program
     started = {
         "local": launch("run", *SETUP, "--trace", str(tmp_path / "local.jsonl"), task,
                         env={"OPENAI_BASE_URL": model.base_url} | home),
@@ -383,12 +367,9 @@ def test_a_lost_call_and_the_worker_that_asked_gone_approval_by_signal(
     try:
         started += start_workers(temporal_server, base, base)
         run_id = run.run_id()
-        begun = tmp_path / "once" / "started"
-        deadline = time.monotonic() + DEADLINE_S
-        while not begun.exists():  # the tool's own signal that it is running
-            assert run.proc.poll() is None, "".join(run.lines)
-            assert time.monotonic() < deadline, "the tool never started"
-            time.sleep(0.05)
+        begun = tmp_path / "once" / "started"  # the tool's own signal that it is running
+        wait_until(lambda: begun.exists() or run.proc.poll() is not None, "the tool's start")
+        assert run.proc.poll() is None, "".join(run.lines)
         by = {f"{w.pid}@": w for w in started}
         runner = next(
             w for prefix, w in by.items() if running_on(temporal_server, run_id).startswith(prefix)
