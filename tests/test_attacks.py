@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import FILE_LAYERS, pool_without
+from conftest import FILE_LAYERS, pool_without, shared
 
 from policies import parse_policy
 from sandbox import IsolationWarning, Pool, SandboxUnavailable
@@ -31,14 +31,18 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 SECRET = "sk-attack-suite-secret-5551234"
 
 
-@pytest.fixture
-def attacks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pool]:
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    registry = Registry.default()
-    registry.load(ATTACKS)
-    policy = parse_policy("[tools.attack_connect]\n", "attacks.toml", tmp_path)
-    with Pool(policy, registry=registry, size=2) as pool:
-        yield pool
+@pytest.fixture(scope="module")
+def attacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    """One pool for the module's attacks under every layer (each call a fresh worker:
+    what one attack did cannot help or hide the next), a secret in our environment."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OPENAI_API_KEY", SECRET)
+        registry = Registry.default()
+        registry.load(ATTACKS)
+        base = tmp_path_factory.mktemp("attacks")
+        policy = parse_policy("[tools.attack_connect]\n", "attacks.toml", base)
+        with Pool(policy, registry=registry, size=2) as pool:
+            yield shared(pool)
 
 
 def needs(pool: Pool, layer: str) -> None:
@@ -87,15 +91,16 @@ NETWORK_LAYERS = {
 }
 
 
-@pytest.fixture(params=list(NETWORK_LAYERS), ids=list(NETWORK_LAYERS))
-def offline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pool]:
-    """A pool with each network layer alone, then both: each must hold by itself."""
+@pytest.fixture(scope="module", params=list(NETWORK_LAYERS), ids=list(NETWORK_LAYERS))
+def offline(request: pytest.FixtureRequest) -> Iterator[Pool]:
+    """A pool with each network layer alone, then both: each must hold by itself (one
+    pool per combination, for the module's tests of it)."""
     registry = Registry.default()
     registry.load(ATTACKS)
     off = NETWORK_LAYERS[request.param]
     wanted = {"network_namespace", "seccomp"} - set(off)
     with pool_without(off, wanted, registry=registry) as pool:
-        yield pool
+        yield shared(pool)
 
 
 def test_no_connection_to_the_hosts_loopback(offline: Pool, listener: int) -> None:
@@ -140,40 +145,48 @@ def test_a_tool_allowed_the_network_reaches_it(tmp_path: Path, listener: int) ->
     assert "network_namespace" in pool.layers
 
 
-@pytest.fixture(params=list(FILE_LAYERS), ids=list(FILE_LAYERS))
-def confined(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pool]:
-    """A pool whose files are confined by both walls, then by each alone."""
-    registry = Registry.default()
-    registry.load(ATTACKS)
-    docs = tmp_path / "docs"
+@pytest.fixture(scope="module")
+def confined_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The confined pools' directory: their tools' root (docs) and a secret beside it."""
+    base = tmp_path_factory.mktemp("confined")
+    docs = base / "docs"
     docs.mkdir()
     (docs / "policy.txt").write_text("Returns accepted within 30 days of delivery.\n")
-    (tmp_path / "secret.txt").write_text("TOP SECRET")
+    (base / "secret.txt").write_text("TOP SECRET")
+    return base
+
+
+@pytest.fixture(scope="module", params=list(FILE_LAYERS), ids=list(FILE_LAYERS))
+def confined(request: pytest.FixtureRequest, confined_dir: Path) -> Iterator[Pool]:
+    """A pool whose files are confined by both walls, then by each alone (one pool per
+    combination, for the module's tests of it)."""
+    registry = Registry.default()
+    registry.load(ATTACKS)
     policy = parse_policy(
         '[tools.read_file]\nroot = "docs"\n[tools.attack_read]\nroot = "docs"\n',
         "files.toml",
-        tmp_path,
+        confined_dir,
     )
     with pool_without(*FILE_LAYERS[request.param], policy, registry=registry) as pool:
-        yield pool
+        yield shared(pool)
 
 
-def test_host_files_cannot_be_read(confined: Pool, tmp_path: Path) -> None:
+def test_host_files_cannot_be_read(confined: Pool, confined_dir: Path) -> None:
     project = Path(__file__).resolve().parent.parent
     for path in (
         "/etc/shadow",
         "/root/.bashrc",
         str(Path(__file__)),
         str(project / "pyproject.toml"),
-        str(tmp_path / "secret.txt"),  # beside the tool's root
-        f"/proc/{os.getpid()}/root{tmp_path}/secret.txt",  # through the host's root
+        str(confined_dir / "secret.txt"),  # beside the tool's root
+        f"/proc/{os.getpid()}/root{confined_dir}/secret.txt",  # through the host's root
         f"/proc/{os.getppid()}/root/etc/hostname",
     ):
         if os.path.exists(path):
             assert out(confined, "attack_read", path=path).startswith("denied"), path
 
 
-def test_the_tools_root_and_the_system_stay_readable(confined: Pool, tmp_path: Path) -> None:
+def test_the_tools_root_and_the_system_stay_readable(confined: Pool) -> None:
     text = out(confined, "read_file", path="policy.txt")
     assert text.startswith("Returns accepted within 30 days")
     assert out(confined, "attack_read", path="/etc/passwd").startswith("ALLOWED: b'root:")
@@ -187,10 +200,10 @@ def test_the_orchestrators_environment_cannot_be_read(attacks: Pool) -> None:
     assert out(attacks, "attack_environ_scan", secret=SECRET).startswith("not found")
 
 
-def test_nothing_can_be_written_outside_the_workdir(confined: Pool, tmp_path: Path) -> None:
+def test_nothing_can_be_written_outside_the_workdir(confined: Pool, confined_dir: Path) -> None:
     targets = [
-        tmp_path / "owned.txt",
-        tmp_path / "docs" / "owned.txt",
+        confined_dir / "owned.txt",
+        confined_dir / "docs" / "owned.txt",
         Path("/tmp/sandboxed-agent-owned.txt"),
         Path("/etc/owned"),
     ]
