@@ -12,7 +12,8 @@ from tools.calculator import MAX_LENGTH, CalculationError, calculate
     ("expression", "expected"),
     [
         ("2 + 2", "4"),
-        ("(89.99 * 3) / 2", "134.985"),
+        ("(89.99 * 3) / 2", "134.985 (134.99 rounded to 2 decimals)"),  # amounts: cents too
+        ("89.99 * 2", "179.98"),
         ("7 // 2", "3"),
         ("7 % 4", "3"),
         ("-3 ** 2", "-9"),
@@ -63,6 +64,12 @@ def test_arithmetic(expression: str, expected: str) -> None:
         ("", "not a valid expression"),
         ("2 +", "not a valid expression"),
         ("1\x002", "NUL"),
+        # What a small model sends that is not arithmetic: each refusal says what it is.
+        ("24", "nothing to calculate: '24' is a single number"),
+        ("-2.5", "single number"),
+        ("2025-05-11 - 2025-05-10", "'2025-05-11' is a date"),
+        ("$89.99 / 3", "without currency signs"),
+        ("get_order_status(order_id='12345')['total'] / 3", "'get_order_status' .* cannot call"),
     ],
 )
 def test_hostile_or_invalid_input_is_refused_with_a_reason(expression: str, message: str) -> None:

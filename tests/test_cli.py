@@ -43,7 +43,11 @@ def test_a_successful_call() -> None:
     proc = cli("tool", "calculate", "--args", '{"expression": "(89.99 * 3) / 2"}')
     assert proc.returncode == 0, proc.stderr
     result = one_json(proc)
-    assert result["ok"] is True and result["output"] == "134.985" and result["error"] is None
+    assert (
+        result["ok"] is True
+        and result["output"] == "134.985 (134.99 rounded to 2 decimals)"
+        and result["error"] is None
+    )
     assert result["duration_ms"] > 0
 
 

@@ -62,7 +62,7 @@ def test_exported_names() -> None:
 def test_a_failed_result_raises_its_typed_error() -> None:
     with Pool(size=1) as pool:
         unknown = pool.call("nope")
-        slow = pool.call("calculate", {"expression": "1"}, limits=Limits(timeout_s=30))
+        slow = pool.call("calculate", {"expression": "1 + 1"}, limits=Limits(timeout_s=30))
     with pytest.raises(UnknownTool, match="available tools: calculate"):
         unknown.raise_for_error()
     slow.raise_for_error()  # ok: nothing raised

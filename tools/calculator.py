@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import re
+from decimal import ROUND_HALF_UP, Decimal
 
 from .registry import tool
 
@@ -34,9 +36,42 @@ _BINARY = {
 }
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
+ACCEPTED = (
+    "calculate takes one arithmetic expression: numbers with + - * / // % ** and "
+    "parentheses, written with the numbers themselves"
+)
+"""Said after every refusal: what was wrong, then what is accepted. No example values:
+a small model copied the old description's example into its answers."""
+
+_DATE = re.compile(
+    r"\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b|"
+    r"\b(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? \d{1,2}\b",
+    re.IGNORECASE,
+)
+_MONEY = re.compile(r"[$€£¥]|\d,\d{3}\b")
+
 
 class CalculationError(ValueError):
     """The expression is not allowed or has no finite answer."""
+
+
+def _refused(why: str) -> CalculationError:
+    """A refusal of what the model wrote (not of a result too large): why, and what is
+    accepted, so that a small model can write the call again right."""
+    return CalculationError(f"{why}. {ACCEPTED}.")
+
+
+def _check_meaning(expression: str) -> None:
+    """What small models send that is not arithmetic, refused with what it is: a date
+    (`2025-05-11 - 2025-05-10` parses, or nearly), money signs and separators."""
+    date = _DATE.search(expression)
+    if date:
+        raise _refused(
+            f"{date.group(0)!r} is a date, and calculate does no date arithmetic (nor "
+            "deadlines, nor days between dates): a date is not a number"
+        )
+    if _MONEY.search(expression):
+        raise _refused("write numbers without currency signs or thousands separators")
 
 
 def _check_nesting(expression: str) -> None:
@@ -103,7 +138,7 @@ def _eval(node: ast.AST, depth: int = 0) -> int | float:
     if isinstance(node, ast.Constant):
         value = node.value
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise CalculationError(f"only numbers are allowed, not {type(value).__name__}")
+            raise _refused(f"only numbers are allowed, not {type(value).__name__}")
         if _bits(value) > MAX_INT_BITS:
             raise _too_big("the number")
         return value
@@ -113,8 +148,21 @@ def _eval(node: ast.AST, depth: int = 0) -> int | float:
         return _apply(node.op, left, right)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_eval(node.operand, depth + 1))
-    allowed = "numbers, + - * / // % ** and parentheses"
-    raise CalculationError(f"{type(node).__name__} is not allowed; use only {allowed}")
+    if isinstance(node, ast.Name):
+        raise _refused(
+            f"{node.id!r} is a name, and names are not allowed: calculate cannot read "
+            "variables or call tools. Call a tool on its own, then write the numbers it "
+            "returned into the expression"
+        )
+    if isinstance(node, ast.Call | ast.Attribute | ast.Subscript):
+        names = [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
+        what = f"{names[0]!r} (a {type(node).__name__})" if names else type(node).__name__
+        raise _refused(
+            f"{what} is not allowed: calculate cannot call functions or "
+            "tools, nor read their results. Call a tool on its own, then write the "
+            "numbers it returned into the expression"
+        )
+    raise _refused(f"{type(node).__name__} is not allowed")
 
 
 def evaluate(expression: str) -> int | float:
@@ -128,11 +176,25 @@ def evaluate(expression: str) -> int | float:
     if "\x00" in expression:
         raise CalculationError("the expression contains a NUL character")
     _check_nesting(expression)
+    _check_meaning(expression)
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         msg = getattr(exc, "msg", None) or str(exc)
-        raise CalculationError(f"not a valid expression: {msg}") from None
+        hint = ""
+        if "%" in expression:
+            hint = " (a percentage is a fraction: multiply by the percent, then / 100)"
+        elif "=" in expression:
+            hint = " (one expression, not an assignment or a comparison)"
+        raise _refused(f"not a valid expression: {msg}{hint}") from None
+    if isinstance(tree.body, ast.Constant) or (
+        isinstance(tree.body, ast.UnaryOp) and isinstance(tree.body.operand, ast.Constant)
+    ):
+        raise _refused(
+            f"nothing to calculate: {expression.strip()!r} is a single number. Use "
+            "calculate to make a new number from numbers you have; a number you already "
+            "have needs no tool"
+        )
     result = _eval(tree)
     if isinstance(result, float) and not math.isfinite(result):
         raise CalculationError("the result is not a finite number")
@@ -149,13 +211,29 @@ def format_number(value: int | float) -> str:
 
 @tool
 def calculate(expression: str) -> str:
-    """Compute arithmetic exactly: numbers with + - * / // % ** and parentheses.
+    """Compute arithmetic exactly: one expression of numbers with + - * / // % **
+    and parentheses.
 
-    Use it for every sum, split, percentage or price per item rather than working it
-    out yourself, with the numbers from the question or from tool results. Not for
-    dates or for looking anything up.
+    Use it when the answer needs a number that no tool gave you (a sum, a split, a
+    price per item, a percentage), rather than working it out yourself, written with
+    the numbers from the question or from tool results. Not for a number you already
+    have, not for dates, deadlines or days between dates, and not to look anything
+    up: it cannot call tools or read names, only numbers.
 
     Args:
-        expression: The arithmetic to compute, written with the numbers it needs.
+        expression: The arithmetic, written with the numbers themselves.
     """
-    return format_number(evaluate(expression))
+    result = evaluate(expression)
+    said = format_number(result)
+    exact = Decimal(said)
+    if _cents(expression) and abs(result) < 1e15 and exact.as_tuple().exponent < -2:  # type: ignore[operator]
+        # Amounts in, an amount out: a small model cut 29.9966... to 29.99.
+        cents = exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+        said += f" ({cents} rounded to 2 decimals)"
+    return said
+
+
+def _cents(expression: str) -> bool:
+    """Every decimal number in it has at most two decimals, and one has two: money."""
+    decimals = [len(d) for d in re.findall(r"\d\.(\d+)", expression)]
+    return 2 in decimals and max(decimals) == 2
