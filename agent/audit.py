@@ -61,6 +61,9 @@ class ModelCalled(Event):
     """This call asked for the final answer with tools off (`agent.steering`), because
     the model had repeated a call (`repeated_call`) or it was the last step
     (`max_iterations`); None: an ordinary call."""
+    follow_ups: list[str] = Field(default_factory=list)
+    """This call was offered only these tools and had to call one (`[tools] then`: an
+    earlier result's tool calls for them)."""
     tool_choice_refused: str | None = None
     """The server refused this `tool_choice` (HTTP 400 naming it), so the call went
     without it: "required" as the server's own choice, "none" without tools."""
@@ -280,6 +283,8 @@ def _model_notes(e: dict[str, Any]) -> str:
             notes += f" [repaired: {safe(', '.join(map(str, e['text_call_repairs'])))}]"
     if e.get("steered"):
         notes += f", steered to answer ({safe(e['steered'])})"
+    if e.get("follow_ups"):
+        notes += f", asked to call next: {safe(', '.join(map(str, e['follow_ups'])))}"
     if e.get("tool_choice_refused"):
         notes += f", tool_choice {safe(e['tool_choice_refused'])} refused by the server: not sent"
     return notes

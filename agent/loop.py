@@ -161,6 +161,10 @@ class Agent:
         self._offered = sorted(t["function"]["name"] for t in self.tools)
         self._answered: set[str] = set()
         """Tools that answered without an error in this run (the policy's `after`)."""
+        self._called: set[str] = set()
+        """Tools that ran, or were refused by a person, in this run (`[tools] then`)."""
+        self._asked_next: list[str] = []
+        """The tools the latest model call was asked to call, alone (`[tools] then`)."""
 
     def run(
         self,
@@ -173,7 +177,7 @@ class Agent:
         kills the run's tool calls in flight and ends the run (reason `interrupted`)
         before its next model call or tool call."""
         self._cancel = cancel or CancelToken()
-        self._answered = set()
+        self._answered, self._called = set(), set()
         messages = list(history or [{"role": "system", "content": self.limits.system_prompt}])
         messages.append({"role": "user", "content": task})
         self.run_id = self.store.start(task, self.model.model, messages) if self.store else None
@@ -208,9 +212,10 @@ class Agent:
         self._cancel = CancelToken()
         budget = Budget(self.limits, steps=record.steps, cost_usd=record.cost_usd)
         repeats = RepeatGuard(self.limits.max_repeats)
-        self._answered = set()
+        self._answered, self._called = set(), set()
         for done in record.calls:
             if done.outcome is not None:
+                self._called.add(done.tool)
                 repeats.remember(done.tool, done.arguments, done.outcome.sent)
                 if done.outcome.ok:
                     self._answered.add(done.tool)
@@ -392,6 +397,11 @@ class Agent:
         after` have answered in the run, and whose `offer_when` the user's latest
         message mentions. A small model picks from what it sees: a tool it may not call
         yet, or an action nobody asked for, is one it would call anyway."""
+        follow_ups = self._follow_ups(messages)
+        self._asked_next = [t["function"]["name"] for t in follow_ups]
+        return follow_ups or self._available(messages)
+
+    def _available(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         asked = steering.latest_question(messages) or ""
         return [
             t
@@ -399,6 +409,23 @@ class Agent:
             if all(first in self._answered for first in self.policy.after(t["function"]["name"]))
             and _mentions(asked, self.policy.offer_when(t["function"]["name"]))
         ]
+
+    def _follow_ups(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The tools the model is asked to call next: the `[tools] then` of the tools
+        that answered (when the question mentions their `then_when`), offered now and
+        not yet called. Offered alone, one of them required: a small model that has
+        the order otherwise answers from it, or from the tool that decides, alone."""
+        asked = steering.latest_question(messages) or ""
+        wanted = {
+            name
+            for done in self._answered
+            if _mentions(asked, self.policy.then_when(done))
+            for name in self.policy.then(done)
+            if name not in self._called
+        }
+        if not wanted:
+            return []
+        return [t for t in self._available(messages) if t["function"]["name"] in wanted]
 
     def _tool_choice(
         self,
@@ -408,12 +435,15 @@ class Agent:
         draft: dict[str, Any] | None = None,
     ) -> str | None:
         """`none` when steered to an answer; `required` for the first call after the
-        user's message when `[run] call_tools_first` (look before answering); the
+        user's message when `[run] call_tools_first` (look before answering) and while
+        the model is asked to call the tools a result calls for (`[tools] then`); the
         server's own choice for a draft sent back for review."""
         if steer:
             return "none"
         if draft is not None:
             return None
+        if self._follow_ups(messages):
+            return "required"
         if self.limits.call_tools_first and tools and not steering.since_question(messages):
             return "required"
         return None
@@ -440,7 +470,10 @@ class Agent:
         cost = budget.charge(turn.model, turn.usage)
         calls = turn.message.get("tool_calls") or []
         reviewed = str(draft.get("content") or "") if draft is not None else None
-        self._record_model_call(turn, budget, cost, len(calls), steer, reviewed)
+        asked = (
+            [] if steer or draft else [t["function"]["name"] for t in self._follow_ups(messages)]
+        )
+        self._record_model_call(turn, budget, cost, len(calls), steer, reviewed, asked)
         if calls and steer:
             # Not kept: the conversation stays one whose every call has its answer.
             raise steering.kept_going(steer, calls, budget)
@@ -480,6 +513,7 @@ class Agent:
         calls: int,
         steer: steering.Steer | None = None,
         reviewed: str | None = None,
+        follow_ups: list[str] | None = None,
     ) -> None:
         self.trace.emit(
             ModelCalled(
@@ -496,6 +530,7 @@ class Agent:
                 text_calls=turn.text_calls,
                 text_call_repairs=list(turn.text_call_repairs),
                 tool_choice_refused=turn.tool_choice_refused,
+                follow_ups=follow_ups or [],
                 steered=steer,
                 reviewed=reviewed,
             )
@@ -590,12 +625,18 @@ class Agent:
                 )
                 continue
             if bound is not None and offered is not None and tool not in offered:
-                # Offered only when the user's message asks for it (`offer_when`).
+                # Asked for the tools a result calls for first (`then`), or offered only
+                # when the user's message asks for it (`offer_when`).
+                why = (
+                    _not_now(tool, self._asked_next)
+                    if self._asked_next
+                    else _not_asked(tool, self.policy.offer_when(tool))
+                )
                 turn.outcomes[i] = ToolOutcome(
                     call_id,
                     tool,
                     arguments,
-                    _failure(tool, Denied(tool, _not_asked(tool, self.policy.offer_when(tool)))),
+                    _failure(tool, Denied(tool, why)),
                     "not_offered",
                     sha256=bound.sha256,
                 )
@@ -661,6 +702,7 @@ class Agent:
         not run), in the order of the calls; then end the run if a guard said so."""
         done = [o for o in turn.outcomes if o is not None]
         self._answered.update(o.tool for o in done if o.executed and o.result.ok)
+        self._called.update(o.tool for o in done if o.executed or o.approval.startswith("denied"))
         for outcome in done:
             if outcome.restored:
                 continue
@@ -924,6 +966,14 @@ def _not_asked(tool: str, words: list[str]) -> str:
     return (
         f"not run: {tool} is offered only when the user's message asks for it (mentions "
         f"{said}), and this one does not. Answer the question that was asked."
+    )
+
+
+def _not_now(tool: str, first: list[str]) -> str:
+    """What the model is told of a call made while it was asked to call others first."""
+    return (
+        f"not run yet: the answer needs {_names(first)} first (an earlier result calls for "
+        f"them). Call {_names(first)} now; then call {tool} again if it is still needed."
     )
 
 

@@ -109,12 +109,15 @@ class ModelClient:
         max_retries: int = 3,
         max_output_tokens: int | None = None,
         api: str = "chat",
+        parallel_tool_calls: bool | None = None,
     ) -> None:
         if api not in API:
             raise ValueError(f"api must be one of {', '.join(API)} (got {api!r})")
         self.api = api
         self.model = model
         self.max_output_tokens = max_output_tokens
+        self.parallel_tool_calls = parallel_tool_calls
+        """Sent with each call that offers tools (`[run] parallel_tool_calls`); None: not."""
         self.base_url = base_url
         self.timeout_s = timeout_s
         remember_secret(api_key)
@@ -223,12 +226,15 @@ class ModelClient:
         """The streamed request, through the API this client speaks."""
         openai = _sdk()
         choice = tool_choice if tools and tool_choice else openai.NOT_GIVEN
+        parallel = self.parallel_tool_calls
+        parallel = parallel if tools and parallel is not None else openai.NOT_GIVEN
         if self.api == "responses":
             return self._client.responses.with_streaming_response.create(
                 model=self.model,
                 input=responses_api.to_input(messages),  # type: ignore[arg-type]
                 tools=responses_api.to_tools(tools) or openai.NOT_GIVEN,  # type: ignore[arg-type]
                 tool_choice=choice,  # type: ignore[arg-type]
+                parallel_tool_calls=parallel,
                 max_output_tokens=self.max_output_tokens or openai.NOT_GIVEN,
                 store=False,
                 timeout=timeout_s,
@@ -238,6 +244,7 @@ class ModelClient:
             messages=messages,  # type: ignore[arg-type]
             tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]
             tool_choice=choice,  # type: ignore[arg-type]
+            parallel_tool_calls=parallel,
             max_tokens=self.max_output_tokens or openai.NOT_GIVEN,
             timeout=timeout_s,
         )

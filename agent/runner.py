@@ -142,6 +142,7 @@ def model_client(policy: Policy, base_url: str | None) -> ModelClient:
         timeout_s=policy.run.request_timeout_s,
         max_retries=policy.run.max_retries,
         max_output_tokens=policy.run.max_output_tokens,
+        parallel_tool_calls=policy.run.parallel_tool_calls,
         api=policy.run.api,
     )
 

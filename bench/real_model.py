@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=policy.run.request_timeout_s,
         max_retries=policy.run.max_retries,
         max_output_tokens=policy.run.max_output_tokens,
+        parallel_tool_calls=policy.run.parallel_tool_calls,
         api=args.api,
     )
     out = Path(args.out)

@@ -91,9 +91,11 @@ def check_tools(policy: Policy, known: list[str]) -> None:
             continue  # known once the server lists its tools (mcp_sources checks then)
         if source != BUILT_IN and name not in known:
             raise PolicyError(f"{source}: [tools.{name}]: {unknown_tool(name, known)}")
-        for first in policy.tools[name].after or []:
-            if first not in known and policy.mcp_server_of(first) is None:
-                raise PolicyError(f"{source}: [tools.{name}] after: {unknown_tool(first, known)}")
+        for key in ("after", "then"):
+            for other in getattr(policy.tools[name], key) or []:
+                if other not in known and policy.mcp_server_of(other) is None:
+                    said = unknown_tool(other, known)
+                    raise PolicyError(f"{source}: [tools.{name}] {key}: {said}")
     for name in policy.run.offer or []:
         if name not in known:
             source = policy.source_of("run.offer") or policy.source

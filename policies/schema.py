@@ -66,6 +66,16 @@ class ToolPolicy(BaseModel):
     """Words or phrases, one of which the user's latest message must mention (any case,
     at the start of a word) for the tool to be offered: `issue_refund` only to someone
     who asks for a refund. A small model otherwise calls an action nobody asked for."""
+    then: list[str] | None = None
+    """Tools the model is asked to call next, once this one answered in the run: the
+    following model calls offer only those of them not yet called, and must call one
+    (`tool_choice: "required"`), until each has been called once. A small model that
+    has an order answers a question about the shop's rules from the order alone, or
+    from the one tool that decides it, without the policy or today's date."""
+    then_when: list[Annotated[str, Field(min_length=1)]] | None = None
+    """`then` only when the user's latest message mentions one of these (as
+    `offer_when` reads them): the rules and the date for a question about a return,
+    not for one about an order's price."""
     idempotent: bool | None = None
     """Running it twice does no more than once: a call in flight when a run stopped is
     re-run on resume without asking (else only with a person's approval)."""
@@ -200,6 +210,11 @@ class RunPolicy(BaseModel):
     """The first model call after each user message must call a tool (`tool_choice:
     "required"`, which llama.cpp, vLLM and OpenAI honour): a small model otherwise
     answers a question about an order without looking anything up."""
+    parallel_tool_calls: bool | None = None
+    """Sent with every model call that offers tools (None: not sent, the server's own
+    default). false: at most one call per turn, which llama.cpp enforces in its grammar:
+    under `tool_choice: "required"` the small model otherwise wrote the same lookup
+    over and over until its output limit cut it off."""
     review_answer: bool = False
     """The model's first answer in a run is sent back once, tools on, with the question
     whether it depends on a fact not looked up or contradicts a tool result: a small
@@ -344,6 +359,14 @@ class Policy(BaseModel):
     def offer_when(self, tool: str) -> list[str]:
         """What the user's message must mention for `tool` to be offered; [] always."""
         return list(self.effective(tool).offer_when or [])
+
+    def then(self, tool: str) -> list[str]:
+        """The tools the model is asked to call next once `tool` answered."""
+        return list(self.effective(tool).then or [])
+
+    def then_when(self, tool: str) -> list[str]:
+        """What the user's message must mention for `then` to apply; [] always."""
+        return list(self.effective(tool).then_when or [])
 
     def _resolved(self, tool: str) -> tuple[Limits, ToolContext]:
         cached = self._cache.get(tool)

@@ -242,3 +242,108 @@ def test_a_server_that_refuses_a_tool_choice_is_asked_again_without_it(
     )
     assert result.reason == "model_error" and "HTTP 400" in result.message
     assert [r.get("tool_choice") for r in server.requests] == ["required"]
+
+
+def test_then_asks_for_the_tools_a_result_calls_for_alone_and_required(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    pool, server = setup
+    base: Policy = pool.policy  # type: ignore[assignment]
+    then = (
+        '\n[tools.get_order_status]\nthen = ["read_file", "get_current_date"]\n'
+        'then_when = ["return", "refund"]\n'
+    )
+    policy = parse_policy(POLICY + then, "then.toml", tmp_path)
+    policy = policy.model_copy(
+        update={"run": base.run.model_copy(update={"call_tools_first": True})}
+    )
+
+    def go(script: list[Step], task: str, name: str) -> RunResult:
+        server.play(script)
+        model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+        trace = Trace(tmp_path / name)
+        try:
+            return Agent(pool, policy, model, approver=Approver(), trace=trace).run(task)
+        finally:
+            trace.close()
+
+    lookup = ("get_order_status", {"order_id": "12345"})
+    script = [
+        call(lookup),
+        call(("read_file", {"path": "nope.txt"})),  # it fails: called, not asked again
+        call(("get_current_date", {})),
+        say("No: its window closed on 2025-05-10."),
+    ]
+    result = go(script, "Can I still RETURN order 12345?", "a.jsonl")
+    assert result.ok
+    sent = [(sorted(offered(r)), r.get("tool_choice")) for r in server.requests]
+    everything = sorted(offered(server.requests[0]))
+    assert sent[0] == (everything, "required")  # call_tools_first
+    assert sent[1] == (["get_current_date", "read_file"], "required")
+    assert sent[2] == (["get_current_date"], "required")
+    assert sent[3][1] is None and "check_return_eligibility" in sent[3][0]
+    calls = [e for e in read_trace(tmp_path / "a.jsonl") if e["event"] == "model_call"]
+    assert [c["follow_ups"] for c in calls] == [
+        [],
+        ["get_current_date", "read_file"],  # in the run's order of tools
+        ["get_current_date"],
+        [],
+    ]
+    # A question that mentions none of `then_when`: the lookup is not followed up.
+    result = go([call(lookup), say("It cost 89.99.")], "What did order 12345 cost?", "b.jsonl")
+    assert result.ok
+    assert [r.get("tool_choice") for r in server.requests] == ["required", None]
+    assert {"calculate", "read_file", "get_current_date"} <= offered(server.requests[1])
+    # Nor is a lookup that failed (an unknown order): nothing was found to follow up.
+    unknown = ("get_order_status", {"order_id": "99999"})
+    go([call(unknown), say("No order 99999.")], "Can I return order 99999?", "c.jsonl")
+    assert [r.get("tool_choice") for r in server.requests] == ["required", None]
+
+
+def test_parallel_tool_calls_is_sent_as_the_policy_says(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    from agent.runner import model_client
+
+    pool, server = setup
+    base: Policy = pool.policy  # type: ignore[assignment]
+    for value, sent in ((False, [False, False]), (None, ["absent", "absent"])):
+        policy = base.model_copy(
+            update={"run": base.run.model_copy(update={"parallel_tool_calls": value})}
+        )
+        server.play([call(("get_current_date", {})), say("Today.")])
+        model = model_client(policy, server.base_url)
+        trace = Trace(tmp_path / f"{value}.jsonl")
+        try:
+            assert Agent(pool, policy, model, approver=Approver(), trace=trace).run("D?").ok
+        finally:
+            trace.close()
+        assert [r.get("parallel_tool_calls", "absent") for r in server.requests] == sent
+
+
+def test_calculate_refuses_what_is_not_arithmetic_and_says_what_it_takes(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # What the small model sent: Python with a tool in it, a date, a bare number.
+    python = "get_order_status(order_id='12345')['total'] / 3"
+    script = [
+        call(
+            ("calculate", {"expression": python}),
+            ("calculate", {"expression": "2025-05-11 - 2025-05-10"}),
+            ("calculate", {"expression": "24"}),
+        ),
+        call(("calculate", {"expression": "89.99 / 3"})),
+        say("About 30.00 each."),
+    ]
+    result = run(setup, script, tmp_path / "t.jsonl", task="Each of 3 items of 89.99?")
+    assert result.ok
+    told = [m["content"] for m in setup[1].requests[1]["messages"] if m["role"] == "tool"]
+    accepted = "calculate takes one arithmetic expression: numbers with + - * / // % **"
+    assert all(accepted in said for said in told)
+    assert "'get_order_status' (a Subscript) is not allowed" in told[0]
+    assert "cannot call functions or tools" in told[0]
+    assert "'2025-05-11' is a date, and calculate does no date arithmetic" in told[1]
+    assert "nothing to calculate: '24' is a single number" in told[2]
+    # And an amount split comes with its cents, which the model cut to 29.99 before.
+    done = setup[1].requests[2]["messages"][-1]["content"]
+    assert done == "29.9966666666667 (30.00 rounded to 2 decimals)"

@@ -46,6 +46,9 @@ class ToolFacts(_Payload):
     """The tools that must have answered in the run first (`[tools.NAME] after`)."""
     offer_when: list[str] = Field(default_factory=list)
     """What the user's message must mention for it to be offered (`[tools.NAME]`)."""
+    then: list[str] = Field(default_factory=list)
+    """The tools the model is asked to call next once it answered (`[tools.NAME] then`)."""
+    then_when: list[str] = Field(default_factory=list)
 
 
 class RunPlan(_Payload):
@@ -84,6 +87,8 @@ class RunPlan(_Payload):
                 timeout_s=policy.limits_for(name).timeout_s,
                 after=policy.after(name),
                 offer_when=policy.offer_when(name),
+                then=policy.then(name),
+                then_when=policy.then_when(name),
             )
             for name in tool_names
         }
@@ -125,6 +130,12 @@ class PlanPolicy:
 
     def offer_when(self, tool: str) -> list[str]:
         return list(self._facts(tool).offer_when)
+
+    def then(self, tool: str) -> list[str]:
+        return list(self._facts(tool).then)
+
+    def then_when(self, tool: str) -> list[str]:
+        return list(self._facts(tool).then_when)
 
 
 class RunOutcome(_Payload):

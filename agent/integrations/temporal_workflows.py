@@ -188,6 +188,8 @@ class _WorkflowAgent(Agent):
         self._interrupted = False
         self._cancel = CancelToken()
         self._answered: set[str] = set()  # the tools that answered (`[tools] after`)
+        self._called: set[str] = set()  # the tools that ran (`[tools] then`)
+        self._asked_next: list[str] = []
         self._waited = 0.0
         offer = self.limits.offer
         self.tools = [s.openai_schema for s in registry if offer is None or s.name in offer]
