@@ -75,7 +75,9 @@ class ModelTurn:
     tool_choice_refused: str | None = None
     """The `tool_choice` this call asked for and did not send, because the server
     refused it (HTTP 400 naming tool_choice): "required" went as the server's own
-    choice (auto), "none" as a call without tools. None: sent as asked."""
+    choice (auto), "none" as a call without tools; "json_schema": the one-call schema
+    of `required_as` was refused, and `tool_choice: "required"` went instead. None:
+    sent as asked."""
 
 
 def openai_client(
@@ -110,6 +112,7 @@ class ModelClient:
         max_output_tokens: int | None = None,
         api: str = "chat",
         parallel_tool_calls: bool | None = None,
+        required_as: str = "tool_choice",
     ) -> None:
         if api not in API:
             raise ValueError(f"api must be one of {', '.join(API)} (got {api!r})")
@@ -117,6 +120,10 @@ class ModelClient:
         self.model = model
         self.max_output_tokens = max_output_tokens
         self.parallel_tool_calls = parallel_tool_calls
+        self.required_as = required_as
+        """How a call that must call a tool asks for one (`[run] required_as`):
+        `tool_choice: "required"`, or `json_schema`, a `response_format` that admits one
+        call of an offered tool and nothing else (Chat Completions only)."""
         """Sent with each call that offers tools (`[run] parallel_tool_calls`); None: not."""
         self.base_url = base_url
         self.timeout_s = timeout_s
@@ -138,17 +145,31 @@ class ModelClient:
         `tool_choice` ("none": answer in words) is sent only when given."""
         refused = tool_choice if tool_choice in self._refused else None
         sent_tools, sent_choice = _fallback(tools, tool_choice) if refused else (tools, tool_choice)
+        schema = None
+        if sent_choice == "required" and tools and self._by_schema():
+            # llama.cpp lets prose come before a required call, and the small model
+            # wrote prose until its output limit: the schema admits the call alone.
+            sent_choice, schema = None, one_call_format(tools)
         try:
-            turn = self._complete(messages, sent_tools, timeout_s, sent_choice)
-        except _ChoiceRefused:
+            turn = self._complete(messages, sent_tools, timeout_s, sent_choice, schema)
+        except _Refused as exc:
             # Once per value and client: the call again without it, said in the trace.
-            self._refused.add(str(tool_choice))
+            self._refused.add(exc.what)
             return self.complete(messages, tools, timeout_s, tool_choice)
         except RunError as exc:
             raise RunError(scrub(str(exc))) from None
+        if not refused and tool_choice == "required" and self.required_as == JSON_SCHEMA:
+            refused = JSON_SCHEMA if JSON_SCHEMA in self._refused else None
         if refused:
             turn = replace(turn, tool_choice_refused=refused)
         return with_text_calls(turn, sent_tools)
+
+    def _by_schema(self) -> bool:
+        return (
+            self.required_as == "json_schema"
+            and self.api == "chat"
+            and JSON_SCHEMA not in self._refused
+        )
 
     def _complete(
         self,
@@ -156,6 +177,7 @@ class ModelClient:
         tools: list[dict[str, Any]],
         timeout_s: float,
         tool_choice: str | None = None,
+        schema: dict[str, Any] | None = None,
     ) -> ModelTurn:
         openai = _sdk()
         start = time.monotonic()
@@ -167,10 +189,12 @@ class ModelClient:
             # most the request timeout, and none starts that the budget cannot hold.
             per_try = min(self.timeout_s, deadline - time.monotonic())
             try:
-                return self._try(messages, tools, per_try, deadline, tool_choice, start)
+                return self._try(messages, tools, per_try, deadline, tool_choice, start, schema)
             except openai.APIError as exc:
-                if tool_choice and _refuses_tool_choice(exc):
-                    raise _ChoiceRefused() from None
+                if schema and _refuses(exc, "response_format", "json_schema", "grammar"):
+                    raise _Refused(JSON_SCHEMA) from None
+                if tool_choice and _refuses(exc, "tool_choice", "tool choice"):
+                    raise _Refused(tool_choice) from None
                 tries += 1
                 wait = _retry_wait(exc, tries)
                 if (
@@ -192,12 +216,13 @@ class ModelClient:
         deadline: float,
         tool_choice: str | None,
         start: float,
+        schema: dict[str, Any] | None = None,
     ) -> ModelTurn:
         try:
             # Streamed, so that the body is read against the deadline: the client's
             # timeout bounds each read, and an endpoint that sends a byte now and then
             # would otherwise hold the run past its budget (and past any size).
-            with self._request(messages, tools, timeout_s, tool_choice) as raw:
+            with self._request(messages, tools, timeout_s, tool_choice, schema) as raw:
                 body = read_body(raw.iter_bytes(), deadline, self.base_url)
         except _http_errors() as exc:  # while reading the body: the client retries no more
             where = self.base_url or "the OpenAI API"
@@ -222,6 +247,7 @@ class ModelClient:
         tools: list[dict[str, Any]],
         timeout_s: float,
         tool_choice: str | None,
+        schema: dict[str, Any] | None = None,
     ) -> Any:
         """The streamed request, through the API this client speaks."""
         openai = _sdk()
@@ -245,23 +271,55 @@ class ModelClient:
             tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]
             tool_choice=choice,  # type: ignore[arg-type]
             parallel_tool_calls=parallel,
+            response_format=schema or openai.NOT_GIVEN,  # type: ignore[arg-type]
             max_tokens=self.max_output_tokens or openai.NOT_GIVEN,
             timeout=timeout_s,
         )
 
 
-class _ChoiceRefused(Exception):
-    """The server answered HTTP 400 about the request's `tool_choice`."""
+JSON_SCHEMA = "json_schema"
+"""`required_as`'s other way, and what a server that refuses it is remembered by."""
 
 
-def _refuses_tool_choice(exc: openai.APIError) -> bool:
-    """A 400 whose message names tool_choice (llama.cpp and vLLM builds without
-    "required", endpoints that take no tool_choice at all)."""
+class _Refused(Exception):
+    """The server answered HTTP 400 about the request's `tool_choice` (or its
+    `response_format`): `what` it refused."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+
+def _refuses(exc: openai.APIError, *names: str) -> bool:
+    """A 400 whose message names one of `names` (llama.cpp and vLLM builds without
+    "required", endpoints that take no tool_choice or response_format at all)."""
     openai = _sdk()
     if not isinstance(exc, openai.BadRequestError):
         return False
     said = f"{_error_message(exc)} {exc.message}".lower()
-    return "tool_choice" in said or "tool choice" in said
+    return any(name in said for name in names)
+
+
+def one_call_format(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """A `response_format` whose JSON schema admits exactly one call of one of `tools`,
+    `{"name": TOOL, "arguments": {...}}` with the tool's own parameters schema, and
+    nothing else. The answer comes back as that JSON in the content, which is read as
+    a call like any other written as text (`agent.text_calls`)."""
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": t["function"]["name"]},
+                "arguments": t["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "one_tool_call", "schema": {"anyOf": calls}},
+    }
 
 
 def _fallback(

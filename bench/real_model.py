@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         max_retries=policy.run.max_retries,
         max_output_tokens=policy.run.max_output_tokens,
         parallel_tool_calls=policy.run.parallel_tool_calls,
+        required_as=policy.run.required_as,
         api=args.api,
     )
     out = Path(args.out)
@@ -223,6 +224,10 @@ def guardrails(runs: list[RunReport]) -> dict[str, int]:
                     seen[f"text calls repaired ({repair})"] += 1
                 if event.get("steered"):
                     seen[f"steered ({event['steered']})"] += 1
+                if event.get("follow_ups"):
+                    seen["asked to call next ([tools] then)"] += 1
+                if event.get("tool_choice_refused"):
+                    seen[f"tool_choice refused ({event['tool_choice_refused']})"] += 1
             elif event["event"] == "tool_call":
                 for repair in event.get("repairs") or []:
                     seen[f"repaired ({repair})"] += 1

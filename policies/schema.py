@@ -215,6 +215,12 @@ class RunPolicy(BaseModel):
     default). false: at most one call per turn, which llama.cpp enforces in its grammar:
     under `tool_choice: "required"` the small model otherwise wrote the same lookup
     over and over until its output limit cut it off."""
+    required_as: Literal["tool_choice", "json_schema"] = "tool_choice"
+    """How a model call that must call a tool (`call_tools_first`, `[tools] then`) asks
+    for one: `tool_choice: "required"`, or `json_schema`, a `response_format` whose
+    schema admits one call of an offered tool and nothing else (Chat Completions; a
+    server that refuses it gets "required"). llama.cpp lets prose come before a
+    required call, and the small model wrote prose until its output limit."""
     review_answer: bool = False
     """The model's first answer in a run is sent back once, tools on, with the question
     whether it depends on a fact not looked up or contradicts a tool result: a small

@@ -22,6 +22,10 @@ from tools.calculator import MAX_LENGTH, CalculationError, calculate
         ("10 ** 100", "1" + "0" * 100),
         ("+-+1", "-1"),
         ("1_000 * 2", "2000"),
+        # Dates, in the three forms a deadline takes.
+        ("2025-04-10 + 30", "2025-05-10"),
+        ("'2025-05-11' - 2025-04-10", "31 days"),
+        ("2025-05-11 > 2025-05-10", "true: 2025-05-11 > 2025-05-10"),
     ],
 )
 def test_arithmetic(expression: str, expected: str) -> None:
@@ -67,7 +71,9 @@ def test_arithmetic(expression: str, expected: str) -> None:
         # What a small model sends that is not arithmetic: each refusal says what it is.
         ("24", "nothing to calculate: '24' is a single number"),
         ("-2.5", "single number"),
-        ("2025-05-11 - 2025-05-10", "'2025-05-11' is a date"),
+        ("2025-05-11 - '2025-04-10' + 30", "'2025-05-11' is a date, and with dates .* three"),
+        ("May 10 - 3", "'May 10' is a date"),
+        ("2025-02-30 + 1", "not a real date"),
         ("$89.99 / 3", "without currency signs"),
         ("get_order_status(order_id='12345')['total'] / 3", "'get_order_status' .* cannot call"),
     ],

@@ -474,11 +474,14 @@ def test_a_server_restart_mid_run_loses_nothing(
         run.close()
     assert status == 0, "".join(run.lines)
     trace = events(tmp_path / "trace.jsonl")
+    # The order, then the policy and the date it calls for (`then`), then the refund.
     assert [e["event"] for e in trace] == ["run_started", "model_call", "tool_call",
+                                           "model_call", "tool_call", "tool_call",
                                            "model_call", "tool_call", "model_call",
                                            "run_ended"]  # fmt: skip
     assert trace[2]["tool"] == "get_order_status" and trace[2]["ok"]
-    call = trace[4]
+    assert trace[3]["follow_ups"] == ["get_current_date", "read_file"]
+    call = trace[7]
     assert (call["tool"], call["approval"], call["ok"], call["error_kind"]) == (
         "issue_refund",
         "denied_signal",

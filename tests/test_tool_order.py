@@ -329,7 +329,7 @@ def test_calculate_refuses_what_is_not_arithmetic_and_says_what_it_takes(
     script = [
         call(
             ("calculate", {"expression": python}),
-            ("calculate", {"expression": "2025-05-11 - 2025-05-10"}),
+            ("calculate", {"expression": "2025-05-11 - '2025-04-10' + 30"}),
             ("calculate", {"expression": "24"}),
         ),
         call(("calculate", {"expression": "89.99 / 3"})),
@@ -342,8 +342,58 @@ def test_calculate_refuses_what_is_not_arithmetic_and_says_what_it_takes(
     assert all(accepted in said for said in told)
     assert "'get_order_status' (a Subscript) is not allowed" in told[0]
     assert "cannot call functions or tools" in told[0]
-    assert "'2025-05-11' is a date, and calculate does no date arithmetic" in told[1]
+    assert "'2025-05-11' is a date, and with dates (YYYY-MM-DD) it takes three" in told[1]
     assert "nothing to calculate: '24' is a single number" in told[2]
     # And an amount split comes with its cents, which the model cut to 29.99 before.
     done = setup[1].requests[2]["messages"][-1]["content"]
     assert done == "29.9966666666667 (30.00 rounded to 2 decimals)"
+
+
+def test_a_required_call_as_a_json_schema_admits_one_call_and_nothing_else(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    from agent.runner import model_client
+
+    pool, server = setup
+    base: Policy = pool.policy  # type: ignore[assignment]
+    changes = {"call_tools_first": True, "required_as": "json_schema"}
+    policy = base.model_copy(update={"run": base.run.model_copy(update=changes)})
+
+    def constrained(refuse: bool) -> Any:
+        def answer(request: dict[str, Any]) -> Step:
+            if request.get("response_format") and refuse:
+                return fail(400, "response_format json_schema is not supported with tools")
+            if request.get("response_format") or request.get("tool_choice") == "required":
+                # What the schema makes a server write: the call as JSON, alone.
+                return say('{"name": "get_current_date", "arguments": {}}')
+            return say("It is 2025-05-11.")
+
+        return answer
+
+    for refuse in (False, True):
+        server.play(constrained(refuse))
+        trace = Trace(tmp_path / f"{refuse}.jsonl")
+        try:
+            agent = Agent(pool, policy, model_client(policy, server.base_url), trace=trace)
+            result = agent.run("What is the date?")
+        finally:
+            trace.close()
+        assert result.ok and result.answer == "It is 2025-05-11."
+        first = server.requests[0]
+        assert "tool_choice" not in first
+        schema = first["response_format"]["json_schema"]["schema"]
+        names = {c["properties"]["name"]["const"] for c in schema["anyOf"]}
+        assert names == offered(first)
+        calc = next(c for c in schema["anyOf"] if c["properties"]["name"]["const"] == "calculate")
+        assert calc["properties"]["arguments"]["required"] == ["expression"]
+        events = read_trace(tmp_path / f"{refuse}.jsonl")
+        ran = [e["tool"] for e in events if e["event"] == "tool_call" and e["ok"]]
+        assert ran == ["get_current_date"]
+        calls = [e for e in events if e["event"] == "model_call"]
+        assert calls[0]["text_calls"] is not None  # read from the content, as JSON
+        if refuse:  # refused: "required" instead, said in the trace
+            assert server.requests[1].get("tool_choice") == "required"
+            assert "response_format" not in server.requests[1]
+            assert calls[0]["tool_choice_refused"] == "json_schema"
+        else:
+            assert calls[0]["tool_choice_refused"] is None

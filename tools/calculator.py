@@ -9,6 +9,7 @@ before `ast.parse`, whose recursion a thousand parentheses could otherwise exhau
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import math
 import operator
 import re
@@ -61,15 +62,60 @@ def _refused(why: str) -> CalculationError:
     return CalculationError(f"{why}. {ACCEPTED}.")
 
 
-def _check_meaning(expression: str) -> None:
-    """What small models send that is not arithmetic, refused with what it is: a date
-    (`2025-05-11 - 2025-05-10` parses, or nearly), money signs and separators."""
+_ISO = r"['\"]?(\d{4}-\d{2}-\d{2})['\"]?"
+_DATE_PLUS = re.compile(rf"\s*{_ISO}\s*([+-])\s*(\d{{1,5}})\s*(?:days?)?\s*")
+_DATE_DIFF = re.compile(rf"\s*{_ISO}\s*-\s*{_ISO}\s*")
+_DATE_CMP = re.compile(rf"\s*{_ISO}\s*(<=|>=|==|<|>)\s*{_ISO}\s*")
+DATE_FORMS = (
+    "with dates (YYYY-MM-DD) it takes three forms only: a date plus or minus a number "
+    "of days, one date minus another (the days between them), or two dates compared "
+    "with < <= > >= =="
+)
+
+
+def date_arithmetic(expression: str) -> str | None:
+    """The three date forms a small model writes for a deadline, computed; None for
+    an expression without a date. A date in any other form is refused."""
+    plus, diff, cmp = (r.fullmatch(expression) for r in (_DATE_PLUS, _DATE_DIFF, _DATE_CMP))
+    try:
+        if plus:
+            day, sign, n = _day(plus.group(1)), plus.group(2), int(plus.group(3))
+            moved = day + dt.timedelta(days=n if sign == "+" else -n)
+            return moved.isoformat()
+        if diff:
+            days = (_day(diff.group(1)) - _day(diff.group(2))).days
+            return f"{days} days"
+        if cmp:
+            left, op, right = _day(cmp.group(1)), cmp.group(2), _day(cmp.group(3))
+            holds = _COMPARE[op](left, right)
+            return f"{str(holds).lower()}: {left} {op} {right}"
+    except OverflowError:
+        raise _refused("that date is out of range") from None
     date = _DATE.search(expression)
     if date:
-        raise _refused(
-            f"{date.group(0)!r} is a date, and calculate does no date arithmetic (nor "
-            "deadlines, nor days between dates): a date is not a number"
-        )
+        raise _refused(f"{date.group(0)!r} is a date, and {DATE_FORMS}")
+    return None
+
+
+_COMPARE = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+}
+
+
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise _refused(f"{text!r} is not a real date (YYYY-MM-DD)") from None
+
+
+def _check_meaning(expression: str) -> None:
+    """What small models send that is not arithmetic, refused with what it is: money
+    signs and separators."""
     if _MONEY.search(expression):
         raise _refused("write numbers without currency signs or thousands separators")
 
@@ -217,12 +263,17 @@ def calculate(expression: str) -> str:
     Use it when the answer needs a number that no tool gave you (a sum, a split, a
     price per item, a percentage), rather than working it out yourself, written with
     the numbers from the question or from tool results. Not for a number you already
-    have, not for dates, deadlines or days between dates, and not to look anything
-    up: it cannot call tools or read names, only numbers.
+    have, and not to look anything up: it cannot call tools or read names, only
+    numbers. With dates (YYYY-MM-DD), only a date plus or minus a number of days, one
+    date minus another, or two dates compared.
 
     Args:
         expression: The arithmetic, written with the numbers themselves.
     """
+    if isinstance(expression, str) and len(expression) <= MAX_LENGTH:
+        dated = date_arithmetic(expression)
+        if dated is not None:
+            return dated
     result = evaluate(expression)
     said = format_number(result)
     exact = Decimal(said)
