@@ -53,6 +53,15 @@ _TOP_LEVEL = (
     "run",
     "egress",
 )
+_TOP_LEVEL_KEYS = ("extends", "isolation", "load_tools", "accept_unwalled_signals")
+"""The top-level keys that are not tables: written after a `[table]` line, TOML puts
+them in that table, where they are unknown."""
+
+
+def _top_level_hint(key: str) -> str:
+    if key not in _TOP_LEVEL_KEYS:
+        return ""
+    return f"; {key} is a top-level key: put it at the top of the file, before any [table]"
 
 
 @dataclass(frozen=True)
@@ -249,7 +258,8 @@ def _check_values(policy: Policy, blame: Callable[[list[str]], str]) -> None:
         try:
             check_layer_names([name] if not on or name not in ALWAYS_ON else [])
         except ValueError as exc:
-            raise PolicyError(f"{blame(['layers', name])}: [layers] {name}: {exc}") from None
+            said = _top_level_hint(name).removeprefix("; ") or str(exc)
+            raise PolicyError(f"{blame(['layers', name])}: [layers] {name}: {said}") from None
     try:
         policy.egress.config()
     except ValidationError as exc:
@@ -356,7 +366,7 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
         model = McpServerPolicy
     if err["type"] == "extra_forbidden":
         accepted = ", ".join(model.model_fields)
-        hint = _did_you_mean(key, list(model.model_fields))
+        hint = _top_level_hint(key) or _did_you_mean(key, list(model.model_fields))
         return f"{source}: [{table}] {key}: unknown key{hint} (accepted: {accepted})"
     if err["type"] == "missing":
         return f"{source}: [{table}] {key}: missing (a [{table}] table needs it)"
@@ -374,7 +384,7 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
             f'{source}: [{table}] network: must be true, false or a list of "host:port" '
             f"strings (got {got})"
         )
-    return f"{source}: [{table}] {key}: {_said(err)}"
+    return f"{source}: [{table}] {key}: {_said(err)}{_top_level_hint(key)}"
 
 
 def _said(err: Any) -> str:

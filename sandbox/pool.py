@@ -59,7 +59,9 @@ SPARE_TIMEOUT_S = 60.0
 """Longest wait for a spare worker; only reached on a machine that cannot fork."""
 KILL_WAIT_S = 10.0
 """How long a SIGKILLed worker may take to be gone (a huge address space to free)."""
-ACCEPT_IN_POLICY = "set accept_unwalled_signals = true in the policy"
+ACCEPT_IN_POLICY = (
+    "set accept_unwalled_signals = true at the top of the policy file (before any [table])"
+)
 """How a policy (or `Pool(accept_unwalled_signals=True)`) accepts unwalled signals."""
 LOG_CHARS = 4000
 """How many bytes of a call's stdout/stderr the result keeps."""

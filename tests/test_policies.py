@@ -141,6 +141,26 @@ def test_layers_the_policy_turns_off_reach_the_pool(tmp_path: Path) -> None:
     assert accepting.pool_options()["accept_unwalled_signals"] is True
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[layers]\nlandlock = false\naccept_unwalled_signals = true\n", "[layers] accept_unw"),
+        ('[run]\nmodel = "m"\nisolation = "strict"\n', "[run] isolation: unknown key"),
+        ('[layers]\nisolation = "strict"\n', "[layers] isolation: input should be a valid"),
+    ],
+)
+def test_a_top_level_key_written_under_a_table_says_where_it_goes(
+    text: str, said: str, tmp_path: Path
+) -> None:
+    # Appended to a file that turned layers off, the opt-out lands in [layers].
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "p.toml", tmp_path)
+    assert said in str(info.value)
+    assert "is a top-level key: put it at the top of the file, before any [table]" in str(
+        info.value
+    )
+
+
 def test_a_copy_with_other_tool_tables_resolves_afresh() -> None:
     policy = load_policy()
     assert policy.limits_for("calculate").timeout_s == 2
