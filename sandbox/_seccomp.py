@@ -12,7 +12,10 @@ For every tool:
 - no keyring calls (`add_key`, `keyctl`, `request_key`): keyrings are not namespaced,
   so they would reach the orchestrator's secrets (moby's default profile refuses them
   for the same reason);
-- no `userfaultfd`, `bpf` or `perf_event_open`: kernel attack surface no tool uses.
+- no `userfaultfd`, `bpf` or `perf_event_open`: kernel attack surface no tool uses;
+- without a PID namespace, no `kill(-1)` (every process the uid may signal): a tool
+  still signals its own children and process groups, and any pid it names, so this is
+  no wall around signals, only the blanket kill taken away.
 
 `socket()` is allowed for AF_NETLINK with NETLINK_ROUTE alone (addresses and routes,
 for getaddrinfo; changing anything through it takes capabilities the worker no longer
@@ -82,6 +85,7 @@ _ARCHES = {
         {
             "socket": 41,
             "socketpair": 53,
+            "kill": 62,
             "clone": 56,
             "unshare": 272,
             "open_by_handle_at": 304,
@@ -101,6 +105,7 @@ _ARCHES = {
         {
             "socket": 198,
             "socketpair": 199,
+            "kill": 129,
             "clone": 220,
             "unshare": 97,
             "open_by_handle_at": 265,
@@ -133,6 +138,9 @@ class Rules(NamedTuple):
     """Refuse the keyring calls."""
     user_namespaces: bool = True
     """Refuse new user namespaces."""
+    kill_all: bool = True
+    """Allow kill(-1): as pid 1 of its own PID namespace a worker cleans up with it;
+    without one it would signal every process the uid may (`sandbox.layers`)."""
 
 
 class _Filter(ctypes.Structure):
@@ -200,6 +208,11 @@ def _program(rules: Rules) -> list[Insn]:
                     _ret(_RET_ALLOW),
                 ],
             )
+    if not rules.kill_all:  # pid_t -1, whatever the upper half of the register holds
+        program += _when(
+            nr["kill"],
+            [_load(_ARG0), (_BPF_JEQ_K, 0, 1, 0xFFFFFFFF), _refuse(errno.EPERM), _ret(_RET_ALLOW)],
+        )
     check: list[Insn] = [_load(_ARG0)]
     for family in (socket.AF_INET, socket.AF_INET6) if rules.network else ():
         check += [(_BPF_JEQ_K, 0, 1, family), _ret(_RET_ALLOW)]

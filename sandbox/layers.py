@@ -123,6 +123,7 @@ class Layers:
             loopback_tcp=network == "proxy",
             keyring=self.keyring,
             user_namespaces=self.userns_denied,
+            kill_all=self.pidns is not None,
         )
 
     def _wanted(self, name: str) -> bool:

@@ -3,8 +3,10 @@ round's other reproducers live beside the tests that took them up)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import time
 
 from tools import tool
@@ -72,6 +74,30 @@ def rt_kill(pids: list[int]) -> str:
         else:
             killed.append(f"{pid} KILLED")
     return "; ".join(killed)
+
+
+@tool
+def rt_kill_everyone_then_own_children(marker: str) -> str:
+    """kill(-1) with signal 0 (a permission check that harms no one: the probe of a
+    tool about to send SIGKILL), then what tools do to their own children: a
+    `subprocess` timeout, and a SIGKILL to a process group of its own.
+
+    Args:
+        marker: What the children sleep, for the test to find any left.
+    """
+    try:
+        os.kill(-1, 0)
+        everyone = "REACHED"
+    except OSError as exc:
+        everyone = f"denied: {exc.strerror}"
+    try:
+        subprocess.run(["sleep", marker], timeout=0.2)
+        timeout = "no timeout"
+    except subprocess.TimeoutExpired:
+        timeout = "killed at the timeout"
+    group = subprocess.Popen(["sleep", marker], start_new_session=True)
+    os.killpg(group.pid, 9)
+    return json.dumps({"everyone": everyone, "timeout": timeout, "group": group.wait()})
 
 
 _KEYCTL, _ADD_KEY = 250, 248  # x86_64

@@ -4,20 +4,22 @@ pools shared."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import subprocess
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import pool_without, unique_marker
+from conftest import pool_without, sleepers, unique_marker
 
 from policies import parse_policy
-from sandbox import Pool, SandboxUnavailable, _landlock
+from sandbox import IsolationWarning, Pool, SandboxUnavailable, _landlock
 from tools import Registry
 
 pytestmark = [
@@ -153,6 +155,31 @@ def test_a_tool_cannot_kill_a_process_outside_its_call(case: str, tmp_path: Path
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_without_a_pid_namespace_seccomp_refuses_kill_everyone(tmp_path: Path) -> None:
+    """The pool that accepts unwalled signals, knowingly, still loses the blanket
+    kill(-1) (seccomp, below any wall), and its tools still kill their own children:
+    a `subprocess` timeout, a process group of their own."""
+    registry = Registry.default()
+    registry.load(TOOLS)
+    off = ("pid_namespace", "landlock", "unprivileged_uid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IsolationWarning)
+        pool = Pool(registry=registry, size=1, disable=off, accept_unwalled_signals=True)
+    with pool:
+        if not pool.layers["seccomp"].active:
+            pytest.skip(f"no seccomp here: {pool.layers['seccomp'].detail}")
+        marker = unique_marker()
+        result = pool.call("rt_kill_everyone_then_own_children", {"marker": marker})
+    assert result.ok, result
+    seen = json.loads(result.output or "")
+    assert seen == {
+        "everyone": "denied: Operation not permitted",
+        "timeout": "killed at the timeout",
+        "group": -9,
+    }, seen
+    assert sleepers(marker) == []
 
 
 def test_a_key_left_in_a_worker_uids_keyring_reaches_no_later_call(tmp_path: Path) -> None:
