@@ -335,3 +335,39 @@ def test_a_host_without_user_namespaces_is_named_strict_refuses_best_effort_runs
     assert (seen["result"], seen["again"]) == ("42", "2"), seen
     assert len(seen["warnings"]) == 1, seen["warnings"]
     assert seen["warnings"][0].startswith("sandbox layers unavailable here: user_namespace, ")
+
+
+TRACE_THE_ORCHESTRATOR = """
+import json, os, sys, warnings
+from sandbox import IsolationWarning, Pool, SandboxUnavailable
+from tools import Registry
+registry = Registry.default()
+registry.load(sys.argv[1])
+warnings.simplefilter("ignore", IsolationWarning)
+try:
+    pool = Pool(registry=registry, size=1, disable=["landlock"], accept_unwalled_signals=True)
+except SandboxUnavailable as exc:
+    print(json.dumps({"refused": str(exc)}))
+    sys.exit()
+with pool:
+    print(pool.call("spare_trace", {"pids": [os.getpid()]}).output)
+"""
+"""A pool that accepts unwalled signals, with Landlock off; its tool opens the
+orchestrator's /proc/PID/mem and environ (its API key) and PTRACE_ATTACHes to it."""
+
+
+def test_no_tool_can_trace_the_orchestrator_on_a_host_without_user_namespaces(
+    a_user: AsUser | AsSelf,
+) -> None:
+    """There no namespace is made: the workers run as the user, as the orchestrator
+    does, in its user namespace, with no capability of its own to set it apart. Only
+    Landlock (any ABI) keeps them from tracing it: without it the pool refuses to
+    start, whatever it was told to accept about signals."""
+    emulate = [a_user.python, str(a_user.project / "tests" / "host_emulation.py"), "no-userns"]
+    tools = str(a_user.project / "tests" / "spare_attack_tools.py")
+    argv = [*emulate, "--", a_user.python, "-c", TRACE_THE_ORCHESTRATOR, tools]
+    proc = a_user.run(argv, a_user.env(), 300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = json.loads(proc.stdout)
+    assert seen.get("reached", []) == [], seen
+    assert "could read the orchestrator's memory" in seen["refused"], seen
