@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from . import _cpuacct, _jail, _landlock, _linux, _nofollow
 from .launch import EXIT_CPU, EXIT_STOPPED, LaunchConfig
-from .layers import Layers, unwalled_signals, user_namespace
+from .layers import Layers, orchestrator_traceable, unwalled_signals, user_namespace
 from .limits import apply_rlimits
 from .protocol import Call, Layer, ZygoteConfig
 from .read_set import SYSTEM_READ_PATHS, command_read_paths
@@ -89,7 +89,7 @@ class Launcher:
         from .pool import _root_without_walls
 
         status = self.layers.status
-        refused = _root_without_walls(status)
+        refused = _root_without_walls(status) or orchestrator_traceable(status)
         walls = dict(status)
         if self.config.write_paths and "unprivileged_uid" in walls:
             # It runs as their owner, whose other processes it could signal.

@@ -494,6 +494,34 @@ def unwalled_signals(status: Mapping[str, Layer], accept: str) -> str | None:
     )
 
 
+def orchestrator_traceable(status: Mapping[str, Layer]) -> str | None:
+    """Why no tool may run here, in any mode: the workers would share the
+    orchestrator's uid and user namespace with no capability of its own to set it
+    apart (a normal user on a host without user namespaces; root with none), so only
+    Landlock, whatever its ABI, keeps a tool from its /proc/PID/environ and memory and
+    from ptrace: from the API key, and from running code in it."""
+    uid = status.get("unprivileged_uid")
+    own_uid = os.geteuid() == 0 and uid is not None and uid.active
+    if own_uid or _linux.capabilities_effective() != 0:
+        return None
+    walls = {name: status[name] for name in ("user_namespace", "landlock") if name in status}
+    if any(layer.active for layer in walls.values()):
+        return None
+    fixes = {
+        "user_namespace": "allow user namespaces (`sandboxed-agent doctor` says how)",
+        "landlock": "run a kernel with Landlock (Linux 5.13+)",
+    }
+    why, fix = [], []
+    for name, layer in walls.items():
+        why.append(f"{name} {layer.state}")
+        fix.append(f"turn {name} back on" if layer.state == "off" else fixes[name])
+    return (
+        f"workers could read the orchestrator's memory and environment and trace it "
+        f"(they would share its uid {os.geteuid()}, with {' and '.join(why)}); "
+        f"{' or '.join(fix)}"
+    )
+
+
 def user_namespace(disabled: Collection[str]) -> Layer:
     """Run first in the zygote, while it is single-threaded: where we are not root,
     or root without CAP_SYS_ADMIN (a container's default), become the owner of a user

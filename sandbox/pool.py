@@ -50,7 +50,7 @@ from .errors import (
     WorkerCrashed,
     error_for,
 )
-from .layers import check_layer_names, unwalled_signals
+from .layers import check_layer_names, orchestrator_traceable, unwalled_signals
 from .limits import Limits, NetworkMode
 from .protocol import Call, Layer, Profile, Result, ToolError
 from .template import Template, WorkerHandle
@@ -176,7 +176,7 @@ class Pool:
             for name, layer in self.layers.items()
             if not layer.active and layer.required
         }
-        refused = _root_without_walls(self.layers)
+        refused = _root_without_walls(self.layers) or orchestrator_traceable(self.layers)
         if not accept_unwalled_signals:
             refused = refused or unwalled_signals(self.layers, ACCEPT_IN_POLICY)
         if refused:
