@@ -102,6 +102,11 @@ class FrameReader:
             return False
         return False  # a byte, or the end of file
 
+    def ready(self) -> bool:
+        """`idle`, and the worker alive, in one system call: nothing readable or hung
+        up on the socket (no byte, no end of file, no error) and no exit on the pidfd."""
+        return not self._buf and not self._poll.poll(0)
+
     def _fill(self, deadline: float) -> None:
         while True:
             left = deadline - time.monotonic()

@@ -104,8 +104,9 @@ def renew_rlimits(limits: Limits) -> None:
     """A reused worker's next call: `cpu_s` more seconds from what it has used, and every
     other soft limit back at its hard one (the previous call may have lowered it)."""
     for which in (resource.RLIMIT_AS, resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE):
-        _, hard = resource.getrlimit(which)
-        resource.setrlimit(which, (hard, hard))
+        soft, hard = resource.getrlimit(which)
+        if soft != hard:  # most calls lower none: one system call each, not two
+            resource.setrlimit(which, (hard, hard))
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     soft = cpu_used() + limits.cpu_s
     if hard != resource.RLIM_INFINITY:

@@ -3,7 +3,8 @@
 Two conversations use them:
 
 - orchestrator ↔ worker, over a stream socket with a 4-byte length prefix
-  (`channel.py`): `Call` one way, `Result` back;
+  (`channel.py`): `Call` one way (`Again` for a warm worker's later calls), `Result`
+  back;
 - orchestrator ↔ zygote (the pre-imported template process that forks workers),
   over a SOCK_SEQPACKET socket: `Spawn`/`Shutdown` one way, `Spawned`/`Exited` back.
 
@@ -13,10 +14,12 @@ but it cannot make the orchestrator unpickle them.
 
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_core import from_json, to_json
 
 from .errors import ErrorKind
 from .limits import Limits, NetworkMode
@@ -61,6 +64,55 @@ class Call(_Message):
         included), root, data_dir and settings. A worker's first call fixed all of these
         (rlimits, cgroup limits, Landlock rules, the network namespace) for good."""
         return self.model_dump_json(include={"tool", "limits", "root", "data_dir", "settings"})
+
+
+class Again(_Message):
+    """A warm worker's next call: what differs from its first. The worker runs it
+    with its first call's tool, limits, root, data_dir and settings, which the pool
+    sends it only for a call of the same `Call.reuse_key`; so nothing that set its
+    walls is sent again, and none of it can differ.
+
+    This model is the contract; the hot path writes and reads the frame with
+    `again_frame` and `read_again` (a few µs less than pydantic on each side), which
+    tests/test_warm_workers.py holds to it. Frames TO a worker come from the
+    orchestrator only; the worker still checks each and exits on any other."""
+
+    type: Literal["again"] = "again"
+    id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    args: dict[str, Any]
+    data_left: int | None = Field(None, ge=0)
+
+
+def again_frame(call: Call) -> bytes:
+    """`Again(id=call.id, args=call.args, data_left=call.data_left)`'s JSON frame;
+    `args` dumped by pydantic's serializer, as `Call.model_dump_json` would."""
+    left = b"null" if call.data_left is None else b"%d" % call.data_left
+    return b'{"type":"again","id":"%s","args":%s,"data_left":%s}' % (
+        call.id.encode(),
+        to_json(call.args),
+        left,
+    )
+
+
+_CALL_ID = re.compile(r"[0-9a-f]{32}")
+_AGAIN_KEYS = frozenset(("type", "id", "args", "data_left"))
+
+
+def read_again(frame: bytes, first: Call) -> Call | None:
+    """The call an `Again` frame asks of a worker whose first call was `first`; None
+    for anything that is not exactly such a frame (the worker then exits)."""
+    try:
+        fields = from_json(frame)
+    except ValueError:
+        return None
+    if type(fields) is not dict or fields.keys() != _AGAIN_KEYS or fields["type"] != "again":
+        return None
+    call_id, args, left = fields["id"], fields["args"], fields["data_left"]
+    if type(call_id) is not str or not _CALL_ID.fullmatch(call_id) or type(args) is not dict:
+        return None
+    if left is not None and (type(left) is not int or left < 0):
+        return None
+    return first.model_copy(update={"id": call_id, "args": args, "data_left": left})
 
 
 class Result(_Message):

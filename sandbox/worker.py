@@ -38,7 +38,7 @@ from .limits import (
     cpu_left_for_another_call,
     renew_rlimits,
 )
-from .protocol import Call, Profile, ToolError
+from .protocol import Call, Profile, ToolError, read_again
 from .uids import NOBODY
 
 CHANNEL_FD = 3
@@ -221,22 +221,24 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         # Everything a first call would set up, done now, off the call's clock.
         prepare(setup, Call(tool="", args={}, limits=profile.limits, root=profile.root))
     first: Call | None = None
-    first_key = ""  # its `reuse_key`, dumped once (a warm worker compares it every call)
     while True:
         frame = recv_frame_blocking(chan)
         if frame is None:
             os._exit(0)
-        call = Call.model_validate_json(frame)
         if first is None:
+            call = Call.model_validate_json(frame)
             first = call
-            first_key = call.reuse_key if call.limits.reuse_worker else ""
             if profile is None:
                 prepare(setup, call)
             elif not profile.fits(call):
                 os._exit(EXIT_SETUP_FAILED)  # never sent by the pool: its walls are not these
-        elif not first_key or call.reuse_key != first_key:
-            os._exit(70)  # the orchestrator never does this: its limits would not hold
         else:
+            # Only a reusable worker gets here, and only an `Again`: the first call's
+            # tool, limits, root, data_dir and settings, with a new id and arguments.
+            again = read_again(frame, first)
+            if again is None:
+                os._exit(70)  # the orchestrator never sends this: its limits would not hold
+            call = again
             renew_rlimits(call.limits)  # a warm worker's CPU count goes on from call to call
             cap_file_size(call.data_left, for_good=False)
         body = run(registry, call)
@@ -579,7 +581,7 @@ def _nproc(setup: WorkerSetup, limits: Limits) -> int | None:
 def _clean_up(setup: WorkerSetup, limits: Limits) -> bool:
     """After a reusable worker's call: no process or thread of the call left, an empty
     workdir to start the next one in. False: something stayed, retire this worker."""
-    while True:
+    while _has_children():
         _kill_descendants(setup)
         try:
             os.waitpid(-1, 0)  # orphans are re-parented to us: reap until none is left
@@ -588,11 +590,22 @@ def _clean_up(setup: WorkerSetup, limits: Limits) -> bool:
     if not _single_threaded():
         return False  # a thread the tool started could answer, or read, the next call
     try:
-        empty_directory(setup.workdir)
-        os.chdir(setup.workdir)
+        empty_directory(setup.workdir, enter=True)
     except (OSError, RecursionError):
         return False
     return cpu_left_for_another_call(limits)
+
+
+def _has_children() -> bool:
+    """Whether any child, running or not, is left. Without one nothing of the call
+    runs: as pid 1 every process of our namespace descends from us, and as a
+    subreaper every orphan of the call is re-parented to us; so most calls (which
+    start nothing) need no `kill(-1)`, which walks every process on the host."""
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def _single_threaded() -> bool:
@@ -604,22 +617,28 @@ def _single_threaded() -> bool:
         return threading.active_count() == 1
 
 
-def empty_directory(path: str) -> None:
+def empty_directory(path: str, enter: bool = False) -> None:
     """Remove everything below `path` whatever modes the tool left (a 0500 or 0000
     directory is made 0700 first); links are removed, never followed. Raises OSError
-    if anything stays. Runs when no process or thread of the tool is left, so nothing
-    swaps an entry between its check and its use."""
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise OSError(f"{path} is no longer the worker's own directory")
-    os.chmod(path, 0o700)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if anything stays; `enter`: then make it the working directory. Runs when no
+    process or thread of the tool is left, so nothing swaps an entry between its
+    check and its use."""
     try:
-        if os.fstat(fd).st_ino != info.st_ino:
-            raise OSError(f"{path} was replaced")
-        _empty(fd)
-        if os.listdir(fd):
-            raise OSError(f"{path} is not empty after the clean-up")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:  # a link (ELOOP), a file (ENOTDIR), gone: not ours any more
+        raise OSError(f"{path} is no longer the worker's own directory ({exc})") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise OSError(f"{path} is no longer the worker's own directory")
+        if stat.S_IMODE(info.st_mode) != 0o700:
+            os.fchmod(fd, 0o700)
+        if os.listdir(fd):  # most calls leave nothing: one listing, not two
+            _empty(fd)
+            if os.listdir(fd):
+                raise OSError(f"{path} is not empty after the clean-up")
+        if enter:
+            os.fchdir(fd)
     finally:
         os.close(fd)
 

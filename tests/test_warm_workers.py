@@ -12,6 +12,7 @@ import pytest
 
 from sandbox import Limits, Pool
 from sandbox.limits import WARM_CPU_CALLS
+from sandbox.protocol import Again, Call, again_frame, read_again
 from tools import Registry
 
 pytestmark = pytest.mark.attack
@@ -118,3 +119,30 @@ def test_the_clean_up_empties_any_workdir_and_follows_no_link(
     assert second.worker_pid == first.worker_pid
     assert outside.read_text() == "host data"
     assert tmp_path.exists()
+
+
+def test_the_compact_frame_of_a_warm_call_is_exactly_the_again_model() -> None:
+    # The hot path writes and reads `Again` by hand: it must say what the model says,
+    # and the worker must take nothing else for it (it exits on a None).
+    first = Call(tool="echo_text", args={"text": "a"}, limits=TRUSTED, settings={"k": 1})
+    later = Call(tool="echo_text", args={"text": 'é\u2028"}'}, limits=TRUSTED, data_left=7)
+    frame = again_frame(later)
+    assert Again.model_validate_json(frame) == Again(id=later.id, args=later.args, data_left=7)
+    read = read_again(frame, first)
+    assert read is not None and (read.id, read.args, read.data_left) == (later.id, later.args, 7)
+    assert read.reuse_key == first.reuse_key  # the first call's walls, whatever was sent
+    good = {"type": "again", "id": later.id, "args": {}, "data_left": None}
+    for bad in (
+        {**good, "type": "call"},
+        {**good, "id": later.id.upper()},
+        {**good, "id": later.id + "0"},
+        {**good, "args": []},
+        {**good, "data_left": True},
+        {**good, "data_left": -1},
+        {**good, "data_left": 1.0},
+        {**good, "limits": {"timeout_s": 1000}},
+        {key: value for key, value in good.items() if key != "data_left"},
+    ):
+        assert read_again(json.dumps(bad).encode(), first) is None, bad
+    for text in (b"", b"[]", b"{", b'{"type":"again"' * 2, b"[" * 100_000):
+        assert read_again(text, first) is None, text[:20]
