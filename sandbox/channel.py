@@ -112,7 +112,7 @@ class FrameReader:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Deadline
-            events = self._poll.poll(left * 1000 + 0.5)
+            events = self._poll.poll(left * 1000)  # rounded up to the next ms
             if not events:
                 continue
             # Data already queued is read even when the worker has exited since.

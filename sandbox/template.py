@@ -23,7 +23,7 @@ from collections import OrderedDict
 
 import multiprocess
 
-from . import _cgroups, reaper
+from . import _cgroups, _sched, reaper
 from ._cpuacct import UsageFile
 from ._netns import LISTENER_MARK, PROXY_HOST
 from .channel import FrameReader, PeerGone
@@ -71,8 +71,9 @@ class WorkerHandle:
         """As our /proc knows it: the zygote may be pid 1 of a namespace of its own."""
         self.workdir = spawned.workdir
         self.cpu_usage = _open_usage(spawned.cpu_usage)
-        self._procs = _open_procs(spawned.pids_cgroup)
-        """Its pids cgroup's list of processes, held open (see `kill_all`)."""
+        self._cgroup = spawned.pids_cgroup
+        """Its pids cgroup, which every process of its call stays in (`kill_all`)."""
+        self._tasks_file = _tasks_file(spawned.pids_cgroup)
         """Usage file of its CPU accounting cgroup (`sandbox.cpu_budget`), if any:
         opened here, as the spare arrives, not on a call's clock."""
         self.sock = sock
@@ -127,25 +128,58 @@ class WorkerHandle:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
 
     def kill_all(self, timeout: float) -> bool:
-        """SIGKILL the worker and every other process of its call, and wait until
-        none but the worker runs; True when so, False where that cannot be known
+        """SIGKILL the worker and every other process of its call, and return once
+        none of them can run again; True when so, False where that cannot be known
         (no cgroup to read) or did not happen within `timeout`.
 
         Every process the call started is in the worker's pids cgroup, which none can
-        leave. Each one listed there is killed through a pidfd opened while it was
+        leave. First its pids.max goes to 0: no process can be made in it from then
+        on. If then the count of tasks it charges equals the count it lists (read in
+        that order, afresh), none is being forked or is dying unseen, and the listed
+        ones are all there will ever be: each is SIGKILLed (a process with SIGKILL
+        pending never runs an instruction of its own again) and the call may return
+        while they exit (`_frozen_kill`). Otherwise each process listed is killed and
+        waited for (`_kill_and_wait`). Their exits, the worker's teardown of its
+        address space, mounts and PID namespace among them, go on after the call."""
+        if self._cgroup is None:
+            self.kill()
+            return False
+        if self.wait_dead(0):  # exited (a fresh worker after its answer): little to do
+            return self._kill_and_wait(timeout)
+        # Woken by its SIGKILL the worker would take our CPU for its teardown (the
+        # kernel is not preempted here): as a batch task it waits until we are done.
+        # (Not exited a moment ago, so its pid is still its own.)
+        _sched.batch_of(self.host_pid)
+        frozen = _write_file(os.path.join(self._cgroup, "pids.max"), b"0")
+        if frozen and self._frozen_kill():
+            return True
+        return self._kill_and_wait(timeout)
+
+    def _frozen_kill(self) -> bool:
+        """With no process to be made any more: SIGKILL every process listed if the
+        listing is the whole of what the cgroup charges; False if it may not be."""
+        charged = _read_int(os.path.join(self._cgroup, "pids.current"))
+        tasks = self._listed(self._tasks_file)
+        if charged is None or tasks is None or charged != len(tasks):
+            return False  # a fork under way, a zombie, or an unreadable file: wait
+        procs = self._listed("cgroup.procs")
+        if procs is None:
+            return False
+        self.kill()
+        return self._signal_listed(procs - {self.host_pid})
+
+    def _kill_and_wait(self, timeout: float) -> bool:
+        """Each process listed is killed and waited for on a pidfd opened while it was
         listed and found listed again after (so never another process that took its
-        pid), and waited for on it; whatever it forked before it died is listed in
-        the next round. A dead process stays listed until reaped (a zombie runs no
-        code), and its pid cannot be taken while it is listed (nor after, unless the
-        pids wrap around within one kill: 32,768 forks here). The worker itself,
-        SIGKILLed, runs no code again (the kernel refuses a fork to a task with
-        SIGKILL pending): the kernel's teardown of its address space, its mounts and
-        its PID namespace need not hold up the caller."""
+        pid); whatever it forked before it died is listed in the next round. A dead
+        process's pid cannot be taken while it is listed (nor after, unless the pids
+        wrap around within one kill: 32,768 forks here). The worker itself, SIGKILLed,
+        runs no code again (the kernel refuses a fork to a task with SIGKILL pending)."""
         self.kill()
         deadline = time.monotonic() + timeout
         dead = {self.host_pid}
         for _ in range(reaper.KILL_ROUNDS):
-            listed = self._listed()
+            listed = self._listed("cgroup.procs")
             if listed is None:
                 return False
             others = listed - dead
@@ -160,7 +194,7 @@ class WorkerHandle:
                 except OSError:
                     return False
             try:
-                still = self._listed()
+                still = self._listed("cgroup.procs")
                 if still is None:
                     return False
                 poller = select.poll()
@@ -182,15 +216,48 @@ class WorkerHandle:
                     os.close(fd)
         return False
 
-    def _listed(self) -> set[int] | None:
-        """The pids in the worker's pids cgroup; None where it cannot be read whole."""
-        if self._procs is None:
+    def _signal_listed(self, pids: set[int]) -> bool:
+        """SIGKILL each of `pids` through a pidfd, if it is still listed once the pidfd
+        is open (else the pid may be another process's by now: it is not signalled)."""
+        pidfds = {}
+        try:
+            for pid in pids:
+                try:
+                    pidfds[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    pass  # released already: it runs no more
+                except OSError:
+                    return False
+            still = self._listed("cgroup.procs")
+            if still is None:
+                return False
+            for pid, fd in pidfds.items():
+                if pid in still:
+                    _sched.batch_of(pid)  # as the worker: its exit waits for our return
+                    with contextlib.suppress(ProcessLookupError):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+            return True
+        finally:
+            for fd in pidfds.values():
+                os.close(fd)
+
+    def _listed(self, name: str) -> set[int] | None:
+        """The pids (or thread ids) in the worker's pids cgroup's file `name`; None
+        where it cannot be read whole. Opened afresh each time: cgroup v1 hands a
+        descriptor held open the list it read the first time, for up to a second."""
+        if self._cgroup is None:
             return None
         try:
-            data = os.pread(self._procs, 1 << 16, 0)
+            fd = os.open(os.path.join(self._cgroup, name), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             # Removed: a cgroup is removed only once no process is left in it.
+            return set() if exc.errno in (errno.ENOENT, errno.ENODEV) else None
+        try:
+            data = os.read(fd, 1 << 16)
+        except OSError as exc:
             return set() if exc.errno == errno.ENODEV else None
+        finally:
+            os.close(fd)
         if len(data) >= 1 << 16:
             return None
         try:
@@ -227,9 +294,6 @@ class WorkerHandle:
     def close(self) -> None:
         if self.cpu_usage is not None:
             self.cpu_usage.close()
-        if self._procs is not None:
-            os.close(self._procs)
-            self._procs = None
         with contextlib.suppress(OSError):
             self.sock.close()
         if self.listener is not None:  # the last hold on the worker's network namespace
@@ -280,13 +344,37 @@ def _open_usage(path: str | None) -> UsageFile | None:
         return None
 
 
-def _open_procs(cgroup: str | None) -> int | None:
-    if cgroup is None:
+def _tasks_file(cgroup: str | None) -> str:
+    """What lists every thread of a cgroup: `tasks` in cgroup v1, else v2's."""
+    if cgroup is not None and not os.path.exists(os.path.join(cgroup, "tasks")):
+        return "cgroup.threads"
+    return "tasks"
+
+
+def _write_file(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.write(fd, data) == len(data)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
     try:
-        return os.open(os.path.join(cgroup, "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:  # gone already (the worker died): its exit status tells the rest
+        return int(os.read(fd, 64))
+    except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 def _host_pid(pidfd: int) -> int | None:

@@ -114,7 +114,8 @@ class Zygote:
         if self.layers.seccomp:
             for network in ("none", "proxy", "all"):
                 _seccomp.compiled(self.layers.seccomp_rules(network))  # once, not per fork
-        self.short_slice = _sched.short_slice_for_children()
+        self.short_slice = _sched.short_slice_for_children()  # SCHED_OTHER, as now
+        _sched.set_batch()
         warm_up(fallback_clean_up=self.pidns is None)
 
     def send(self, message: Ready | Spawned | Exited | Failed, fds: list[int] = ()) -> None:
@@ -200,7 +201,8 @@ class Zygote:
         setup: WorkerSetup | None = None
         # Woken at once by its call (`_sched`); not the zygote, which would then take
         # the CPU from the orchestrator each time it is asked for a spare.
-        self.short_slice()
+        if not self.short_slice():
+            _sched.set_normal()  # not the zygote's SCHED_BATCH: woken by its call, it runs
         try:
             # First, and before any call can come, so everything a call does counts.
             # The worker joins them itself: each join waits for the kernel (an RCU
