@@ -23,6 +23,8 @@ from sandbox.errors import RunError
 
 from . import responses_api
 from .error_bodies import bound_error_body
+from .http_deadline import bound_by_deadlines, until
+from .redirects import REFUSED, same_origin_redirects
 from .scrubbing import remember_secret, scrub, scrub_data
 from .text_calls import read_text_calls
 
@@ -84,12 +86,15 @@ def openai_client(
     base_url: str | None, api_key: str | None, timeout_s: float, max_retries: int
 ) -> openai.OpenAI:
     openai = _sdk()
+    hooks = {"response": [same_origin_redirects, bound_error_body]}
+    http_client = openai.DefaultHttpxClient(event_hooks=hooks)
+    bound_by_deadlines(http_client)  # `until` then holds for every read, headers too
     return openai.OpenAI(
         base_url=base_url,
         api_key=api_key or "not-needed",  # local servers take any key
         timeout=timeout_s,
         max_retries=max_retries,
-        http_client=openai.DefaultHttpxClient(event_hooks={"response": [bound_error_body]}),
+        http_client=http_client,
     )
 
 
@@ -222,10 +227,15 @@ class ModelClient:
             # Streamed, so that the body is read against the deadline: the client's
             # timeout bounds each read, and an endpoint that sends a byte now and then
             # would otherwise hold the run past its budget (and past any size).
-            with self._request(messages, tools, timeout_s, tool_choice, schema) as raw:
+            with (
+                until(deadline),
+                self._request(messages, tools, timeout_s, tool_choice, schema) as raw,
+            ):
                 body = read_body(raw.iter_bytes(), deadline, self.base_url)
         except _http_errors() as exc:  # while reading the body: the client retries no more
             where = self.base_url or "the OpenAI API"
+            if "Timeout" in type(exc).__name__:  # the run's deadline (`until`) came first
+                raise RunError(f"the model at {where} did not finish its answer in time") from None
             raise RunError(
                 f"the model at {where} broke off its answer: {type(exc).__name__}"
             ) from None
@@ -353,6 +363,8 @@ def _retry_wait(exc: openai.APIError, tries: int) -> float | None:
             if 0 <= seconds <= RETRY_AFTER_MAX_S:
                 return seconds
     elif not isinstance(exc, openai.APIConnectionError):  # timeouts are one
+        return None
+    if type(exc.__cause__).__name__ == "TooManyRedirects":  # a loop does not heal
         return None
     return min(0.5 * 2 ** (tries - 1), 8.0)
 
@@ -551,7 +563,7 @@ def describe_api_error(exc: openai.APIError, model: str, base_url: str | None) -
     if isinstance(exc, openai.APITimeoutError):
         return f"the model at {where} did not answer in time (after retries)"
     if isinstance(exc, openai.APIConnectionError):
-        return f"cannot reach the model at {where}: connection failed (is the server running?)"
+        return _connection_failed(exc, where)
     if isinstance(exc, openai.AuthenticationError):
         return f"the model at {where} refused the API key (401): check OPENAI_API_KEY"
     if isinstance(exc, openai.PermissionDeniedError):
@@ -560,10 +572,30 @@ def describe_api_error(exc: openai.APIError, model: str, base_url: str | None) -
         return f"the model at {where} does not know model {model!r} or the route (404)"
     if isinstance(exc, openai.RateLimitError):
         return f"the model at {where} is rate limiting (429) and retries did not help"
+    if isinstance(exc, openai.APIStatusError) and REFUSED in exc.response.extensions:
+        return (
+            f"the model at {where} redirected to {_short(exc.response.extensions[REFUSED])} "
+            f"(HTTP {exc.status_code}); a redirect to another scheme, host or port is not "
+            "followed, since the conversation would go there: if that is the endpoint, "
+            "give it as --base-url"
+        )
     if isinstance(exc, openai.APIStatusError):
         detail = _short(_error_message(exc))
         return f"the model at {where} failed with HTTP {exc.status_code}: {detail}"
     return f"the model call failed: {_short(str(exc))}"
+
+
+def _connection_failed(exc: openai.APIConnectionError, where: str) -> str:
+    """What went wrong on the connection, from the HTTP library's error under it: a
+    server that is not there, one that redirects in a loop, one that breaks HTTP."""
+    cause = exc.__cause__
+    kind = type(cause).__name__
+    if kind == "TooManyRedirects":
+        return f"the model at {where} redirected too many times (a redirect loop?)"
+    if cause is None or kind.startswith("Connect"):
+        return f"cannot reach the model at {where}: connection failed (is the server running?)"
+    detail = _short(str(cause), 120)
+    return f"the model at {where} broke the connection or HTTP ({kind}: {detail})"
 
 
 def _error_message(exc: openai.APIStatusError) -> str:

@@ -1,0 +1,193 @@
+"""A hostile model endpoint, through the real `openai` client: one raw-socket server for
+the module, whose base URL's first path segment picks what it does wrong. Whatever it
+sends, the call ends by the run's deadline with one clear line."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from agent.model import ModelClient
+from sandbox.errors import RunError
+
+ANSWER = json.dumps(
+    {"choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+).encode()
+
+
+def _reply(status: str, body: bytes, *headers: str) -> bytes:
+    head = "".join(f"{h}\r\n" for h in headers)
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{head}\r\n"
+    ).encode() + body
+
+
+class Hostile:
+    """Answers `POST /MODE/v1/...` as MODE says. Every byte it drips comes well within
+    the client's read timeout, so only the run's own deadline can end the call."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.modes: dict[str, Callable[[socket.socket], None]] = {
+            "drip_status": lambda c: self._drip(c, b"HTTP/1.1 200 OK\r\n"),
+            "drip_headers": lambda c: self._drip(
+                c, b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"a" * 200 + b"\r\n"
+            ),
+            "drip_body": lambda c: self._drip(
+                c, b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n{", b" "
+            ),
+            "ok": lambda c: c.sendall(_reply("200 OK", ANSWER)),
+            "same_origin": lambda c: c.sendall(
+                _reply("307 Temporary Redirect", b"", "Location: /ok/v1/chat/completions")
+            ),
+            "elsewhere": lambda c: c.sendall(
+                _reply(
+                    "307 Temporary Redirect",
+                    b"",
+                    f"Location: http://127.0.0.2:{self.port}/ok/v1/chat/completions",
+                )
+            ),
+            "loop": lambda c: c.sendall(
+                _reply("302 Found", b"", "Location: /loop/v1/chat/completions")
+            ),
+        }
+        self.requests: list[tuple[str, str]] = []
+        """(the address it was sent to, the path) of each request."""
+        self._threads: list[threading.Thread] = []
+        self._open: list[socket.socket] = []
+        self._listeners = [self.sock, socket.create_server(("127.0.0.2", self.port))]
+        for listener in self._listeners:
+            listener.settimeout(0.2)
+            self._spawn(self._accept, listener)
+
+    def base_url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}/v1"
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._open.append(conn)
+            self._spawn(self._serve, conn, listener.getsockname()[0])
+
+    def _serve(self, conn: socket.socket, address: str) -> None:
+        with conn:
+            conn.settimeout(30)
+            try:
+                while True:  # keep-alive: one request after another
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(1 << 16)
+                        if not chunk:
+                            return
+                        data += chunk
+                    head, body = data.split(b"\r\n\r\n", 1)
+                    lines = head.decode("latin-1").split("\r\n")
+                    length = next(
+                        (
+                            int(h.split(":")[1])
+                            for h in lines
+                            if h.lower().startswith("content-length")
+                        ),
+                        0,
+                    )
+                    while len(body) < length:
+                        body += conn.recv(1 << 16)
+                    path = lines[0].split()[1]
+                    self.requests.append((address, path))
+                    self.modes[path.split("/")[1]](conn)
+            except OSError:
+                return  # the client hung up: what it should do
+
+    def _drip(self, conn: socket.socket, first: bytes, then: bytes = b"X") -> None:
+        conn.sendall(first)
+        while not self.stop.wait(0.2):
+            conn.sendall(then)
+        raise OSError("stopped")
+
+    def close(self) -> None:
+        self.stop.set()
+        for listener in self._listeners:
+            listener.close()
+        for conn in self._open:  # a client's idle keep-alive connection
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Hostile]:
+    server = Hostile()
+    yield server
+    server.close()
+
+
+def _complete(base_url: str, deadline_s: float = 30.0) -> BaseException | str:
+    """One call with a read timeout of 30 s and the run's deadline `deadline_s`; what
+    it said. On a thread: a call that never ends must fail the test, not hang it."""
+    said: list[BaseException | str] = []
+
+    def complete() -> None:
+        client = ModelClient(model="m", base_url=base_url, api_key="k", timeout_s=30.0)
+        try:
+            turn = client.complete([{"role": "user", "content": "hi"}], [], timeout_s=deadline_s)
+            said.append(str(turn.message.get("content")))
+        except BaseException as exc:
+            said.append(exc)
+
+    caller = threading.Thread(target=complete, daemon=True)
+    caller.start()
+    caller.join(120)
+    assert not caller.is_alive(), "the model call outlived the run's deadline"
+    return said[0]
+
+
+@pytest.mark.parametrize("mode", ["drip_status", "drip_headers", "drip_body"])
+def test_an_endpoint_that_drips_is_cut_off_at_the_runs_deadline(
+    hostile: Hostile, mode: str
+) -> None:
+    """Each read was bounded by the read timeout alone: an endpoint that sent its status
+    line or headers a byte at a time held `run` forever, whatever `--max-wall-s` said."""
+    said = _complete(hostile.base_url(mode), deadline_s=2.0)
+    assert isinstance(said, RunError), said
+    assert "in time" in str(said), said
+
+
+def test_a_redirect_is_followed_only_within_the_endpoint(hostile: Hostile) -> None:
+    """The client followed any redirect: an endpoint could send the conversation (every
+    tool result in it) to another host. Within the endpoint's own origin it still
+    answers; elsewhere the error names where it pointed, and nothing is sent there."""
+    assert _complete(hostile.base_url("same_origin")) == "hi"
+    hostile.requests.clear()
+    said = _complete(hostile.base_url("elsewhere"))
+    assert isinstance(said, RunError), said
+    assert "redirected to http://127.0.0.2:" in str(said) and "HTTP 307" in str(said)
+    assert [address for address, _ in hostile.requests] == ["127.0.0.1"]
+
+
+def test_a_redirect_loop_says_so(hostile: Hostile) -> None:
+    """It read `connection failed (is the server running?)`, and was retried."""
+    hostile.requests.clear()
+    said = _complete(hostile.base_url("loop"))
+    assert isinstance(said, RunError), said
+    assert "redirected too many times" in str(said), said
+    assert len(hostile.requests) <= 21  # one try: a loop does not heal
