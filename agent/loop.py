@@ -477,6 +477,8 @@ class Agent:
         if calls and steer:
             # Not kept: the conversation stays one whose every call has its answer.
             raise steering.kept_going(steer, calls, budget)
+        if len(calls) > FLOOD_FACTOR * self.limits.max_calls_per_turn:
+            raise _flood(len(calls), self.limits.max_calls_per_turn)  # nor this one
         messages.append(turn.message)
         if self.store and self.run_id:
             self.store.step(
@@ -932,6 +934,20 @@ def _unpack(call: dict[str, Any], index: int) -> tuple[str, str, str]:
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments) if arguments is not None else "{}"
     return call_id, tool, arguments
+
+
+FLOOD_FACTOR = 4
+"""A turn of more than this many times `max_calls_per_turn` calls is not answered call
+by call (a note, a trace line and a checkpoint each, and the whole of it sent back):
+2,000 calls in one turn took a 20 s run 50 s."""
+
+
+def _flood(calls: int, cap: int) -> RunError:
+    return RunError(
+        f"the model asked for {calls} tool calls in one turn; at most {cap} run per turn "
+        f"(max_calls_per_turn), and a turn of more than {FLOOD_FACTOR * cap} is not "
+        "answered: the run stops"
+    )
 
 
 def _failure(tool: str, exc: ToolCallError) -> ToolResult:

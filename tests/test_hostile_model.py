@@ -8,10 +8,16 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from agent.audit import Trace, read_trace
+from agent.loop import Agent
 from agent.model import ModelClient
+from agent.replay import ScriptedModelServer, Step, say
+from policies import parse_policy
+from sandbox import Pool
 from sandbox.errors import RunError
 
 ANSWER = json.dumps(
@@ -191,3 +197,35 @@ def test_a_redirect_loop_says_so(hostile: Hostile) -> None:
     assert isinstance(said, RunError), said
     assert "redirected too many times" in str(said), said
     assert len(hostile.requests) <= 21  # one try: a loop does not heal
+
+
+def test_a_flood_of_calls_in_one_turn_ends_the_run(tmp_path: Path) -> None:
+    """A turn of thousands of calls was kept and answered call by call: a note, a trace
+    line and a checkpoint each, and the conversation, resent, took the client longer to
+    prepare than the run's budget (2,000 calls: 50 s of a 20 s `run`). Past a ceiling
+    the turn is refused whole, and the conversation keeps no call without its answer."""
+    calls = [
+        {
+            "id": f"c{i}",
+            "type": "function",
+            "function": {"name": "get_current_date", "arguments": "{}"},
+        }
+        for i in range(2000)
+    ]
+    message = {"role": "assistant", "content": None, "tool_calls": calls}
+    body = {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
+    policy = parse_policy('[run]\nmodel = "m"\nmax_retries = 0\n', "t.toml", tmp_path)
+    trace_path = tmp_path / "trace.jsonl"
+    script = [Step(raw=json.dumps(body).encode()), say("no")]
+    with ScriptedModelServer(script) as server, Pool(policy, size=1) as pool:
+        model = ModelClient(model="m", base_url=server.base_url, api_key="k", max_retries=0)
+        trace = Trace(trace_path)
+        try:
+            result = Agent(pool, policy, model, trace=trace).run("what day is it?")
+        finally:
+            trace.close()
+    assert result.reason == "model_error"
+    assert "2000 tool calls in one turn" in result.message, result.message
+    assert not any(m.get("tool_calls") for m in result.messages)
+    events = read_trace(trace_path)
+    assert [e["event"] for e in events] == ["run_started", "model_call", "run_ended"]
