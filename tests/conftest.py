@@ -326,6 +326,45 @@ def agent_cli(
     )
 
 
+class AgentMain:
+    """`sandboxed-agent ARGS` as `agent.cli.main` runs it, in this process: no
+    interpreter to start nor SDK to import (seconds of CPU a command), for a test of
+    what a command does rather than of the program around it. Each command gets what
+    a program of `agent_cli`'s gets: the project as its directory, none of the caller's
+    endpoint settings (`env` added), `stdin` as its input, and no secret known yet
+    (`agent.scrubbing` keeps those it is told of for the process's life). What it
+    prints is read at file descriptors 1 and 2: the pool's processes' output too."""
+
+    def __init__(self, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        self.capfd, self.monkeypatch = capfd, monkeypatch
+
+    def __call__(
+        self, *args: str, stdin: str = "", env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        import io
+
+        from agent import scrubbing
+        from agent.cli import main
+
+        patch = self.monkeypatch
+        for name in [k for k in os.environ if k.startswith(("OPENAI_", "PYTHONPATH"))]:
+            patch.delenv(name)
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        patch.chdir(ROOT)
+        patch.setattr(sys, "stdin", io.StringIO(stdin))
+        patch.setattr(scrubbing, "_secrets", set())
+        self.capfd.readouterr()
+        status = main(list(args))
+        out, err = self.capfd.readouterr()
+        return subprocess.CompletedProcess(["sandboxed-agent", *args], status, out, err)
+
+
+@pytest.fixture
+def agent_main(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> AgentMain:
+    return AgentMain(capfd, monkeypatch)
+
+
 LAYERS_WARNING = re.compile(
     r"sandboxed-agent: warning: sandbox layers unavailable here: "
     rf"(?:{'|'.join(LAYER_NAMES)})(?:, (?:{'|'.join(LAYER_NAMES)}))* "

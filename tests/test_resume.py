@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import AgentMain
 
 from agent.approval import Approver
 from agent.audit import Trace, read_trace
@@ -100,6 +101,10 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+def finished(done: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
+    return done.returncode, done.stdout, done.stderr
+
+
 def wait_for(condition: Any, what: str, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -121,7 +126,7 @@ def latest_run(store: RunStore) -> Any:
 
 @pytest.mark.parametrize("approve", [False, True], ids=["denied", "approved"])
 def test_a_call_in_flight_at_a_kill_reruns_only_with_approval(
-    tmp_path: Path, approve: bool
+    tmp_path: Path, approve: bool, agent_main: AgentMain
 ) -> None:
     tools = tmp_path / "slow.py"
     tools.write_text(SLOW_TOOLS)
@@ -144,12 +149,12 @@ def test_a_call_in_flight_at_a_kill_reruns_only_with_approval(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert store.load(run.id).state == "killed"
-        listing = subprocess.run(
-            [sys.executable, "-m", "agent", "runs"], capture_output=True, text=True, cwd=ROOT
-        )
+        # What follows the kill, in this process (conftest.AgentMain): the killed run
+        # was a program.
+        listing = agent_main("runs")
         assert run.id in listing.stdout and "killed" in listing.stdout
         approval = ["--approve", "slow_refund"] if approve else []
-        status, out, err = finish(cli("run", "--resume", run.id, *base, *approval))
+        status, out, err = finished(agent_main("run", "--resume", run.id, *base, *approval))
     assert status == 0, err
     if approve:
         assert out.strip() == "Result: refunded 12345"
@@ -224,11 +229,14 @@ KILL_POINTS = [
 ]
 
 
-def test_sigkill_at_many_points_always_resumes_to_one_answer(tmp_path: Path) -> None:
+def test_sigkill_at_many_points_always_resumes_to_one_answer(
+    tmp_path: Path, agent_main: AgentMain
+) -> None:
     """Each run is killed at a different point of its progress, read from its
     checkpoint and held there by the test's model server or a gate tool, then resumed
     until it answers. The database always opens, every call of the conversation has
-    exactly one answer, and no call that completed is run again."""
+    exactly one answer, and no call that completed is run again. Each killed run is a
+    program; its resume runs in this process (conftest.AgentMain)."""
     held_turn: list[int | None] = [None]
     asked, answer = threading.Event(), threading.Event()
 
@@ -291,7 +299,7 @@ def test_sigkill_at_many_points_always_resumes_to_one_answer(tmp_path: Path) -> 
                 resumed_mid_run.append(point.name)
                 done_before = {c.call_id for c in record.calls if c.state == "done"}
                 events_before = len(read_trace(trace)) if trace.exists() else 0
-                status, out, err = finish(cli("run", "--resume", run.id, *args, "--yes"))
+                status, out, err = finished(agent_main("run", "--resume", run.id, *args, "--yes"))
                 assert status == 0, err
                 assert out.strip() == "done"
                 _check_conversation(store.load(run.id).messages)
@@ -343,7 +351,7 @@ def test_resume_needs_a_known_run_and_not_a_task_too(tmp_path: Path) -> None:
     assert policy.idempotent("anything")
 
 
-def test_ctrl_c_leaves_a_run_that_resumes(tmp_path: Path) -> None:
+def test_ctrl_c_leaves_a_run_that_resumes(tmp_path: Path, agent_main: AgentMain) -> None:
     tools = tmp_path / "slow.py"
     tools.write_text(SLOW_TOOLS)
 
@@ -369,7 +377,7 @@ def test_ctrl_c_leaves_a_run_that_resumes(tmp_path: Path) -> None:
         record = store.load(run.id)
         assert record.state == "interrupted"
         assert record.calls[0].state == "running"  # stopped at once, not when the call ended
-        status, out, err = finish(cli("run", "--resume", run.id, *base, "--yes"))
+        status, out, err = finished(agent_main("run", "--resume", run.id, *base, "--yes"))
     assert status == 0, err
     assert out.strip() == "Result: refunded 12345"
 

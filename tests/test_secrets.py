@@ -5,7 +5,6 @@ files are private."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
@@ -17,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import AgentMain
 
-from agent import scrubbing
 from agent.checkpoints import RunStore
 from agent.replay import ScriptedModelServer, Step, fail, say
 
@@ -108,32 +107,6 @@ def cli(*args: str, home: Path, stdin: str = "") -> subprocess.CompletedProcess[
     )
 
 
-class InProcess:
-    """`sandboxed-agent ARGS` as `agent.cli.main` runs it, in this process (starting an
-    interpreter and importing the SDK costs seconds a command, eight scenarios of two
-    commands each), the same environment as `cli`'s. What it prints is read at file
-    descriptors 1 and 2, so that the pool's processes' output counts too. Each command
-    starts with no secret known, as a new process does (`agent.scrubbing` keeps the ones
-    it was told of for the process's life)."""
-
-    def __init__(self, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-        self.capfd, self.monkeypatch = capfd, monkeypatch
-        for name in [k for k in os.environ if k.startswith(("OPENAI_", "PYTHONPATH"))]:
-            monkeypatch.delenv(name)
-        monkeypatch.setenv("OPENAI_API_KEY", KEY)
-
-    def __call__(self, *args: str, home: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        from agent.cli import main
-
-        self.monkeypatch.setenv("XDG_DATA_HOME", str(home))
-        self.monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        self.monkeypatch.setattr(scrubbing, "_secrets", set())
-        self.capfd.readouterr()
-        status = main(list(args))
-        out, err = self.capfd.readouterr()
-        return subprocess.CompletedProcess(list(args), status, out, err)
-
-
 def files_holding_the_key(*roots: Path) -> list[str]:
     found = []
     for root in roots:
@@ -149,17 +122,16 @@ def mode(path: Path) -> int:
 
 @pytest.mark.parametrize("hostile_server", list(HOSTILE), indirect=True)
 def test_an_echoed_key_is_written_and_printed_nowhere(
-    hostile_server: ScriptedModelServer,
-    tmp_path: Path,
-    capfd: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    hostile_server: ScriptedModelServer, tmp_path: Path, agent_main: AgentMain
 ) -> None:
-    cli = InProcess(capfd, monkeypatch)
+    """`run` and `chat` in this process (`conftest.AgentMain`): sixteen programs cost
+    seconds of CPU each; the eval report and the state files below are programs'."""
     home = tmp_path / "data"
+    env = {"OPENAI_API_KEY": KEY, "XDG_DATA_HOME": str(home)}
     trace = tmp_path / "trace.jsonl"
     url = hostile_server.base_url
-    run = cli("run", "what is 1 + 1?", "--base-url", url, "--trace", str(trace), home=home)
-    chat = cli("chat", "--session", "s1", "--base-url", url, home=home, stdin="hello\nagain\n")
+    run = agent_main("run", "what is 1 + 1?", "--base-url", url, "--trace", str(trace), env=env)
+    chat = agent_main("chat", "--session", "s1", "--base-url", url, env=env, stdin="hello\nagain\n")
     # The endpoint did get the key, and did echo it ...
     assert echo(hostile_server) == f"Bearer {KEY}"
     assert "Traceback" not in run.stderr + chat.stderr
