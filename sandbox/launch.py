@@ -125,18 +125,24 @@ def parse(argv: list[str]) -> LaunchConfig:
     if not command:
         parser.error("no command after --")
     try:
-        limits = Limits.model_validate_json(args.limits)
+        # Strict, as a policy file is: lax JSON would read "network": "yes" as the
+        # host's network and "256" as a number.
+        limits = Limits.model_validate_json(args.limits, strict=True)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in err["loc"]) or "LIMITS_JSON"
-        msg = err["msg"]
+        where = str(err["loc"][0]) if err["loc"] else ""  # not pydantic's union branches
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if where == "network" and err["type"] != "value_error":
+            msg = f"must be true or false (got {err['input']!r})"
+        elif where and err["type"] not in ("extra_forbidden", "value_error"):
+            msg = f"{msg} (got {err['input']!r})"
         if err["type"] == "extra_forbidden":
             close = get_close_matches(where, list(Limits.model_fields), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             msg = f"unknown field{hint} (accepted: {', '.join(Limits.model_fields)})"
         _die(
-            f"LIMITS_JSON: {where}: {msg} (a JSON object of sandbox.Limits fields, "
-            f'for example \'{{"memory_mb": 256, "network": false}}\')',
+            f"LIMITS_JSON: {where + ': ' if where else ''}{msg} (a JSON object of "
+            'sandbox.Limits fields, for example \'{"memory_mb": 256, "network": false}\')',
             EXIT_USAGE,
         )
     if limits.network_mode == "proxy":

@@ -138,7 +138,9 @@ def test_memory_processes_and_cpu_time_are_bounded() -> None:
     [
         (['{"memory_mb": 1}', "--", "true"], "memory_mb"),
         (['{"memory": 1}', "--", "true"], "memory: unknown field; did you mean 'memory_mb'?"),
-        (["not json", "--", "true"], "LIMITS_JSON"),
+        (['{"network": "yes"}', "--", "true"], "network: must be true or false (got 'yes')"),
+        (['{"memory_mb": "256"}', "--", "true"], "memory_mb: Input should be a valid integer"),
+        (["not json", "--", "true"], "LIMITS_JSON: Invalid JSON"),
         (["{}", "true"], "must follow --"),
         (["{}", "--"], "no command"),
         (["{}", "--", "no-such-command-here"], "no-such-command-here was not found"),
