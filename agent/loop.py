@@ -103,6 +103,8 @@ class Turn:
     asking: list[Asking] = field(default_factory=list)
     stop: RunStopped | None = None
     repaired: dict[str, BoundCall] = field(default_factory=dict)
+    checkpointed: set[str] = field(default_factory=set)
+    """Calls whose refusal or note was checkpointed as soon as it was decided."""
 
 
 @dataclass(frozen=True)
@@ -671,7 +673,21 @@ class Agent:
                 turn.asking.append(Asking(i, call_id, bound))
                 continue
             turn.to_run.append((i, call_id, tool, bound or raw, approval, approved))
+        self._checkpoint_screened(turn)
         return turn
+
+    def _checkpoint_screened(self, turn: Turn) -> None:
+        """The turn's refusals and notes checkpointed at once, before any person is
+        asked or call runs: a run stopped there (Ctrl-C at the prompt, a kill during a
+        slow call) would otherwise resume with them unanswered, and screen them again
+        without this step's `after`, `offer_when` and `then`."""
+        for outcome in turn.outcomes:
+            if outcome is None or outcome.restored:
+                continue
+            if not outcome.sent:
+                outcome.sent = truncate(outcome.result.text, self.limits.max_result_chars)
+            self._checkpoint_done(outcome.call_id, outcome.sent, outcome.result)
+            turn.checkpointed.add(outcome.call_id)
 
     def _decided(self, turn: Turn, ask: Asking, decision: Decision) -> None:
         """A person's (or a flag's) decision on a call `_screen` left asking."""
@@ -708,7 +724,7 @@ class Agent:
         for outcome in done:
             if outcome.restored:
                 continue
-            if not outcome.executed:
+            if not outcome.executed and outcome.call_id not in turn.checkpointed:
                 if not outcome.sent:
                     outcome.sent = truncate(outcome.result.text, self.limits.max_result_chars)
                 self._checkpoint_done(outcome.call_id, outcome.sent, outcome.result)

@@ -397,3 +397,42 @@ def test_a_required_call_as_a_json_schema_admits_one_call_and_nothing_else(
             assert calls[0]["tool_choice_refused"] == "json_schema"
         else:
             assert calls[0]["tool_choice_refused"] is None
+
+
+def test_a_call_refused_as_not_offered_stays_refused_on_resume(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # A turn with a hidden tool beside one that waits for a person: the run is stopped
+    # at the prompt (Ctrl-C), before the turn's refusals were checkpointed. A resume
+    # must not run the hidden call: it was never offered at that step.
+    from agent.checkpoints import RunStore
+
+    pool, server = setup
+    policy = parse_policy(
+        POLICY + '\n[tools.get_current_date]\noffer_when = ["date"]\n', "hid.toml", tmp_path
+    )
+    lookup = ("get_order_status", {"order_id": "12345"})
+    hidden = ("get_current_date", {})
+    store = RunStore(tmp_path / "runs.db")
+
+    def stop(prompt: str) -> str:
+        raise KeyboardInterrupt
+
+    server.play([call(lookup), call(REFUND, hidden)])
+    model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+    trace = Trace(tmp_path / "t.jsonl")
+    try:
+        approver = Approver(interactive=True, ask=stop)
+        agent = Agent(pool, policy, model, approver=approver, trace=trace, store=store)
+        first = agent.run("I want a refund for order 12345")
+        assert first.reason == "interrupted" and first.run_id
+        assert not any("get_current_date" in offered(r) for r in server.requests)
+        server.play([say("A person must approve it.")])
+        agent = Agent(pool, policy, model, approver=Approver(), trace=trace, store=store)
+        assert agent.resume(store.load(first.run_id)).ok
+    finally:
+        trace.close()
+    ran = [e["tool"] for e in read_trace(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
+    assert "get_current_date" not in ran  # it ran on resume (not_required, ok) before
+    told = [m["content"] for m in server.requests[0]["messages"] if m["role"] == "tool"]
+    assert "get_current_date is offered only when the user's message asks for it" in told[-1]
