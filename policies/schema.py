@@ -7,10 +7,11 @@ against them so that an impossible value names its table and key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from sandbox import Limits
 from sandbox.egress import EgressConfig
@@ -94,6 +95,18 @@ class ToolPolicy(BaseModel):
     Resolved once, at load; never inside another tool's (see policies/places.py)."""
     settings: dict[str, Setting] = Field(default_factory=dict)
     """Free-form configuration for the tool, e.g. `today = "2025-05-11"`."""
+
+    @field_validator("root", "data_dir")
+    @classmethod
+    def _known_placeholders(cls, value: str | None) -> str | None:
+        # `{date}/memory` would otherwise be a directory of that name beside the file.
+        for word in re.findall(r"\{([^{}]*)\}", value or ""):
+            if word != "data":
+                raise ValueError(
+                    f"{value!r}: unknown placeholder {{{word}}} (accepted: {{data}}, the "
+                    "user's data directory)"
+                )
+        return value
 
     def over(self, base: ToolPolicy) -> ToolPolicy:
         """This table's values, with `base` filling in what it leaves unset."""

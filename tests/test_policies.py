@@ -94,6 +94,10 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
             'today = "2025-05-11"',
         ),
         ('isolation = "paranoid"', 'p.toml: isolation: must be "best-effort" or "strict"'),
+        (
+            "[tools.read_file]\nroot = '{date}/docs'",
+            "[tools.read_file] root: '{date}/docs': unknown placeholder {date} (accepted: {data}",
+        ),
     ],
 )
 def test_mistakes_give_one_error_naming_file_table_and_key(
