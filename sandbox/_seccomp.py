@@ -15,7 +15,9 @@ For every tool:
 - no `userfaultfd`, `bpf` or `perf_event_open`: kernel attack surface no tool uses;
 - without a PID namespace, no `kill(-1)` (every process the uid may signal): a tool
   still signals its own children and process groups, and any pid it names, so this is
-  no wall around signals, only the blanket kill taken away.
+  no wall around signals, only the blanket kill taken away; and no `clone` with
+  CLONE_PARENT (`clone3` answers ENOSYS then too), whose child would be the zygote's,
+  outside the worker's tree: a warm worker's clean-up would leave it running.
 
 `socket()` is allowed for AF_NETLINK with NETLINK_ROUTE alone (addresses and routes,
 for getaddrinfo; changing anything through it takes capabilities the worker no longer
@@ -59,6 +61,7 @@ _RET_ERRNO = 0x00050000
 
 _X32_SYSCALL_BIT = 0x40000000
 _CLONE_NEWUSER = 0x10000000
+_CLONE_PARENT = 0x00008000
 _AF_NETLINK = 16
 _NETLINK_ROUTE = 0
 _SOCK_TYPE_MASK = 0xF  # the rest of the type argument is SOCK_NONBLOCK, SOCK_CLOEXEC
@@ -196,14 +199,21 @@ def _program(rules: Rules) -> list[Insn]:
     for name in refused:
         err = errno.EPERM if name in KEYRING_CALLS else errno.EACCES
         program += _when(nr[name], [_refuse(err)])
-    if rules.user_namespaces:
+    # Without a PID namespace, clone(CLONE_PARENT) makes a child of the worker's
+    # parent: neither the worker's clean-up (its children) nor a tree kill finds it.
+    clone_refused = (_CLONE_NEWUSER if rules.user_namespaces else 0) | (
+        _CLONE_PARENT if not rules.kill_all else 0
+    )
+    if clone_refused:
         program += _when(nr["clone3"], [_refuse(errno.ENOSYS)])
-        for name in ("unshare", "clone"):  # both take the flags in args[0]
+    flags = [("unshare", _CLONE_NEWUSER if rules.user_namespaces else 0)]
+    for name, refused_flags in [*flags, ("clone", clone_refused)]:
+        if refused_flags:  # both take the flags in args[0]
             program += _when(
                 nr[name],
                 [
                     _load(_ARG0),
-                    (_BPF_JSET_K, 0, 1, _CLONE_NEWUSER),
+                    (_BPF_JSET_K, 0, 1, refused_flags),
                     _refuse(errno.EPERM),
                     _ret(_RET_ALLOW),
                 ],

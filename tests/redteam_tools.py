@@ -100,6 +100,30 @@ def rt_kill_everyone_then_own_children(marker: str) -> str:
     return json.dumps({"everyone": everyone, "timeout": timeout, "group": group.wait()})
 
 
+_CLONE, _CLONE_PARENT, _SIGCHLD = 56, 0x00008000, 17  # x86_64
+
+
+@tool
+def rt_clone_parent(marker: str) -> str:
+    """clone(CLONE_PARENT): a child of the worker's parent (the zygote), not of the
+    worker, so neither a subreaper's clean-up nor a tree kill finds it; it calls setsid,
+    leaving the worker's process group too, and sleeps `marker` seconds.
+
+    Args:
+        marker: What the escaped child sleeps, for the test to find it.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = libc.syscall(_CLONE, _CLONE_PARENT | _SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        os.setsid()
+        os.execv("/bin/sleep", ["sleep", marker])
+    if pid < 0:
+        return f"refused: {os.strerror(ctypes.get_errno())}"
+    return f"ESCAPED as {pid}"
+
+
 _KEYCTL, _ADD_KEY = 250, 248  # x86_64
 _KEY_SPEC_USER_KEYRING = -4
 _KEYCTL_SEARCH, _KEYCTL_READ = 10, 11

@@ -160,18 +160,25 @@ def test_a_tool_cannot_kill_a_process_outside_its_call(case: str, tmp_path: Path
 def test_without_a_pid_namespace_seccomp_refuses_kill_everyone(tmp_path: Path) -> None:
     """The pool that accepts unwalled signals, knowingly, still loses the blanket
     kill(-1) (seccomp, below any wall), and its tools still kill their own children:
-    a `subprocess` timeout, a process group of their own."""
+    a `subprocess` timeout, a process group of their own. Nor can a trusted tool leave
+    a process behind its warm worker with clone(CLONE_PARENT), a child of the zygote
+    that the worker's clean-up (its own children) never sees."""
     registry = Registry.default()
     registry.load(TOOLS)
     off = ("pid_namespace", "landlock", "unprivileged_uid")
+    trusted = parse_policy("[tools.rt_clone_parent]\ntrusted = true\n", "rt.toml", tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IsolationWarning)
-        pool = Pool(registry=registry, size=1, disable=off, accept_unwalled_signals=True)
+        pool = Pool(trusted, registry=registry, size=1, disable=off, accept_unwalled_signals=True)
     with pool:
         if not pool.layers["seccomp"].active:
             pytest.skip(f"no seccomp here: {pool.layers['seccomp'].detail}")
         marker = unique_marker()
+        escaped = pool.call("rt_clone_parent", {"marker": marker})
+        left = sleepers(marker)  # the warm worker still serves: nothing of its call may run
         result = pool.call("rt_kill_everyone_then_own_children", {"marker": marker})
+    assert escaped.ok and left == [], (escaped, left)
+    assert escaped.output == "refused: Operation not permitted", escaped
     assert result.ok, result
     seen = json.loads(result.output or "")
     assert seen == {
