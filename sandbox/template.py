@@ -74,6 +74,8 @@ class WorkerHandle:
         self._cgroup = spawned.pids_cgroup
         """Its pids cgroup, which every process of its call stays in (`kill_all`)."""
         self._tasks_file = _tasks_file(spawned.pids_cgroup)
+        self._killed = False
+        """`kill_all` made sure no process of the call can run again."""
         """Usage file of its CPU accounting cgroup (`sandbox.cpu_budget`), if any:
         opened here, as the spare arrives, not on a call's clock."""
         self.sock = sock
@@ -144,16 +146,18 @@ class WorkerHandle:
         if self._cgroup is None:
             self.kill()
             return False
+        if self._killed:
+            return True  # certain once, certain for good: nothing of it can be made
         if self.wait_dead(0):  # exited (a fresh worker after its answer): little to do
-            return self._kill_and_wait(timeout)
+            self._killed = self._kill_and_wait(timeout)
+            return self._killed
         # Woken by its SIGKILL the worker would take our CPU for its teardown (the
         # kernel is not preempted here): as a batch task it waits until we are done.
         # (Not exited a moment ago, so its pid is still its own.)
         _sched.batch_of(self.host_pid)
         frozen = _write_file(os.path.join(self._cgroup, "pids.max"), b"0")
-        if frozen and self._frozen_kill():
-            return True
-        return self._kill_and_wait(timeout)
+        self._killed = (frozen and self._frozen_kill()) or self._kill_and_wait(timeout)
+        return self._killed
 
     def _frozen_kill(self) -> bool:
         """With no process to be made any more: SIGKILL every process listed if the
