@@ -81,17 +81,26 @@ class Budget:
     def time_left(self) -> float:
         return self.limits.max_wall_s - (self.clock() - self.started)
 
-    def charge(self, model: str, usage: Usage) -> float:
-        """Count one model call; return its cost in dollars."""
+    def charge(self, model: str, usage: Usage, asked: str | None = None) -> float:
+        """Count one model call; return its cost in dollars. `model` is the name the
+        answer gave, `asked` the model the run asked for: the endpoint names the one
+        it answered with, so a price is looked up under both and the higher charged
+        (a name without a price made a run free, and its cost budget moot)."""
         self.steps += 1
-        price = _price_for(self.limits.prices, model)
-        if price is None:
+        prices = [_price_for(self.limits.prices, name) for name in {model, asked or model}]
+        costs = [
+            (
+                usage.input_tokens * price.input_per_million
+                + usage.output_tokens * price.output_per_million
+            )
+            / 1_000_000
+            for price in prices
+            if price is not None
+        ]
+        if not costs:
             self.unpriced.add(model)
             return 0.0
-        cost = (
-            usage.input_tokens * price.input_per_million
-            + usage.output_tokens * price.output_per_million
-        ) / 1_000_000
+        cost = max(costs)
         self.cost_usd += cost
         return cost
 

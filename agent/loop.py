@@ -469,7 +469,7 @@ class Agent:
     ) -> list[dict[str, Any]]:
         """Count and record a model turn, keep it in the conversation; its tool calls.
         `draft`: the answer this turn reviewed."""
-        cost = budget.charge(turn.model, turn.usage)
+        cost = budget.charge(turn.model, turn.usage, self.model.model)
         calls = turn.message.get("tool_calls") or []
         reviewed = str(draft.get("content") or "") if draft is not None else None
         asked = (

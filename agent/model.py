@@ -429,10 +429,23 @@ def parse_responses(
     return _decoded(body, base_url, parsed)
 
 
+MAX_JSON_VALUES = 1_000_000
+"""Most values (objects, arrays, items) an answer's JSON may hold: each costs tens of
+bytes once built, so 64 MiB of `{},` made 3 GB of objects and 50 s of CPU."""
+
+
 def _decoded(body: bytes, base_url: str | None, parse: Any) -> Any:
-    """`parse(data, where)` of the JSON body; not JSON, or nested too deeply, is one
-    clear error."""
+    """`parse(data, where)` of the JSON body; not JSON, nested too deeply, or of more
+    values than `MAX_JSON_VALUES`, is one clear error."""
     where = base_url or "the OpenAI API"
+    # Counted on the bytes before anything is built: every value but a container's
+    # first follows a comma (those inside strings count too, an upper bound).
+    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if values > MAX_JSON_VALUES:
+        raise RunError(
+            f"the model at {where} answered with JSON of more than {MAX_JSON_VALUES:,} "
+            "values (objects, arrays and their items); it was not read"
+        )
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):

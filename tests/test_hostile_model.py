@@ -24,6 +24,9 @@ ANSWER = json.dumps(
     {"choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
 ).encode()
 
+MANY_VALUES = ANSWER[:-1] + b', "pad": [' + b"{}," * 1_200_000 + b"{}]}"
+"""3.6 MB that json.loads makes 1.2 million dicts of (64 MiB of them: 3 GB, 50 s)."""
+
 
 def _reply(status: str, body: bytes, *headers: str) -> bytes:
     head = "".join(f"{h}\r\n" for h in headers)
@@ -50,6 +53,7 @@ class Hostile:
                 c, b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n{", b" "
             ),
             "ok": lambda c: c.sendall(_reply("200 OK", ANSWER)),
+            "values": lambda c: c.sendall(_reply("200 OK", MANY_VALUES)),
             "same_origin": lambda c: c.sendall(
                 _reply("307 Temporary Redirect", b"", "Location: /ok/v1/chat/completions")
             ),
@@ -199,6 +203,14 @@ def test_a_redirect_loop_says_so(hostile: Hostile) -> None:
     assert len(hostile.requests) <= 21  # one try: a loop does not heal
 
 
+def test_an_answer_of_millions_of_values_is_refused_before_it_is_built(hostile: Hostile) -> None:
+    """Within the 64 MiB an answer may have, `{},` repeated made json.loads build 3 GB
+    of objects in 50 s of CPU, after the deadline was checked for the last time."""
+    said = _complete(hostile.base_url("values"))
+    assert isinstance(said, RunError), said
+    assert "more than 1,000,000 values" in str(said), said
+
+
 def test_a_flood_of_calls_in_one_turn_ends_the_run(tmp_path: Path) -> None:
     """A turn of thousands of calls was kept and answered call by call: a note, a trace
     line and a checkpoint each, and the conversation, resent, took the client longer to
@@ -229,3 +241,33 @@ def test_a_flood_of_calls_in_one_turn_ends_the_run(tmp_path: Path) -> None:
     assert not any(m.get("tool_calls") for m in result.messages)
     events = read_trace(trace_path)
     assert [e["event"] for e in events] == ["run_started", "model_call", "run_ended"]
+
+
+def test_the_cost_budget_holds_whatever_model_the_endpoint_says_answered(
+    tmp_path: Path,
+) -> None:
+    """The price was looked up by the model the answer names: an endpoint that named one
+    without a price was free, and the cost budget never stopped it. The run is charged
+    at the price of the model it asked for, or the answer's name if that costs more."""
+    answer = {
+        "model": "free-of-charge",
+        "choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10_000, "completion_tokens": 0},
+    }
+    loops = json.loads(json.dumps(answer))
+    loops["choices"][0]["message"] = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "a", "function": {"name": "get_current_date", "arguments": "{}"}},
+        ],
+    }
+    text = '[run]\nmodel = "m"\nmax_retries = 0\nmax_cost_usd = 0.01\n'
+    text += "[run.prices.m]\ninput_per_million = 1000.0\noutput_per_million = 0.0\n"
+    policy = parse_policy(text, "t.toml", tmp_path)
+    script = [Step(raw=json.dumps(loops).encode()), Step(raw=json.dumps(answer).encode())]
+    with ScriptedModelServer(script) as server, Pool(policy, size=1) as pool:
+        model = ModelClient(model="m", base_url=server.base_url, api_key="k", max_retries=0)
+        result = Agent(pool, policy, model).run("what day is it?")
+    assert result.reason == "max_cost", (result.reason, result.message)
+    assert result.cost_usd == pytest.approx(10.0)
