@@ -271,3 +271,20 @@ def test_the_cost_budget_holds_whatever_model_the_endpoint_says_answered(
         result = Agent(pool, policy, model).run("what day is it?")
     assert result.reason == "max_cost", (result.reason, result.message)
     assert result.cost_usd == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"score": ' + "9" * 4000 + "}",  # a float too large: OverflowError
+        '{"score": 0.5, "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"score": {"a": 1}}',
+    ],
+)
+def test_a_judges_reply_of_any_shape_is_a_verdict(reply: str) -> None:
+    """The eval's judge is a model endpoint too: a score of 4,000 digits was an
+    OverflowError, a traceback out of `sandboxed-agent eval`."""
+    from agent.evals.judge import parse_verdict
+
+    verdict = parse_verdict(reply)
+    assert verdict.score is None and verdict.reason.startswith("the judge"), verdict

@@ -56,7 +56,8 @@ def parse_verdict(text: str) -> Verdict:
     try:
         data = json.loads(text[start : end + 1]) if 0 <= start < end else None
         score = float(data["score"])  # type: ignore[index]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
+        # OverflowError: a score of thousands of digits, too large for a float
         return Verdict(None, f"the judge did not answer as asked: {text[:120]!r}")
     if not 0 <= score <= 1:
         return Verdict(None, f"the judge's score {score:g} is not between 0 and 1")
