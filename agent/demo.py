@@ -84,6 +84,10 @@ def run_demo(policy_path: Path = DEMO_POLICY, out: TextIO | None = None) -> int:
     policy = load_policy(policy_path)
     transcript = Transcript.load(TRANSCRIPT)
     live = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"))
+    if os.environ.get("OPENAI_BASE_URL"):
+        from .runner import check_base_url
+
+        check_base_url("OPENAI_BASE_URL", os.environ["OPENAI_BASE_URL"])
     replay = None if live else Replay(transcript)
     if replay and policy.run.offer is not None:
         # The recorded model was offered the hung carrier tool, and called it: the

@@ -13,6 +13,7 @@ import sys
 import time
 from contextlib import ExitStack
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -128,13 +129,20 @@ def with_run_overrides(policy: Policy, args: argparse.Namespace) -> Policy:
 
 
 def model_client(policy: Policy, base_url: str | None) -> ModelClient:
-    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or policy.run.base_url
+    sources = [
+        ("--base-url", base_url),
+        ("OPENAI_BASE_URL", os.environ.get("OPENAI_BASE_URL")),
+        ("the policy's [run] base_url", policy.run.base_url),
+    ]
+    source, base_url = next(((s, url) for s, url in sources if url), ("", None))
     api_key = os.environ.get("OPENAI_API_KEY")
     if not base_url and not api_key:
         raise UsageError(
             "no model endpoint: set OPENAI_API_KEY for OpenAI, or --base-url / OPENAI_BASE_URL "
             "for a compatible server (Ollama: http://localhost:11434/v1)"
         )
+    if base_url:
+        check_base_url(source, base_url)
     return ModelClient(
         model=policy.run.model,
         base_url=base_url,
@@ -146,6 +154,21 @@ def model_client(policy: Policy, base_url: str | None) -> ModelClient:
         required_as=policy.run.required_as,
         api=policy.run.api,
     )
+
+
+def check_base_url(source: str, url: str) -> None:
+    """A usage error before any run starts, rather than a run that fails (and offers a
+    resume) at its first model call."""
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # "http://[::1": an IPv6 host left open
+        usable = False
+    if not usable:
+        raise UsageError(
+            f"{source} {url!r} is not an http:// or https:// URL with a host "
+            "(for example http://localhost:11434/v1)"
+        )
 
 
 def build_agent(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HOSTILE
+from conftest import HOSTILE, AgentMain
 
 from sandbox import _cgroups
 from sandbox.layers import LAYER_NAMES
@@ -95,6 +95,26 @@ def test_usage_errors_exit_2_with_one_line_and_no_traceback(args: list[str], mes
     assert message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["run", "hi", "--base-url", "localhost:8000/v1"], {}, "--base-url 'localhost:8000/v1'"),
+        (["run", "hi"], {"OPENAI_BASE_URL": "http//x"}, "OPENAI_BASE_URL 'http//x'"),
+        (["demo"], {"OPENAI_BASE_URL": "ftp://x"}, "OPENAI_BASE_URL 'ftp://x'"),
+    ],
+)
+def test_an_endpoint_that_is_no_http_url_is_a_usage_error(
+    args: list[str], env: dict[str, str], said: str, agent_main: AgentMain
+) -> None:
+    # It was a run that failed at its first model call, and offered a resume.
+    proc = agent_main(*args, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"sandboxed-agent: {said} is not an http:// or https:// URL with a host "
+        "(for example http://localhost:11434/v1)"
+    ]
 
 
 def test_a_policy_with_an_unknown_tool_table_is_a_usage_error(tmp_path: Path) -> None:
