@@ -363,7 +363,7 @@ class Agent:
                 offered = {t["function"]["name"] for t in tools}
                 outcomes = self._run_calls(calls, budget, repeats, offered=offered)
                 self._append(messages, outcomes, budget)
-                steer = steering.after_calls(outcomes)
+                steer = steering.after_calls(outcomes, self.policy.decides)
                 continue
             answer = self._answer(turn)
             conflict = None if checked else steering.contradiction(answer, messages)

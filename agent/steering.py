@@ -16,14 +16,15 @@ it does not and the model asks for tools again, the run stops as before
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from .guardrails import Budget, RunStopped, model_calls
 
-Steer = Literal["repeated_call", "max_iterations", "contradiction"]
-"""Why a model call was steered: the model repeated a call, it is the last step, or its
-answer said the opposite of a tool's verdict."""
+Steer = Literal["repeated_call", "max_iterations", "contradiction", "decided"]
+"""Why a model call was steered: the model repeated a call, it is the last step, its
+answer said the opposite of a tool's verdict, or a tool that decides the question
+(`[tools.NAME] decides`) has answered."""
 
 _VERDICT = re.compile(r"\s*(Yes|No)\b\s*[:;,.]")
 """A tool result that opens with its verdict: "No: order 12345 can no longer be ..."."""
@@ -49,14 +50,24 @@ REVIEW = (
 
 class _Outcome(Protocol):
     approval: str
+    tool: str
+    executed: bool
+
+    @property
+    def result(self) -> Any: ...
 
 
-def after_calls(outcomes: Sequence[_Outcome]) -> Steer | None:
+def after_calls(
+    outcomes: Sequence[_Outcome], decides: Callable[[str], bool] = lambda tool: False
+) -> Steer | None:
     """A call of the turn repeated one of an earlier turn (answered with a note, not
     run), or the turn was one call over and over (a flood: three or more copies and
-    nothing else). One lookup twice beside others is not a loop: it is not steered."""
+    nothing else), or a tool that `decides` the question answered without an error.
+    One lookup twice beside others is not a loop: it is not steered."""
     if any(o.approval == "repeat_note" for o in outcomes):
         return "repeated_call"
+    if any(o.executed and o.result.ok and decides(o.tool) for o in outcomes):
+        return "decided"
     copies = sum(o.approval == "copy_note" for o in outcomes)
     return "repeated_call" if copies >= 2 and len(outcomes) - copies == 1 else None
 
@@ -129,6 +140,12 @@ def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> Run
     names = ", ".join(sorted({str((c.get("function") or {}).get("name")) for c in calls}))
     if steer == "contradiction":
         return RunStopped(steer, f"stopped: asked to correct its answer, the model called {names}")
+    if steer == "decided":
+        return RunStopped(
+            steer,
+            f"stopped: a tool that decides the question had answered, the model was asked "
+            f"for the final answer with tools off, and still called {names}",
+        )
     if steer == "max_iterations":
         return RunStopped(
             steer,

@@ -67,6 +67,11 @@ class ToolPolicy(BaseModel):
     """Words or phrases, one of which the user's latest message must mention (any case,
     at the start of a word) for the tool to be offered: `issue_refund` only to someone
     who asks for a refund. A small model otherwise calls an action nobody asked for."""
+    decides: bool | None = None
+    """Its result answers the question (a verdict): once it has answered without an
+    error, the next model call asks for the final answer with tools off (`steered:
+    decided`). A small model that had `check_return_eligibility`'s "No: ..." went on
+    calling tools (the date again, a calculation) until the step budget ran out."""
     then: list[str] | None = None
     """Tools the model is asked to call next, once this one answered in the run: the
     following model calls offer only those of them not yet called, and must call one
@@ -378,6 +383,10 @@ class Policy(BaseModel):
     def offer_when(self, tool: str) -> list[str]:
         """What the user's message must mention for `tool` to be offered; [] always."""
         return list(self.effective(tool).offer_when or [])
+
+    def decides(self, tool: str) -> bool:
+        """Its answer decides the question: the run is steered to answer after it."""
+        return bool(self.effective(tool).decides)
 
     def then(self, tool: str) -> list[str]:
         """The tools the model is asked to call next once `tool` answered."""

@@ -436,3 +436,31 @@ def test_a_call_refused_as_not_offered_stays_refused_on_resume(
     assert "get_current_date" not in ran  # it ran on resume (not_required, ok) before
     told = [m["content"] for m in server.requests[0]["messages"] if m["role"] == "tool"]
     assert "get_current_date is offered only when the user's message asks for it" in told[-1]
+
+
+def test_a_tool_that_decides_steers_the_next_call_to_the_answer(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    pool, server = setup
+    text = POLICY.replace('after = ["get_order_status", "get_current_date"]', "decides = true")
+    policy = parse_policy(text, "decides.toml", tmp_path)
+
+    def go(script: list[Step], name: str) -> list[dict[str, Any]]:
+        server.play(script)
+        model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+        trace = Trace(tmp_path / name)
+        try:
+            assert Agent(pool, policy, model, approver=Approver(), trace=trace).run("Return?").ok
+        finally:
+            trace.close()
+        return [e for e in read_trace(tmp_path / name) if e["event"] == "model_call"]
+
+    lookup = ("get_order_status", {"order_id": "12345"})
+    calls = go([call(lookup), call(ELIGIBLE), say("No: it closed on 2025-05-10.")], "a.jsonl")
+    assert [c["steered"] for c in calls] == [None, None, "decided"]
+    assert [r.get("tool_choice") for r in server.requests] == [None, None, "none"]
+    assert "Do not call any more tools" in server.requests[2]["messages"][-1]["content"]
+    # A verdict that failed (no such order) decides nothing: the run goes on as before.
+    unknown = ("check_return_eligibility", {"order_id": "99999"})
+    calls = go([call(unknown), say("I could not find order 99999.")], "b.jsonl")
+    assert [c["steered"] for c in calls] == [None, None]

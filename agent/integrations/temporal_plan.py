@@ -46,6 +46,8 @@ class ToolFacts(_Payload):
     """The tools that must have answered in the run first (`[tools.NAME] after`)."""
     offer_when: list[str] = Field(default_factory=list)
     """What the user's message must mention for it to be offered (`[tools.NAME]`)."""
+    decides: bool = False
+    """Its answer decides the question (`[tools.NAME] decides`)."""
     then: list[str] = Field(default_factory=list)
     """The tools the model is asked to call next once it answered (`[tools.NAME] then`)."""
     then_when: list[str] = Field(default_factory=list)
@@ -87,6 +89,7 @@ class RunPlan(_Payload):
                 timeout_s=policy.limits_for(name).timeout_s,
                 after=policy.after(name),
                 offer_when=policy.offer_when(name),
+                decides=policy.decides(name),
                 then=policy.then(name),
                 then_when=policy.then_when(name),
             )
@@ -130,6 +133,9 @@ class PlanPolicy:
 
     def offer_when(self, tool: str) -> list[str]:
         return list(self._facts(tool).offer_when)
+
+    def decides(self, tool: str) -> bool:
+        return self._facts(tool).decides
 
     def then(self, tool: str) -> list[str]:
         return list(self._facts(tool).then)

@@ -271,7 +271,7 @@ class _WorkflowAgent(Agent):
                 offered = {t["function"]["name"] for t in tools}
                 outcomes = await self._arun_calls(calls, budget, repeats, offered)
                 self._append(messages, outcomes, budget)
-                steer = steering.after_calls(outcomes)
+                steer = steering.after_calls(outcomes, self.policy.decides)
                 continue
             answer = self._answer(turn)
             if not reviewed and self._review_wanted(steer, budget, tools):
