@@ -61,6 +61,9 @@ class Outcome(BaseModel):
     sent: str
     ok: bool
     error_kind: str | None = None
+    ran: bool = True
+    """It ran in the sandbox; False for a refusal or a note (`ok` too, yet nothing ran),
+    which on resume answers no tool's `after`. Checkpoints from before it: True."""
 
 
 class CallRecord(BaseModel):

@@ -219,7 +219,7 @@ class Agent:
             if done.outcome is not None:
                 self._called.add(done.tool)
                 repeats.remember(done.tool, done.arguments, done.outcome.sent)
-                if done.outcome.ok:
+                if done.outcome.ok and done.outcome.ran:  # a note is ok, and ran nothing
                     self._answered.add(done.tool)
         return self._drive(record.task, list(record.messages), budget, repeats, record)
 
@@ -790,7 +790,7 @@ class Agent:
         if cut and result.error is not None and result.error.kind == "timeout":
             result = result.model_copy(update={"error": self._cut_short(tool, ready.left)})
         sent = truncate(result.text, self.limits.max_result_chars)
-        self._checkpoint_done(ready.call_id, sent, result)
+        self._checkpoint_done(ready.call_id, sent, result, ran=True)
         return ToolOutcome(
             ready.call_id,
             tool,
@@ -840,10 +840,13 @@ class Agent:
                 settings[EMBEDDING] = vector
         return settings
 
-    def _checkpoint_done(self, call_id: str, sent: str, result: ToolResult) -> None:
+    def _checkpoint_done(
+        self, call_id: str, sent: str, result: ToolResult, ran: bool = False
+    ) -> None:
+        """`ran`: it ran in the sandbox (a refusal or a note did not, whatever its `ok`)."""
         if self.store and self.run_id and not self._interrupted:
             kind = result.error.kind if result.error else None
-            outcome = Outcome(sent=sent, ok=result.ok, error_kind=kind)
+            outcome = Outcome(sent=sent, ok=result.ok, error_kind=kind, ran=ran)
             self.store.call_done(self.run_id, call_id, outcome)
 
     def _in_flight(

@@ -464,3 +464,37 @@ def test_a_tool_that_decides_steers_the_next_call_to_the_answer(
     unknown = ("check_return_eligibility", {"order_id": "99999"})
     calls = go([call(unknown), say("I could not find order 99999.")], "b.jsonl")
     assert [c["steered"] for c in calls] == [None, None]
+
+
+def test_a_note_for_a_failed_lookup_does_not_count_as_its_answer_on_resume(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # The lookup fails, and its copy in the same turn is answered with a note (ok,
+    # though nothing ran); the run stops on a model error. On resume the note must not
+    # count as the lookup's answer: what must follow it stays refused (`after`).
+    from agent.checkpoints import RunStore
+
+    pool, server = setup
+    policy: Policy = pool.policy  # type: ignore[assignment]
+    store = RunStore(tmp_path / "runs.db")
+    unknown = ("get_order_status", {"order_id": "99999"})
+    server.play([call(unknown, unknown), call(("get_current_date", {})), fail(401, "no")])
+    model = ModelClient(model="scripted", base_url=server.base_url, api_key=None, max_retries=0)
+    trace = Trace(tmp_path / "t.jsonl")
+    try:
+        first = Agent(pool, policy, model, approver=Approver(), trace=trace, store=store).run(
+            "Can I return order 99999?"
+        )
+        assert first.reason == "model_error" and first.run_id
+        server.play([call(("check_return_eligibility", {"order_id": "99999"})), say("No.")])
+        agent = Agent(pool, policy, model, approver=Approver(), trace=trace, store=store)
+        assert agent.resume(store.load(first.run_id)).ok
+    finally:
+        trace.close()
+    calls = [e for e in read_trace(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
+    assert [(e["tool"], e["approval"]) for e in calls] == [
+        ("get_order_status", "not_required"),
+        ("get_order_status", "copy_note"),
+        ("get_current_date", "not_required"),
+        ("check_return_eligibility", "not_yet"),
+    ]
