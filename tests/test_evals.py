@@ -170,6 +170,14 @@ def test_usage_errors_name_what_is_wrong(tmp_path: Path, capsys: Any) -> None:
     assert "--case 'nope': no such case (cases: order 12345" in capsys.readouterr().err
     assert run_eval(str(tmp_path / "missing.toml")) == 2
     assert "suite file not found" in capsys.readouterr().err
+    typo = tmp_path / "typo.toml"  # must_not_call of a tool that is no tool would always pass
+    typo.write_text(
+        'name = "s"\n[[cases]]\nname = "a"\ntask = "t"\n'
+        'path = { must_not_call = ["issue_refnd"] }\n[[cases.script]]\nanswer = "x"\n'
+    )
+    assert run_eval(str(typo), "--scripted") == 2
+    said = "case 'a': path.must_not_call issue_refnd: there is no tool named 'issue_refnd'; "
+    assert said + "did you mean 'issue_refund'?" in capsys.readouterr().err
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     assert run_eval(str(SUITE), "--scripted", "--out", str(a_file)) == 2  # was a traceback

@@ -13,7 +13,7 @@ from typing import Any
 from sandbox.errors import SandboxedAgentError
 
 from ..model import ModelClient
-from ..runner import UsageError, check_approve, model_client, with_run_overrides
+from ..runner import UsageError, check_approve, model_client, own_names, with_run_overrides
 from ..scrubbing import scrub
 from ..terminal import safe
 from .runner import (
@@ -64,7 +64,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policy_file = args.policy or (str(suite.policy_path) if suite.policy_path else None)
     registry, policy = load_setup([*suite.tool_sources(), *args.tools], policy_file)
     for case in suite.cases:
-        check_approve(case.approve, registry.names(), f"{args.suite}: case {case.name!r}: approve")
+        where = f"{args.suite}: case {case.name!r}"
+        check_approve(case.approve, registry.names(), f"{where}: approve")
+        # A typo in a path check never fails (must_not_call) or always does (must_call).
+        checks = case.path
+        named = {
+            "must_call": checks.must_call,
+            "must_attempt": checks.must_attempt,
+            "must_not_call": checks.must_not_call,
+            "must_ask_approval": checks.must_ask_approval,
+            "must_return": [r.tool for r in checks.must_return],
+        }
+        for key, names in named.items():
+            check_approve(own_names(names, policy), registry.names(), f"{where}: path.{key}")
     policy = with_run_overrides(policy, args)
     if args.temporal:
         return _eval_on_temporal(args, suite, registry, policy)
