@@ -100,6 +100,22 @@ def rt_kill_everyone_then_own_children(marker: str) -> str:
     return json.dumps({"everyone": everyone, "timeout": timeout, "group": group.wait()})
 
 
+@tool
+def rt_overwrite(path: str) -> str:
+    """Append to a file the policy lets the tool read, as uid 0 would (root may write
+    root's own files without any capability).
+
+    Args:
+        path: A file under the tool's root.
+    """
+    try:
+        with open(path, "a") as f:
+            f.write("OWNED\n")
+    except OSError as exc:
+        return f"denied: {exc.strerror}"
+    return "WRITTEN"
+
+
 _CLONE, _CLONE_PARENT, _SIGCHLD = 56, 0x00008000, 17  # x86_64
 
 

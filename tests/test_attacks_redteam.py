@@ -120,6 +120,22 @@ def test_no_worker_runs_as_root_without_a_file_layer(tmp_path: Path) -> None:
     assert secret.read_text() == "host secret\n"
 
 
+def test_a_uid_0_worker_in_the_jail_alone_cannot_write_what_it_may_read(tmp_path: Path) -> None:
+    """Without Landlock or a uid of its own, a worker is uid 0 (no capabilities) and
+    root's files are its own: only the read-only binds keep it from writing its root's
+    (and the system's) files."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: as a normal user, workers never run as root")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "policy.txt").write_text("Returns accepted within 30 days.\n")
+    policy = '[tools.rt_overwrite]\nroot = "docs"\n'
+    with make_pool(tmp_path, policy, ("landlock", "unprivileged_uid"), ("bind_mounts",)) as pool:
+        result = pool.call("rt_overwrite", {"path": str(docs / "policy.txt")})
+    assert result.ok and result.output == "denied: Read-only file system", result
+    assert (docs / "policy.txt").read_text() == "Returns accepted within 30 days.\n"
+
+
 SIGNAL_WALLS = {
     # name: (layers off, the layer left that walls signals)
     "no layer walls signals": (("pid_namespace", "landlock", "unprivileged_uid"), None),
