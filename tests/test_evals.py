@@ -146,6 +146,10 @@ CASE = 'name = "s"\n[[cases]]\nname = "a"\ntask = "t"\n'
             CASE + 'path = { must_recover_from = ["database_error"] }\n',
             "case 'a': path.must_recover_from: Input should be 'unknown_tool', 'bad_arguments'",
         ),
+        (  # was accepted, and every run then failed "expected whatever"
+            CASE + 'expect = { ended = "whatever" }\n',
+            "case 'a': expect.ended: Input should be 'answer', 'max_iterations'",
+        ),
         (
             CASE + 'path = { must_return = [{ tool = "x", ok = true, kind = "timeout" }] }\n',
             "a call that succeeded has no error kind",

@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sandbox.errors import ErrorKind, SandboxedAgentError
 
+from ..guardrails import StopReason
+
 
 class SuiteError(SandboxedAgentError):
     """The suite file cannot be used; the message names the file, the case and the key."""
@@ -41,7 +43,7 @@ class _Strict(BaseModel):
 class Expect(_Strict):
     """Checks on the outcome."""
 
-    ended: str = "answer"
+    ended: StopReason = "answer"
     """How the run must end: `answer`, or a guardrail's reason (`repeated_call`, ...)."""
     contains: list[str] = []
     """Every one of these appears in the answer (case-insensitive)."""
