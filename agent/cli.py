@@ -296,17 +296,20 @@ def _show_warning(
 
 
 def load_setup(
-    sources: list[str], policy_file: str | None, isolation: str | None = None
+    sources: list[str],
+    policy_file: str | None,
+    isolation: str | None = None,
+    named: tuple[tuple[str, str], ...] = (),
 ) -> tuple[Registry, Policy]:
-    """The registry (built-ins, the policy's `load_tools`, --tools) and the checked
-    policy, or a UsageError."""
+    """The registry (built-ins, the policy's `load_tools`, `named` as (where it was
+    named, source), --tools) and the checked policy, or a UsageError."""
     try:
         policy = load_policy(policy_file)
     except SandboxedAgentError as exc:
         raise UsageError(str(exc)) from None
     registry = Registry.default()
     asked = [(f"{policy.source_of('load_tools')}: load_tools:", s) for s in policy.load_tools]
-    for flag, source in [*asked, *[("--tools", s) for s in sources]]:
+    for flag, source in [*asked, *named, *[("--tools", s) for s in sources]]:
         try:
             registry.load(source)
         except (ImportError, ToolDefinitionError, SyntaxError) as exc:

@@ -179,6 +179,9 @@ def test_usage_errors_name_what_is_wrong(tmp_path: Path, capsys: Any) -> None:
         'name = "s"\n[[cases]]\nname = "a"\ntask = "t"\n'
         'path = { must_not_call = ["issue_refnd"] }\n[[cases.script]]\nanswer = "x"\n'
     )
+    (tmp_path / "mod.toml").write_text('tools = ["no_such_tools_module"]\n' + CASE)
+    assert run_eval(str(tmp_path / "mod.toml"), "--scripted") == 2  # was "--tools no_such..."
+    assert f"{tmp_path / 'mod.toml'}: tools: no_such_tools_module: no" in capsys.readouterr().err
     assert run_eval(str(typo), "--scripted") == 2
     said = "case 'a': path.must_not_call issue_refnd: there is no tool named 'issue_refnd'; "
     assert said + "did you mean 'issue_refund'?" in capsys.readouterr().err

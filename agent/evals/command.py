@@ -62,7 +62,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.runs is not None and not 1 <= args.runs <= 100:
         raise UsageError(f"--runs: must be from 1 to 100 (got {args.runs})")
     policy_file = args.policy or (str(suite.policy_path) if suite.policy_path else None)
-    registry, policy = load_setup([*suite.tool_sources(), *args.tools], policy_file)
+    in_suite = tuple((f"{args.suite}: tools:", source) for source in suite.tool_sources())
+    registry, policy = load_setup(args.tools, policy_file, named=in_suite)
     for case in suite.cases:
         where = f"{args.suite}: case {case.name!r}"
         check_approve(case.approve, registry.names(), f"{where}: approve")
