@@ -764,7 +764,7 @@ class Agent:
         sha256 = bound.sha256 if bound else None
         settings = dict(self.call_settings)
         if bound is not None and budget.time_left() > 0:
-            settings = self._settings_for(bound)
+            settings = self._settings_for(bound, budget.time_left())
         left = budget.time_left()  # after the embedding, which took some of it
         if left <= 0:
             why = (
@@ -827,15 +827,16 @@ class Agent:
         except ArgumentError as exc:
             return BadArguments(tool, str(exc))
 
-    def _settings_for(self, call: BoundCall) -> dict[str, Any]:
-        """The agent's own settings, and the embedding of the argument a tool asks for."""
+    def _settings_for(self, call: BoundCall, within_s: float | None = None) -> dict[str, Any]:
+        """The agent's own settings, and the embedding of the argument a tool asks for
+        (within `within_s`, what is left of the wall budget)."""
         settings = dict(self.call_settings)
         spec = self.pool.registry.get(call.tool)
         if spec.embed is None or self.embedder is None:
             return settings
         text = call.args.get(spec.embed)
         if isinstance(text, str) and text.strip():
-            vector = self.embedder.embed(text)
+            vector = self.embedder.embed(text, within_s)
             if vector is not None:
                 settings[EMBEDDING] = vector
         return settings

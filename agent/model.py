@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sandbox.errors import RunError
 
 from . import responses_api
-from .error_bodies import bound_error_body
+from .error_bodies import bound_error_body, bound_every_body
 from .http_deadline import bound_by_deadlines, until
 from .redirects import REFUSED, same_origin_redirects
 from .scrubbing import remember_secret, scrub, scrub_data
@@ -83,10 +83,17 @@ class ModelTurn:
 
 
 def openai_client(
-    base_url: str | None, api_key: str | None, timeout_s: float, max_retries: int
+    base_url: str | None,
+    api_key: str | None,
+    timeout_s: float,
+    max_retries: int,
+    max_body_bytes: int | None = None,
 ) -> openai.OpenAI:
+    """`max_body_bytes`: every answer's body is cut there (for a client whose answers
+    the SDK reads whole); else only error bodies are, and `read_body` bounds the rest."""
     openai = _sdk()
-    hooks = {"response": [same_origin_redirects, bound_error_body]}
+    bodies = bound_every_body(max_body_bytes) if max_body_bytes else bound_error_body
+    hooks = {"response": [same_origin_redirects, bodies]}
     http_client = openai.DefaultHttpxClient(event_hooks=hooks)
     bound_by_deadlines(http_client)  # `until` then holds for every read, headers too
     return openai.OpenAI(

@@ -53,6 +53,7 @@ class Hostile:
                 c, b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n{", b" "
             ),
             "ok": lambda c: c.sendall(_reply("200 OK", ANSWER)),
+            "vector": self._vector,
             "values": lambda c: c.sendall(_reply("200 OK", MANY_VALUES)),
             "same_origin": lambda c: c.sendall(
                 _reply("307 Temporary Redirect", b"", "Location: /ok/v1/chat/completions")
@@ -69,6 +70,8 @@ class Hostile:
             ),
         }
         self.requests: list[tuple[str, str]] = []
+        self.sent = 0
+        """Bytes of the last `vector` answer the client took."""
         """(the address it was sent to, the path) of each request."""
         self._threads: list[threading.Thread] = []
         self._open: list[socket.socket] = []
@@ -130,6 +133,18 @@ class Hostile:
         while not self.stop.wait(0.2):
             conn.sendall(then)
         raise OSError("stopped")
+
+    def _vector(self, conn: socket.socket) -> None:
+        """An embedding of 256 MiB of zeros, then silence: how much the client takes."""
+        self.sent = 0
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n")
+        conn.sendall(b'{"data": [{"embedding": [')
+        block = b"0.0," * (1 << 14)
+        for _ in range((256 << 20) // len(block)):
+            conn.sendall(block)
+            self.sent += len(block)
+        self.stop.wait(30)
+        raise OSError("done")
 
     def close(self) -> None:
         self.stop.set()
@@ -288,3 +303,21 @@ def test_a_judges_reply_of_any_shape_is_a_verdict(reply: str) -> None:
 
     verdict = parse_verdict(reply)
     assert verdict.score is None and verdict.reason.startswith("the judge"), verdict
+
+
+@pytest.mark.parametrize("mode", ["drip_status", "vector"])
+def test_the_embeddings_endpoint_is_bounded_too(hostile: Hostile, mode: str) -> None:
+    """The memory tools' embeddings go through the SDK, which reads a body whole with
+    nothing but the read timeout: headers a byte at a time held the run forever, and
+    400 MB of `0.0,` grew it to 5 GB. Either way there is no vector, and full text."""
+    from agent.embeddings import Embedder
+
+    url = hostile.base_url(mode)
+    embedder = Embedder(model="e", base_url=url, api_key="k", timeout_s=2.0, max_retries=0)
+    said: list[object] = []
+    caller = threading.Thread(target=lambda: said.append(embedder.embed("hi")), daemon=True)
+    caller.start()
+    caller.join(120)
+    assert not caller.is_alive(), "the embedding outlived the run's deadline"
+    assert said == [None] and embedder.last_error
+    assert hostile.sent < 64 << 20  # what the client read, and the socket buffers
