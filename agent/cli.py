@@ -51,7 +51,7 @@ from tools.registry import defines_tools
 
 from .approval import Approver
 from .binding import bind
-from .cli_types import positive_int
+from .cli_types import positive_int, session_name
 from .evals.command import add_eval_parser, cmd_eval
 from .parallel import out_of_resources
 from .runner import (
@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_approve_parser(sub)
 
     chat = sub.add_parser("chat", help="talk with the agent; one line per turn")
-    chat.add_argument("--session", metavar="NAME", help="keep the conversation under this name")
+    chat.add_argument(
+        "--session", metavar="NAME", type=session_name, help="keep the conversation under this name"
+    )
     tool_sources(chat)
     add_run_options(chat)
 

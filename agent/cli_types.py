@@ -14,7 +14,7 @@ from tools.memory_files import MemoryRequestError, check_namespace
 
 from .terminal import safe
 
-__all__ = ["memory_namespace", "positive_int", "say", "seconds_between"]
+__all__ = ["memory_namespace", "positive_int", "say", "seconds_between", "session_name"]
 
 
 def memory_namespace(text: str) -> str:
@@ -24,6 +24,15 @@ def memory_namespace(text: str) -> str:
         return check_namespace(text)
     except MemoryRequestError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def session_name(text: str) -> str:
+    """`chat --session`: an empty name (an unset variable) kept no session, silently."""
+    if not 1 <= len(text) <= 200 or not text.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a session name (1 to 200 characters, none of them control characters)"
+        )
+    return text
 
 
 def positive_int(text: str) -> int:

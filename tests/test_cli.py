@@ -117,6 +117,14 @@ def test_an_endpoint_that_is_no_http_url_is_a_usage_error(
     ]
 
 
+@pytest.mark.parametrize("name", ["", "a\x1bb"])
+def test_chat_refuses_a_session_name_it_could_not_keep(name: str, agent_main: AgentMain) -> None:
+    # An empty one (an unset variable) was taken for no --session: nothing was kept.
+    proc = agent_main("chat", "--session", name, stdin="hi\n")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"argument --session: {name!r} is not a session name" in proc.stderr
+
+
 def test_a_policy_with_an_unknown_tool_table_is_a_usage_error(tmp_path: Path) -> None:
     policy = tmp_path / "p.toml"
     policy.write_text("[tools.calculater]\ntimeout_s = 1\n")
