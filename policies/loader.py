@@ -392,7 +392,10 @@ def _said(err: Any) -> str:
     the bad value ("'evil' has no port: ..."), pydantic's own checks get it added."""
     if err["type"] == "value_error":
         return str(err["msg"]).removeprefix("Value error, ")
-    return f"{str(err['msg']).lower()} (got {_short(err.get('input'))})"
+    value = err.get("input")
+    if isinstance(value, float) and value != value:  # TOML's nan fails every bound
+        return "must be a number (got nan)"
+    return f"{str(err['msg']).lower()} (got {_short(value)})"
 
 
 def _short(value: Any) -> str:

@@ -81,6 +81,7 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
             "pid_namespace,",
         ),
         ("[layers]\nrlimits = false", "[layers] rlimits: the rlimits layer cannot be turned off"),
+        ("[defaults]\ntimeout_s = nan", "[defaults] timeout_s: must be a number (got nan)"),
         ("[layers]\nseccomp = 'off'", "[layers] seccomp: input should be a valid boolean"),
         (
             "[run]\nmax_iterations = 0",
