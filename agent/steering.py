@@ -89,9 +89,23 @@ def request(messages: list[dict[str, Any]], steer: Steer | None) -> list[dict[st
     at = _last_user(messages)
     question = messages[at].get("content") if at >= 0 else None
     text = INSTRUCTION
+    verdict = _decided(messages) if steer == "decided" else None
+    if verdict:
+        # The small model answered "Yes, you can still return it" after "No: ...".
+        text += f' A tool result decides it: begin your answer with "{verdict}", as it does.'
     if isinstance(question, str) and question.strip():
         text += f"\n\nThe question was: {question.strip()}"
     return [*messages, {"role": "user", "content": text}]
+
+
+def _decided(messages: list[dict[str, Any]]) -> str | None:
+    """The verdict ("Yes" or "No") the latest tool result opens with, if it does."""
+    last = messages[-1] if messages else {}
+    content = last.get("content")
+    if last.get("role") != "tool" or not isinstance(content, str):
+        return None
+    verdict = _VERDICT.match(content)
+    return verdict.group(1) if verdict else None
 
 
 def review(messages: list[dict[str, Any]], draft: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,10 +138,12 @@ def recheck(
     """What the model is sent when its answer turned a tool's verdict round: the draft,
     the result it contradicts and the question again, tools off. Not kept."""
     said = str(draft.get("content") or "").strip().split()[0].strip(",.:;!")
+    verdict = _VERDICT.match(conflict)
+    begin = f' Begin it with "{verdict.group(1)}".' if verdict else ""
     text = (
         f'Your answer begins with "{said}", but a tool result says:\n{conflict.strip()}\n\n'
-        "Write the final answer again so that it agrees with the tool results. Do not call "
-        "any more tools."
+        f"Write the final answer again so that it agrees with the tool results.{begin} Do "
+        "not call any more tools."
     )
     question = latest_question(messages)
     if question and question.strip():

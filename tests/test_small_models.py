@@ -489,6 +489,7 @@ def test_an_answer_that_turns_a_tools_verdict_round_is_steered_once(run: Run) ->
         'Your answer begins with "Yes", but a tool result says:\nNo: order 12345 can no '
         "longer be returned"
     )
+    assert 'agrees with the tool results. Begin it with "No".' in ask["content"]
     kept = [str(m.get("content")) for m in result.messages]
     assert not any("Your answer begins" in m or "Yes, you can" in m for m in kept)
     # Once: a second contradiction stands. An answer that agrees, or has no verdict, or

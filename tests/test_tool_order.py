@@ -459,7 +459,9 @@ def test_a_tool_that_decides_steers_the_next_call_to_the_answer(
     calls = go([call(lookup), call(ELIGIBLE), say("No: it closed on 2025-05-10.")], "a.jsonl")
     assert [c["steered"] for c in calls] == [None, None, "decided"]
     assert [r.get("tool_choice") for r in server.requests] == [None, None, "none"]
-    assert "Do not call any more tools" in server.requests[2]["messages"][-1]["content"]
+    steer = server.requests[2]["messages"][-1]["content"]
+    assert "Do not call any more tools" in steer
+    assert 'A tool result decides it: begin your answer with "No", as it does.' in steer
     # A verdict that failed (no such order) decides nothing: the run goes on as before.
     unknown = ("check_return_eligibility", {"order_id": "99999"})
     calls = go([call(unknown), say("I could not find order 99999.")], "b.jsonl")
