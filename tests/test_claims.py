@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from conftest import HOSTILE, pid_namespaces_available, shared
 
 from sandbox import Limits, Pool
 from tools import Registry
@@ -14,10 +15,24 @@ from tools import Registry
 pytestmark = pytest.mark.attack
 
 
-@pytest.fixture
-def claims_pool(registry: Registry, process_tree: str) -> Iterator[Pool]:
-    with Pool(registry=registry, size=1, process_tree=process_tree) as pool:
-        yield pool
+@pytest.fixture(scope="module", params=["pid-namespace", "subreaper"])
+def claims_pool(request: pytest.FixtureRequest) -> Iterator[Pool]:
+    """One pool per process tree for the module: each claim is made in a worker of its
+    own call, which the pool retires (the pool carrying on is checked too)."""
+    if request.param == "pid-namespace" and not pid_namespaces_available():
+        pytest.skip("PID namespaces are not available on this machine")
+    registry = Registry.default()
+    registry.load(HOSTILE)
+    with Pool(registry=registry, size=1, process_tree=request.param) as pool:
+        yield shared(pool)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Pool]:
+    registry = Registry.default()
+    registry.load(HOSTILE)
+    with Pool(registry=registry, size=2) as p:
+        yield shared(p)
 
 
 ORCHESTRATOR_KINDS = [
