@@ -12,7 +12,10 @@ from tools.calculator import MAX_LENGTH, CalculationError, calculate
     ("expression", "expected"),
     [
         ("2 + 2", "4"),
-        ("(89.99 * 3) / 2", "134.985 (134.99 rounded to 2 decimals)"),  # amounts: cents too
+        (
+            "(89.99 * 3) / 2",
+            "134.99 (rounded to 2 decimals; exactly 134.985)",
+        ),  # amounts: cents too
         ("89.99 * 2", "179.98"),
         ("7 // 2", "3"),
         ("7 % 4", "3"),

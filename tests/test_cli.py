@@ -45,7 +45,7 @@ def test_a_successful_call() -> None:
     result = one_json(proc)
     assert (
         result["ok"] is True
-        and result["output"] == "134.985 (134.99 rounded to 2 decimals)"
+        and result["output"] == "134.99 (rounded to 2 decimals; exactly 134.985)"
         and result["error"] is None
     )
     assert result["duration_ms"] > 0

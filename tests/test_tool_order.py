@@ -346,7 +346,7 @@ def test_calculate_refuses_what_is_not_arithmetic_and_says_what_it_takes(
     assert "nothing to calculate: '24' is a single number" in told[2]
     # And an amount split comes with its cents, which the model cut to 29.99 before.
     done = setup[1].requests[2]["messages"][-1]["content"]
-    assert done == "29.9966666666667 (30.00 rounded to 2 decimals)"
+    assert done == "30.00 (rounded to 2 decimals; exactly 29.9966666666667)"
 
 
 def test_a_required_call_as_a_json_schema_admits_one_call_and_nothing_else(

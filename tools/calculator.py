@@ -278,9 +278,10 @@ def calculate(expression: str) -> str:
     said = format_number(result)
     exact = Decimal(said)
     if _cents(expression) and abs(result) < 1e15 and exact.as_tuple().exponent < -2:  # type: ignore[operator]
-        # Amounts in, an amount out: a small model cut 29.9966... to 29.99.
+        # Amounts in, an amount out, first: a small model cut 29.9966... to 29.99, and
+        # did so again when the rounded amount came after it.
         cents = exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-        said += f" ({cents} rounded to 2 decimals)"
+        said = f"{cents} (rounded to 2 decimals; exactly {said})"
     return said
 
 
