@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import shared
 
 from policies import parse_policy
 from sandbox import Limits, Pool
@@ -43,6 +44,14 @@ def make_pool(
 def pool(tmp_path: Path, process_tree: str) -> Iterator[Pool]:
     with make_pool(tmp_path, process_tree) as p:
         yield p
+
+
+@pytest.fixture(scope="module")
+def plain_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    """One pool for the module's tests of what a call returns: each call is a fresh
+    worker of its own, whatever the one before did."""
+    with make_pool(tmp_path_factory.mktemp("worker")) as p:
+        yield shared(p)
 
 
 # --- 1. Only the sandbox's set-up code can say that set-up failed ------------------
@@ -120,25 +129,23 @@ EXACT = {"str": "hello", "dict": '{"a":1}', "list": "[1,2]", "nested": '{"a":["x
 @pytest.mark.parametrize("error", ["RuntimeError", "SystemExit", "KeyboardInterrupt"])
 @pytest.mark.parametrize("kind", [*EXACT, "model", "class"])
 def test_a_returned_object_whose_methods_raise_is_never_a_crash(
-    tmp_path: Path, kind: str, error: str
+    plain_pool: Pool, kind: str, error: str
 ) -> None:
     """A str, dict or list subclass whose __len__, __str__, __eq__, encode... raise
     is answered with an exact copy of its value; a model whose serializer raises, or
     an object whose __class__ does, is a tool_error. Never `crashed`, never a set-up
     failure."""
-    with make_pool(tmp_path) as pool:
-        result = pool.call("hostile_return", {"kind": kind, "error": error})
+    result = plain_pool.call("hostile_return", {"kind": kind, "error": error})
     if kind in EXACT:
         assert result.ok and result.output == EXACT[kind], result
     else:
         assert result.error is not None and result.error.kind == "tool_error", result
 
 
-def test_a_hostile_sys_stdout_does_not_take_the_worker_down(tmp_path: Path) -> None:
+def test_a_hostile_sys_stdout_does_not_take_the_worker_down(plain_pool: Pool) -> None:
     """The worker flushes sys.stdout after the call: a replacement whose flush raises
     SystemExit is ignored, and the tool's answer stands."""
-    with make_pool(tmp_path) as pool:
-        result = pool.call("hostile_stdout")
+    result = plain_pool.call("hostile_stdout")
     assert result.ok and result.output == "returned", result
 
 
