@@ -479,7 +479,7 @@ class Agent:
         if calls and steer:
             # Not kept: the conversation stays one whose every call has its answer.
             raise steering.kept_going(steer, calls, budget)
-        if len(calls) > FLOOD_FACTOR * self.limits.max_calls_per_turn:
+        if len(calls) > _ceiling(self.limits.max_calls_per_turn):
             raise _flood(len(calls), self.limits.max_calls_per_turn)  # nor this one
         messages.append(turn.message)
         if self.store and self.run_id:
@@ -957,15 +957,21 @@ def _unpack(call: dict[str, Any], index: int) -> tuple[str, str, str]:
 
 
 FLOOD_FACTOR = 4
-"""A turn of more than this many times `max_calls_per_turn` calls is not answered call
-by call (a note, a trace line and a checkpoint each, and the whole of it sent back):
-2,000 calls in one turn took a 20 s run 50 s."""
+FLOOD_MIN = 64
+"""A turn of more than this many calls, or `FLOOD_FACTOR` times `max_calls_per_turn`
+if more, is not answered call by call (a note, a trace line and a checkpoint each, and
+the whole of it sent back): 2,000 calls in one turn took a 20 s run 50 s. The 64 calls
+read from an answer's text at most stay within it."""
+
+
+def _ceiling(cap: int) -> int:
+    return max(FLOOD_MIN, FLOOD_FACTOR * cap)
 
 
 def _flood(calls: int, cap: int) -> RunError:
     return RunError(
         f"the model asked for {calls} tool calls in one turn; at most {cap} run per turn "
-        f"(max_calls_per_turn), and a turn of more than {FLOOD_FACTOR * cap} is not "
+        f"(max_calls_per_turn), and a turn of more than {_ceiling(cap)} is not "
         "answered: the run stops"
     )
 
