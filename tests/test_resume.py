@@ -45,6 +45,24 @@ def slow_refund(order_id: str) -> str:
 '''
 
 
+HELD_TOOLS = '''
+import time
+from pathlib import Path
+from tools import tool
+
+@tool
+def slow_refund(order_id: str) -> str:
+    """Refund an order, once its test lets it go on."""
+    # The test appends the release line to this very file (the worker sees the file,
+    # not its directory): the call stays in flight however loaded the machine is.
+    for _ in range(2400):
+        if "# " + "released" in Path(__file__).read_text().splitlines():
+            return f"refunded {order_id}"
+        time.sleep(0.05)
+    return "never released"
+'''
+
+
 def turn_of(request: dict[str, Any]) -> int:
     return sum(1 for m in request["messages"] if m["role"] == "assistant")
 
@@ -353,7 +371,7 @@ def test_resume_needs_a_known_run_and_not_a_task_too(tmp_path: Path) -> None:
 
 def test_ctrl_c_leaves_a_run_that_resumes(tmp_path: Path, agent_main: AgentMain) -> None:
     tools = tmp_path / "slow.py"
-    tools.write_text(SLOW_TOOLS)
+    tools.write_text(HELD_TOOLS)
 
     def model(request: dict[str, Any]) -> Step:
         if turn_of(request) == 0:
@@ -367,6 +385,7 @@ def test_ctrl_c_leaves_a_run_that_resumes(tmp_path: Path, agent_main: AgentMain)
         run = wait_for(
             lambda: (r := latest_run(store)) and r.calls and r.calls[0].state == "running" and r,
             "the call to start",
+            timeout=180,  # a program's start and a pool's, on a loaded machine
         )
         proc.send_signal(signal.SIGINT)
         status, _, err = finish(proc)
@@ -377,6 +396,8 @@ def test_ctrl_c_leaves_a_run_that_resumes(tmp_path: Path, agent_main: AgentMain)
         record = store.load(run.id)
         assert record.state == "interrupted"
         assert record.calls[0].state == "running"  # stopped at once, not when the call ended
+        with tools.open("a") as source:  # in place: the jail binds this file, not its name
+            source.write("# released\n")
         status, out, err = finished(agent_main("run", "--resume", run.id, *base, "--yes"))
     assert status == 0, err
     assert out.strip() == "Result: refunded 12345"

@@ -120,7 +120,8 @@ def test_nothing_outlives_the_orchestrator(sig: int) -> None:
         import threading
         threading.Thread(target=pool.call, args=("sleep_forever",),
                          kwargs={"limits": Limits(timeout_s=600)}, daemon=True).start()
-        time.sleep(0.5)
+        while not pool._busy:  # the call has its worker: the signal lands mid-call
+            time.sleep(0.01)
         print("ready", flush=True)
         time.sleep(600)
         """
@@ -130,9 +131,9 @@ def test_nothing_outlives_the_orchestrator(sig: int) -> None:
     try:
         assert proc.stdout.readline().strip() == b"ready"
         tree = _tree(proc.pid)
-        assert len(tree) >= 3  # zygote, the busy worker, spares
+        assert len(tree) >= 2  # the zygote and the busy worker (spares may be on their way)
         proc.send_signal(sig)
-        proc.wait(timeout=30)
+        proc.wait(timeout=120)  # SIGINT's exit closes the pool: seconds on a loaded machine
         deadline = time.monotonic() + 20
         while survivors(tree) and time.monotonic() < deadline:
             time.sleep(0.05)
