@@ -9,6 +9,7 @@ import ctypes
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,12 @@ SURVIVOR_GRACE_S = 15.0
 
 # Orphans of anything a test starts come back to us, so the guard below sees them.
 _linux.set_child_subreaper()
+
+# A suite started in the background of a non-interactive shell (`cmd &`, nohup) inherits
+# SIGINT ignored, and so would every program a test starts: the Ctrl-C tests would see
+# no interrupt at all. Take Python's own handler back, as a suite started at a prompt has.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Whatever the tests, their pools and the commands they start put in a temporary
 # directory goes to one of this run's own, so the guard below sees what a test leaves.
