@@ -52,6 +52,8 @@ class ModelCalled(Event):
     finish_reason: str
     tool_calls: int
     priced: bool
+    cached_tokens: int = 0
+    """Of `input_tokens`, those the server said came from its prompt cache."""
     text_calls: str | None = None
     """The tool calls were read from the answer's text, in this format (`fenced_json`,
     `tool_call_tags`, `mistral`, `llama`, `bare_json`); None: the API's own."""

@@ -346,9 +346,10 @@ class Agent:
                 tools = self._tools_now(messages)
                 turn = self.model.complete(
                     again if again is not None else steering.request(messages, steer),
-                    tools,
+                    self._for_question(messages),
                     timeout_s=min(self.limits.request_timeout_s, left),
                     tool_choice=self._tool_choice(messages, steer, tools, draft),
+                    offered=[t["function"]["name"] for t in tools],
                 )
                 calls = self._took(turn, budget, messages, steer, draft)
             except (RunStopped, RunError) as exc:
@@ -404,12 +405,19 @@ class Agent:
         return follow_ups or self._available(messages)
 
     def _available(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        asked = steering.latest_question(messages) or ""
         return [
             t
-            for t in self.tools
+            for t in self._for_question(messages)
             if all(first in self._answered for first in self.policy.after(t["function"]["name"]))
-            and _mentions(asked, self.policy.offer_when(t["function"]["name"]))
+        ]
+
+    def _for_question(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The run's tools whose `offer_when` the user's latest message mentions: the
+        same on every model call about one question, and what each call sends when
+        `[run] tools_sent = "all"` (a prompt cache then keeps the prompt's start)."""
+        asked = steering.latest_question(messages) or ""
+        return [
+            t for t in self.tools if _mentions(asked, self.policy.offer_when(t["function"]["name"]))
         ]
 
     def _follow_ups(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -524,6 +532,7 @@ class Agent:
                 step=budget.steps,
                 model=turn.model,
                 input_tokens=turn.usage.input_tokens,
+                cached_tokens=turn.usage.cached_tokens,
                 output_tokens=turn.usage.output_tokens,
                 cost_usd=round(cost, 8),
                 total_cost_usd=round(budget.cost_usd, 8),

@@ -15,7 +15,7 @@ import importlib
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,10 @@ def _http_errors() -> tuple[type[Exception], ...]:
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
+    """Of `input_tokens`, those the server took from its prompt cache rather than read
+    again (`prompt_tokens_details.cached_tokens`: OpenAI, llama.cpp); 0: none, or not
+    said."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ class ModelClient:
         api: str = "chat",
         parallel_tool_calls: bool | None = None,
         required_as: str = "tool_choice",
+        tools_sent: str = "offered",
     ) -> None:
         if api not in API:
             raise ValueError(f"api must be one of {', '.join(API)} (got {api!r})")
@@ -137,6 +142,15 @@ class ModelClient:
         `tool_choice: "required"`, or `json_schema`, a `response_format` that admits one
         call of an offered tool and nothing else (Chat Completions only)."""
         """Sent with each call that offers tools (`[run] parallel_tool_calls`); None: not."""
+        if tools_sent not in TOOLS_SENT:
+            raise ValueError(
+                f"tools_sent must be one of {', '.join(TOOLS_SENT)} (got {tools_sent!r})"
+            )
+        self.tools_sent = tools_sent
+        """`[run] tools_sent`: a call narrowed to some of its tools sends those alone
+        (`offered`), or all of them and the narrowing in `tool_choice` or the one-call
+        schema (`all`), so that the prompt's start, where servers render the tools, is
+        the same on every call of a run and a prompt cache keeps it."""
         self.base_url = base_url
         self.timeout_s = timeout_s
         remember_secret(api_key)
@@ -151,27 +165,43 @@ class ModelClient:
         tools: list[dict[str, Any]],
         timeout_s: float,
         tool_choice: str | None = None,
+        offered: Collection[str] | None = None,
     ) -> ModelTurn:
         """One completion. Tool calls the model wrote as text in its content, for the
-        tools in `tools` only, come back as `tool_calls` (`ModelTurn.text_calls` says so).
-        `tool_choice` ("none": answer in words) is sent only when given."""
+        tools sent only, come back as `tool_calls` (`ModelTurn.text_calls` says so).
+        `tool_choice` ("none": answer in words) is sent only when given. `offered`: the
+        names of `tools` this call may call (None: all of them); how the narrowing is
+        sent is `tools_sent`'s."""
+        names = [t["function"]["name"] for t in tools]
+        allowed = [t for t in tools if offered is None or t["function"]["name"] in offered]
+        narrowed = len(allowed) < len(names)
+        if narrowed and (self.tools_sent == "offered" or ALLOWED_TOOLS in self._refused):
+            tools, narrowed = allowed, False  # the tools of this call alone, as before
+        if narrowed and not allowed and tool_choice != "none":
+            tool_choice = "none"  # nothing may be called now: said without a tool list change
         refused = tool_choice if tool_choice in self._refused else None
         sent_tools, sent_choice = _fallback(tools, tool_choice) if refused else (tools, tool_choice)
+        choice: str | dict[str, Any] | None = sent_choice
         schema = None
-        if sent_choice == "required" and tools and self._by_schema():
+        if sent_choice == "required" and allowed and self._by_schema():
             # llama.cpp lets prose come before a required call, and the small model
-            # wrote prose until its output limit: the schema admits the call alone.
-            sent_choice, schema = None, one_call_format(tools)
+            # wrote prose until its output limit: the schema admits the call alone,
+            # of the tools offered now only, whatever the list sent.
+            choice, schema = None, one_call_format(allowed)
+        elif narrowed and sent_choice != "none" and sent_tools:
+            choice = allowed_tools(allowed, sent_choice or "auto", self.api)
         try:
-            turn = self._complete(messages, sent_tools, timeout_s, sent_choice, schema)
+            turn = self._complete(messages, sent_tools, timeout_s, choice, schema)
         except _Refused as exc:
             # Once per value and client: the call again without it, said in the trace.
             self._refused.add(exc.what)
-            return self.complete(messages, tools, timeout_s, tool_choice)
+            return self.complete(messages, tools, timeout_s, tool_choice, offered)
         except RunError as exc:
             raise RunError(scrub(str(exc))) from None
         if not refused and tool_choice == "required" and self.required_as == JSON_SCHEMA:
             refused = JSON_SCHEMA if JSON_SCHEMA in self._refused else None
+        if not refused and offered is not None and ALLOWED_TOOLS in self._refused:
+            refused = ALLOWED_TOOLS if len(sent_tools) < len(names) else None
         if refused:
             turn = replace(turn, tool_choice_refused=refused)
         return with_text_calls(turn, sent_tools)
@@ -188,7 +218,7 @@ class ModelClient:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]],
         timeout_s: float,
-        tool_choice: str | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
         schema: dict[str, Any] | None = None,
     ) -> ModelTurn:
         openai = _sdk()
@@ -205,8 +235,10 @@ class ModelClient:
             except openai.APIError as exc:
                 if schema and _refuses(exc, "response_format", "json_schema", "grammar"):
                     raise _Refused(JSON_SCHEMA) from None
-                if tool_choice and _refuses(exc, "tool_choice", "tool choice"):
-                    raise _Refused(tool_choice) from None
+                if tool_choice and _refuses(exc, "tool_choice", "tool choice", ALLOWED_TOOLS):
+                    raise _Refused(
+                        tool_choice if isinstance(tool_choice, str) else ALLOWED_TOOLS
+                    ) from None
                 tries += 1
                 wait = _retry_wait(exc, tries)
                 if (
@@ -226,7 +258,7 @@ class ModelClient:
         tools: list[dict[str, Any]],
         timeout_s: float,
         deadline: float,
-        tool_choice: str | None,
+        tool_choice: str | dict[str, Any] | None,
         start: float,
         schema: dict[str, Any] | None = None,
     ) -> ModelTurn:
@@ -263,7 +295,7 @@ class ModelClient:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]],
         timeout_s: float,
-        tool_choice: str | None,
+        tool_choice: str | dict[str, Any] | None,
         schema: dict[str, Any] | None = None,
     ) -> Any:
         """The streamed request, through the API this client speaks."""
@@ -296,6 +328,24 @@ class ModelClient:
 
 JSON_SCHEMA = "json_schema"
 """`required_as`'s other way, and what a server that refuses it is remembered by."""
+ALLOWED_TOOLS = "allowed_tools"
+"""The `tool_choice` that narrows a call to some of the tools sent (`tools_sent =
+"all"`), and what a server that refuses it is remembered by: it then gets the tools
+of each call alone, as with `tools_sent = "offered"`."""
+TOOLS_SENT = ("offered", "all")
+
+
+def allowed_tools(tools: list[dict[str, Any]], mode: str, api: str = "chat") -> dict[str, Any]:
+    """OpenAI's `tool_choice` that lets a call use only `tools` of those sent, `mode`
+    "auto" or "required", in the API's own shape. llama.cpp reads any `tool_choice`
+    that is not a string as "auto": there the loop's refusal of a tool not offered
+    is what holds (and `required_as = "json_schema"` what makes a call required)."""
+    names = [t["function"]["name"] for t in tools]
+    if api == "responses":
+        listed: list[dict[str, Any]] = [{"type": "function", "name": n} for n in names]
+        return {"type": ALLOWED_TOOLS, "mode": mode, "tools": listed}
+    listed = [{"type": "function", "function": {"name": n}} for n in names]
+    return {"type": ALLOWED_TOOLS, ALLOWED_TOOLS: {"mode": mode, "tools": listed}}
 
 
 class _Refused(Exception):
@@ -571,9 +621,13 @@ def read_usage(usage: Any) -> Usage:
                 return int(value)
         return 0
 
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    ok = isinstance(cached, int) and not isinstance(cached, bool) and 0 <= cached < 1e12
     return Usage(
         input_tokens=first("prompt_tokens", "input_tokens"),
         output_tokens=first("completion_tokens", "output_tokens"),
+        cached_tokens=int(cached) if ok else 0,  # type: ignore[arg-type]
     )
 
 

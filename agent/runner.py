@@ -152,6 +152,7 @@ def model_client(policy: Policy, base_url: str | None) -> ModelClient:
         max_output_tokens=policy.run.max_output_tokens,
         parallel_tool_calls=policy.run.parallel_tool_calls,
         required_as=policy.run.required_as,
+        tools_sent=policy.run.tools_sent,
         api=policy.run.api,
     )
 

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         max_output_tokens=policy.run.max_output_tokens,
         parallel_tool_calls=policy.run.parallel_tool_calls,
         required_as=policy.run.required_as,
+        tools_sent=policy.run.tools_sent,
         api=args.api,
     )
     out = Path(args.out)

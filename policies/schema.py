@@ -239,6 +239,15 @@ class RunPolicy(BaseModel):
     schema admits one call of an offered tool and nothing else (Chat Completions; a
     server that refuses it gets "required"). llama.cpp lets prose come before a
     required call, and the small model wrote prose until its output limit."""
+    tools_sent: Literal["offered", "all"] = "offered"
+    """What each model call sends as `tools` when it is offered only some of the run's
+    (`after`, `then`): those alone (`offered`), or the same list on every call of a
+    run (`all`: the tools `offer` and `offer_when` give the question), with the call's
+    own in `tool_choice` (OpenAI's `allowed_tools`), the one-call schema of
+    `required_as = "json_schema"`, or `"none"`. Servers render the tools at the
+    prompt's start, so a list that changes makes llama.cpp read the whole prompt
+    again (40-270 s a call on a loaded CPU); a call of a tool not offered now is
+    refused, never run, either way."""
     review_answer: bool = False
     """The model's first answer in a run is sent back once, tools on, with the question
     whether it depends on a fact not looked up or contradicts a tool result: a small

@@ -5,6 +5,7 @@ server through the real `openai` client."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -500,3 +501,112 @@ def test_a_note_for_a_failed_lookup_does_not_count_as_its_answer_on_resume(
         ("get_current_date", "not_required"),
         ("check_return_eligibility", "not_yet"),
     ]
+
+
+def test_tools_sent_all_keeps_the_tool_list_and_narrows_by_choice(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # llama.cpp renders the tools at the prompt's start: a list that changed between
+    # calls made it read the whole prompt again. With tools_sent = "all" every call of
+    # a run sends the same list, and says in tool_choice / the schema which it may call.
+    from agent.runner import model_client
+
+    pool, server = setup
+    text = POLICY.replace(
+        'after = ["get_order_status", "get_current_date"]',
+        'after = ["get_order_status", "get_current_date"]\ndecides = true',
+    )
+    then = '\n[tools.get_order_status]\nthen = ["get_current_date"]\nthen_when = ["return"]\n'
+    base = parse_policy(text + then, "all.toml", tmp_path)
+
+    def go(
+        script: Any, name: str, task: str = "Can I still return order 12345?", **changes: Any
+    ) -> list[dict[str, Any]]:
+        changes = {"call_tools_first": True, "tools_sent": "all", **changes}
+        policy = base.model_copy(update={"run": base.run.model_copy(update=changes)})
+        server.play(script)
+        trace = Trace(tmp_path / name)
+        try:
+            agent = Agent(pool, policy, model_client(policy, server.base_url), trace=trace)
+            assert agent.run(task).ok
+        finally:
+            trace.close()
+        return [e for e in read_trace(tmp_path / name) if e["event"] == "tool_call"]
+
+    def json_call(name: str, args: dict[str, Any]) -> Step:
+        return say(json.dumps({"name": name, "arguments": args}))  # as the schema makes it
+
+    support = {"calculate", "read_file", "get_order_status", "get_current_date"}
+    ran = go(
+        [
+            json_call("get_order_status", {"order_id": "12345"}),
+            json_call("read_file", {"path": "policy.txt"}),  # in the list, not offered now
+            json_call("get_current_date", {}),
+            call(
+                ELIGIBLE,
+                usage={"prompt_tokens": 90, "prompt_tokens_details": {"cached_tokens": 80}},
+            ),
+            say("No: its window closed on 2025-05-10."),
+        ],
+        "schema.jsonl",
+        required_as="json_schema",
+    )
+    sent = server.requests
+    everything = support | {"check_return_eligibility"}  # not issue_refund: not asked for
+    assert [offered(r) for r in sent] == [everything] * 5
+    assert all(r["tools"] == sent[0]["tools"] for r in sent)
+    admitted = [
+        {
+            c["properties"]["name"]["const"]
+            for c in r["response_format"]["json_schema"]["schema"]["anyOf"]
+        }
+        if "response_format" in r
+        else None
+        for r in sent
+    ]
+    assert admitted == [support, {"get_current_date"}, {"get_current_date"}, None, None]
+    assert [r.get("tool_choice") for r in sent] == [None, None, None, None, "none"]
+    assert [(e["tool"], e["approval"], e["worker_pid"] is not None) for e in ran] == [
+        ("get_order_status", "not_required", True),
+        ("read_file", "not_offered", False),  # refused, never run
+        ("get_current_date", "not_required", True),
+        ("check_return_eligibility", "not_required", True),
+    ]
+    assert "not run yet: the answer needs get_current_date first" in ran[1]["error_message"]
+    models = [e for e in read_trace(tmp_path / "schema.jsonl") if e["event"] == "model_call"]
+    assert [m["cached_tokens"] for m in models] == [0, 0, 0, 80, 0]  # what the server said
+
+    # With tool_choice (the default required_as): OpenAI's allowed_tools, required and
+    # auto; a server that refuses it gets each call's own tools alone from then on.
+    script = [
+        call(("get_order_status", {"order_id": "12345"})),
+        fail(400, "Invalid tool_choice: allowed_tools is not supported"),
+        call(("get_current_date", {})),
+        call(ELIGIBLE),
+        say("No: its window closed on 2025-05-10."),
+    ]
+    ran = go(script, "choice.jsonl", task="Is order 12345 eligible?")
+    sent = server.requests
+
+    def allowed(choice: Any) -> tuple[str, set[str]] | Any:
+        if not isinstance(choice, dict):
+            return choice
+        assert choice["type"] == "allowed_tools"
+        inner = choice["allowed_tools"]
+        return inner["mode"], {t["function"]["name"] for t in inner["tools"]}
+
+    assert [allowed(r.get("tool_choice")) for r in sent] == [
+        ("required", support),
+        ("auto", support),  # refused: HTTP 400
+        None,
+        None,
+        "none",
+    ]
+    assert [offered(r) for r in sent] == [everything, everything, support, everything, everything]
+    assert [e["tool"] for e in ran] == [
+        "get_order_status",
+        "get_current_date",
+        "check_return_eligibility",
+    ]
+    calls = [e for e in read_trace(tmp_path / "choice.jsonl") if e["event"] == "model_call"]
+    assert [c["tool_choice_refused"] for c in calls] == [None, "allowed_tools", None, None]

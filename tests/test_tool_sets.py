@@ -29,7 +29,13 @@ when asked for (`offer_when`: a refund)."""
 
 
 def offered(server: ScriptedModelServer) -> set[str]:
-    return {t["function"]["name"] for t in server.requests[0]["tools"]}
+    """The tools the first model call may call: those sent, or of those the ones its
+    one-call schema admits (the demo policy sends every call the same list)."""
+    request = server.requests[0]
+    schema = (request.get("response_format") or {}).get("json_schema")
+    if schema:
+        return {c["properties"]["name"]["const"] for c in schema["schema"]["anyOf"]}
+    return {t["function"]["name"] for t in request["tools"]}
 
 
 def tool_calls(trace: Path) -> list[tuple[str, str | None]]:
