@@ -162,6 +162,9 @@ class RunEnded(Event):
     steps: int
     cost_usd: float
     wall_s: float
+    answered_from: str | None = None
+    """The answer is this tool's own result: the model's answer said the opposite of
+    the verdict of a tool that decides the question."""
 
 
 TraceEvent = RunStarted | ModelCalled | ToolCalled | EgressAttempt | RunEnded
@@ -267,6 +270,11 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
                 f"{at}  run ended ({safe(e.get('reason'))}): {safe(e.get('steps'))} model calls, "
                 f"${_number(e.get('cost_usd')):.6f}, {_number(e.get('wall_s')):.2f} s"
             )
+            if e.get("answered_from"):
+                lines.append(
+                    f"           answered from {safe(e['answered_from'])}'s result (the "
+                    "model's answer said the opposite)"
+                )
             if e.get("answer"):
                 lines.append(f"           answer: {_one_line(e['answer'], 300)}")
             elif e.get("message"):

@@ -46,6 +46,9 @@ class RunResult:
     """The whole conversation, for `chat` to continue from."""
     run_id: str | None = None
     """Its checkpoint in the run store (`run --resume RUN_ID`), when there is one."""
+    answered_from: str | None = None
+    """The answer is this tool's own result, not the model's: the model's answer said
+    the opposite of the verdict of a tool that `decides` (`steering.overruled`)."""
 
     @property
     def ok(self) -> bool:
@@ -155,6 +158,7 @@ class Agent:
         self.call_settings = dict(call_settings or {})
         """Added to every call's settings (`--memory-namespace` sets one)."""
         self.run_id: str | None = None
+        self._answered_from: str | None = None
         self._interrupted = False
         self._cancel = CancelToken()
         offer = self.limits.offer
@@ -236,10 +240,12 @@ class Agent:
         try:
             if resumed is not None:
                 self._finish_step(messages, budget, repeats, resumed)
+            self._answered_from = None
             answer = self._loop(messages, budget, repeats)
             result = RunResult(
                 answer, "answer", "answered", budget.steps, budget.cost_usd, messages
             )
+            result.answered_from = self._answered_from
         except (RunStopped, OutOfResources, RunError) as exc:
             result = self._stopped(exc, budget, messages)
         except KeyboardInterrupt:
@@ -300,6 +306,7 @@ class Agent:
             steps=result.steps,
             cost_usd=round(result.cost_usd, 8),
             wall_s=round(budget.clock() - budget.started, 3),
+            answered_from=result.answered_from,
         )
 
     def _finish_step(
@@ -355,7 +362,7 @@ class Agent:
             except (RunStopped, RunError) as exc:
                 if draft is not None:  # no second look could be had: the draft stands
                     messages.append(draft)
-                    return str(draft.get("content") or "")
+                    return self._settled(str(draft.get("content") or ""), messages)
                 if isinstance(exc, RunError):
                     self._model_failed(budget)
                 raise
@@ -381,7 +388,19 @@ class Agent:
                 draft = messages.pop()
                 again = steering.review(messages, draft)
                 continue
+            return self._settled(answer, messages)
+
+    def _settled(self, answer: str, messages: list[dict[str, Any]]) -> str:
+        """The run's final answer: the model's, unless it turns round the verdict of a
+        tool that decides the question (after the recheck, or with no step left for
+        one); then that tool's own result, marked so in the answer, the conversation
+        and the trace (`answered_from`)."""
+        overruled = steering.overruled(answer, messages, self.policy.decides)
+        if overruled is None:
             return answer
+        self._answered_from, answer = overruled
+        messages[-1] = {"role": "assistant", "content": answer}
+        return answer
 
     def _review_wanted(
         self, steer: steering.Steer | None, budget: Budget, tools: list[dict[str, Any]]

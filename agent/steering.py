@@ -26,9 +26,21 @@ Steer = Literal["repeated_call", "max_iterations", "contradiction", "decided"]
 answer said the opposite of a tool's verdict, or a tool that decides the question
 (`[tools.NAME] decides`) has answered."""
 
-_VERDICT = re.compile(r"\s*(Yes|No)\b\s*[:;,.]")
-"""A tool result that opens with its verdict: "No: order 12345 can no longer be ..."."""
-_ANSWER_VERDICT = re.compile(r"[\W_]*(yes|no)\b", re.IGNORECASE)
+_VERDICT = re.compile(r"\s*(Yes|No)\b\s*[:;,.!\u2013\u2014-]")
+"""A tool result that opens with its verdict: "No: order 12345 can no longer be ...",
+"Yes - ...", "No. ..."."""
+_ANSWER_VERDICT = re.compile(
+    r"[\W_]*(?:(yes|yeah|yep|sure|certainly|absolutely)|(no|nope|unfortunately))\b",
+    re.IGNORECASE,
+)
+"""An answer that opens with a yes or a no, in the words people use for them."""
+_NEGATED = re.compile(
+    r"\b(?:not|never|no longer|cannot|unable|too late|expired|past)\b|n't\b", re.IGNORECASE
+)
+"""A negation or lateness: in the question, it turns what a yes or no means ("Is it too
+late to return it?": yes, it cannot be returned); in an answer's first sentence
+without a leading yes or no, it says no ("You can no longer return it")."""
+_SENTENCE = re.compile(r"[^.!?\n]*")
 
 INSTRUCTION = (
     "Do not call any more tools. Write your final answer for the user now, using only "
@@ -90,9 +102,11 @@ def request(messages: list[dict[str, Any]], steer: Steer | None) -> list[dict[st
     question = messages[at].get("content") if at >= 0 else None
     text = INSTRUCTION
     verdict = _decided(messages) if steer == "decided" else None
-    if verdict:
+    if verdict and asked_as_verdicts(question if isinstance(question, str) else ""):
         # The small model answered "Yes, you can still return it" after "No: ...".
         text += f' A tool result decides it: begin your answer with "{verdict}", as it does.'
+    elif verdict:  # "Is it too late ...?": its "No" would read as "not too late"
+        text += " A tool result decides it: your answer must say what it says."
     if isinstance(question, str) and question.strip():
         text += f"\n\nThe question was: {question.strip()}"
     return [*messages, {"role": "user", "content": text}]
@@ -115,21 +129,85 @@ def review(messages: list[dict[str, Any]], draft: dict[str, Any]) -> list[dict[s
 
 
 def contradiction(answer: str, messages: list[dict[str, Any]]) -> str | None:
-    """The tool result whose verdict the answer turns round: the answer opens with "yes"
-    and the latest tool result that opens with a verdict says "No:" (or the other way).
-    A small model copied "its window closed on 2025-05-10" behind "Yes, you can still
-    return it". None: no verdict to go against, or the answer agrees."""
-    said = _ANSWER_VERDICT.match(answer or "")
-    if said is None:
+    """The tool result whose verdict the answer turns round: the answer says yes ("Yes",
+    "Sure", ...) and the latest tool result that opens with a verdict says "No:", or the
+    answer says no ("No", "Unfortunately", or a first sentence such as "You can no
+    longer return it") and the result "Yes:". A small model copied "its window closed
+    on 2025-05-10" behind "Yes, you can still return it". None: no verdict to go
+    against, the answer agrees or says neither, or the question is asked the other way
+    round from the tools' verdicts ("Is it too late to ...?": there "Yes" agrees with
+    "No:"), where a yes and a no cannot be compared."""
+    found = verdict_result(messages)
+    said = answer_says(answer)
+    if found is None or said is None or not asked_as_verdicts(latest_question(messages) or ""):
         return None
-    for message in reversed(since_question(messages)):
+    content = found[1]
+    verdict = _VERDICT.match(content)
+    return content if verdict and verdict.group(1).lower() != said else None
+
+
+def answer_says(answer: str | None) -> Literal["yes", "no"] | None:
+    """What an answer says to a yes-or-no question: a leading yes or no in any of its
+    common words, else "no" when its first sentence holds a negation; None: neither."""
+    text = answer or ""
+    opening = _ANSWER_VERDICT.match(text)
+    if opening:
+        return "yes" if opening.group(1) else "no"
+    first = _SENTENCE.match(text.strip())
+    return "no" if first and _NEGATED.search(first.group(0)) else None
+
+
+def asked_as_verdicts(question: str) -> bool:
+    """The question asks in the sense of the tools' verdicts ("Can I still return
+    it?"), not turned round by a negation ("Is it too late to return it?", "Can't I
+    return it?"): only then does an answer's yes mean a verdict's Yes."""
+    return not _NEGATED.search(question)
+
+
+def verdict_result(messages: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(tool, text) of the latest tool result since the user's question that opens
+    with a verdict ("Yes:" or "No:"); None: there is none."""
+    turns = since_question(messages)
+    for message in reversed(turns):
         content = message.get("content")
         if message.get("role") != "tool" or not isinstance(content, str):
             continue
-        verdict = _VERDICT.match(content)
-        if verdict:
-            return content if verdict.group(1).lower() != said.group(1).lower() else None
+        if _VERDICT.match(content):
+            return _tool_of(turns, message.get("tool_call_id")), content
     return None
+
+
+def _tool_of(messages: list[dict[str, Any]], call_id: Any) -> str:
+    """The tool a call id was a call of, from the assistant turns; "" if none says."""
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            if isinstance(call, dict) and call.get("id") == call_id:
+                return str((call.get("function") or {}).get("name") or "")
+    return ""
+
+
+def overruled(
+    answer: str, messages: list[dict[str, Any]], decides: Callable[[str], bool]
+) -> tuple[str, str] | None:
+    """When `answer` turns round the verdict of a tool that `decides` the question:
+    (that tool, the answer built from its own result, marked as such). None: it does
+    not, or the verdict is another tool's (its contradiction is steered, not replaced).
+    The small model answered "Yes, you can still return it ... its window closed on
+    2025-05-10" again after being shown the result: the tool's words are the answer."""
+    conflict = contradiction(answer, messages)
+    found = verdict_result(messages)
+    if conflict is None or found is None or not found[0] or not decides(found[0]):
+        return None
+    tool, result = found
+    return tool, answer_from(tool, result)
+
+
+def answer_from(tool: str, result: str) -> str:
+    """The final answer made of a deciding tool's result, and a line that says so."""
+    return (
+        f"{result.strip()}\n\n(This answer is {tool}'s own result: the model's answer said "
+        "the opposite of it.)"
+    )
 
 
 def recheck(

@@ -610,3 +610,69 @@ def test_tools_sent_all_keeps_the_tool_list_and_narrows_by_choice(
     ]
     calls = [e for e in read_trace(tmp_path / "choice.jsonl") if e["event"] == "model_call"]
     assert [c["tool_choice_refused"] for c in calls] == [None, "allowed_tools", None, None]
+
+
+def test_an_answer_that_turns_a_deciding_verdict_round_is_answered_from_it(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # The small model answered "Yes, you can still return it ... its window closed on
+    # 2025-05-10" after the decided steer and again after the recheck: the deciding
+    # tool's own result is then the answer, marked so.
+    pool, server = setup
+    text = POLICY.replace('after = ["get_order_status", "get_current_date"]', "decides = true")
+    policy = parse_policy(text, "decides.toml", tmp_path)
+
+    def go(script: list[Step], task: str, name: str, **changes: Any) -> tuple[RunResult, Any]:
+        server.play(script)
+        model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+        run_policy = policy.model_copy(update={"run": policy.run.model_copy(update=changes)})
+        trace = Trace(tmp_path / name)
+        try:
+            result = Agent(pool, run_policy, model, approver=Approver(), trace=trace).run(task)
+        finally:
+            trace.close()
+        events = read_trace(tmp_path / name)
+        verdicts = [e["output"] for e in events if e.get("tool") == ELIGIBLE[0]]
+        return result, (events[-1], verdicts)
+
+    def lookup(order: str) -> Step:
+        return call(("get_order_status", {"order_id": order}))
+
+    def eligible(order: str) -> Step:
+        return call(("check_return_eligibility", {"order_id": order}))
+
+    marked = "(This answer is check_return_eligibility's own result: the model's answer"
+    # "Yes" against "No:", twice (the recheck changed nothing).
+    wrong = say("Yes, you can still return it; its window closed on 2025-05-10.")
+    script = [lookup("12345"), eligible("12345"), wrong, say("Yes, you can.")]
+    result, (ended, verdicts) = go(script, "Can I still return order 12345?", "a.jsonl")
+    assert result.ok and len(server.requests) == 4
+    assert verdicts[0].startswith("No: order 12345 can no longer be returned")
+    assert result.answer == f"{verdicts[0]}\n\n{marked} said the opposite of it.)"
+    assert ended["answered_from"] == "check_return_eligibility"
+    assert ended["answer"] == result.answer and result.answered_from == ended["answered_from"]
+    assert result.messages[-1] == {"role": "assistant", "content": result.answer}
+    # A no in other words ("can no longer") against "Yes:"; the recheck's reply cannot
+    # be had (HTTP 400), so the draft would stand: it is answered from the result too.
+    script = [lookup("67890"), eligible("67890"), say("You can no longer return it."), fail(400)]
+    result, (ended, verdicts) = go(script, "Am I still able to return order 67890?", "b.jsonl")
+    assert verdicts[0].startswith("Yes: order 67890 can still be returned, until 2025-05-31")
+    assert result.ok and result.answer.startswith(verdicts[0]) and marked in result.answer
+    # No step left for a recheck: answered from the result at once.
+    script = [lookup("12345"), eligible("12345"), say("Sure, go ahead.")]
+    result, (ended, _) = go(script, "Can I still return order 12345?", "c.jsonl", max_iterations=3)
+    assert len(server.requests) == 3 and ended["answered_from"] == "check_return_eligibility"
+    # A question asked the other way round: its "Yes" agrees with "No:", nothing is
+    # steered or replaced, and the steer does not ask for a "No" first.
+    agreed = "Yes, it is too late: its window closed on 2025-05-10."
+    script = [lookup("12345"), eligible("12345"), say(agreed)]
+    result, (ended, _) = go(script, "Is it too late to return order 12345?", "d.jsonl")
+    assert result.answer == agreed and ended["answered_from"] is None
+    assert len(server.requests) == 3
+    steer = server.requests[2]["messages"][-1]["content"]
+    assert "your answer must say what it says" in steer and 'with "No"' not in steer
+    # An answer that agrees, or says neither yes nor no, stands as the model wrote it.
+    for said in ("No, it closed on 2025-05-10.", "Its window closed on 2025-05-10."):
+        script = [lookup("12345"), eligible("12345"), say(said)]
+        result, (ended, _) = go(script, "Can I still return order 12345?", "e.jsonl")
+        assert result.answer == said and ended["answered_from"] is None
