@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,51 @@ class Ready:
 
 Progress = Callable[[str, dict[str, Any]], None]
 """Called with ("thinking" | "model" | "tool", details) as the run goes."""
+
+
+@dataclass(frozen=True)
+class ModelAsk:
+    """A model call the loop's steps ask for (`Agent._steps`): a `ModelTurn` back."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    timeout_s: float
+    tool_choice: str | None
+    offered: list[str] | None = None
+    """The names of `tools` this call may call (None: all); how the narrowing is sent
+    is the client's (`[run] tools_sent`)."""
+
+
+@dataclass(frozen=True)
+class CallsAsk:
+    """A turn's tool calls the steps ask to have guarded, approved and run (as
+    `Agent._run_calls`): their `ToolOutcome`s back, in order."""
+
+    calls: list[dict[str, Any]]
+    offered: set[str]
+
+
+Effect = ModelAsk | CallsAsk
+Steps = Generator[Effect, Any, str]
+"""The loop's steps: they yield effects and end with the run's answer."""
+
+
+def drive(steps: Steps, do: Callable[[Effect], Any]) -> str:
+    """Run `steps` to its answer, doing each effect with `do`: its result is sent
+    back, or its exception raised where the step yielded it (so the steps handle a
+    failed model call as if they had made it)."""
+    reply: Any = None
+    failed: BaseException | None = None
+    while True:
+        try:
+            effect = steps.throw(failed) if failed is not None else steps.send(reply)
+        except StopIteration as done:
+            return str(done.value)
+        reply, failed = None, None
+        try:
+            reply = do(effect)
+        except BaseException as exc:  # Ctrl-C too: the steps let it through
+            failed = exc
 
 
 class Agent:
@@ -336,6 +381,26 @@ class Agent:
             self.store.progress(self.run_id, messages, budget.steps, budget.cost_usd)
 
     def _loop(self, messages: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard) -> str:
+        """`_steps`, with its two effects done here: the model call and the turn's calls."""
+
+        def do(effect: Effect) -> Any:
+            if isinstance(effect, ModelAsk):
+                return self.model.complete(
+                    effect.messages,
+                    effect.tools,
+                    timeout_s=effect.timeout_s,
+                    tool_choice=effect.tool_choice,
+                    offered=effect.offered,
+                )
+            return self._run_calls(effect.calls, budget, repeats, offered=effect.offered)
+
+        return drive(self._steps(messages, budget, repeats), do)
+
+    def _steps(self, messages: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard) -> Steps:
+        """The loop's decisions, without its I/O: each model call and each turn's tool
+        calls is yielded (`ModelAsk`, `CallsAsk`) and its result (or its exception) sent
+        back. A local run does them here (`_loop`); a Temporal workflow as activities,
+        so both runs decide alike. Nothing here may call the model or a tool itself."""
         steer: steering.Steer | None = None
         draft: dict[str, Any] | None = None
         """An answer sent back (for review, or because it contradicts a tool's verdict);
@@ -351,12 +416,12 @@ class Agent:
                 steer = steer or (None if draft else steering.last_step(budget, messages))
                 self.progress("thinking", {"step": budget.steps + 1})
                 tools = self._tools_now(messages)
-                turn = self.model.complete(
+                turn = yield ModelAsk(
                     again if again is not None else steering.request(messages, steer),
                     self._for_question(messages),
-                    timeout_s=min(self.limits.request_timeout_s, left),
-                    tool_choice=self._tool_choice(messages, steer, tools, draft),
-                    offered=[t["function"]["name"] for t in tools],
+                    min(self.limits.request_timeout_s, left),
+                    self._tool_choice(messages, steer, tools, draft),
+                    [t["function"]["name"] for t in tools],
                 )
                 calls = self._took(turn, budget, messages, steer, draft)
             except (RunStopped, RunError) as exc:
@@ -369,7 +434,7 @@ class Agent:
             draft = again = None
             if calls:
                 offered = {t["function"]["name"] for t in tools}
-                outcomes = self._run_calls(calls, budget, repeats, offered=offered)
+                outcomes = yield CallsAsk(calls, offered)
                 self._append(messages, outcomes, budget)
                 steer = steering.after_calls(outcomes, self.policy.decides)
                 continue

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -33,12 +34,21 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     import pydantic  # noqa: F401  (the payloads' models, imported once per worker)
 
-    from agent import steering
     from agent.approval import Decision, approval_prompt
     from agent.audit import ToolCalled, TraceEvent
     from agent.binding import BoundCall
     from agent.guardrails import Budget, RepeatGuard, RunStopped
-    from agent.loop import Agent, Ready, RunResult, ToolOutcome, ToRun, _failure
+    from agent.loop import (
+        Agent,
+        Effect,
+        ModelAsk,
+        Ready,
+        RunResult,
+        Steps,
+        ToolOutcome,
+        ToRun,
+        _failure,
+    )
     from agent.model import ModelTurn
     from agent.parallel import OutOfResources
     from sandbox import CancelToken, ToolResult
@@ -229,56 +239,34 @@ class _WorkflowAgent(Agent):
     async def _aloop(
         self, messages: list[dict[str, Any]], budget: Budget, repeats: RepeatGuard
     ) -> str:
-        """`Agent._loop`, awaiting activities."""
-        steer: steering.Steer | None = None
-        draft: dict[str, Any] | None = None  # the first answer, under review
-        reviewed = False
-        while True:
-            try:
-                left = budget.before_model_call()
-            except RunStopped:
-                if draft is None:
-                    raise
-                messages.append(draft)  # the review could not be had: the draft stands
-                return str(draft.get("content") or "")
-            steer = steer or (None if draft else steering.last_step(budget, messages))
-            timeout_s = min(self.limits.request_timeout_s, left)
-            tools = self._unrestricted(self._tools_now, messages)
-            sent = steering.review(messages, draft) if draft else steering.request(messages, steer)
-            try:
-                out = await workflow.execute_activity(
-                    MODEL_ACTIVITY,
-                    ModelCallInput(
-                        messages=sent,
-                        tools=tools,
-                        timeout_s=timeout_s,
-                        tool_choice=None if draft else self._tool_choice(messages, steer, tools),
-                        model=self.limits.model,
-                    ),
-                    result_type=ModelCallOutput,
-                    **model_activity_options(self.policy, timeout_s=timeout_s),  # type: ignore[arg-type]
-                )
-            except ActivityError as exc:
-                if draft is not None:
-                    messages.append(draft)
-                    return str(draft.get("content") or "")
-                self._model_failed(budget)
-                raise _run_error(exc) from None
-            turn: ModelTurn = out.to_turn()
-            calls = self._unrestricted(self._took, turn, budget, messages, steer, draft)
-            draft = None
-            if calls:
-                offered = {t["function"]["name"] for t in tools}
-                outcomes = await self._arun_calls(calls, budget, repeats, offered)
-                self._append(messages, outcomes, budget)
-                steer = steering.after_calls(outcomes, self.policy.decides)
-                continue
-            answer = self._answer(turn)
-            if not reviewed and self._review_wanted(steer, budget, tools):
-                reviewed = True
-                draft = messages.pop()
-                continue
-            return answer
+        """`Agent._steps`, the local loop's own decisions, with its effects as activities."""
+
+        async def do(effect: Effect) -> Any:
+            if isinstance(effect, ModelAsk):
+                return await self._amodel(effect)
+            return await self._arun_calls(effect.calls, budget, repeats, effect.offered)
+
+        return await adrive(self._steps(messages, budget, repeats), do)
+
+    async def _amodel(self, ask: ModelAsk) -> ModelTurn:
+        """One model call as an activity; a failure is the `RunError` a local call raises."""
+        try:
+            out = await workflow.execute_activity(
+                MODEL_ACTIVITY,
+                ModelCallInput(
+                    messages=ask.messages,
+                    tools=ask.tools,
+                    timeout_s=ask.timeout_s,
+                    tool_choice=ask.tool_choice,
+                    model=self.limits.model,
+                ),
+                result_type=ModelCallOutput,
+                **model_activity_options(self.policy, timeout_s=ask.timeout_s),  # type: ignore[arg-type]
+            )
+        except ActivityError as exc:
+            raise _run_error(exc) from None
+        turn: ModelTurn = out.to_turn()
+        return turn
 
     async def _arun_calls(
         self,
@@ -400,6 +388,14 @@ class _WorkflowAgent(Agent):
     def _record_model_call(self, *args: Any, **kwargs: Any) -> None:
         self._unrestricted(super()._record_model_call, *args, **kwargs)
 
+    def _tools_now(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        tools: list[dict[str, Any]] = self._unrestricted(super()._tools_now, messages)
+        return tools
+
+    def _took(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        calls: list[dict[str, Any]] = self._unrestricted(super()._took, *args, **kwargs)
+        return calls
+
     def _record_tool_call(self, *args: Any, **kwargs: Any) -> None:
         self._unrestricted(super()._record_tool_call, *args, **kwargs)
 
@@ -409,6 +405,22 @@ class _WorkflowAgent(Agent):
         the sink stamps them again with the workflow's time."""
         with workflow.unsafe.sandbox_unrestricted():
             return fn(*args, **kwargs)
+
+
+async def adrive(steps: Steps, do: Callable[[Effect], Awaitable[Any]]) -> str:
+    """`agent.loop.drive`, awaiting each effect."""
+    reply: Any = None
+    failed: BaseException | None = None
+    while True:
+        try:
+            effect = steps.throw(failed) if failed is not None else steps.send(reply)
+        except StopIteration as done:
+            return str(done.value)
+        reply, failed = None, None
+        try:
+            reply = await do(effect)
+        except BaseException as exc:  # a cancellation too: the steps let it through
+            failed = exc
 
 
 def _run_error(exc: ActivityError) -> RunError:
