@@ -159,6 +159,12 @@ class ModelClient:
         self._refused: set[str] = set()
         """`tool_choice` values this server refused: not sent again (`_fallback`)."""
 
+    def refused_before(self, values: list[str]) -> None:
+        """`tool_choice` values (and `json_schema`) this server refused before, to
+        another client of the same run (a run on Temporal, whose calls move between
+        workers): not sent again, as if this client had been refused them."""
+        self._refused.update(v for v in values if v in ("required", "none", JSON_SCHEMA))
+
     def complete(
         self,
         messages: list[dict[str, Any]],

@@ -49,6 +49,7 @@ from agent.integrations.temporal_contracts import (
     WORKER_SHUTDOWN,
     ModelCallInput,
     ModelCallOutput,
+    ModelRequest,
     ToolCallInput,
     ToolCallOutput,
     lost_worker,
@@ -410,6 +411,54 @@ def test_model_calls_use_the_workers_own_key_and_models_only(shared: Shared) -> 
     assert [r["model"] for r in model.requests] == [policy.run.model, ALSO_SERVED, policy.run.model]
     assert model.headers[0]["authorization"] == f"Bearer {shared.key}"
     assert shared.key not in history and shared.key not in worker.output
+
+
+def test_model_calls_ask_as_the_runs_policy_says_and_on_the_workers_endpoint_only(
+    shared: Shared,
+) -> None:
+    """A model call asks as the run's policy says (`ModelRequest`: here the Responses
+    API, an output limit, parallel calls), not as the worker's; a tool_choice the run
+    learned was refused (maybe on another worker) is not sent; a run whose policy names
+    another endpoint ([run] base_url) is refused for good, the worker's never asked."""
+    shared.worker()
+    tools = [Registry.default().get("calculate").openai_schema]
+    hello = [{"role": "user", "content": "Hi"}]
+    own_way = ModelRequest(api="responses", max_output_tokens=7, parallel_tool_calls=True)
+    elsewhere = "http://127.0.0.1:9/v1"
+    options = model_activity_options(load_policy(None), timeout_s=30)
+    asked = ModelCalls(
+        calls=[
+            ModelCallInput(
+                messages=hello, tools=tools, timeout_s=30, tool_choice="none", request=own_way
+            ),
+            ModelCallInput(
+                messages=hello, tools=tools, timeout_s=30, tool_choice="none", refused=["none"]
+            ),
+            ModelCallInput(messages=hello, tools=[], timeout_s=30, base_url=elsewhere),
+        ],
+        queue=shared.queue,
+        start_to_close_s=options["start_to_close_timeout"].total_seconds(),
+        attempts=options["retry_policy"].maximum_attempts,
+    )
+    shared.model.play([say("One"), say("Two")])
+
+    async def body(client: Any, wf_queue: str) -> list[str]:
+        handle = await client.start_workflow(
+            TwoModelCalls.run, asked, id=f"model-{uuid.uuid4().hex}", task_queue=wf_queue
+        )
+        return await handle.result()
+
+    seen = drive(shared.server, body)
+    assert seen[:2] == ["One (5 tokens)", "Two (5 tokens)"], seen
+    assert seen[2].startswith(f"{RUN_ERROR}: "), seen
+    assert f"names the model endpoint {elsewhere} ([run] base_url)" in seen[2]
+    model = shared.model
+    assert [r.rsplit("/", 1)[-1] for r in model.routes] == ["responses", "completions"]
+    first, second = model.requests
+    assert (first["max_output_tokens"], first["parallel_tool_calls"]) == (7, True)
+    assert first["tool_choice"] == "none" and first["tools"]
+    assert "tools" not in second and "tool_choice" not in second  # "none": no tools instead
+    assert "max_tokens" not in second  # the worker's own way: its policy sets none
 
 
 def test_a_worker_killed_mid_call_retries_only_the_idempotent_call_elsewhere(

@@ -45,7 +45,7 @@ from temporal_server import (
 
 from agent.evals.scripted import suite_script
 from agent.evals.suite import load_suite
-from agent.replay import ScriptedModelServer, Step, call, say
+from agent.replay import ScriptedModelServer, Step, call, fail, say
 
 __all__ = ["temporal_server"]  # the fixture, used by name
 
@@ -61,6 +61,50 @@ SHARED = "shared"
 """The module's two workers' queue (workflows, model calls and tool calls)."""
 
 
+KEYS = "Can I still return order 12345, please?"
+KEYS_POLICY = """
+load_tools = ["tools.demo"]
+
+[defaults.settings]
+today = "2025-05-11"
+
+[tools.check_return_eligibility]
+decides = true
+
+[tools.get_order_status]
+then = ["get_current_date"]
+then_when = ["return"]
+
+[run]
+max_iterations = 8
+call_tools_first = true
+parallel_tool_calls = true
+required_as = "tool_choice"
+max_output_tokens = 77
+offer = ["get_order_status", "get_current_date", "check_return_eligibility"]
+"""
+"""A run's policy unlike its workers' (the worked example's: one call a turn, a
+required call as a schema, 512 tokens): the run's decides."""
+
+
+def keys_model(request: dict[str, Any]) -> Step:
+    """A server that refuses every tool_choice (HTTP 400 naming it); three lookups, then
+    an answer that turns the deciding tool's "No:" round, then one that agrees."""
+    if request.get("tool_choice"):
+        return fail(400, f"Unsupported tool_choice: {request['tool_choice']!r}")
+    messages = request["messages"]
+    if not request.get("tools"):  # asked for the answer, tools off
+        if "Your answer begins with" in str(messages[-1].get("content")):
+            return say("No: its return window closed on 2025-05-10.")
+        return say("Yes, you can still return it.")
+    lookups = [
+        call(("get_order_status", {"order_id": "12345"})),
+        call(("get_current_date", {})),
+        call(("check_return_eligibility", {"order_id": "12345"})),
+    ]
+    return lookups[sum(1 for m in messages if m.get("role") == "tool")]
+
+
 def _play(suite: Any) -> Any:
     """The suite's scripts by task, and this module's own tasks."""
     own = {
@@ -71,6 +115,8 @@ def _play(suite: Any) -> Any:
     def play(request: dict[str, Any]) -> Step:
         items = [m for m in request.get("messages") or [] if isinstance(m, dict)]
         user = next((m for m in items if m.get("role") == "user"), None)
+        if user and user.get("content") == KEYS:
+            return keys_model(request)
         steps = own.get(str(user.get("content"))) if user else None
         if steps is None:
             return suite(request)
@@ -336,6 +382,79 @@ def test_tool_calls_go_to_the_tool_queue_only(
     calls = [e for e in events(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
     assert len(calls) == 3 and all(e["ok"] for e in calls), calls
     assert {e["worker"].split("@")[0] for e in calls} == {str(workers.tools.pid)}
+
+
+def asked(requests: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """What each request asked of the model, less the ids that differ between runs."""
+    return [
+        (
+            r.get("tool_choice"),
+            sorted(t["function"]["name"] for t in r.get("tools") or []),
+            r.get("parallel_tool_calls", "absent"),
+            r.get("max_tokens"),
+            "response_format" in r,
+            [(m["role"], m.get("content")) for m in r["messages"]],
+        )
+        for r in requests
+    ]
+
+
+def test_the_runs_policy_keys_behave_as_in_a_local_run(
+    temporal_server: DevServer,
+    model: ScriptedModelServer,
+    workers: Workers,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The same run locally and on Temporal, under a policy unlike the workers': the
+    model is asked exactly the same things in the same order (`then`/`then_when`,
+    `call_tools_first`, `parallel_tool_calls`, `required_as`, `max_output_tokens`, the
+    `decides` steer naming the verdict, the answer that contradicts it sent back, a
+    refused tool_choice asked again without it and not sent again, whichever worker
+    makes the next call)."""
+    policy = tmp_path / "keys.toml"
+    policy.write_text(KEYS_POLICY)
+    setup = ("--policy", str(policy))
+    with ScriptedModelServer(keys_model) as here:
+        local = agent_program(
+            "run", *setup, "--trace", str(tmp_path / "local.jsonl"), KEYS,
+            env={"OPENAI_BASE_URL": here.base_url, "HOME": str(tmp_path)},
+        )  # fmt: skip
+        remote = in_process(
+            capsys, "run", "--temporal", temporal_server.address, "--task-queue", SHARED,
+            "--trace", str(tmp_path / "remote.jsonl"), *setup, KEYS,
+        )  # fmt: skip
+        done = finished(local)
+        local_requests = list(here.requests)
+    assert done.returncode == 0, done.stderr
+    assert remote.returncode == 0, remote.stderr
+    answer = "No: its return window closed on 2025-05-10.\n"
+    assert remote.stdout == done.stdout == answer
+    theirs = [r for r in model.requests if r["messages"][1]["content"] == KEYS]
+    assert asked(theirs) == asked(local_requests)
+    everything = ["check_return_eligibility", "get_current_date", "get_order_status"]
+    assert [a[:5] for a in asked(theirs)] == [
+        ("required", everything, True, 77, False),  # call_tools_first: refused,
+        (None, everything, True, 77, False),  # so asked again without it
+        (None, ["get_current_date"], True, 77, False),  # then: alone, not "required" again
+        (None, everything, True, 77, False),
+        ("none", everything, True, 77, False),  # decided: refused,
+        (None, [], "absent", 77, False),  # so asked without tools
+        (None, [], "absent", 77, False),  # the contradiction, tools off
+    ]
+    assert 'begin your answer with "No", as it does' in theirs[5]["messages"][-1]["content"]
+    assert 'Your answer begins with "Yes"' in theirs[6]["messages"][-1]["content"]
+    calls = [e for e in events(tmp_path / "remote.jsonl") if e["event"] == "model_call"]
+    mine = [e for e in events(tmp_path / "local.jsonl") if e["event"] == "model_call"]
+    seen = [(c["steered"], c["tool_choice_refused"], c["follow_ups"]) for c in calls]
+    assert seen == [(c["steered"], c["tool_choice_refused"], c["follow_ups"]) for c in mine]
+    assert seen == [
+        (None, "required", []),
+        (None, "required", ["get_current_date"]),
+        (None, None, []),
+        ("decided", "none", []),
+        ("contradiction", "none", []),
+    ]
 
 
 LOST_POLICY = """

@@ -63,6 +63,7 @@ from .temporal_contracts import (
     WORKER_SHUTDOWN,
     ModelCallInput,
     ModelCallOutput,
+    ModelRequest,
     ToolCallInput,
     ToolCallOutput,
 )
@@ -72,9 +73,26 @@ RUN_SETTINGS = frozenset({"memory_namespace", EMBEDDING})
 an argument's embedding). Every other setting (`max_read_bytes`, a tool's own) is this
 worker's policy's: whoever can start a workflow must not loosen the tool host's."""
 
-ModelFor = Callable[[str | None], ModelClient]
-"""The worker's client for a model name (None: its policy's); endpoint and key its own.
-A `SandboxedAgentError` for a model it does not serve: the call fails for good."""
+ModelFor = Callable[[str | None, ModelRequest | None], ModelClient]
+"""The worker's client for a model name (None: its policy's), asking as the run's
+policy says (None: as the worker's); endpoint and key its own. A `SandboxedAgentError`
+for a model it does not serve: the call fails for good."""
+
+
+class EndpointRefused(SandboxedAgentError):
+    """A run's policy names a model endpoint that is not this worker's."""
+
+
+def _same_endpoint(wanted: str | None, own: str | None) -> None:
+    """The run's `[run] base_url`, if it names one, must be this worker's endpoint: the
+    call goes to the worker's (with its key), never to one a run chooses."""
+    if wanted is None or wanted.rstrip("/") == (own or "").rstrip("/"):
+        return
+    raise EndpointRefused(
+        f"the run's policy names the model endpoint {safe(wanted)} ([run] base_url), and "
+        f"this worker's is {safe(own or 'the OpenAI API')}: start workers for that endpoint "
+        "(--base-url), or drop base_url from the run's policy"
+    )
 
 
 class SandboxActivities:
@@ -150,9 +168,11 @@ class SandboxActivities:
         assert self.model is not None, "this worker serves no model calls"
         self.calls += 1
         try:
-            client = self.model(call.model)
-        except SandboxedAgentError as exc:  # a model this worker does not serve
+            client = self.model(call.model, call.request)
+            _same_endpoint(call.base_url, client.base_url)
+        except SandboxedAgentError as exc:  # a model or an endpoint this worker does not serve
             raise _failure(str(exc), RUN_ERROR, non_retryable=True) from None
+        client.refused_before(call.refused)
 
         def complete() -> ModelCallOutput:
             turn = client.complete(call.messages, call.tools, call.timeout_s, call.tool_choice)

@@ -22,7 +22,7 @@ exception) are results, never retried by Temporal: the model sees them.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -118,6 +118,23 @@ class ToolCallOutput(_Payload):
         )
 
 
+class ModelRequest(_Payload):
+    """How the run's policy asks its model (`[run]`), as a local run's client would:
+    the worker makes the call so, with its own endpoint and key."""
+
+    api: Literal["chat", "responses"] = "chat"
+    max_output_tokens: int | None = Field(None, ge=1)
+    parallel_tool_calls: bool | None = None
+    required_as: Literal["tool_choice", "json_schema"] = "tool_choice"
+    request_timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+
+    @classmethod
+    def of(cls, run: Any) -> ModelRequest:
+        """From a `policies.RunPolicy`."""
+        return cls(**{name: getattr(run, name) for name in cls.model_fields})
+
+
 class ModelCallInput(_Payload):
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]]
@@ -126,6 +143,14 @@ class ModelCallInput(_Payload):
     tool_choice: str | None = None
     model: str | None = None
     """None: the worker's policy's `[run] model`. The endpoint and key are the worker's."""
+    request: ModelRequest | None = None
+    """The run's policy's way of asking; None: the worker's policy's."""
+    base_url: str | None = None
+    """The run's policy's `[run] base_url`: a worker whose endpoint is another refuses
+    the call (the endpoint is the worker's, with its key; a run may not choose it)."""
+    refused: list[str] = Field(default_factory=list)
+    """What the model's server refused earlier in the run (`ModelTurn.tool_choice_refused`),
+    maybe on another worker: not sent again, as a local run's client does not."""
 
 
 class ModelCallOutput(_Payload):

@@ -154,17 +154,20 @@ class ModelRefused(SandboxedAgentError):
 
 def _model_source(
     policy: Any, base_url: str | None, also: list[str]
-) -> Callable[[str | None], Any]:
-    """The worker's client for a model name: its policy's `[run] model` and those of
+) -> Callable[[str | None, Any], Any]:
+    """The worker's client for a model name and a run's way of asking (`ModelRequest`:
+    its policy's `[run]` api, output limit, parallel_tool_calls, required_as, timeouts;
+    None: this worker's policy's): its policy's `[run] model` and those of
     `--allow-model` only (the key is the worker's: a run must not choose what it pays
-    for); any other name raises ModelRefused."""
+    for); any other name raises ModelRefused. One client per name and way, kept: what
+    its server refused is remembered."""
     from ..runner import model_client
 
-    own = model_client(policy, base_url)  # checks now: an endpoint or a key is set
-    clients = {policy.run.model: own}
+    model_client(policy, base_url)  # checks now: an endpoint or a key is set
+    clients: dict[tuple[str, Any], Any] = {}
     served = [policy.run.model, *(m for m in also if m != policy.run.model)]
 
-    def model_for(name: str | None) -> Any:
+    def model_for(name: str | None, request: Any = None) -> Any:
         name = name or policy.run.model
         if name not in served:
             raise ModelRefused(
@@ -172,10 +175,12 @@ def _model_source(
                 f"{', '.join(served)} (its policy's [run] model and --allow-model), not "
                 f"{name}: run with one of those, or start workers with --allow-model {name}"
             )
-        if name not in clients:
-            run = policy.run.model_copy(update={"model": name})
-            clients[name] = model_client(policy.model_copy(update={"run": run}), base_url)
-        return clients[name]
+        key = (name, request)
+        if key not in clients:
+            asked = request.model_dump() if request is not None else {}
+            run = policy.run.model_copy(update={"model": name, **asked})
+            clients[key] = model_client(policy.model_copy(update={"run": run}), base_url)
+        return clients[key]
 
     return model_for
 
@@ -185,7 +190,7 @@ async def _serve(
     target: str,
     policy: Any,
     registry: Any,
-    model_for: Callable[[str | None], Any] | None,
+    model_for: Callable[[str | None, Any], Any] | None,
 ) -> int:
     from sandbox import Pool
 
@@ -249,7 +254,7 @@ async def _run(
     client: Any,
     policy: Any,
     pool: Any,
-    model_for: Callable[[str | None], Any] | None,
+    model_for: Callable[[str | None, Any], Any] | None,
 ) -> int:
     from temporalio.worker import Worker
 

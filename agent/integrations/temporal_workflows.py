@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         TOOL_ACTIVITY,
         ModelCallInput,
         ModelCallOutput,
+        ModelRequest,
         ToolCallInput,
         ToolCallOutput,
         lost_worker,
@@ -196,11 +197,13 @@ class _WorkflowAgent(Agent):
         self.call_settings = dict(plan.call_settings)
         self.run_id = workflow.info().workflow_id
         self._interrupted = False
+        self._answered_from: str | None = None
         self._cancel = CancelToken()
         self._answered: set[str] = set()  # the tools that answered (`[tools] after`)
         self._called: set[str] = set()  # the tools that ran (`[tools] then`)
         self._asked_next: list[str] = []
         self._waited = 0.0
+        self._refused: set[str] = set()  # what the model's server refused in this run
         offer = self.limits.offer
         self.tools = [s.openai_schema for s in registry if offer is None or s.name in offer]
         self._offered = sorted(t["function"]["name"] for t in self.tools)
@@ -219,6 +222,7 @@ class _WorkflowAgent(Agent):
         try:
             answer = await self._aloop(messages, budget, repeats)
             result = RunResult(answer, "answer", "answered", budget.steps, budget.cost_usd)
+            result.answered_from = self._answered_from
         except (RunStopped, OutOfResources, RunError) as exc:
             result = self._stopped(exc, budget, messages)
         except asyncio.CancelledError:
@@ -259,6 +263,9 @@ class _WorkflowAgent(Agent):
                     timeout_s=ask.timeout_s,
                     tool_choice=ask.tool_choice,
                     model=self.limits.model,
+                    request=ModelRequest.of(self.limits),
+                    base_url=self.limits.base_url,
+                    refused=sorted(self._refused),
                 ),
                 result_type=ModelCallOutput,
                 **model_activity_options(self.policy, timeout_s=ask.timeout_s),  # type: ignore[arg-type]
@@ -266,6 +273,8 @@ class _WorkflowAgent(Agent):
         except ActivityError as exc:
             raise _run_error(exc) from None
         turn: ModelTurn = out.to_turn()
+        if turn.tool_choice_refused:
+            self._refused.add(turn.tool_choice_refused)
         return turn
 
     async def _arun_calls(
