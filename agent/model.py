@@ -163,7 +163,8 @@ class ModelClient:
         """`tool_choice` values (and `json_schema`) this server refused before, to
         another client of the same run (a run on Temporal, whose calls move between
         workers): not sent again, as if this client had been refused them."""
-        self._refused.update(v for v in values if v in ("required", "none", JSON_SCHEMA))
+        known = ("required", "none", JSON_SCHEMA, ALLOWED_TOOLS)
+        self._refused.update(v for v in values if v in known)
 
     def complete(
         self,

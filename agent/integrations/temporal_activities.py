@@ -175,7 +175,9 @@ class SandboxActivities:
         client.refused_before(call.refused)
 
         def complete() -> ModelCallOutput:
-            turn = client.complete(call.messages, call.tools, call.timeout_s, call.tool_choice)
+            turn = client.complete(
+                call.messages, call.tools, call.timeout_s, call.tool_choice, call.offered
+            )
             return ModelCallOutput.from_turn(turn)
 
         async with _heartbeating(activity.info().heartbeat_timeout):

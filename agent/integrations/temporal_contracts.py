@@ -126,6 +126,7 @@ class ModelRequest(_Payload):
     max_output_tokens: int | None = Field(None, ge=1)
     parallel_tool_calls: bool | None = None
     required_as: Literal["tool_choice", "json_schema"] = "tool_choice"
+    tools_sent: Literal["offered", "all"] = "offered"
     request_timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0, le=10)
 
@@ -141,6 +142,8 @@ class ModelCallInput(_Payload):
     timeout_s: float = Field(gt=0)
     """What is left of the run's budget for this call (the client's own retries fit)."""
     tool_choice: str | None = None
+    offered: list[str] | None = None
+    """The names of `tools` this call may call (None: all of them)."""
     model: str | None = None
     """None: the worker's policy's `[run] model`. The endpoint and key are the worker's."""
     request: ModelRequest | None = None
@@ -173,6 +176,7 @@ class ModelCallOutput(_Payload):
             usage={
                 "input_tokens": turn.usage.input_tokens,
                 "output_tokens": turn.usage.output_tokens,
+                "cached_tokens": turn.usage.cached_tokens,
             },
             latency_s=turn.latency_s,
             model=turn.model,

@@ -262,6 +262,7 @@ class _WorkflowAgent(Agent):
                     tools=ask.tools,
                     timeout_s=ask.timeout_s,
                     tool_choice=ask.tool_choice,
+                    offered=ask.offered,
                     model=self.limits.model,
                     request=ModelRequest.of(self.limits),
                     base_url=self.limits.base_url,
