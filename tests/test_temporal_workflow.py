@@ -89,13 +89,13 @@ required call as a schema, 512 tokens): the run's decides."""
 
 def keys_model(request: dict[str, Any]) -> Step:
     """A server that refuses every tool_choice (HTTP 400 naming it); three lookups, then
-    an answer that turns the deciding tool's "No:" round, then one that agrees."""
+    an answer that turns the deciding tool's "No:" round, and again when told so."""
     if request.get("tool_choice"):
         return fail(400, f"Unsupported tool_choice: {request['tool_choice']!r}")
     messages = request["messages"]
     if not request.get("tools"):  # asked for the answer, tools off
         if "Your answer begins with" in str(messages[-1].get("content")):
-            return say("No: its return window closed on 2025-05-10.")
+            return say("Sure, it can still go back.")
         return say("Yes, you can still return it.")
     lookups = [
         call(("get_order_status", {"order_id": "12345"})),
@@ -409,9 +409,9 @@ def test_the_runs_policy_keys_behave_as_in_a_local_run(
     """The same run locally and on Temporal, under a policy unlike the workers': the
     model is asked exactly the same things in the same order (`then`/`then_when`,
     `call_tools_first`, `parallel_tool_calls`, `required_as`, `max_output_tokens`, the
-    `decides` steer naming the verdict, the answer that contradicts it sent back, a
-    refused tool_choice asked again without it and not sent again, whichever worker
-    makes the next call)."""
+    `decides` steer naming the verdict, the answer that contradicts it sent back and,
+    turned round again, replaced by the tool's own result, a refused tool_choice asked
+    again without it and not sent again, whichever worker makes the next call)."""
     policy = tmp_path / "keys.toml"
     policy.write_text(KEYS_POLICY)
     setup = ("--policy", str(policy))
@@ -428,8 +428,10 @@ def test_the_runs_policy_keys_behave_as_in_a_local_run(
         local_requests = list(here.requests)
     assert done.returncode == 0, done.stderr
     assert remote.returncode == 0, remote.stderr
-    answer = "No: its return window closed on 2025-05-10.\n"
-    assert remote.stdout == done.stdout == answer
+    assert remote.stdout == done.stdout
+    # Turned round twice: the answer is the deciding tool's own result, marked so.
+    assert remote.stdout.startswith("No: order 12345 can no longer be returned")
+    assert "check_return_eligibility's own result" in remote.stdout
     theirs = [r for r in model.requests if r["messages"][1]["content"] == KEYS]
     assert asked(theirs) == asked(local_requests)
     everything = ["check_return_eligibility", "get_current_date", "get_order_status"]
@@ -448,6 +450,8 @@ def test_the_runs_policy_keys_behave_as_in_a_local_run(
     mine = [e for e in events(tmp_path / "local.jsonl") if e["event"] == "model_call"]
     seen = [(c["steered"], c["tool_choice_refused"], c["follow_ups"]) for c in calls]
     assert seen == [(c["steered"], c["tool_choice_refused"], c["follow_ups"]) for c in mine]
+    ends = [e for e in events(tmp_path / "remote.jsonl") if e["event"] == "run_ended"]
+    assert ends[0]["answered_from"] == "check_return_eligibility"
     assert seen == [
         (None, "required", []),
         (None, "required", ["get_current_date"]),
