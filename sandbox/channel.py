@@ -14,7 +14,6 @@ import time
 
 _HEADER = struct.Struct("!I")
 # Plain ints: or-ing the enum flags on every call cost more than the recv itself.
-_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 _NOW = int(socket.MSG_DONTWAIT)
 
 
@@ -38,23 +37,29 @@ def send_frame(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(_HEADER.pack(len(payload)) + payload)
 
 
-def recv_frame_blocking(sock: socket.socket) -> bytes | None:
-    """Worker side: wait as long as it takes; None when the orchestrator is gone."""
-    header = _recv_exact_blocking(sock, _HEADER.size)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    return _recv_exact_blocking(sock, size)
+class BlockingReader:
+    """Worker side: frames from the orchestrator, waiting as long as it takes. One
+    `recv` usually holds a whole frame, its header and body together."""
 
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
 
-def _recv_exact_blocking(sock: socket.socket, size: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(min(size - len(buf), 1 << 20))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+    def read(self) -> bytes | None:
+        """The next frame; None when the orchestrator is gone."""
+        buf = self._buf
+        need = _HEADER.size
+        while True:
+            if len(buf) >= _HEADER.size:
+                need = _HEADER.size + _HEADER.unpack_from(buf)[0]
+                if len(buf) >= need:
+                    frame = bytes(buf[_HEADER.size : need])
+                    del buf[:need]
+                    return frame
+            chunk = self._sock.recv(min(max(need - len(buf), 1 << 16), 1 << 20))
+            if not chunk:
+                return None
+            buf += chunk
 
 
 class FrameReader:
@@ -89,22 +94,11 @@ class FrameReader:
         del self._buf[:end]
         return frame
 
-    def idle(self) -> bool:
-        """Nothing has come past the last frame: no byte, no end of file. A worker
-        whose socket holds more than its answer is never given another call."""
-        if self._buf:
-            return False
-        try:
-            self._sock.recv(1, _PEEK_NOW)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return False  # a byte, or the end of file
-
     def ready(self) -> bool:
-        """`idle`, and the worker alive, in one system call: nothing readable or hung
-        up on the socket (no byte, no end of file, no error) and no exit on the pidfd."""
+        """Whether the worker may take another call, in one system call: nothing has
+        come past its last frame (no byte, no end of file, no error on the socket; a
+        worker whose socket holds more than its answer is never given another call)
+        and no exit on its pidfd."""
         return not self._buf and not self._poll.poll(0)
 
     def _fill(self, deadline: float) -> None:

@@ -100,25 +100,22 @@ def cpu_used() -> int:
     return int(usage.ru_utime + usage.ru_stime)
 
 
-def renew_rlimits(limits: Limits) -> None:
-    """A reused worker's next call: `cpu_s` more seconds from what it has used, and every
-    other soft limit back at its hard one (the previous call may have lowered it)."""
-    for which in (resource.RLIMIT_AS, resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE):
-        soft, hard = resource.getrlimit(which)
-        if soft != hard:  # most calls lower none: one system call each, not two
-            resource.setrlimit(which, (hard, hard))
+def renew_rlimits(limits: Limits) -> bool:
+    """After a reusable worker's call, for its next: every soft limit back at its hard
+    one (the call may have lowered one), and `cpu_s` more seconds of CPU from what it
+    has used. False, and nothing renewed, where the hard CPU limit would leave the next
+    call less than its full `cpu_s` and the second of grace that tells SIGXCPU from
+    SIGKILL: the worker is then retired."""
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     soft = cpu_used() + limits.cpu_s
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
+    if hard != resource.RLIM_INFINITY and soft + 1 > hard:
+        return False
+    for which in (resource.RLIMIT_AS, resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE):
+        now, most = resource.getrlimit(which)
+        if now != most:  # most calls lower none: one system call each, not two
+            resource.setrlimit(which, (most, most))
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
-
-
-def cpu_left_for_another_call(limits: Limits) -> bool:
-    """Whether the hard CPU limit leaves a next call its full `cpu_s` and the second of
-    grace that tells SIGXCPU from SIGKILL."""
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    return hard == resource.RLIM_INFINITY or cpu_used() + limits.cpu_s + 1 <= hard
+    return True
 
 
 def cap_file_size(data_left: int | None, *, for_good: bool) -> None:

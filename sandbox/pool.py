@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tools.context import ToolContext
-from tools.registry import ArgumentError, Registry
+from tools.registry import ArgumentError, Registry, ToolSpec
 
 from . import _sched, data_quota, reaper
 from .cancel import CancelToken, holding
@@ -116,13 +116,17 @@ class LimitsPolicy(Protocol):
 
 
 class DefaultLimits:
-    """Default `Limits` for every tool and no document root."""
+    """Default `Limits` for every tool and no document root (the same objects on each
+    call, as a policy's: the pool works out what a call of them sends once)."""
+
+    _limits = Limits()
+    _context = ToolContext()
 
     def limits_for(self, tool: str) -> Limits:
-        return Limits()
+        return self._limits
 
     def context_for(self, tool: str) -> ToolContext:
-        return ToolContext()
+        return self._context
 
 
 ProcessTree = Literal["auto", "pid-namespace", "subreaper"]
@@ -203,6 +207,7 @@ class Pool:
         self._busy: set[WorkerHandle] = set()
         self._lock = threading.Lock()
         self._after_call = _AfterCall()
+        self._shapes: dict[tuple[str, int, int], _Shape] = {}
         self._closed = False
         for _ in range(spares):
             self._template.request_worker()
@@ -240,16 +245,19 @@ class Pool:
         the call then raises `CallCancelled` instead of returning (`sandbox.cancel`)."""
         start = time.perf_counter()
         try:
-            call = self._prepare(tool, arguments, limits, settings)
+            shape = self._shape(tool, limits, settings)
+            call = shape.call(arguments)
         except ToolCallError as exc:
             return _failed(tool, exc, start)
         _short_slices.ensure()  # woken at once by the answer (`sandbox._sched`)
         try:
-            return self._call(call, cancel, start)
+            return self._call(call, shape, cancel, start)
         finally:
             self._replenish()
 
-    def _call(self, call: Call, cancel: CancelToken | None, start: float) -> ToolResult:
+    def _call(
+        self, call: Call, shape: _Shape, cancel: CancelToken | None, start: float
+    ) -> ToolResult:
         tool = call.tool
         with self._slots, holding(cancel, tool) as armed:
             if self._closed:
@@ -260,9 +268,8 @@ class Pool:
                 except data_quota.QuotaReached as exc:
                     return _failed(tool, DataLimit(tool, str(exc)), start)
                 call = call.model_copy(update={"data_left": left})
-            key = call.reuse_key if call.limits.reuse_worker else ""  # dumped once
             try:
-                worker = self._take(call, key)
+                worker = self._take(call, shape)
             except SandboxUnavailable as exc:
                 return _failed(tool, WorkerCrashed(tool, f"no worker available: {exc}"), start)
             try:
@@ -276,7 +283,7 @@ class Pool:
             logs = worker.read_log(LOG_CHARS)
             if keep and not self._closed:
                 with self._lock:
-                    self._warm.setdefault(key, []).append(worker)
+                    self._warm.setdefault(shape.key, []).append(worker)
             else:
                 # And what it started: nothing writes any more.
                 self._retire(worker, quick=call.data_dir is None)
@@ -344,26 +351,28 @@ class Pool:
         limits: Limits | None,
         settings: Mapping[str, Any] | None = None,
     ) -> Call:
-        try:
-            spec = self.registry.get(tool)
-        except LookupError:
-            raise UnknownTool(str(tool), self.registry.names()) from None
-        try:
-            args = spec.validate(arguments)
-        except ArgumentError as exc:
-            raise BadArguments(tool, str(exc)) from None
-        context = self.policy.context_for(tool)
+        """The `Call` `tool` with the model's `arguments` would send (BadArguments,
+        UnknownTool where it cannot)."""
+        return self._shape(tool, limits, settings).call(arguments)
+
+    def _shape(
+        self, tool: str, limits: Limits | None, settings: Mapping[str, Any] | None
+    ) -> _Shape:
+        """What every call of `tool` with these limits and the policy's context shares,
+        worked out once (`_Shape`): the policy is asked on each call, and the shape
+        made again whenever it answers with other objects, or its settings changed."""
         limits = limits or self.policy.limits_for(tool)
-        if spec.fresh and limits.reuse_worker:
-            limits = limits.model_copy(update={"reuse_worker": False})
-        return Call(
-            tool=tool,
-            args=args,
-            limits=limits,
-            root=context.root,
-            data_dir=context.data_dir,
-            settings={**context.settings, **settings} if settings else context.settings,
-        )
+        context = self.policy.context_for(tool)
+        if settings:  # the agent's per-call settings (an embedding): not kept
+            return _Shape.make(self.registry, tool, limits, context, settings)
+        cache_key = (tool, id(limits), id(context))
+        shape = self._shapes.get(cache_key)
+        if shape is None or not shape.made_of(limits, context):
+            shape = _Shape.make(self.registry, tool, limits, context, None)
+            if len(self._shapes) >= _SHAPES:
+                self._shapes.clear()  # a policy that answers with new objects each time
+            self._shapes[cache_key] = shape  # it holds both objects: no id is reused
+        return shape
 
     def _replenish(self) -> None:
         """The spares `_take` left to be made after the call (on this thread)."""
@@ -375,14 +384,14 @@ class Pool:
         if profile is not None:
             self._template.request_prepared(profile)
 
-    def _take(self, call: Call, key: str) -> WorkerHandle:
-        """A worker for `call`: a warm one that served calls of its `reuse_key` (`key`),
-        or a spare."""
+    def _take(self, call: Call, shape: _Shape) -> WorkerHandle:
+        """A worker for `call`: a warm one that served calls of its `reuse_key`
+        (`shape.key`), or a spare."""
         # A warm worker is reused for an identical call only: its Landlock rules,
         # network, root and limits were set for its first call and cannot be changed.
         while call.limits.reuse_worker:
             with self._lock:
-                idle = self._warm.get(key)
+                idle = self._warm.get(shape.key)
                 if not idle:
                     break
                 worker = idle.pop()
@@ -397,8 +406,8 @@ class Pool:
         template = self._template
         # A spare set up ahead for this call's profile (limits, root): its cgroups,
         # rlimits, jail, Landlock and seccomp are in place; else one set up at the call.
-        profile = Profile.of(call)
-        worker = template.take_prepared(profile) if profile is not None else None
+        profile = shape.profile if call.data_left is None else None
+        worker = template.take_prepared(profile, shape.pkey) if profile is not None else None
         if worker is None:
             try:
                 worker = template.take_spare(network, SPARE_TIMEOUT_S)
@@ -521,9 +530,9 @@ class Pool:
                 f"the limit is {limits.max_output_chars}"
             )
             return _error(OutputLimit(call.tool, message)), False
-        # The peek comes right after the answer: a worker that sent more is retired.
-        reusable = result.ok and limits.reuse_worker and result.reusable
-        return result, reusable and worker.reader.idle()
+        # A worker whose socket holds more than this answer (a frame a leftover wrote,
+        # now or later) is retired as the next call takes it (`FrameReader.ready`).
+        return result, result.ok and limits.reuse_worker and result.reusable
 
     def _check_memory(self, worker: WorkerHandle, call: Call, message: str) -> Result:
         """A MemoryError the kernel's numbers back is `memory_limit`; any other is the
@@ -611,6 +620,75 @@ class Pool:
             # death the call explained has already had it).
             worker.exit_report()
         worker.close()
+
+
+_SHAPES = 256
+"""Shapes kept at most; more and the cache starts again (a policy making new objects)."""
+
+
+class _Shape:
+    """One tool with one `Limits` and one policy context: its spec, the fixed part of
+    each `Call`, the `reuse_key` of its warm workers and the profile of its spares.
+    Every part of it comes from the registry and the policy, never from the model or
+    a worker: a call then costs its arguments' validation and a `Call` of them."""
+
+    __slots__ = ("context", "given", "key", "limits", "pkey", "profile", "settings", "spec", "tool")
+
+    def __init__(
+        self, spec: ToolSpec, limits: Limits, context: ToolContext, settings: dict[str, Any]
+    ) -> None:
+        self.spec = spec
+        self.tool = spec.name
+        self.given = limits
+        self.context = context
+        self.settings = settings
+        if spec.fresh and limits.reuse_worker:
+            limits = limits.model_copy(update={"reuse_worker": False})
+        self.limits = limits
+        first = self._call({})
+        self.key = first.reuse_key if limits.reuse_worker else ""
+        self.profile = Profile.of(first)
+        self.pkey = self.profile.key if self.profile is not None else ""
+
+    @classmethod
+    def make(
+        cls,
+        registry: Registry,
+        tool: str,
+        limits: Limits,
+        context: ToolContext,
+        settings: Mapping[str, Any] | None,
+    ) -> _Shape:
+        try:
+            spec = registry.get(tool)
+        except LookupError:
+            raise UnknownTool(str(tool), registry.names()) from None
+        merged = {**context.settings, **settings} if settings else dict(context.settings)
+        return cls(spec, limits, context, merged)
+
+    def made_of(self, limits: Limits, context: ToolContext) -> bool:
+        """Made of these very objects, and the context's settings unchanged since (a
+        dict: its owner may change it in place)."""
+        same = self.given is limits and self.context is context
+        return same and context.settings == self.settings
+
+    def call(self, arguments: Mapping[str, Any] | str | None) -> Call:
+        """The call of the model's `arguments`, validated (BadArguments)."""
+        try:
+            args = self.spec.validate(arguments)
+        except ArgumentError as exc:
+            raise BadArguments(self.tool, str(exc)) from None
+        return self._call(args)
+
+    def _call(self, args: dict[str, Any]) -> Call:
+        return Call(
+            tool=self.tool,
+            args=args,
+            limits=self.limits,
+            root=self.context.root,
+            data_dir=self.context.data_dir,
+            settings=self.settings,
+        )
 
 
 class _Slots:

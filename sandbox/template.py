@@ -571,9 +571,10 @@ class Template:
         with self._send_lock, contextlib.suppress(OSError):
             self._ctrl.send(spawn.model_dump_json().encode())
 
-    def take_prepared(self, profile: Profile) -> WorkerHandle | None:
-        """A live spare set up for exactly `profile`, if one is ready (never waits)."""
-        key = profile.key
+    def take_prepared(self, profile: Profile, key: str | None = None) -> WorkerHandle | None:
+        """A live spare set up for exactly `profile` (whose `key` it is, when given), if
+        one is ready (never waits)."""
+        key = profile.key if key is None else key
         while True:
             with self._prepared_lock:
                 handles = self.prepared.get(key)

@@ -20,6 +20,7 @@ import resource
 import signal
 import socket
 import stat
+import sys
 from typing import Any, NoReturn
 
 from pydantic_core import to_json
@@ -28,14 +29,13 @@ from tools.context import ToolContext, set_current
 from tools.registry import Registry
 
 from . import _jail, _landlock, _linux, _netns, _nofollow, _seccomp
-from .channel import recv_frame_blocking, send_frame
+from .channel import BlockingReader, send_frame
 from .errors import ErrorKind
 from .limits import (
     MIB,
     Limits,
     apply_rlimits,
     cap_file_size,
-    cpu_left_for_another_call,
     renew_rlimits,
 )
 from .protocol import Call, Profile, ToolError, read_again
@@ -221,8 +221,9 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         # Everything a first call would set up, done now, off the call's clock.
         prepare(setup, Call(tool="", args={}, limits=profile.limits, root=profile.root))
     first: Call | None = None
+    frames = BlockingReader(chan)
     while True:
-        frame = recv_frame_blocking(chan)
+        frame = frames.read()
         if frame is None:
             os._exit(0)
         if first is None:
@@ -232,16 +233,17 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
                 prepare(setup, call)
             elif not profile.fits(call):
                 os._exit(EXIT_SETUP_FAILED)  # never sent by the pool: its walls are not these
+            context = ToolContext(root=call.root, data_dir=call.data_dir, settings=call.settings)
         else:
             # Only a reusable worker gets here, and only an `Again`: the first call's
             # tool, limits, root, data_dir and settings, with a new id and arguments.
+            # Its rlimits were renewed by the clean-up after the call before.
             again = read_again(frame, first)
             if again is None:
                 os._exit(70)  # the orchestrator never sends this: its limits would not hold
             call = again
-            renew_rlimits(call.limits)  # a warm worker's CPU count goes on from call to call
             cap_file_size(call.data_left, for_good=False)
-        body = run(registry, call)
+        body = run(registry, call, context)
         # Cleaned up before answering, so the answer says whether this worker can serve
         # again, and nothing of this call runs while the orchestrator reads it.
         reusable = (
@@ -251,7 +253,7 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         if body is _out_of_memory.get((call.tool, call.limits.memory_mb)):
             # The orchestrator checks our memory use in /proc before it believes this
             # answer, then kills us: stay until it does.
-            recv_frame_blocking(chan)
+            frames.read()
         if not reusable:
             os._exit(0)
 
@@ -419,9 +421,9 @@ def _frame(call_id: str, reusable: bool, body: bytes) -> bytes:
     return b'{"type":"result","id":"%s","reusable":%s,%s}' % (call_id.encode(), flag, body)
 
 
-def run(registry: Registry, call: Call) -> bytes:
-    """One call → the body of its `Result` frame (all but type, id and reusable).
-    Never raises."""
+def run(registry: Registry, call: Call, context: ToolContext | None = None) -> bytes:
+    """One call → the body of its `Result` frame (all but type, id and reusable);
+    `context`: the call's own, made once for a warm worker's calls. Never raises."""
     # Built before the tool runs: once memory is exhausted there may be none to build it.
     key = (call.tool, call.limits.memory_mb)
     out_of_memory = _out_of_memory.get(key)
@@ -433,7 +435,9 @@ def run(registry: Registry, call: Call) -> bytes:
     if os.lseek(1, 0, os.SEEK_END):
         os.ftruncate(1, 0)  # the log holds this call's output only
     try:
-        set_current(ToolContext(root=call.root, data_dir=call.data_dir, settings=call.settings))
+        if context is None:
+            context = ToolContext(root=call.root, data_dir=call.data_dir, settings=call.settings)
+        set_current(context)
         spec = registry.get(call.tool)
         value = spec.func(**spec.bind(call.args))
         if inspect.iscoroutine(value):
@@ -523,8 +527,6 @@ def _failure(kind: ErrorKind, message: str) -> bytes:
 
 
 def _flush_std() -> None:
-    import sys
-
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -580,7 +582,8 @@ def _nproc(setup: WorkerSetup, limits: Limits) -> int | None:
 
 def _clean_up(setup: WorkerSetup, limits: Limits) -> bool:
     """After a reusable worker's call: no process or thread of the call left, an empty
-    workdir to start the next one in. False: something stayed, retire this worker."""
+    workdir to start the next one in, and its rlimits renewed for it (`renew_rlimits`).
+    False: something stayed, or too little CPU is left; retire this worker."""
     while _has_children():
         _kill_descendants(setup)
         try:
@@ -593,7 +596,7 @@ def _clean_up(setup: WorkerSetup, limits: Limits) -> bool:
         empty_directory(setup.workdir, enter=True)
     except (OSError, RecursionError):
         return False
-    return cpu_left_for_another_call(limits)
+    return renew_rlimits(limits)
 
 
 def _has_children() -> bool:
@@ -608,13 +611,25 @@ def _has_children() -> bool:
     return True
 
 
+_THREADS = 17
+"""num_threads, the 20th field of /proc/self/stat, counted from the state after `(comm)`."""
+
+
 def _single_threaded() -> bool:
+    """Whether this process has one thread left, native ones too: the count in
+    /proc/self/stat (three system calls; a listing of /proc/self/task took five)."""
     try:
-        return len(os.listdir("/proc/self/task")) == 1  # native threads too
+        fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         import threading
 
         return threading.active_count() == 1
+    try:
+        return os.read(fd, 4096).rpartition(b")")[2].split()[_THREADS] == b"1"
+    except (OSError, IndexError):
+        return False
+    finally:
+        os.close(fd)
 
 
 def empty_directory(path: str, enter: bool = False) -> None:

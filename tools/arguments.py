@@ -82,7 +82,14 @@ def _check(value: Any, depth: int = 0) -> None:
     as in parsed text."""
     if depth > 200:
         raise ArgumentError("arguments are nested too deeply (more than 200 levels)")
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is int or kind is bool or value is None:
+        return  # the commonest values first: an ABC's isinstance is slow
+    if kind is dict:
+        for key, item in value.items():
+            _check(key, depth + 1)
+            _check(item, depth + 1)
+    elif isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:

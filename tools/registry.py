@@ -22,7 +22,7 @@ import importlib.util
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -57,6 +57,8 @@ class ToolSpec:
     fresh: bool = False
     """Every call gets a fresh worker, whatever the policy's `trusted` says: the tool
     runs code it did not write (`run_python`), so no worker of it may serve again."""
+    _check: Callable[..., Any] = field(init=False, repr=False, compare=False)
+    _dump: Callable[..., Any] = field(init=False, repr=False, compare=False)
 
     @property
     def openai_schema(self) -> dict[str, Any]:
@@ -71,6 +73,12 @@ class ToolSpec:
             },
         }
 
+    def __post_init__(self) -> None:
+        # The model's own validator and serializer, taken once: `model_validate` and
+        # `model_dump` around them cost four times what they do.
+        object.__setattr__(self, "_check", self.model.__pydantic_validator__.validate_python)
+        object.__setattr__(self, "_dump", self.model.__pydantic_serializer__.to_python)
+
     def validate(self, arguments: Mapping[str, Any] | str | bytes | None) -> dict[str, Any]:
         """Model's arguments (a JSON string or a mapping) → JSON-ready validated values.
         The text is read strictly (`tools.arguments`): a repeated key is an error."""
@@ -80,7 +88,8 @@ class ToolSpec:
             if name in args and args[name] is None:
                 del args[name]
         try:
-            return self.model.model_validate(args).model_dump(mode="json")
+            # = self.model.model_validate(args).model_dump(mode="json")
+            return self._dump(self._check(args), mode="json")
         except ValidationError as exc:
             raise ArgumentError(_describe(exc, self)) from None
 
