@@ -55,6 +55,7 @@ SETUP = ("--policy", str(POLICY), "--tools", "tools.demo")
 REFUND = "Refund order 12345 in full, now."
 SHIP = "Ship it."
 CRASH = "Crash it."
+TWICE = "Refund order 12345 in two parts."
 TEST_TOOLS = ("--tools", "tests/temporal_tools.py")
 DEADLINE_S = 180.0
 SHARED = "shared"
@@ -110,6 +111,11 @@ def _play(suite: Any) -> Any:
     own = {
         SHIP: [call(("step_once", {})), say("It shipped.")],
         CRASH: [call(("crash_binding", {"word": {"text": "a"}})), say("It never gets here.")],
+        TWICE: [
+            call(("issue_refund", {"order_id": "12345", "amount": 10.0})),
+            call(("issue_refund", {"order_id": "12345", "amount": 20.0})),
+            say("Both parts are refunded."),
+        ],
     }
 
     def play(request: dict[str, Any]) -> Step:
@@ -272,7 +278,7 @@ class Follower:
         assert self._asked.wait(DEADLINE_S), "".join(self.lines)
         line = next((x for x in self.lines if x.strip().startswith("sandboxed-agent approve")), "")
         assert line, f"the run ended without asking:\n{''.join(self.lines)}"
-        return line.split()[1:-1]  # less the program's name and "[--deny]"
+        return line.split()[1:-1]  # less the program's name and "[--deny|--always]"
 
     def finish(self) -> tuple[int, str]:
         if self.done is None:
@@ -529,6 +535,34 @@ def test_a_lost_call_and_the_worker_that_asked_gone_approval_by_signal(
     assert calls[0]["worker"].startswith(f"{survivor.pid}@")
 
 
+def test_approval_always_by_signal_covers_the_tools_later_calls_in_the_run(
+    temporal_server: DevServer,
+    workers: Workers,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`approve --always` is the terminal's `[a]lways`: yes to the call it names (by its
+    hash) and to every later call of that tool in the run, which no longer waits."""
+    run = Follower(temporal_server, SHARED, TWICE, tmp_path / "trace.jsonl", setup=())
+    try:
+        command = run.approve_command()
+        both = in_process(capsys, *command, "--always", "--deny")
+        assert both.returncode == 2 and "not with --deny" in both.stderr, both.stderr
+        done = in_process(capsys, *command, "--always")
+        assert done.returncode == 0, done.stderr
+        status, out = run.finish()
+    finally:
+        run.close()
+    assert status == 0 and out.strip() == "Both parts are refunded.", "".join(run.lines)
+    assert sum("waits for a person's decision" in line for line in run.lines) == 1
+    calls = [e for e in events(tmp_path / "trace.jsonl") if e["event"] == "tool_call"]
+    assert [(e["approval"], e["output"]) for e in calls] == [
+        ("approved_always", "Refunded 10.00 USD for order 12345"),
+        ("approved_always", "Refunded 20.00 USD for order 12345"),
+    ]
+    assert all(e["approved_sha256"] == e["arguments_sha256"] for e in calls)
+
+
 def test_an_exception_in_the_workflow_fails_the_run_in_one_line(
     temporal_server: DevServer, workers: Workers, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -655,6 +689,25 @@ def test_the_plans_policy_answers_everything_the_loop_asks_of_a_policy() -> None
         assert plan.after(tool) == policy.after(tool)
         assert plan.idempotent(tool) == policy.idempotent(tool)
         assert plan.requires_approval(tool) == policy.requires_approval(tool)
+
+
+def test_every_run_key_the_model_client_reads_travels_with_the_model_call() -> None:
+    """A `[run]` key that changes how the model is asked (what `runner.model_client`
+    reads) must travel in `ModelRequest`: else a run on Temporal asks as its workers'
+    policy says, and the run's own key is silently ignored."""
+    import inspect
+    import re
+
+    from agent.integrations.temporal_contracts import ModelRequest
+    from agent.runner import model_client
+    from policies import RunPolicy
+
+    read = set(re.findall(r"policy\.run\.(\w+)", inspect.getsource(model_client)))
+    missing = sorted(read - {"model", "base_url"} - set(ModelRequest.model_fields))
+    assert not missing, f"ModelRequest lacks {missing}"
+    run = RunPolicy(parallel_tool_calls=False, required_as="json_schema", max_output_tokens=9)
+    wanted = {name: getattr(run, name) for name in ModelRequest.model_fields}
+    assert ModelRequest.of(run).model_dump() == wanted
 
 
 def test_the_workflow_agent_sets_up_everything_the_agent_does() -> None:

@@ -1,7 +1,7 @@
 """`run --temporal`, `approve` and `eval --temporal`: the client side of runs on Temporal.
 
     sandboxed-agent run --temporal HOST:PORT [--task-queue Q] [--tool-queue Q] "TASK"
-    sandboxed-agent approve RUN_ID CALL_ID [--deny] [--sha256 HASH] --temporal HOST:PORT
+    sandboxed-agent approve RUN_ID CALL_ID [--deny|--always] [--sha256 HASH] --temporal HOST:PORT
     sandboxed-agent eval SUITE --temporal HOST:PORT [--task-queue Q] [--tool-queue Q]
 
 `run` starts one `AgentWorkflow` and follows it to the end: the answer on stdout, a
@@ -83,6 +83,11 @@ def add_approve_parser(sub: Any) -> None:
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("call_id", metavar="CALL_ID")
     p.add_argument("--deny", action="store_true", help="say no (default: yes)")
+    p.add_argument(
+        "--always",
+        action="store_true",
+        help="yes, and to every later call of this tool in this run, without asking",
+    )
     p.add_argument(
         "--sha256",
         metavar="HASH",
@@ -240,7 +245,7 @@ def announce(run_id: str, call: PendingCall, address: str) -> None:
         f"sandboxed-agent: run {run_id} waits for a person's decision on call "
         f"{safe(call.call_id)} ({safe(call.tool)}, sha256 {call.sha256}):\n"
         f"    sandboxed-agent approve {run_id} {safe(call.call_id)} --temporal {address}"
-        " [--deny]",
+        " [--deny|--always]",
         file=sys.stderr,
         flush=True,
     )
@@ -248,6 +253,8 @@ def announce(run_id: str, call: PendingCall, address: str) -> None:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     address = target(args.temporal)
+    if args.always and args.deny:
+        raise UsageError("--always says yes to this tool for the rest of the run: not with --deny")
     if args.sha256 is not None and not _hex(args.sha256, 16):
         raise UsageError(f"--sha256 {args.sha256}: give the hash in hex, at least 16 digits")
     options = connect_options(args)
@@ -275,9 +282,12 @@ async def _approve(address: str, args: argparse.Namespace, options: dict[str, An
     if args.sha256 is not None and not call.sha256.startswith(args.sha256.lower()):
         sha256 = args.sha256.lower()  # sent as given: the run refuses it and says why
     verb = "deny" if args.deny else "approve"
+    said = "approve, for the rest of the run too," if args.always else verb
     shown = "\n".join(f"    {line}" for line in argument_lines(_args(call)))
-    print(f"{verb} {safe(call.tool)} (sha256 {sha256[:16]}):\n{shown}", file=sys.stderr)
-    decision = ApprovalSignal(call_id=call.call_id, approve=not args.deny, sha256=sha256)
+    print(f"{said} {safe(call.tool)} (sha256 {sha256[:16]}):\n{shown}", file=sys.stderr)
+    decision = ApprovalSignal(
+        call_id=call.call_id, approve=not args.deny, sha256=sha256, always=args.always
+    )
     await handle.signal(APPROVAL_SIGNAL, decision)
     return await _acknowledged(handle, call.call_id, seen, verb)
 

@@ -167,6 +167,9 @@ class ApprovalSignal(_Payload):
     """Of the call's canonical arguments (`agent.binding`), as shown by `pending`."""
     by: str = ""
     """Who decided (for the trace's approval field: `approved_signal`)."""
+    always: bool = False
+    """Yes to this call and, without asking, to every later call of its tool in the
+    run (`approved_always`), as `[a]lways` at a terminal."""
 
 
 class PendingCall(_Payload):

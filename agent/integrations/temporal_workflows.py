@@ -204,6 +204,7 @@ class _WorkflowAgent(Agent):
         self._asked_next: list[str] = []
         self._waited = 0.0
         self._refused: set[str] = set()  # what the model's server refused in this run
+        self._always: set[str] = set()  # tools a person approved for the rest of the run
         offer = self.limits.offer
         self.tools = [s.openai_schema for s in registry if offer is None or s.name in offer]
         self._offered = sorted(t["function"]["name"] for t in self.tools)
@@ -302,6 +303,8 @@ class _WorkflowAgent(Agent):
             return Decision(True, "approved_yes", call.sha256)
         if call.tool in self.plan.approve:
             return Decision(True, "approved_flag", call.sha256)
+        if call.tool in self._always:
+            return Decision(True, "approved_always", call.sha256)
         if not self.plan.ask:
             return Decision(False, "denied_no_tty", call.sha256)
         flow = self.flow
@@ -324,6 +327,9 @@ class _WorkflowAgent(Agent):
             del flow.pending[call_id]
             self._waited += workflow.time() - since
         signal = flow.decisions.pop(call_id)
+        if signal.approve and signal.always:
+            self._always.add(call.tool)
+            return Decision(True, "approved_always", signal.sha256)
         how = "approved_signal" if signal.approve else "denied_signal"
         return Decision(signal.approve, how, signal.sha256)
 
