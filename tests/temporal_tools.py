@@ -101,3 +101,24 @@ def crash_binding(word: Crashing) -> str:
         word: Anything.
     """
     return word.text
+
+
+class Slow(BaseModel):
+    text: str
+
+    @field_validator("text")
+    @classmethod
+    def slow(cls, value: str) -> str:
+        time.sleep(float(os.environ.get("SLOW_BINDING_S", "3")))  # blocks the workflow task
+        return value
+
+
+@tool
+def slow_binding(word: Slow) -> str:
+    """A tool whose argument model's validator blocks for seconds (in the workflow's
+    code, which Temporal takes for a deadlock past 2 s).
+
+    Args:
+        word: Anything.
+    """
+    return word.text

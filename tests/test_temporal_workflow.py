@@ -56,6 +56,7 @@ REFUND = "Refund order 12345 in full, now."
 SHIP = "Ship it."
 CRASH = "Crash it."
 TWICE = "Refund order 12345 in two parts."
+SLOW = "Slow it."
 TEST_TOOLS = ("--tools", "tests/temporal_tools.py")
 DEADLINE_S = 180.0
 SHARED = "shared"
@@ -111,6 +112,7 @@ def _play(suite: Any) -> Any:
     own = {
         SHIP: [call(("step_once", {})), say("It shipped.")],
         CRASH: [call(("crash_binding", {"word": {"text": "a"}})), say("It never gets here.")],
+        SLOW: [call(("slow_binding", {"word": {"text": "a"}})), say("It never gets here.")],
         TWICE: [
             call(("issue_refund", {"order_id": "12345", "amount": 10.0})),
             call(("issue_refund", {"order_id": "12345", "amount": 20.0})),
@@ -591,6 +593,31 @@ def test_an_exception_in_the_workflow_fails_the_run_in_one_line(
         return failed.workflow_execution_failed_event_attributes.failure.stack_trace
 
     assert "crash_binding crashed" in ask_server(temporal_server, stack_trace)  # as it says
+
+
+def test_a_workflow_task_that_blocks_every_time_ends_the_run_in_one_line(
+    temporal_server: DevServer, workers: Workers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tool whose argument validator sleeps 3 s blocks the workflow's code past
+    Temporal's 2 s: the workflow task fails as a deadlock and is retried, and blocks
+    again, for ever. The followed run is ended (terminated) once its retry blocked too,
+    in one line, exit 1, rather than `run --temporal` waiting on it."""
+    from agent.cli import main
+
+    status = main(["run", "--temporal", temporal_server.address, "--task-queue", SHARED,
+                   "--tools", str(ROOT / "tests" / "temporal_tools.py"), SLOW])  # fmt: skip
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert status == 1 and out == "", err
+    assert len(lines) == 2 and lines[0].startswith("sandboxed-agent: run "), lines
+    assert "failed and was ended: its workflow task blocked a worker for more than 2 s" in lines[1]
+    assert "TMPRL1101" in lines[1], lines
+    run_id = lines[0].split()[2]
+
+    async def status_of(client: Any) -> str:
+        return (await client.get_workflow_handle(run_id).describe()).status.name
+
+    assert ask_server(temporal_server, status_of) == "TERMINATED"
 
 
 def test_a_model_the_workers_do_not_serve_is_refused_in_one_line(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -52,6 +53,17 @@ UNREACHABLE_S = 120.0
 """How long `run` keeps following a run while the server cannot be reached."""
 ACK_WAIT_S = 30.0
 """How long `approve` waits to hear the run took (or refused) the decision."""
+QUERY_WAIT_S = 5.0
+"""How long `run` waits for a worker to answer which calls wait for a person."""
+STUCK_EVERY_S = 2.0
+"""How often a followed run is asked whether its workflow task keeps failing."""
+STUCK_ATTEMPTS = 2
+"""A workflow task that blocked its worker past Temporal's 2 s (TMPRL1101, taken for a
+deadlock) and blocked again on its retry will block on every retry: Temporal would
+retry it for ever, the run never moving. The worker has imported every tool module
+before it serves a run, so what blocks is code the run runs each time (a tool's
+argument validator that sleeps or waits)."""
+DEADLOCK = "TMPRL1101"
 
 
 class TemporalFailed(SandboxedAgentError):
@@ -208,9 +220,13 @@ async def follow(handle: Any, address: str) -> RunOutcome:
     told: set[str] = set()
     lost_since: float | None = None
     result = asyncio.ensure_future(handle.result())
+    checked = time.monotonic()
     try:
         while True:
             done, _ = await asyncio.wait({result}, timeout=FOLLOW_EVERY_S)
+            if not done and time.monotonic() - checked > STUCK_EVERY_S:
+                checked = time.monotonic()
+                await end_if_stuck(handle)
             if done:
                 try:
                     return result.result()
@@ -224,7 +240,9 @@ async def follow(handle: Any, address: str) -> RunOutcome:
                     result = asyncio.ensure_future(handle.result())
                     continue
             try:
-                pending = await handle.query(PENDING_QUERY, result_type=list[PendingCall])
+                asked = handle.query(PENDING_QUERY, result_type=list[PendingCall])
+                # A run whose workflow task is stuck answers no query: not waited for.
+                pending = await asyncio.wait_for(asked, QUERY_WAIT_S)
             except Exception:
                 continue  # no worker to answer right now: the run waits, so do we
             lost_since = None
@@ -236,6 +254,54 @@ async def follow(handle: Any, address: str) -> RunOutcome:
         raise TemporalFailed(f"run {handle.id} failed: {failure_line(exc)}") from None
     finally:
         result.cancel()
+
+
+async def outcome_of(handle: Any) -> RunOutcome:
+    """`handle.result()`, ending the run if its workflow task is stuck (`end_if_stuck`)."""
+    result = asyncio.ensure_future(handle.result())
+    try:
+        while True:
+            done, _ = await asyncio.wait({result}, timeout=STUCK_EVERY_S)
+            if done:
+                outcome: RunOutcome = result.result()
+                return outcome
+            await end_if_stuck(handle)
+    finally:
+        result.cancel()
+
+
+async def end_if_stuck(handle: Any) -> None:
+    """If the run's workflow task has blocked its worker past 2 s on `STUCK_ATTEMPTS`
+    tries in a row, end the run (terminate: no worker could make it move) and raise
+    `TemporalFailed` saying why. Anything else (a worker gone, the server away) waits."""
+    from temporalio.service import RPCError
+
+    try:
+        task = (await handle.describe()).raw_description.pending_workflow_task
+        if task.attempt < STUCK_ATTEMPTS:
+            return
+        history = await handle.fetch_history()
+    except RPCError:
+        return  # the server is away for now: asked again later
+    failures = [
+        e.workflow_task_failed_event_attributes.failure.message
+        for e in history.events
+        if e.HasField("workflow_task_failed_event_attributes")
+    ]
+    if not failures or DEADLOCK not in failures[-1]:
+        return
+    why = (
+        f"its workflow task blocked a worker for more than 2 s, {task.attempt} times in a "
+        "row, and would on every retry (Temporal takes it for a deadlock: "
+        f"{_one_line(failures[-1])}); code the run runs each time blocks (a tool module's "
+        "argument validator that sleeps or waits?)"
+    )
+    with contextlib.suppress(RPCError):
+        await handle.terminate(reason=why[:500])
+    raise TemporalFailed(
+        f"run {handle.id} failed and was ended: {safe(why)}; its history: temporal "
+        f"workflow show --workflow-id {handle.id}"
+    )
 
 
 def announce(run_id: str, call: PendingCall, address: str) -> None:

@@ -24,6 +24,7 @@ from .temporal_command import (
     connect,
     failure_line,
     new_run_id,
+    outcome_of,
     write_trace,
 )
 from .temporal_plan import RUN_WORKFLOW, RunOutcome, RunPlan
@@ -88,7 +89,7 @@ async def _run_all(
             )
             for plan in plans
         ]
-        return list(await asyncio.gather(*(h.result() for h in handles)))
+        return list(await asyncio.gather(*(outcome_of(h) for h in handles)))
     except WorkflowFailureError as exc:
         raise TemporalFailed(f"the eval's runs on {address} failed: {failure_line(exc)}") from None
     except RPCError as exc:
