@@ -91,8 +91,9 @@ class AgentWorkflow:
     """Any exception raised in the workflow's code (a bug of ours or of a tool module's,
     a non-determinism error after a change of code) fails the run, saying what it was;
     by default Temporal would fail only the workflow task and retry it for ever, with
-    `run --temporal` waiting. A worker that deadlocks or dies still only fails the task,
-    which moves to another."""
+    `run --temporal` waiting. A worker that dies still only fails the task, which
+    moves to another; code that blocks past 2 s fails it as a deadlock every time, and
+    the client that follows the run ends it (`temporal_command.end_if_stuck`)."""
 
     def __init__(self) -> None:
         self.pending: dict[str, PendingCall] = {}
