@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, field_validator
 
 from tools import tool
-from tools.context import data_dir
+from tools.context import data_dir, embedding
 
 
 def _hang_with_grandchild(marker: str) -> str:
@@ -122,3 +122,14 @@ def slow_binding(word: Slow) -> str:
         word: Anything.
     """
     return word.text
+
+
+@tool(embed="text")
+def embedded(text: str) -> str:
+    """Say how many values the agent's embedding of `text` has.
+
+    Args:
+        text: Anything to embed.
+    """
+    vector = embedding()
+    return f"{len(vector)} values" if vector else "no embedding"

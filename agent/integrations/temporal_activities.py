@@ -50,10 +50,12 @@ from tools import ArgumentError
 from tools.context import EMBEDDING
 
 from ..binding import bind
+from ..embeddings import Embedder
 from ..model import ModelClient
 from ..scrubbing import scrub
 from ..terminal import safe
 from .temporal_contracts import (
+    EMBED_ACTIVITY,
     HEARTBEAT_TIMEOUT_S,
     MODEL_ACTIVITY,
     NOT_RERUN,
@@ -61,6 +63,8 @@ from .temporal_contracts import (
     RUN_ERROR,
     TOOL_ACTIVITY,
     WORKER_SHUTDOWN,
+    EmbedInput,
+    EmbedOutput,
     ModelCallInput,
     ModelCallOutput,
     ModelRequest,
@@ -79,17 +83,22 @@ policy says (None: as the worker's); endpoint and key its own. A `SandboxedAgent
 for a model it does not serve: the call fails for good."""
 
 
+EmbedderFor = Callable[[str], Embedder]
+"""The worker's embedder for a model name (a run's `[run] embeddings_model`); endpoint
+and key its own. A `SandboxedAgentError` for a model it does not serve."""
+
+
 class EndpointRefused(SandboxedAgentError):
     """A run's policy names a model endpoint that is not this worker's."""
 
 
-def _same_endpoint(wanted: str | None, own: str | None) -> None:
-    """The run's `[run] base_url`, if it names one, must be this worker's endpoint: the
-    call goes to the worker's (with its key), never to one a run chooses."""
+def _same_endpoint(wanted: str | None, own: str | None, key: str = "base_url") -> None:
+    """The run's `[run] base_url` (or `key`), if it names one, must be this worker's
+    endpoint: the call goes to the worker's (with its key), never to one a run chooses."""
     if wanted is None or wanted.rstrip("/") == (own or "").rstrip("/"):
         return
     raise EndpointRefused(
-        f"the run's policy names the model endpoint {safe(wanted)} ([run] base_url), and "
+        f"the run's policy names the model endpoint {safe(wanted)} ([run] {key}), and "
         f"this worker's is {safe(own or 'the OpenAI API')}: start workers for that endpoint "
         "(--base-url), or drop base_url from the run's policy"
     )
@@ -104,11 +113,13 @@ class SandboxActivities:
         *,
         pool: Pool | None = None,
         model: ModelFor | None = None,
+        embedder: EmbedderFor | None = None,
         identity: str = "",
     ) -> None:
         self.policy = policy
         self.pool = pool
         self.model = model
+        self.embedder = embedder
         self.identity = identity
         self.calls = 0
         """Tool and model calls this worker has taken (for its closing line)."""
@@ -187,6 +198,24 @@ class SandboxActivities:
                 return await anyio.to_thread.run_sync(complete, abandon_on_cancel=True)
             except RunError as exc:
                 raise _failure(str(exc), RUN_ERROR, non_retryable=True) from None
+
+    @activity.defn(name=EMBED_ACTIVITY)
+    async def embed(self, call: EmbedInput) -> EmbedOutput:
+        """The vector of a tool's argument, by the worker's embeddings endpoint and key;
+        None when it could not be had (the tool falls back, as locally)."""
+        assert self.embedder is not None, "this worker serves no embeddings"
+        self.calls += 1
+        try:
+            embedder = self.embedder(call.model)
+            _same_endpoint(call.base_url, embedder.base_url, "embeddings_base_url")
+        except SandboxedAgentError as exc:  # a model or an endpoint this worker does not serve
+            raise _failure(str(exc), RUN_ERROR, non_retryable=True) from None
+
+        def embed() -> EmbedOutput:
+            vector = embedder.embed(call.text, call.timeout_s)
+            return EmbedOutput(vector=vector, error=None if vector else embedder.last_error)
+
+        return await anyio.to_thread.run_sync(embed, abandon_on_cancel=True)
 
     def _approved(self, call: ToolCallInput) -> ToolResult | dict[str, Any] | None:
         """For a tool that needs approval: `denied` unless the approval names the very

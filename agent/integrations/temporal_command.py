@@ -147,11 +147,6 @@ def plan_for(
             "--temporal: the policy's [mcp_servers] run beside a local run only; "
             "remove them or run without --temporal"
         )
-    if policy.run.embeddings_model:
-        raise UsageError(
-            "--temporal: memories embedded by a model (embeddings_model, --embeddings-model) "
-            "are not done on workers yet; run without it, or without --temporal"
-        )
     settings = {"memory_namespace": args.memory_namespace} if args.memory_namespace else {}
     return RunPlan.of(
         policy,

@@ -31,6 +31,7 @@ from sandbox.protocol import ToolError
 
 TOOL_ACTIVITY = "sandboxed_agent.tool_call"
 MODEL_ACTIVITY = "sandboxed_agent.model_call"
+EMBED_ACTIVITY = "sandboxed_agent.embed"
 DEFAULT_TASK_QUEUE = "sandboxed-agent"
 """Workflows, model calls and (unless `--tool-queue` says otherwise) tool calls."""
 DEFAULT_NAMESPACE = "default"
@@ -199,6 +200,38 @@ class ModelCallOutput(_Payload):
             text_call_repairs=self.text_call_repairs,
             tool_choice_refused=self.tool_choice_refused,
         )
+
+
+class EmbedInput(_Payload):
+    """A tool argument to embed for a call's settings (`@tool(embed=...)`), as the
+    run's `[run] embeddings_model` asks; the endpoint and key are the worker's."""
+
+    text: str
+    model: str
+    timeout_s: float = Field(gt=0)
+    base_url: str | None = None
+    """The run's `[run] embeddings_base_url`: a worker whose endpoint is another refuses."""
+
+
+class EmbedOutput(_Payload):
+    vector: list[float] | None
+    """None: not embedded (`error` says why); the tool falls back, as in a local run."""
+    error: str | None = None
+
+
+def embed_activity_options(timeout_s: float) -> dict[str, Any]:
+    """`workflow.execute_activity` keywords for one embedding taking at most
+    `timeout_s`; it has no effects, so a worker that died is replaced."""
+    from temporalio.common import RetryPolicy
+
+    return {
+        "start_to_close_timeout": timedelta(seconds=timeout_s + START_MARGIN_S),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(milliseconds=200),
+            maximum_attempts=IDEMPOTENT_ATTEMPTS,
+            non_retryable_error_types=list(NON_RETRYABLE),
+        ),
+    }
 
 
 def tool_activity_options(

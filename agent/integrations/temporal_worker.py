@@ -185,6 +185,32 @@ def _model_source(
     return model_for
 
 
+def _embedder_source(policy: Any, chat_url: str | None, also: list[str]) -> Callable[[str], Any]:
+    """The worker's embedder for a model name: its policy's `[run] embeddings_model`
+    and those of `--allow-model` only (its key: a run must not choose what it pays
+    for), at its policy's `embeddings_base_url` or else its chat endpoint, as a local
+    run's; any other name raises ModelRefused."""
+    from ..embeddings import Embedder
+
+    served = [m for m in (policy.run.embeddings_model, *also) if m]
+    endpoint = policy.run.embeddings_base_url or chat_url
+    embedders: dict[str, Any] = {}
+
+    def embedder_for(name: str) -> Any:
+        if name not in served:
+            raise ModelRefused(
+                f"this worker embeds with {', '.join(served) or 'no model'} (its policy's "
+                f"[run] embeddings_model and --allow-model), not {name}: run with one of "
+                f"those, or start workers with --allow-model {name}"
+            )
+        if name not in embedders:
+            key = os.environ.get("OPENAI_API_KEY")
+            embedders[name] = Embedder(model=name, base_url=endpoint, api_key=key)
+        return embedders[name]
+
+    return embedder_for
+
+
 async def _serve(
     args: argparse.Namespace,
     target: str,
@@ -261,11 +287,17 @@ async def _run(
     from .temporal_activities import SandboxActivities
 
     identity = f"{os.getpid()}@{socket.gethostname()}"
-    activities = SandboxActivities(policy, pool=pool, model=model_for, identity=identity)
+    embedder_for = None
+    if model_for is not None:
+        embedder_for = _embedder_source(policy, model_for(None, None).base_url, args.allow_model)
+    activities = SandboxActivities(
+        policy, pool=pool, model=model_for, embedder=embedder_for, identity=identity
+    )
     tool_queue = args.tool_queue or args.task_queue
     queues: dict[str, dict[str, Any]] = {}
     if model_for is not None:
-        queues[args.task_queue] = {**_workflows(), "activities": [activities.model_call]}
+        model_calls = [activities.model_call, activities.embed]
+        queues[args.task_queue] = {**_workflows(), "activities": model_calls}
     if pool is not None:
         queues.setdefault(tool_queue, {"workflows": [], "activities": []})
         queues[tool_queue]["activities"].append(activities.tool_call)

@@ -54,17 +54,22 @@ with workflow.unsafe.imports_passed_through():
     from sandbox import CancelToken, ToolResult
     from sandbox.errors import Denied, RunError
     from sandbox.protocol import ToolError
+    from tools.context import EMBEDDING
 
     from .temporal_contracts import (
+        EMBED_ACTIVITY,
         MODEL_ACTIVITY,
         POLICY_ERROR,
         RUN_ERROR,
         TOOL_ACTIVITY,
+        EmbedInput,
+        EmbedOutput,
         ModelCallInput,
         ModelCallOutput,
         ModelRequest,
         ToolCallInput,
         ToolCallOutput,
+        embed_activity_options,
         lost_worker,
         model_activity_options,
         tool_activity_options,
@@ -140,6 +145,10 @@ class AgentWorkflow:
         return list(self.events)
 
 
+EMBED_TIMEOUT_S = 30.0
+"""At most this long for an embedding, as a local run's `Embedder` (less if the wall
+budget has less left)."""
+
 IN_FLIGHT = (
     "This call of {tool} was in flight when its worker went away: it may already have "
     "taken effect, and running it again may repeat that."
@@ -206,6 +215,7 @@ class _WorkflowAgent(Agent):
         self._waited = 0.0
         self._refused: set[str] = set()  # what the model's server refused in this run
         self._always: set[str] = set()  # tools a person approved for the rest of the run
+        self._vectors: dict[tuple[str, str], list[float]] = {}  # embedded call arguments
         offer = self.limits.offer
         self.tools = [s.openai_schema for s in registry if offer is None or s.name in offer]
         self._offered = sorted(t["function"]["name"] for t in self.tools)
@@ -336,6 +346,7 @@ class _WorkflowAgent(Agent):
 
     async def _aexecute(self, item: ToRun, budget: Budget) -> ToolOutcome:
         """`Agent._execute`: the same limits and refusals, the call as an activity."""
+        await self._embed(item[3], budget)
         ready = self._ready(item, budget)
         if isinstance(ready, ToolOutcome):
             return ready
@@ -358,6 +369,47 @@ class _WorkflowAgent(Agent):
                 continue
             self.sink.worker_of[ready.call_id] = out.worker
             return self._executed(ready, out.to_result())
+
+    async def _embed(self, call: BoundCall | str, budget: Budget) -> None:
+        """The embedding `Agent._settings_for` adds to a call's settings (a tool's
+        `embed` argument, by `[run] embeddings_model`), made here as an activity before
+        `_ready` asks for it. Not had (the endpoint failed): the tool falls back, as
+        locally; a model or an endpoint the workers do not serve ends the run."""
+        model = self.limits.embeddings_model
+        if model is None or not isinstance(call, BoundCall):
+            return
+        spec = self.pool.registry.get(call.tool)
+        text = call.args.get(spec.embed) if spec.embed else None
+        left = budget.time_left()
+        if not isinstance(text, str) or not text.strip() or left <= 0:
+            return
+        timeout_s = min(EMBED_TIMEOUT_S, left)
+        try:
+            out = await workflow.execute_activity(
+                EMBED_ACTIVITY,
+                EmbedInput(
+                    text=text,
+                    model=model,
+                    timeout_s=timeout_s,
+                    base_url=self.limits.embeddings_base_url,
+                ),
+                result_type=EmbedOutput,
+                **embed_activity_options(timeout_s),
+            )
+        except ActivityError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.type == RUN_ERROR:
+                raise RunError(cause.message) from None
+            return
+        if out.vector:
+            self._vectors[(call.tool, call.canonical)] = out.vector
+
+    def _settings_for(self, call: BoundCall, within_s: float | None = None) -> dict[str, Any]:
+        settings = dict(self.call_settings)
+        vector = self._vectors.get((call.tool, call.canonical))
+        if vector is not None:
+            settings[EMBEDDING] = vector
+        return settings
 
     async def _tool_activity(self, ready: Ready) -> ToolCallOutput:
         bound = ready.bound
