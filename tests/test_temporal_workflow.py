@@ -723,6 +723,28 @@ def test_bad_input_is_one_line_and_exit_2(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["run", "eval", "worker"])
+def test_a_policy_with_mcp_servers_is_refused_on_temporal_in_one_line(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its servers run beside a local run: a run, an eval or a worker on Temporal with
+    such a policy is refused, naming the key, rather than running without them."""
+    from agent.cli import main
+
+    policy = tmp_path / "mcp.toml"
+    policy.write_text('[mcp_servers.files]\ncommand = ["python", "-c", "pass"]\n')
+    where = ("--temporal", "127.0.0.1:9", "--policy", str(policy))
+    argv = {
+        "run": ["run", *where, "x"],
+        "eval": ["eval", str(SUITE), *where],
+        "worker": ["worker", *where],
+    }[command]
+    assert main(argv) == 2  # in-process: refused before anything connects
+    err = capsys.readouterr().err
+    assert "the policy's [mcp_servers] (files) run beside a local run only" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
 def test_the_plans_policy_answers_everything_the_loop_asks_of_a_policy() -> None:
     """The workflow drives `agent.loop` with a `PlanPolicy`: a policy question the
     loop learns (a new `[tools] after` key) must reach the plan too, or every run on

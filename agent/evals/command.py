@@ -129,11 +129,12 @@ def _write_report(report: SuiteReport, out: Path, as_json: bool) -> int:
 
 
 def _eval_on_temporal(args: argparse.Namespace, suite: Suite, registry: Any, policy: Any) -> int:
-    from ..integrations.temporal_command import target
+    from ..integrations.temporal_command import check_served, target
     from ..integrations.temporal_connect import connect_options
     from ..integrations.temporal_eval import run_suite_temporal
 
     address = target(args.temporal)
+    check_served(policy)
     if args.scripted or args.base_url:
         raise UsageError(
             "--temporal: the model is the workers' own; start them with --base-url "

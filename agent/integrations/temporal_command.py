@@ -139,14 +139,21 @@ def new_run_id() -> str:
     return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
+def check_served(policy: Policy, what: str = "--temporal") -> None:
+    """A usage error for a policy key that runs on Temporal cannot honour (never
+    ignored in silence): `[mcp_servers]`, whose servers run beside a local run."""
+    if policy.mcp_servers:
+        names = ", ".join(sorted(policy.mcp_servers))
+        raise UsageError(
+            f"{what}: the policy's [mcp_servers] ({names}) run beside a local run only, "
+            "not on Temporal workers; remove them from the policy or run without --temporal"
+        )
+
+
 def plan_for(
     policy: Policy, registry: Any, sources: list[str], task: str, args: argparse.Namespace
 ) -> RunPlan:
-    if policy.mcp_servers:
-        raise UsageError(
-            "--temporal: the policy's [mcp_servers] run beside a local run only; "
-            "remove them or run without --temporal"
-        )
+    check_served(policy)
     settings = {"memory_namespace": args.memory_namespace} if args.memory_namespace else {}
     return RunPlan.of(
         policy,

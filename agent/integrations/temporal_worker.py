@@ -132,6 +132,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError("--serve tools makes no model calls: --allow-model does not apply")
     tools = args.serve in ("all", "tools")
     registry, policy = load_setup(args.tools, args.policy, args.isolation)
+    from .temporal_command import check_served
+
+    check_served(policy, "worker")
     from .temporal_plan import allow_sources  # the runs' workflows load these tools, no others
 
     allow_sources([*policy.load_tools, *args.tools])
