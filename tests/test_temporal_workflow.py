@@ -543,32 +543,40 @@ def test_a_lost_call_and_the_worker_that_asked_gone_approval_by_signal(
     assert calls[0]["worker"].startswith(f"{survivor.pid}@")
 
 
-def test_approval_always_by_signal_covers_the_tools_later_calls_in_the_run(
+def test_approval_always_by_signal_and_the_run_followed_again(
     temporal_server: DevServer,
     workers: Workers,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`approve --always` is the terminal's `[a]lways`: yes to the call it names (by its
-    hash) and to every later call of that tool in the run, which no longer waits."""
-    run = Follower(temporal_server, SHARED, TWICE, tmp_path / "trace.jsonl", setup=())
+    hash) and to every later call of that tool in the run, which no longer waits. The
+    `run` command is stopped while the run waits; the run goes on, and `run --resume
+    RUN_ID` follows it again to its end: its answer, exit status and trace."""
+    run = Follower(temporal_server, SHARED, TWICE, tmp_path / "first.jsonl", setup=())
     try:
         command = run.approve_command()
-        both = in_process(capsys, *command, "--always", "--deny")
-        assert both.returncode == 2 and "not with --deny" in both.stderr, both.stderr
-        done = in_process(capsys, *command, "--always")
-        assert done.returncode == 0, done.stderr
-        status, out = run.finish()
+        run_id = run.run_id()
     finally:
-        run.close()
-    assert status == 0 and out.strip() == "Both parts are refunded.", "".join(run.lines)
-    assert sum("waits for a person's decision" in line for line in run.lines) == 1
-    calls = [e for e in events(tmp_path / "trace.jsonl") if e["event"] == "tool_call"]
+        run.close()  # the `run` command stopped, the run waiting
+    both = in_process(capsys, *command, "--always", "--deny")
+    assert both.returncode == 2 and "not with --deny" in both.stderr, both.stderr
+    done = in_process(capsys, *command, "--always")
+    assert done.returncode == 0, done.stderr
+    trace = tmp_path / "trace.jsonl"
+    where = ("run", "--temporal", temporal_server.address)
+    again = in_process(capsys, *where, "--resume", run_id, "--trace", str(trace))
+    assert again.returncode == 0 and again.stdout == "Both parts are refunded.\n", again.stderr
+    assert "waits for a person's decision" not in again.stderr
+    calls = [e for e in events(trace) if e["event"] == "tool_call"]
     assert [(e["approval"], e["output"]) for e in calls] == [
         ("approved_always", "Refunded 10.00 USD for order 12345"),
         ("approved_always", "Refunded 20.00 USD for order 12345"),
     ]
     assert all(e["approved_sha256"] == e["arguments_sha256"] for e in calls)
+    unknown = in_process(capsys, *where, "--resume", "run-none")
+    assert unknown.returncode == 1 and "--resume run-none: no such run" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1, unknown.stderr
 
 
 def test_an_exception_in_the_workflow_fails_the_run_in_one_line(
@@ -708,7 +716,7 @@ def test_a_server_restart_mid_run_loses_nothing(
         (["run", "--temporal", "nowhere", "x"], "--temporal nowhere: give HOST:PORT"),
         (["approve", "run-1", "call_1"], "--temporal HOST:PORT is required"),
         (["approve", "r", "c", "--temporal", "h:1", "--sha256", "xyz"], "--sha256 xyz"),
-        (["run", "--temporal", "h:1", "--resume", "r"], "--resume: a run on Temporal"),
+        (["run", "--temporal", "h:1", "--resume", "r", "x"], "or --resume RUN_ID, not both"),
         (["eval", str(SUITE), "--temporal", "h:1", "--scripted"], "the model is the workers'"),
     ],
 )

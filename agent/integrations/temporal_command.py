@@ -169,20 +169,25 @@ def plan_for(
 
 def cmd_run_temporal(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
     address = target(args.temporal)
-    if args.resume:
-        raise UsageError("--resume: a run on Temporal is durable there and needs no resume")
-    if not args.task:
-        raise UsageError('give a task: run --temporal HOST:PORT "TASK"')
+    if bool(args.task) == bool(args.resume):
+        raise UsageError(
+            'give a task, or --resume RUN_ID, not both: run --temporal HOST:PORT "TASK" | '
+            "--resume RUN_ID"
+        )
     if args.base_url:
         raise UsageError("--base-url: with --temporal the model endpoint is the workers' own")
     check_approve(own_names(args.approve, policy), registry.names())
     check_approve(getattr(args, "offer", None) or [], registry.names(), "--offer")
     policy = with_run_overrides(policy, args)
-    plan = plan_for(policy, registry, args.tools, args.task, args)
     if args.trace:
         _check_writable(args.trace)
     options = connect_options(args)
-    outcome = asyncio.run(_run(address, args.namespace, args.task_queue, plan, options))
+    if args.resume:
+        # The run is durable on the server and goes on without us: follow it again.
+        outcome = asyncio.run(_follow_again(address, args.namespace, args.resume, options))
+    else:
+        plan = plan_for(policy, registry, args.tools, args.task, args)
+        outcome = asyncio.run(_run(address, args.namespace, args.task_queue, plan, options))
     if args.trace:
         write_trace(args.trace, outcome.events)
     result = RunResult(
@@ -209,6 +214,27 @@ async def _run(
     except RPCError as exc:
         raise TemporalFailed(f"cannot start the run on {address}: {_one_line(exc)}") from None
     print(f"sandboxed-agent: run {run_id} on {address} (queue {queue})", file=sys.stderr)
+    return await follow(handle, address)
+
+
+async def _follow_again(
+    address: str, namespace: str, run_id: str, options: dict[str, Any]
+) -> RunOutcome:
+    """`run --temporal --resume RUN_ID`: a run started earlier (its `run` command may
+    have been stopped; the run went on), followed to its end as if from its start."""
+    from temporalio.service import RPCError
+
+    client = await connect(address, namespace, options)
+    handle = client.get_workflow_handle(run_id, result_type=RunOutcome)
+    try:
+        found = await handle.describe()
+    except RPCError as exc:
+        raise TemporalFailed(
+            f"--resume {safe(run_id)}: no such run on {address} ({_one_line(exc)})"
+        ) from None
+    if found.workflow_type != RUN_WORKFLOW:
+        raise TemporalFailed(f"--resume {safe(run_id)}: {found.workflow_type} is not an agent run")
+    print(f"sandboxed-agent: run {run_id} on {address}, followed again", file=sys.stderr)
     return await follow(handle, address)
 
 
