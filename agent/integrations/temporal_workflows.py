@@ -3,10 +3,14 @@
     handle = await client.start_workflow(RUN_WORKFLOW, plan, id=run_id, task_queue=q)
     outcome = await handle.result()          # RunOutcome: the answer and the trace
 
-Each model call and each tool call is an activity (`temporal_contracts`); everything
-between them is `agent.loop`'s own code, run here on the workflow's deterministic
-clock: the budgets, the repeat guard, steering, binding and repair, truncation, the
-approval wording and the trace events. Only two things differ from a local run:
+Each model call, each tool call and each embedding is an activity
+(`temporal_contracts`); everything between them is `agent.loop`'s own code, run here
+on the workflow's deterministic clock: `Agent._steps` yields each model call and each
+turn's calls (`ModelAsk`, `CallsAsk`), and `adrive` awaits them as activities, so the
+budgets, the repeat guard, every steer, the tools offered per turn, binding and
+repair, truncation, the approval wording and the trace events are the local loop's.
+The model is asked as the run's policy says (`ModelRequest`). Only two things differ
+from a local run:
 
 - A call that needs approval waits for the `approval` signal (`ApprovalSignal`:
   call id, yes or no, and the sha256 of the canonical arguments shown by the
