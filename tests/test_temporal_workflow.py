@@ -669,7 +669,10 @@ def test_a_model_the_workers_do_not_serve_is_refused_in_one_line(
     lines = err.strip().splitlines()
     assert status == 1 and out == "", err
     assert len(lines) == 2 and lines[0].startswith("sandboxed-agent: run "), lines
-    assert "this worker serves the model " in lines[1] and "not gpt-not-served" in lines[1]
+    assert (
+        "this worker serves the models gpt-4o-mini, toy-embed " in lines[1]
+        and "not gpt-not-served" in lines[1]
+    )
     assert "--allow-model gpt-not-served" in lines[1], lines
 
 
