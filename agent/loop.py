@@ -266,11 +266,17 @@ class Agent:
         self._answered, self._called = set(), set()
         for done in record.calls:
             if done.outcome is not None:
-                self._called.add(done.tool)
                 repeats.remember(done.tool, done.arguments, done.outcome.sent)
-                if done.outcome.ok and done.outcome.ran:  # a note is ok, and ran nothing
-                    self._answered.add(done.tool)
+                if done.step < record.steps:  # the last step's: once it is screened again
+                    self._took_part(done)
         return self._drive(record.task, list(record.messages), budget, repeats, record)
+
+    def _took_part(self, done: CallRecord) -> None:
+        """A checkpointed call's part in `[tools] after` and `then`."""
+        assert done.outcome is not None
+        self._called.add(done.tool)
+        if done.outcome.ok and done.outcome.ran:  # a note is ok, and ran nothing
+            self._answered.add(done.tool)
 
     def _drive(
         self,
@@ -365,10 +371,17 @@ class Agent:
         checkpointed together, so a conversation that ends with calls has none yet."""
         last = messages[-1] if messages else {}
         calls = last.get("tool_calls") if last.get("role") == "assistant" else None
-        if not calls:
-            return
         known = {c.call_id: c for c in record.calls if c.step == record.steps}
-        self._append(messages, self._run_calls(calls, budget, repeats, known), budget)
+        # What that step offered, from what had answered before it: a call the
+        # checkpoint holds unscreened (a kill right after the turn was kept) of a
+        # tool not offered then is refused now too, never run.
+        offered = {t["function"]["name"] for t in self._tools_now(messages)} if calls else None
+        outcomes = self._run_calls(calls, budget, repeats, known, offered) if calls else []
+        for done in known.values():  # as a live run counts a turn: once it is over
+            if done.outcome is not None:
+                self._took_part(done)
+        if outcomes:
+            self._append(messages, outcomes, budget)
 
     def _append(
         self, messages: list[dict[str, Any]], outcomes: list[ToolOutcome], budget: Budget

@@ -1,0 +1,129 @@
+"""Red team: a hostile model server against what a run offers. A tool not offered at a
+step (`offer_when`, `after`, `then`; `[run] tools_sent = "all"` sends it anyway) must
+never run: not when the server ignores `tool_choice`, not on `--resume`. Against the
+scripted loopback server through the real `openai` client, with a real pool and a real
+run store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import shared
+
+from agent.approval import Approver
+from agent.audit import Trace, read_trace
+from agent.checkpoints import Outcome, RunStore
+from agent.loop import Agent
+from agent.model import ModelClient
+from agent.replay import ScriptedModelServer, say
+from policies import parse_policy
+from sandbox import Pool
+from tools import Registry
+
+POLICY = """
+[defaults.settings]
+today = "2025-05-11"
+
+[tools.get_current_date]
+offer_when = ["date", "today"]
+
+[tools.check_return_eligibility]
+after = ["get_order_status"]
+
+[run]
+model = "scripted"
+max_retries = 0
+max_iterations = 6
+tools_sent = "all"
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pool, ScriptedModelServer]]:
+    policy = parse_policy(POLICY, "offered.toml", tmp_path_factory.mktemp("offered"))
+    with (
+        Pool(policy, registry=Registry.default(), size=2) as pool,
+        ScriptedModelServer([]) as server,
+    ):
+        yield shared(pool), server
+
+
+def _call(call_id: str, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": tool, "arguments": json.dumps(args)},
+    }
+
+
+def _killed_after_the_turn(
+    store: RunStore, task: str, turn: list[dict[str, Any]], done: dict[str, str]
+) -> str:
+    """A run whose orchestrator was killed (SIGKILL, a power cut) after the model's turn
+    was checkpointed and before its calls were screened: the calls `pending`, those in
+    `done` (call id -> result) completed."""
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are a support agent."},
+        {"role": "user", "content": task},
+        {"role": "assistant", "content": None, "tool_calls": turn},
+    ]
+    run_id = store.start(task, "scripted", messages[:2])
+    rows = [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in turn]
+    store.step(run_id, messages, 1, 0.0, rows)
+    for call_id, text in done.items():
+        store.call_done(run_id, call_id, Outcome(sent=text, ok=True, ran=True))
+    return run_id
+
+
+def _resumed(
+    setup: tuple[Pool, ScriptedModelServer], store: RunStore, run_id: str, trace_path: Path
+) -> dict[str, str]:
+    """Resume the run to an answer; each tool call of the resume with its approval."""
+    pool, server = setup
+    server.play([say("Done.")])
+    model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+    trace = Trace(trace_path)
+    try:
+        agent = Agent(pool, pool.policy, model, approver=Approver(), trace=trace, store=store)  # type: ignore[arg-type]
+        assert agent.resume(store.load(run_id)).ok
+    finally:
+        trace.close()
+    return {e["tool"]: e["approval"] for e in read_trace(trace_path) if e["event"] == "tool_call"}
+
+
+def test_a_hidden_call_checkpointed_but_not_screened_is_refused_on_resume(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # The step offered no date tool (the question mentions none), the server sent one
+    # anyway; a resume must screen it as that step would have: refused, never run.
+    store = RunStore(tmp_path / "runs.db")
+    turn = [
+        _call("c_lookup", "get_order_status", {"order_id": "12345"}),
+        _call("c_hidden", "get_current_date", {}),
+    ]
+    run_id = _killed_after_the_turn(store, "Where is order 12345?", turn, {})
+    ran = _resumed(setup, store, run_id, tmp_path / "t.jsonl")
+    assert ran == {"get_order_status": "not_required", "get_current_date": "not_offered"}
+    told = [m["content"] for m in setup[1].requests[0]["messages"] if m["role"] == "tool"]
+    assert "get_current_date is offered only when the user's message asks for it" in told[1]
+
+
+def test_a_call_before_its_after_is_refused_on_resume_though_its_turn_ran_the_first(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # `after`: the tools named must have answered in an EARLIER turn. The lookup of the
+    # same turn completed before the kill; on resume it must not count for its
+    # neighbour, which a live run refuses as `not_yet`.
+    store = RunStore(tmp_path / "runs.db")
+    turn = [
+        _call("c_lookup", "get_order_status", {"order_id": "12345"}),
+        _call("c_early", "check_return_eligibility", {"order_id": "12345"}),
+    ]
+    done = {"c_lookup": '{"order_id": "12345", "status": "delivered"}'}
+    run_id = _killed_after_the_turn(store, "Can I return order 12345?", turn, done)
+    ran = _resumed(setup, store, run_id, tmp_path / "t.jsonl")
+    assert ran == {"check_return_eligibility": "not_yet"}  # the lookup: restored, not traced
