@@ -452,7 +452,9 @@ class Agent:
                 steer = steering.after_calls(outcomes, self.policy.decides)
                 continue
             answer = self._answer(turn)
-            conflict = None if checked else steering.contradiction(answer, messages)
+            conflict = (
+                None if checked else steering.contradiction(answer, messages, self.policy.decides)
+            )
             if conflict is not None and budget.steps < self.limits.max_iterations:
                 # Its answer says "yes" where a tool's verdict said "No:": once more,
                 # tools off, with that result in front of it.

@@ -128,7 +128,9 @@ def review(messages: list[dict[str, Any]], draft: dict[str, Any]) -> list[dict[s
     return [*messages, draft, {"role": "user", "content": REVIEW}]
 
 
-def contradiction(answer: str, messages: list[dict[str, Any]]) -> str | None:
+def contradiction(
+    answer: str, messages: list[dict[str, Any]], decides: Callable[[str], bool] | None = None
+) -> str | None:
     """The tool result whose verdict the answer turns round: the answer says yes ("Yes",
     "Sure", ...) and the latest tool result that opens with a verdict says "No:", or the
     answer says no ("No", "Unfortunately", or a first sentence such as "You can no
@@ -136,8 +138,8 @@ def contradiction(answer: str, messages: list[dict[str, Any]]) -> str | None:
     on 2025-05-10" behind "Yes, you can still return it". None: no verdict to go
     against, the answer agrees or says neither, or the question is asked the other way
     round from the tools' verdicts ("Is it too late to ...?": there "Yes" agrees with
-    "No:"), where a yes and a no cannot be compared."""
-    found = verdict_result(messages)
+    "No:"), where a yes and a no cannot be compared. `decides`: as `verdict_result`."""
+    found = verdict_result(messages, decides)
     said = answer_says(answer)
     if found is None or said is None or not asked_as_verdicts(latest_question(messages) or ""):
         return None
@@ -164,25 +166,40 @@ def asked_as_verdicts(question: str) -> bool:
     return not _NEGATED.search(question)
 
 
-def verdict_result(messages: list[dict[str, Any]]) -> tuple[str, str] | None:
+def verdict_result(
+    messages: list[dict[str, Any]], decides: Callable[[str], bool] | None = None
+) -> tuple[str, str] | None:
     """(tool, text) of the latest tool result since the user's question that opens
-    with a verdict ("Yes:" or "No:"); None: there is none."""
+    with a verdict ("Yes:" or "No:"), of a tool that `decides` where one has given
+    one: a document that opens "Yes:" (`read_file`) does not outvote the deciding
+    verdict, nor is the model told to begin with its word. None: there is none."""
     turns = since_question(messages)
-    for message in reversed(turns):
+    found: tuple[str, str] | None = None
+    for at in range(len(turns) - 1, -1, -1):
+        message = turns[at]
         content = message.get("content")
         if message.get("role") != "tool" or not isinstance(content, str):
             continue
         if _VERDICT.match(content):
-            return _tool_of(turns, message.get("tool_call_id")), content
-    return None
+            tool = _tool_of(turns[:at], message.get("tool_call_id"))
+            if decides is None or (tool and decides(tool)):
+                return tool, content
+            found = found or (tool, content)
+    return found
 
 
-def _tool_of(messages: list[dict[str, Any]], call_id: Any) -> str:
-    """The tool a call id was a call of, from the assistant turns; "" if none says."""
-    for message in messages:
+def _tool_of(before: list[dict[str, Any]], call_id: Any) -> str:
+    """The tool a result answers: the call of its id in the assistant turn it follows
+    (the nearest before it), never another turn's; "" if that turn has none. A server
+    that reuses an id across turns would otherwise pass a document's text for the
+    deciding tool's result (`overruled`)."""
+    for message in reversed(before):
+        if message.get("role") != "assistant" or not message.get("tool_calls"):
+            continue
         for call in message.get("tool_calls") or []:
             if isinstance(call, dict) and call.get("id") == call_id:
                 return str((call.get("function") or {}).get("name") or "")
+        return ""
     return ""
 
 
@@ -194,8 +211,8 @@ def overruled(
     not, or the verdict is another tool's (its contradiction is steered, not replaced).
     The small model answered "Yes, you can still return it ... its window closed on
     2025-05-10" again after being shown the result: the tool's words are the answer."""
-    conflict = contradiction(answer, messages)
-    found = verdict_result(messages)
+    conflict = contradiction(answer, messages, decides)
+    found = verdict_result(messages, decides)
     if conflict is None or found is None or not found[0] or not decides(found[0]):
         return None
     tool, result = found
