@@ -12,6 +12,7 @@ status instead.
 
 from __future__ import annotations
 
+import _signal
 import fcntl
 import inspect
 import json
@@ -180,13 +181,15 @@ def isolate(setup: WorkerSetup) -> None:
     if not setup.in_pid_namespace:
         # Without a namespace, orphaned grandchildren must stay findable under us.
         _linux.set_child_subreaper()
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGCHLD, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The C functions under `signal`'s: its wrappers turn every answer into an enum,
+    # Python code that copied 40 pages of the zygote's memory here (copy on write).
+    _signal.set_wakeup_fd(-1)
+    for sig in (_signal.SIGCHLD, _signal.SIGTERM):
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
     # A write past RLIMIT_FSIZE then fails with EFBIG (an exception the tool sees)
     # instead of killing the worker.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
     if setup.private_mounts:
         _linux.private_mounts(
             setup.workdir, Limits().max_disk_mb, setup.in_pid_namespace, owner=setup.uid
