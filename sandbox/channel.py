@@ -15,6 +15,7 @@ import time
 _HEADER = struct.Struct("!I")
 # Plain ints: or-ing the enum flags on every call cost more than the recv itself.
 _NOW = int(socket.MSG_DONTWAIT)
+_FD_SETSIZE = 1024
 
 
 class Deadline(Exception):
@@ -80,6 +81,8 @@ class FrameReader:
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
         self._poll.register(pidfd, select.POLLIN)
+        # `select` takes its timeout in µs, but only descriptors below FD_SETSIZE.
+        self._fine = (self._fd, pidfd) if max(self._fd, pidfd) < _FD_SETSIZE else None
 
     def read(self, deadline: float, max_size: int) -> bytes:
         while len(self._buf) < _HEADER.size:
@@ -106,14 +109,14 @@ class FrameReader:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Deadline
-            events = self._poll.poll(left * 1000)  # rounded up to the next ms
-            if not events:
+            ready = self._wait(left)
+            if not ready:
                 continue
             # Data already queued is read even when the worker has exited since.
             try:
                 size = self._sock.recv_into(self._chunk, 0, _NOW)
             except BlockingIOError:
-                if any(fd == self._pidfd for fd, _ in events):
+                if self._pidfd in ready:
                     raise PeerGone from None  # exited, and nothing left to read
                 continue
             except OSError:
@@ -122,3 +125,13 @@ class FrameReader:
                 raise PeerGone
             self._buf += self._chunk[:size]
             return
+
+    def _wait(self, left: float) -> list[int]:
+        """The descriptors readable within `left` seconds, waking at the deadline
+        itself: `poll` rounds its timeout up to the next whole ms (a deadline's kill
+        came up to 1 ms late), so it waits the whole ms in it and `select` the rest."""
+        ms = int(left * 1000)
+        if ms or self._fine is None:
+            return [fd for fd, _ in self._poll.poll(ms or 1)]
+        readable, _, _ = select.select(self._fine, (), (), left)
+        return readable
