@@ -6,6 +6,7 @@ Loaded by tests with `Registry.load(<this file>)`; they run in real workers.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -351,6 +352,14 @@ def slow_stamp(seconds: float) -> dict:
     start = time.time()
     time.sleep(seconds)
     return {"start": start, "end": time.time(), "pid": os.getpid()}
+
+
+@tool
+def show_settings() -> str:
+    """The policy's settings for this tool, as the worker sees them (JSON)."""
+    from tools.context import current
+
+    return json.dumps(current().settings, sort_keys=True)
 
 
 @tool

@@ -14,6 +14,7 @@ from sandbox import Limits, Pool
 from sandbox.limits import WARM_CPU_CALLS
 from sandbox.protocol import Again, Call, again_frame, read_again
 from tools import Registry
+from tools.context import ToolContext
 
 pytestmark = pytest.mark.attack
 
@@ -48,6 +49,39 @@ def test_a_warm_worker_serves_only_its_own_root_and_settings(warm_pool: Pool) ->
     same = warm_pool.call("echo_text", {"text": "c"}, limits=TRUSTED, settings={"k": 1})
     assert (first.output, other.output, same.output) == ("a", "b", "c")
     assert other.worker_pid != first.worker_pid == same.worker_pid
+
+
+class _Policy:
+    """A policy that answers with the same objects on every call, as a real one does."""
+
+    def __init__(self) -> None:
+        self.context = ToolContext(settings={"k": 1})
+
+    def limits_for(self, tool: str) -> Limits:
+        return TRUSTED
+
+    def context_for(self, tool: str) -> ToolContext:
+        return self.context
+
+
+def test_settings_changed_in_place_reach_the_next_call_in_another_worker(
+    registry: Registry,
+) -> None:
+    # The pool works out a call's fixed part once per tool, limits and context: a
+    # settings dict changed in place must not leave it sending the old ones, nor
+    # give the call a warm worker whose walls were set for them.
+    policy = _Policy()
+    big = "x" * (3 << 20)  # and a frame far past one read's 64 KiB, both ways
+    with Pool(policy, registry=registry, size=1) as pool:
+        first = pool.call("show_settings")
+        echoed = pool.call("echo_text", {"text": big})
+        policy.context.settings["k"] = 2
+        second = pool.call("show_settings")
+        third = pool.call("show_settings")
+    assert (first.output, second.output, third.output) == ('{"k": 1}', '{"k": 2}', '{"k": 2}')
+    assert first.worker_pid != second.worker_pid == third.worker_pid
+    assert echoed.error is not None and echoed.error.kind == "output_limit", echoed
+    assert f"{len(big)} characters" in echoed.error.message
 
 
 def test_a_trusted_tool_cannot_raise_its_limits_for_good(warm_pool: Pool) -> None:
