@@ -141,7 +141,6 @@ def _warm_fork_handlers() -> None:
     each such page is copied: threading's alone copied 127 pages per worker, 87 once
     it had run here; a child that exits at once, 238 -> 195 pages. Each is a no-op
     in a process with one thread (new locks, a new seed), so only then."""
-    import sys
     import threading
 
     if threading.active_count() != 1:
@@ -211,7 +210,7 @@ def isolate(setup: WorkerSetup) -> None:
         # Without a namespace, orphaned grandchildren must stay findable under us.
         _linux.set_child_subreaper()
     # The C functions under `signal`'s: its wrappers turn every answer into an enum,
-    # Python code that copied 40 pages of the zygote's memory here (copy on write).
+    # Python code that copied 26 more pages of the zygote's memory (copy on write).
     _signal.set_wakeup_fd(-1)
     for sig in (_signal.SIGCHLD, _signal.SIGTERM):
         _signal.signal(sig, _signal.SIG_DFL)
