@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import sys
 import time
 import uuid
@@ -338,7 +339,10 @@ def announce(run_id: str, call: PendingCall, address: str) -> None:
         f"{call.prompt.rstrip().rsplit(chr(10), 1)[0].lstrip(chr(10))}\n"
         f"sandboxed-agent: run {run_id} waits for a person's decision on call "
         f"{safe(call.call_id)} ({safe(call.tool)}, sha256 {call.sha256}):\n"
-        f"    sandboxed-agent approve {run_id} {safe(call.call_id)} --temporal {address}"
+        # The id is the model's: quoted, so that the line pasted into a shell approves
+        # this call and runs nothing else (`;`, `$(...)` in an id).
+        f"    sandboxed-agent approve {run_id} {shlex.quote(safe(call.call_id))} "
+        f"--temporal {address}"
         " [--deny|--always]",
         file=sys.stderr,
         flush=True,
