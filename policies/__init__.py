@@ -5,6 +5,7 @@ policy = load_policy("policy.toml")
 """
 
 from .loader import DEFAULT_POLICY as DEFAULT_POLICY
+from .loader import check_registry as check_registry
 from .loader import check_tools as check_tools
 from .loader import load_policy as load_policy
 from .loader import parse_policy as parse_policy
@@ -19,6 +20,7 @@ __all__ = [
     "Price",
     "RunPolicy",
     "ToolPolicy",
+    "check_registry",
     "check_tools",
     "load_policy",
     "parse_policy",

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -33,6 +33,9 @@ from .schema import (
     ToolPolicy,
     build_limits,
 )
+
+if TYPE_CHECKING:
+    from tools.registry import Registry
 
 DEFAULT_POLICY = Path(__file__).with_name("default.toml")
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -109,6 +112,22 @@ def check_tools(policy: Policy, known: list[str]) -> None:
         if name not in known:
             source = policy.source_of("run.offer") or policy.source
             raise PolicyError(f"{source}: [run] offer: {unknown_tool(name, known)}")
+
+
+def check_registry(policy: Policy, registry: Registry) -> None:
+    """What the command line checks, for tools put together in Python (the framework
+    adapters): the policy's `load_tools` are in the registry, and every `[tools.NAME]`
+    a file set names one of its tools. Otherwise a tool table, its `requires_approval`
+    with it, would silently not apply."""
+    missing = [source for source in policy.load_tools if source not in registry.sources]
+    if missing:
+        where = policy.source_of("load_tools") or policy.source
+        raise PolicyError(
+            f"{where}: load_tools: {', '.join(missing)} not loaded in the pool's registry; "
+            "load them first (for s in policy.load_tools: registry.load(s)) and give it "
+            "to the pool (Pool(policy, registry=registry))"
+        )
+    check_tools(policy, registry.names())
 
 
 def unknown_tool(name: str, known: list[str]) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies import Policy
+from policies import Policy, check_registry
 from sandbox import Limits, Pool, ToolResult
 from sandbox.errors import BadArguments, Denied, ToolCallError, UnknownTool
 from sandbox.protocol import ToolError
@@ -54,6 +54,8 @@ class Bridge:
         self.pool = pool
         self.trace = trace
         self.policy = pool.policy if isinstance(pool.policy, Policy) else None
+        if self.policy is not None:
+            check_registry(self.policy, pool.registry)
         names = list(pool.registry.names() if tools is None else tools)
         unknown = [name for name in names if name not in pool.registry]
         if unknown:
