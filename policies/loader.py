@@ -112,6 +112,42 @@ def check_tools(policy: Policy, known: list[str]) -> None:
         if name not in known:
             source = policy.source_of("run.offer") or policy.source
             raise PolicyError(f"{source}: [run] offer: {unknown_tool(name, known)}")
+    cycle = _after_cycle(policy, known)
+    if cycle:
+        own = policy.tools.get(cycle[0])
+        table = f"tools.{cycle[0]}" if own is not None and own.after is not None else "defaults"
+        source = policy.source_of(f"{table}.after") or policy.source
+        said = (
+            f"{cycle[0]} waits for itself to answer first, so it can never run"
+            if len(cycle) == 2
+            else f"{' -> '.join(cycle)}: each waits for the next to answer first, so none "
+            "of them can ever run"
+        )
+        raise PolicyError(f"{source}: [{table}] after: {said}")
+
+
+def _after_cycle(policy: Policy, known: list[str]) -> list[str]:
+    """A chain of `after` that leads back to where it started (`[defaults] after =
+    ["x"]` makes `x` wait for itself), as the tools on it; [] if there is none."""
+    done: set[str] = set()
+
+    def walk(name: str, trail: list[str]) -> list[str]:
+        if name in trail:
+            return [*trail[trail.index(name) :], name]
+        if name in done:
+            return []
+        for first in policy.after(name):
+            found = walk(first, [*trail, name])
+            if found:
+                return found
+        done.add(name)
+        return []
+
+    for name in known:
+        found = walk(name, [])
+        if found:
+            return found
+    return []
 
 
 def check_registry(policy: Policy, registry: Registry) -> None:
@@ -385,7 +421,11 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
         model = McpServerPolicy
     if err["type"] == "extra_forbidden":
         accepted = ", ".join(model.model_fields)
-        hint = _top_level_hint(key) or _did_you_mean(key, list(model.model_fields))
+        hint = (
+            _top_level_hint(key)
+            or _other_table_hint(key, model)
+            or _did_you_mean(key, list(model.model_fields))
+        )
         return f"{source}: [{table}] {key}: unknown key{hint} (accepted: {accepted})"
     if err["type"] == "missing":
         return f"{source}: [{table}] {key}: missing (a [{table}] table needs it)"
@@ -404,6 +444,16 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
             f"strings (got {got})"
         )
     return f"{source}: [{table}] {key}: {_said(err)}{_top_level_hint(key)}"
+
+
+def _other_table_hint(key: str, model: type[BaseModel]) -> str:
+    """A run's key in a tool's table, or a tool's in `[run]` (`decides`, `then` are a
+    tool's; `tools_sent`, `required_as` the run's): say where it goes."""
+    if model is RunPolicy and key in ToolPolicy.model_fields:
+        return f"; {key} is a tool's key: put it in a [tools.NAME] table (or [defaults])"
+    if model is ToolPolicy and key in RunPolicy.model_fields:
+        return f"; {key} is a key of the run: put it in the [run] table"
+    return ""
 
 
 def _said(err: Any) -> str:

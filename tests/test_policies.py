@@ -121,6 +121,44 @@ def test_a_table_for_an_unknown_tool_is_an_error_listing_the_known_ones(tmp_path
         check_tools(policy, ["calculate", "read_file"])
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[run]\ndecides = true", "[run] decides: unknown key; decides is a tool's key: put"),
+        ('[tools.calculate]\ntools_sent = "all"', "tools_sent is a key of the run: put it in"),
+        ("[defaults]\nmax_iterations = 3", "max_iterations is a key of the run"),
+    ],
+)
+def test_a_run_key_in_a_tool_table_or_a_tool_key_in_run_says_where_it_goes(
+    text: str, said: str, tmp_path: Path
+) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, "p.toml", tmp_path)
+    assert said in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            '[defaults]\nafter = ["calculate"]',
+            "p.toml: [defaults] after: calculate waits for itself to answer first",
+        ),
+        (
+            '[tools.calculate]\nafter = ["read_file"]\n[tools.read_file]\nafter = ["calculate"]',
+            "p.toml: [tools.calculate] after: calculate -> read_file -> calculate: each waits",
+        ),
+    ],
+)
+def test_after_that_leads_back_to_itself_is_an_error(text: str, said: str, tmp_path: Path) -> None:
+    # Such a tool is offered never, and a call of it is told to call itself first.
+    policy = parse_policy(text, "p.toml", tmp_path)
+    with pytest.raises(PolicyError, match=re.escape(said)):
+        check_tools(policy, ["calculate", "read_file"])
+    fine = parse_policy('[tools.calculate]\nafter = ["read_file"]', "p.toml", tmp_path)
+    check_tools(fine, ["calculate", "read_file"])
+
+
 def test_a_missing_file_is_a_policy_error() -> None:
     with pytest.raises(PolicyError, match=re.escape("policy file not found: /no/such.toml")):
         load_policy("/no/such.toml")
