@@ -235,8 +235,11 @@ def report(result: RunResult) -> int:
 
 
 def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
-    if bool(args.task) == bool(args.resume):
+    if args.task and args.resume:
         raise UsageError('give a task, or --resume RUN_ID, not both: run "TASK" | run --resume ID')
+    if not args.resume and not (args.task or "").strip():
+        said = "an empty task" if args.task is not None else "no task"
+        raise UsageError(f'{said}: run "TASK", or run --resume RUN_ID (see: sandboxed-agent runs)')
     check_approve(own_names(args.approve, policy), registry.names())
     store: RunStore | None = None
     try:

@@ -17,6 +17,7 @@ The other branches are for the developer or the operator.
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from enum import StrEnum
 
 
@@ -55,7 +56,9 @@ class UnknownTool(ToolCallError):
 
     def __init__(self, tool: str, available: list[str]) -> None:
         names = ", ".join(available) or "none"
-        super().__init__(tool, f"unknown tool {tool!r}; available tools: {names}")
+        close = get_close_matches(str(tool), available, n=1, cutoff=0.75)
+        meant = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(tool, f"unknown tool {tool!r}{meant}; available tools: {names}")
         self.available = available
 
 

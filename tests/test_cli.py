@@ -302,6 +302,8 @@ def test_read_file_refuses_a_path_that_is_not_unicode(tmp_path: Path, path: str,
         ),
         (["policy", "show", "--q"], "see: sandboxed-agent policy show --help"),
         (["doctor", "--policy", "/nonexistent-policy.toml"], "policy file not found"),
+        (["run", "--base-url", "http://127.0.0.1:9/v1"], 'no task: run "TASK", or run --resume'),
+        (["run", " ", "--base-url", "http://127.0.0.1:9/v1"], "an empty task: run"),
     ],
 )
 def test_mistakes_a_new_user_made_are_one_line_and_exit_2(args: list[str], said: str) -> None:

@@ -41,6 +41,7 @@ def test_exported_names() -> None:
         "Price",
         "RunPolicy",
         "ToolPolicy",
+        "check_registry",
         "check_tools",
         "load_policy",
         "parse_policy",
@@ -67,6 +68,12 @@ def test_a_failed_result_raises_its_typed_error() -> None:
         unknown.raise_for_error()
     slow.raise_for_error()  # ok: nothing raised
     assert issubclass(ToolTimeout, ToolCallError) and not issubclass(CpuLimit, ToolTimeout)
+
+
+def test_an_unknown_tool_names_the_one_meant() -> None:
+    said = UnknownTool("calculat", ["calculate", "read_file"]).message
+    assert said.startswith("unknown tool 'calculat' (did you mean 'calculate'?); available")
+    assert "did you mean" not in UnknownTool("weather", ["calculate"]).message
 
 
 def test_commands_that_call_no_model_do_not_import_the_openai_sdk() -> None:
