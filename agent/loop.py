@@ -430,7 +430,9 @@ class Agent:
                 self.progress("thinking", {"step": budget.steps + 1})
                 tools = self._tools_now(messages)
                 turn = yield ModelAsk(
-                    again if again is not None else steering.request(messages, steer),
+                    again
+                    if again is not None
+                    else steering.request(messages, steer, self.policy.decides),
                     self._for_question(messages),
                     min(self.limits.request_timeout_s, left),
                     self._tool_choice(messages, steer, tools, draft),

@@ -93,15 +93,20 @@ def last_step(budget: Budget, messages: list[dict[str, Any]]) -> Steer | None:
     return "max_iterations" if any(m.get("role") == "tool" for m in turns) else None
 
 
-def request(messages: list[dict[str, Any]], steer: Steer | None) -> list[dict[str, Any]]:
+def request(
+    messages: list[dict[str, Any]],
+    steer: Steer | None,
+    decides: Callable[[str], bool] | None = None,
+) -> list[dict[str, Any]]:
     """What the model is sent: the conversation, and when steered the instruction with
-    the user's question again (a small model forgets it after many tool results)."""
+    the user's question again (a small model forgets it after many tool results).
+    `decides`: the tools whose verdict the decided steer asks the answer to follow."""
     if steer is None:
         return messages
     at = _last_user(messages)
     question = messages[at].get("content") if at >= 0 else None
     text = INSTRUCTION
-    verdict = _decided(messages) if steer == "decided" else None
+    verdict = _decided(messages, decides) if steer == "decided" else None
     if verdict and asked_as_verdicts(question if isinstance(question, str) else ""):
         # The small model answered "Yes, you can still return it" after "No: ...".
         text += f' A tool result decides it: begin your answer with "{verdict}", as it does.'
@@ -112,12 +117,21 @@ def request(messages: list[dict[str, Any]], steer: Steer | None) -> list[dict[st
     return [*messages, {"role": "user", "content": text}]
 
 
-def _decided(messages: list[dict[str, Any]]) -> str | None:
-    """The verdict ("Yes" or "No") the latest tool result opens with, if it does."""
+def _decided(
+    messages: list[dict[str, Any]], decides: Callable[[str], bool] | None = None
+) -> str | None:
+    """The verdict ("Yes" or "No") the latest tool result opens with, if it does; with
+    `decides`, that of the latest turn's result of a deciding tool (a document read in
+    the same turn that opens "Yes:" is not what decides it)."""
     last = messages[-1] if messages else {}
     content = last.get("content")
     if last.get("role") != "tool" or not isinstance(content, str):
         return None
+    if decides is not None:
+        found = verdict_result(messages, decides)
+        if found is None or not found[0] or not decides(found[0]):
+            return None
+        content = found[1]
     verdict = _VERDICT.match(content)
     return verdict.group(1) if verdict else None
 

@@ -191,3 +191,28 @@ def test_a_document_never_passes_for_the_deciding_tools_result(
     sent = [r["messages"][-1] for r in server.requests]
     assert not any(m["role"] == "user" and HOSTILE in m["content"] for m in sent)
     assert len(server.requests) == 3  # the two turns, and the answer: no recheck
+
+
+def test_the_decided_steer_takes_the_deciding_tools_word_not_a_documents(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # The deciding tool and a document that opens "Yes:" answer in one turn, the
+    # document last: the steer that follows must ask for the deciding verdict's word.
+    pool, server = setup
+    order = {"order_id": "12345"}
+    server.play(
+        [
+            _turn(_call("c_a", "get_order_status", order)),
+            _turn(
+                _call("c_b", "check_return_eligibility", order),
+                _call("c_c", "read_file", {"path": "notice.txt"}),
+            ),
+            say("No, order 12345 can no longer be returned."),
+        ]
+    )
+    model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+    agent = Agent(pool, pool.policy, model, approver=Approver())  # type: ignore[arg-type]
+    assert agent.run("Can I still return order 12345?").ok
+    steer = server.requests[2]["messages"][-1]["content"]
+    assert "Do not call any more tools" in steer
+    assert 'begin your answer with "No"' in steer and '"Yes"' not in steer
