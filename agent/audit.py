@@ -65,7 +65,7 @@ class ModelCalled(Event):
     (`max_iterations`); None: an ordinary call."""
     follow_ups: list[str] = Field(default_factory=list)
     """This call was offered only these tools and had to call one (`[tools] then`: an
-    earlier result's tool calls for them)."""
+    earlier result's tool calls for them; `first_when`: the question's first call)."""
     tool_choice_refused: str | None = None
     """The server refused this `tool_choice` (HTTP 400 naming it), so the call went
     without it: "required" as the server's own choice, "none" without tools."""
@@ -163,8 +163,9 @@ class RunEnded(Event):
     cost_usd: float
     wall_s: float
     answered_from: str | None = None
-    """The answer is this tool's own result: the model's answer said the opposite of
-    the verdict of a tool that decides the question."""
+    """The answer is this tool's own result (the model's answer said the opposite of
+    the verdict of a tool that decides the question), or its reason after the model's
+    bare yes or no."""
 
 
 TraceEvent = RunStarted | ModelCalled | ToolCalled | EgressAttempt | RunEnded
@@ -273,7 +274,7 @@ def render_timeline(events: list[dict[str, Any]]) -> str:
             if e.get("answered_from"):
                 lines.append(
                     f"           answered from {safe(e['answered_from'])}'s result (the "
-                    "model's answer said the opposite)"
+                    "model's answer said the opposite, or gave no reason)"
                 )
             if e.get("answer"):
                 lines.append(f"           answer: {_one_line(e['answer'], 300)}")

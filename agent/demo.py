@@ -132,6 +132,7 @@ def run_demo(policy_path: Path = DEMO_POLICY, out: TextIO | None = None) -> int:
             api_key=os.environ.get("OPENAI_API_KEY") if live else "replay",
             max_retries=policy.run.max_retries,
             api=policy.run.api,
+            tools_sent=policy.run.tools_sent,  # a live server's prompt cache holds
         )
         with Pool(policy, registry=registry, size=2, **policy.pool_options()) as pool:
             agent = Agent(pool, policy, model, approver=Approver(), progress=show)

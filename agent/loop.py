@@ -48,7 +48,8 @@ class RunResult:
     """Its checkpoint in the run store (`run --resume RUN_ID`), when there is one."""
     answered_from: str | None = None
     """The answer is this tool's own result, not the model's: the model's answer said
-    the opposite of the verdict of a tool that `decides` (`steering.overruled`)."""
+    the opposite of the verdict of a tool that `decides`, or was that verdict's word
+    alone and has its reason added (`steering.overruled`)."""
 
     @property
     def ok(self) -> bool:
@@ -522,11 +523,21 @@ class Agent:
         ]
 
     def _follow_ups(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The tools the model is asked to call next: the `[tools] then` of the tools
-        that answered (when the question mentions their `then_when`), offered now and
-        not yet called. Offered alone, one of them required: a small model that has
-        the order otherwise answers from it, or from the tool that decides, alone."""
+        """The tools the model is asked to call next: those whose `[tools] first_when`
+        the user's message mentions, until one of them has been called; then the
+        `[tools] then` of the tools that answered (when the question mentions their
+        `then_when`), offered now and not yet called. Offered alone, one of them
+        required: a small model that has the order otherwise answers from it, or from
+        the tool that decides, alone, and one asked to look something up first read
+        the policy rather than the order."""
         asked = steering.latest_question(messages) or ""
+        firsts = [
+            t
+            for t in self._available(messages)
+            if (words := self.policy.first_when(t["function"]["name"])) and _mentions(asked, words)
+        ]
+        if firsts and not any(t["function"]["name"] in self._called for t in firsts):
+            return firsts
         wanted = {
             name
             for done in self._answered
@@ -1124,8 +1135,9 @@ def _not_asked(tool: str, words: list[str]) -> str:
 def _not_now(tool: str, first: list[str]) -> str:
     """What the model is told of a call made while it was asked to call others first."""
     return (
-        f"not run yet: the answer needs {_names(first)} first (an earlier result calls for "
-        f"them). Call {_names(first)} now; then call {tool} again if it is still needed."
+        f"not run yet: the answer needs {_names(first)} first (the question or an earlier "
+        f"result calls for them). Call {_names(first)} now; then call {tool} again if it "
+        "is still needed."
     )
 
 

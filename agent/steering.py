@@ -41,6 +41,8 @@ _NEGATED = re.compile(
 late to return it?": yes, it cannot be returned); in an answer's first sentence
 without a leading yes or no, it says no ("You can no longer return it")."""
 _SENTENCE = re.compile(r"[^.!?\n]*")
+_BARE = re.compile(r"[\W_]*\w+[\W_]*")
+"""An answer of one word (and punctuation): "No.", "**Yes**"."""
 
 INSTRUCTION = (
     "Do not call any more tools. Write your final answer for the user now, using only "
@@ -109,9 +111,15 @@ def request(
     verdict = _decided(messages, decides) if steer == "decided" else None
     if verdict and asked_as_verdicts(question if isinstance(question, str) else ""):
         # The small model answered "Yes, you can still return it" after "No: ...".
-        text += f' A tool result decides it: begin your answer with "{verdict}", as it does.'
+        text += (
+            f' A tool result decides it: begin your answer with "{verdict}", as it does, '
+            "then say why in a sentence, with the dates or amounts it gives."
+        )
     elif verdict:  # "Is it too late ...?": its "No" would read as "not too late"
-        text += " A tool result decides it: your answer must say what it says."
+        text += (
+            " A tool result decides it: your answer must say what it says, with the dates "
+            "or amounts it gives."
+        )
     if isinstance(question, str) and question.strip():
         text += f"\n\nThe question was: {question.strip()}"
     return [*messages, {"role": "user", "content": text}]
@@ -221,16 +229,33 @@ def overruled(
     answer: str, messages: list[dict[str, Any]], decides: Callable[[str], bool]
 ) -> tuple[str, str] | None:
     """When `answer` turns round the verdict of a tool that `decides` the question:
-    (that tool, the answer built from its own result, marked as such). None: it does
-    not, or the verdict is another tool's (its contradiction is steered, not replaced).
-    The small model answered "Yes, you can still return it ... its window closed on
-    2025-05-10" again after being shown the result: the tool's words are the answer."""
-    conflict = contradiction(answer, messages, decides)
+    (that tool, the answer built from its own result, marked as such); when it is that
+    verdict's word alone ("No."), the word and the result's reason. None: neither, or
+    the verdict is another tool's (its contradiction is steered, not replaced). The
+    small model answered "Yes, you can still return it ... its window closed on
+    2025-05-10" again after being shown the result, and, asked to begin with "No",
+    wrote "No." and nothing else: the tool's words are the answer, or its reason."""
     found = verdict_result(messages, decides)
-    if conflict is None or found is None or not found[0] or not decides(found[0]):
+    if found is None or not found[0] or not decides(found[0]):
         return None
     tool, result = found
-    return tool, answer_from(tool, result)
+    if contradiction(answer, messages, decides) is not None:
+        return tool, answer_from(tool, result)
+    if _BARE.fullmatch(answer or "") and answer_says(answer) is not None:
+        return tool, with_reason(answer, tool, result)
+    return None
+
+
+def with_reason(answer: str, tool: str, result: str) -> str:
+    """A bare yes or no, with the deciding result's reason after it, and a line that
+    says whose it is: "No." + "Order 12345 can no longer be returned; ..."."""
+    verdict = _VERDICT.match(result)
+    reason = result[verdict.end() :].strip() if verdict else result.strip()
+    reason = reason[:1].upper() + reason[1:]
+    return (
+        f"{answer.strip()} {reason}\n\n(The reason is {tool}'s own result: the model's "
+        "answer gave none.)"
+    )
 
 
 def answer_from(tool: str, result: str) -> str:

@@ -82,6 +82,12 @@ class ToolPolicy(BaseModel):
     """`then` only when the user's latest message mentions one of these (as
     `offer_when` reads them): the rules and the date for a question about a return,
     not for one about an order's price."""
+    first_when: list[Annotated[str, Field(min_length=1)]] | None = None
+    """Words or phrases (as `offer_when` reads them): when the user's latest message
+    mentions one, the first model call after it is offered only the tools whose
+    `first_when` it mentions, and must call one: `get_order_status` for a question
+    about an order. A small model asked to look something up first read the policy
+    instead, and so never had the order a return or refund turns on."""
     idempotent: bool | None = None
     """Running it twice does no more than once: a call in flight when a run stopped is
     re-run on resume without asking (else only with a person's approval)."""
@@ -400,6 +406,11 @@ class Policy(BaseModel):
     def then(self, tool: str) -> list[str]:
         """The tools the model is asked to call next once `tool` answered."""
         return list(self.effective(tool).then or [])
+
+    def first_when(self, tool: str) -> list[str]:
+        """What the user's message must mention for `tool` to be the first call's; []:
+        never."""
+        return list(self.effective(tool).first_when or [])
 
     def then_when(self, tool: str) -> list[str]:
         """What the user's message must mention for `then` to apply; [] always."""

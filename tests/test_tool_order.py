@@ -462,7 +462,7 @@ def test_a_tool_that_decides_steers_the_next_call_to_the_answer(
     assert [r.get("tool_choice") for r in server.requests] == [None, None, "none"]
     steer = server.requests[2]["messages"][-1]["content"]
     assert "Do not call any more tools" in steer
-    assert 'A tool result decides it: begin your answer with "No", as it does.' in steer
+    assert 'A tool result decides it: begin your answer with "No", as it does, then' in steer
     # A verdict that failed (no such order) decides nothing: the run goes on as before.
     unknown = ("check_return_eligibility", {"order_id": "99999"})
     calls = go([call(unknown), say("I could not find order 99999.")], "b.jsonl")
@@ -671,8 +671,60 @@ def test_an_answer_that_turns_a_deciding_verdict_round_is_answered_from_it(
     assert len(server.requests) == 3
     steer = server.requests[2]["messages"][-1]["content"]
     assert "your answer must say what it says" in steer and 'with "No"' not in steer
+    # Asked to begin with "No", the small model wrote "No." alone: the reason follows,
+    # the deciding result's own words, marked so.
+    script = [lookup("12345"), eligible("12345"), say("**No.**")]
+    result, (ended, verdicts) = go(script, "Can I still return order 12345?", "f.jsonl")
+    reason = verdicts[0].removeprefix("No: ")
+    assert result.answer == (
+        f"**No.** {reason[0].upper()}{reason[1:]}\n\n(The reason is "
+        "check_return_eligibility's own result: the model's answer gave none.)"
+    )
+    assert ended["answered_from"] == "check_return_eligibility"
     # An answer that agrees, or says neither yes nor no, stands as the model wrote it.
     for said in ("No, it closed on 2025-05-10.", "Its window closed on 2025-05-10."):
         script = [lookup("12345"), eligible("12345"), say(said)]
         result, (ended, _) = go(script, "Can I still return order 12345?", "e.jsonl")
         assert result.answer == said and ended["answered_from"] is None
+
+
+def test_first_when_asks_for_the_lookup_a_question_names_before_anything_else(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # Asked to look something up first, the small model read the policy instead of the
+    # order, and never had what a return or a refund turns on.
+    pool, server = setup
+    first = '\n[tools.get_order_status]\nfirst_when = ["order"]\n'
+    policy = parse_policy(POLICY + first, "first.toml", tmp_path)
+
+    def go(script: list[Step], task: str, name: str) -> list[dict[str, Any]]:
+        server.play(script)
+        model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+        trace = Trace(tmp_path / name)
+        try:
+            assert Agent(pool, policy, model, approver=Approver(), trace=trace).run(task).ok
+        finally:
+            trace.close()
+        return [e for e in read_trace(tmp_path / name) if e["event"] == "tool_call"]
+
+    script = [
+        call(("read_file", {"path": "policy.txt"})),  # not now: refused, not run
+        call(("get_order_status", {"order_id": "12345"})),
+        call(("read_file", {"path": "policy.txt"})),
+        say("Returns are accepted within 30 days; it was delivered on 2025-04-10."),
+    ]
+    ran = go(script, "What are the rules for my Order 12345?", "a.jsonl")
+    sent = [(offered(r), r.get("tool_choice")) for r in server.requests]
+    assert sent[:2] == [({"get_order_status"}, "required")] * 2  # until it is called
+    assert sent[2][1] is None and {"read_file", "calculate"} <= sent[2][0]
+    assert [(e["tool"], e["approval"]) for e in ran] == [
+        ("read_file", "not_offered"),
+        ("get_order_status", "not_required"),
+        ("read_file", "not_required"),
+    ]
+    assert ran[0]["worker_pid"] is None
+    assert "the answer needs get_order_status first" in ran[0]["error_message"]
+    # A question that does not mention it: the first call is the model's own choice.
+    go([call(("get_current_date", {})), say("2025-05-11.")], "What is the date?", "b.jsonl")
+    assert [r.get("tool_choice") for r in server.requests] == [None, None]
+    assert "read_file" in offered(server.requests[0])

@@ -22,20 +22,16 @@ SUPPORT_TOOLS = {
     "issue_refund",
 }
 MEMORY_TOOLS = {"remember", "recall", "forget"}
-DEMO_OFFER = SUPPORT_TOOLS - {"check_return_eligibility", "issue_refund"}
-"""What the demo policy offers on a return question's first turn: the support tools, not
-the hung carrier tool, less those it offers only later (`after` the order's lookup) or
-when asked for (`offer_when`: a refund)."""
+DEMO_OFFER = SUPPORT_TOOLS - {"issue_refund"}
+"""What the demo policy sends a return question's every model call (`tools_sent =
+"all"`): the support tools, not the hung carrier tool, less the one it offers only
+when asked for (`offer_when`: a refund). Which of them a call may call is narrowed in
+the request (`first_when`, `after`, `then`)."""
 
 
 def offered(server: ScriptedModelServer) -> set[str]:
-    """The tools the first model call may call: those sent, or of those the ones its
-    one-call schema admits (the demo policy sends every call the same list)."""
-    request = server.requests[0]
-    schema = (request.get("response_format") or {}).get("json_schema")
-    if schema:
-        return {c["properties"]["name"]["const"] for c in schema["schema"]["anyOf"]}
-    return {t["function"]["name"] for t in request["tools"]}
+    """The tools the first model call was sent (what the model sees)."""
+    return {t["function"]["name"] for t in server.requests[0]["tools"]}
 
 
 def tool_calls(trace: Path) -> list[tuple[str, str | None]]:
