@@ -449,7 +449,7 @@ class Agent:
                 raise
             draft = again = None
             if calls:
-                offered = {t["function"]["name"] for t in tools}
+                offered = self._offered_in(calls, tools, messages)
                 outcomes = yield CallsAsk(calls, offered)
                 self._append(messages, outcomes, budget)
                 steer = steering.after_calls(outcomes, self.policy.decides)
@@ -496,6 +496,22 @@ class Agent:
             and bool(tools)
             and budget.steps + 2 < self.limits.max_iterations
         )
+
+    def _offered_in(
+        self,
+        calls: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+    ) -> set[str]:
+        """The tools a turn's calls may be of: those the model call offered; when it was
+        asked for some alone (`first_when`, `then`) and the turn calls one of them,
+        every tool available now beside it (a model that looks the order, the policy and
+        the date up at once is not refused two of the three)."""
+        offered = {t["function"]["name"] for t in tools}
+        named = {str((c.get("function") or {}).get("name")) for c in calls}
+        if self._asked_next and named & set(self._asked_next):
+            offered |= {t["function"]["name"] for t in self._available(messages)}
+        return offered
 
     def _tools_now(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The tools this model call is offered: of the run's, those whose `[tools]

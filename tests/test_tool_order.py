@@ -724,6 +724,13 @@ def test_first_when_asks_for_the_lookup_a_question_names_before_anything_else(
     ]
     assert ran[0]["worker_pid"] is None
     assert "the answer needs get_order_status first" in ran[0]["error_message"]
+    # A model that looks the order and the policy up at once: both run.
+    both = call(("get_order_status", {"order_id": "12345"}), ("read_file", {"path": "policy.txt"}))
+    ran = go([both, say("Within 30 days.")], "What are the rules for order 12345?", "c.jsonl")
+    assert [(e["tool"], e["approval"], e["ok"]) for e in ran] == [
+        ("get_order_status", "not_required", True),
+        ("read_file", "not_required", True),
+    ]
     # A question that does not mention it: the first call is the model's own choice.
     go([call(("get_current_date", {})), say("2025-05-11.")], "What is the date?", "b.jsonl")
     assert [r.get("tool_choice") for r in server.requests] == [None, None]

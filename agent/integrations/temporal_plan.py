@@ -51,6 +51,8 @@ class ToolFacts(_Payload):
     then: list[str] = Field(default_factory=list)
     """The tools the model is asked to call next once it answered (`[tools.NAME] then`)."""
     then_when: list[str] = Field(default_factory=list)
+    first_when: list[str] = Field(default_factory=list)
+    """What the user's message must mention for it to be asked for first."""
 
 
 class RunPlan(_Payload):
@@ -92,6 +94,7 @@ class RunPlan(_Payload):
                 decides=policy.decides(name),
                 then=policy.then(name),
                 then_when=policy.then_when(name),
+                first_when=policy.first_when(name),
             )
             for name in tool_names
         }
@@ -142,6 +145,9 @@ class PlanPolicy:
 
     def then_when(self, tool: str) -> list[str]:
         return list(self._facts(tool).then_when)
+
+    def first_when(self, tool: str) -> list[str]:
+        return list(self._facts(tool).first_when)
 
 
 class RunOutcome(_Payload):
