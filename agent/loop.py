@@ -540,7 +540,9 @@ class Agent:
 
     def _follow_ups(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The tools the model is asked to call next: those whose `[tools] first_when`
-        the user's message mentions, until one of them has been called; then the
+        the user's message mentions (and their `then_when`, when they have one: the
+        lookup that the rules and the date follow), until one of them has been called;
+        then the
         `[tools] then` of the tools that answered (when the question mentions their
         `then_when`), offered now and not yet called. Offered alone, one of them
         required: a small model that has the order otherwise answers from it, or from
@@ -550,7 +552,9 @@ class Agent:
         firsts = [
             t
             for t in self._available(messages)
-            if (words := self.policy.first_when(t["function"]["name"])) and _mentions(asked, words)
+            if (words := self.policy.first_when(t["function"]["name"]))
+            and _mentions(asked, words)
+            and _mentions(asked, self.policy.then_when(t["function"]["name"]))
         ]
         if firsts and not any(t["function"]["name"] in self._called for t in firsts):
             return firsts

@@ -87,7 +87,10 @@ class ToolPolicy(BaseModel):
     mentions one, the first model call after it is offered only the tools whose
     `first_when` it mentions, and must call one: `get_order_status` for a question
     about an order. A small model asked to look something up first read the policy
-    instead, and so never had the order a return or refund turns on."""
+    instead, and so never had the order a return or refund turns on. A tool with
+    `then_when` is asked for first only when the message mentions one of those too
+    (the lookup its follow-ups hang on): not for "Order 12345 cost 89.99 for 3 items;
+    what did each cost?"."""
     idempotent: bool | None = None
     """Running it twice does no more than once: a call in flight when a run stopped is
     re-run on resume without asking (else only with a person's approval)."""

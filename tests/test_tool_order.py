@@ -694,7 +694,7 @@ def test_first_when_asks_for_the_lookup_a_question_names_before_anything_else(
     # Asked to look something up first, the small model read the policy instead of the
     # order, and never had what a return or a refund turns on.
     pool, server = setup
-    first = '\n[tools.get_order_status]\nfirst_when = ["order"]\n'
+    first = '\n[tools.get_order_status]\nfirst_when = ["order"]\nthen_when = ["rule"]\n'
     policy = parse_policy(POLICY + first, "first.toml", tmp_path)
 
     def go(script: list[Step], task: str, name: str) -> list[dict[str, Any]]:
@@ -731,7 +731,8 @@ def test_first_when_asks_for_the_lookup_a_question_names_before_anything_else(
         ("get_order_status", "not_required", True),
         ("read_file", "not_required", True),
     ]
-    # A question that does not mention it: the first call is the model's own choice.
-    go([call(("get_current_date", {})), say("2025-05-11.")], "What is the date?", "b.jsonl")
-    assert [r.get("tool_choice") for r in server.requests] == [None, None]
-    assert "read_file" in offered(server.requests[0])
+    # A question that does not mention it, or not its then_when: the model's own choice.
+    for task in ("What is the date?", "Order 12345 cost 89.99 for 3. Each?"):
+        go([call(("get_current_date", {})), say("2025-05-11.")], task, "b.jsonl")
+        assert [r.get("tool_choice") for r in server.requests] == [None, None]
+        assert "read_file" in offered(server.requests[0])
