@@ -285,12 +285,13 @@ async def follow(handle: Any, address: str) -> RunOutcome:
         result.cancel()
 
 
-async def outcome_of(handle: Any) -> RunOutcome:
-    """`handle.result()`, ending the run if its workflow task is stuck (`end_if_stuck`)."""
+async def outcome_of(handle: Any, every_s: float = STUCK_EVERY_S) -> RunOutcome:
+    """`handle.result()`, ending the run if its workflow task is stuck (`end_if_stuck`,
+    asked every `every_s`)."""
     result = asyncio.ensure_future(handle.result())
     try:
         while True:
-            done, _ = await asyncio.wait({result}, timeout=STUCK_EVERY_S)
+            done, _ = await asyncio.wait({result}, timeout=every_s)
             if done:
                 outcome: RunOutcome = result.result()
                 return outcome

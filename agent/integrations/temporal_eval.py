@@ -19,6 +19,7 @@ from ..evals.runner import CaseReport, RunReport, SuiteReport, _judge_run, slug
 from ..evals.suite import Suite
 from ..model import ModelClient
 from .temporal_command import (
+    STUCK_EVERY_S,
     TemporalFailed,
     _one_line,
     connect,
@@ -89,7 +90,9 @@ async def _run_all(
             )
             for plan in plans
         ]
-        return list(await asyncio.gather(*(outcome_of(h) for h in handles)))
+        # Each run's workflow task is looked at now and then: some 20 a second at most.
+        every_s = max(STUCK_EVERY_S, len(handles) / 20)
+        return list(await asyncio.gather(*(outcome_of(h, every_s) for h in handles)))
     except WorkflowFailureError as exc:
         raise TemporalFailed(f"the eval's runs on {address} failed: {failure_line(exc)}") from None
     except RPCError as exc:
