@@ -125,6 +125,13 @@ def _write_report(report: SuiteReport, out: Path, as_json: bool) -> int:
     else:
         print(scrub(render_report(report)))
         print(f"\nReport: {safe(out / 'report.json')}; traces: {safe(out / 'traces')}")
+    if report.interrupted:
+        done = len(report.all_runs)
+        print(
+            f"sandboxed-agent: interrupted; the report holds the {done} run(s) that finished",
+            file=sys.stderr,
+        )
+        return 130
     return 0 if report.passed else 1
 
 

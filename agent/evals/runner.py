@@ -87,6 +87,9 @@ class SuiteReport:
     model: str
     scripted: bool
     cases: list[CaseReport]
+    interrupted: bool = False
+    """Stopped by Ctrl-C: the report holds the runs that finished before it, and the
+    run it cut short is left out (its end was the interrupt, not the agent's)."""
 
     @property
     def all_runs(self) -> list[RunReport]:
@@ -94,7 +97,7 @@ class SuiteReport:
 
     @property
     def passed(self) -> bool:
-        return all(r.ok for r in self.all_runs)
+        return not self.interrupted and all(r.ok for r in self.all_runs)
 
     def as_json(self) -> dict[str, object]:
         runs = self.all_runs
@@ -104,6 +107,7 @@ class SuiteReport:
             "model": self.model,
             "scripted": self.scripted,
             "passed": self.passed,
+            "interrupted": self.interrupted,
             "overall": {
                 "runs": len(runs),
                 "outcome_pass_rate": sum(r.outcome_ok for r in runs) / n,
@@ -175,28 +179,39 @@ def run_suite(
     traces.mkdir(parents=True, exist_ok=True)
     reports = []
     model_name = policy.run.model
+    interrupted = False
     with Pool(policy, registry=registry, **policy.pool_options()) as pool:
-        for number, case in enumerate(suite.cases, 1):
-            report = CaseReport(case.name)
-            for i in range(runs or suite.runs_of(case)):
-                path = traces / f"{number:02d}-{slug(case.name)}-{i + 1}.jsonl"
-                path.unlink(missing_ok=True)
-                with model_for(case) as client:
-                    model_name = client.model
-                    trace = Trace(path, secrets=secrets)
-                    try:
-                        agent = Agent(
-                            pool, policy, client, approver=Approver(set(case.approve)), trace=trace
-                        )
-                        agent.run(case.task)
-                    finally:
-                        trace.close()
-                result = _judge_run(case, i + 1, path, judge_client)
-                report.runs.append(result)
-                if progress:
-                    progress(case.name, result)
-            reports.append(report)
-    return SuiteReport(suite.name, model_name, scripted, reports)
+        try:
+            for number, case in enumerate(suite.cases, 1):
+                report = CaseReport(case.name)
+                reports.append(report)
+                for i in range(runs or suite.runs_of(case)):
+                    path = traces / f"{number:02d}-{slug(case.name)}-{i + 1}.jsonl"
+                    path.unlink(missing_ok=True)
+                    with model_for(case) as client:
+                        model_name = client.model
+                        trace = Trace(path, secrets=secrets)
+                        try:
+                            agent = Agent(
+                                pool,
+                                policy,
+                                client,
+                                approver=Approver(set(case.approve)),
+                                trace=trace,
+                            )
+                            ended = agent.run(case.task)
+                        finally:
+                            trace.close()
+                    if (ended.reason, ended.message) == ("interrupted", "interrupted"):
+                        raise KeyboardInterrupt  # the agent ended its run at Ctrl-C: stop here
+                    result = _judge_run(case, i + 1, path, judge_client)
+                    report.runs.append(result)
+                    if progress:
+                        progress(case.name, result)
+        except KeyboardInterrupt:
+            interrupted = True  # a person stopped the suite: keep what finished
+    reports = [r for r in reports if r.runs]
+    return SuiteReport(suite.name, model_name, scripted, reports, interrupted)
 
 
 def _judge_run(case: Case, run: int, path: Path, judge_client: ModelClient | None) -> RunReport:
@@ -229,7 +244,8 @@ def render_report(report: SuiteReport) -> str:
         f"{'tokens':>7} {'cost $':>9} {'time s':>7} {'judge':>6}"
     )
     lines = [
-        f"Suite: {safe(report.suite)} (model {safe(report.model)})",
+        f"Suite: {safe(report.suite)} (model {safe(report.model)})"
+        + (", interrupted: the runs that finished before Ctrl-C" if report.interrupted else ""),
         "",
         header,
         "-" * len(header),
