@@ -736,3 +736,31 @@ def test_first_when_asks_for_the_lookup_a_question_names_before_anything_else(
         go([call(("get_current_date", {})), say("2025-05-11.")], task, "b.jsonl")
         assert [r.get("tool_choice") for r in server.requests] == [None, None]
         assert "read_file" in offered(server.requests[0])
+
+
+def test_through_the_responses_api_a_required_call_is_asked_by_tool_choice(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # The one-call schema is a Chat Completions `response_format`; the Responses API
+    # gets `tool_choice: "required"`, as the README says.
+    changes = {"call_tools_first": True, "required_as": "json_schema", "api": "responses"}
+    script = [call(("get_current_date", {})), say("It is 2025-05-11.")]
+    pool, server = setup
+    base: Policy = pool.policy  # type: ignore[assignment]
+    policy = base.model_copy(update={"run": base.run.model_copy(update=changes)})
+    server.play(script)
+    model = ModelClient(
+        model="scripted",
+        base_url=server.base_url,
+        api_key=None,
+        api="responses",
+        required_as="json_schema",
+    )
+    trace = Trace(tmp_path / "t.jsonl")
+    try:
+        result = Agent(pool, policy, model, approver=Approver(), trace=trace).run("Date?")
+    finally:
+        trace.close()
+    assert result.ok and server.routes[0].endswith("/responses")
+    assert [r.get("tool_choice") for r in server.requests] == ["required", None]
+    assert not any("text" in r or "response_format" in r for r in server.requests)
