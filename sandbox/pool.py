@@ -55,6 +55,7 @@ from .layers import check_layer_names, orchestrator_traceable, unwalled_signals
 from .limits import Limits, NetworkMode
 from .protocol import Call, Layer, Profile, Result, ToolError, again_frame
 from .template import Template, WorkerHandle
+from .warm_idle import WARM_IDLE_S, IdleBound
 
 SPARE_TIMEOUT_S = 60.0
 """Longest wait for a spare worker; only reached on a machine that cannot fork."""
@@ -154,15 +155,21 @@ class Pool:
         disable: Collection[str] = (),
         egress: EgressConfig | None = None,
         accept_unwalled_signals: bool = False,
+        warm_idle_s: float = WARM_IDLE_S,
     ) -> None:
         """`accept_unwalled_signals`: start even where no layer keeps a tool's signals
         inside its call (`sandbox.layers.unwalled_signals`), for a machine that is
-        itself the wall (a throwaway VM or container running nothing else)."""
+        itself the wall (a throwaway VM or container running nothing else).
+        `warm_idle_s`: a warm worker waiting longer for its next call is killed."""
         self.registry = registry if registry is not None else Registry.default()
         self.policy: LimitsPolicy = policy if policy is not None else DefaultLimits()
         self.size = size or os.cpu_count() or 2
         if self.size < 1 or spares < 1:
             raise ValueError("a pool needs size >= 1 and spares >= 1")
+        if not warm_idle_s > 0:
+            raise ValueError(f"warm_idle_s must be a number of seconds above 0 (got {warm_idle_s})")
+        self._warm_idle_s = warm_idle_s
+        self._idle_bound = IdleBound(self._expire_idle)
         disabled = set(check_layer_names(disable))
         if process_tree == "subreaper":
             disabled.add("pid_namespace")
@@ -282,8 +289,10 @@ class Pool:
             keep = keep and not (cancel is not None and cancel.cancelled)
             logs = worker.read_log(LOG_CHARS)
             if keep and not self._closed:
+                worker.idle_since = time.monotonic()
                 with self._lock:
                     self._warm.setdefault(shape.key, []).append(worker)
+                self._idle_bound.wake()
             else:
                 # And what it started: nothing writes any more.
                 self._retire(worker, quick=call.data_dir is None)
@@ -321,6 +330,7 @@ class Pool:
 
     def close(self) -> None:
         """Kill every worker and the template; safe to call twice."""
+        self._idle_bound.stop()
         with self._lock:
             if self._closed:
                 return
@@ -425,6 +435,22 @@ class Pool:
         with self._lock:
             self._busy.add(worker)
         return worker
+
+    def _expire_idle(self, now: float) -> float | None:
+        """Retire the warm workers idle `warm_idle_s` or longer (`IdleBound`); returns
+        when the next one's time is up."""
+        expired: list[WorkerHandle] = []
+        soonest: float | None = None
+        with self._lock:
+            for idle in self._warm.values():
+                expired += [w for w in idle if now - w.idle_since >= self._warm_idle_s]
+                idle[:] = [w for w in idle if now - w.idle_since < self._warm_idle_s]
+                for worker in idle:
+                    due = worker.idle_since + self._warm_idle_s
+                    soonest = due if soonest is None else min(soonest, due)
+        for worker in expired:
+            self._retire(worker, quick=True)
+        return soonest
 
     def _restart(self, dead: Template) -> Template:
         """The zygote died (killed from outside: its workers died with it). Start a new

@@ -83,6 +83,8 @@ class WorkerHandle:
         os.set_blocking(self.setup_fd, False)
         self.reader = FrameReader(sock, self.pidfd)
         self.calls = 0
+        self.idle_since = 0.0
+        """When it last went warm, waiting for a call (`time.monotonic`)."""
         self.network: NetworkMode = spawned.network
         self.profile = spawned.profile
         """What its set-up was done for ahead of the call (None: at the call)."""

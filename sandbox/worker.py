@@ -32,6 +32,7 @@ from tools.registry import Registry
 from . import _jail, _landlock, _linux, _netns, _nofollow, _seccomp
 from .channel import BlockingReader, send_frame
 from .errors import ErrorKind
+from .leftovers import Baseline
 from .limits import (
     MIB,
     Limits,
@@ -253,6 +254,7 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         prepare(setup, Call(tool="", args={}, limits=profile.limits, root=profile.root))
     first: Call | None = None
     frames = BlockingReader(chan)
+    baseline: Baseline | None = None
     while True:
         frame = frames.read()
         if frame is None:
@@ -265,6 +267,8 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
             elif not profile.fits(call):
                 os._exit(EXIT_SETUP_FAILED)  # never sent by the pool: its walls are not these
             context = ToolContext(root=call.root, data_dir=call.data_dir, settings=call.settings)
+            if call.limits.reuse_worker:
+                baseline = Baseline()  # what each later call must find again
         else:
             # Only a reusable worker gets here, and only an `Again`: the first call's
             # tool, limits, root, data_dir and settings, with a new id and arguments.
@@ -278,7 +282,9 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
         # Cleaned up before answering, so the answer says whether this worker can serve
         # again, and nothing of this call runs while the orchestrator reads it.
         reusable = (
-            call.limits.reuse_worker and body.startswith(_OK) and _clean_up(setup, call.limits)
+            baseline is not None
+            and body.startswith(_OK)
+            and _clean_up(setup, call.limits, baseline)
         )
         send_frame(chan, _frame(call.id, reusable, body))
         if body is _out_of_memory.get((call.tool, call.limits.memory_mb)):
@@ -611,18 +617,24 @@ def _nproc(setup: WorkerSetup, limits: Limits) -> int | None:
     return running + limits.max_processes
 
 
-def _clean_up(setup: WorkerSetup, limits: Limits) -> bool:
-    """After a reusable worker's call: no process or thread of the call left, an empty
-    workdir to start the next one in, and its rlimits renewed for it (`renew_rlimits`).
-    False: something stayed, or too little CPU is left; retire this worker."""
+def _clean_up(setup: WorkerSetup, limits: Limits, baseline: Baseline) -> bool:
+    """After a reusable worker's call: no process or thread of the call left, nothing
+    of the process changed (`sandbox.leftovers`), an empty workdir to start the next
+    one in, and its rlimits renewed for it (`renew_rlimits`). False: something stayed,
+    or too little CPU is left; retire this worker (the pool kills its tree)."""
+    # Threads first: with one left, a child could be forked after the kill below.
+    if not _single_threaded():
+        return False  # a thread the tool started could answer, or read, the next call
+    left_a_process = False
     while _has_children():
+        left_a_process = True
         _kill_descendants(setup)
         try:
             os.waitpid(-1, 0)  # orphans are re-parented to us: reap until none is left
         except ChildProcessError:
             break
-    if not _single_threaded():
-        return False  # a thread the tool started could answer, or read, the next call
+    if left_a_process or baseline.left_by_call() is not None:
+        return False  # killed before the answer, so nothing runs while it is read
     try:
         empty_directory(setup.workdir, enter=True)
     except (OSError, RecursionError):

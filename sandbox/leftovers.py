@@ -1,0 +1,184 @@
+"""What a trusted call left in its warm worker, looked for before the worker serves again.
+
+A trusted tool runs in its warm worker's own process, so what it leaves there after
+answering would run during, or change, the next call: a thread or a child that keeps
+running; a timer or a signal handler that fires later; a descriptor left open or put
+in place of the worker's own; a changed environment, umask, trace hook, standard
+stream or import hook; a function replaced on the worker's own path from one answer
+to the next. `Baseline` is taken once, before a reusable worker's first tool runs;
+after each call `left_by_call` names the first thing that differs, and the worker is
+then retired (the pool kills its whole tree), never reused.
+
+What it cannot see: a tool that sets out to tamper with its own process (ctypes,
+`sys.addaudithook`, a patch deep inside a library the worker calls, a finalizer of
+an object kept alive) can still reach the next call. `trusted` trusts the tool's
+code: these checks catch what a careless one leaves, not a hostile one.
+"""
+
+from __future__ import annotations
+
+import _signal
+import builtins
+import gc
+import inspect
+import json
+import json.encoder
+import operator
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+from tools import registry as _registry
+
+from . import channel, limits, protocol
+
+
+def _watched() -> list[tuple[str, Any]]:
+    """The namespaces whose functions run between one answer and the next call's
+    tool: the worker's own modules, what they call, and the classes whose methods
+    they use (their live attribute views)."""
+    from . import worker
+
+    modules = (worker, channel, protocol, limits, sys.modules[__name__], _registry)
+    modules += (builtins, os, json, json.encoder, signal, resource, inspect)
+    spaces: list[tuple[str, Any]] = [(module.__name__, vars(module)) for module in modules]
+    for cls in (socket.socket, channel.BlockingReader, _registry.Registry, _registry.ToolSpec):
+        spaces.append((f"{cls.__module__}.{cls.__qualname__}", vars(cls)))
+    return spaces
+
+
+class Baseline:
+    """The worker's state before its first tool ran."""
+
+    def __init__(self) -> None:
+        self.spaces = [(name, space, tuple(space.values())) for name, space in _watched()]
+        self.fds = _descriptors()
+        self.handlers = _handlers()
+        self.masks = _masks()
+        self.environ = dict(os.environ._data)  # type: ignore[attr-defined]
+        self.hooks = _hooks()
+        self.settings = _settings()
+
+    def left_by_call(self) -> str | None:
+        """What the call left that differs from the baseline, in words; None: nothing.
+        Run once no thread or process of the call is left. The namespaces come first:
+        the later checks call functions found in them. Nothing the tool planted runs
+        here unless it also rebound a name (which is then reported)."""
+        for name, space, values in self.spaces:
+            # Unchanged values are the same objects, found equal without a call; a
+            # rebound one differs (a planted object that claims otherwise is hostile).
+            if tuple(space.values()) != values:
+                return f"a name in {name} rebound"
+        for which, name in _ITIMERS:
+            if _signal.getitimer(which) != (0.0, 0.0):
+                return f"a timer ({name}) armed"
+        if _masks() != self.masks:
+            return "a signal blocked or left pending"
+        if not all(map(operator.is_, _handlers(), self.handlers)):
+            return "a signal handler changed"
+        if _descriptors() != self.fds:
+            return "a file descriptor opened, closed or replaced"
+        if os.environ._data != self.environ:  # type: ignore[attr-defined]
+            return "the environment changed"
+        hooks = _hooks()
+        if len(hooks) != len(self.hooks) or not all(map(operator.is_, hooks, self.hooks)):
+            return "a hook, a standard stream or the import path changed"
+        if _settings() != self.settings:
+            return (
+                "the umask, the working directory, the recursion limit or a default timeout changed"
+            )
+        return None
+
+
+_ITIMERS = (
+    (_signal.ITIMER_REAL, "ITIMER_REAL"),
+    (_signal.ITIMER_VIRTUAL, "ITIMER_VIRTUAL"),
+    (_signal.ITIMER_PROF, "ITIMER_PROF"),
+)
+_SIGNALS = tuple(sorted(_signal.valid_signals()))
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # not on this kernel, or not in this worker's /proc
+    try:
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
+def _descriptors() -> tuple[tuple[int, int, int, int], ...] | None:
+    """Each open descriptor with what it points to, so one swapped in place of the
+    worker's own (its log, its channel) is seen as well as a new one."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    found = []
+    for name in names:
+        fd = int(name)
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            continue  # the listing's own descriptor, closed by now
+        found.append((fd, info.st_dev, info.st_ino, info.st_mode))
+    return tuple(sorted(found))
+
+
+def _masks() -> tuple[set[int], set[int]]:
+    """The signals blocked, and those pending."""
+    return _signal.pthread_sigmask(_signal.SIG_BLOCK, ()), _signal.sigpending()
+
+
+def _handlers() -> tuple[Any, ...]:
+    """Python's own handler of each signal (`_signal`'s: `signal`'s wrapper costs 10x)."""
+    return tuple(map(_signal.getsignal, _SIGNALS))
+
+
+def _hooks() -> tuple[Any, ...]:
+    """Objects the worker or the next call would use, compared by identity."""
+    return (
+        sys.gettrace(),
+        sys.getprofile(),
+        threading.gettrace(),
+        threading.getprofile(),
+        sys.excepthook,
+        sys.unraisablehook,
+        sys.stdin,
+        sys.stdout,
+        sys.stderr,
+        gc.isenabled(),
+        *sys.meta_path,
+        None,
+        *sys.path_hooks,
+        None,
+        *sys.path,
+        None,
+        *gc.callbacks,
+    )
+
+
+def _settings() -> tuple[Any, ...]:
+    """Plain values (floats, ints, a str) made anew at each reading: compared by value."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return (
+        umask,
+        socket.getdefaulttimeout(),
+        sys.getrecursionlimit(),
+        sys.getswitchinterval(),
+        _cwd(),
+    )
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None

@@ -1,0 +1,61 @@
+"""A wall-time bound on a warm worker while it waits for its next call.
+
+A warm worker that left nothing (`sandbox.leftovers`) runs nothing between calls; the
+bound is the wall behind that check: whatever a call managed to leave that no check
+saw runs for at most `WARM_IDLE_S` once the call is over, and memory a trusted tool
+kept is given back. One thread per pool, started with its first warm worker, wakes
+when the oldest idle worker's time is up and has the pool retire it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+WARM_IDLE_S = 60.0
+"""Longest a warm worker waits for its next call before the pool kills it."""
+
+
+class IdleBound:
+    """Calls `expire(now)` whenever an idle worker's time may be up; `expire` retires
+    the workers idle past the bound and returns when the next one's is (None: none)."""
+
+    def __init__(self, expire: Callable[[float], float | None]) -> None:
+        self._expire = expire
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._woken = False
+        self._stopped = False
+
+    def wake(self) -> None:
+        """A worker went idle: its deadline may be the soonest."""
+        with self._cond:
+            if self._stopped:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="sandbox-warm-idle", daemon=True
+                )
+                self._thread.start()
+            self._woken = True
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            next_at = self._expire(time.monotonic())
+            with self._cond:
+                if not self._woken and not self._stopped:
+                    timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
+                    self._cond.wait(timeout)
+                self._woken = False
+                if self._stopped:
+                    return

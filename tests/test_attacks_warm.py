@@ -1,0 +1,111 @@
+"""A trusted tool answers, then leaves something in its warm worker: a thread that
+spins, a timer whose handler forges the next call's answer, a child writing to the
+next call's log, a descriptor, an environment variable, a umask, a patched module,
+a hook. Nothing of it may run during, or change, the next call: the worker that was
+left something is retired (its whole tree killed), and the next call runs in a
+worker that finds nothing. A call that leaves nothing keeps its warm worker.
+Each under PID namespaces and under the subreaper fallback."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import shared
+
+from sandbox import Limits, Pool
+from tools import Registry
+
+pytestmark = pytest.mark.attack
+
+TOOLS = str(Path(__file__).with_name("warm_leftover_tools.py"))
+TRUSTED = Limits(reuse_worker=True, timeout_s=20)
+
+KINDS = [
+    "spinning_thread",
+    "forging_alarm",
+    "handler",
+    "child",
+    "open_fd",
+    "swapped_stdout_fd",
+    "environment",
+    "umask",
+    "cwd",
+    "patched_json",
+    "replaced_stdout",
+    "profile_hook",
+]
+
+
+@pytest.fixture(scope="module", params=["pid-namespace", "subreaper"])
+def warm(request: pytest.FixtureRequest) -> Iterator[Pool]:
+    from conftest import pid_namespaces_available
+
+    if request.param == "pid-namespace" and not pid_namespaces_available():
+        pytest.skip("PID namespaces are not available on this machine")
+    registry = Registry.default()
+    registry.load(TOOLS)
+    with Pool(registry=registry, size=1, process_tree=request.param) as pool:
+        yield shared(pool)
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited, waiting on the process itself (a generous deadline)."""
+    try:
+        psutil.Process(pid).wait(timeout=15)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def test_a_call_that_leaves_nothing_keeps_its_warm_worker(warm: Pool) -> None:
+    marker = uuid.uuid4().hex
+    first = warm.call("leave", {"kind": "nothing", "marker": marker}, limits=TRUSTED)
+    second = warm.call("leave", {"kind": "nothing", "marker": marker}, limits=TRUSTED)
+    assert first.ok and second.ok, (first, second)
+    assert second.worker_pid == first.worker_pid  # the checks retire no clean worker
+    assert json.loads(second.output)["left"] == ["nothing"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_what_a_call_leaves_never_reaches_the_next_call(warm: Pool, kind: str) -> None:
+    marker = uuid.uuid4().hex
+    first = warm.call("leave", {"kind": kind, "marker": marker}, limits=TRUSTED)
+    assert first.ok, first
+    # Its worker is retired, and all it started with it: nothing spins on.
+    assert _gone(first.worker_pid), f"the worker left a {kind} still runs"
+    second = warm.call("leave", {"kind": "nothing", "marker": marker}, limits=TRUSTED)
+    assert second.ok, second
+    assert second.worker_pid != first.worker_pid
+    assert marker not in second.output and marker not in second.logs, second
+    seen = json.loads(second.output)
+    assert seen == {
+        "left": [],
+        "env": None,
+        "umask": seen["umask"] if kind != "umask" else 0o022,
+        "cwd_is_home": True,
+        "threads": 1,
+    }, seen
+    assert seen["umask"] != 0
+
+
+def test_a_warm_worker_idle_past_its_bound_is_killed() -> None:
+    registry = Registry.default()
+    registry.load(TOOLS)
+    with Pool(registry=registry, size=1, warm_idle_s=0.5) as pool:
+        args = {"kind": "nothing", "marker": uuid.uuid4().hex}
+        first = pool.call("leave", args, limits=TRUSTED)
+        assert first.ok, first
+        assert _gone(first.worker_pid)  # no call came: its wall time ran out
+        second = pool.call("leave", args, limits=TRUSTED)
+        assert second.ok and second.worker_pid != first.worker_pid, second
+        assert json.loads(second.output)["left"] == []
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="warm_idle_s must be a number of seconds above 0"):
+            Pool(registry=registry, size=1, warm_idle_s=bad)
