@@ -16,7 +16,8 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model
+from pydantic_core import PydanticCustomError
 
 _JSON_NATIVE = {str, int, float, bool, type(None), Any}
 _ARGS_HEADER = re.compile(r"^\s*(Args|Arguments|Parameters):\s*$")
@@ -75,7 +76,7 @@ def build_model(func: Callable[..., Any], name: str) -> tuple[type[BaseModel], s
     """The argument model, the names of parameters that have defaults, and whether
     every parameter is JSON-native."""
     try:
-        hints = typing.get_type_hints(func)
+        hints = typing.get_type_hints(func, include_extras=True)  # Field(...) kept
     except Exception as exc:
         raise ToolDefinitionError(f"tool {name!r}: cannot read its type hints: {exc}") from exc
     _, docs = parse_docstring(func.__doc__)
@@ -98,13 +99,82 @@ def build_model(func: Callable[..., Any], name: str) -> tuple[type[BaseModel], s
         default = ... if param.default is param.empty else param.default
         if default is not ...:
             defaults.add(param.name)
-        fields[param.name] = (hint, Field(default, description=docs.get(param.name)))
+        fields[param.name] = (exact_types(hint), Field(default, description=docs.get(param.name)))
     model = create_model(
         f"{name}_arguments",
         __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True),
         **fields,
     )
     return model, defaults, native
+
+
+def exact_types(hint: Any) -> Any:
+    """`hint` with every `bool`, `int` and `float` in it taking only its own JSON type.
+
+    pydantic's lax mode reads `true` as 1.0, `"12.5"` as 12.5 and `1` or `"yes"` as
+    true: a model that sent the wrong type would have its call run with a value it did
+    not mean, and never learn. Here each is refused with what was sent and what is
+    accepted. JSON's own sameness stays (12 for a float, 3.0 for an int), and so does
+    the one repair made on purpose, a number where a string is wanted (`agent.repair`
+    counts it). A tool that wants pydantic's coercion asks for it:
+    `Annotated[float, Strict(False)]` is left as written."""
+    exact = _EXACT.get(hint)
+    if exact is not None:
+        return exact
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        inner, *metadata = args
+        if any(isinstance(m, Strict) for m in metadata):
+            return hint  # the tool said how strict
+        if inner in _CHECKS:
+            # After the tool's constraints, so they stay in the schema (`minimum`); it
+            # still runs first, before the type's own validation.
+            return typing.Annotated[(inner, *metadata, _CHECKS[inner])]  # type: ignore[misc]
+        return typing.Annotated[(exact_types(inner), *metadata)]  # type: ignore[misc]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(exact_types(a) for a in args)]  # noqa: UP007
+    if origin in (list, set, frozenset) and len(args) == 1:
+        return origin[exact_types(args[0])]
+    if origin is dict and len(args) == 2:
+        return dict[args[0], exact_types(args[1])]  # type: ignore[valid-type]
+    if origin is tuple and args:
+        return tuple[tuple(a if a is Ellipsis else exact_types(a) for a in args)]
+    return hint
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return "an array" if isinstance(value, list | tuple) else "an object"
+
+
+def _only(accepts: tuple[type, ...], refuses: tuple[type, ...], wanted: str, send: str) -> Any:
+    def check(value: Any) -> Any:
+        if isinstance(value, refuses) or not isinstance(value, accepts):
+            raise PydanticCustomError(
+                "wrong_json_type",
+                "expected {wanted}, got {got}; send {send}",
+                {"wanted": wanted, "got": _json_type(value), "send": send},
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+_NUMBER = "a JSON number without quotes, such as 12.5"
+_CHECKS: dict[Any, Any] = {
+    float: _only((int, float), (bool,), "a number", _NUMBER),
+    int: _only((int, float), (bool,), "a whole number", "a JSON number such as 3"),
+    bool: _only((bool,), (), "true or false", "the JSON literal true or false, no quotes"),
+}
+_EXACT: dict[Any, Any] = {kind: typing.Annotated[kind, check] for kind, check in _CHECKS.items()}
+"""Python mode sees JSON's types as these: a number is an int or a float, never a bool."""
 
 
 def strict_schema(model: type[BaseModel], nullable: set[str]) -> dict[str, Any]:
