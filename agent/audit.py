@@ -119,6 +119,11 @@ class ToolCalled(Event):
     trailing_commas, stringified_arguments, arguments_wrapper, number_as_string."""
     model_arguments: str | None = None
     """The model's own arguments text, when a repair changed it."""
+    model_call_id: str | None = None
+    """The id the model gave this call, when a call of an earlier turn of the run already
+    had it: the call is known by `call_id`, a fresh one, here, in the checkpoint and in
+    the conversation sent back to the model (`agent.loop.fresh_ids`). Two calls of one
+    turn under one id are told apart by the model client (`ID_1`)."""
     worker: str | None = None
     """The Temporal worker that ran it (`run --temporal`); None: this process's pool."""
 

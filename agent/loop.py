@@ -217,6 +217,8 @@ class Agent:
         """Tools that ran, or were refused by a person, in this run (`[tools] then`)."""
         self._asked_next: list[str] = []
         """The tools the latest model call was asked to call, alone (`[tools] then`)."""
+        self._model_ids: dict[str, str] = {}
+        """A call's id in the run → the id the model gave it, where that one was taken."""
 
     def run(
         self,
@@ -621,6 +623,7 @@ class Agent:
             raise steering.kept_going(steer, calls, budget)
         if len(calls) > _ceiling(self.limits.max_calls_per_turn):
             raise _flood(len(calls), self.limits.max_calls_per_turn)  # nor this one
+        self._model_ids.update(fresh_ids(calls, messages))
         messages.append(turn.message)
         if self.store and self.run_id:
             self.store.step(
@@ -1080,11 +1083,37 @@ class Agent:
                 wall_left_s=outcome.wall_left_s,
                 repairs=list(repaired.repairs) if repaired else [],
                 model_arguments=repaired.model_arguments if repaired else None,
+                model_call_id=self._model_ids.get(outcome.call_id),
             )
         )
         for attempt in egress_events(step, outcome.call_id, outcome.tool, r):
             self.trace.emit(attempt)
         self.progress("tool", {"outcome": outcome})
+
+
+def fresh_ids(calls: list[dict[str, Any]], messages: list[dict[str, Any]]) -> dict[str, str]:
+    """Give each of a turn's calls whose id an earlier turn of the run already used
+    (a server that numbers each turn's calls from `call_0`) a fresh one, in place:
+    the checkpoint's rows, the audit trail and the tool messages know a call by its
+    id, and two calls under one would overwrite or answer each other. Returns the
+    renamed ids, each → the model's own. (`agent.model` makes a turn's ids unique.)"""
+    used = {
+        str(c.get("id"))
+        for m in messages
+        if m.get("role") == "assistant"
+        for c in m.get("tool_calls") or []
+    }
+    renamed: dict[str, str] = {}
+    for i, call in enumerate(calls):
+        given = str(call.get("id") or f"call_{i}")
+        fresh, n = given, 2
+        while fresh in used:
+            fresh, n = f"{given}_{n}", n + 1
+        used.add(fresh)
+        if fresh != given:
+            call["id"] = fresh
+            renamed[fresh] = given
+    return renamed
 
 
 def _unpack(call: dict[str, Any], index: int) -> tuple[str, str, str]:
