@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from .binding import BoundCall, argument_lines
 from .terminal import safe
 
+MODEL = "The model"
+COMMAND = "This command (sandboxed-agent tool)"
+"""Who asks when a person or a script runs one call, not a model."""
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -38,11 +42,14 @@ class Approver:
     interactive: bool = False
     ask: Callable[[str], str] | None = None
     always: set[str] = field(default_factory=set)
+    who: str = MODEL
+    """Who asks for the calls, as the prompt names it: a script is not "the model"."""
 
     @classmethod
-    def for_terminal(cls, approve: list[str], yes: bool) -> Approver:
+    def for_terminal(cls, approve: list[str], yes: bool, who: str = "") -> Approver:
         interactive = sys.stdin.isatty() and sys.stderr.isatty()
-        return cls(set(approve), yes, interactive, _ask_on_terminal if interactive else None)
+        ask = _ask_on_terminal if interactive else None
+        return cls(set(approve), yes, interactive, ask, who=who or MODEL)
 
     def decide(self, call: BoundCall, why: str = "") -> Decision:
         """`why` is shown above the prompt (a re-run after a resume says so)."""
@@ -55,7 +62,7 @@ class Approver:
             return Decision(True, "approved_always", call.sha256)
         if not self.interactive or self.ask is None:
             return Decision(False, "denied_no_tty", call.sha256)
-        prompt = approval_prompt(call, why)
+        prompt = approval_prompt(call, why, self.who)
         while True:
             answer = self.ask(prompt).strip().lower()
             if answer in ("y", "yes"):
@@ -88,17 +95,19 @@ def denial(tool: str, how: str) -> str:
     )
 
 
-def approval_prompt(call: BoundCall, why: str = "") -> str:
+def approval_prompt(call: BoundCall, why: str = "", who: str = "") -> str:
     """What the person reads: every line escaped, every value whole."""
     header = f"\n{safe(why)}\n" if why else "\n"
-    return f"{header}{what_would_run(call)}\nAllow? [y]es / [n]o / [a]lways for {safe(call.tool)}: "
+    asked = what_would_run(call, who)
+    return f"{header}{asked}\nAllow? [y]es / [n]o / [a]lways for {safe(call.tool)}: "
 
 
-def what_would_run(call: BoundCall) -> str:
-    """The tool and the exact arguments that run if allowed, one key per line, escaped."""
+def what_would_run(call: BoundCall, who: str = "") -> str:
+    """The tool and the exact arguments that run if allowed, one key per line, escaped.
+    `who` asked for it (the model, unless told otherwise)."""
     shown = "\n".join(f"    {line}" for line in argument_lines(call.args))
     return (
-        f"The model wants to run {safe(call.tool)} with these arguments "
+        f"{safe(who or MODEL)} wants to run {safe(call.tool)} with these arguments "
         f"(sha256 {call.sha256[:16]}):\n{shown}"
     )
 

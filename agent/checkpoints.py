@@ -49,6 +49,14 @@ class CheckpointError(SandboxedAgentError):
     """The run store cannot be used, or a run cannot be resumed; nothing was changed."""
 
 
+class UnknownRun(CheckpointError):
+    """No run of that id in the store (a typo, another machine's id, a deleted file)."""
+
+    def __init__(self, run_id: str, path: Path, latest: list[str]) -> None:
+        shown = f"; the latest: {', '.join(latest)}" if latest else "; it holds no run yet"
+        super().__init__(f"no run {run_id!r} in {path}{shown} (all: sandboxed-agent runs)")
+
+
 def default_path() -> Path:
     return user_data_dir() / "runs.db"
 
@@ -237,9 +245,8 @@ class RunStore:
             db.row_factory = sqlite3.Row
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
-                raise CheckpointError(
-                    f"no run {run_id!r} in {self.path} (see: sandboxed-agent runs)"
-                )
+                latest = db.execute("SELECT id FROM runs ORDER BY created DESC LIMIT 3")
+                raise UnknownRun(run_id, self.path, [r[0] for r in latest.fetchall()])
             calls = db.execute(
                 "SELECT * FROM calls WHERE run_id = ? ORDER BY step, position", (run_id,)
             ).fetchall()

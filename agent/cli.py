@@ -49,9 +49,9 @@ from sandbox.protocol import ToolError
 from tools import ArgumentError, Registry, ToolDefinitionError, ToolSpec
 from tools.registry import defines_tools
 
-from .approval import Approver
+from .approval import COMMAND, Approver
 from .binding import bind
-from .cli_types import positive_int, session_name
+from .cli_types import flag_error, positive_int, session_name
 from .evals.command import add_eval_parser, cmd_eval
 from .parallel import out_of_resources
 from .runner import (
@@ -458,7 +458,7 @@ def _approval(
         bound = bind(spec, arguments)
     except ArgumentError:
         return arguments
-    decision = Approver.for_terminal(args.approve, args.yes).decide(bound)
+    decision = Approver.for_terminal(args.approve, args.yes, COMMAND).decide(bound)
     if decision.allowed:
         return bound.args
     hint = "" if decision.how == "denied_tty" else f"; allow it with --approve {spec.name}"
@@ -493,4 +493,4 @@ def _with_overrides(limits: Limits, timeout: float | None, memory_mb: int | None
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         flag = {"timeout_s": "--timeout", "memory_mb": "--memory-mb"}[str(err["loc"][0])]
-        raise UsageError(f"{flag}: {err['msg'].lower()}") from None
+        raise UsageError(flag_error(flag, err)) from None

@@ -9,12 +9,30 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from tools.memory_files import MemoryRequestError, check_namespace
 
 from .terminal import safe
 
-__all__ = ["memory_namespace", "positive_int", "say", "seconds_between", "session_name"]
+__all__ = [
+    "flag_error",
+    "memory_namespace",
+    "positive_int",
+    "say",
+    "seconds_between",
+    "session_name",
+]
+
+
+def flag_error(flag: str, err: Any) -> str:
+    """One pydantic error of a flag's value → what was wrong, with the value given."""
+    value = err.get("input")
+    if isinstance(value, float) and value != value:  # nan fails every bound
+        return f"{flag}: must be a number (got nan)"
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{flag}: {str(err['msg']).lower()} (got {text})"
 
 
 def memory_namespace(text: str) -> str:

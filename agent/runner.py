@@ -23,8 +23,8 @@ from sandbox import Pool
 
 from .approval import Approver
 from .audit import Trace, read_trace, render_timeline
-from .checkpoints import CheckpointError, RunStore
-from .cli_types import memory_namespace
+from .checkpoints import CheckpointError, RunStore, UnknownRun
+from .cli_types import flag_error, memory_namespace
 from .embeddings import Embedder
 from .loop import Agent, RunResult
 from .model import ModelClient
@@ -124,7 +124,7 @@ def with_run_overrides(policy: Policy, args: argparse.Namespace) -> Policy:
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         key = str(err["loc"][0])
-        raise UsageError(f"{RUN_FLAGS.get(key, '--' + key)}: {err['msg'].lower()}") from None
+        raise UsageError(flag_error(RUN_FLAGS.get(key, "--" + key), err)) from None
     return policy.model_copy(update={"run": run})
 
 
@@ -251,7 +251,10 @@ def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
             f"sandboxed-agent: warning: this run is not checkpointed: {safe(scrub(str(exc)))}",
             file=sys.stderr,
         )
-    record = store.load(args.resume) if store and args.resume else None
+    try:
+        record = store.load(args.resume) if store and args.resume else None
+    except UnknownRun as exc:
+        raise UsageError(str(exc)) from None  # a run id the user typed: a usage error
     with ExitStack() as stack:
         agent = build_agent(stack, policy, registry, args, store)
         result = agent.resume(record) if record else agent.run(args.task)

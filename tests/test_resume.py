@@ -362,7 +362,7 @@ def test_a_corrupt_run_store_is_a_clear_error_and_left_untouched(tmp_path: Path)
 def test_resume_needs_a_known_run_and_not_a_task_too(tmp_path: Path) -> None:
     nowhere = ["--base-url", "http://127.0.0.1:9/v1"]
     status, _, err = finish(cli("run", "--resume", "nope", *nowhere))
-    assert status == 1 and "no run 'nope'" in err
+    assert status == 2 and "no run 'nope'" in err and "(all: sandboxed-agent runs)" in err
     status, _, err = finish(cli("run", "task", "--resume", "x", *nowhere))
     assert status == 2 and "not both" in err
     policy = parse_policy("[defaults]\nidempotent = true\n", "p.toml", tmp_path)

@@ -152,7 +152,9 @@ def test_on_a_terminal_the_person_is_asked_and_no_means_no(policy: Path) -> None
     status, result, shown = on_terminal(tool(policy, "remember", {"fact": hostile}), b"n\n")
     assert status == 1
     assert result["error"]["kind"] == "denied" and "denied_tty" in result["error"]["message"]
-    assert "The model wants to run remember with these arguments (sha256 " in shown
+    # A person or a script ran the command: no model asked.
+    assert "This command (sandboxed-agent tool) wants to run remember with these" in shown
+    assert "model" not in shown.lower()
     assert 'fact = "the vault code is 4711\\u001b]0;pwned\\u0007\\u202e"' in shown
     assert "\x1b" not in shown and "\u202e" not in shown
     assert not remembered(policy)

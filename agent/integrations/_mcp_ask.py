@@ -66,7 +66,7 @@ def _form(tool: str) -> dict[str, Any]:
 
 
 def _message(call: BoundCall) -> str:
-    shown = what_would_run(call)
+    shown = what_would_run(call, "The MCP client")
     if len(shown) > SUMMARY_OVER:
         shown = f"{_summary(call)}\n{shown}"
     return f"sandboxed-agent: {shown}\nAllow this call?"

@@ -1,0 +1,70 @@
+"""What a new user meets first: a run id that is not there is a usage error that says
+how to see the known ones; a bad flag's error shows the value given; an approval
+prompt names who asked (a script is not "the model")."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import AgentMain
+
+from agent.approval import Approver
+from agent.binding import bind
+from agent.checkpoints import RunStore, default_path
+from agent.integrations._mcp_ask import _message
+from tools import Registry
+
+NOWHERE = ["--base-url", "http://127.0.0.1:9/v1"]
+
+
+def test_an_unknown_run_id_is_a_usage_error_naming_the_known_ones(agent_main: AgentMain) -> None:
+    done = agent_main("run", "--resume", "2026-nope", *NOWHERE)
+    assert done.returncode == 2, done
+    [line] = done.stderr.splitlines()
+    assert line.startswith("sandboxed-agent: no run '2026-nope' in ")
+    assert "holds no run yet (all: sandboxed-agent runs)" in line
+    store = RunStore(default_path())
+    known = store.start("task", "m", [{"role": "user", "content": "task"}])
+    done = agent_main("run", "--resume", "nope\x1b[2J", *NOWHERE)
+    assert done.returncode == 2, done
+    [line] = done.stderr.splitlines()
+    assert f"the latest: {known} (all: sandboxed-agent runs)" in line
+    assert "\x1b" not in line  # the id typed is shown escaped
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["run", "x", "--max-iterations", "0"], "greater than or equal to 1 (got 0)"),
+        (
+            ["run", "x", "--max-cost-usd", "-1"],
+            "--max-cost-usd: input should be greater than 0 (got -1.0)",
+        ),
+        (["run", "x", "--max-cost-usd", "nan"], "--max-cost-usd: must be a number (got nan)"),
+        (
+            ["run", "x", "--max-wall-s", "0"],
+            "--max-wall-s: input should be greater than 0 (got 0.0)",
+        ),
+        (
+            ["tool", "calculate", "--timeout", "-1"],
+            "--timeout: input should be greater than 0 (got -1.0)",
+        ),
+        (["tool", "calculate", "--memory-mb", "1"], "equal to 16 (got 1)"),
+    ],
+)
+def test_a_bad_flag_value_is_shown_in_its_error(
+    agent_main: AgentMain, flags: list[str], said: str
+) -> None:
+    done = agent_main(*flags, *(NOWHERE if flags[0] == "run" else ["--args", "{}"]))
+    assert done.returncode == 2, done
+    assert said in done.stderr, done.stderr
+
+
+def test_the_prompt_names_who_asked() -> None:
+    spec = Registry.default().get("calculate")
+    bound = bind(spec, '{"expression": "2*3"}')
+    asked: list[str] = []
+    Approver(interactive=True, ask=lambda p: asked.append(p) or "n").decide(bound)
+    Approver(interactive=True, ask=lambda p: asked.append(p) or "n", who="A script").decide(bound)
+    assert "The model wants to run calculate" in asked[0]
+    assert "A script wants to run calculate" in asked[1] and "model" not in asked[1]
+    assert _message(bound).startswith("sandboxed-agent: The MCP client wants to run calculate")
