@@ -288,7 +288,7 @@ class Pool:
                     self._busy.discard(worker)
             keep = keep and not (cancel is not None and cancel.cancelled)
             logs = worker.read_log(LOG_CHARS)
-            if keep and not self._closed:
+            if keep and not self._closed and self._idle_bound.started():
                 worker.idle_since = time.monotonic()
                 with self._lock:
                     self._warm.setdefault(shape.key, []).append(worker)

@@ -28,16 +28,24 @@ class IdleBound:
         self._woken = False
         self._stopped = False
 
-    def wake(self) -> None:
-        """A worker went idle: its deadline may be the soonest."""
+    def started(self) -> bool:
+        """Whether the thread runs, started now if need be: False where none can be
+        (out of threads, or stopped), and then no worker may be kept warm."""
         with self._cond:
             if self._stopped:
-                return
+                return False
             if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="sandbox-warm-idle", daemon=True
-                )
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="sandbox-warm-idle", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # can't start new thread
+                    return False
+                self._thread = thread
+            return True
+
+    def wake(self) -> None:
+        """A worker went idle (after `started`): its deadline may be the soonest."""
+        with self._cond:
             self._woken = True
             self._cond.notify()
 
