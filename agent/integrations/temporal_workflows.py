@@ -216,6 +216,7 @@ class _WorkflowAgent(Agent):
         self._answered: set[str] = set()  # the tools that answered (`[tools] after`)
         self._called: set[str] = set()  # the tools that ran (`[tools] then`)
         self._asked_next: list[str] = []
+        self._model_ids: dict[str, str] = {}  # renamed call ids (`agent.loop.fresh_ids`)
         self._waited = 0.0
         self._refused: set[str] = set()  # what the model's server refused in this run
         self._always: set[str] = set()  # tools a person approved for the rest of the run
