@@ -280,5 +280,7 @@ def test_the_command_line_chooses_the_api_by_flag_or_policy(tmp_path: Path) -> N
     ]
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert (
-        bad.stderr.strip().splitlines()[-1].endswith("--api: input should be 'chat' or 'responses'")
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--api: input should be 'chat' or 'responses' (got 'soap')")
     )

@@ -250,7 +250,7 @@ REFUSED = {
     # A repeated key stays repeated through the unwrapping, and is refused.
     '{"arguments": {"order_id": "12345", "amount": 1.0, "amount": 89.99}}': "more than once",
     # Fixing the comma leaves a value the schema refuses: that is what the model hears.
-    '{"order_id": "12345", "amount": "all of it",}': "amount: Input should be a valid number",
+    '{"order_id": "12345", "amount": "all of it",}': "amount: expected a number, got a string",
     # Another tool's call shape is not this tool's arguments.
     '{"name": "get_current_date", "arguments": {"order_id": "12345", "amount": 1}}': "order_id",
     '{"arguments": {"order_id": "12345", "amount": NaN}}': "not a JSON number",
