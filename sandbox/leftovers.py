@@ -102,17 +102,6 @@ _ITIMERS = (
 _SIGNALS = tuple(sorted(_signal.valid_signals()))
 
 
-def _read(path: str) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # not on this kernel, or not in this worker's /proc
-    try:
-        return os.read(fd, 65536)
-    finally:
-        os.close(fd)
-
-
 def _descriptors() -> tuple[tuple[int, int, int, int], ...] | None:
     """Each open descriptor with what it points to, so one swapped in place of the
     worker's own (its log, its channel) is seen as well as a new one."""
