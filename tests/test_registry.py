@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
+from pydantic import BaseModel
 
 from sandbox import Pool
 from tools import ArgumentError, Registry, ToolDefinitionError
@@ -49,6 +50,40 @@ def test_the_schema_is_strict_and_documented() -> None:
     assert params["properties"]["days"]["description"] == "How many days, counted from today."
     assert {"type": "null"} in params["properties"]["days"]["anyOf"]
     assert "default" not in str(params)
+
+
+class Address(BaseModel):
+    street: str
+    tags: list[str]
+
+
+def nested(where: Address, when: dt.date, many: list[int], one: int | None = None) -> str:
+    """Types strict mode takes: a model, a date, a typed list, a union with null."""
+    return ""
+
+
+def counts(counts: dict[str, int]) -> str:
+    """A free-keyed object."""
+    return ""
+
+
+def anything(anything: Any) -> str:
+    """Any value."""
+    return ""
+
+
+def items(items: list) -> str:  # type: ignore[type-arg]
+    """A list of anything."""
+    return ""
+
+
+@pytest.mark.parametrize("func", [counts, anything, items])
+def test_a_type_strict_mode_refuses_makes_its_tool_not_strict(func: Any) -> None:
+    # Sent as "strict": true, OpenAI refuses the whole request (HTTP 400), every run.
+    assert make(nested).get("nested").openai_schema["function"]["strict"] is True
+    spec = make(func).get(func.__name__)
+    assert spec.openai_schema["function"]["strict"] is False
+    assert spec.parameters["required"] == [func.__name__]  # the same schema otherwise
 
 
 def test_valid_arguments_pass_and_null_means_the_default() -> None:

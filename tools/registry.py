@@ -29,7 +29,7 @@ from typing import Any, TypeVar, overload
 from pydantic import BaseModel, ValidationError
 
 from .arguments import ArgumentError, parse_object
-from .schema import ToolDefinitionError, build_model, parse_docstring, strict_schema
+from .schema import ToolDefinitionError, build_model, is_strict, parse_docstring, strict_schema
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -57,6 +57,9 @@ class ToolSpec:
     fresh: bool = False
     """Every call gets a fresh worker, whatever the policy's `trusted` says: the tool
     runs code it did not write (`run_python`), so no worker of it may serve again."""
+    strict: bool = True
+    """Sent with `"strict": true`: false when a parameter's type has no schema strict
+    mode takes (`Any`, `dict[str, X]`: `tools.schema.is_strict`)."""
     _check: Callable[..., Any] = field(init=False, repr=False, compare=False)
     _dump: Callable[..., Any] = field(init=False, repr=False, compare=False)
 
@@ -69,7 +72,7 @@ class ToolSpec:
                 "name": self.name,
                 "description": self.description,
                 "parameters": self.parameters,
-                "strict": True,
+                "strict": self.strict,
             },
         }
 
@@ -171,16 +174,18 @@ class Registry:
             raise ToolDefinitionError(
                 f"tool {tool_name!r}: embed={embed!r} must be a str parameter"
             )
+        parameters = strict_schema(model, defaults)
         spec = ToolSpec(
             name=tool_name,
             description=description or tool_name,
             func=func,
             model=model,
-            parameters=strict_schema(model, defaults),
+            parameters=parameters,
             defaults=frozenset(defaults),
             json_native=native,
             embed=embed,
             fresh=bool(getattr(func, "__tool_fresh__", False)),
+            strict=is_strict(parameters),
         )
         self._specs[tool_name] = spec
         return spec

@@ -188,6 +188,39 @@ def strict_schema(model: type[BaseModel], nullable: set[str]) -> dict[str, Any]:
     return schema
 
 
+_TYPED = ("type", "anyOf", "allOf", "oneOf", "$ref", "enum", "const")
+_SUBSCHEMAS = ("anyOf", "allOf", "oneOf", "prefixItems")
+
+
+def is_strict(schema: dict[str, Any]) -> bool:
+    """Whether OpenAI's strict mode takes the schema: every value has a type (`Any`, a
+    bare `list`'s items or `object` have none) and every object lists its properties
+    with `additionalProperties: false` (a `dict[str, X]` has neither). Otherwise the
+    endpoint refuses the whole request (HTTP 400), so such a tool is sent not strict;
+    its arguments are validated by the same model either way."""
+
+    def ok(node: Any) -> bool:
+        if not isinstance(node, dict):
+            return True
+        if not any(key in node for key in _TYPED):
+            return False
+        if node.get("type") == "object" and (
+            "properties" not in node or node.get("additionalProperties") is not False
+        ):
+            return False
+        inner: list[Any] = []
+        for key, value in node.items():
+            if key in ("properties", "$defs") and isinstance(value, dict):
+                inner += value.values()
+            elif key in ("items", "additionalProperties"):
+                inner.append(value)
+            elif key in _SUBSCHEMAS and isinstance(value, list):
+                inner += value
+        return all(ok(v) for v in inner)
+
+    return ok(schema)
+
+
 def _accepts_null(prop: dict[str, Any]) -> bool:
     if prop.get("type") == "null":
         return True

@@ -43,6 +43,8 @@ class BridgedTool:
     property required; a parameter with a default is nullable, null meaning it)."""
     requires_approval: bool
     """The policy says a person must approve each call."""
+    strict: bool = True
+    """The schema is one OpenAI's strict mode takes (`ToolSpec.strict`)."""
 
 
 class Bridge:
@@ -69,7 +71,11 @@ class Bridge:
         specs = [self.pool.registry.get(name) for name in self.names]
         return [
             BridgedTool(
-                spec.name, spec.description, spec.parameters, self.requires_approval(spec.name)
+                spec.name,
+                spec.description,
+                spec.parameters,
+                self.requires_approval(spec.name),
+                spec.strict,
             )
             for spec in specs
         ]

@@ -54,6 +54,6 @@ def _function_tool(bridge: Bridge, tool: BridgedTool) -> FunctionTool:
         description=tool.description,
         params_json_schema=tool.parameters,
         on_invoke_tool=invoke,
-        strict_json_schema=True,
+        strict_json_schema=tool.strict,
         needs_approval=tool.requires_approval,
     )
