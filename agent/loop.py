@@ -378,7 +378,7 @@ class Agent:
         # What that step offered, from what had answered before it: a call the
         # checkpoint holds unscreened (a kill right after the turn was kept) of a
         # tool not offered then is refused now too, never run.
-        offered = {t["function"]["name"] for t in self._tools_now(messages)} if calls else None
+        offered = self._offered_in(calls, self._tools_now(messages), messages) if calls else None
         outcomes = self._run_calls(calls, budget, repeats, known, offered) if calls else []
         for done in known.values():  # as a live run counts a turn: once it is over
             if done.outcome is not None:

@@ -22,7 +22,7 @@ from agent.checkpoints import Outcome, RunStore
 from agent.loop import Agent
 from agent.model import ModelClient
 from agent.replay import ScriptedModelServer, Step, say
-from policies import parse_policy
+from policies import Policy, parse_policy
 from sandbox import Pool
 from tools import Registry
 
@@ -92,15 +92,20 @@ def _killed_after_the_turn(
 
 
 def _resumed(
-    setup: tuple[Pool, ScriptedModelServer], store: RunStore, run_id: str, trace_path: Path
+    setup: tuple[Pool, ScriptedModelServer],
+    store: RunStore,
+    run_id: str,
+    trace_path: Path,
+    policy: Policy | None = None,
 ) -> dict[str, str]:
     """Resume the run to an answer; each tool call of the resume with its approval."""
     pool, server = setup
     server.play([say("Done.")])
     model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
     trace = Trace(trace_path)
+    policy = policy or pool.policy  # type: ignore[assignment]
     try:
-        agent = Agent(pool, pool.policy, model, approver=Approver(), trace=trace, store=store)  # type: ignore[arg-type]
+        agent = Agent(pool, policy, model, approver=Approver(), trace=trace, store=store)  # type: ignore[arg-type]
         assert agent.resume(store.load(run_id)).ok
     finally:
         trace.close()
@@ -139,6 +144,27 @@ def test_a_call_before_its_after_is_refused_on_resume_though_its_turn_ran_the_fi
     run_id = _killed_after_the_turn(store, "Can I return order 12345?", turn, done)
     ran = _resumed(setup, store, run_id, tmp_path / "t.jsonl")
     assert ran == {"check_return_eligibility": "not_yet"}  # the lookup: restored, not traced
+
+
+def test_a_turn_that_calls_the_tool_it_was_asked_for_first_resumes_as_it_ran(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # `first_when`: asked for the order's lookup first, a turn that calls it may call
+    # any available tool beside it. A resume screens the turn the same way: the policy
+    # read beside the lookup runs, as it would have.
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notice.txt").write_text("Returns within 30 days.")
+    policy = parse_policy(
+        POLICY + '\n[tools.get_order_status]\nfirst_when = ["order"]\n', "first.toml", tmp_path
+    )
+    store = RunStore(tmp_path / "runs.db")
+    turn = [
+        _call("c_lookup", "get_order_status", {"order_id": "12345"}),
+        _call("c_rules", "read_file", {"path": "notice.txt"}),
+    ]
+    run_id = _killed_after_the_turn(store, "Where is order 12345?", turn, {})
+    ran = _resumed(setup, store, run_id, tmp_path / "t.jsonl", policy)
+    assert ran == {"get_order_status": "not_required", "read_file": "not_required"}
 
 
 def _turn(*calls: dict[str, Any]) -> Step:
