@@ -6,7 +6,7 @@ purpose (issue 19): a number where the tool wants a string, counted in the trace
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pytest
 from pydantic import Field, Strict
@@ -23,6 +23,8 @@ def refund(
     parts: list[float] | None = None,
     limit: int | None = None,
     share: Annotated[float, Field(ge=0, le=1)] = 0.5,
+    level: Literal[1, 2, 3] = 1,
+    confirm: Literal[True] = True,
 ) -> str:
     """Refund an order.
 
@@ -34,6 +36,8 @@ def refund(
         parts: Amounts of each part.
         limit: Most to refund.
         share: Part of the amount.
+        level: How urgent.
+        confirm: Must be true.
     """
     return f"{order_id} {amount}"
 
@@ -72,6 +76,8 @@ GOOD = {"order_id": "A1", "amount": 12.5}
         ("parts", [1.5, True], "parts.1: expected a number, got a boolean"),
         ("limit", True, "limit: expected a whole number, got a boolean"),
         ("share", True, "share: expected a number, got a boolean"),
+        ("level", True, "level: expected one of 1, 2, 3, got a boolean"),
+        ("confirm", 1, "confirm: expected one of true, got a number"),
     ],
 )
 def test_a_value_of_another_json_type_is_refused_and_the_model_told_why(
@@ -100,6 +106,8 @@ def test_what_json_means_the_same_is_accepted(registry: Registry) -> None:
         "parts": [1.0, 2.5],
         "limit": None,
         "share": 0.5,
+        "level": 1,
+        "confirm": True,
     }
     assert spec.openai_schema["function"]["parameters"]["properties"]["amount"] == {
         "type": "number",

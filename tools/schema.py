@@ -10,6 +10,7 @@ and a null from the model means "use the default".
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import types
 import typing
@@ -131,6 +132,8 @@ def exact_types(hint: Any) -> Any:
             # still runs first, before the type's own validation.
             return typing.Annotated[(inner, *metadata, _CHECKS[inner])]  # type: ignore[misc]
         return typing.Annotated[(exact_types(inner), *metadata)]  # type: ignore[misc]
+    if origin is typing.Literal:
+        return _exact_literal(hint, args)
     if origin in (typing.Union, types.UnionType):
         return typing.Union[tuple(exact_types(a) for a in args)]  # noqa: UP007
     if origin in (list, set, frozenset) and len(args) == 1:
@@ -140,6 +143,19 @@ def exact_types(hint: Any) -> Any:
     if origin is tuple and args:
         return tuple[tuple(a if a is Ellipsis else exact_types(a) for a in args)]
     return hint
+
+
+def _exact_literal(hint: Any, values: tuple[Any, ...]) -> Any:
+    """`Literal[1, 2]` took `true` for 1, and `Literal[True]` took 1 (equal in Python)."""
+    numbers = any(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    bools = any(isinstance(v, bool) for v in values)
+    if numbers == bools:
+        return hint  # no numbers and no booleans, or both: pydantic's own matching
+    accepts: tuple[type, ...] = (bool,) if bools else (int, float, str, type(None))
+    refuses: tuple[type, ...] = () if bools else (bool,)
+    shown = ", ".join(json.dumps(v) for v in values)
+    wanted = f"one of {shown}"
+    return typing.Annotated[hint, _only(accepts, refuses, wanted, f"{wanted}, as JSON")]
 
 
 def _json_type(value: Any) -> str:
