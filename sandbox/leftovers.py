@@ -32,6 +32,8 @@ import sys
 import threading
 from typing import Any
 
+from pydantic_core import to_json
+
 from tools import registry as _registry
 
 from . import channel, limits, protocol
@@ -48,13 +50,22 @@ def _watched() -> list[tuple[str, Any]]:
     spaces: list[tuple[str, Any]] = [(module.__name__, vars(module)) for module in modules]
     for cls in (socket.socket, channel.BlockingReader, _registry.Registry, _registry.ToolSpec):
         spaces.append((f"{cls.__module__}.{cls.__qualname__}", vars(cls)))
+    for name in ("stdin", "stdout", "stderr"):
+        # The stream object itself may be the same and its `write` or `flush` a
+        # patch (an output capture never undone): the worker flushes them each call.
+        own = getattr(getattr(sys, name), "__dict__", None)
+        if isinstance(own, dict):
+            spaces.append((f"sys.{name}", own))
     return spaces
 
 
 class Baseline:
-    """The worker's state before its first tool ran."""
+    """The worker's state before its first tool ran. `settings`: the dict every call
+    of the worker is handed as its context's (made once), compared by value."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        self.given = settings if settings is not None else {}
+        self.given_json = to_json(self.given)
         self.spaces = [(name, space, tuple(space.values())) for name, space in _watched()]
         self.fds = _descriptors()
         self.handlers = _handlers()
@@ -87,11 +98,19 @@ class Baseline:
         hooks = _hooks()
         if len(hooks) != len(self.hooks) or not all(map(operator.is_, hooks, self.hooks)):
             return "a hook, a standard stream or the import path changed"
+        if not self._same_settings():
+            return "the call's settings changed in place"
         if _settings() != self.settings:
             return (
                 "the umask, the working directory, the recursion limit or a default timeout changed"
             )
         return None
+
+    def _same_settings(self) -> bool:
+        try:
+            return to_json(self.given) == self.given_json
+        except Exception:  # the tool put something there that JSON cannot hold
+            return False
 
 
 _ITIMERS = (
