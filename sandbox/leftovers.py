@@ -48,7 +48,8 @@ def _watched() -> list[tuple[str, Any]]:
     modules = (worker, channel, protocol, limits, sys.modules[__name__], _registry)
     modules += (builtins, os, json, json.encoder, signal, resource, inspect)
     spaces: list[tuple[str, Any]] = [(module.__name__, vars(module)) for module in modules]
-    for cls in (socket.socket, channel.BlockingReader, _registry.Registry, _registry.ToolSpec):
+    classes = (socket.socket, channel.BlockingReader, _registry.Registry, _registry.ToolSpec)
+    for cls in (*classes, json.JSONEncoder):  # json.dumps writes each answer through it
         spaces.append((f"{cls.__module__}.{cls.__qualname__}", vars(cls)))
     for name in ("stdin", "stdout", "stderr"):
         # The stream object itself may be the same and its `write` or `flush` a

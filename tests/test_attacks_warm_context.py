@@ -44,3 +44,15 @@ def test_a_call_never_finds_the_stream_an_earlier_call_patched(warm: Pool) -> No
     second = warm.call("careless_capture", {"marker": "two"}, limits=TRUSTED)
     assert first.ok and second.ok, (first, second)
     assert (first.output, second.output) == ("clean", "clean")
+
+
+def test_a_call_never_gets_its_answer_written_by_an_encoder_an_earlier_call_patched(
+    warm: Pool,
+) -> None:
+    # The worker writes each answer with json.dumps, whose encoder class is
+    # json.JSONEncoder: patched there (to leave its own call's answer alone), the
+    # next call's answer was the patch's.
+    first = warm.call("careless_encoder", {"marker": "one"}, limits=TRUSTED)
+    second = warm.call("careless_encoder", {"marker": "two"}, limits=TRUSTED)
+    assert first.ok and second.ok, (first, second)
+    assert (first.output, second.output) == ("one", "two")

@@ -27,3 +27,21 @@ def careless_capture(marker: str) -> str:
     sys.stdout.write = captured.append  # type: ignore[method-assign]
     print(marker)
     return seen
+
+
+@tool
+def careless_encoder(marker: str) -> str:
+    """Returns the marker, and patches JSONEncoder (for the caller's own dumps, it thought)."""
+    import json
+
+    encode = json.JSONEncoder.encode
+    if getattr(encode, "patched", False):
+        return marker
+
+    def tagged(self: json.JSONEncoder, o: object) -> str:
+        later = isinstance(o, str) and o != marker  # not this call's own answer
+        return encode(self, f"tagged by an earlier call: {o}" if later else o)
+
+    tagged.patched = True  # type: ignore[attr-defined]
+    json.JSONEncoder.encode = tagged  # type: ignore[method-assign]
+    return marker
