@@ -405,8 +405,9 @@ def _started(policy: Policy, servers: list[str] | None = None) -> Any:
 def cmd_policy_show(args: argparse.Namespace) -> int:
     from policies.show import policy_json, policy_toml
 
-    _, policy = load_setup(args.tools, args.policy)
-    sys.stdout.write(policy_json(policy) + "\n" if args.json else policy_toml(policy))
+    registry, policy = load_setup(args.tools, args.policy)
+    shown = policy_json(policy) + "\n" if args.json else policy_toml(policy, registry.names())
+    sys.stdout.write(shown)
     return EXIT_OK
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
+from .loader import BUILT_IN
 from .schema import Policy
 
 NOT_IN_A_FILE = "(program default)"
@@ -28,14 +30,31 @@ def policy_json(policy: Policy) -> str:
     return json.dumps({"files": policy.files, "policy": data, "sources": sources}, indent=2)
 
 
-def policy_toml(policy: Policy) -> str:
-    """Valid TOML that loads (with `extends = "none"`) to the same policy."""
+def policy_toml(policy: Policy, loaded: Collection[str] | None = None) -> str:
+    """Valid TOML that loads (with `extends = "none"`) to the same policy. `loaded`:
+    the tools loaded; the built-in policy's tables of any other are left out (a file
+    may configure only tools that are loaded, so `--policy` on this text would refuse
+    them), and a comment names them."""
     lines = [
         "# The policy in force: these files, each laid over the one before:",
         *[f"#   {_comment(f)}" for f in policy.files],
         "# Each value names the file that set it.",
     ]
-    _table(policy, policy_data(policy), [], lines)
+    data = policy_data(policy)
+    tables = data.get("tools", {})
+    unused = [
+        name
+        for name in tables
+        if loaded is not None
+        and name not in loaded
+        and policy.source_of(f"tools.{name}") == BUILT_IN
+        and policy.mcp_server_of(name) is None
+    ]
+    if unused:
+        names = ", ".join(f"[tools.{_key(n)}]" for n in unused)
+        lines.append(f"# Left out: the built-in policy's {names}, for tools not loaded.")
+        data["tools"] = {k: v for k, v in tables.items() if k not in unused}
+    _table(policy, data, [], lines)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -16,6 +16,7 @@ from agent.replay import ScriptedModelServer, call, say
 from policies import check_tools, load_policy, parse_policy
 from policies.show import policy_json, policy_toml
 from sandbox.errors import PolicyError
+from tools import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "tools" / "data" / "docs"
@@ -186,6 +187,22 @@ def test_shown_toml_loads_back_to_the_same_policy(tmp_path: Path) -> None:
     assert tomllib.loads(shown)["run"]["model"] == "m"
 
 
+def test_shown_toml_loads_back_through_the_tool_check_too(tmp_path: Path) -> None:
+    # `policy show > shown.toml`, then `--policy shown.toml`: the built-in policy's
+    # tables of tools not loaded (memory, run_python) were refused as unknown tools.
+    mine = write(tmp_path / "p.toml", "[tools.calculate]\ntimeout_s = 3\n")
+    policy = load_policy(mine)
+    loaded = Registry.default().names()
+    shown = policy_toml(policy, loaded)
+    assert "# Left out: the built-in policy's [tools.remember]" in shown
+    again = parse_policy(shown, "shown.toml", tmp_path)
+    check_tools(again, loaded)
+    for name in loaded:
+        assert again.effective(name) == policy.effective(name)
+    assert "\n[tools.remember]\n" in policy_toml(policy, [*loaded, "remember"])
+    assert "\n[tools.remember]\n" not in shown
+
+
 def test_policy_show_on_the_command_line(tmp_path: Path) -> None:
     mine = write(tmp_path / "p.toml", "[tools.calculate]\ntimeout_s = 3\n")
     proc = cli("policy", "show", "--policy", str(mine), home=tmp_path)
@@ -205,7 +222,7 @@ def test_policy_show_on_the_command_line(tmp_path: Path) -> None:
         "'timeout_s'? (accepted: timeout_s, memory_mb, cpu_s, max_output_chars, max_open_files,"
         " max_file_size_mb, max_disk_mb, max_data_mb, max_processes, max_connections,"
         " max_egress_mb, requires_approval, after, offer_when, decides, then, then_when,"
-        " idempotent, trusted, network, root, data_dir, settings)"
+        " first_when, idempotent, trusted, network, root, data_dir, settings)"
     ]
 
 
