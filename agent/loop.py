@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,6 +216,8 @@ class Agent:
         """Tools that answered without an error in this run (the policy's `after`)."""
         self._called: set[str] = set()
         """Tools that ran, or were refused by a person, in this run (`[tools] then`)."""
+        self._runs: Counter[str] = Counter()
+        """How often each tool ran in this run (`[tools] max_calls`)."""
         self._asked_next: list[str] = []
         """The tools the latest model call was asked to call, alone (`[tools] then`)."""
         self._model_ids: dict[str, str] = {}
@@ -231,7 +234,7 @@ class Agent:
         kills the run's tool calls in flight and ends the run (reason `interrupted`)
         before its next model call or tool call."""
         self._cancel = cancel or CancelToken()
-        self._answered, self._called = set(), set()
+        self._answered, self._called, self._runs = set(), set(), Counter()
         messages = list(history or [{"role": "system", "content": self.limits.system_prompt}])
         messages.append({"role": "user", "content": task})
         self.run_id = self.store.start(task, self.model.model, messages) if self.store else None
@@ -266,7 +269,7 @@ class Agent:
         self._cancel = CancelToken()
         budget = Budget(self.limits, steps=record.steps, cost_usd=record.cost_usd)
         repeats = RepeatGuard(self.limits.max_repeats)
-        self._answered, self._called = set(), set()
+        self._answered, self._called, self._runs = set(), set(), Counter()
         for done in record.calls:
             if done.outcome is not None:
                 repeats.remember(done.tool, done.arguments, done.outcome.sent)
@@ -278,6 +281,8 @@ class Agent:
         """A checkpointed call's part in `[tools] after` and `then`."""
         assert done.outcome is not None
         self._called.add(done.tool)
+        if done.outcome.ran:
+            self._runs[done.tool] += 1
         if done.outcome.ok and done.outcome.ran:  # a note is ok, and ran nothing
             self._answered.add(done.tool)
 
@@ -529,7 +534,13 @@ class Agent:
             t
             for t in self._for_question(messages)
             if all(first in self._answered for first in self.policy.after(t["function"]["name"]))
+            and not self._spent(t["function"]["name"])
         ]
+
+    def _spent(self, tool: str) -> bool:
+        """The tool has run its `[tools] max_calls` times in this run."""
+        most = self.policy.max_calls(tool)
+        return most is not None and self._runs[tool] >= most
 
     def _for_question(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The run's tools whose `offer_when` the user's latest message mentions: the
@@ -772,6 +783,20 @@ class Agent:
                     sha256=bound.sha256,
                 )
                 continue
+            if bound is not None and self._spent(tool):
+                why = (
+                    f"not run: {tool} has run {self._runs[tool]} times in this run, its most "
+                    f"(max_calls). Answer the question from the results you have."
+                )
+                turn.outcomes[i] = ToolOutcome(
+                    call_id,
+                    tool,
+                    arguments,
+                    _failure(tool, Denied(tool, why)),
+                    "max_calls",
+                    sha256=bound.sha256,
+                )
+                continue
             if bound is not None and offered is not None and tool not in offered:
                 # Asked for the tools a result calls for first (`then`), or offered only
                 # when the user's message asks for it (`offer_when`).
@@ -865,6 +890,7 @@ class Agent:
         done = [o for o in turn.outcomes if o is not None]
         self._answered.update(o.tool for o in done if o.executed and o.result.ok)
         self._called.update(o.tool for o in done if o.executed or o.approval.startswith("denied"))
+        self._runs.update(o.tool for o in done if o.executed)
         for outcome in done:
             if outcome.restored:
                 continue

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 
 from .guardrails import Budget, RunStopped, model_calls
 
-Steer = Literal["repeated_call", "max_iterations", "contradiction", "decided"]
+Steer = Literal["repeated_call", "max_iterations", "contradiction", "decided", "max_calls"]
 """Why a model call was steered: the model repeated a call, it is the last step, its
 answer said the opposite of a tool's verdict, or a tool that decides the question
 (`[tools.NAME] decides`) has answered."""
@@ -80,6 +80,8 @@ def after_calls(
     One lookup twice beside others is not a loop: it is not steered."""
     if any(o.approval == "repeat_note" for o in outcomes):
         return "repeated_call"
+    if any(o.approval == "max_calls" for o in outcomes):
+        return "max_calls"  # asked again for a tool it has run its most: it is looping
     if any(o.executed and o.result.ok and decides(o.tool) for o in outcomes):
         return "decided"
     copies = sum(o.approval == "copy_note" for o in outcomes)
@@ -295,6 +297,12 @@ def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> Run
             steer,
             f"stopped: a tool that decides the question had answered, the model was asked "
             f"for the final answer with tools off, and still called {names}",
+        )
+    if steer == "max_calls":
+        return RunStopped(
+            steer,
+            f"stopped: the model asked again for a tool it had run its most (max_calls), was "
+            f"asked for the final answer with tools off, and still called {names}",
         )
     if steer == "max_iterations":
         return RunStopped(

@@ -82,6 +82,11 @@ class ToolPolicy(BaseModel):
     """`then` only when the user's latest message mentions one of these (as
     `offer_when` reads them): the rules and the date for a question about a return,
     not for one about an order's price."""
+    max_calls: int | None = Field(None, ge=1, le=1000)
+    """Times the tool may run in one run; then it is no longer offered, a call of it is
+    refused (`max_calls`), and the next model call asks for the answer, tools off
+    (`steered: max_calls`). The small model chained `calculate` ("2025-05-11 - 30
+    days", that minus 30 days, ...) until the step budget ran out."""
     first_when: list[Annotated[str, Field(min_length=1)]] | None = None
     """Words or phrases (as `offer_when` reads them): when the user's latest message
     mentions one, the first model call after it is offered only the tools whose
@@ -409,6 +414,10 @@ class Policy(BaseModel):
     def then(self, tool: str) -> list[str]:
         """The tools the model is asked to call next once `tool` answered."""
         return list(self.effective(tool).then or [])
+
+    def max_calls(self, tool: str) -> int | None:
+        """Times `tool` may run in one run; None: no limit."""
+        return self.effective(tool).max_calls
 
     def first_when(self, tool: str) -> list[str]:
         """What the user's message must mention for `tool` to be the first call's; []:

@@ -764,3 +764,40 @@ def test_through_the_responses_api_a_required_call_is_asked_by_tool_choice(
     assert result.ok and server.routes[0].endswith("/responses")
     assert [r.get("tool_choice") for r in server.requests] == ["required", None]
     assert not any("text" in r or "response_format" in r for r in server.requests)
+
+
+def test_max_calls_ends_a_chain_of_one_tool_with_the_answer(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # The small model chained calculate ("2025-05-11 - 30 days", that minus 30 days,
+    # ...) until the step budget steered it: after its most, a call is refused, the tool
+    # is offered no more, and the next model call asks for the answer, tools off.
+    pool, server = setup
+    policy = parse_policy(POLICY + "\n[tools.calculate]\nmax_calls = 2\n", "most.toml", tmp_path)
+    server.play(
+        [
+            call(("calculate", {"expression": "2025-05-11 - 30"})),
+            call(("calculate", {"expression": "2025-04-11 - 30"})),
+            call(("calculate", {"expression": "2025-03-12 - 30"})),  # refused, never run
+            say("It closed on 2025-05-10."),
+        ]
+    )
+    model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+    trace = Trace(tmp_path / "t.jsonl")
+    try:
+        result = Agent(pool, policy, model, approver=Approver(), trace=trace).run("When?")
+    finally:
+        trace.close()
+    assert result.ok and result.answer == "It closed on 2025-05-10."
+    events = read_trace(tmp_path / "t.jsonl")
+    ran = [
+        (e["approval"], e["worker_pid"] is not None) for e in events if e["event"] == "tool_call"
+    ]
+    assert ran == [("not_required", True), ("not_required", True), ("max_calls", False)]
+    told = server.requests[3]["messages"]
+    assert "has run 2 times in this run, its most (max_calls)" in told[-2]["content"]
+    assert ["calculate" in offered(r) for r in server.requests] == [True, True, False, False]
+    steered = [e["steered"] for e in events if e["event"] == "model_call"]
+    assert (
+        steered == [None, None, None, "max_calls"] and server.requests[3]["tool_choice"] == "none"
+    )

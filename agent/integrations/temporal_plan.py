@@ -52,6 +52,8 @@ class ToolFacts(_Payload):
     """The tools the model is asked to call next once it answered (`[tools.NAME] then`)."""
     then_when: list[str] = Field(default_factory=list)
     first_when: list[str] = Field(default_factory=list)
+    max_calls: int | None = None
+    """Times it may run in one run (`[tools.NAME] max_calls`)."""
     """What the user's message must mention for it to be asked for first."""
 
 
@@ -95,6 +97,7 @@ class RunPlan(_Payload):
                 then=policy.then(name),
                 then_when=policy.then_when(name),
                 first_when=policy.first_when(name),
+                max_calls=policy.max_calls(name),
             )
             for name in tool_names
         }
@@ -148,6 +151,9 @@ class PlanPolicy:
 
     def first_when(self, tool: str) -> list[str]:
         return list(self._facts(tool).first_when)
+
+    def max_calls(self, tool: str) -> int | None:
+        return self._facts(tool).max_calls
 
 
 class RunOutcome(_Payload):

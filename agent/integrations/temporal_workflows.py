@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -215,6 +216,7 @@ class _WorkflowAgent(Agent):
         self._cancel = CancelToken()
         self._answered: set[str] = set()  # the tools that answered (`[tools] after`)
         self._called: set[str] = set()  # the tools that ran (`[tools] then`)
+        self._runs: Counter[str] = Counter()  # how often each ran (`[tools] max_calls`)
         self._asked_next: list[str] = []
         self._model_ids: dict[str, str] = {}  # renamed call ids (`agent.loop.fresh_ids`)
         self._waited = 0.0
