@@ -116,7 +116,8 @@ class ToolCalled(Event):
     """Seconds of the run's wall budget left when the call started."""
     repairs: list[str] = Field(default_factory=list)
     """Slips fixed in the model's arguments before they validated (`agent.repair`):
-    trailing_commas, stringified_arguments, arguments_wrapper, number_as_string."""
+    trailing_commas, stringified_arguments, arguments_wrapper, string_as_number,
+    number_as_string."""
     model_arguments: str | None = None
     """The model's own arguments text, when a repair changed it."""
     model_call_id: str | None = None

@@ -5,15 +5,16 @@
 
 Small models send arguments that are almost right: a trailing comma, the object
 stringified once more, the call's own `{"arguments": ...}` wrapper around it, a number
-where the tool wants a string. Each fix here changes the shape only, never a value,
-and a fixed text is accepted only if the one strict reader and the schema accept it
-(`binding.bind`): a repair can make a call valid, never make one say what the schema
-refuses. What it did is named in `BoundCall.repairs`, which the trace records.
+where the tool wants a string, a number in quotes. Each fix here changes the shape
+only, never a value, and a fixed text is accepted only if the one strict reader and
+the schema accept it (`binding.bind`): a repair can make a call valid, never make one
+say what the schema refuses. What it did is named in `BoundCall.repairs`, which the trace records.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from tools import ArgumentError, ToolSpec
 
 from .binding import BoundCall, bind
-from .json_text import Obj, decode, dump, without_trailing_commas
+from .json_text import Num, Obj, decode, dump, without_trailing_commas
 
 Fix = Callable[[ToolSpec, str], str | None]
 
@@ -99,10 +100,70 @@ def arguments_wrapper(spec: ToolSpec, text: str) -> str | None:
     return None
 
 
+def strings_as_numbers(spec: ToolSpec, text: str) -> str | None:
+    """`{"amount": "89.99"}` → `{"amount": 89.99}`: a string that is exactly a JSON
+    number, where the tool's schema takes a number and no string. Its digits are kept
+    as written; `"12.5 dollars"`, `"1,5"`, `" 3"` or `"NaN"` stay strings, refused."""
+    value = decode(text)
+    fixed = _numbers_unquoted(value, spec.parameters, spec.parameters.get("$defs", {}))
+    return None if fixed is value else dump(fixed)
+
+
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _numbers_unquoted(value: Any, schema: Any, defs: dict[str, Any]) -> Any:
+    """`value` with the quotes taken off where `schema` wants a number; the very same
+    object when nothing changed."""
+    branches = _branches(schema, defs)
+    if isinstance(value, str):
+        types = {t for b in branches for t in _types(b)}
+        wants = types & {"number", "integer"} and "string" not in types
+        return Num(value) if wants and _JSON_NUMBER.fullmatch(value) else value
+    if isinstance(value, Obj):
+        objects = [b for b in branches if "object" in _types(b)]
+        if len(objects) != 1:
+            return value
+        props, extra = objects[0].get("properties", {}), objects[0].get("additionalProperties")
+        pairs = [(k, _numbers_unquoted(v, props.get(k, extra), defs)) for k, v in value.pairs]
+        changed = any(new is not old for (_, new), (_, old) in zip(pairs, value.pairs, strict=True))
+        return Obj(pairs) if changed else value
+    if isinstance(value, list):
+        arrays = [b for b in branches if "array" in _types(b)]
+        if len(arrays) != 1:
+            return value
+        items = [_numbers_unquoted(v, arrays[0].get("items"), defs) for v in value]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    return value
+
+
+def _branches(schema: Any, defs: dict[str, Any], depth: int = 0) -> list[dict[str, Any]]:
+    """The plain schemas a value may match: `$ref`s followed, `anyOf`/`oneOf` opened."""
+    if not isinstance(schema, dict) or depth > 16:
+        return []
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return _branches(defs.get(ref.removeprefix("#/$defs/")), defs, depth + 1)
+    alternatives = schema.get("anyOf", schema.get("oneOf"))
+    if isinstance(alternatives, list):
+        return [b for alt in alternatives for b in _branches(alt, defs, depth + 1)]
+    return [schema]
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {kind}
+    if isinstance(kind, list):
+        return {k for k in kind if isinstance(k, str)}
+    return {"string"} if "enum" in schema or "const" in schema else set()
+
+
 FIXES: tuple[tuple[str, Fix], ...] = (
     ("trailing_commas", trailing_commas),
     ("stringified_arguments", stringified_arguments),
     ("arguments_wrapper", arguments_wrapper),
+    ("string_as_number", strings_as_numbers),
 )
 
 
