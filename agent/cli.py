@@ -258,10 +258,6 @@ def _main(argv: list[str]) -> int:
             from .integrations.temporal_command import cmd_approve
 
             return cmd_approve(args)
-        if args.command == "worker":
-            from .integrations.temporal_worker import cmd_worker
-
-            return cmd_worker(args)
         if args.command in ("run", "chat"):
             registry, policy = load_setup(args.tools, args.policy, args.isolation)
             if args.command == "run" and args.temporal:

@@ -231,7 +231,9 @@ def report(result: RunResult) -> int:
     if result.run_id:
         hint = f" (run {result.run_id}; go on with: sandboxed-agent run --resume {result.run_id})"
     print(f"sandboxed-agent: {safe(scrub(result.message))}{hint}", file=sys.stderr)
-    return 1
+    # Stopped by the user (Ctrl-C): 130, as `tool` and `eval` exit, so a script can
+    # tell a stop from a run that failed.
+    return 130 if result.reason == "interrupted" else 1
 
 
 def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
