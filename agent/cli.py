@@ -67,7 +67,7 @@ from .runner import (
 from .scrubbing import scrub
 from .terminal import ascii_json, safe
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -192,7 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _tool_main(argv: list[str]) -> int:
     """`tool` prints one JSON object whatever happens, a failure included: its kind is
-    `bad_arguments` for a usage error (exit 2), else `crashed` (exit 1)."""
+    `bad_arguments` for a usage error (exit 2), `interrupted` for a Ctrl-C (exit 130:
+    at the approval prompt nothing ran; during the call its tree was killed), else
+    `crashed` (exit 1)."""
     name = next((a for a in argv[1:] if not a.startswith("-")), "")
     _said.clear()
     try:
@@ -201,8 +203,10 @@ def _tool_main(argv: list[str]) -> int:
         _complain(f"{type(exc).__name__}: {exc}")
         status = EXIT_FAILED
     if status != EXIT_OK and "result" not in _said:
-        kind = ErrorKind.BAD_ARGUMENTS if status == EXIT_USAGE else ErrorKind.CRASHED
-        _print_failure(name, kind, _said.get("error", "the call did not run"))
+        kind = {EXIT_USAGE: ErrorKind.BAD_ARGUMENTS, EXIT_INTERRUPTED: ErrorKind.INTERRUPTED}
+        _print_failure(
+            name, kind.get(status, ErrorKind.CRASHED), _said.get("error", "the call did not run")
+        )
     return status
 
 
@@ -276,7 +280,7 @@ def _main(argv: list[str]) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         _complain("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout closed early (| head): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -34,6 +34,7 @@ class ErrorKind(StrEnum):
     DATA_LIMIT = "data_limit"
     CRASHED = "crashed"
     DENIED = "denied"
+    INTERRUPTED = "interrupted"
 
 
 class SandboxedAgentError(Exception):
