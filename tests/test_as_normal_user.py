@@ -37,6 +37,7 @@ SUITES = (
     "tests/test_attacks.py",
     "tests/test_attacks_host.py",
     "tests/test_attacks_redteam.py",
+    "tests/test_attacks_warm.py",
     "tests/test_sandbox_isolation.py",
     "tests/test_read_set.py",
     "tests/test_egress.py",
