@@ -112,6 +112,7 @@ def check_tools(policy: Policy, known: list[str]) -> None:
         if name not in known:
             source = policy.source_of("run.offer") or policy.source
             raise PolicyError(f"{source}: [run] offer: {unknown_tool(name, known)}")
+    _check_offered_chains(policy)
     cycle = _after_cycle(policy, known)
     if cycle:
         own = policy.tools.get(cycle[0])
@@ -124,6 +125,30 @@ def check_tools(policy: Policy, known: list[str]) -> None:
             "of them can ever run"
         )
         raise PolicyError(f"{source}: [{table}] after: {said}")
+
+
+def _check_offered_chains(policy: Policy) -> None:
+    """With `[run] offer`, an offered tool's `after` or `then` naming a tool the run
+    does not offer would wait for ever (never offered) or ask for a call that cannot
+    be made: said at load, not found out in a run."""
+    offered = policy.run.offer
+    if offered is None:
+        return
+    for name in offered:
+        for key in ("after", "then"):
+            missing = [t for t in getattr(policy, key)(name) if t not in offered]
+            if not missing:
+                continue
+            own = policy.tools.get(name)
+            table = (
+                f"tools.{name}" if own is not None and getattr(own, key) is not None else "defaults"
+            )
+            source = policy.source_of(f"{table}.{key}") or policy.source
+            what = "can never run" if key == "after" else "asks for a call the run cannot make"
+            raise PolicyError(
+                f"{source}: [{table}] {key}: {', '.join(missing)} is not in [run] offer, so "
+                f"{name} {what}; add it to offer ({', '.join(offered)}) or take it out of {key}"
+            )
 
 
 def _after_cycle(policy: Policy, known: list[str]) -> list[str]:

@@ -210,3 +210,28 @@ def test_a_copy_with_other_tool_tables_resolves_afresh() -> None:
     changed = policy.model_copy(update={"tools": {"calculate": ToolPolicy(timeout_s=7)}})
     assert changed.limits_for("calculate").timeout_s == 7
     assert policy.limits_for("calculate").timeout_s == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (
+            '[run]\noffer = ["calculate"]\n[tools.calculate]\nthen = ["read_file"]',
+            "p.toml: [tools.calculate] then: read_file is not in [run] offer, so calculate "
+            "asks for a call the run cannot make",
+        ),
+        (
+            '[run]\noffer = ["calculate"]\n[defaults]\nafter = ["read_file"]',
+            "p.toml: [defaults] after: read_file is not in [run] offer, so calculate can never",
+        ),
+    ],
+)
+def test_after_or_then_outside_the_offered_tools_is_an_error(
+    text: str, said: str, tmp_path: Path
+) -> None:
+    policy = parse_policy(text, "p.toml", tmp_path)
+    with pytest.raises(PolicyError, match=re.escape(said)):
+        check_tools(policy, ["calculate", "read_file"])
+    both = text.replace('offer = ["calculate"]', 'offer = ["calculate", "read_file"]')
+    if "[defaults]" not in text:  # read_file waiting for itself is the cycle's error
+        check_tools(parse_policy(both, "p.toml", tmp_path), ["calculate", "read_file"])
