@@ -537,10 +537,11 @@ class Agent:
             and not self._spent(t["function"]["name"])
         ]
 
-    def _spent(self, tool: str) -> bool:
-        """The tool has run its `[tools] max_calls` times in this run."""
+    def _spent(self, tool: str, queued: int = 0) -> bool:
+        """The tool has run its `[tools] max_calls` times in this run (`queued`: and
+        this many more of this turn's calls are on their way to run)."""
         most = self.policy.max_calls(tool)
-        return most is not None and self._runs[tool] >= most
+        return most is not None and self._runs[tool] + queued >= most
 
     def _for_question(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The run's tools whose `offer_when` the user's latest message mentions: the
@@ -740,11 +741,13 @@ class Agent:
         cap = self.limits.max_calls_per_turn
         turn = Turn(step, [None] * len(calls))
         this_turn: set[tuple[str, str]] = set()
+        queued: Counter[str] = Counter()  # this turn's calls on their way to run (max_calls)
         for i, call in enumerate(calls):
             call_id, tool, raw = _unpack(call, i)
             record = known.get(call_id)
             if record is not None and record.outcome is not None:
                 turn.outcomes[i] = self._restored(call_id, tool, record.arguments, record.outcome)
+                queued[tool] += record.outcome.ran  # ran before a resume: it counts too
                 continue
             if i >= cap:
                 # Before the repeat guard counts it: asked again later, it is a new call.
@@ -783,7 +786,7 @@ class Agent:
                     sha256=bound.sha256,
                 )
                 continue
-            if bound is not None and self._spent(tool):
+            if bound is not None and self._spent(tool, queued[tool]):
                 why = (
                     f"not run: {tool} has run {self._runs[tool]} times in this run, its most "
                     f"(max_calls). Answer the question from the results you have."
@@ -840,8 +843,10 @@ class Agent:
             needs_approval = bound is not None and self.policy.requires_approval(tool)
             if bound is not None and needs_approval and approval == "not_required":
                 turn.asking.append(Asking(i, call_id, bound))
+                queued[tool] += 1
                 continue
             turn.to_run.append((i, call_id, tool, bound or raw, approval, approved))
+            queued[tool] += 1
         self._checkpoint_screened(turn)
         return turn
 

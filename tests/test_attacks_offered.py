@@ -242,3 +242,24 @@ def test_the_decided_steer_takes_the_deciding_tools_word_not_a_documents(
     steer = server.requests[2]["messages"][-1]["content"]
     assert "Do not call any more tools" in steer
     assert 'begin your answer with "No"' in steer and '"Yes"' not in steer
+
+
+def test_max_calls_holds_within_one_turn(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # `[tools.calculate] max_calls = 2`: a model that asks for five different
+    # calculations in one turn gets two of them run, not five.
+    pool, server = setup
+    (tmp_path / "docs").mkdir()
+    policy = parse_policy(POLICY + "\n[tools.calculate]\nmax_calls = 2\n", "most.toml", tmp_path)
+    sums = [_call(f"c_{n}", "calculate", {"expression": f"{n} + 1"}) for n in range(5)]
+    server.play([_turn(*sums), say("Done."), say("Done.")])
+    model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+    trace = Trace(tmp_path / "t.jsonl")
+    try:
+        assert Agent(pool, policy, model, approver=Approver(), trace=trace).run("Sums?").ok
+    finally:
+        trace.close()
+    calls = [e for e in read_trace(tmp_path / "t.jsonl") if e["event"] == "tool_call"]
+    assert [c["approval"] for c in calls] == ["not_required"] * 2 + ["max_calls"] * 3
+    assert [c["ok"] for c in calls] == [True, True, False, False, False]
