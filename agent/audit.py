@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sandbox import ToolResult
 
@@ -220,6 +220,34 @@ def read_trace(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}: line {number} is not a trace event")
             events.append(event)
     return events
+
+
+def check_events(events: list[dict[str, Any]], path: str | Path) -> None:
+    """ValueError naming the first event of a known kind that lacks its fields or holds
+    another type (a hand-edited or cut trace), so `trace` says what is wrong instead
+    of drawing `model #None`. Fields it does not know are let pass: a trace written by
+    another version still reads."""
+    for number, event in enumerate(events, 1):
+        model = _LENIENT.get(event["event"])
+        if model is None:
+            continue  # an event kind of another version: drawn as it is
+        try:
+            model.model_validate(event)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "the event"
+            raise ValueError(
+                f"{path}: event {number} ({safe(str(event['event']))}): {where}: "
+                f"{first['msg'].lower()}; a trace holds what `run --trace` wrote"
+            ) from None
+
+
+_LENIENT: dict[str, type[BaseModel]] = {
+    m.model_fields["event"].default: type(
+        m.__name__, (m,), {"model_config": ConfigDict(extra="ignore")}
+    )
+    for m in (RunStarted, ModelCalled, ToolCalled, EgressAttempt, RunEnded)
+}
 
 
 def render_timeline(events: list[dict[str, Any]]) -> str:

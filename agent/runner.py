@@ -22,7 +22,7 @@ from policies.loader import unknown_tool
 from sandbox import Pool
 
 from .approval import Approver
-from .audit import Trace, read_trace, render_timeline
+from .audit import Trace, check_events, read_trace, render_timeline
 from .checkpoints import CheckpointError, RunStore, UnknownRun
 from .cli_types import flag_error, memory_namespace
 from .embeddings import Embedder
@@ -308,6 +308,7 @@ def cmd_chat(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
 def cmd_trace(path: str) -> int:
     try:
         events = read_trace(path)
+        check_events(events, path)
     except FileNotFoundError:
         raise UsageError(f"trace file not found: {path}") from None
     except IsADirectoryError:

@@ -52,6 +52,16 @@ def test_run_prints_the_answer_and_writes_a_trace(tmp_path: Path) -> None:
     shown = cli("trace", str(trace))
     assert shown.returncode == 0
     assert "tool get_order_status" in shown.stdout and "run ended (answer)" in shown.stdout
+    # A field more (another version's) still reads; a cut event is named, not drawn.
+    lines = trace.read_text().splitlines()
+    lines[0] = lines[0][:-1] + ', "from_a_later_version": 1}'
+    trace.write_text("\n".join(lines) + "\n")
+    assert cli("trace", str(trace)).returncode == 0
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text('{"event": "run_started"}\n{"event": "model_call", "step": "one"}\n')
+    shown = cli("trace", str(cut))
+    assert shown.returncode == 2 and shown.stdout == ""
+    assert "cut.jsonl: event 1 (run_started): task: field required" in shown.stderr
 
 
 def test_a_guardrail_ending_the_run_exits_1_with_one_line() -> None:
