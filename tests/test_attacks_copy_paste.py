@@ -40,6 +40,6 @@ def test_the_announced_approve_command_names_the_call_and_runs_nothing_else(
     command = next(line for line in lines if "sandboxed-agent approve" in line)
     words = shlex.split(command)
     assert words[:4] == ["sandboxed-agent", "approve", "run-1", words[3]]
-    assert words[4:7] == ["--temporal", "127.0.0.1:7233", "[--deny|--always]"]
+    assert words[4:] == ["--temporal", "127.0.0.1:7233"]  # the whole line pastes as is
     if "\n" not in call_id:  # a control character is shown escaped: no call has that id
         assert words[3] == call_id

@@ -286,7 +286,7 @@ class Follower:
         assert self._asked.wait(DEADLINE_S), "".join(self.lines)
         line = next((x for x in self.lines if x.strip().startswith("sandboxed-agent approve")), "")
         assert line, f"the run ended without asking:\n{''.join(self.lines)}"
-        return line.split()[1:-1]  # less the program's name and "[--deny|--always]"
+        return line.split()[1:]  # less the program's name
 
     def finish(self) -> tuple[int, str]:
         if self.done is None:

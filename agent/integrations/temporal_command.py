@@ -343,8 +343,10 @@ def announce(run_id: str, call: PendingCall, address: str) -> None:
         # The id is the model's: quoted, so that the line pasted into a shell approves
         # this call and runs nothing else (`;`, `$(...)` in an id).
         f"    sandboxed-agent approve {run_id} {shlex.quote(safe(call.call_id))} "
-        f"--temporal {address}"
-        " [--deny|--always]",
+        f"--temporal {address}\n"
+        # Options on a line of their own: "[--deny|--always]" pasted with the command
+        # was a pipe to the shell.
+        "  (add --deny to refuse it, --always to say yes to this tool for the rest of the run)",
         file=sys.stderr,
         flush=True,
     )
