@@ -298,17 +298,30 @@ def pool(registry: Registry) -> Iterator[Pool]:
 
 
 def sleepers(marker: str) -> list[int]:
-    """Processes running `sleep <marker>`, anywhere on the machine."""
+    """Processes running `sleep <marker>`, anywhere on the machine, that can still run.
+    One exiting, a zombie or one with SIGKILL pending is on its way out: a call answers
+    once its kill is certain and the deaths are reaped after (the leftover guard still
+    sees every one gone by the test's end)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if len(cmd) == 2 and cmd[0].endswith("sleep") and cmd[1] == marker:
-            try:
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc.pid)
-            except psutil.Error:
-                pass
+        if len(cmd) == 2 and cmd[0].endswith("sleep") and cmd[1] == marker and can_run(proc.pid):
+            found.append(proc.pid)
     return found
+
+
+def can_run(pid: int) -> bool:
+    """Whether `pid` may still run an instruction of its own: not exiting already
+    (PF_EXITING, a zombie) and no SIGKILL pending (it never returns to its code)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+        with open(f"/proc/{pid}/stat") as f:
+            flags = int(f.read().rpartition(")")[2].split()[6])
+    except (OSError, ValueError, IndexError):
+        return False  # gone
+    pending = int(fields.get("SigPnd", "0"), 16) | int(fields.get("ShdPnd", "0"), 16)
+    return not (flags & 0x4 or pending & (1 << 8) or fields.get("State", "")[:1] in "ZX")
 
 
 def unique_marker() -> str:
