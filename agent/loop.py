@@ -777,28 +777,14 @@ class Agent:
             first = [t for t in self.policy.after(tool) if t not in self._answered]
             if bound is not None and first:
                 # Before the repeat guard counts it: asked again after them, it runs.
-                turn.outcomes[i] = ToolOutcome(
-                    call_id,
-                    tool,
-                    arguments,
-                    _failure(tool, Denied(tool, _not_yet(tool, first))),
-                    "not_yet",
-                    sha256=bound.sha256,
-                )
+                turn.outcomes[i] = _refused(call_id, tool, bound, _not_yet(tool, first), "not_yet")
                 continue
             if bound is not None and self._spent(tool, queued[tool]):
                 why = (
                     f"not run: {tool} has run {self._runs[tool]} times in this run, its most "
                     f"(max_calls). Answer the question from the results you have."
                 )
-                turn.outcomes[i] = ToolOutcome(
-                    call_id,
-                    tool,
-                    arguments,
-                    _failure(tool, Denied(tool, why)),
-                    "max_calls",
-                    sha256=bound.sha256,
-                )
+                turn.outcomes[i] = _refused(call_id, tool, bound, why, "max_calls")
                 continue
             if bound is not None and offered is not None and tool not in offered:
                 # Asked for the tools a result calls for first (`then`), or offered only
@@ -808,14 +794,7 @@ class Agent:
                     if self._asked_next
                     else _not_asked(tool, self.policy.offer_when(tool))
                 )
-                turn.outcomes[i] = ToolOutcome(
-                    call_id,
-                    tool,
-                    arguments,
-                    _failure(tool, Denied(tool, why)),
-                    "not_offered",
-                    sha256=bound.sha256,
-                )
+                turn.outcomes[i] = _refused(call_id, tool, bound, why, "not_offered")
                 continue
             key = repeats.key(tool, arguments)
             if key in this_turn:
@@ -1174,6 +1153,19 @@ def _flood(calls: int, cap: int) -> RunError:
         f"the model asked for {calls} tool calls in one turn; at most {cap} run per turn "
         f"(max_calls_per_turn), and a turn of more than {_ceiling(cap)} is not "
         "answered: the run stops"
+    )
+
+
+def _refused(call_id: str, tool: str, bound: BoundCall, why: str, approval: str) -> ToolOutcome:
+    """A validated call the loop does not run (`not_yet`, `max_calls`, `not_offered`):
+    answered with `why`, under the hash of the arguments it would have run with."""
+    return ToolOutcome(
+        call_id,
+        tool,
+        bound.canonical,
+        _failure(tool, Denied(tool, why)),
+        approval,
+        sha256=bound.sha256,
     )
 
 
