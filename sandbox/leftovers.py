@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import threading
+import types
 from typing import Any
 
 from pydantic_core import to_json
@@ -37,6 +38,7 @@ from pydantic_core import to_json
 from tools import registry as _registry
 
 from . import channel, limits, protocol
+from ._dict_versions import Versions
 
 
 def _watched() -> list[tuple[str, Any]]:
@@ -68,7 +70,10 @@ class Baseline:
         self.given = settings if settings is not None else {}
         self.given_json = to_json(self.given)
         self.spaces = [(name, space, tuple(space.values())) for name, space in _watched()]
-        self.fds = _descriptors()
+        # A namespace whose dict kept its version is unchanged: its values are compared
+        # only where the version moved (or the interpreter keeps none).
+        self.versions = Versions([_dict_of(space) for _, space, _ in self.spaces])
+        self.fds = _Descriptors()
         self.handlers = _handlers()
         self.masks = _masks()
         self.environ = dict(os.environ._data)  # type: ignore[attr-defined]
@@ -80,11 +85,13 @@ class Baseline:
         Run once no thread or process of the call is left. The namespaces come first:
         the later checks call functions found in them. Nothing the tool planted runs
         here unless it also rebound a name (which is then reported)."""
-        for name, space, values in self.spaces:
+        for i in self.versions.moved():
+            name, space, values = self.spaces[i]
             # Unchanged values are the same objects, found equal without a call; a
             # rebound one differs (a planted object that claims otherwise is hostile).
             if tuple(space.values()) != values:
                 return f"a name in {name} rebound"
+        self.versions.seen()
         for which, name in _ITIMERS:
             if _signal.getitimer(which) != (0.0, 0.0):
                 return f"a timer ({name}) armed"
@@ -92,7 +99,7 @@ class Baseline:
             return "a signal blocked or left pending"
         if not all(map(operator.is_, _handlers(), self.handlers)):
             return "a signal handler changed"
-        if _descriptors() != self.fds:
+        if not self.fds.same():
             return "a file descriptor opened, closed or replaced"
         if os.environ._data != self.environ:  # type: ignore[attr-defined]
             return "the environment changed"
@@ -122,22 +129,60 @@ _ITIMERS = (
 _SIGNALS = tuple(sorted(_signal.valid_signals()))
 
 
-def _descriptors() -> tuple[tuple[int, int, int, int], ...] | None:
-    """Each open descriptor with what it points to, so one swapped in place of the
-    worker's own (its log, its channel) is seen as well as a new one."""
+def _dict_of(space: Any) -> Any:
+    """The dict itself behind a class's `vars` (a read-only view of it), whose version
+    `Versions` reads; any other namespace as it is."""
+    if type(space) is types.MappingProxyType:
+        held = gc.get_referents(space)
+        if len(held) == 1 and type(held[0]) is dict and held[0].keys() == space.keys():
+            return held[0]
+    return space
+
+
+_FDS = "/proc/self/fd"
+_identity = operator.attrgetter("st_dev", "st_ino", "st_mode")
+
+
+class _Descriptors:
+    """The open descriptors, each with what it points to, so one swapped in place of
+    the worker's own (its log, its channel) is seen as well as a new or closed one.
+
+    A listing of /proc/self/fd names the descriptors open and the listing's own (the
+    lowest one free, closed once it is read). The same names as at the baseline, with
+    each of the baseline's descriptors still open on the same file, is the same set:
+    had one been closed and another opened, one of the baseline's would be missing
+    (and the listing is read once, not each name turned into a number and sorted)."""
+
+    def __init__(self) -> None:
+        self.names = _listing()
+        fds = []
+        for name in self.names or ():
+            try:
+                os.fstat(int(name))
+            except OSError:
+                continue  # the listing's own descriptor, closed by now
+            fds.append(int(name))
+        self.fds = tuple(fds)
+        self.identities = self._identities()
+
+    def _identities(self) -> list[tuple[int, int, int]] | None:
+        try:
+            return list(map(_identity, map(os.fstat, self.fds)))
+        except OSError:
+            return None  # one was closed
+
+    def same(self) -> bool:
+        """Whether the same descriptors are open, on the same files."""
+        if _listing() != self.names:
+            return False
+        return self.names is None or self._identities() == self.identities
+
+
+def _listing() -> list[str] | None:
     try:
-        names = os.listdir("/proc/self/fd")
+        return os.listdir(_FDS)
     except OSError:
         return None
-    found = []
-    for name in names:
-        fd = int(name)
-        try:
-            info = os.fstat(fd)
-        except OSError:
-            continue  # the listing's own descriptor, closed by now
-        found.append((fd, info.st_dev, info.st_ino, info.st_mode))
-    return tuple(sorted(found))
 
 
 def _masks() -> tuple[set[int], set[int]]:
