@@ -292,7 +292,7 @@ class Pool:
                 worker.idle_since = time.monotonic()
                 with self._lock:
                     self._warm.setdefault(shape.key, []).append(worker)
-                self._idle_bound.wake()
+                self._idle_bound.wake(worker.idle_since + self._warm_idle_s)
             else:
                 # And what it started: nothing writes any more.
                 self._retire(worker, quick=call.data_dir is None)

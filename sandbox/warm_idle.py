@@ -27,6 +27,9 @@ class IdleBound:
         self._thread: threading.Thread | None = None
         self._woken = False
         self._stopped = False
+        self._next_at: float | None = None
+        """When the thread, waiting, runs `expire` next; None: it waits for no time
+        (none is idle), or is not waiting."""
 
     def started(self) -> bool:
         """Whether the thread runs, started now if need be: False where none can be
@@ -43,11 +46,14 @@ class IdleBound:
                 self._thread = thread
             return True
 
-    def wake(self) -> None:
-        """A worker went idle (after `started`): its deadline may be the soonest."""
+    def wake(self, due: float) -> None:
+        """A worker went idle (after `started`), its time up at `due`: the thread is
+        woken only if it waits for a later time, or none (not on every warm call: the
+        workers' times come in the order they went idle, so most wait for another's)."""
         with self._cond:
-            self._woken = True
-            self._cond.notify()
+            if self._next_at is None or due < self._next_at:
+                self._woken = True
+                self._cond.notify()
 
     def stop(self) -> None:
         with self._cond:
@@ -63,7 +69,9 @@ class IdleBound:
             with self._cond:
                 if not self._woken and not self._stopped:
                     timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
+                    self._next_at = next_at
                     self._cond.wait(timeout)
+                    self._next_at = None
                 self._woken = False
                 if self._stopped:
                     return
