@@ -2,12 +2,14 @@
 
 A trusted tool runs in its warm worker's own process, so what it leaves there after
 answering would run during, or change, the next call: a thread or a child that keeps
-running; a timer or a signal handler that fires later; a descriptor left open or put
-in place of the worker's own; a changed environment, umask, trace hook, standard
-stream or import hook; a function replaced on the worker's own path from one answer
-to the next. `Baseline` is taken once, before a reusable worker's first tool runs;
-after each call `left_by_call` names the first thing that differs, and the worker is
-then retired (the pool kills its whole tree), never reused.
+running; a timer or a signal handler that fires later (Python's, or a native one only
+the kernel knows of); a descriptor left open, put in place of the worker's own, or
+one of its own made to signal (`O_ASYNC`) or to wake Python (`set_wakeup_fd`); a
+SysV IPC object; a changed environment, umask, trace hook, standard stream or import
+hook; a function replaced on the worker's own path from one answer to the next.
+`Baseline` is taken once, before a reusable worker's first tool runs; after each call
+`left_by_call` names the first thing that differs, and the worker is then retired
+(the pool kills its whole tree), never reused.
 
 What it cannot see: a tool that sets out to tamper with its own process (ctypes,
 `sys.addaudithook`, a patch deep inside a library the worker calls, a finalizer of
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import _signal
 import builtins
+import ctypes
+import fcntl
 import gc
 import inspect
 import json
@@ -66,7 +70,9 @@ class Baseline:
     """The worker's state before its first tool ran. `settings`: the dict every call
     of the worker is handed as its context's (made once), compared by value."""
 
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+    def __init__(self, settings: dict[str, Any] | None = None, *, own_ipc: bool = False) -> None:
+        """`own_ipc`: the worker has an IPC namespace of its own, so every SysV object
+        in it is the call's (counted); otherwise those its uid made on the host's."""
         self.given = settings if settings is not None else {}
         self.given_json = to_json(self.given)
         self.spaces = [(name, space, tuple(space.values())) for name, space in _watched()]
@@ -74,8 +80,13 @@ class Baseline:
         # only where the version moved (or the interpreter keeps none).
         self.versions = Versions([_dict_of(space) for _, space, _ in self.spaces])
         self.fds = _Descriptors()
+        self.fd_modes = _fd_modes(self.fds.fds)
         self.handlers = _handlers()
-        self.masks = _masks()
+        self.signals = _kernel_signals()
+        self.native = _native_handlers(self.signals)
+        self.wakeup_fd = _wakeup_fd()
+        self.own_ipc = own_ipc
+        self.sysv = _sysv_objects(own_ipc)
         self.environ = dict(os.environ._data)  # type: ignore[attr-defined]
         self.hooks = _hooks()
         self.settings = _settings()
@@ -95,12 +106,20 @@ class Baseline:
         for which, name in _ITIMERS:
             if _signal.getitimer(which) != (0.0, 0.0):
                 return f"a timer ({name}) armed"
-        if _masks() != self.masks:
-            return "a signal blocked or left pending"
+        if _kernel_signals() != self.signals:
+            return "a signal blocked, left pending, caught or ignored (the kernel's view)"
         if not all(map(operator.is_, _handlers(), self.handlers)):
             return "a signal handler changed"
+        if _native_handlers(self.signals) != self.native:
+            return "a native signal handler put in place of Python's"
+        if _wakeup_fd() != self.wakeup_fd:
+            return "a signal wakeup descriptor set (signal.set_wakeup_fd)"
         if not self.fds.same():
             return "a file descriptor opened, closed or replaced"
+        if _fd_modes(self.fds.fds) != self.fd_modes:
+            return "a descriptor's flags (O_ASYNC, O_NONBLOCK, ...), owner or signal changed"
+        if _sysv_objects(self.own_ipc) != self.sysv:
+            return "a SysV shared memory segment, semaphore set or message queue left"
         if os.environ._data != self.environ:  # type: ignore[attr-defined]
             return "the environment changed"
         hooks = _hooks()
@@ -188,6 +207,141 @@ def _listing() -> list[str] | None:
 def _masks() -> tuple[set[int], set[int]]:
     """The signals blocked, and those pending."""
     return _signal.pthread_sigmask(_signal.SIG_BLOCK, ()), _signal.sigpending()
+
+
+def _kernel_signals() -> bytes | tuple[set[int], set[int]]:
+    """The kernel's view of this process's signals, from one read of /proc/self/status:
+    pending (the thread's and the process's), blocked, ignored and caught. It sees a
+    handler installed natively (ctypes, faulthandler), which Python's `getsignal`
+    does not. The checks run with one thread left, so the main thread's view is all
+    there is. Without /proc: the mask and the pending set alone."""
+    try:
+        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return _masks()
+    try:
+        status = os.read(fd, 16384)
+    finally:
+        os.close(fd)
+    start = status.find(b"\nSigPnd:")  # SigQ, before it, counts the whole user's
+    end = status.find(b"\nCap", start)
+    return status[start:end] if start >= 0 else _masks()
+
+
+class _Sigaction(ctypes.Structure):
+    """glibc's struct sigaction (Linux): only the handler and the flags are read, since
+    glibc leaves most of the mask it hands back unset."""
+
+    _fields_ = (
+        ("handler", ctypes.c_void_p),
+        ("mask", ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))),
+        ("flags", ctypes.c_int),
+        ("restorer", ctypes.c_void_p),
+    )
+
+
+try:
+    _libc: Any = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _libc = None
+_sigaction = getattr(_libc, "sigaction", None)
+
+
+def _native_handlers(signals: bytes | tuple[set[int], set[int]]) -> tuple[tuple[Any, int], ...]:
+    """The kernel's action (handler address and flags) for each signal caught at the
+    baseline (`signals`): a native handler put in place of Python's own keeps the signal
+    caught, so only its address tells. One system call per such signal (SIGINT)."""
+    if _sigaction is None or not isinstance(signals, bytes):
+        return ()
+    at = signals.find(b"SigCgt:")
+    caught = int(signals[at + 7 :].split(None, 1)[0], 16) if at >= 0 else 0
+    actions = []
+    for signum in range(1, caught.bit_length() + 1):
+        if caught >> (signum - 1) & 1:
+            action = _Sigaction()
+            _sigaction(signum, None, ctypes.byref(action))
+            actions.append((action.handler, action.flags))
+    return tuple(actions)
+
+
+def _wakeup_fd() -> int | None:
+    """The descriptor Python writes to as a signal arrives (-1: none), read by swapping
+    it out and back. None where it cannot be read (not the main thread)."""
+    try:
+        fd = _signal.set_wakeup_fd(-1)
+    except ValueError:
+        return None
+    if fd != -1:
+        try:
+            _signal.set_wakeup_fd(fd)
+        except (ValueError, OSError):  # made blocking since: the worker is retired anyway
+            pass
+    return fd
+
+
+def _fd_modes(fds: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """Of each of the baseline's descriptors, its status flags (`O_ASYNC` makes I/O on
+    it signal, `O_NONBLOCK`, `O_APPEND`), the process it signals (F_SETOWN) and with
+    what (F_SETSIG). Three system calls each, on the worker's four descriptors."""
+    modes = []
+    for fd in fds:
+        try:
+            modes.append(
+                (
+                    fd,
+                    fcntl.fcntl(fd, fcntl.F_GETFL),
+                    fcntl.fcntl(fd, fcntl.F_GETOWN),
+                    fcntl.fcntl(fd, _F_GETSIG),
+                )
+            )
+        except OSError:
+            modes.append((fd,))  # closed since: `_Descriptors.same` says so first
+    return tuple(modes)
+
+
+_F_GETSIG = getattr(fcntl, "F_GETSIG", 11)
+
+_SHM_INFO, _MSG_INFO, _SEM_INFO = 14, 12, 19
+_IPC_ANSWER = (ctypes.c_int * 32)()
+"""Where the *_INFO commands write their answer (struct shm_info, msginfo, seminfo)."""
+
+
+def _sysv_objects(own_namespace: bool) -> tuple[int, ...] | frozenset[bytes] | None:
+    """The SysV objects the call may have made. In an IPC namespace of the worker's own,
+    the namespace's counts of segments, queues and semaphore sets (three system calls:
+    every object there is this worker's, and the namespace dies with it). In the host's,
+    the objects this uid created, from /proc/sysvipc: they outlive the worker, whether
+    it is reused or not (see the README)."""
+    if own_namespace and _libc is not None:
+        counts = []
+        info = _IPC_ANSWER
+        _libc.shmctl(0, _SHM_INFO, info)
+        counts.append(info[0])  # used_ids
+        _libc.msgctl(0, _MSG_INFO, info)
+        counts.append(info[0])  # msgpool
+        _libc.semctl(0, 0, _SEM_INFO, info)
+        counts.append(info[7])  # semusz
+        return tuple(counts)
+    uid = str(os.getuid()).encode()
+    found: set[bytes] = set()
+    for kind in (b"shm", b"msg", b"sem"):
+        try:
+            fd = os.open(b"/proc/sysvipc/" + kind, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            chunks = [os.read(fd, 65536)]
+            while chunks[-1]:
+                chunks.append(os.read(fd, 65536))
+        finally:
+            os.close(fd)
+        header, *rows = b"".join(chunks).splitlines()
+        cuid = header.split().index(b"cuid")
+        for row in rows:
+            fields = row.split()
+            if fields[cuid] == uid:
+                found.add(kind + b" " + fields[1])
+    return frozenset(found)
 
 
 def _handlers() -> tuple[Any, ...]:

@@ -152,6 +152,10 @@ def apply_rlimits(limits: Limits, *, reusable: bool, nproc: int | None) -> None:
     }
     if nproc is not None:
         wanted[resource.RLIMIT_NPROC] = nproc
+    if reusable:
+        # A POSIX message queue lives in the worker's IPC namespace, as long as the
+        # worker: none can be made (EMFILE), so none waits there for its next call.
+        wanted[resource.RLIMIT_MSGQUEUE] = 0
     calls = WARM_CPU_CALLS if reusable else 1
     for which, soft in wanted.items():
         _, hard = resource.getrlimit(which)

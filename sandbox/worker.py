@@ -268,7 +268,8 @@ def serve(chan: socket.socket, registry: Registry, setup: WorkerSetup) -> NoRetu
                 os._exit(EXIT_SETUP_FAILED)  # never sent by the pool: its walls are not these
             context = ToolContext(root=call.root, data_dir=call.data_dir, settings=call.settings)
             if call.limits.reuse_worker:
-                baseline = Baseline(context.settings)  # what each later call must find again
+                # What each later call must find again.
+                baseline = Baseline(context.settings, own_ipc=setup.ipc_namespace)
         else:
             # Only a reusable worker gets here, and only an `Again`: the first call's
             # tool, limits, root, data_dir and settings, with a new id and arguments.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import shared
+from conftest import FILE_LAYERS, pool_without, shared
 
 from sandbox import Limits, Pool
 from tools import Registry
@@ -38,6 +38,14 @@ KINDS = [
     "patched_json",
     "replaced_stdout",
     "profile_hook",
+    "wakeup_fd",
+    "faulthandler",
+    "native_over_python",
+    "native_ignored",
+    "async_channel",
+    "sysv_shm",
+    "sysv_sem",
+    "sysv_msg",
 ]
 
 
@@ -109,3 +117,47 @@ def test_a_warm_worker_idle_past_its_bound_is_killed() -> None:
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="warm_idle_s must be a number of seconds above 0"):
             Pool(registry=registry, size=1, warm_idle_s=bad)
+
+
+@pytest.mark.parametrize("files", list(FILE_LAYERS))
+def test_a_call_leaves_no_posix_message_queue_for_the_next(files: str) -> None:
+    # A queue lives in the worker's IPC namespace, which lives as long as the worker:
+    # one made and closed (not unlinked) would wait there for the next call. Landlock
+    # refuses making one; without it, RLIMIT_MSGQUEUE 0 does (EMFILE).
+    off, wanted = FILE_LAYERS[files]
+    registry = Registry.default()
+    registry.load(TOOLS)
+    name = f"/leftover-{uuid.uuid4().hex}"
+    with pool_without(off, wanted, registry=registry) as pool:
+        first = pool.call("message_queue", {"name": name}, limits=TRUSTED)
+        second = pool.call("message_queue", {"name": name}, limits=TRUSTED)
+    assert first.ok and second.ok, (first, second)
+    assert json.loads(first.output)["refused"] is not None, first
+    assert json.loads(second.output)["found"] is False, second
+
+
+def test_a_sysv_object_left_on_the_hosts_namespace_retires_the_worker() -> None:
+    # Without an IPC namespace the object is the host's: it outlives the worker
+    # whatever the pool does (the conftest guard's business), but the worker that
+    # made it is not reused, as for every other leftover.
+    from conftest import _remove_sysv, _sysv_objects
+
+    registry = Registry.default()
+    registry.load(TOOLS)
+    before = _sysv_objects()
+    try:
+        with pool_without(("ipc_namespace",), registry=registry) as pool:
+            args = {"kind": "sysv_msg", "marker": uuid.uuid4().hex}
+            first = pool.call("leave", args, limits=TRUSTED)
+            assert first.ok, first
+            assert _gone(first.worker_pid)
+            assert len(set(_sysv_objects()) - set(before)) == 1  # on the host, still
+            args = {"kind": "nothing", "marker": args["marker"]}
+            second = pool.call("leave", args, limits=TRUSTED)
+            third = pool.call("leave", args, limits=TRUSTED)
+            assert second.worker_pid != first.worker_pid, second
+            # Another uid's object is not this worker's: it stays warm.
+            assert third.worker_pid == second.worker_pid, third
+    finally:
+        for name in set(_sysv_objects()) - set(before):
+            _remove_sysv(name)

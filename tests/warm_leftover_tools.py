@@ -7,6 +7,9 @@ keeps running after the answer or changes what the next call runs in.
 
 from __future__ import annotations
 
+import ctypes
+import faulthandler
+import fcntl
 import json
 import os
 import signal
@@ -47,7 +50,8 @@ def leave(kind: str, marker: str) -> str:
     Args:
         kind: What to leave: nothing, spinning_thread, forging_alarm, handler, child,
             open_fd, swapped_stdout_fd, environment, umask, cwd, patched_json,
-            replaced_stdout, profile_hook.
+            replaced_stdout, profile_hook, wakeup_fd, faulthandler, native_over_python,
+            native_ignored, async_channel, sysv_shm, sysv_sem, sysv_msg.
         marker: A unique word the leftover writes wherever it can.
     """
     here = _call_id()
@@ -115,6 +119,55 @@ def leave(kind: str, marker: str) -> str:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (left open on purpose)
     elif kind == "profile_hook":
         sys.setprofile(lambda frame, event, arg: None)
+    elif kind == "wakeup_fd":
+        # Each signal caught would write a byte to the log. Blocking again at once,
+        # so only the wakeup descriptor itself is left.
+        os.set_blocking(1, False)
+        signal.set_wakeup_fd(1)
+        os.set_blocking(1, True)
+    elif kind == "faulthandler":
+        faulthandler.enable()  # native handlers for SIGSEGV, SIGBUS, ...
+    elif kind == "native_over_python":
+        # A native handler in place of Python's own SIGINT one: signal.getsignal still
+        # names Python's, and the signal is caught as before.
+        faulthandler.register(signal.SIGINT)
+    elif kind == "native_ignored":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.signal.restype = ctypes.c_void_p
+        libc.signal(int(signal.SIGUSR2), ctypes.c_void_p(1))  # SIG_IGN, unseen by Python
+    elif kind == "async_channel":
+        # SIGIO (whose default kills) to the worker as the next call's frame arrives.
+        fcntl.fcntl(3, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(3, fcntl.F_SETFL, fcntl.fcntl(3, fcntl.F_GETFL) | os.O_ASYNC)
+    elif kind in ("sysv_shm", "sysv_sem", "sysv_msg"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        private, create = 0, 0o1000 | 0o600  # IPC_PRIVATE, IPC_CREAT
+        made = {
+            "sysv_shm": lambda: libc.shmget(private, 4096, create),
+            "sysv_sem": lambda: libc.semget(private, 1, create),
+            "sysv_msg": lambda: libc.msgget(private, create),
+        }[kind]()
+        if made < 0:
+            raise OSError(ctypes.get_errno(), f"{kind}: could not make one")
     elif kind != "nothing":
         raise ValueError(f"unknown kind {kind!r}")
     return answer
+
+
+@tool
+def message_queue(name: str) -> str:
+    """Say whether the POSIX message queue `name` exists, then try to make it, and
+    leave it (closed, not unlinked) for the next call.
+
+    Args:
+        name: The queue's name, starting with a slash.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    found = libc.mq_open(name.encode(), os.O_RDONLY)
+    if found >= 0:
+        os.close(found)
+    made = libc.mq_open(name.encode(), os.O_CREAT | os.O_RDWR, 0o600, None)
+    refused = os.strerror(ctypes.get_errno()) if made < 0 else None
+    if made >= 0:
+        os.close(made)
+    return json.dumps({"found": found >= 0, "refused": refused})
