@@ -32,6 +32,8 @@ LIMIT_KEYS = (
     "max_processes",
     "max_connections",
     "max_egress_mb",
+    "max_warm_calls",
+    "max_warm_age_s",
 )
 
 Setting = str | int | float | bool
@@ -101,6 +103,10 @@ class ToolPolicy(BaseModel):
     re-run on resume without asking (else only with a person's approval)."""
     trusted: bool | None = None
     """The tool may run in a reused warm worker instead of a fresh one per call."""
+    max_warm_calls: int | None = None
+    """Calls one warm worker of a trusted tool serves before it is retired."""
+    max_warm_age_s: float | None = None
+    """Seconds from a warm worker's first call after which it serves no more."""
     network: bool | list[str] | None = None
     """true: the host's network; false: none (no interface at all); a list of
     `host:port` patterns (`*.domain:443`, `203.0.113.7:*`): only those, through the

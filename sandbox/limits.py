@@ -47,6 +47,11 @@ class Limits(BaseModel):
     """Processes the call may have at once (a pids cgroup where writable, else RLIMIT_NPROC)."""
     reuse_worker: bool = False
     """Trusted tools may run in a warm worker that served earlier calls."""
+    max_warm_calls: int = Field(1000, ge=1, le=1_000_000)
+    """Calls one warm worker serves at most; then it is retired, and a fresh one serves."""
+    max_warm_age_s: float = Field(600.0, gt=0, le=86_400)
+    """Seconds from a warm worker's first call after which it serves no more, however
+    often it is called: the idle bound alone lets one called every 59 s live for ever."""
     network: bool | tuple[str, ...] = False
     """False: no network (an empty network namespace); True: the host's network; a
     list of `host:port` patterns: only those, through the orchestrator's proxy

@@ -287,12 +287,14 @@ class Pool:
                 with self._lock:
                     self._busy.discard(worker)
             keep = keep and not (cancel is not None and cancel.cancelled)
+            keep = keep and worker.calls < call.limits.max_warm_calls
             logs = worker.read_log(LOG_CHARS)
-            if keep and not self._closed and self._idle_bound.started():
-                worker.idle_since = time.monotonic()
+            now = time.monotonic()
+            if keep and now < worker.warm_until and not self._closed and self._idle_bound.started():
+                worker.idle_since = now
                 with self._lock:
                     self._warm.setdefault(shape.key, []).append(worker)
-                self._idle_bound.wake(worker.idle_since + self._warm_idle_s)
+                self._idle_bound.wake(self._due(worker))
             else:
                 # And what it started: nothing writes any more.
                 self._retire(worker, quick=call.data_dir is None)
@@ -406,9 +408,10 @@ class Pool:
                     break
                 worker = idle.pop()
                 self._busy.add(worker)
-            if worker.reader.ready():
+            if worker.reader.ready() and time.monotonic() < worker.warm_until:
                 return worker
-            # Something arrived after its answer (a frame a leftover wrote), or it died.
+            # Something arrived after its answer (a frame a leftover wrote), it died, or
+            # its time is up (`max_warm_age_s`) and the idle bound has not yet seen it.
             with self._lock:
                 self._busy.discard(worker)
             self._retire(worker)
@@ -436,17 +439,22 @@ class Pool:
             self._busy.add(worker)
         return worker
 
+    def _due(self, worker: WorkerHandle) -> float:
+        """When an idle warm worker is retired: `warm_idle_s` after it went idle, or
+        sooner at the end of its life (`Limits.max_warm_age_s`)."""
+        return min(worker.idle_since + self._warm_idle_s, worker.warm_until)
+
     def _expire_idle(self, now: float) -> float | None:
-        """Retire the warm workers idle `warm_idle_s` or longer (`IdleBound`); returns
-        when the next one's time is up."""
+        """Retire the warm workers idle `warm_idle_s` or longer, or past their age
+        (`IdleBound`); returns when the next one's time is up."""
         expired: list[WorkerHandle] = []
         soonest: float | None = None
         with self._lock:
             for idle in self._warm.values():
-                expired += [w for w in idle if now - w.idle_since >= self._warm_idle_s]
-                idle[:] = [w for w in idle if now - w.idle_since < self._warm_idle_s]
+                expired += [w for w in idle if now >= self._due(w)]
+                idle[:] = [w for w in idle if now < self._due(w)]
                 for worker in idle:
-                    due = worker.idle_since + self._warm_idle_s
+                    due = self._due(worker)
                     soonest = due if soonest is None else min(soonest, due)
         for worker in expired:
             self._retire(worker, quick=True)
@@ -510,6 +518,8 @@ class Pool:
         max_frame = limits.max_output_chars * 6 + 4096
         deadline = time.monotonic() + limits.timeout_s
         worker.calls += 1
+        if worker.calls == 1:
+            worker.warm_until = time.monotonic() + limits.max_warm_age_s
         try:
             budget = CpuBudget(worker.cpu_usage, limits.cpu_s)
             # A warm worker holds its first call's walls: later calls send what differs.

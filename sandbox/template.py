@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import queue
 import select
@@ -85,6 +86,9 @@ class WorkerHandle:
         self.calls = 0
         self.idle_since = 0.0
         """When it last went warm, waiting for a call (`time.monotonic`)."""
+        self.warm_until = math.inf
+        """When it may serve no more, however often it is called: its first call's
+        start plus `Limits.max_warm_age_s` (`time.monotonic`)."""
         self.network: NetworkMode = spawned.network
         self.profile = spawned.profile
         """What its set-up was done for ahead of the call (None: at the call)."""

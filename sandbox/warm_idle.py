@@ -4,7 +4,8 @@ A warm worker that left nothing (`sandbox.leftovers`) runs nothing between calls
 bound is the wall behind that check: whatever a call managed to leave that no check
 saw runs for at most `WARM_IDLE_S` once the call is over, and memory a trusted tool
 kept is given back. One thread per pool, started with its first warm worker, wakes
-when the oldest idle worker's time is up and has the pool retire it.
+when the oldest idle worker's time is up (or its life's: `Limits.max_warm_age_s`)
+and has the pool retire it.
 """
 
 from __future__ import annotations

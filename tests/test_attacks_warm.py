@@ -9,6 +9,7 @@ Each under PID namespaces and under the subreaper fallback."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,14 +141,15 @@ def test_a_sysv_object_left_on_the_hosts_namespace_retires_the_worker() -> None:
     # Without an IPC namespace the object is the host's: it outlives the worker
     # whatever the pool does (the conftest guard's business), but the worker that
     # made it is not reused, as for every other leftover.
-    from conftest import _remove_sysv, _sysv_objects
+    from conftest import _remove_sysv, _sysv_objects, host_ipc_key
 
     registry = Registry.default()
     registry.load(TOOLS)
     before = _sysv_objects()
     try:
         with pool_without(("ipc_namespace",), registry=registry) as pool:
-            args = {"kind": "sysv_msg", "marker": uuid.uuid4().hex}
+            # This test process's own key: the other test processes' guards ignore it.
+            args = {"kind": "sysv_msg", "marker": uuid.uuid4().hex, "key": host_ipc_key()}
             first = pool.call("leave", args, limits=TRUSTED)
             assert first.ok, first
             assert _gone(first.worker_pid)
@@ -161,3 +163,37 @@ def test_a_sysv_object_left_on_the_hosts_namespace_retires_the_worker() -> None:
     finally:
         for name in set(_sysv_objects()) - set(before):
             _remove_sysv(name)
+
+
+def test_a_warm_worker_serves_at_most_max_warm_calls(warm: Pool) -> None:
+    limits = Limits(reuse_worker=True, timeout_s=20, max_warm_calls=3)
+    args = {"kind": "nothing", "marker": uuid.uuid4().hex}
+    pids = [warm.call("leave", args, limits=limits).worker_pid for _ in range(4)]
+    assert pids[0] == pids[1] == pids[2] != pids[3], pids
+    assert _gone(pids[0])
+
+
+def test_a_warm_worker_lives_at_most_max_warm_age_s_however_often_it_is_called(
+    warm: Pool,
+) -> None:
+    # The idle bound alone lets a worker called every 59 s live for ever.
+    limits = Limits(reuse_worker=True, timeout_s=20, max_warm_age_s=0.5)
+    args = {"kind": "nothing", "marker": uuid.uuid4().hex}
+    idle = warm.call("leave", args, limits=limits)
+    assert idle.ok, idle
+    assert _gone(idle.worker_pid)  # idle far below warm_idle_s: its age ran out
+    busy = warm.call("leave", args, limits=limits)
+    deadline = time.monotonic() + 30  # generous: the worker is 0.5 s old by then
+    while time.monotonic() < deadline:
+        again = warm.call("leave", args, limits=limits)
+        assert again.ok, again
+        if again.worker_pid != busy.worker_pid:
+            break
+    assert again.worker_pid != busy.worker_pid, "a worker called without a pause lived on"
+    assert _gone(busy.worker_pid)
+
+
+@pytest.mark.parametrize("bad", [{"max_warm_calls": 0}, {"max_warm_age_s": 0}])
+def test_the_lifetime_bounds_must_be_above_zero(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="greater than"):
+        Limits(reuse_worker=True, **bad)

@@ -47,6 +47,14 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
     assert not policy.requires_approval("calculate")
 
 
+def test_a_warm_workers_lifetime_bounds_come_from_the_policy(tmp_path: Path) -> None:
+    text = "[defaults]\ntrusted = true\nmax_warm_age_s = 30\n[tools.calculate]\nmax_warm_calls = 5"
+    policy = parse_policy(text, "p.toml", tmp_path)
+    limits = policy.limits_for("calculate")
+    assert (limits.max_warm_calls, limits.max_warm_age_s) == (5, 30)
+    assert policy.limits_for("read_file").max_warm_calls == Limits().max_warm_calls
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -88,6 +96,14 @@ def test_tool_tables_inherit_defaults_and_merge_settings(tmp_path: Path) -> None
             "[run] max_iterations: input should be greater than or equal to 1",
         ),
         ("[tools]\ncalculate = 3", "[tools.calculate]: must be a table"),
+        (
+            "[tools.calculate]\nmax_warm_calls = 0",
+            "[tools.calculate] max_warm_calls: input should be greater than or equal to 1",
+        ),
+        (
+            "[defaults]\nmax_warm_age_s = -5",
+            "[defaults] max_warm_age_s: input should be greater than 0",
+        ),
         ("[defaults\n", "p.toml: not valid TOML"),
         (
             "[defaults.settings]\ntoday = 2025-05-11",

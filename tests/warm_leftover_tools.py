@@ -44,7 +44,7 @@ def _forge(call_id: str, text: str) -> None:
 
 
 @tool
-def leave(kind: str, marker: str) -> str:
+def leave(kind: str, marker: str, key: int = 0) -> str:
     """Report what an earlier call left, then leave one thing of `kind`.
 
     Args:
@@ -53,6 +53,7 @@ def leave(kind: str, marker: str) -> str:
             replaced_stdout, profile_hook, wakeup_fd, faulthandler, native_over_python,
             native_ignored, async_channel, sysv_shm, sysv_sem, sysv_msg.
         marker: A unique word the leftover writes wherever it can.
+        key: The SysV key of a sysv_* kind's object (0: IPC_PRIVATE).
     """
     here = _call_id()
     if "forging_alarm" in _left:
@@ -141,11 +142,11 @@ def leave(kind: str, marker: str) -> str:
         fcntl.fcntl(3, fcntl.F_SETFL, fcntl.fcntl(3, fcntl.F_GETFL) | os.O_ASYNC)
     elif kind in ("sysv_shm", "sysv_sem", "sysv_msg"):
         libc = ctypes.CDLL(None, use_errno=True)
-        private, create = 0, 0o1000 | 0o600  # IPC_PRIVATE, IPC_CREAT
+        create = 0o1000 | 0o600  # IPC_CREAT
         made = {
-            "sysv_shm": lambda: libc.shmget(private, 4096, create),
-            "sysv_sem": lambda: libc.semget(private, 1, create),
-            "sysv_msg": lambda: libc.msgget(private, create),
+            "sysv_shm": lambda: libc.shmget(key, 4096, create),
+            "sysv_sem": lambda: libc.semget(key, 1, create),
+            "sysv_msg": lambda: libc.msgget(key, create),
         }[kind]()
         if made < 0:
             raise OSError(ctypes.get_errno(), f"{kind}: could not make one")
