@@ -16,7 +16,9 @@ from a local run:
   call id, yes or no, and the sha256 of the canonical arguments shown by the
   `pending` query). A decision whose hash is not that of the pending call's
   arguments is refused (`refused` query) and the run goes on waiting, durably, up to
-  `approval_wait_s` (days). The wall budget does not run while a person decides.
+  `approval_wait_s` (days); a decision accepted in the workflow task where that time
+  ran out is still the outcome (`settle`). The wall budget does not run while a
+  person decides.
 - A non-idempotent call whose worker went away (`lost_worker`) may have taken
   effect: it runs again only if a person approves, as on `run --resume`.
 
@@ -148,6 +150,25 @@ class AgentWorkflow:
     @workflow.query(name=EVENTS_QUERY)
     def trace_events(self) -> list[dict[str, Any]]:
         return list(self.events)
+
+
+def settle(
+    decisions: dict[str, ApprovalSignal], call_id: str, sha256: str
+) -> tuple[Decision, bool]:
+    """How a wait for a person's decision on `call_id` (arguments `sha256`) ended, that
+    decision taken out of `decisions` either way: (the decision, whether it says yes to
+    the tool for the rest of the run). A signal applied in the same workflow task as
+    the wait's timer (both came while no worker polled, or the person answered as the
+    time ran out) was accepted, though `wait_condition` may raise TimeoutError: it is
+    the decision. Left in `decisions`, it would answer the next wait on that id (the
+    re-run of a call whose worker went away) without the person being asked."""
+    signal = decisions.pop(call_id, None)
+    if signal is None:
+        return Decision(False, "denied_timeout", sha256), False
+    if signal.approve and signal.always:
+        return Decision(True, "approved_always", signal.sha256), True
+    how = "approved_signal" if signal.approve else "denied_signal"
+    return Decision(signal.approve, how, signal.sha256), False
 
 
 EMBED_TIMEOUT_S = 30.0
@@ -340,16 +361,14 @@ class _WorkflowAgent(Agent):
                 timeout=timedelta(seconds=self.plan.approval_wait_s),
             )
         except TimeoutError:
-            return Decision(False, "denied_timeout", call.sha256)
+            pass  # a decision may have come in the same workflow task: `settle` sees it
         finally:
             del flow.pending[call_id]
             self._waited += workflow.time() - since
-        signal = flow.decisions.pop(call_id)
-        if signal.approve and signal.always:
+        decision, always = settle(flow.decisions, call_id, call.sha256)
+        if always:
             self._always.add(call.tool)
-            return Decision(True, "approved_always", signal.sha256)
-        how = "approved_signal" if signal.approve else "denied_signal"
-        return Decision(signal.approve, how, signal.sha256)
+        return decision
 
     async def _aexecute(self, item: ToRun, budget: Budget) -> ToolOutcome:
         """`Agent._execute`: the same limits and refusals, the call as an activity."""
