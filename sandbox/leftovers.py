@@ -83,7 +83,8 @@ class Baseline:
         self.fd_modes = _fd_modes(self.fds.fds)
         self.handlers = _handlers()
         self.signals = _kernel_signals()
-        self.native = _native_handlers(self.signals)
+        self.caught = _caught(self.signals)
+        self.native = _native_handlers(self.caught)
         self.wakeup_fd = _wakeup_fd()
         self.own_ipc = own_ipc
         self.sysv = _sysv_objects(own_ipc)
@@ -110,7 +111,7 @@ class Baseline:
             return "a signal blocked, left pending, caught or ignored (the kernel's view)"
         if not all(map(operator.is_, _handlers(), self.handlers)):
             return "a signal handler changed"
-        if _native_handlers(self.signals) != self.native:
+        if _native_handlers(self.caught) != self.native:
             return "a native signal handler put in place of Python's"
         if _wakeup_fd() != self.wakeup_fd:
             return "a signal wakeup descriptor set (signal.set_wakeup_fd)"
@@ -247,20 +248,28 @@ except OSError:
 _sigaction = getattr(_libc, "sigaction", None)
 
 
-def _native_handlers(signals: bytes | tuple[set[int], set[int]]) -> tuple[tuple[Any, int], ...]:
-    """The kernel's action (handler address and flags) for each signal caught at the
-    baseline (`signals`): a native handler put in place of Python's own keeps the signal
-    caught, so only its address tells. One system call per such signal (SIGINT)."""
+def _caught(signals: bytes | tuple[set[int], set[int]]) -> tuple[int, ...]:
+    """The signals the kernel's view (`_kernel_signals`) has caught; () without it."""
     if _sigaction is None or not isinstance(signals, bytes):
         return ()
     at = signals.find(b"SigCgt:")
     caught = int(signals[at + 7 :].split(None, 1)[0], 16) if at >= 0 else 0
+    return tuple(n for n in range(1, caught.bit_length() + 1) if caught >> (n - 1) & 1)
+
+
+_action = _Sigaction()
+_action_ref = ctypes.byref(_action)
+
+
+def _native_handlers(caught: tuple[int, ...]) -> tuple[tuple[Any, int], ...]:
+    """The kernel's action (handler address and flags) for each signal caught at the
+    baseline (`caught`, worked out once): a native handler put in place of Python's
+    own keeps the signal caught, so only its address tells. One system call per such
+    signal (SIGINT)."""
     actions = []
-    for signum in range(1, caught.bit_length() + 1):
-        if caught >> (signum - 1) & 1:
-            action = _Sigaction()
-            _sigaction(signum, None, ctypes.byref(action))
-            actions.append((action.handler, action.flags))
+    for signum in caught:
+        _sigaction(signum, None, _action_ref)
+        actions.append((_action.handler, _action.flags))
     return tuple(actions)
 
 
