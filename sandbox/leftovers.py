@@ -45,17 +45,23 @@ from . import channel, limits, protocol
 from ._dict_versions import Versions
 
 
-def _watched() -> list[tuple[str, Any]]:
-    """The namespaces whose functions run between one answer and the next call's
-    tool: the worker's own modules, what they call, and the classes whose methods
-    they use (their live attribute views)."""
+def _owners() -> tuple[tuple[Any, ...], tuple[type, ...]]:
+    """The modules whose functions run between one answer and the next call's tool
+    (the worker's own, and what they call), and the classes whose methods they use."""
     from . import worker
 
     modules = (worker, channel, protocol, limits, sys.modules[__name__], _registry)
     modules += (builtins, os, json, json.encoder, signal, resource, inspect)
-    spaces: list[tuple[str, Any]] = [(module.__name__, vars(module)) for module in modules]
     classes = (socket.socket, channel.BlockingReader, _registry.Registry, _registry.ToolSpec)
-    for cls in (*classes, json.JSONEncoder):  # json.dumps writes each answer through it
+    return modules, (*classes, json.JSONEncoder)  # json.dumps writes each answer through it
+
+
+def _watched() -> list[tuple[str, Any]]:
+    """The namespaces whose functions run between one answer and the next call's
+    tool: those of `_owners` (a class's live attribute view), and the streams'."""
+    modules, classes = _owners()
+    spaces: list[tuple[str, Any]] = [(module.__name__, vars(module)) for module in modules]
+    for cls in classes:
         spaces.append((f"{cls.__module__}.{cls.__qualname__}", vars(cls)))
     for name in ("stdin", "stdout", "stderr"):
         # The stream object itself may be the same and its `write` or `flush` a
@@ -75,10 +81,14 @@ class Baseline:
         in it is the call's (counted); otherwise those its uid made on the host's."""
         self.given = settings if settings is not None else {}
         self.given_json = to_json(self.given)
-        self.spaces = [(name, space, tuple(space.values())) for name, space in _watched()]
+        self.spaces = [
+            (name, space, tuple(space), tuple(space.values())) for name, space in _watched()
+        ]
+        self.owners = _owners()
+        self.shapes = _shapes(*self.owners)
         # A namespace whose dict kept its version is unchanged: its values are compared
         # only where the version moved (or the interpreter keeps none).
-        self.versions = Versions([_dict_of(space) for _, space, _ in self.spaces])
+        self.versions = Versions([_dict_of(space) for _, space, _, _ in self.spaces])
         self.fds = _Descriptors()
         self.fd_modes = _fd_modes(self.fds.fds)
         self.handlers = _handlers()
@@ -91,6 +101,7 @@ class Baseline:
         self.environ = dict(os.environ._data)  # type: ignore[attr-defined]
         self.hooks = _hooks()
         self.settings = _settings()
+        self.rlimits = _rlimits()
 
     def left_by_call(self) -> str | None:
         """What the call left that differs from the baseline, in words; None: nothing.
@@ -98,12 +109,20 @@ class Baseline:
         the later checks call functions found in them. Nothing the tool planted runs
         here unless it also rebound a name (which is then reported)."""
         for i in self.versions.moved():
-            name, space, values = self.spaces[i]
-            # Unchanged values are the same objects, found equal without a call; a
-            # rebound one differs (a planted object that claims otherwise is hostile).
-            if tuple(space.values()) != values:
+            name, space, keys, values = self.spaces[i]
+            # The same objects under the same names: compared by identity, so no
+            # method of a planted value runs (one that claims to equal the old is seen).
+            if len(space) != len(values) or not all(map(operator.is_, space.values(), values)):
+                return f"a name in {name} rebound"
+            if tuple(space) != keys:  # str keys: equal ones are the same name
                 return f"a name in {name} rebound"
         self.versions.seen()
+        shapes = _shapes(*self.owners)
+        if len(shapes) != len(self.shapes) or not all(map(operator.is_, shapes, self.shapes)):
+            # Its dict is as it was, but what a lookup finds is not: a class put in a
+            # watched one's bases (before `_socket.socket`, whose `sendall` then loses),
+            # or a watched module's class swapped for one with a property of a name.
+            return "a watched module's class or a watched class's bases changed"
         for which, name in _ITIMERS:
             if _signal.getitimer(which) != (0.0, 0.0):
                 return f"a timer ({name}) armed"
@@ -130,8 +149,11 @@ class Baseline:
             return "the call's settings changed in place"
         if _settings() != self.settings:
             return (
-                "the umask, the working directory, the recursion limit or a default timeout changed"
+                "the umask, the working directory, the recursion limit, the int digits "
+                "limit, the priority or a default timeout changed"
             )
+        if _rlimits() != self.rlimits:
+            return "an rlimit lowered for good (the next call would run under it)"
         return None
 
     def _same_settings(self) -> bool:
@@ -390,7 +412,44 @@ def _settings() -> tuple[Any, ...]:
         socket.getdefaulttimeout(),
         sys.getrecursionlimit(),
         sys.getswitchinterval(),
+        sys.get_int_max_str_digits(),
+        os.getpriority(os.PRIO_PROCESS, 0),
         _cwd(),
+    )
+
+
+def _shapes(modules: tuple[Any, ...], classes: tuple[type, ...]) -> tuple[Any, ...]:
+    """What decides a lookup besides the dicts: each module's class, each class's
+    metaclass and its method resolution order (a new tuple once its bases change).
+    Compared by identity."""
+    return (*map(type, modules), *map(type, classes), *map(_mro, classes))
+
+
+_mro = operator.attrgetter("__mro__")
+
+_RENEWED = (resource.RLIMIT_AS, resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE)
+"""Whose soft limit `limits.renew_rlimits` sets back to the hard one after each call
+(and `cap_file_size` lowers during one): only their hard limit is compared."""
+_KEPT_RLIMITS = (
+    resource.RLIMIT_DATA,
+    resource.RLIMIT_STACK,
+    resource.RLIMIT_NPROC,
+    resource.RLIMIT_MEMLOCK,
+    resource.RLIMIT_SIGPENDING,
+)
+"""Those a tool may lower, soft or hard, that would bound the next call. Not compared:
+CPU (renewed, its hard limit checked there), CORE and MSGQUEUE (0 already), and those
+that bound only what the worker never does (NICE, RTPRIO, RTTIME) or nothing on Linux
+(RSS, LOCKS)."""
+
+
+def _rlimits() -> tuple[Any, ...]:
+    """The rlimits a call could have lowered for the next: a lowered hard one cannot be
+    raised again (fewer descriptors, less memory). One system call each."""
+    getrlimit = resource.getrlimit
+    return (
+        *(getrlimit(which)[1] for which in _RENEWED),
+        *map(getrlimit, _KEPT_RLIMITS),
     )
 
 
