@@ -4,6 +4,11 @@ prompt names who asked (a script is not "the model")."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
 import pytest
 from conftest import AgentMain
 
@@ -13,6 +18,7 @@ from agent.checkpoints import RunStore, default_path
 from agent.integrations._mcp_ask import _message
 from tools import Registry
 
+ROOT = Path(__file__).resolve().parent.parent
 NOWHERE = ["--base-url", "http://127.0.0.1:9/v1"]
 
 
@@ -68,3 +74,27 @@ def test_the_prompt_names_who_asked() -> None:
     assert "The model wants to run calculate" in asked[0]
     assert "A script wants to run calculate" in asked[1] and "model" not in asked[1]
     assert _message(bound).startswith("sandboxed-agent: The MCP client wants to run calculate")
+
+
+def test_a_ctrl_c_while_the_program_loads_is_one_line_and_130() -> None:
+    """Importing the command line takes seconds on a loaded machine: a Ctrl-C in that
+    time, right after pressing Enter, was a traceback of whichever import it hit. Here
+    the SIGINT comes as `agent.cli` imports its own modules, into the console script's
+    entry point as pyproject.toml names it."""
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = entry["sandboxed-agent"].split(":")
+    code = f"""
+import os, signal, sys
+class CtrlC:
+    def find_spec(self, name, path, target=None):
+        if name == "agent.runner":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlC())
+from {module} import {func}
+sys.exit({func}())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, "demo"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert (done.returncode, done.stderr) == (130, "sandboxed-agent: interrupted\n"), done
