@@ -66,9 +66,18 @@ def _watched() -> list[tuple[str, Any]]:
     for name in ("stdin", "stdout", "stderr"):
         # The stream object itself may be the same and its `write` or `flush` a
         # patch (an output capture never undone): the worker flushes them each call.
-        own = getattr(getattr(sys, name), "__dict__", None)
-        if isinstance(own, dict):
-            spaces.append((f"sys.{name}", own))
+        # So may the layers below it, which it calls by name: its buffer's `write`
+        # (what a print ends in), and the raw file's under that.
+        stream = getattr(sys, name)
+        for part in ("", ".buffer", ".raw"):
+            if part:
+                try:
+                    stream = getattr(stream, part[1:], None)
+                except ValueError:  # detached
+                    break
+            own = getattr(stream, "__dict__", None)
+            if isinstance(own, dict):
+                spaces.append((f"sys.{name}{part}", own))
     return spaces
 
 

@@ -57,7 +57,8 @@ def reach(kind: str, marker: str) -> str:
     """Report what an earlier call left, then leave one thing of `kind`.
 
     Args:
-        kind: nothing, socket_bases, module_class, lying_equal, nofile_hard,
+        kind: nothing, socket_bases, module_class, lying_equal, buffer_write,
+            raw_write, nofile_hard,
             data_limit, int_digits or priority.
         marker: A unique word the forging kinds put into the worker's later answers.
     """
@@ -69,6 +70,7 @@ def reach(kind: str, marker: str) -> str:
         "priority": os.getpriority(os.PRIO_PROCESS, 0),
     }
     answer = json.dumps(seen)
+    print("reach ran")  # a patched stream would write the marker into the log
     _left.append(kind)
     if kind == "socket_bases":
         socket.socket.__bases__ = (_forging_socket(marker), _socket.socket)
@@ -84,6 +86,14 @@ def reach(kind: str, marker: str) -> str:
     elif kind == "lying_equal":
         # What `json.dumps(text, ensure_ascii=False)` writes the answer with.
         json.encoder.encode_basestring = _Liar(json.encoder.encode_basestring, marker)
+    elif kind == "buffer_write":
+        # Below `sys.stdout`: what its `write` and `flush` call by name.
+        real = sys.stdout.buffer.write
+        sys.stdout.buffer.write = lambda data: real(marker.encode() + data)  # type: ignore[method-assign]
+    elif kind == "raw_write":
+        raw = sys.stdout.buffer.raw  # type: ignore[attr-defined]
+        real_raw = raw.write
+        raw.write = lambda data: real_raw(marker.encode() + data)
     elif kind == "nofile_hard":
         resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
     elif kind == "data_limit":
