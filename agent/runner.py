@@ -20,10 +20,11 @@ from pydantic import ValidationError
 from policies import Policy, RunPolicy
 from policies.loader import unknown_tool
 from sandbox import Pool
+from sandbox.errors import ErrorKind
 
 from .approval import Approver
 from .audit import Trace, check_events, read_trace, render_timeline
-from .checkpoints import CheckpointError, RunStore, UnknownRun
+from .checkpoints import CheckpointError, RunRecord, RunStore, UnknownRun
 from .cli_types import flag_error, memory_namespace
 from .embeddings import Embedder
 from .loop import Agent, RunResult
@@ -257,10 +258,34 @@ def cmd_run(args: argparse.Namespace, policy: Policy, registry: Any) -> int:
         record = store.load(args.resume) if store and args.resume else None
     except UnknownRun as exc:
         raise UsageError(str(exc)) from None  # a run id the user typed: a usage error
+    if record:
+        check_resumed_tools(record, policy, registry.names())
     with ExitStack() as stack:
         agent = build_agent(stack, policy, registry, args, store)
         result = agent.resume(record) if record else agent.run(args.task)
         return report(result)
+
+
+def check_resumed_tools(record: RunRecord, policy: Policy, known: list[str]) -> None:
+    """A run resumed must have the tools it called: resumed without the `--policy` or
+    `--tools` that loaded one, its call in flight (at the approval prompt, say) was
+    answered `unknown tool` and the model told that a tool it had used was never
+    there. A call that was `unknown_tool` then (a name the model made up) needs none."""
+    missing = sorted(
+        {
+            call.tool
+            for call in record.calls
+            if call.tool not in known
+            and policy.mcp_server_of(call.tool) is None
+            and (call.outcome is None or call.outcome.error_kind != ErrorKind.UNKNOWN_TOOL)
+        }
+    )
+    if missing:
+        raise UsageError(
+            f"run {record.id} called {', '.join(missing)}, which this command does not "
+            "load: resume it with the --policy and --tools it was started with "
+            f"(loaded now: {', '.join(known)})"
+        )
 
 
 def cmd_runs(limit: int) -> int:

@@ -14,8 +14,10 @@ from conftest import AgentMain
 
 from agent.approval import Approver
 from agent.binding import bind
-from agent.checkpoints import RunStore, default_path
+from agent.checkpoints import Outcome, RunStore, default_path
 from agent.integrations._mcp_ask import _message
+from agent.runner import check_resumed_tools
+from policies import load_policy
 from tools import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,3 +100,30 @@ sys.exit({func}())
         [sys.executable, "-c", code, "demo"], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert (done.returncode, done.stderr) == (130, "sandboxed-agent: interrupted\n"), done
+
+
+def test_a_run_resumed_without_the_tools_it_called_is_a_usage_error(
+    agent_main: AgentMain,
+) -> None:
+    """Started with `--tools` (or a policy's load_tools) and resumed without them, the
+    call in flight was answered "unknown tool" and the model told that a tool it had
+    used was never there. A name the model made up (unknown then too) needs nothing."""
+    store = RunStore(default_path())
+    run_id = store.start("Hang please", "m", [{"role": "user", "content": "Hang please"}])
+    asked = {"id": "call_1", "type": "function"}
+    asked["function"] = {"name": "sleep_forever", "arguments": "{}"}
+    turn = {"role": "assistant", "content": None, "tool_calls": [asked]}
+    store.step(
+        run_id, [turn], 1, 0.0, [("call_1", "sleep_forever", "{}"), ("call_2", "mde_up", "{}")]
+    )
+    made_up = Outcome(sent="unknown tool", ok=False, error_kind="unknown_tool")
+    store.call_done(run_id, "call_2", made_up)
+    done = agent_main("run", "--resume", run_id, *NOWHERE)
+    assert done.returncode == 2, done
+    [line] = done.stderr.splitlines()
+    assert line.startswith(
+        f"sandboxed-agent: run {run_id} called sleep_forever, which this command does not "
+        "load: resume it with the --policy and --tools it was started with (loaded now: "
+    ), line
+    policy, known = load_policy(), [*Registry.default().names(), "sleep_forever"]
+    check_resumed_tools(store.load(run_id), policy, known)  # mde_up: unknown then too
