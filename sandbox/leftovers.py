@@ -2,11 +2,12 @@
 
 A trusted tool runs in its warm worker's own process, so what it leaves there after
 answering would run during, or change, the next call: a thread or a child that keeps
-running; a timer or a signal handler that fires later (Python's, or a native one only
-the kernel knows of); a descriptor left open, put in place of the worker's own, or
-one of its own made to signal (`O_ASYNC`) or to wake Python (`set_wakeup_fd`); a
-SysV IPC object; a changed environment, umask, trace hook, standard stream or import
-hook; a function replaced on the worker's own path from one answer to the next.
+running; a timer (an itimer or a POSIX one) or a signal handler that fires later
+(Python's, or a native one only the kernel knows of); a descriptor left open, put in
+place of the worker's own, or one of its own made to signal (`O_ASYNC`, a lease) or
+to wake Python (`set_wakeup_fd`); a SysV IPC object; a changed environment, umask,
+trace hook, standard stream or import hook; a function replaced on the worker's own
+path from one answer to the next.
 `Baseline` is taken once, before a reusable worker's first tool runs; after each call
 `left_by_call` names the first thing that differs, and the worker is then retired
 (the pool kills its whole tree), never reused.
@@ -101,6 +102,7 @@ class Baseline:
         self.fds = _Descriptors()
         self.fd_modes = _fd_modes(self.fds.fds)
         self.handlers = _handlers()
+        self.timers = _read(_TIMERS)
         self.signals = _kernel_signals()
         self.caught = _caught(self.signals)
         self.native = _native_handlers(self.caught)
@@ -135,6 +137,8 @@ class Baseline:
         for which, name in _ITIMERS:
             if _signal.getitimer(which) != (0.0, 0.0):
                 return f"a timer ({name}) armed"
+        if _read(_TIMERS) != self.timers:
+            return "a POSIX timer made (timer_create)"
         if _kernel_signals() != self.signals:
             return "a signal blocked, left pending, caught or ignored (the kernel's view)"
         if not all(map(operator.is_, _handlers(), self.handlers)):
@@ -241,20 +245,33 @@ def _masks() -> tuple[set[int], set[int]]:
     return _signal.pthread_sigmask(_signal.SIG_BLOCK, ()), _signal.sigpending()
 
 
+_TIMERS = "/proc/self/timers"
+"""The process's POSIX timers (timer_create), each with its signal: empty for none."""
+
+
+def _read(path: str) -> bytes | None:
+    """A small /proc file in one read; None where it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 16384)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def _kernel_signals() -> bytes | tuple[set[int], set[int]]:
     """The kernel's view of this process's signals, from one read of /proc/self/status:
     pending (the thread's and the process's), blocked, ignored and caught. It sees a
     handler installed natively (ctypes, faulthandler), which Python's `getsignal`
     does not. The checks run with one thread left, so the main thread's view is all
     there is. Without /proc: the mask and the pending set alone."""
-    try:
-        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    status = _read("/proc/self/status")
+    if status is None:
         return _masks()
-    try:
-        status = os.read(fd, 16384)
-    finally:
-        os.close(fd)
     start = status.find(b"\nSigPnd:")  # SigQ, before it, counts the whole user's
     end = status.find(b"\nCap", start)
     return status[start:end] if start >= 0 else _masks()
@@ -321,8 +338,9 @@ def _wakeup_fd() -> int | None:
 
 def _fd_modes(fds: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """Of each of the baseline's descriptors, its status flags (`O_ASYNC` makes I/O on
-    it signal, `O_NONBLOCK`, `O_APPEND`), the process it signals (F_SETOWN) and with
-    what (F_SETSIG). Three system calls each, on the worker's four descriptors."""
+    it signal, `O_NONBLOCK`, `O_APPEND`), the process it signals (F_SETOWN), with what
+    (F_SETSIG), and a lease on it (F_SETLEASE: another's open of the file then signals
+    this process). Four system calls each, on the worker's four descriptors."""
     modes = []
     for fd in fds:
         try:
@@ -332,6 +350,7 @@ def _fd_modes(fds: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
                     fcntl.fcntl(fd, fcntl.F_GETFL),
                     fcntl.fcntl(fd, fcntl.F_GETOWN),
                     fcntl.fcntl(fd, _F_GETSIG),
+                    fcntl.fcntl(fd, fcntl.F_GETLEASE),
                 )
             )
         except OSError:

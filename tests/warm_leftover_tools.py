@@ -51,7 +51,7 @@ def leave(kind: str, marker: str, key: int = 0) -> str:
         kind: What to leave: nothing, spinning_thread, forging_alarm, handler, child,
             open_fd, swapped_stdout_fd, environment, umask, cwd, patched_json,
             replaced_stdout, profile_hook, wakeup_fd, faulthandler, native_over_python,
-            native_ignored, async_channel, sysv_shm, sysv_sem, sysv_msg.
+            native_ignored, async_channel, sysv_shm, sysv_sem, sysv_msg, posix_timer.
         marker: A unique word the leftover writes wherever it can.
         key: The SysV key of a sysv_* kind's object (0: IPC_PRIVATE).
     """
@@ -140,6 +140,16 @@ def leave(kind: str, marker: str, key: int = 0) -> str:
         # SIGIO (whose default kills) to the worker as the next call's frame arrives.
         fcntl.fcntl(3, fcntl.F_SETOWN, os.getpid())
         fcntl.fcntl(3, fcntl.F_SETFL, fcntl.fcntl(3, fcntl.F_GETFL) | os.O_ASYNC)
+    elif kind == "posix_timer":
+        # timer_create (SIGALRM, the default, as it expires), armed for an hour: no
+        # itimer, no handler, no descriptor.
+        libc = ctypes.CDLL(None, use_errno=True)
+        timer = ctypes.c_void_p()
+        if libc.timer_create(1, None, ctypes.byref(timer)) != 0:  # CLOCK_MONOTONIC
+            raise OSError(ctypes.get_errno(), "timer_create")
+        hour = (ctypes.c_long * 4)(0, 0, 3600, 0)  # struct itimerspec: interval, value
+        if libc.timer_settime(timer, 0, hour, None) != 0:
+            raise OSError(ctypes.get_errno(), "timer_settime")
     elif kind in ("sysv_shm", "sysv_sem", "sysv_msg"):
         libc = ctypes.CDLL(None, use_errno=True)
         create = 0o1000 | 0o600  # IPC_CREAT
@@ -172,3 +182,15 @@ def message_queue(name: str) -> str:
     if made >= 0:
         os.close(made)
     return json.dumps({"found": found >= 0, "refused": refused})
+
+
+@tool
+def lease() -> str:
+    """Take a read lease on the worker's own log (its stdout), if the kernel lets it:
+    the log's owner may. Says whether it took one.
+    """
+    try:
+        fcntl.fcntl(1, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return f"refused: {exc.strerror}"
+    return "taken"
