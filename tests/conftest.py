@@ -106,8 +106,9 @@ def private_data_home(
 
 def host_ipc_key(pid: int | None = None) -> int:
     """The SysV key a test process (this one, or `pid`) uses for a host-side object of
-    its own; `key + 1` is its too. The guard below leaves other test processes' alone."""
-    return 0x5A000000 + (os.getpid() if pid is None else pid) % 0xFFFF
+    its own; `key + 1` is its too (two a pid, so consecutive pids' never meet). The guard
+    below leaves other test processes' alone."""
+    return 0x5A000000 + 2 * ((os.getpid() if pid is None else pid) % 0x7FFFF)
 
 
 def _sibling_keys() -> set[int]:
