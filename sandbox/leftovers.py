@@ -163,7 +163,7 @@ class Baseline:
         if _settings() != self.settings:
             return (
                 "the umask, the working directory, the recursion limit, the int digits "
-                "limit, the priority or a default timeout changed"
+                "limit, the collector's thresholds, the priority or a default timeout changed"
             )
         if _rlimits() != self.rlimits:
             return "an rlimit lowered for good (the next call would run under it)"
@@ -441,6 +441,7 @@ def _settings() -> tuple[Any, ...]:
         sys.getrecursionlimit(),
         sys.getswitchinterval(),
         sys.get_int_max_str_digits(),
+        gc.get_threshold(),  # 0: the collector never runs, and cycles pile up
         os.getpriority(os.PRIO_PROCESS, 0),
         _cwd(),
     )

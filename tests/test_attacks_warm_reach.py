@@ -1,10 +1,10 @@
 """A trusted tool changes its warm worker where no watched dict's version moves: the
 bases of `socket.socket` (whose `sendall` writes the answers), the class of the `json`
 module (whose `dumps` writes them), a value that claims to equal the one it replaced,
-the `write` of the buffer or raw file below `sys.stdout` (where a print ends),
-a hard rlimit lowered, the int digits limit, the process's priority. The next call
-must neither carry a forged answer nor run under the changed process: the worker is
-retired, and the next call finds a fresh one."""
+the `write` of the buffer or raw file below `sys.stdout` (where a print ends), a hard
+rlimit lowered, the int digits limit, the collector's thresholds, the process's
+priority. The next call must neither carry a forged answer nor run under the changed
+process: the worker is retired, and the next call finds a fresh one."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.attack
 TOOLS = str(Path(__file__).with_name("warm_reach_tools.py"))
 TRUSTED = Limits(reuse_worker=True, timeout_s=20)
 FORGING = ["socket_bases", "module_class", "lying_equal", "buffer_write", "raw_write"]
-CHANGING = ["nofile_hard", "data_limit", "int_digits", "priority"]
+CHANGING = ["nofile_hard", "data_limit", "int_digits", "gc_threshold", "priority"]
 
 
 @pytest.fixture(scope="module")

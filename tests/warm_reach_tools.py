@@ -9,6 +9,7 @@ forging kinds put `marker` into every later answer the worker writes.
 from __future__ import annotations
 
 import _socket
+import gc
 import json
 import json.encoder
 import os
@@ -59,7 +60,7 @@ def reach(kind: str, marker: str) -> str:
     Args:
         kind: nothing, socket_bases, module_class, lying_equal, buffer_write,
             raw_write, nofile_hard,
-            data_limit, int_digits or priority.
+            data_limit, int_digits, gc_threshold or priority.
         marker: A unique word the forging kinds put into the worker's later answers.
     """
     seen = {
@@ -68,6 +69,7 @@ def reach(kind: str, marker: str) -> str:
         "data": resource.getrlimit(resource.RLIMIT_DATA),
         "digits": sys.get_int_max_str_digits(),
         "priority": os.getpriority(os.PRIO_PROCESS, 0),
+        "gc": gc.get_threshold(),
     }
     answer = json.dumps(seen)
     print("reach ran")  # a patched stream would write the marker into the log
@@ -100,6 +102,8 @@ def reach(kind: str, marker: str) -> str:
         resource.setrlimit(resource.RLIMIT_DATA, (1 << 28, 1 << 28))
     elif kind == "int_digits":
         sys.set_int_max_str_digits(640)
+    elif kind == "gc_threshold":
+        gc.set_threshold(0)  # gc.isenabled() still says True
     elif kind == "priority":
         os.nice(5)
     elif kind != "nothing":
