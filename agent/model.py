@@ -650,7 +650,8 @@ def describe_api_error(exc: openai.APIError, model: str, base_url: str | None) -
     if isinstance(exc, openai.PermissionDeniedError):
         return f"the model at {where} denied access (403)"
     if isinstance(exc, openai.NotFoundError):
-        return f"the model at {where} does not know model {model!r} or the route (404)"
+        said = f"the model at {where} does not know model {model!r} or the route (404)"
+        return said + _not_the_api(base_url, exc)
     if isinstance(exc, openai.RateLimitError):
         return f"the model at {where} is rate limiting (429) and retries did not help"
     if isinstance(exc, openai.APIStatusError) and REFUSED in exc.response.extensions:
@@ -662,8 +663,27 @@ def describe_api_error(exc: openai.APIError, model: str, base_url: str | None) -
         )
     if isinstance(exc, openai.APIStatusError):
         detail = _short(_error_message(exc))
-        return f"the model at {where} failed with HTTP {exc.status_code}: {detail}"
+        said = f"the model at {where} failed with HTTP {exc.status_code}: {detail}"
+        return said + _not_the_api(base_url, exc)
     return f"the model call failed: {_short(str(exc))}"
+
+
+def _not_the_api(base_url: str | None, exc: openai.APIStatusError) -> str:
+    """A hint where the answer is not an OpenAI-compatible API's: a 404 from a base URL
+    without its version (Ollama's http://localhost:11434, whose API is under /v1), or an
+    error that is not `{"error": {...}}` (a web page: some other server)."""
+    if base_url is None:
+        return ""
+    versioned = re.search(r"/v\d", base_url.split("://", 1)[-1]) is not None
+    if exc.status_code == 404 and not versioned:
+        meant = base_url.rstrip("/") + "/v1"
+        return f"; an OpenAI-compatible API's base URL usually ends in /v1 ({meant}?)"
+    if not isinstance(exc.body, dict):
+        return (
+            f"; that is not an OpenAI-compatible API's error: is {base_url} the API's base "
+            "URL (for example http://localhost:11434/v1)?"
+        )
+    return ""
 
 
 def _connection_failed(exc: openai.APIConnectionError, where: str) -> str:
@@ -685,6 +705,9 @@ def _error_message(exc: openai.APIStatusError) -> str:
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
+    if isinstance(body, str) and body.strip():  # a web page, say: its text, not its tags
+        text = " ".join(re.sub(r"<[^>]*>", " ", body).split())
+        return text or body
     return exc.message
 
 

@@ -225,3 +225,39 @@ def test_the_scripted_server_answers_a_body_that_is_not_an_object_with_400(body:
             urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 400
     assert "error" in json.loads(refused.value.read())
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "path", "said"),
+    [
+        (
+            405,
+            b"<html><title>405 Method Not Allowed</title></html>",
+            "/v1",
+            "failed with HTTP 405: 405 Method Not Allowed; that is not an OpenAI-compatible "
+            "API's error: is {url} the API's base URL (for example http://localhost:11434/v1)?",
+        ),
+        (
+            404,
+            b"404 page not found",
+            "/",
+            "does not know model 'm' or the route (404); an OpenAI-compatible API's base URL "
+            "usually ends in /v1 ({bare}/v1?)",
+        ),
+    ],
+)
+def test_an_endpoint_that_is_not_the_api_is_said_so(
+    status: int, body: bytes, path: str, said: str
+) -> None:
+    """A web server's page was `failed with HTTP 405: Error code: 405`; Ollama's root
+    without /v1 a 404 that did not say where the API is."""
+    from agent.replay import ScriptedModelServer, Step
+
+    step = Step(status=status, raw=body, headers={"Content-Type": "text/html"})
+    with ScriptedModelServer([step]) as server:
+        bare = server.base_url.removesuffix("/v1")
+        url = bare + path
+        client = ModelClient(model="m", base_url=url, api_key="k", max_retries=0)
+        with pytest.raises(RunError) as caught:
+            client.complete([{"role": "user", "content": "hi"}], [], timeout_s=30)
+    assert str(caught.value) == f"the model at {url} " + said.format(url=url, bare=bare)
