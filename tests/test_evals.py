@@ -130,7 +130,10 @@ CASE = 'name = "s"\n[[cases]]\nname = "a"\ntask = "t"\n'
     ("text", "message"),
     [
         ('name = "s"\n', "cases: Field required"),
-        (CASE + "expekt = {}\n", "case 'a': expekt: unknown key (accepted: name, task"),
+        (
+            CASE + "expekt = {}\n",
+            "case 'a': expekt: unknown key; did you mean 'expect'? (accepted: name, task",
+        ),
         (
             CASE + 'expect = { matches = "(" }\n',
             "case 'a': expect.matches: not a valid regular expression",
@@ -153,6 +156,19 @@ CASE = 'name = "s"\n[[cases]]\nname = "a"\ntask = "t"\n'
         (
             CASE + 'path = { must_return = [{ tool = "x", ok = true, kind = "timeout" }] }\n',
             "a call that succeeded has no error kind",
+        ),
+        # A typo of a required key was "Field required", the typo not named.
+        (
+            'name = "s"\n[[case]]\nname = "a"\ntask = "t"\n',
+            ": case: unknown key; did you mean 'cases'? (accepted: name, policy, tools, runs",
+        ),
+        (
+            CASE + '[[cases.script]]\ncalls = [{ tol = "calculate" }]\n',
+            "case 'a': script.calls.tol: unknown key; did you mean 'tool'? (accepted: tool, args)",
+        ),
+        (
+            CASE + 'path = { must_call = "get_order_status" }\n',
+            "case 'a': path.must_call: Input should be a valid list (got 'get_order_status')",
         ),
     ],
 )

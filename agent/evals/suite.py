@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,10 @@ def load_suite(path: str | Path) -> Suite:
 
 
 def _describe(source: str, data: dict[str, Any], exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # An unknown key first: `[[case]]` or `tol = ...` is a typo of the key that is then
+    # also missing, and "cases: Field required" alone does not say so.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = list(err["loc"])
     where = ""
     if len(loc) >= 2 and loc[0] == "cases" and isinstance(loc[1], int):
@@ -211,9 +215,14 @@ def _describe(source: str, data: dict[str, Any], exc: ValidationError) -> str:
         parent = names[-2] if len(names) >= 2 else ("case" if where else "suite")
         model = _TABLES.get(parent, Suite)
         accepted = [f for f in model.model_fields if f not in ("base_dir", "source")]
-        message = f"unknown key (accepted: {', '.join(accepted)})"
+        close = get_close_matches(names[-1], accepted, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        message = f"unknown key{hint} (accepted: {', '.join(accepted)})"
     elif message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    elif err["type"] != "missing":  # pydantic's own check: say what was given
+        got = repr(err.get("input"))
+        message += f" (got {got if len(got) <= 60 else got[:57] + '...'})"
     return f"{source}: {where}{key + ': ' if key else ''}{message}"
 
 
