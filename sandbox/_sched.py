@@ -109,6 +109,21 @@ def batch_of(pid: int) -> bool:
     return True
 
 
+def off_this_cpu(pid: int) -> bool:
+    """Keep the process `pid` off the CPU this thread runs on, on the others it may use:
+    a killed worker tears its address space down in the kernel, which here is not
+    preempted, and woken on the killer's CPU it ran that ahead of the killer's return
+    (1-2 ms, whatever its policy). False where it has no other CPU, or may not be moved."""
+    try:
+        others = os.sched_getaffinity(pid) - {_libc.sched_getcpu()}
+        if not others:
+            return False
+        os.sched_setaffinity(pid, others)
+    except OSError:
+        return False
+    return True
+
+
 def set_normal() -> bool:
     """Back to SCHED_OTHER (a worker of a batch zygote, where no short slice was set)."""
     try:
