@@ -417,7 +417,7 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
             if isinstance(err["input"], dict)
             else (f"{loc[0]}: unknown top-level key")
         )
-        hint = _did_you_mean(loc[0], _TOP_LEVEL)
+        hint = _did_you_mean(loc[0], _TOP_LEVEL) or _table_of(loc[0])
         return f"{source}: {what}{hint} (accepted: {', '.join(_TOP_LEVEL)})"
     if loc[0] == "load_tools":
         got = _short(err.get("input"))
@@ -469,6 +469,16 @@ def _describe(source: str, err: Any, loc: list[str]) -> str:
             f"strings (got {got})"
         )
     return f"{source}: [{table}] {key}: {_said(err)}{_top_level_hint(key)}"
+
+
+def _table_of(key: str) -> str:
+    """A tool's or the run's key at the top of the file (`timeout_s = 5`, `model =
+    "llama3.1"`), which belongs in a table: say which."""
+    if key in ToolPolicy.model_fields:
+        return f"; {key} is a tool's key: put it in [defaults] (every tool) or a [tools.NAME] table"
+    if key in RunPolicy.model_fields:
+        return f"; {key} is a key of the run: put it in the [run] table"
+    return ""
 
 
 def _other_table_hint(key: str, model: type[BaseModel]) -> str:

@@ -72,8 +72,12 @@ def check_layer_names(names: Collection[str]) -> list[str]:
         if name in ALWAYS_ON:
             raise ValueError(f"the {name} layer cannot be turned off")
         if name not in LAYER_NAMES:
-            known = ", ".join(n for n in LAYER_NAMES if n not in ALWAYS_ON)
-            raise ValueError(f"unknown isolation layer {name!r}; known: {known}")
+            from difflib import get_close_matches  # here: the zygote imports this module
+
+            known = [n for n in LAYER_NAMES if n not in ALWAYS_ON]
+            close = get_close_matches(name, known, n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown isolation layer {name!r}; known: {', '.join(known)}{hint}")
     return list(names)
 
 

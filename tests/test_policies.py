@@ -88,6 +88,18 @@ def test_a_warm_workers_lifetime_bounds_come_from_the_policy(tmp_path: Path) -> 
             "[layers] landlok: unknown isolation layer 'landlok'; known: user_namespace, "
             "pid_namespace,",
         ),
+        ("[layers]\nlandlok = false", "mount_namespace; did you mean 'landlock'?"),
+        # A tool's or the run's key above every table: which table it belongs in.
+        (
+            "timeout_s = 5",
+            "p.toml: timeout_s: unknown top-level key; timeout_s is a tool's key: put it in "
+            "[defaults] (every tool) or a [tools.NAME] table (accepted: extends,",
+        ),
+        (
+            'model = "llama3.1"',
+            "p.toml: model: unknown top-level key; model is a key of the run: put it in the "
+            "[run] table (accepted: extends,",
+        ),
         ("[layers]\nrlimits = false", "[layers] rlimits: the rlimits layer cannot be turned off"),
         ("[defaults]\ntimeout_s = nan", "[defaults] timeout_s: must be a number (got nan)"),
         ("[layers]\nseccomp = 'off'", "[layers] seccomp: input should be a valid boolean"),
