@@ -220,6 +220,11 @@ class Agent:
         """How often each tool ran in this run (`[tools] max_calls`)."""
         self._asked_next: list[str] = []
         """The tools the latest model call was asked to call, alone (`[tools] then`)."""
+        self._failures: list[tuple[str, str, str]] = []
+        """(tool, what the model was told, what the user is told) of each call in this
+        run that failed as it ran, or that a person did not approve."""
+        self._for_this: set[str] = set()
+        """The tools the latest model call's question may have (`_for_question`)."""
         self._model_ids: dict[str, str] = {}
         """A call's id in the run → the id the model gave it, where that one was taken."""
 
@@ -235,6 +240,7 @@ class Agent:
         before its next model call or tool call."""
         self._cancel = cancel or CancelToken()
         self._answered, self._called, self._runs = set(), set(), Counter()
+        self._failures = []
         messages = list(history or [{"role": "system", "content": self.limits.system_prompt}])
         messages.append({"role": "user", "content": task})
         self.run_id = self.store.start(task, self.model.model, messages) if self.store else None
@@ -270,6 +276,7 @@ class Agent:
         budget = Budget(self.limits, steps=record.steps, cost_usd=record.cost_usd)
         repeats = RepeatGuard(self.limits.max_repeats)
         self._answered, self._called, self._runs = set(), set(), Counter()
+        self._failures = []
         for done in record.calls:
             if done.outcome is not None:
                 repeats.remember(done.tool, done.arguments, done.outcome.sent)
@@ -440,7 +447,7 @@ class Agent:
                 turn = yield ModelAsk(
                     again
                     if again is not None
-                    else steering.request(messages, steer, self.policy.decides),
+                    else steering.request(messages, steer, self._decides(messages)),
                     self._for_question(messages),
                     min(self.limits.request_timeout_s, left),
                     self._tool_choice(messages, steer, tools, draft),
@@ -459,11 +466,14 @@ class Agent:
                 offered = self._offered_in(calls, tools, messages)
                 outcomes = yield CallsAsk(calls, offered)
                 self._append(messages, outcomes, budget)
-                steer = steering.after_calls(outcomes, self.policy.decides)
+                steer = steering.after_calls(outcomes, self._decides(messages))
+                steer = steer or self._lookup_failed(outcomes, messages)
                 continue
             answer = self._answer(turn)
             conflict = (
-                None if checked else steering.contradiction(answer, messages, self.policy.decides)
+                None
+                if checked
+                else steering.contradiction(answer, messages, self._decides(messages))
             )
             if conflict is not None and budget.steps < self.limits.max_iterations:
                 # Its answer says "yes" where a tool's verdict said "No:": once more,
@@ -473,6 +483,13 @@ class Agent:
                 again = steering.recheck(messages, draft, conflict)
                 steer = "contradiction"
                 continue
+            second = None if checked else self._second_look(answer, messages)
+            if second is not None and budget.steps < self.limits.max_iterations:
+                # A refusal where a tool's failure is the answer; amounts no result holds.
+                checked = True
+                draft = messages.pop()
+                steer, again = second[0], second[1](draft)
+                continue
             if not reviewed and self._review_wanted(steer, budget, tools):
                 reviewed = True
                 draft = messages.pop()
@@ -480,17 +497,60 @@ class Agent:
                 continue
             return self._settled(answer, messages)
 
+    def _second_look(
+        self, answer: str, messages: list[dict[str, Any]]
+    ) -> tuple[steering.Steer | None, Callable[[dict[str, Any]], list[dict[str, Any]]]] | None:
+        """What a first answer is sent back with, if anything: a canned refusal, when a
+        tool failed in the run (its failure is what the user needs to hear: "no order
+        with id '99999'"), tools off; amounts that no tool result holds, tools on (the
+        small model gave an order's total of 18.4 as "$1.31"). None: it stands."""
+        failure = self._failures[-1] if self._failures else None
+        if failure is not None and steering.refuses(answer):
+            sent = failure[1]
+            return "refusal", lambda draft: steering.explain(messages, draft, sent)
+        said = steering.unfounded(answer, messages)
+        if said:
+            return None, lambda draft: steering.amounts(messages, draft, said)
+        return None
+
     def _settled(self, answer: str, messages: list[dict[str, Any]]) -> str:
         """The run's final answer: the model's, unless it turns round the verdict of a
         tool that decides the question (after the recheck, or with no step left for
         one); then that tool's own result, marked so in the answer, the conversation
-        and the trace (`answered_from`)."""
-        overruled = steering.overruled(answer, messages, self.policy.decides)
+        and the trace (`answered_from`). A canned refusal after a tool failed is that
+        failure, marked so too."""
+        overruled = steering.overruled(answer, messages, self._decides(messages))
+        if overruled is None and self._failures and steering.refuses(answer):
+            tool, _, said = self._failures[-1]
+            overruled = tool, steering.answer_from_failure(tool, said)
         if overruled is None:
             return answer
         self._answered_from, answer = overruled
         messages[-1] = {"role": "assistant", "content": answer}
         return answer
+
+    def _decides(self, messages: list[dict[str, Any]]) -> Callable[[str], bool]:
+        """The tools whose verdict decides this question: the policy's `decides`, unless
+        the user asked for an action (`_actions_asked`). "Refund order 12345" is not
+        answered by whether it can be returned: the small model, steered to answer by
+        that verdict, said "eligible" and never asked for the refund."""
+        if self._actions_asked(messages):
+            return lambda tool: False
+        return self.policy.decides
+
+    def _actions_asked(self, messages: list[dict[str, Any]]) -> list[str]:
+        """The tools the user's latest message asks to have done: offered only when
+        asked for (`offer_when`, which it mentions in a request, not in a question of
+        whether it could be done: `steering.requests_action`), and that act (they need
+        a person's approval, or running them twice is not running them once)."""
+        asked = steering.latest_question(messages) or ""
+        return [
+            name
+            for t in self._for_question(messages)
+            if (words := self.policy.offer_when(name := t["function"]["name"]))
+            and (self.policy.requires_approval(name) or not self.policy.idempotent(name))
+            and steering.requests_action(asked, words)
+        ]
 
     def _review_wanted(
         self, steer: steering.Steer | None, budget: Budget, tools: list[dict[str, Any]]
@@ -527,6 +587,7 @@ class Agent:
         yet, or an action nobody asked for, is one it would call anyway."""
         follow_ups = self._follow_ups(messages)
         self._asked_next = [t["function"]["name"] for t in follow_ups]
+        self._for_this = {t["function"]["name"] for t in self._for_question(messages)}
         return follow_ups or self._available(messages)
 
     def _available(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -556,19 +617,16 @@ class Agent:
         """The tools the model is asked to call next: those whose `[tools] first_when`
         the user's message mentions (and their `then_when`, when they have one: the
         lookup that the rules and the date follow), until one of them has been called;
-        then the
-        `[tools] then` of the tools that answered (when the question mentions their
-        `then_when`), offered now and not yet called. Offered alone, one of them
-        required: a small model that has the order otherwise answers from it, or from
-        the tool that decides, alone, and one asked to look something up first read
-        the policy rather than the order."""
+        then the `[tools] then` of the tools that answered (when the question mentions their
+        `then_when`), offered now and not yet called; then an action the user asked
+        for (`_actions_asked`), or else one with `ask_when_ready`, not yet called,
+        once it is available. Offered alone, one
+        of them required: a small model that has the order otherwise answers from it,
+        or from the tool that decides, alone, and one asked to look something up first
+        read the policy rather than the order."""
         asked = steering.latest_question(messages) or ""
         firsts = [
-            t
-            for t in self._available(messages)
-            if (words := self.policy.first_when(t["function"]["name"]))
-            and _mentions(asked, words)
-            and _mentions(asked, self.policy.then_when(t["function"]["name"]))
+            t for t in self._available(messages) if self._first_for(t["function"]["name"], asked)
         ]
         if firsts and not any(t["function"]["name"] in self._called for t in firsts):
             return firsts
@@ -579,9 +637,46 @@ class Agent:
             for name in self.policy.then(done)
             if name not in self._called
         }
-        if not wanted:
-            return []
-        return [t for t in self._available(messages) if t["function"]["name"] in wanted]
+        available = self._available(messages)
+        follow_ups = [t for t in available if t["function"]["name"] in wanted]
+        if follow_ups:
+            return follow_ups
+        # The lookups done, an action the user asked for is next: the run goes on to it
+        # (or to its denial), not to an answer about whether it could be done. Asked
+        # none, a tool the policy has asked for when ready (`ask_when_ready`) is.
+        pending = self._actions_asked(messages) or [
+            name for t in available if self.policy.ask_when_ready(name := t["function"]["name"])
+        ]
+        return [
+            t
+            for t in available
+            if t["function"]["name"] in pending and t["function"]["name"] not in self._called
+        ]
+
+    def _first_for(self, tool: str, asked: str) -> bool:
+        """`tool` is what the question `asked` is asked for first (`first_when`, and its
+        `then_when` when it has one)."""
+        words = self.policy.first_when(tool)
+        return (
+            bool(words)
+            and _mentions(asked, words)
+            and _mentions(asked, self.policy.then_when(tool))
+        )
+
+    def _lookup_failed(
+        self, outcomes: list[ToolOutcome], messages: list[dict[str, Any]]
+    ) -> steering.Steer | None:
+        """The lookup the question is asked for first failed as it ran (no order with
+        that id): nothing the run could look up after it can answer the question, and
+        the next call asks for the answer, tools off. The small model, after "no order
+        with id '99999'", read the policy, calculated, took the date, and answered
+        "Yes, you can return order 99999 within 30 days"."""
+        asked = steering.latest_question(messages) or ""
+        failed = any(
+            o.executed and o.result.error is not None and self._first_for(o.tool, asked)
+            for o in outcomes
+        )
+        return "lookup_failed" if failed else None
 
     def _tool_choice(
         self,
@@ -791,7 +886,7 @@ class Agent:
                 # when the user's message asks for it (`offer_when`).
                 why = (
                     _not_now(tool, self._asked_next)
-                    if self._asked_next
+                    if self._asked_next and tool in self._for_this
                     else _not_asked(tool, self.policy.offer_when(tool))
                 )
                 turn.outcomes[i] = _refused(call_id, tool, bound, why, "not_offered")
@@ -875,6 +970,7 @@ class Agent:
         self._answered.update(o.tool for o in done if o.executed and o.result.ok)
         self._called.update(o.tool for o in done if o.executed or o.approval.startswith("denied"))
         self._runs.update(o.tool for o in done if o.executed)
+        self._failures += [failed for o in done if (failed := _failed(o))]
         for outcome in done:
             if outcome.restored:
                 continue
@@ -1167,6 +1263,23 @@ def _refused(call_id: str, tool: str, bound: BoundCall, why: str, approval: str)
         approval,
         sha256=bound.sha256,
     )
+
+
+def _failed(outcome: ToolOutcome) -> tuple[str, str, str] | None:
+    """(tool, what the model was told, what the user is told) of a call that failed as
+    it ran, or that a person did not approve; None for any other (a refusal of the
+    loop's own, a note, a success)."""
+    error = outcome.result.error
+    if outcome.executed and error is not None:
+        said = re.sub(r"^\w+(?:Error|Exception): ", "", error.message)  # "LookupError: "
+        return outcome.tool, outcome.sent, f"{outcome.tool} failed: {said}"
+    if outcome.approval.startswith("denied"):
+        told = (
+            f"{outcome.tool} needs a person's approval, and it did not get it: nothing was "
+            "done. A staff member must approve it first."
+        )
+        return outcome.tool, outcome.sent, told
+    return None
 
 
 def _failure(tool: str, exc: ToolCallError) -> ToolResult:

@@ -21,10 +21,19 @@ from typing import Any, Literal, Protocol
 
 from .guardrails import Budget, RunStopped, model_calls
 
-Steer = Literal["repeated_call", "max_iterations", "contradiction", "decided", "max_calls"]
+Steer = Literal[
+    "repeated_call",
+    "max_iterations",
+    "contradiction",
+    "decided",
+    "max_calls",
+    "refusal",
+    "lookup_failed",
+]
 """Why a model call was steered: the model repeated a call, it is the last step, its
-answer said the opposite of a tool's verdict, or a tool that decides the question
-(`[tools.NAME] decides`) has answered."""
+answer said the opposite of a tool's verdict, a tool that decides the question
+(`[tools.NAME] decides`) has answered, its answer refused where a tool's failure
+was the answer, or the lookup the question is asked for first failed."""
 
 _VERDICT = re.compile(r"\s*(Yes|No)\b\s*[:;,.!\u2013\u2014-]")
 """A tool result that opens with its verdict: "No: order 12345 can no longer be ...",
@@ -183,6 +192,35 @@ def answer_says(answer: str | None) -> Literal["yes", "no"] | None:
     return "no" if first and _NEGATED.search(first.group(0)) else None
 
 
+_SENTENCES = re.compile(r"(?:[^.!?\n]|[.!?](?=[^\s.!?]))+[.!?]*")
+"""Sentences; a point inside a number ("89.99") does not end one."""
+_TO_YOU = re.compile(
+    r"\b(?:please|(?:can|could|would|will)\s+you\b(?!\s+(?:tell|check|explain|confirm|say|"
+    r"see|let)\b))",
+    re.IGNORECASE,
+)
+"""A sentence that asks someone to do it: "please", "can you ..." (not "can you tell me
+whether ...")."""
+
+
+def requests_action(question: str, words: list[str]) -> bool:
+    """The message asks for an action named by one of `words` to be done, not whether it
+    could be: a sentence that mentions one is not a question ("Refund order 12345.", "I
+    want my money back"), or asks someone to do it ("Please refund it?", "Can you refund
+    it?"). "Can I get a refund for order 12345?" and "Is it too late for a refund?" ask
+    whether: a tool that decides the question answers those."""
+    for sentence in _SENTENCES.findall(question):
+        if not any(_starts_word(sentence, w) for w in words):
+            continue
+        if not sentence.rstrip().endswith("?") or _TO_YOU.search(sentence):
+            return True
+    return False
+
+
+def _starts_word(text: str, word: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(word.strip())}", text, re.IGNORECASE) is not None
+
+
 def asked_as_verdicts(question: str) -> bool:
     """The question asks in the sense of the tools' verdicts ("Can I still return
     it?"), not turned round by a negation ("Is it too late to return it?", "Can't I
@@ -287,6 +325,103 @@ def recheck(
     return [*messages, draft, {"role": "user", "content": text}]
 
 
+_REFUSAL = re.compile(
+    r"[\W_]*(?:(?:(?:I['\u2019]?m|I am)\s+)?(?:very\s+)?sorry\W*(?:but\s+)?)?"
+    r"(?:I\s+(?:can(?:no|['\u2019])t|am\s+(?:unable|not\s+able)\s+to|won['\u2019]?t|"
+    r"(?:do\s+not|don['\u2019]t)\s+know\s+how\s+to)|unable\s+to)\s+(?:assist|help)\b",
+    re.IGNORECASE,
+)
+"""A canned refusal: "I can't assist with that.", "I'm sorry, but I cannot help with
+this request"."""
+
+
+def refuses(answer: str | None) -> bool:
+    """The answer is a canned refusal and little else (the small model answered a
+    lookup's "no order with id '99999'" with "I can't assist with that")."""
+    text = (answer or "").strip()
+    return len(text) <= 200 and _REFUSAL.match(text) is not None
+
+
+def explain(
+    messages: list[dict[str, Any]], draft: dict[str, Any], failure: str
+) -> list[dict[str, Any]]:
+    """What the model is sent when its answer refused and a tool's failure in the run
+    is what the user needs to hear: the draft, that failure and the question again,
+    tools off. Not kept."""
+    text = (
+        "Your answer refuses, but the question has an answer: a tool said\n"
+        f"{failure.strip()}\n\nWrite the final answer again and tell the user plainly "
+        "what this means for their question (what was not found, failed or needs a "
+        "person's approval), with the names and numbers it gives. Do not call any more "
+        "tools."
+    )
+    question = latest_question(messages)
+    if question and question.strip():
+        text += f"\n\nThe question was: {question.strip()}"
+    return [*messages, draft, {"role": "user", "content": text}]
+
+
+def answer_from_failure(tool: str, said: str) -> str:
+    """The final answer made of a tool's failure, when the model's answer refused."""
+    return (
+        f"{said.strip()}\n\n(This answer is {tool}'s own result: the model's answer refused "
+        "to say it.)"
+    )
+
+
+_AMOUNT = re.compile(
+    r"(?<![\w.,-])(?:[$\u20ac\u00a3]\s?(?P<cur>\d[\d,]*(?:\.\d+)?)|(?P<dec>\d[\d,]*\.\d+))(?![\w.-]*\d)"
+)
+"""An amount in an answer: a number with a currency sign ("$1.31", "€30") or with a
+decimal point ("18.40"). Whole numbers without a sign (days, ids, counts) and dates are
+not amounts."""
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def unfounded(answer: str, messages: list[dict[str, Any]]) -> list[str]:
+    """The amounts `answer` gives that no tool result since the question and no user
+    message holds, to the cent (29.99 or 30.00 for calculate's 29.9967; a whole amount
+    for one that rounds to it). The small model read an order's total of 18.4 as
+    "$1.31". Empty: every amount is founded, or the answer gives none."""
+    known: set[float] = set()
+    sources = [m for m in messages if m.get("role") == "user"]
+    sources += [m for m in since_question(messages) if m.get("role") == "tool"]
+    for message in sources:
+        content = message.get("content")
+        if isinstance(content, str):
+            known.update(float(n) for n in _NUMBER.findall(content.replace(",", "")))
+    found = []
+    for match in _AMOUNT.finditer(answer or ""):
+        said = (match.group("cur") or match.group("dec")).replace(",", "")
+        try:
+            value = float(said)
+        except ValueError:
+            continue
+        whole = "." not in said
+        if not any(abs(value - k) <= 0.01 + 1e-9 or (whole and round(k) == value) for k in known):
+            found.append(match.group(0).strip())
+    return found
+
+
+def amounts(
+    messages: list[dict[str, Any]], draft: dict[str, Any], said: list[str]
+) -> list[dict[str, Any]]:
+    """What the model is sent when its answer gives amounts no tool result holds: the
+    draft, those amounts and the question again, tools on (an amount worked out is
+    `calculate`'s to work out). Not kept: the reply takes the draft's place."""
+    listed = ", ".join(dict.fromkeys(said))
+    text = (
+        f"Your answer gives {listed}, which no tool result above and no message of the "
+        "user holds. Check each amount against the tool results: copy an amount a result "
+        "gives exactly as it gives it, and work out any other with calculate. Then write "
+        "the final answer again."
+    )
+    question = latest_question(messages)
+    if question and question.strip():
+        text += f"\n\nThe question was: {question.strip()}"
+    return [*messages, draft, {"role": "user", "content": text}]
+
+
 def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> RunStopped:
     """The run ends: asked for the answer with tools off, the model called tools again."""
     names = ", ".join(sorted({str((c.get("function") or {}).get("name")) for c in calls}))
@@ -297,6 +432,18 @@ def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> Run
             steer,
             f"stopped: a tool that decides the question had answered, the model was asked "
             f"for the final answer with tools off, and still called {names}",
+        )
+    if steer == "refusal":
+        return RunStopped(
+            steer,
+            "stopped: asked to tell the user what a tool's failure means, the model "
+            f"called {names}",
+        )
+    if steer == "lookup_failed":
+        return RunStopped(
+            steer,
+            "stopped: the lookup the question turns on failed, the model was asked for the "
+            f"final answer with tools off, and still called {names}",
         )
     if steer == "max_calls":
         return RunStopped(

@@ -98,6 +98,13 @@ class ToolPolicy(BaseModel):
     `then_when` is asked for first only when the message mentions one of those too
     (the lookup its follow-ups hang on): not for "Order 12345 cost 89.99 for 3 items;
     what did each cost?"."""
+    ask_when_ready: bool | None = None
+    """Once the tools it runs `after` have answered (and no `then` is waiting), the
+    next model call is offered it alone and must call it, once, unless the user asked
+    for an action (a tool with `offer_when` that acts: the action is asked for
+    instead). The worked example's `check_return_eligibility`: with the order, the
+    policy and the date, the small model chained calculations, or looked one of them
+    up again, and never called the tool that decides."""
     idempotent: bool | None = None
     """Running it twice does no more than once: a call in flight when a run stopped is
     re-run on resume without asking (else only with a person's approval)."""
@@ -424,6 +431,10 @@ class Policy(BaseModel):
     def max_calls(self, tool: str) -> int | None:
         """Times `tool` may run in one run; None: no limit."""
         return self.effective(tool).max_calls
+
+    def ask_when_ready(self, tool: str) -> bool:
+        """The model is asked for `tool` once what it runs after has answered."""
+        return bool(self.effective(tool).ask_when_ready)
 
     def first_when(self, tool: str) -> list[str]:
         """What the user's message must mention for `tool` to be the first call's; []:

@@ -801,3 +801,111 @@ def test_max_calls_ends_a_chain_of_one_tool_with_the_answer(
     assert (
         steered == [None, None, None, "max_calls"] and server.requests[3]["tool_choice"] == "none"
     )
+
+
+def test_an_action_asked_for_is_done_and_not_decided_by_a_verdict(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # "Refund order 12345 in full": the small model took check_return_eligibility, was
+    # steered to answer by its verdict, said "eligible" and never asked for the refund.
+    pool, server = setup
+    text = POLICY.replace(
+        '"get_order_status", "get_current_date"]',
+        '"get_order_status"]\ndecides = true\nask_when_ready = true',
+    )
+    policy = parse_policy(text, "act.toml", tmp_path)
+
+    def go(script: list[Step], task: str, name: str) -> list[dict[str, Any]]:
+        server.play(script)
+        model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+        trace = Trace(tmp_path / name)
+        try:
+            assert Agent(pool, policy, model, approver=Approver(), trace=trace).run(task).ok
+        finally:
+            trace.close()
+        return read_trace(tmp_path / name)
+
+    lookup = ("get_order_status", {"order_id": "12345"})
+    # Asked for the refund: once the order answered, the refund is asked for alone; the
+    # verdict beside it decides nothing (the next call is not steered, tools stay on).
+    script = [call(lookup), call(REFUND, ELIGIBLE), say("A person must approve the refund.")]
+    events = go(script, "Refund order 12345 in full, please.", "a.jsonl")
+    sent = [(offered(r), r.get("tool_choice")) for r in server.requests]
+    assert sent[1] == ({"issue_refund"}, "required")
+    assert sent[2][1] is None and "check_return_eligibility" in sent[2][0]
+    ran = [(e["tool"], e["approval"]) for e in events if e["event"] == "tool_call"]
+    assert ran[1:] == [("issue_refund", "denied_no_tty"), (ELIGIBLE[0], "not_required")]
+    assert [e["steered"] for e in events if e["event"] == "model_call"] == [None, None, None]
+    # Asked whether it could be had ("Can I get a refund ...?"): the deciding tool is
+    # asked for once the order answered (ask_when_ready), and its verdict answers.
+    script = [call(lookup), call(ELIGIBLE), say("No: its window closed on 2025-05-10.")]
+    events = go(script, "Can I get a refund for order 12345?", "b.jsonl")
+    sent = [(offered(r), r.get("tool_choice")) for r in server.requests]
+    assert sent[0][1] is None  # not before what it runs after has answered
+    assert sent[1] == ({"check_return_eligibility"}, "required") and sent[2][1] == "none"
+    assert [e["steered"] for e in events if e["event"] == "model_call"][-1] == "decided"
+    assert not any(e.get("tool") == "issue_refund" for e in events)
+
+
+def test_a_refusal_after_a_failure_and_an_unfounded_amount_get_a_second_look(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # The small model answered "no order with id '99999'" with "I can't assist with
+    # that", and an order's total of 18.4 (in another shop) as "$1.31".
+    server = setup[1]
+    unknown = call(("get_order_status", {"order_id": "99999"}))
+    refusal, found = say("I can't assist with that."), say("There is no order 99999.")
+    result = run(setup, [unknown, refusal, found], tmp_path / "a.jsonl", task="Order 99999?")
+    assert result.ok and result.answer == "There is no order 99999."
+    sent = server.requests[2]
+    assert sent["tool_choice"] == "none" and "no order with id '99999'" in str(sent["messages"])
+    assert "I can't assist" in str(sent["messages"][-2:])  # the draft, shown once
+    assert [m["content"] for m in result.messages[-1:]] == ["There is no order 99999."]
+    events = read_trace(tmp_path / "a.jsonl")
+    assert [e["steered"] for e in events if e["event"] == "model_call"] == [None, None, "refusal"]
+    # It refuses again: the lookup's own failure is the answer, marked so.
+    script = [unknown, refusal, say("Sorry, I cannot help with that.")]
+    result = run(setup, script, tmp_path / "b.jsonl", task="Order 99999?")
+    assert result.answer is not None and result.answered_from == "get_order_status"
+    assert result.answer.startswith("get_order_status failed: no order with id '99999'")
+    # With no failure in the run, a refusal stands, asked nothing more.
+    result = run(setup, [refusal], tmp_path / "c.jsonl", task="Hack the shop.")
+    assert result.answer == "I can't assist with that." and len(server.requests) == 1
+    # An amount no result holds is sent back, tools on; a founded one is not.
+    lookup = call(("get_order_status", {"order_id": "12345"}))
+    script = [lookup, say("The total was $1.31."), say("The total was 89.99.")]
+    result = run(setup, script, tmp_path / "d.jsonl", task="Total of order 12345?")
+    assert result.answer == "The total was 89.99."
+    again = server.requests[2]
+    assert again.get("tool_choice") is None and "calculate" in offered(again)
+    assert "Your answer gives $1.31, which no tool result" in again["messages"][-1]["content"]
+    divide = call(("calculate", {"expression": "89.99 / 3"}))
+    for first, said in ((lookup, "It was $89.99, for 3 items."), (divide, "About 30.00 each.")):
+        result = run(setup, [first, say(said)], tmp_path / "e.jsonl", task="Order 12345?")
+        assert result.answer == said and len(server.requests) == 2
+
+
+def test_the_lookup_a_question_is_asked_first_failing_steers_to_the_answer(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # After "no order with id '99999'" the small model read the policy, calculated,
+    # took the date and answered "Yes, you can return order 99999 within 30 days".
+    pool, server = setup
+    first = '\n[tools.get_order_status]\nfirst_when = ["order"]\n'
+    policy = parse_policy(POLICY + first, "failed.toml", tmp_path)
+
+    def go(order: str) -> list[Any]:
+        server.play([call(("get_order_status", {"order_id": order})), say("Done.")])
+        model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+        trace = Trace(tmp_path / "t.jsonl")
+        try:
+            agent = Agent(pool, policy, model, approver=Approver(), trace=trace)
+            assert agent.run(f"Can I return order {order}?").ok
+        finally:
+            trace.close()
+        return [r.get("tool_choice") for r in server.requests]
+
+    assert go("99999") == ["required", "none"]
+    told = server.requests[1]["messages"][-1]["content"]
+    assert "Do not call any more tools" in told and "order 99999?" in told
+    assert go("12345") == ["required", None]  # found: the run goes on

@@ -54,6 +54,8 @@ class ToolFacts(_Payload):
     first_when: list[str] = Field(default_factory=list)
     max_calls: int | None = None
     """Times it may run in one run (`[tools.NAME] max_calls`)."""
+    ask_when_ready: bool = False
+    """Asked for once what it runs after has answered (`[tools.NAME] ask_when_ready`)."""
     """What the user's message must mention for it to be asked for first."""
 
 
@@ -98,6 +100,7 @@ class RunPlan(_Payload):
                 then_when=policy.then_when(name),
                 first_when=policy.first_when(name),
                 max_calls=policy.max_calls(name),
+                ask_when_ready=policy.ask_when_ready(name),
             )
             for name in tool_names
         }
@@ -151,6 +154,9 @@ class PlanPolicy:
 
     def first_when(self, tool: str) -> list[str]:
         return list(self._facts(tool).first_when)
+
+    def ask_when_ready(self, tool: str) -> bool:
+        return self._facts(tool).ask_when_ready
 
     def max_calls(self, tool: str) -> int | None:
         return self._facts(tool).max_calls

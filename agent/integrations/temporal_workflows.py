@@ -239,6 +239,8 @@ class _WorkflowAgent(Agent):
         self._called: set[str] = set()  # the tools that ran (`[tools] then`)
         self._runs: Counter[str] = Counter()  # how often each ran (`[tools] max_calls`)
         self._asked_next: list[str] = []
+        self._for_this: set[str] = set()  # the tools the question may have (`_for_question`)
+        self._failures: list[tuple[str, str, str]] = []  # calls that failed (`_second_look`)
         self._model_ids: dict[str, str] = {}  # renamed call ids (`agent.loop.fresh_ids`)
         self._waited = 0.0
         self._refused: set[str] = set()  # what the model's server refused in this run
