@@ -63,8 +63,9 @@ class Approver:
         if not self.interactive or self.ask is None:
             return Decision(False, "denied_no_tty", call.sha256)
         prompt = approval_prompt(call, why, self.who)
+        asked = prompt
         while True:
-            answer = self.ask(prompt).strip().lower()
+            answer = self.ask(asked).strip().lower()
             if answer in ("y", "yes"):
                 return Decision(True, "approved_tty", call.sha256)
             if answer in ("a", "always"):
@@ -72,6 +73,12 @@ class Approver:
                 return Decision(True, "approved_always", call.sha256)
             if answer in ("n", "no", ""):
                 return Decision(False, "denied_tty", call.sha256)
+            # Asked again, saying why: the same question alone looked like a hang-up.
+            said = safe(answer if len(answer) <= 40 else answer[:37] + "...")
+            asked = (
+                f"\n'{said}' is not an answer: type y (yes), n (no) or a (always); "
+                f"Enter alone is no{prompt}"
+            )
 
 
 def denial(tool: str, how: str) -> str:

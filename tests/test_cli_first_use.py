@@ -127,3 +127,16 @@ def test_a_run_resumed_without_the_tools_it_called_is_a_usage_error(
     ), line
     policy, known = load_policy(), [*Registry.default().names(), "sleep_forever"]
     check_resumed_tools(store.load(run_id), policy, known)  # mde_up: unknown then too
+
+
+def test_an_answer_that_is_not_one_is_asked_again_saying_what_is_accepted() -> None:
+    """`yse` was answered by the same question again, without a word of why."""
+    bound = bind(Registry.default().get("calculate"), '{"expression": "2*3"}')
+    asked: list[str] = []
+    answers = iter(["yse", "\x1b[2Jok", "y"])
+    decision = Approver(interactive=True, ask=lambda p: asked.append(p) or next(answers))
+    assert decision.decide(bound).how == "approved_tty"
+    assert "is not an answer" not in asked[0]
+    said = "is not an answer: type y (yes), n (no) or a (always); Enter alone is no\n"
+    assert asked[1].startswith(f"\n'yse' {said}") and asked[1].endswith(asked[0])
+    assert asked[2].startswith("\n'\\x1b[2jok' ")  # escaped (and lowered, as read)
