@@ -174,6 +174,8 @@ def run_demo(policy_path: Path = DEMO_POLICY, out: TextIO | None = None) -> int:
         problems.append(f"{len(left)} tool processes survived")
     for problem in problems:
         print(f"demo: {safe(problem)}", file=sys.stderr)
+    if result.reason == "interrupted":
+        return 130  # Ctrl-C: as every command ends on one, not as a replay that differed
     return 1 if problems else 0
 
 

@@ -80,7 +80,8 @@ class DemoView:
         if not self.tty:
             return None
         try:
-            return os.get_terminal_size(self.out.fileno()).columns
+            # 0: a terminal that never had its size set (a bare pty), not one column
+            return os.get_terminal_size(self.out.fileno()).columns or 80
         except OSError:
             return 80
 

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -217,3 +218,35 @@ def test_wrapped_lines_fit_the_width_with_wide_characters(width: int) -> None:
     assert "".join(line.strip() for line in lines).replace(" ", "") == (
         "assistant" + text.replace(" ", "")
     )
+
+
+def test_ctrl_c_ends_the_demo_with_130_and_a_sizeless_terminal_wraps_at_80() -> None:
+    """A pty whose size was never set reports 0 columns: every line was cut into pieces
+    of two characters. A Ctrl-C while the hung tool ran exited 1, as a replay that
+    differed does, not 130."""
+    main, replica = os.openpty()  # its size left 0x0, as a bare pty (`script`, CI) has it
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "demo"],
+        stdin=subprocess.DEVNULL,
+        stdout=replica,
+        stderr=replica,
+        cwd=ROOT,
+        env=env,
+    )
+    os.close(replica)
+    shown = b""
+    try:
+        while b"running track_shipment" not in shown:
+            chunk = os.read(main, 65536)
+            assert chunk, shown
+            shown += chunk
+        proc.send_signal(signal.SIGINT)
+        shown += read_pty(main, proc)
+    finally:
+        os.close(main)
+        proc.kill()
+        proc.wait(60)
+    assert proc.returncode == 130, shown
+    first = shown.decode().split("\r\n")[0]
+    assert first.startswith("REPLAY of a recorded") and 60 < columns(first) <= 80, first
