@@ -522,7 +522,7 @@ class Agent:
         overruled = steering.overruled(answer, messages, self._decides(messages))
         if overruled is None and self._failures and steering.refuses(answer):
             tool, _, said = self._failures[-1]
-            overruled = tool, steering.answer_from_failure(tool, said)
+            overruled = (tool, steering.answer_from_failure(tool, said)) if said else None
         if overruled is None:
             return answer
         self._answered_from, answer = overruled
@@ -1266,13 +1266,17 @@ def _refused(call_id: str, tool: str, bound: BoundCall, why: str, approval: str)
 
 
 def _failed(outcome: ToolOutcome) -> tuple[str, str, str] | None:
-    """(tool, what the model was told, what the user is told) of a call that failed as
-    it ran, or that a person did not approve; None for any other (a refusal of the
-    loop's own, a note, a success)."""
+    """(tool, what the model was told, what the user is told: "" where it is not to be
+    the answer) of a call that failed as it ran, or that a person did not approve; None
+    for any other (a refusal of the loop's own, a note, a success)."""
     error = outcome.result.error
     if outcome.executed and error is not None:
         said = re.sub(r"^\w+(?:Error|Exception): ", "", error.message)  # "LookupError: "
-        return outcome.tool, outcome.sent, f"{outcome.tool} failed: {said}"
+        # A message that repeats what the model sent ("no order with id '...'") would
+        # be its words, shown as the tool's: only plain values (an id, a date, a path)
+        # make a failure the answer; the model is still told the failure as it is.
+        told = f"{outcome.tool} failed: {said}" if _plain_arguments(outcome.arguments) else ""
+        return outcome.tool, outcome.sent, told
     if outcome.approval.startswith("denied"):
         told = (
             f"{outcome.tool} needs a person's approval, and it did not get it: nothing was "
@@ -1280,6 +1284,27 @@ def _failed(outcome: ToolOutcome) -> tuple[str, str, str] | None:
         )
         return outcome.tool, outcome.sent, told
     return None
+
+
+_PLAIN = re.compile(r"[\w.,:/@+-]{0,40}")
+"""An argument a failure may repeat in the answer: a word of up to 40 characters."""
+
+
+def _plain_arguments(arguments: str) -> bool:
+    """Every string among a call's arguments (canonical JSON) is `_PLAIN`."""
+    try:
+        values: list[Any] = [json.loads(arguments)]
+    except ValueError:
+        return False
+    while values:
+        value = values.pop()
+        if isinstance(value, dict):
+            values += [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            values += value
+        elif isinstance(value, str) and not _PLAIN.fullmatch(value):
+            return False
+    return True
 
 
 def _failure(tool: str, exc: ToolCallError) -> ToolResult:
