@@ -129,7 +129,8 @@ class Ready:
 
 
 Progress = Callable[[str, dict[str, Any]], None]
-"""Called with ("thinking" | "model" | "tool", details) as the run goes."""
+"""Called with ("thinking" | "model" | "tool", details) as the run goes, and with
+("ended", {"reason": ...}) once it is over, whatever ended it."""
 
 
 @dataclass(frozen=True)
@@ -335,6 +336,7 @@ class Agent:
                 result.cost_usd,
             )
         self.trace.emit(self._run_ended(result, budget))
+        self.progress("ended", {"reason": result.reason})  # a spinner stops before the line
         return result
 
     def _run_started(self, task: str, resumed: bool) -> RunStarted:

@@ -52,6 +52,8 @@ class TerminalProgress:
         elif kind == "model":
             self.cost = details["cost_usd"]
             self._halt()
+        elif kind == "ended":  # a failed model call: its line must not follow the spinner's
+            self._halt()
         elif kind == "tool":
             self._halt()
             print(f"  {describe_tool(details['outcome'])}", file=self.stream, flush=True)

@@ -331,3 +331,18 @@ def test_a_lone_surrogate_from_the_model_is_replaced_not_a_traceback(tmp_path: P
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode() == "a \ufffd b\n"
     assert json.loads(trace.read_text().splitlines()[-1])["answer"] == "a \ufffd b"
+
+
+def test_a_run_that_fails_while_the_model_thinks_says_so_on_a_line_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """The spinner went on over the failure: `\\ model thinking (step 1, $0.0000 so
+    far)sandboxed-agent: cannot reach the model ...` on one line."""
+    with ScriptedModelServer([fail(401, "bad key")]) as server:
+        args = ["run", "hi", "--base-url", server.base_url]
+        status, received = on_pty(args, base_env(tmp_path), [])
+    assert status == 1, received
+    assert b"model thinking" in received  # the spinner was on
+    line = received.index(b"sandboxed-agent: the model at")
+    assert received[:line].endswith((b"\r", b"\n")), received
+    assert b"model thinking" not in received[line:], received  # and stayed off
