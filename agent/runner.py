@@ -13,12 +13,12 @@ import sys
 import time
 from contextlib import ExitStack
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from policies import Policy, RunPolicy
 from policies.loader import unknown_tool
+from policies.schema import is_http_url
 from sandbox import Pool
 from sandbox.errors import ErrorKind
 
@@ -161,12 +161,7 @@ def model_client(policy: Policy, base_url: str | None) -> ModelClient:
 def check_base_url(source: str, url: str) -> None:
     """A usage error before any run starts, rather than a run that fails (and offers a
     resume) at its first model call."""
-    try:
-        parts = urlsplit(url)
-        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # "http://[::1": an IPv6 host left open
-        usable = False
-    if not usable:
+    if not is_http_url(url):
         raise UsageError(
             f"{source} {url!r} is not an http:// or https:// URL with a host "
             "(for example http://localhost:11434/v1)"

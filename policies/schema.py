@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
@@ -291,6 +292,27 @@ class RunPolicy(BaseModel):
     """The embeddings endpoint; default: the chat model's."""
     prices: dict[str, Price] = Field(default_factory=dict)
     """Per-model prices; a model without one is counted at zero (and the trace says so)."""
+
+    @field_validator("base_url", "embeddings_base_url")
+    @classmethod
+    def _an_http_url(cls, url: str | None) -> str | None:
+        """At load, as `--base-url` is checked: `policy show` passed `localhost:8080`,
+        which every `run` then refused."""
+        if url is not None and not is_http_url(url):
+            raise ValueError(
+                f"{url!r} is not an http:// or https:// URL with a host "
+                "(for example http://localhost:11434/v1)"
+            )
+        return url
+
+
+def is_http_url(url: str) -> bool:
+    """An http:// or https:// URL with a host: what an OpenAI-compatible endpoint is."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # "http://[::1": an IPv6 host left open
+        return False
 
 
 class EgressPolicy(BaseModel):

@@ -101,6 +101,13 @@ def test_a_warm_workers_lifetime_bounds_come_from_the_policy(tmp_path: Path) -> 
             "[run] table (accepted: extends,",
         ),
         ("[layers]\nrlimits = false", "[layers] rlimits: the rlimits layer cannot be turned off"),
+        # Passed by `policy show`, refused by every `run`.
+        (
+            '[run]\nbase_url = "localhost:8080"',
+            "p.toml: [run] base_url: 'localhost:8080' is not an http:// or https:// URL with a "
+            "host (for example http://localhost:11434/v1)",
+        ),
+        ('[run]\nembeddings_base_url = "ftp://x"', "[run] embeddings_base_url: 'ftp://x' is not"),
         ("[defaults]\ntimeout_s = nan", "[defaults] timeout_s: must be a number (got nan)"),
         ("[layers]\nseccomp = 'off'", "[layers] seccomp: input should be a valid boolean"),
         (
