@@ -222,7 +222,8 @@ def test_policy_show_on_the_command_line(tmp_path: Path) -> None:
         "'timeout_s'? (accepted: timeout_s, memory_mb, cpu_s, max_output_chars, max_open_files,"
         " max_file_size_mb, max_disk_mb, max_data_mb, max_processes, max_connections,"
         " max_egress_mb, requires_approval, after, offer_when, decides, then, then_when,"
-        " max_calls, first_when, idempotent, trusted, max_warm_calls, max_warm_age_s, network,"
+        " max_calls, first_when, ask_when_ready, idempotent, trusted, max_warm_calls,"
+        " max_warm_age_s, network,"
         " root, data_dir, settings)"
     ]
 
