@@ -289,6 +289,7 @@ def _build(files: list[_File]) -> Policy:
     policy = _validate(merged, blame)
     policy.locate(top.shown, top.base_dir, sources=sources, files=[f.shown for f in files])
     _check_values(policy, blame)
+    _check_warm_keys(policy, blame)
     policy.places()  # resolved once, here; a refused layout is a load error
     return policy
 
@@ -353,6 +354,20 @@ def _check_values(policy: Policy, blame: Callable[[list[str]], str]) -> None:
         _check_table(".".join(loc), table, policy, blame, loc)
     for name, server in policy.mcp_servers.items():
         check_mcp_server(name, server, lambda key, n=name: blame(["mcp_servers", n, key]))
+
+
+def _check_warm_keys(policy: Policy, blame: Callable[[list[str]], str]) -> None:
+    """`max_warm_calls` and `max_warm_age_s` bound a trusted tool's warm workers: in the
+    table of a tool that is not trusted they did nothing, and said nothing. Checked on
+    the layers laid together, since `trusted` may come from a file below."""
+    for name, table in policy.tools.items():
+        for key in ("max_warm_calls", "max_warm_age_s"):
+            if getattr(table, key) is not None and not policy.effective(name).trusted:
+                raise PolicyError(
+                    f"{blame(['tools', name, key])}: [tools.{name}] {key}: {name} is not "
+                    "trusted, so it has no warm workers (each call gets a fresh one): set "
+                    f"trusted = true in [tools.{name}], or take {key} out"
+                )
 
 
 def check_mcp_server(name: str, server: McpServerPolicy, blame: Callable[[str], str]) -> None:

@@ -101,6 +101,12 @@ def test_a_warm_workers_lifetime_bounds_come_from_the_policy(tmp_path: Path) -> 
             "[run] table (accepted: extends,",
         ),
         ("[layers]\nrlimits = false", "[layers] rlimits: the rlimits layer cannot be turned off"),
+        (  # a tool that is not trusted has no warm worker: the key did nothing, silently
+            "[tools.read_file]\nmax_warm_calls = 5",
+            "p.toml: [tools.read_file] max_warm_calls: read_file is not trusted, so it has no "
+            "warm workers (each call gets a fresh one): set trusted = true in [tools.read_file],"
+            " or take max_warm_calls out",
+        ),
         # Passed by `policy show`, refused by every `run`.
         (
             '[run]\nbase_url = "localhost:8080"',
