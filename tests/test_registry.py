@@ -182,3 +182,9 @@ def test_non_json_types_are_validated_again_in_the_worker(tmp_path: Path) -> Non
 def test_loading_a_missing_module_says_what_is_accepted() -> None:
     with pytest.raises(ImportError, match="module name on the Python path or a path"):
         Registry().load("no_such_tools_module")
+
+
+def test_a_directory_given_as_tools_is_said_to_be_one(tmp_path: Path) -> None:
+    # It was "tools file not found: DIR", of a directory that is there.
+    with pytest.raises(ImportError, match=r"is a directory; give a \.py file in it, or a module"):
+        Registry().load(str(tmp_path))

@@ -252,6 +252,8 @@ def _import_source(source: str) -> str:
     """Import a module name or a .py file; return the module's name."""
     path = Path(source)
     if source.endswith(".py") or path.exists():
+        if path.is_dir():
+            raise ImportError(f"{source} is a directory; give a .py file in it, or a module name")
         if not path.is_file():
             raise ImportError(f"tools file not found: {source}")
         module_name = "sandboxed_tools_" + re.sub(r"\W", "_", str(path.resolve()))
