@@ -471,7 +471,13 @@ class Agent:
                 steer = steering.after_calls(outcomes, self._decides(messages))
                 steer = steer or self._lookup_failed(outcomes, messages)
                 continue
-            answer = self._answer(turn)
+            try:
+                answer = self._answer(turn)
+            except RunStopped as exc:
+                cut = self._cut_verdict(exc, steer, messages)
+                if cut is None:
+                    raise
+                return cut
             conflict = (
                 None
                 if checked
@@ -498,6 +504,22 @@ class Agent:
                 again = steering.review(messages, draft)
                 continue
             return self._settled(answer, messages)
+
+    def _cut_verdict(
+        self, exc: RunStopped, steer: steering.Steer | None, messages: list[dict[str, Any]]
+    ) -> str | None:
+        """The answer asked for after a tool decided the question was cut off at the
+        output limit: that tool's own result is the answer, marked so (the small model
+        wrote 512 tokens after "No: order 12345 can no longer be returned; ..."). None:
+        any other stop, which ends the run as before."""
+        if exc.reason != "length" or steer != "decided":
+            return None
+        found = steering.verdict_result(messages, self._decides(messages))
+        if found is None or not found[0]:
+            return None
+        self._answered_from, answer = found[0], steering.answer_cut(*found)
+        messages[-1] = {"role": "assistant", "content": answer}
+        return answer
 
     def _second_look(
         self, answer: str, messages: list[dict[str, Any]]

@@ -306,6 +306,14 @@ def answer_from(tool: str, result: str) -> str:
     )
 
 
+def answer_cut(tool: str, result: str) -> str:
+    """The final answer made of a deciding tool's result, when the model's was cut off."""
+    return (
+        f"{result.strip()}\n\n(This answer is {tool}'s own result: the model's answer was "
+        "cut off at its output limit.)"
+    )
+
+
 def recheck(
     messages: list[dict[str, Any]], draft: dict[str, Any], conflict: str
 ) -> list[dict[str, Any]]:

@@ -909,3 +909,28 @@ def test_the_lookup_a_question_is_asked_first_failing_steers_to_the_answer(
     told = server.requests[1]["messages"][-1]["content"]
     assert "Do not call any more tools" in told and "order 99999?" in told
     assert go("12345") == ["required", None]  # found: the run goes on
+
+
+def test_an_answer_cut_off_after_a_verdict_is_the_verdict(
+    setup: tuple[Pool, ScriptedModelServer], tmp_path: Path
+) -> None:
+    # Steered to answer after "No: order 12345 can no longer be returned; ...", the
+    # small model wrote 512 tokens and was cut off: the verdict is the answer, marked.
+    pool, server = setup
+    text = POLICY.replace('after = ["get_order_status", "get_current_date"]', "decides = true")
+    policy = parse_policy(text, "cut.toml", tmp_path)
+    lookup = call(("get_order_status", {"order_id": "12345"}))
+    rambling = say("No, because " + "very " * 40, finish_reason="length")
+
+    def go(script: list[Step]) -> RunResult:
+        server.play(script)
+        model = ModelClient(model="scripted", base_url=server.base_url, api_key=None)
+        return Agent(pool, policy, model, approver=Approver()).run("Can I return order 12345?")
+
+    result = go([lookup, call(ELIGIBLE), rambling])
+    assert result.ok and result.answered_from == "check_return_eligibility"
+    assert result.answer is not None
+    assert result.answer.startswith("No: order 12345 can no longer be returned")
+    assert result.answer.endswith("the model's answer was cut off at its output limit.)")
+    # A cut answer that no verdict steered stays a stop.
+    assert go([rambling]).reason == "length"
