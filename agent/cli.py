@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("file")
 
     add_eval_parser(sub)
-    sub.add_parser("demo", help="the worked example, with every tool call in the sandbox")
+    demo = sub.add_parser("demo", help="the worked example, with every tool call in the sandbox")
+    demo.add_argument("--model", help="a live endpoint's model (default: the demo policy's)")
     doctor = sub.add_parser("doctor", help="which isolation layers this machine gives, verified")
     doctor.add_argument("--policy", help="report with the layers this policy turns off")
     policy = sub.add_parser("policy", help="the policy in force").add_subparsers(
@@ -271,7 +272,7 @@ def _main(argv: list[str]) -> int:
             return (cmd_run if args.command == "run" else cmd_chat)(args, policy, registry)
         from .demo import run_demo
 
-        return run_demo()
+        return run_demo(model=args.model)
     except UsageError as exc:
         _complain(str(exc))
         return EXIT_USAGE

@@ -77,13 +77,25 @@ class Replay:
         return [f"{c.tool} {c.args}" for i, c in self.calls.items() if i not in self.seen]
 
 
-def run_demo(policy_path: Path = DEMO_POLICY, out: TextIO | None = None) -> int:
+def run_demo(
+    policy_path: Path = DEMO_POLICY, out: TextIO | None = None, model: str | None = None
+) -> int:
+    """`model`: a live endpoint's (Ollama and vLLM know only the models they serve)."""
+    live = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"))
+    if model is not None and not live:
+        from .runner import UsageError
+
+        raise UsageError(
+            "--model names a live endpoint's model, and none is configured: set "
+            "OPENAI_BASE_URL (or OPENAI_API_KEY); without either the demo replays a recording"
+        )
     view = DemoView(out or sys.stdout)
     registry = Registry.default()
     registry.load("tools.demo")
     policy = load_policy(policy_path)
+    if model is not None:
+        policy = policy.model_copy(update={"run": policy.run.model_copy(update={"model": model})})
     transcript = Transcript.load(TRANSCRIPT)
-    live = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"))
     if os.environ.get("OPENAI_BASE_URL"):
         from .runner import check_base_url
 
@@ -112,7 +124,8 @@ def run_demo(policy_path: Path = DEMO_POLICY, out: TextIO | None = None) -> int:
                 view.say("DIFFERS", differs_here)
 
     if live:
-        view.plain(f"Live run of the worked example against {_endpoint()}.\n")
+        model_name = safe(policy.run.model)
+        view.plain(f"Live run of the worked example against {_endpoint()}, model {model_name}.\n")
     else:
         view.plain(
             "REPLAY of a recorded model transcript (no endpoint configured: set "

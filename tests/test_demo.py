@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import without_layers_warning
+from conftest import AgentMain, without_layers_warning
 
 from agent.demo import TRANSCRIPT, run_demo
 from agent.demo_view import DemoView, columns, wrap
 from agent.loop import ToolOutcome
 from agent.recording import Recorded, Transcript, differs
+from agent.replay import ScriptedModelServer, fail
 from agent.terminal import safe
 from policies import parse_policy
 from sandbox import Pool
@@ -250,3 +251,18 @@ def test_ctrl_c_ends_the_demo_with_130_and_a_sizeless_terminal_wraps_at_80() -> 
     assert proc.returncode == 130, shown
     first = shown.decode().split("\r\n")[0]
     assert first.startswith("REPLAY of a recorded") and 60 < columns(first) <= 80, first
+
+
+def test_a_live_demo_asks_for_the_model_named(agent_main: AgentMain) -> None:
+    """Live, the demo asked for gpt-4o-mini whatever served: Ollama and vLLM answered 404
+    and nothing said how to name another. Without an endpoint, `--model` means nothing."""
+    done = agent_main("demo", "--model", "llama3.1")
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.startswith("sandboxed-agent: --model names a live endpoint's model, and")
+    with ScriptedModelServer([fail(404, "model 'llama3.1' not found")]) as server:
+        env = {"OPENAI_BASE_URL": server.base_url}
+        done = agent_main("demo", "--model", "llama3.1", env=env)
+        asked = [request["model"] for request in server.requests]
+    assert done.returncode == 1, done
+    assert asked == ["llama3.1"]
+    assert f"against {server.base_url}, model llama3.1." in done.stdout
