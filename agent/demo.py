@@ -139,7 +139,7 @@ def run_demo(
     already = set(_sleepers())
     started = time.monotonic()
     try:
-        model = ModelClient(
+        client = ModelClient(
             model=policy.run.model,
             base_url=server.base_url if server else os.environ.get("OPENAI_BASE_URL"),
             api_key=os.environ.get("OPENAI_API_KEY") if live else "replay",
@@ -148,7 +148,7 @@ def run_demo(
             tools_sent=policy.run.tools_sent,  # a live server's prompt cache holds
         )
         with Pool(policy, registry=registry, size=2, **policy.pool_options()) as pool:
-            agent = Agent(pool, policy, model, approver=Approver(), progress=show)
+            agent = Agent(pool, policy, client, approver=Approver(), progress=show)
             view.say("user", transcript.question)
             result = agent.run(transcript.question)
     finally:
