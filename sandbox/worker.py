@@ -532,6 +532,13 @@ def _as_text(value: Any) -> str:
 MESSAGE_CHARS = 2000
 """Longest error message a tool's exception gives (the model reads it)."""
 
+HIDDEN = (
+    " (in the sandbox a tool sees only the system's files, its policy's root and data_dir,"
+    " and its own working directory)"
+)
+"""Said with a FileNotFoundError: a file beside the tools module, there for its author,
+does not exist for the tool, and the bare error read as a bug."""
+
 
 def _describe(exc: BaseException) -> str:
     """`Name: text` of a tool's exception, whatever its `__str__`, `__repr__` or class
@@ -542,6 +549,8 @@ def _describe(exc: BaseException) -> str:
         text = _plain(lambda: repr(exc))
         text = f"(its message could not be read; repr: {text})" if text else ""
     message = f"{name}: {text}" if text else name
+    if isinstance(exc, FileNotFoundError):  # of a file that is there, seen from outside
+        message += HIDDEN
     if len(message) > MESSAGE_CHARS:
         message = message[:MESSAGE_CHARS] + f"... ({len(message)} characters)"
     return message

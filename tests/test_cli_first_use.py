@@ -4,6 +4,7 @@ prompt names who asked (a script is not "the model")."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -140,3 +141,25 @@ def test_an_answer_that_is_not_one_is_asked_again_saying_what_is_accepted() -> N
     said = "is not an answer: type y (yes), n (no) or a (always); Enter alone is no\n"
     assert asked[1].startswith(f"\n'yse' {said}") and asked[1].endswith(asked[0])
     assert asked[2].startswith("\n'\\x1b[2jok' ")  # escaped (and lowered, as read)
+
+
+def test_a_file_the_sandbox_hides_is_said_to_be_hidden(
+    agent_main: AgentMain, tmp_path: Path
+) -> None:
+    """A tool reading a file beside its module got a bare FileNotFoundError naming a
+    file its author could see was there."""
+    (tmp_path / "data.csv").write_text("a,b\n")
+    tools = tmp_path / "csv_tools.py"
+    tools.write_text(
+        "from pathlib import Path\nfrom tools import tool\n\n\n@tool\ndef read_data() -> str:\n"
+        '    """Reads data.csv beside this file."""\n'
+        '    return (Path(__file__).parent / "data.csv").read_text()\n'
+    )
+    done = agent_main("tool", "read_data", "--tools", str(tools))
+    assert done.returncode == 1, done
+    said = json.loads(done.stdout)["error"]["message"]
+    assert said == (
+        f"FileNotFoundError: [Errno 2] No such file or directory: '{tmp_path}/data.csv' (in "
+        "the sandbox a tool sees only the system's files, its policy's root and data_dir, "
+        "and its own working directory)"
+    )
