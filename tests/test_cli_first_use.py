@@ -163,3 +163,16 @@ def test_a_file_the_sandbox_hides_is_said_to_be_hidden(
         "the sandbox a tool sees only the system's files, its policy's root and data_dir, "
         "and its own working directory)"
     )
+
+
+def test_version_says_the_version() -> None:
+    # It was "the following arguments are required: command", of a flag given.
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done
+    assert done.stdout.startswith("sandboxed-agent ") and done.stdout.count("\n") == 1
