@@ -525,7 +525,14 @@ def _decoded(body: bytes, base_url: str | None, parse: Any) -> Any:
 
 def _parsed(data: Any, model: str, where: str) -> tuple[dict[str, Any], str, Usage, str]:
     data = _valid_unicode(data)
-    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(data, dict):  # `[1, 2]`, `null`: "no choices" read as a model's fault
+        kind = {list: "a list", str: "a string", bool: "a boolean"}.get(type(data), "a number")
+        raise RunError(
+            f"the model at {where} answered with JSON that is not a chat completion "
+            f"({'null' if data is None else kind}): is {where} an OpenAI-compatible API's "
+            "base URL?"
+        )
+    choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         error = data.get("error") if isinstance(data, dict) else None
         detail = (

@@ -326,6 +326,9 @@ def raw_completion(message: object, finish_reason: str = "stop") -> Step:
         ),
         (raw_completion(None), "a choice without a message"),
         (Step(raw=b"[" * 100_000), "not JSON"),
+        # Not an object at all: it was "returned no choices", as if the model had failed.
+        (Step(raw=b"[1, 2]"), "answered with JSON that is not a chat completion (a list): is"),
+        (Step(raw=b"null"), "not a chat completion (null): is http://127.0.0.1:"),
     ],
 )
 def test_a_broken_endpoint_ends_the_run_in_one_line(
