@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -47,7 +48,11 @@ def test_the_threads_that_call_and_the_workers_get_a_short_slice() -> None:
         thread.join()
         spare = pool._template.take_spare("none", 60)
         try:
-            worker, zygote = slice_of(spare.host_pid), slice_of(pool.template_pid)
+            # Handed over as soon as it is forked: its first step sets its slice, which
+            # under load it may not have run yet (where the kernel keeps one at all).
+            settled = seen["after"] == _sched.SLICE_NS
+            worker = _settled_slice(spare.host_pid) if settled else slice_of(spare.host_pid)
+            zygote = slice_of(pool.template_pid)
         finally:
             spare.kill()
             spare.close()
@@ -59,3 +64,12 @@ def test_the_threads_that_call_and_the_workers_get_a_short_slice() -> None:
     assert worker == _sched.SLICE_NS
     assert zygote != _sched.SLICE_NS
     assert os.getpriority(os.PRIO_PROCESS, 0) == nice
+
+
+def _settled_slice(pid: int, timeout: float = 30.0) -> int | None:
+    """The slice of a worker just forked once it set its own; whatever it is at
+    `timeout` (then the assertion says so)."""
+    end = time.monotonic() + timeout
+    while (found := slice_of(pid)) != _sched.SLICE_NS and time.monotonic() < end:
+        time.sleep(0.005)
+    return found
