@@ -470,6 +470,14 @@ class Agent:
                 self._append(messages, outcomes, budget)
                 steer = steering.after_calls(outcomes, self._decides(messages))
                 steer = steer or self._lookup_failed(outcomes, messages)
+                if steer is None and any(
+                    o.tool in self._actions_asked(messages)
+                    and (o.executed or o.approval.startswith("denied"))
+                    for o in outcomes
+                ):
+                    # The action asked for ran, or a person refused it: the answer says
+                    # so. The small model looked the policy and the date up again.
+                    steer = "acted"
                 continue
             try:
                 answer = self._answer(turn)

@@ -29,11 +29,13 @@ Steer = Literal[
     "max_calls",
     "refusal",
     "lookup_failed",
+    "acted",
 ]
 """Why a model call was steered: the model repeated a call, it is the last step, its
 answer said the opposite of a tool's verdict, a tool that decides the question
 (`[tools.NAME] decides`) has answered, its answer refused where a tool's failure
-was the answer, or the lookup the question is asked for first failed."""
+was the answer, the lookup the question is asked for first failed, or the action the
+user asked for ran or was refused by a person."""
 
 _VERDICT = re.compile(r"\s*(Yes|No)\b\s*[:;,.!\u2013\u2014-]")
 """A tool result that opens with its verdict: "No: order 12345 can no longer be ...",
@@ -446,6 +448,12 @@ def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> Run
             steer,
             "stopped: asked to tell the user what a tool's failure means, the model "
             f"called {names}",
+        )
+    if steer == "acted":
+        return RunStopped(
+            steer,
+            "stopped: the action asked for was done or refused, the model was asked for the "
+            f"final answer with tools off, and still called {names}",
         )
     if steer == "lookup_failed":
         return RunStopped(

@@ -827,15 +827,16 @@ def test_an_action_asked_for_is_done_and_not_decided_by_a_verdict(
 
     lookup = ("get_order_status", {"order_id": "12345"})
     # Asked for the refund: once the order answered, the refund is asked for alone; the
-    # verdict beside it decides nothing (the next call is not steered, tools stay on).
+    # verdict beside it decides nothing; the refusal by a person steers to the answer.
     script = [call(lookup), call(REFUND, ELIGIBLE), say("A person must approve the refund.")]
     events = go(script, "Refund order 12345 in full, please.", "a.jsonl")
     sent = [(offered(r), r.get("tool_choice")) for r in server.requests]
     assert sent[1] == ({"issue_refund"}, "required")
-    assert sent[2][1] is None and "check_return_eligibility" in sent[2][0]
+    assert sent[2][1] == "none"
     ran = [(e["tool"], e["approval"]) for e in events if e["event"] == "tool_call"]
     assert ran[1:] == [("issue_refund", "denied_no_tty"), (ELIGIBLE[0], "not_required")]
-    assert [e["steered"] for e in events if e["event"] == "model_call"] == [None, None, None]
+    assert [e["steered"] for e in events if e["event"] == "model_call"] == [None, None, "acted"]
+    assert "issue_refund needs a person's approval" in str(server.requests[2]["messages"][-3:])
     # Asked whether it could be had ("Can I get a refund ...?"): the deciding tool is
     # asked for once the order answered (ask_when_ready), and its verdict answers.
     script = [call(lookup), call(ELIGIBLE), say("No: its window closed on 2025-05-10.")]
