@@ -329,6 +329,14 @@ def recheck(
         f"Write the final answer again so that it agrees with the tool results.{begin} Do "
         "not call any more tools."
     )
+    return _again(messages, draft, text)
+
+
+def _again(
+    messages: list[dict[str, Any]], draft: dict[str, Any], text: str
+) -> list[dict[str, Any]]:
+    """The conversation with the draft answer and `text` about it, then the question
+    again (a small model answers the last thing it read)."""
     question = latest_question(messages)
     if question and question.strip():
         text += f"\n\nThe question was: {question.strip()}"
@@ -365,10 +373,7 @@ def explain(
         "person's approval), with the names and numbers it gives. Do not call any more "
         "tools."
     )
-    question = latest_question(messages)
-    if question and question.strip():
-        text += f"\n\nThe question was: {question.strip()}"
-    return [*messages, draft, {"role": "user", "content": text}]
+    return _again(messages, draft, text)
 
 
 def answer_from_failure(tool: str, said: str) -> str:
@@ -426,10 +431,7 @@ def amounts(
         "gives exactly as it gives it, and work out any other with calculate. Then write "
         "the final answer again."
     )
-    question = latest_question(messages)
-    if question and question.strip():
-        text += f"\n\nThe question was: {question.strip()}"
-    return [*messages, draft, {"role": "user", "content": text}]
+    return _again(messages, draft, text)
 
 
 def kept_going(steer: Steer, calls: list[dict[str, Any]], budget: Budget) -> RunStopped:
