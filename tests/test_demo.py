@@ -158,9 +158,12 @@ def read_pty(main: int, proc: subprocess.Popen[bytes]) -> bytes:
 WIDTH = 60
 
 
-def test_on_a_terminal_turns_spinner_and_wrapping_show_as_they_happen() -> None:
+def demo_on_a_pty(width: int | None) -> tuple[int, subprocess.Popen[bytes]]:
+    """The demo started on a new terminal `width` columns wide (None: its size never
+    set), without an endpoint; returns the terminal's main side and the process."""
     main, replica = os.openpty()
-    fcntl.ioctl(replica, termios.TIOCSWINSZ, struct.pack("HHHH", 40, WIDTH, 0, 0))
+    if width is not None:
+        fcntl.ioctl(replica, termios.TIOCSWINSZ, struct.pack("HHHH", 40, width, 0, 0))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "demo"],
@@ -171,6 +174,11 @@ def test_on_a_terminal_turns_spinner_and_wrapping_show_as_they_happen() -> None:
         env=env,
     )
     os.close(replica)
+    return main, proc
+
+
+def test_on_a_terminal_turns_spinner_and_wrapping_show_as_they_happen() -> None:
+    main, proc = demo_on_a_pty(WIDTH)
     try:
         shown = read_pty(main, proc).decode()
     finally:
@@ -225,17 +233,7 @@ def test_ctrl_c_ends_the_demo_with_130_and_a_sizeless_terminal_wraps_at_80() -> 
     """A pty whose size was never set reports 0 columns: every line was cut into pieces
     of two characters. A Ctrl-C while the hung tool ran exited 1, as a replay that
     differed does, not 130."""
-    main, replica = os.openpty()  # its size left 0x0, as a bare pty (`script`, CI) has it
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PYTHONPATH"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "demo"],
-        stdin=subprocess.DEVNULL,
-        stdout=replica,
-        stderr=replica,
-        cwd=ROOT,
-        env=env,
-    )
-    os.close(replica)
+    main, proc = demo_on_a_pty(None)  # its size left 0x0, as a bare pty (`script`, CI) has it
     shown = b""
     try:
         while b"running track_shipment" not in shown:
